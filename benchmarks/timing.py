@@ -1,0 +1,52 @@
+"""Timing helpers for the benchmark scripts: median wall time of a callable, and table printing."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+def median_ms(fn: Callable[[], object], device: str = "cpu", warmup: int = 2, repeat: int = 7) -> float:
+    """Median wall time of `fn()` in milliseconds over `repeat` runs after `warmup` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+@dataclass
+class Case:
+    """One benchmark row: our callable and the peer's (torchvision's) on the same inputs.
+
+    `goal` is the ratio ours/peer we aim for (printed, never asserted).
+    """
+
+    op: str
+    direction: str  # "fwd" or "bwd"
+    shape: str
+    ours: Callable[[], object]
+    peer: Callable[[], object] | None
+    goal: float | None = None
+
+
+def print_table(rows: list[tuple[Case, float, float | None]]) -> None:
+    """Prints a Markdown table: op, direction, shape, ours, peer, ratio, goal."""
+    print("| op | dir | shape | ours (ms) | torchvision (ms) | ratio | goal |")
+    print("|---|---|---|---:|---:|---:|---:|")
+    for case, ours, peer in rows:
+        peer_s = f"{peer:.2f}" if peer is not None else "-"
+        ratio = f"{ours / peer:.3f}" if peer else "-"
+        goal = f"<= {case.goal}" if case.goal is not None else "-"
+        print(f"| {case.op} | {case.direction} | {case.shape} | {ours:.2f} | {peer_s} | {ratio} | {goal} |")

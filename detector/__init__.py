@@ -1,0 +1,5 @@
+"""detector: two-stage object detectors (Faster/Mask R-CNN, R-FCN, deformable ConvNets) in PyTorch."""
+
+__version__ = "0.1.0"
+
+from detector import ops  # noqa: E402,F401  (loads the compiled op library)

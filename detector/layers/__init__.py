@@ -1,0 +1,18 @@
+"""nn.Modules over the compiled ops, and normalization layers used by the backbones."""
+
+from detector.layers.deform_conv import DeformConv2d
+from detector.layers.deform_roi_pool import DeformPSRoIPool, DeformRoIPool
+from detector.layers.ps_roi_align import PSRoIAlign
+from detector.layers.ps_roi_pool import PSRoIPool
+from detector.layers.roi_align import RoIAlign
+from detector.layers.roi_pool import RoIPool
+
+__all__ = [
+    "DeformConv2d",
+    "DeformPSRoIPool",
+    "DeformRoIPool",
+    "PSRoIAlign",
+    "PSRoIPool",
+    "RoIAlign",
+    "RoIPool",
+]

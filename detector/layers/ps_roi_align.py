@@ -1,0 +1,8 @@
+"""Placeholder: this layer is being written."""
+
+from torch import nn
+
+
+class PSRoIAlign(nn.Module):
+    pass
+

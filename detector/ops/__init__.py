@@ -1,0 +1,25 @@
+"""Detection operators backed by the compiled library (`torch.ops.detector.*`).
+
+Signatures match torchvision.ops where torchvision has the op, so one can replace the other.
+"""
+
+from detector.ops import _library  # noqa: F401  (registers torch.ops.detector.*)
+from detector.ops.boxes import batched_nms, nms
+from detector.ops.deform_conv import deform_conv2d
+from detector.ops.deform_roi_pool import deform_ps_roi_pool, deform_roi_pool
+from detector.ops.ps_roi_align import ps_roi_align
+from detector.ops.ps_roi_pool import ps_roi_pool
+from detector.ops.roi_align import roi_align
+from detector.ops.roi_pool import roi_pool
+
+__all__ = [
+    "batched_nms",
+    "deform_conv2d",
+    "deform_ps_roi_pool",
+    "deform_roi_pool",
+    "nms",
+    "ps_roi_align",
+    "ps_roi_pool",
+    "roi_align",
+    "roi_pool",
+]
