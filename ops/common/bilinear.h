@@ -1,0 +1,96 @@
+// Bilinear sampling shared by the CPU and CUDA kernels (RoI Align, PS RoI Align, deformable ops).
+//
+// A sample point (y, x) in feature-map pixels is reduced to its four neighbours and their weights,
+// computed once and then applied to every channel:
+//   value = sum_i weight[i] * plane[index[i]],   index = y_i * width + x_i (pixel index in an HxW plane)
+// Multiply an index by the channel count for channels-last (NHWC) data.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#ifdef __CUDACC__
+#define DETECTOR_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define DETECTOR_HOST_DEVICE inline
+#endif
+
+namespace detector {
+
+template <typename T>
+struct Bilinear {
+  int64_t index[4];  // top-left, top-right, bottom-left, bottom-right pixel indices
+  T weight[4];       // zero for neighbours that contribute nothing (their index is 0)
+};
+
+template <typename T>
+DETECTOR_HOST_DEVICE Bilinear<T> bilinear_zero() {
+  Bilinear<T> b;
+  for (int i = 0; i < 4; ++i) {
+    b.index[i] = 0;
+    b.weight[i] = T(0);
+  }
+  return b;
+}
+
+// RoI Align convention (Detectron, torchvision.ops.roi_align): a point more than one pixel
+// outside the map contributes nothing; otherwise it is clamped into [0, size - 1].
+template <typename T>
+DETECTOR_HOST_DEVICE Bilinear<T> bilinear_clamped(T y, T x, int64_t height, int64_t width) {
+  if (y < T(-1) || y > T(height) || x < T(-1) || x > T(width)) {
+    return bilinear_zero<T>();
+  }
+  if (y <= T(0)) y = T(0);
+  if (x <= T(0)) x = T(0);
+  int64_t y_low = static_cast<int64_t>(y);
+  int64_t x_low = static_cast<int64_t>(x);
+  int64_t y_high, x_high;
+  if (y_low >= height - 1) {
+    y_high = y_low = height - 1;
+    y = static_cast<T>(y_low);
+  } else {
+    y_high = y_low + 1;
+  }
+  if (x_low >= width - 1) {
+    x_high = x_low = width - 1;
+    x = static_cast<T>(x_low);
+  } else {
+    x_high = x_low + 1;
+  }
+  const T ly = y - static_cast<T>(y_low), lx = x - static_cast<T>(x_low);
+  const T hy = T(1) - ly, hx = T(1) - lx;
+  Bilinear<T> b;
+  b.index[0] = y_low * width + x_low;
+  b.index[1] = y_low * width + x_high;
+  b.index[2] = y_high * width + x_low;
+  b.index[3] = y_high * width + x_high;
+  b.weight[0] = hy * hx;
+  b.weight[1] = hy * lx;
+  b.weight[2] = ly * hx;
+  b.weight[3] = ly * lx;
+  return b;
+}
+
+// Deformable convolution convention (DCN, torchvision.ops.deform_conv2d): the map is padded with
+// zeros, so neighbours outside it contribute nothing and a point at least one pixel outside is 0.
+template <typename T>
+DETECTOR_HOST_DEVICE Bilinear<T> bilinear_zero_padded(T y, T x, int64_t height, int64_t width) {
+  if (y <= T(-1) || T(height) <= y || x <= T(-1) || T(width) <= x) {
+    return bilinear_zero<T>();
+  }
+  const int64_t y_low = static_cast<int64_t>(floor(y));
+  const int64_t x_low = static_cast<int64_t>(floor(x));
+  const int64_t y_high = y_low + 1, x_high = x_low + 1;
+  const T ly = y - static_cast<T>(y_low), lx = x - static_cast<T>(x_low);
+  const T hy = T(1) - ly, hx = T(1) - lx;
+  const bool top = y_low >= 0, bottom = y_high <= height - 1;
+  const bool left = x_low >= 0, right = x_high <= width - 1;
+  Bilinear<T> b = bilinear_zero<T>();
+  if (top && left) { b.index[0] = y_low * width + x_low;   b.weight[0] = hy * hx; }
+  if (top && right) { b.index[1] = y_low * width + x_high;  b.weight[1] = hy * lx; }
+  if (bottom && left) { b.index[2] = y_high * width + x_low;  b.weight[2] = ly * hx; }
+  if (bottom && right) { b.index[3] = y_high * width + x_high; b.weight[3] = ly * lx; }
+  return b;
+}
+
+}  // namespace detector
