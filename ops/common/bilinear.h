@@ -93,4 +93,64 @@ DETECTOR_HOST_DEVICE Bilinear<T> bilinear_zero_padded(T y, T x, int64_t height, 
   return b;
 }
 
+// Derivatives of a bilinear sample with respect to its coordinates, for offset gradients:
+//   d value / d y = sum_i dy[i] * plane[index[i]],   d value / d x = sum_i dx[i] * plane[index[i]].
+// Where a coordinate was clamped (RoI Align convention) or the point lies outside, they are 0.
+template <typename T>
+struct BilinearGrad {
+  Bilinear<T> sample;
+  T dy[4];
+  T dx[4];
+};
+
+// bilinear_zero_padded and its coordinate derivatives (a missing neighbour counts as 0).
+template <typename T>
+DETECTOR_HOST_DEVICE BilinearGrad<T> bilinear_zero_padded_grad(T y, T x, int64_t height, int64_t width) {
+  BilinearGrad<T> g;
+  g.sample = bilinear_zero<T>();
+  for (int i = 0; i < 4; ++i) g.dy[i] = g.dx[i] = T(0);
+  if (y <= T(-1) || T(height) <= y || x <= T(-1) || T(width) <= x) {
+    return g;
+  }
+  g.sample = bilinear_zero_padded(y, x, height, width);
+  const int64_t y_low = static_cast<int64_t>(floor(y));
+  const int64_t x_low = static_cast<int64_t>(floor(x));
+  const T ly = y - static_cast<T>(y_low), lx = x - static_cast<T>(x_low);
+  const T hy = T(1) - ly, hx = T(1) - lx;
+  const bool top = y_low >= 0, bottom = y_low + 1 <= height - 1;
+  const bool left = x_low >= 0, right = x_low + 1 <= width - 1;
+  const bool valid[4] = {top && left, top && right, bottom && left, bottom && right};
+  const T dys[4] = {-hx, -lx, hx, lx};
+  const T dxs[4] = {-hy, hy, -ly, ly};
+  for (int i = 0; i < 4; ++i) {
+    g.dy[i] = valid[i] ? dys[i] : T(0);
+    g.dx[i] = valid[i] ? dxs[i] : T(0);
+  }
+  return g;
+}
+
+// bilinear_clamped and its coordinate derivatives (0 along a clamped coordinate).
+template <typename T>
+DETECTOR_HOST_DEVICE BilinearGrad<T> bilinear_clamped_grad(T y, T x, int64_t height, int64_t width) {
+  BilinearGrad<T> g;
+  g.sample = bilinear_clamped(y, x, height, width);
+  for (int i = 0; i < 4; ++i) g.dy[i] = g.dx[i] = T(0);
+  if (y < T(-1) || y > T(height) || x < T(-1) || x > T(width)) {
+    return g;
+  }
+  const bool y_free = y > T(0) && static_cast<int64_t>(y) < height - 1;
+  const bool x_free = x > T(0) && static_cast<int64_t>(x) < width - 1;
+  const T yc = y <= T(0) ? T(0) : y, xc = x <= T(0) ? T(0) : x;
+  const T ly = y_free ? yc - static_cast<T>(static_cast<int64_t>(yc)) : T(0);
+  const T lx = x_free ? xc - static_cast<T>(static_cast<int64_t>(xc)) : T(0);
+  const T hy = T(1) - ly, hx = T(1) - lx;
+  const T dys[4] = {-hx, -lx, hx, lx};
+  const T dxs[4] = {-hy, hy, -ly, ly};
+  for (int i = 0; i < 4; ++i) {
+    g.dy[i] = y_free ? dys[i] : T(0);
+    g.dx[i] = x_free ? dxs[i] : T(0);
+  }
+  return g;
+}
+
 }  // namespace detector
