@@ -1,0 +1,95 @@
+"""GeneralizedRCNN: preprocess -> backbone -> RPN -> RoI heads.
+
+Shapes:
+    N: images, 3 x H_i x W_i: an input image (RGB, values 0..255, uint8 or float).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from detector.modeling.backbone import build_backbone
+from detector.modeling.rpn import RPN
+from detector.structures import ImageList, Instances
+
+
+class GeneralizedRCNN(nn.Module):
+    """A two-stage detector. Without RoI heads (MODEL.RPN_ONLY) it is a proposal network.
+
+    Training: `forward(images, targets)` returns a dict of losses (`loss_*`).
+    Inference: `forward(images)` returns per image Instances in the input images' pixels:
+    proposals (`proposal_boxes`, `objectness_logits`) for an RPN-only model, detections otherwise.
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        rpn: RPN,
+        roi_heads: nn.Module | None = None,
+        pixel_mean: tuple[float, float, float],
+        pixel_std: tuple[float, float, float],
+        to_bgr255: bool = False,
+        size_divisibility: int = 0,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.rpn = rpn
+        self.roi_heads = roi_heads
+        self.to_bgr255 = to_bgr255
+        self.size_divisibility = size_divisibility
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(3, 1, 1), persistent=False)
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> GeneralizedRCNN:
+        """Reads MODEL.BACKBONE / RPN (and the RoI heads unless MODEL.RPN_ONLY), INPUT.PIXEL_MEAN,
+        INPUT.PIXEL_STD, INPUT.TO_BGR255 and DATALOADER.SIZE_DIVISIBILITY."""
+        backbone = build_backbone(cfg)
+        rpn = RPN.from_config(cfg, backbone.out_channels)
+        roi_heads = None
+        if not cfg.MODEL.RPN_ONLY:
+            from detector.modeling.roi_heads import build_roi_heads  # arrives with the RoI heads
+
+            roi_heads = build_roi_heads(cfg, backbone)
+        return cls(
+            backbone=backbone,
+            rpn=rpn,
+            roi_heads=roi_heads,
+            pixel_mean=tuple(cfg.INPUT.PIXEL_MEAN),
+            pixel_std=tuple(cfg.INPUT.PIXEL_STD),
+            to_bgr255=cfg.INPUT.TO_BGR255,
+            size_divisibility=cfg.DATALOADER.SIZE_DIVISIBILITY,
+        )
+
+    def preprocess(self, images: list[Tensor]) -> ImageList:
+        """Normalizes each (3, H_i, W_i) RGB 0..255 image and pads the batch to an ImageList.
+
+        With `to_bgr255` (Caffe2/maskrcnn_benchmark weights) the channels become BGR and values stay
+        in 0..255 before PIXEL_MEAN/PIXEL_STD; otherwise values are scaled to 0..1 first
+        (torchvision weights).
+        """
+        normalized = []
+        for i, image in enumerate(images):
+            if image.dim() != 3 or image.shape[0] != 3:
+                raise ValueError(f"GeneralizedRCNN: image {i} must be (3, H, W), got {tuple(image.shape)}")
+            image = image.to(self.pixel_mean.device, torch.float32)
+            image = image.flip(0) if self.to_bgr255 else image / 255.0
+            normalized.append((image - self.pixel_mean) / self.pixel_std)
+        return ImageList.from_tensors(normalized, size_divisibility=self.size_divisibility)
+
+    def forward(
+        self, images: list[Tensor], targets: list[Instances] | None = None
+    ) -> dict[str, Tensor] | list[Instances]:
+        if self.training and targets is None:
+            raise ValueError("GeneralizedRCNN: `targets` are needed in training mode")
+        image_list = self.preprocess(images)
+        features = list(self.backbone(image_list.tensor).values())
+        proposals, losses = self.rpn(image_list, features, targets)
+        if self.roi_heads is None:
+            return losses if self.training else proposals
+        detections, head_losses = self.roi_heads(features, proposals, image_list.image_sizes, targets)
+        return {**losses, **head_losses} if self.training else detections
