@@ -1,8 +1,13 @@
 """Configs: a typed schema of maskrcnn_benchmark-style keys, YAML files and command-line overrides.
 
-from detector.config import load_config
-cfg = load_config("configs/e2e_mask_rcnn_R_50_FPN_1x.yaml", ["SOLVER.BASE_LR", "0.01"])
-cfg.MODEL.RPN.NMS_THRESH  # 0.7
+Example::
+
+    from detector.config import load_config
+
+    cfg = load_config("configs/e2e_mask_rcnn_R_50_FPN_1x.yaml", ["SOLVER.BASE_LR", "0.01"])
+    cfg.MODEL.RPN.NMS_THRESH  # 0.7, type-checked, read-only
+
+See `detector.config.defaults` for every key and `detector.config.config` for the loading rules.
 """
 
 from detector.config.config import (

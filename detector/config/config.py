@@ -40,6 +40,7 @@ __all__ = [
     "merge_opts",
     "save_config",
     "unlocked",
+    "validate",
 ]
 
 BASE_KEY = "_BASE_"
@@ -225,9 +226,11 @@ def _user_key(data: dict[str, Any], full_key: str) -> str:
 def _unknown_key_message(full_key: str, source: str) -> str:
     close = _closest_key(full_key)
     hint = f"; did you mean {close}?" if close else ""
-    parent = full_key.rpartition(".")[0]
     if not close:
-        known = sorted(k.rpartition(".")[2] for k in _FIELDS if k.rpartition(".")[0] == parent)
+        parent = full_key.rpartition(".")[0]
+        while parent and not _is_group(parent):  # the deepest group that exists
+            parent = parent.rpartition(".")[0]
+        known = sorted(_group_keys(parent))
         hint = f"; valid keys under {parent or 'the top level'}: {', '.join(known)}"
     return f"{source}: unknown config key {full_key}{hint}"
 

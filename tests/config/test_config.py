@@ -376,3 +376,8 @@ def test_defaults_dump_loads_back_unchanged(tmp_path):
     cfg = get_cfg()
     save_config(cfg, tmp_path / "d.yaml")
     assert load_config(tmp_path / "d.yaml") == cfg
+
+
+def test_unknown_top_level_group_lists_top_level_keys():
+    with pytest.raises(ConfigError, match="valid keys under the top level: DATALOADER, DATASETS"):
+        load_config(None, ["XYZZYQWERTY.ABCDEFG", "1"])
