@@ -301,7 +301,7 @@ class SolverConfig:
 
 
 @dataclass
-class TestConfig:
+class EvalConfig:
     # Images per batch over all processes.
     IMS_PER_BATCH: int = 8
     # Evaluate every this many training iterations (0: only at the end).
@@ -323,7 +323,7 @@ class Config:
     DATASETS: DatasetsConfig = field(default_factory=DatasetsConfig)
     DATALOADER: DataLoaderConfig = field(default_factory=DataLoaderConfig)
     SOLVER: SolverConfig = field(default_factory=SolverConfig)
-    TEST: TestConfig = field(default_factory=TestConfig)
+    TEST: EvalConfig = field(default_factory=EvalConfig)
     OUTPUT_DIR: str = "."
     # Random seed (-1: draw one and log it).
     SEED: int = -1
