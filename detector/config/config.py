@@ -1,0 +1,436 @@
+"""Loading, merging and checking configs.
+
+A config is the schema's defaults (`detector.config.defaults.Config`), then YAML files merged on
+top (a file may name `_BASE_: other.yaml`, relative to itself, which is merged first), then
+`KEY VALUE` pairs from the command line:
+
+    cfg = load_config("configs/e2e_faster_rcnn_R_50_FPN_1x.yaml",
+                      ["MODEL.RPN.NMS_THRESH", "0.6", "INPUT.MIN_SIZE_TRAIN", "(640, 800)"])
+
+OmegaConf does the merging and the type checks; this module turns its errors into messages that
+name the key, where it came from (file or command line) and the fix, as `ConfigError`s. Tuples
+written as in maskrcnn_benchmark's YAML files (`MIN_SIZE_TRAIN: (800,)`) are read as lists, and a
+single value given for a list key becomes a one-element list. The loaded config is read-only;
+`merge_opts` returns a changed copy and `unlocked` opens one for writing.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import typing
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf, read_write
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from detector.config.defaults import Config
+
+__all__ = [
+    "ConfigError",
+    "dump_config",
+    "get_cfg",
+    "load_config",
+    "merge_opts",
+    "save_config",
+    "unlocked",
+    "validate",
+]
+
+BASE_KEY = "_BASE_"
+COMMAND_LINE = "command line"
+
+
+class ConfigError(ValueError):
+    """A config that cannot be loaded: unknown key, wrong type, bad file, bad value."""
+
+
+# --------------------------------------------------------------------------------------------
+# The schema's keys and their types, for error messages
+# --------------------------------------------------------------------------------------------
+def _describe_type(tp: Any) -> str:
+    """A readable name for a field's annotation: 'int', 'list of float', 'one of A, B'."""
+    if isinstance(tp, type) and issubclass(tp, Enum):
+        return "one of " + ", ".join(member.value for member in tp)
+    origin = typing.get_origin(tp)
+    if origin in (list, tuple, Sequence):
+        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        if not args or args[0] is Any:
+            return "list"
+        return f"list of {_describe_type(args[0])}"
+    if tp is Any:
+        return "any value"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _schema_fields(cls: type, prefix: str = "") -> dict[str, Any]:
+    """Maps every full key ('MODEL.RPN.NMS_THRESH', and groups such as 'MODEL.RPN') to its
+    annotation (a dataclass for groups)."""
+    fields: dict[str, Any] = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = prefix + f.name
+        tp = hints[f.name]
+        fields[key] = tp
+        if dataclasses.is_dataclass(tp):
+            fields.update(_schema_fields(tp, key + "."))
+    return fields
+
+
+_FIELDS: dict[str, Any] = _schema_fields(Config)
+
+
+def _is_group(key: str) -> bool:
+    return dataclasses.is_dataclass(_FIELDS.get(key))
+
+
+def _is_list(key: str) -> bool:
+    return typing.get_origin(_FIELDS.get(key)) in (list, tuple, Sequence)
+
+
+def _closest_key(key: str) -> str | None:
+    """The valid key most similar to `key`, judged on the full key and on its last part (so a
+    key moved to another group, or a typo in a group name, still finds its match)."""
+    leaf = key.rpartition(".")[2]
+
+    def score(candidate: str) -> float:
+        whole = difflib.SequenceMatcher(None, key, candidate).ratio()
+        last = difflib.SequenceMatcher(None, leaf, candidate.rpartition(".")[2]).ratio()
+        return 0.5 * whole + 0.5 * last
+
+    best = max(_FIELDS, key=score)
+    return best if score(best) >= 0.6 else None
+
+
+def _strip_index(full_key: str) -> str:
+    """'MODEL.RPN.ANCHOR_SIZES[1]' -> 'MODEL.RPN.ANCHOR_SIZES'."""
+    return full_key.split("[", 1)[0]
+
+
+def _lookup(data: dict[str, Any], full_key: str) -> Any:
+    """The value at a dotted key (with an optional [i]) in nested dicts, or None."""
+    value: Any = data
+    for part in _strip_index(full_key).split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    if "[" in full_key and isinstance(value, list):
+        try:
+            value = value[int(full_key.split("[", 1)[1].rstrip("]"))]
+        except (ValueError, IndexError):
+            pass
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# Values: tuples as in maskrcnn_benchmark's YAML files, command-line literals
+# --------------------------------------------------------------------------------------------
+def _parse_tuple(text: str) -> Any:
+    """'(640, 800)' -> [640, 800]; '(800,)' -> [800]; '()' -> []; other text unchanged."""
+    stripped = text.strip()
+    if not (stripped.startswith("(") and stripped.endswith(")")):
+        return text
+    try:
+        return yaml.safe_load("[" + stripped[1:-1] + "]")
+    except yaml.YAMLError:
+        return text
+
+
+def _parse_cli_value(text: str) -> Any:
+    """A command-line value read as a YAML literal: '0.6' -> 0.6, 'true' -> True,
+    '[1, 2]' and '(1, 2)' -> [1, 2]; text that is not valid YAML stays a string."""
+    parsed = _parse_tuple(text)
+    if parsed is not text:
+        return parsed
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _to_float(value: Any) -> Any:
+    """'1e-3' -> 0.001: YAML 1.1 reads exponents without a dot as strings."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
+
+
+def _normalize(data: dict[str, Any], source: str, prefix: str = "") -> dict[str, Any]:
+    """Reads tuple strings and single values given for list keys as lists, recursively.
+
+    Unknown keys are passed through unchanged: merging reports them."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        full_key = prefix + str(key)
+        if _is_group(full_key):
+            if not isinstance(value, dict):
+                raise ConfigError(
+                    f"{source}: {full_key} is a group of keys ({', '.join(_group_keys(full_key))})"
+                    f", not a value: set one of its keys, e.g. {full_key}."
+                    f"{_group_keys(full_key)[0]}"
+                )
+            value = _normalize(value, source, full_key + ".")
+        elif _is_list(full_key):
+            if isinstance(value, str):
+                value = _parse_tuple(value)
+            if isinstance(value, tuple):
+                value = list(value)
+            elif not isinstance(value, (list, dict)) and value is not None:
+                value = [value]
+            if isinstance(value, list) and typing.get_args(_FIELDS[full_key]) == (float,):
+                value = [_to_float(v) for v in value]
+        elif _FIELDS.get(full_key) is float:
+            value = _to_float(value)
+        out[key] = value
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Merging
+# --------------------------------------------------------------------------------------------
+def _merge(cfg: DictConfig, data: dict[str, Any], source: str) -> None:
+    """Merges nested dicts `data` into `cfg`; errors name `source` (a file or the command line)."""
+    data = _normalize(data, source)
+    try:
+        cfg.merge_with(data)
+    except ConfigKeyError as e:
+        full_key = _user_key(data, _strip_index(e.full_key or str(e.key)))
+        raise ConfigError(_unknown_key_message(full_key, source)) from None
+    except ValidationError as e:
+        raise ConfigError(_type_message(e, data, source)) from None
+    except OmegaConfBaseException as e:
+        where = f" at {e.full_key}" if e.full_key else ""
+        first_line = str(e).splitlines()[0]
+        raise ConfigError(f"{source}: invalid config{where}: {first_line}") from None
+
+
+def _user_key(data: dict[str, Any], full_key: str) -> str:
+    """The full key the user wrote under an unknown group: 'MODEL.RPNN' -> 'MODEL.RPNN.NMS_THRESH'
+    (when that group holds a single key)."""
+    value = _lookup(data, full_key)
+    while isinstance(value, dict) and len(value) == 1:
+        ((name, value),) = value.items()
+        full_key = f"{full_key}.{name}"
+    return full_key
+
+
+def _unknown_key_message(full_key: str, source: str) -> str:
+    close = _closest_key(full_key)
+    hint = f"; did you mean {close}?" if close else ""
+    if not close:
+        parent = full_key.rpartition(".")[0]
+        while parent and not _is_group(parent):  # the deepest group that exists
+            parent = parent.rpartition(".")[0]
+        known = sorted(_group_keys(parent))
+        hint = f"; valid keys under {parent or 'the top level'}: {', '.join(known)}"
+    return f"{source}: unknown config key {full_key}{hint}"
+
+
+def _type_message(e: ValidationError, data: dict[str, Any], source: str) -> str:
+    full_key = e.full_key or ""
+    key = _strip_index(full_key)
+    if key not in _FIELDS:
+        return f"{source}: invalid value at {full_key}: {str(e).splitlines()[0]}"
+    expected = _describe_type(_FIELDS[key])
+    if "[" in full_key and _is_list(key):
+        item_type = (typing.get_args(_FIELDS[key]) or (Any,))[0]
+        expected = f"{_describe_type(item_type)} (the items of {key})"
+    if _is_group(key):
+        expected = f"a group of keys ({', '.join(_group_keys(key))})"
+    value = _lookup(data, full_key)
+    got = "null" if value is None else f"{value!r} ({type(value).__name__})"
+    return f"{source}: {full_key} = {got} has the wrong type: expected {expected}"
+
+
+def _group_keys(group: str) -> list[str]:
+    return [k.rpartition(".")[2] for k in _FIELDS if k.rpartition(".")[0] == group]
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    """Reads one YAML file with yaml.safe_load (no Python tags) into a dict."""
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.constructor.ConstructorError as e:
+        line = f", line {e.problem_mark.line + 1}" if e.problem_mark else ""
+        raise ConfigError(
+            f"{path}{line}: {e.problem}. Config files are plain YAML, read with yaml.safe_load: "
+            "Python tags such as !!python/object are refused; write plain values instead"
+        ) from None
+    except yaml.YAMLError as e:
+        raise ConfigError(
+            f"{path}: not valid YAML: {e}".replace("<unicode string>", str(path))
+        ) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path}: a config file must hold a mapping of keys (MODEL: ...), "
+            f"not a {type(data).__name__}"
+        )
+    return data
+
+
+def _file_chain(path: Path, stack: tuple[Path, ...] = ()) -> list[tuple[Path, dict[str, Any]]]:
+    """The files to merge, bases first: [(path, data without _BASE_), ...]."""
+    path = path.resolve()
+    if path in stack:
+        chain = " -> ".join(str(p) for p in (*stack, path))
+        raise ConfigError(f"{BASE_KEY} cycle: {chain}")
+    data = _read_yaml(path)
+    bases = data.pop(BASE_KEY, None)
+    if bases is None:
+        bases = []
+    elif isinstance(bases, str):
+        bases = [bases]
+    elif not (isinstance(bases, list) and all(isinstance(b, str) for b in bases)):
+        raise ConfigError(f"{path}: {BASE_KEY} must be a file name or a list of file names")
+    chain: list[tuple[Path, dict[str, Any]]] = []
+    for base in bases:
+        base_path = Path(base).expanduser()
+        if not base_path.is_absolute():
+            base_path = path.parent / base_path
+        if not base_path.is_file():
+            raise ConfigError(f"{path}: {BASE_KEY} file not found: {base} (looked for {base_path})")
+        chain.extend(_file_chain(base_path, (*stack, path)))
+    chain.append((path, data))
+    return chain
+
+
+def _opts_to_dicts(opts: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
+    """['A.B', '1', 'C', 'x'] -> [('A.B', {'A': {'B': 1}}), ('C', {'C': 'x'})]."""
+    if len(opts) % 2:
+        raise ConfigError(
+            f"{COMMAND_LINE}: options must be KEY VALUE pairs, got an odd number ({len(opts)}): "
+            f"{' '.join(map(str, opts))}"
+        )
+    pairs = []
+    for key, text in zip(opts[0::2], opts[1::2], strict=True):
+        value = _parse_cli_value(text) if isinstance(text, str) else text
+        nested: dict[str, Any] = {}
+        node = nested
+        parts = str(key).split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+        pairs.append((str(key), nested))
+    return pairs
+
+
+# --------------------------------------------------------------------------------------------
+# Consistency checks that types alone cannot express
+# --------------------------------------------------------------------------------------------
+def validate(cfg: DictConfig) -> None:
+    """Checks values against each other (lengths, ranges, orders); raises ConfigError."""
+    m, solver = cfg.MODEL, cfg.SOLVER
+    rpn, heads = m.RPN, m.ROI_HEADS
+    unit = "must lie in [0, 1]"
+    checks = [
+        ("MODEL.RESNETS.STAGE_WITH_DCN", len(m.RESNETS.STAGE_WITH_DCN) == 4,
+         "needs 4 booleans, one per stage res2..res5"),
+        ("MODEL.ROI_HEADS.BBOX_REG_WEIGHTS", len(heads.BBOX_REG_WEIGHTS) == 4,
+         "needs 4 weights (wx, wy, ww, wh)"),
+        ("MODEL.RPN.POSITIVE_FRACTION", 0 <= rpn.POSITIVE_FRACTION <= 1, unit),
+        ("MODEL.ROI_HEADS.POSITIVE_FRACTION", 0 <= heads.POSITIVE_FRACTION <= 1, unit),
+        ("INPUT.HORIZONTAL_FLIP_PROB_TRAIN", 0 <= cfg.INPUT.HORIZONTAL_FLIP_PROB_TRAIN <= 1, unit),
+        ("SOLVER.WARMUP_FACTOR", 0 <= solver.WARMUP_FACTOR <= 1, unit),
+        ("MODEL.RPN.BG_IOU_THRESHOLD", rpn.BG_IOU_THRESHOLD <= rpn.FG_IOU_THRESHOLD,
+         f"must not exceed MODEL.RPN.FG_IOU_THRESHOLD ({rpn.FG_IOU_THRESHOLD})"),
+        ("MODEL.ROI_HEADS.BG_IOU_THRESHOLD",
+         heads.BG_IOU_THRESHOLD_LO <= heads.BG_IOU_THRESHOLD <= heads.FG_IOU_THRESHOLD,
+         f"must lie between BG_IOU_THRESHOLD_LO ({heads.BG_IOU_THRESHOLD_LO}) and "
+         f"FG_IOU_THRESHOLD ({heads.FG_IOU_THRESHOLD})"),
+        ("INPUT.MIN_SIZE_TRAIN", len(cfg.INPUT.MIN_SIZE_TRAIN) > 0, "needs at least one size"),
+        ("INPUT.PIXEL_MEAN", len(cfg.INPUT.PIXEL_MEAN) == 3, "needs 3 values, one per channel"),
+        ("INPUT.PIXEL_STD", len(cfg.INPUT.PIXEL_STD) == 3 and min(cfg.INPUT.PIXEL_STD) > 0,
+         "needs 3 positive values, one per channel"),
+        ("SOLVER.STEPS", list(solver.STEPS) == sorted(solver.STEPS), "must be increasing"),
+        ("SOLVER.ACCUMULATE_GRAD_STEPS", solver.ACCUMULATE_GRAD_STEPS >= 1, "must be at least 1"),
+        ("DATALOADER.SIZE_DIVISIBILITY", cfg.DATALOADER.SIZE_DIVISIBILITY >= 0,
+         "must be 0 (no padding constraint) or positive"),
+    ]  # fmt: skip
+    for key, ok, requirement in checks:
+        if not ok:
+            value = OmegaConf.select(cfg, key)
+            if isinstance(value, ListConfig):
+                value = list(value)
+            raise ConfigError(f"{key} = {value!r}: {requirement}")
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------
+def get_cfg() -> DictConfig:
+    """A fresh, writable config holding the defaults (type-checked on assignment)."""
+    return OmegaConf.structured(Config)
+
+
+def load_config(path: str | Path | None, opts: Sequence[str] | None = None) -> DictConfig:
+    """Defaults, then the YAML file at `path` (with its `_BASE_` files), then `opts`.
+
+    Args:
+        path: a YAML config file, or None for the defaults.
+        opts: command-line overrides, `[KEY, VALUE, KEY, VALUE, ...]`; values are YAML
+            literals and may be tuples: `["INPUT.MIN_SIZE_TRAIN", "(640, 800)"]`.
+
+    Returns:
+        The read-only config.
+
+    Raises:
+        ConfigError: a missing or malformed file, an unknown key, a value of the wrong type,
+            an odd number of opts, or inconsistent values.
+    """
+    cfg = get_cfg()
+    if path is not None:
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        for source, data in _file_chain(path):
+            _merge(cfg, data, str(source))
+    for key, nested in _opts_to_dicts(opts or []):
+        _merge(cfg, nested, f"{COMMAND_LINE} ({key})")
+    validate(cfg)
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def merge_opts(cfg: DictConfig, opts: Sequence[str]) -> DictConfig:
+    """A read-only copy of `cfg` with command-line style `[KEY, VALUE, ...]` overrides."""
+    new = copy.deepcopy(cfg)
+    OmegaConf.set_readonly(new, False)
+    for key, nested in _opts_to_dicts(opts):
+        _merge(new, nested, f"{COMMAND_LINE} ({key})")
+    validate(new)
+    OmegaConf.set_readonly(new, True)
+    return new
+
+
+@contextmanager
+def unlocked(cfg: DictConfig) -> Iterator[DictConfig]:
+    """Temporarily makes a read-only config writable (types and keys are still checked)."""
+    with read_write(cfg):
+        yield cfg
+
+
+def dump_config(cfg: DictConfig) -> str:
+    """The config as YAML; `load_config` reads it back to an equal config."""
+    return OmegaConf.to_yaml(cfg)
+
+
+def save_config(cfg: DictConfig, path: str | Path) -> None:
+    """Writes `dump_config(cfg)` to `path`, creating its folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(dump_config(cfg))

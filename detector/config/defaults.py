@@ -1,0 +1,331 @@
+"""The config schema: nested dataclasses whose fields are the keys and their defaults.
+
+Key names and default values follow maskrcnn_benchmark's `config/defaults.py`, so its users and
+its YAML files feel at home; keys it does not have (SOLVER.AMP, SOLVER.CLIP_GRADIENTS, ...) follow
+detectron2 where it has them. The schema is used as an OmegaConf structured config
+(`OmegaConf.structured(Config)`), so OmegaConf rejects unknown keys and values of the wrong type.
+
+Sequences are typed `list[...]` (YAML and the command line may write them as tuples: `(800,)`).
+Fields with a closed set of values are `StrEnum`s: they compare equal to their string values
+(`cfg.MODEL.RESNETS.NORM == "GN"`) and OmegaConf refuses anything else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+def _list(*values: Any) -> Any:
+    """A dataclass default for a list field (each config gets its own copy)."""
+    return field(default_factory=lambda: list(values))
+
+
+class Norm(StrEnum):
+    """Normalization layer of the ResNet backbone (MODEL.RESNETS.NORM)."""
+
+    FrozenBN = "FrozenBN"
+    BN = "BN"
+    SyncBN = "SyncBN"
+    GN = "GN"
+
+
+class WarmupMethod(StrEnum):
+    """How the learning rate ramps up during SOLVER.WARMUP_ITERS."""
+
+    constant = "constant"
+    linear = "linear"
+
+
+class LRScheduler(StrEnum):
+    """Learning-rate schedule after warm-up (SOLVER.LR_SCHEDULER)."""
+
+    WarmupMultiStepLR = "WarmupMultiStepLR"
+    WarmupCosineLR = "WarmupCosineLR"
+
+
+class AmpDtype(StrEnum):
+    """Autocast dtype for mixed precision (SOLVER.AMP.DTYPE)."""
+
+    float16 = "float16"
+    bfloat16 = "bfloat16"
+
+
+# --------------------------------------------------------------------------------------------
+# MODEL
+# --------------------------------------------------------------------------------------------
+@dataclass
+class BackboneConfig:
+    # Registry name in detector.modeling.registry.BACKBONES, e.g. "R-50-C4", "R-101-FPN", "VGG-16".
+    # The ResNet depth comes from this name.
+    CONV_BODY: str = "R-50-C4"
+    # Freeze the stem and the stages up to and including this one (0: train everything).
+    FREEZE_CONV_BODY_AT: int = 2
+
+
+@dataclass
+class ResNetsConfig:
+    # 1: ResNet; > 1: ResNeXt.
+    NUM_GROUPS: int = 1
+    WIDTH_PER_GROUP: int = 64
+    # Stride 2 on the 1x1 conv (MSRA/Caffe2 weights); False puts it on the 3x3 (torchvision).
+    STRIDE_IN_1X1: bool = True
+    NORM: Norm = Norm.FrozenBN
+    TRANS_FUNC: str = "BottleneckWithFixedBatchNorm"
+    STEM_FUNC: str = "StemWithFixedBatchNorm"
+    RES5_DILATION: int = 1
+    STEM_OUT_CHANNELS: int = 64
+    RES2_OUT_CHANNELS: int = 256
+    BACKBONE_OUT_CHANNELS: int = 256 * 4
+    # Deformable convolutions in the 3x3 conv of stages res2..res5.
+    STAGE_WITH_DCN: list[bool] = _list(False, False, False, False)
+    # DCN v2 (modulated) instead of v1.
+    WITH_MODULATED_DCN: bool = False
+    DEFORMABLE_GROUPS: int = 1
+
+
+@dataclass
+class FPNConfig:
+    USE_GN: bool = False
+    USE_RELU: bool = False
+
+
+@dataclass
+class GroupNormConfig:
+    # Channels per group (-1: use NUM_GROUPS instead).
+    DIM_PER_GP: int = -1
+    # Number of groups (-1: use DIM_PER_GP instead).
+    NUM_GROUPS: int = 32
+    EPSILON: float = 1e-5
+
+
+@dataclass
+class RPNConfig:
+    USE_FPN: bool = False
+    # Registry name in detector.modeling.registry.RPN_HEADS.
+    RPN_HEAD: str = "SingleConvRPNHead"
+    # Anchor sizes in pixels of the network input; with FPN, one per level.
+    ANCHOR_SIZES: list[float] = _list(32.0, 64.0, 128.0, 256.0, 512.0)
+    # Stride of the feature map(s) the RPN runs on; with FPN, one per level.
+    ANCHOR_STRIDE: list[int] = _list(16)
+    ASPECT_RATIOS: list[float] = _list(0.5, 1.0, 2.0)
+    # Drop anchors reaching more than this many pixels outside the image (-1: keep all).
+    STRADDLE_THRESH: int = 0
+    # IoU >= FG_IOU_THRESHOLD: positive anchor; IoU < BG_IOU_THRESHOLD: negative anchor.
+    FG_IOU_THRESHOLD: float = 0.7
+    BG_IOU_THRESHOLD: float = 0.3
+    # Anchors sampled per image for the loss, and the positive fraction among them.
+    BATCH_SIZE_PER_IMAGE: int = 256
+    POSITIVE_FRACTION: float = 0.5
+    # Proposals kept before NMS (per FPN level with FPN) and after NMS (per image).
+    PRE_NMS_TOP_N_TRAIN: int = 12000
+    PRE_NMS_TOP_N_TEST: int = 6000
+    POST_NMS_TOP_N_TRAIN: int = 2000
+    POST_NMS_TOP_N_TEST: int = 1000
+    # With FPN: proposals kept after merging all levels.
+    FPN_POST_NMS_TOP_N_TRAIN: int = 2000
+    FPN_POST_NMS_TOP_N_TEST: int = 2000
+    # True: keep FPN_POST_NMS_TOP_N over the whole batch (maskrcnn_benchmark's old behaviour);
+    # False: per image (Detectron's).
+    FPN_POST_NMS_PER_BATCH: bool = False
+    NMS_THRESH: float = 0.7
+    # Proposals with a side shorter than this (in input pixels) are dropped.
+    MIN_SIZE: float = 0.0
+    SMOOTH_L1_BETA: float = 1.0 / 9
+
+
+@dataclass
+class ROIHeadsConfig:
+    USE_FPN: bool = False
+    # IoU >= FG_IOU_THRESHOLD: foreground RoI; BG_IOU_THRESHOLD_LO <= IoU < BG_IOU_THRESHOLD:
+    # background RoI; others are ignored.
+    FG_IOU_THRESHOLD: float = 0.5
+    BG_IOU_THRESHOLD: float = 0.5
+    BG_IOU_THRESHOLD_LO: float = 0.0
+    # Weights (wx, wy, ww, wh) on the box regression targets.
+    BBOX_REG_WEIGHTS: list[float] = _list(10.0, 10.0, 5.0, 5.0)
+    BATCH_SIZE_PER_IMAGE: int = 512
+    POSITIVE_FRACTION: float = 0.25
+    # Inference: score threshold, NMS IoU threshold, detections kept per image.
+    SCORE_THRESH: float = 0.05
+    NMS: float = 0.5
+    DETECTIONS_PER_IMG: int = 100
+    # One box regressor for all classes (R-FCN style) instead of one per class.
+    CLS_AGNOSTIC_BBOX_REG: bool = False
+
+
+@dataclass
+class ROIBoxHeadConfig:
+    # Registry names in detector.modeling.registry.
+    FEATURE_EXTRACTOR: str = "ResNet50Conv5ROIFeatureExtractor"
+    PREDICTOR: str = "FastRCNNPredictor"
+    POOLER_TYPE: str = "ROIAlign"
+    POOLER_RESOLUTION: int = 14
+    # Bilinear samples per bin side (0: adaptive, ceil(roi_size / bin_count)).
+    POOLER_SAMPLING_RATIO: int = 0
+    # Feature-map scale of each pooled level (1 / stride).
+    POOLER_SCALES: list[float] = _list(1.0 / 16)
+    # Classes including the background.
+    NUM_CLASSES: int = 81
+    MLP_HEAD_DIM: int = 1024
+    USE_GN: bool = False
+    DILATION: int = 1
+    CONV_HEAD_DIM: int = 256
+    NUM_STACKED_CONVS: int = 4
+    SMOOTH_L1_BETA: float = 1.0
+    # Scale of the learned offsets in deformable RoI pooling.
+    DEFORM_GAMMA: float = 0.1
+
+
+@dataclass
+class ROIMaskHeadConfig:
+    FEATURE_EXTRACTOR: str = "ResNet50Conv5ROIFeatureExtractor"
+    PREDICTOR: str = "MaskRCNNC4Predictor"
+    POOLER_TYPE: str = "ROIAlign"
+    POOLER_RESOLUTION: int = 14
+    POOLER_SAMPLING_RATIO: int = 0
+    POOLER_SCALES: list[float] = _list(1.0 / 16)
+    MLP_HEAD_DIM: int = 1024
+    CONV_LAYERS: list[int] = _list(256, 256, 256, 256)
+    # Side of the predicted masks (and of the mask targets).
+    RESOLUTION: int = 28
+    SHARE_BOX_FEATURE_EXTRACTOR: bool = True
+    # Paste the masks into the image at inference, binarized at POSTPROCESS_MASKS_THRESHOLD.
+    POSTPROCESS_MASKS: bool = False
+    POSTPROCESS_MASKS_THRESHOLD: float = 0.5
+    DILATION: int = 1
+    USE_GN: bool = False
+
+
+@dataclass
+class ModelConfig:
+    META_ARCHITECTURE: str = "GeneralizedRCNN"
+    # Path of a local checkpoint to start from ("" for none); nothing is downloaded.
+    WEIGHT: str = ""
+    MASK_ON: bool = False
+    RPN_ONLY: bool = False
+    DEVICE: str = "cuda"
+    BACKBONE: BackboneConfig = field(default_factory=BackboneConfig)
+    RESNETS: ResNetsConfig = field(default_factory=ResNetsConfig)
+    FPN: FPNConfig = field(default_factory=FPNConfig)
+    GROUP_NORM: GroupNormConfig = field(default_factory=GroupNormConfig)
+    RPN: RPNConfig = field(default_factory=RPNConfig)
+    ROI_HEADS: ROIHeadsConfig = field(default_factory=ROIHeadsConfig)
+    ROI_BOX_HEAD: ROIBoxHeadConfig = field(default_factory=ROIBoxHeadConfig)
+    ROI_MASK_HEAD: ROIMaskHeadConfig = field(default_factory=ROIMaskHeadConfig)
+
+
+# --------------------------------------------------------------------------------------------
+# INPUT, DATASETS, DATALOADER
+# --------------------------------------------------------------------------------------------
+@dataclass
+class InputConfig:
+    # Shortest-edge sizes for training; one is drawn at random per image.
+    MIN_SIZE_TRAIN: list[int] = _list(800)
+    MAX_SIZE_TRAIN: int = 1333
+    MIN_SIZE_TEST: int = 800
+    MAX_SIZE_TEST: int = 1333
+    # Normalization; the defaults suit Caffe2 (BGR, 0..255) weights.
+    PIXEL_MEAN: list[float] = _list(102.9801, 115.9465, 122.7717)
+    PIXEL_STD: list[float] = _list(1.0, 1.0, 1.0)
+    TO_BGR255: bool = True
+    HORIZONTAL_FLIP_PROB_TRAIN: float = 0.5
+    # Images with more pixels than this are refused (decompression-bomb guard).
+    MAX_IMAGE_PIXELS: int = 178_956_970
+
+
+@dataclass
+class DatasetsConfig:
+    # Dataset names known to detector.data (e.g. "coco_2017_train", "voc_2007_trainval").
+    TRAIN: list[str] = _list()
+    TEST: list[str] = _list()
+    # Folder the dataset paths are relative to.
+    ROOT: str = "datasets"
+    # Class names of a custom dataset, without the background ([]: from the dataset).
+    CLASS_NAMES: list[str] = _list()
+    # Drop training images without any box.
+    FILTER_EMPTY: bool = True
+
+
+@dataclass
+class DataLoaderConfig:
+    NUM_WORKERS: int = 4
+    # Pad batched images to a multiple of this (0: no constraint; 32 for FPN).
+    SIZE_DIVISIBILITY: int = 0
+    # Batch landscape images with landscape images and portrait with portrait.
+    ASPECT_RATIO_GROUPING: bool = True
+
+
+# --------------------------------------------------------------------------------------------
+# SOLVER, TEST
+# --------------------------------------------------------------------------------------------
+@dataclass
+class ClipGradientsConfig:
+    ENABLED: bool = False
+    # Maximum total L2 norm of the gradients.
+    MAX_NORM: float = 10.0
+
+
+@dataclass
+class AmpConfig:
+    ENABLED: bool = False
+    DTYPE: AmpDtype = AmpDtype.float16
+
+
+@dataclass
+class SolverConfig:
+    MAX_ITER: int = 40000
+    BASE_LR: float = 0.001
+    BIAS_LR_FACTOR: float = 2.0
+    MOMENTUM: float = 0.9
+    WEIGHT_DECAY: float = 0.0005
+    WEIGHT_DECAY_BIAS: float = 0.0
+    WEIGHT_DECAY_NORM: float = 0.0
+    LR_SCHEDULER: LRScheduler = LRScheduler.WarmupMultiStepLR
+    # WarmupMultiStepLR: multiply the LR by GAMMA at each of STEPS.
+    GAMMA: float = 0.1
+    STEPS: list[int] = _list(30000)
+    WARMUP_FACTOR: float = 1.0 / 3
+    WARMUP_ITERS: int = 500
+    WARMUP_METHOD: WarmupMethod = WarmupMethod.linear
+    CHECKPOINT_PERIOD: int = 2500
+    # Keep only the newest checkpoints (0: keep all).
+    MAX_CHECKPOINTS_KEPT: int = 0
+    # Images per batch over all processes.
+    IMS_PER_BATCH: int = 16
+    CLIP_GRADIENTS: ClipGradientsConfig = field(default_factory=ClipGradientsConfig)
+    # Sum the gradients of this many batches before each optimizer step.
+    ACCUMULATE_GRAD_STEPS: int = 1
+    AMP: AmpConfig = field(default_factory=AmpConfig)
+
+
+@dataclass
+class EvalConfig:
+    # Images per batch over all processes.
+    IMS_PER_BATCH: int = 8
+    # Evaluate every this many training iterations (0: only at the end).
+    EVAL_PERIOD: int = 0
+    DETECTIONS_PER_IMG: int = 100
+    # Checked after testing: [[task, metric, expected, tolerance], ...], e.g. [["bbox", "AP",
+    # 0.37, 0.01]].
+    EXPECTED_RESULTS: list[Any] = _list()
+    EXPECTED_RESULTS_SIGMA_TOL: int = 4
+
+
+# --------------------------------------------------------------------------------------------
+# Root
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Config:
+    MODEL: ModelConfig = field(default_factory=ModelConfig)
+    INPUT: InputConfig = field(default_factory=InputConfig)
+    DATASETS: DatasetsConfig = field(default_factory=DatasetsConfig)
+    DATALOADER: DataLoaderConfig = field(default_factory=DataLoaderConfig)
+    SOLVER: SolverConfig = field(default_factory=SolverConfig)
+    TEST: EvalConfig = field(default_factory=EvalConfig)
+    OUTPUT_DIR: str = "."
+    # Random seed (-1: draw one and log it).
+    SEED: int = -1
+    # Deterministic algorithms (torch.use_deterministic_algorithms) for reproducible runs.
+    DETERMINISTIC: bool = False

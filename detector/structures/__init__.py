@@ -1,0 +1,16 @@
+"""Data structures passed between the stages: boxes, padded image batches, instances, masks."""
+
+from detector.structures.boxes import Boxes, pairwise_iou
+from detector.structures.image_list import ImageList
+from detector.structures.instances import Instances
+from detector.structures.masks import BitMasks, PolygonMasks, polygons_to_bitmask
+
+__all__ = [
+    "BitMasks",
+    "Boxes",
+    "ImageList",
+    "Instances",
+    "PolygonMasks",
+    "pairwise_iou",
+    "polygons_to_bitmask",
+]
