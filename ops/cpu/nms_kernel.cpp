@@ -42,7 +42,10 @@ void check_nms_inputs(const char* op, const at::Tensor& boxes, const at::Tensor&
 
 namespace nms_cpu {
 
-constexpr int64_t kChunk = 64;  // kept boxes per early-exit test
+// Kept boxes per early-exit test: the first test covers kFirstChunk boxes, each next one twice as
+// many, up to kMaxChunk (a suppressor is often among the first kept boxes).
+constexpr int64_t kFirstChunk = 16;
+constexpr int64_t kMaxChunk = 128;
 // A sweep block holds between kMinBlock and kMaxBlock candidates, sized so that its step 1 costs
 // about kRegionWork IoUs; blocks with less work than that run on one thread. Few, large parallel
 // regions keep the cost of waking and joining threads small, also on a loaded machine.
@@ -123,8 +126,9 @@ inline __attribute__((always_inline)) bool overlaps_any_impl(const BoxView<T>& k
   const T cx2 = cand.x2[c];
   const T cy2 = cand.y2[c];
   const T carea = cand.area[c];
-  for (int64_t k0 = begin; k0 < end; k0 += kChunk) {
-    const int64_t k1 = std::min(end, k0 + kChunk);
+  int64_t chunk = kFirstChunk;
+  for (int64_t k0 = begin; k0 < end; k0 += chunk, chunk = std::min(2 * chunk, kMaxChunk)) {
+    const int64_t k1 = std::min(end, k0 + chunk);
     int hit = 0;
     for (int64_t k = k0; k < k1; ++k) {
       const T xx1 = std::max(kept.x1[k], cx1);
