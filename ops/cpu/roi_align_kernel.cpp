@@ -1,0 +1,820 @@
+// RoI Align on the CPU (Mask R-CNN, He et al. 2017, Sec. 3): single- and multi-level, avg and max.
+//
+// Shapes: N images, C channels, L feature levels (H_l, W_l), K RoIs, P = ph * pw bins per RoI,
+// S sample points per bin (sampling_ratio^2, or adaptive per RoI), B = kBlock channels per block.
+//
+// Algorithm (deterministic, no atomics):
+// 1. Sample table: for every RoI, each sample point's 4 neighbour pixels and bilinear weights
+//    (`bilinear_clamped`), computed once in parallel over RoIs and reused for every channel.
+// 2. Forward on channels-last (NHWC) input: parallel over RoIs; a bin's value is a contiguous,
+//    vectorized loop over all C channels of 4 neighbour rows.
+//    Forward on NCHW input: parallel over channel blocks. A thread copies its block of B channels
+//    of every level into a per-thread pixel-major buffer [pixels][B] (so the input is read once,
+//    with no 55 MB NHWC copy) and pools every RoI from it with fixed-width vector loops.
+// 3. Backward: parallel over channel blocks. A thread owns B channels: it zeroes a per-thread
+//    buffer [pixels][B], scatter-adds every RoI's bins in a fixed order (RoI, bin, sample,
+//    neighbour), then writes the block into the gradient in the input's memory format. Each
+//    gradient element has one owner and one summation order, whatever the thread count.
+// RoIs are processed in chunks whose sample tables stay small (adaptive grids of huge RoIs).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/string_view.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <vector>
+
+#include "common/bilinear.h"
+#include "cpu/cpu_utils.h"
+#include "cpu/roi_align_memory.h"
+
+namespace detector {
+namespace roi_align_cpu {
+
+constexpr int64_t kBlock = 16;                         // channels per block (B)
+constexpr int64_t kMaxChunkSamples = int64_t(1) << 19;  // sample points per table chunk
+
+enum class Mode { kAvg, kMax };
+
+Mode parse_mode(const char* op, c10::string_view mode) {
+  if (mode == "avg") {
+    return Mode::kAvg;
+  }
+  TORCH_CHECK_VALUE(mode == "max", op, ": `mode` must be \"avg\" or \"max\", got \"",
+                    std::string(mode), "\"");
+  return Mode::kMax;
+}
+
+// One feature level: its plane size, scale, and first pixel in the concatenated block buffer.
+struct Level {
+  int64_t height;
+  int64_t width;
+  double spatial_scale;
+  int64_t pixel_base;
+};
+
+struct Pooling {
+  int64_t pooled_height;
+  int64_t pooled_width;
+  int64_t sampling_ratio;
+  bool aligned;
+  Mode mode;
+  int64_t bins() const { return pooled_height * pooled_width; }
+};
+
+// The bin grid of one RoI on its level (torchvision's arithmetic, in the input's precision).
+template <typename T>
+struct RoiGrid {
+  int64_t batch;
+  T start_h, start_w, bin_h, bin_w;
+  int64_t grid_h, grid_w;  // sample points per bin along y and x (>= 0)
+  int64_t per_bin() const { return grid_h * grid_w; }
+};
+
+template <typename T>
+RoiGrid<T> roi_grid(const T* roi, const Level& level, const Pooling& pool) {
+  const T offset = pool.aligned ? T(0.5) : T(0);
+  const T scale = static_cast<T>(level.spatial_scale);
+  RoiGrid<T> g;
+  g.batch = static_cast<int64_t>(roi[0]);
+  g.start_w = roi[1] * scale - offset;
+  g.start_h = roi[2] * scale - offset;
+  T roi_w = roi[3] * scale - offset - g.start_w;
+  T roi_h = roi[4] * scale - offset - g.start_h;
+  if (!pool.aligned) {  // legacy RoIs are at least one pixel wide and tall
+    roi_w = std::max(roi_w, T(1));
+    roi_h = std::max(roi_h, T(1));
+  }
+  g.bin_h = roi_h / static_cast<T>(pool.pooled_height);
+  g.bin_w = roi_w / static_cast<T>(pool.pooled_width);
+  if (pool.sampling_ratio > 0) {
+    g.grid_h = g.grid_w = pool.sampling_ratio;
+  } else {  // adaptive: ceil(roi_size / output_size) points per bin, none for inverted RoIs
+    g.grid_h = std::max<int64_t>(static_cast<int64_t>(std::ceil(roi_h / pool.pooled_height)), 0);
+    g.grid_w = std::max<int64_t>(static_cast<int64_t>(std::ceil(roi_w / pool.pooled_width)), 0);
+  }
+  return g;
+}
+
+// Sample points of RoIs [first, last): RoI k owns samples [offset[k - first], offset[k - first +
+// 1]) ordered (bin, iy, ix); indices are pixels of the RoI's level, batch offset included.
+template <typename T>
+struct SampleTable {
+  int64_t first = 0;
+  int64_t last = 0;
+  std::vector<int64_t> offset;
+  std::vector<int64_t> per_bin;
+  std::unique_ptr<Bilinear<T>[]> samples;
+
+  const Bilinear<T>* roi_samples(int64_t k) const { return samples.get() + offset[k - first]; }
+  int64_t roi_per_bin(int64_t k) const { return per_bin[k - first]; }
+};
+
+// The RoIs' levels and geometry, shared by the forward and backward drivers.
+template <typename T>
+struct RoiSet {
+  const T* rois;           // (K, 5), contiguous
+  const int64_t* levels;   // (K,) level of each RoI, or nullptr for a single level
+  std::vector<Level> level_info;
+  Pooling pool;
+  int64_t num_rois;
+
+  const Level& level_of(int64_t k) const { return level_info[levels ? levels[k] : 0]; }
+  RoiGrid<T> grid(int64_t k) const { return roi_grid(rois + 5 * k, level_of(k), pool); }
+};
+
+// Splits [0, K) into ranges whose sample tables hold at most kMaxChunkSamples points (at least
+// one RoI each). Depends on the RoIs only, so the summation order is the same for any thread count.
+template <typename T>
+std::vector<int64_t> chunk_bounds(const RoiSet<T>& set) {
+  std::vector<int64_t> bounds{0};
+  int64_t samples = 0;
+  for (int64_t k = 0; k < set.num_rois; ++k) {
+    const int64_t n = set.grid(k).per_bin() * set.pool.bins();
+    if (samples > 0 && samples + n > kMaxChunkSamples) {
+      bounds.push_back(k);
+      samples = 0;
+    }
+    samples += n;
+  }
+  bounds.push_back(set.num_rois);
+  return bounds;
+}
+
+template <typename T>
+void build_table(const RoiSet<T>& set, int64_t first, int64_t last, SampleTable<T>& table) {
+  const int64_t bins = set.pool.bins();
+  table.first = first;
+  table.last = last;
+  table.offset.assign(1, 0);
+  table.per_bin.clear();
+  for (int64_t k = first; k < last; ++k) {
+    const int64_t per_bin = set.grid(k).per_bin();
+    table.per_bin.push_back(per_bin);
+    table.offset.push_back(table.offset.back() + per_bin * bins);
+  }
+  table.samples.reset(new Bilinear<T>[std::max<int64_t>(table.offset.back(), 1)]);
+  at::parallel_for(first, last, 8, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      const RoiGrid<T> g = set.grid(k);
+      const Level& level = set.level_of(k);
+      const int64_t plane = level.height * level.width;
+      Bilinear<T>* out = table.samples.get() + table.offset[k - first];
+      for (int64_t ph = 0; ph < set.pool.pooled_height; ++ph) {
+        for (int64_t pw = 0; pw < set.pool.pooled_width; ++pw) {
+          for (int64_t iy = 0; iy < g.grid_h; ++iy) {
+            const T y = g.start_h + static_cast<T>(ph) * g.bin_h +
+                        static_cast<T>(iy + .5f) * g.bin_h / static_cast<T>(g.grid_h);
+            for (int64_t ix = 0; ix < g.grid_w; ++ix) {
+              const T x = g.start_w + static_cast<T>(pw) * g.bin_w +
+                          static_cast<T>(ix + .5f) * g.bin_w / static_cast<T>(g.grid_w);
+              Bilinear<T> b = plane > 0 ? bilinear_clamped(y, x, level.height, level.width)
+                                        : bilinear_zero<T>();
+              for (int i = 0; i < 4; ++i) {
+                b.index[i] += g.batch * plane;
+              }
+              *out++ = b;
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hot loops. `W` > 0 fixes the channel width and pixel stride at compile time (block buffers);
+// W == 0 reads them from `width` and `stride` (channels-last input, all C channels).
+
+template <typename T, int64_t W>
+inline __attribute__((always_inline)) void pool_avg_impl(const T* base, int64_t stride,
+                                                         int64_t width, const Bilinear<T>* s,
+                                                         int64_t bins, int64_t per_bin,
+                                                         T* __restrict out) {
+  if (W > 0) {
+    stride = width = W;
+  }
+  const T count = static_cast<T>(std::max<int64_t>(per_bin, 1));
+  for (int64_t p = 0; p < bins; ++p) {
+    T* __restrict acc = out + p * width;
+    for (int64_t c = 0; c < width; ++c) {
+      acc[c] = T(0);
+    }
+    for (int64_t j = 0; j < per_bin; ++j, ++s) {
+      const T* r0 = base + s->index[0] * stride;
+      const T* r1 = base + s->index[1] * stride;
+      const T* r2 = base + s->index[2] * stride;
+      const T* r3 = base + s->index[3] * stride;
+      const T w0 = s->weight[0], w1 = s->weight[1], w2 = s->weight[2], w3 = s->weight[3];
+      for (int64_t c = 0; c < width; ++c) {
+        acc[c] += w0 * r0[c] + w1 * r1[c] + w2 * r2[c] + w3 * r3[c];
+      }
+    }
+    for (int64_t c = 0; c < width; ++c) {
+      acc[c] /= count;
+    }
+  }
+}
+
+template <typename T, int64_t W>
+inline __attribute__((always_inline)) void pool_max_impl(const T* base, int64_t stride,
+                                                         int64_t width, const Bilinear<T>* s,
+                                                         int64_t bins, int64_t per_bin,
+                                                         T* __restrict out,
+                                                         int32_t* __restrict arg) {
+  if (W > 0) {
+    stride = width = W;
+  }
+  for (int64_t p = 0; p < bins; ++p) {
+    T* __restrict acc = out + p * width;
+    int32_t* __restrict best = arg + p * width;
+    for (int64_t c = 0; c < width; ++c) {
+      acc[c] = -std::numeric_limits<T>::infinity();
+      best[c] = -1;
+    }
+    for (int64_t j = 0; j < per_bin; ++j, ++s) {
+      const T* r0 = base + s->index[0] * stride;
+      const T* r1 = base + s->index[1] * stride;
+      const T* r2 = base + s->index[2] * stride;
+      const T* r3 = base + s->index[3] * stride;
+      const T w0 = s->weight[0], w1 = s->weight[1], w2 = s->weight[2], w3 = s->weight[3];
+      const int32_t jj = static_cast<int32_t>(j);
+      for (int64_t c = 0; c < width; ++c) {
+        const T v = w0 * r0[c] + w1 * r1[c] + w2 * r2[c] + w3 * r3[c];
+        const bool greater = v > acc[c];
+        acc[c] = greater ? v : acc[c];
+        best[c] = greater ? jj : best[c];
+      }
+    }
+    for (int64_t c = 0; c < width; ++c) {  // no sample point (or only NaNs): 0
+      acc[c] = best[c] < 0 ? T(0) : acc[c];
+    }
+  }
+}
+
+// Adds w * gv[c] into the 4 neighbour rows of sample `s` in a block buffer [pixels][B].
+template <typename T>
+inline __attribute__((always_inline)) void add_sample(T* buf, const Bilinear<T>& s,
+                                                      const T* gv) {
+  for (int i = 0; i < 4; ++i) {
+    const T w = s.weight[i];
+    if (w == T(0)) {
+      continue;
+    }
+    T* row = buf + s.index[i] * kBlock;
+    for (int64_t c = 0; c < kBlock; ++c) {
+      row[c] += w * gv[c];
+    }
+  }
+}
+
+// Scatter-adds one RoI's bin gradients g [bins][B] into a block buffer [pixels][B] (avg mode:
+// every sample point of a bin receives gradient / count).
+template <typename T>
+inline __attribute__((always_inline)) void scatter_avg_impl(T* buf, const Bilinear<T>* s,
+                                                            int64_t bins, int64_t per_bin,
+                                                            const T* g) {
+  const T count = static_cast<T>(std::max<int64_t>(per_bin, 1));
+  T gv[kBlock];
+  for (int64_t p = 0; p < bins; ++p) {
+    for (int64_t c = 0; c < kBlock; ++c) {
+      gv[c] = g[p * kBlock + c] / count;
+    }
+    for (int64_t j = 0; j < per_bin; ++j, ++s) {
+      add_sample(buf, *s, gv);
+    }
+  }
+}
+
+// Max mode: only the arg-max sample point of each channel (arg [bins][B]) receives its gradient.
+template <typename T>
+inline __attribute__((always_inline)) void scatter_max_impl(T* buf, const Bilinear<T>* s,
+                                                            int64_t bins, int64_t per_bin,
+                                                            const T* g, const int32_t* arg) {
+  T gv[kBlock];
+  for (int64_t p = 0; p < bins; ++p) {
+    const T* gp = g + p * kBlock;
+    const int32_t* ap = arg + p * kBlock;
+    for (int64_t j = 0; j < per_bin; ++j, ++s) {
+      bool any = false;
+      for (int64_t c = 0; c < kBlock; ++c) {
+        const bool hit = ap[c] == static_cast<int32_t>(j);
+        gv[c] = hit ? gp[c] : T(0);
+        any |= hit;
+      }
+      if (any) {
+        add_sample(buf, *s, gv);
+      }
+    }
+  }
+}
+
+DETECTOR_SIMD_CLONES void pool_avg_rows(const float* base, int64_t width, const Bilinear<float>* s,
+                                        int64_t bins, int64_t per_bin, float* out) {
+  pool_avg_impl<float, 0>(base, width, width, s, bins, per_bin, out);
+}
+DETECTOR_SIMD_CLONES void pool_avg_rows(const double* base, int64_t width,
+                                        const Bilinear<double>* s, int64_t bins, int64_t per_bin,
+                                        double* out) {
+  pool_avg_impl<double, 0>(base, width, width, s, bins, per_bin, out);
+}
+DETECTOR_SIMD_CLONES void pool_avg_block(const float* base, const Bilinear<float>* s, int64_t bins,
+                                         int64_t per_bin, float* out) {
+  pool_avg_impl<float, kBlock>(base, kBlock, kBlock, s, bins, per_bin, out);
+}
+DETECTOR_SIMD_CLONES void pool_avg_block(const double* base, const Bilinear<double>* s,
+                                         int64_t bins, int64_t per_bin, double* out) {
+  pool_avg_impl<double, kBlock>(base, kBlock, kBlock, s, bins, per_bin, out);
+}
+DETECTOR_SIMD_CLONES void pool_max_rows(const float* base, int64_t width, const Bilinear<float>* s,
+                                        int64_t bins, int64_t per_bin, float* out, int32_t* arg) {
+  pool_max_impl<float, 0>(base, width, width, s, bins, per_bin, out, arg);
+}
+DETECTOR_SIMD_CLONES void pool_max_rows(const double* base, int64_t width,
+                                        const Bilinear<double>* s, int64_t bins, int64_t per_bin,
+                                        double* out, int32_t* arg) {
+  pool_max_impl<double, 0>(base, width, width, s, bins, per_bin, out, arg);
+}
+DETECTOR_SIMD_CLONES void pool_max_block(const float* base, const Bilinear<float>* s, int64_t bins,
+                                         int64_t per_bin, float* out, int32_t* arg) {
+  pool_max_impl<float, kBlock>(base, kBlock, kBlock, s, bins, per_bin, out, arg);
+}
+DETECTOR_SIMD_CLONES void pool_max_block(const double* base, const Bilinear<double>* s,
+                                         int64_t bins, int64_t per_bin, double* out,
+                                         int32_t* arg) {
+  pool_max_impl<double, kBlock>(base, kBlock, kBlock, s, bins, per_bin, out, arg);
+}
+DETECTOR_SIMD_CLONES void scatter_block(float* buf, const Bilinear<float>* s, int64_t bins,
+                                        int64_t per_bin, const float* g, const int32_t* arg) {
+  if (arg) {
+    scatter_max_impl<float>(buf, s, bins, per_bin, g, arg);
+  } else {
+    scatter_avg_impl<float>(buf, s, bins, per_bin, g);
+  }
+}
+DETECTOR_SIMD_CLONES void scatter_block(double* buf, const Bilinear<double>* s, int64_t bins,
+                                        int64_t per_bin, const double* g, const int32_t* arg) {
+  if (arg) {
+    scatter_max_impl<double>(buf, s, bins, per_bin, g, arg);
+  } else {
+    scatter_avg_impl<double>(buf, s, bins, per_bin, g);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Block copies between a level tensor (NCHW or NHWC contiguous) and a block buffer [pixels][B].
+
+// buf[pixel][j] = input[n, c0 + j, h, w] for j < cw, 0 for cw <= j < B.
+template <typename T>
+void load_block(const at::Tensor& input, int64_t c0, int64_t cw, T* buf) {
+  const int64_t batch = input.size(0), channels = input.size(1);
+  const int64_t plane = input.size(2) * input.size(3);
+  const T* in = input.const_data_ptr<T>();
+  const bool nchw = input.is_contiguous();
+  for (int64_t n = 0; n < batch; ++n) {
+    T* dst = buf + n * plane * kBlock;
+    if (nchw) {
+      const T* src = in + (n * channels + c0) * plane;
+      for (int64_t hw = 0; hw < plane; ++hw) {
+        T* d = dst + hw * kBlock;
+        for (int64_t j = 0; j < cw; ++j) {
+          d[j] = src[j * plane + hw];
+        }
+        for (int64_t j = cw; j < kBlock; ++j) {
+          d[j] = T(0);
+        }
+      }
+    } else {
+      const T* src = in + n * plane * channels + c0;
+      for (int64_t hw = 0; hw < plane; ++hw) {
+        T* d = dst + hw * kBlock;
+        for (int64_t j = 0; j < cw; ++j) {
+          d[j] = src[hw * channels + j];
+        }
+        for (int64_t j = cw; j < kBlock; ++j) {
+          d[j] = T(0);
+        }
+      }
+    }
+  }
+}
+
+// grad[n, c0 + j, h, w] (=|+=) buf[pixel][j] for j < cw; `grad` is NCHW or NHWC contiguous.
+template <typename T>
+void store_block(const T* buf, int64_t c0, int64_t cw, bool accumulate, at::Tensor& grad) {
+  const int64_t batch = grad.size(0), channels = grad.size(1);
+  const int64_t plane = grad.size(2) * grad.size(3);
+  T* out = grad.mutable_data_ptr<T>();
+  const bool nchw = grad.is_contiguous();
+  constexpr int64_t kTile = 64;
+  for (int64_t n = 0; n < batch; ++n) {
+    const T* src = buf + n * plane * kBlock;
+    if (nchw) {
+      T* dst = out + (n * channels + c0) * plane;
+      for (int64_t hw0 = 0; hw0 < plane; hw0 += kTile) {
+        const int64_t hw1 = std::min(plane, hw0 + kTile);
+        for (int64_t j = 0; j < cw; ++j) {
+          T* d = dst + j * plane;
+          if (accumulate) {
+            for (int64_t hw = hw0; hw < hw1; ++hw) d[hw] += src[hw * kBlock + j];
+          } else {
+            for (int64_t hw = hw0; hw < hw1; ++hw) d[hw] = src[hw * kBlock + j];
+          }
+        }
+      }
+    } else {
+      T* dst = out + n * plane * channels + c0;
+      for (int64_t hw = 0; hw < plane; ++hw) {
+        T* d = dst + hw * channels;
+        const T* s = src + hw * kBlock;
+        if (accumulate) {
+          for (int64_t j = 0; j < cw; ++j) d[j] += s[j];
+        } else {
+          for (int64_t j = 0; j < cw; ++j) d[j] = s[j];
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
+std::unique_ptr<T[]> block_buffer(int64_t pixels) {
+  std::unique_ptr<T[]> buf(new T[pixels * kBlock]);
+  advise_huge_pages(buf.get(), pixels * kBlock * sizeof(T));
+  return buf;
+}
+
+at::Tensor fresh_tensor(at::IntArrayRef sizes, const at::TensorOptions& options,
+                        at::MemoryFormat format = at::MemoryFormat::Contiguous) {
+  at::Tensor t = at::empty(sizes, options.memory_format(format));
+  advise_huge_pages(t.data_ptr(), t.nbytes());
+  return t;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Drivers.
+
+// Pools RoIs [table.first, table.last) from channels-last levels: parallel over RoIs, all channels.
+template <typename T>
+void forward_rows(const RoiSet<T>& set, const SampleTable<T>& table,
+                  const std::vector<at::Tensor>& levels, T* out, int32_t* argmax) {
+  const int64_t channels = levels[0].size(1), bins = set.pool.bins();
+  at::parallel_for(table.first, table.last, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> local(bins * channels);        // [bins][C]
+    std::vector<int32_t> local_arg(argmax ? bins * channels : 0);
+    for (int64_t k = begin; k < end; ++k) {
+      const T* base = levels[set.levels ? set.levels[k] : 0].template const_data_ptr<T>();
+      if (argmax) {
+        pool_max_rows(base, channels, table.roi_samples(k), bins, table.roi_per_bin(k),
+                      local.data(), local_arg.data());
+      } else {
+        pool_avg_rows(base, channels, table.roi_samples(k), bins, table.roi_per_bin(k),
+                      local.data());
+      }
+      // [bins][C] -> [C][bins]
+      T* o = out + k * channels * bins;
+      for (int64_t c = 0; c < channels; ++c) {
+        for (int64_t p = 0; p < bins; ++p) o[c * bins + p] = local[p * channels + c];
+      }
+      if (argmax) {
+        int32_t* a = argmax + k * channels * bins;
+        for (int64_t c = 0; c < channels; ++c) {
+          for (int64_t p = 0; p < bins; ++p) a[c * bins + p] = local_arg[p * channels + c];
+        }
+      }
+    }
+  });
+}
+
+// Pools RoIs [table.first, table.last) from any-layout levels: parallel over channel blocks.
+template <typename T>
+void forward_blocks(const RoiSet<T>& set, const SampleTable<T>& table,
+                    const std::vector<at::Tensor>& levels, T* out, int32_t* argmax) {
+  const int64_t channels = levels[0].size(1), bins = set.pool.bins();
+  const int64_t num_blocks = (channels + kBlock - 1) / kBlock;
+  int64_t pixels = 0;
+  for (const Level& level : set.level_info) {
+    pixels = std::max(pixels, level.pixel_base + levels[0].size(0) * level.height * level.width);
+  }
+  at::parallel_for(0, num_blocks, 1, [&](int64_t begin, int64_t end) {
+    std::unique_ptr<T[]> buf = block_buffer<T>(pixels);
+    std::vector<T> local(bins * kBlock);  // [bins][B]
+    std::vector<int32_t> local_arg(argmax ? bins * kBlock : 0);
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t c0 = b * kBlock, cw = std::min(kBlock, channels - c0);
+      for (size_t l = 0; l < levels.size(); ++l) {
+        load_block(levels[l], c0, cw, buf.get() + set.level_info[l].pixel_base * kBlock);
+      }
+      for (int64_t k = table.first; k < table.last; ++k) {
+        const T* base = buf.get() + set.level_of(k).pixel_base * kBlock;
+        if (argmax) {
+          pool_max_block(base, table.roi_samples(k), bins, table.roi_per_bin(k), local.data(),
+                         local_arg.data());
+        } else {
+          pool_avg_block(base, table.roi_samples(k), bins, table.roi_per_bin(k), local.data());
+        }
+        // [bins][B] -> out[k, c0:c0+cw, bins]
+        T* o = out + (k * channels + c0) * bins;
+        for (int64_t j = 0; j < cw; ++j) {
+          for (int64_t p = 0; p < bins; ++p) o[j * bins + p] = local[p * kBlock + j];
+        }
+        if (argmax) {
+          int32_t* a = argmax + (k * channels + c0) * bins;
+          for (int64_t j = 0; j < cw; ++j) {
+            for (int64_t p = 0; p < bins; ++p) a[j * bins + p] = local_arg[p * kBlock + j];
+          }
+        }
+      }
+    }
+  });
+}
+
+// Levels as the kernels read them: each NCHW- or NHWC-contiguous.
+std::vector<at::Tensor> kernel_layout(const std::vector<at::Tensor>& features) {
+  std::vector<at::Tensor> levels;
+  for (const at::Tensor& f : features) {
+    const bool ok = f.is_contiguous() || f.is_contiguous(at::MemoryFormat::ChannelsLast);
+    levels.push_back(ok ? f : f.contiguous());
+  }
+  return levels;
+}
+
+template <typename T>
+std::vector<Level> level_info(const std::vector<int64_t>& heights,
+                              const std::vector<int64_t>& widths, at::ArrayRef<double> scales,
+                              int64_t batch) {
+  std::vector<Level> info;
+  int64_t base = 0;
+  for (size_t l = 0; l < heights.size(); ++l) {
+    info.push_back(Level{heights[l], widths[l], scales[l], base});
+    base += batch * heights[l] * widths[l];
+  }
+  return info;
+}
+
+template <typename T>
+std::tuple<at::Tensor, at::Tensor> forward_impl(const std::vector<at::Tensor>& features,
+                                                const at::Tensor& rois, const int64_t* roi_levels,
+                                                at::ArrayRef<double> scales, const Pooling& pool) {
+  const std::vector<at::Tensor> levels = kernel_layout(features);
+  const int64_t num_rois = rois.size(0), channels = levels[0].size(1);
+  at::Tensor output = fresh_tensor({num_rois, channels, pool.pooled_height, pool.pooled_width},
+                                   levels[0].options());
+  at::Tensor argmax = pool.mode == Mode::kMax
+                          ? fresh_tensor(output.sizes(), output.options().dtype(at::kInt))
+                          : at::empty({0}, output.options().dtype(at::kInt));
+  if (output.numel() == 0) {
+    return {output, argmax};
+  }
+  std::vector<int64_t> heights, widths;
+  bool channels_last = true;
+  for (const at::Tensor& level : levels) {
+    heights.push_back(level.size(2));
+    widths.push_back(level.size(3));
+    channels_last = channels_last && level.is_contiguous(at::MemoryFormat::ChannelsLast);
+  }
+  RoiSet<T> set{rois.const_data_ptr<T>(), roi_levels,
+                level_info<T>(heights, widths, scales, levels[0].size(0)), pool, num_rois};
+  T* out = output.mutable_data_ptr<T>();
+  int32_t* arg = pool.mode == Mode::kMax ? argmax.mutable_data_ptr<int32_t>() : nullptr;
+  const std::vector<int64_t> bounds = chunk_bounds(set);
+  SampleTable<T> table;
+  for (size_t i = 0; i + 1 < bounds.size(); ++i) {
+    build_table(set, bounds[i], bounds[i + 1], table);
+    if (channels_last) {
+      forward_rows(set, table, levels, out, arg);
+    } else {
+      forward_blocks(set, table, levels, out, arg);
+    }
+  }
+  return {output, argmax};
+}
+
+// Gradients of the levels (batch, channels, heights[l], widths[l]) in their memory formats.
+template <typename T>
+std::vector<at::Tensor> backward_impl(const at::Tensor& grad, const at::Tensor& rois,
+                                      const int64_t* roi_levels, const at::Tensor& argmax,
+                                      at::ArrayRef<double> scales, const Pooling& pool,
+                                      int64_t batch, int64_t channels,
+                                      const std::vector<int64_t>& heights,
+                                      const std::vector<int64_t>& widths,
+                                      const std::vector<bool>& channels_last) {
+  std::vector<at::Tensor> grads;
+  for (size_t l = 0; l < heights.size(); ++l) {
+    grads.push_back(fresh_tensor({batch, channels, heights[l], widths[l]}, grad.options(),
+                                 channels_last[l] ? at::MemoryFormat::ChannelsLast
+                                                  : at::MemoryFormat::Contiguous));
+  }
+  const int64_t num_rois = rois.size(0), bins = pool.bins();
+  if (num_rois == 0 || channels == 0 || bins == 0) {
+    for (at::Tensor& g : grads) g.zero_();
+    return grads;
+  }
+  RoiSet<T> set{rois.const_data_ptr<T>(), roi_levels,
+                level_info<T>(heights, widths, scales, batch), pool, num_rois};
+  int64_t pixels = 0;
+  for (const Level& level : set.level_info) {
+    pixels = std::max(pixels, level.pixel_base + batch * level.height * level.width);
+  }
+  const std::vector<int64_t> bounds = chunk_bounds(set);
+  const bool accumulate = bounds.size() > 2;  // several chunks add into zeroed gradients
+  if (accumulate) {
+    for (at::Tensor& g : grads) g.zero_();
+  }
+  const T* g = grad.const_data_ptr<T>();
+  const int32_t* arg = pool.mode == Mode::kMax ? argmax.const_data_ptr<int32_t>() : nullptr;
+  const int64_t num_blocks = (channels + kBlock - 1) / kBlock;
+  SampleTable<T> table;
+  for (size_t i = 0; i + 1 < bounds.size(); ++i) {
+    build_table(set, bounds[i], bounds[i + 1], table);
+    at::parallel_for(0, num_blocks, 1, [&](int64_t begin, int64_t end) {
+      std::unique_ptr<T[]> buf = block_buffer<T>(pixels);
+      std::vector<T> local(bins * kBlock);  // [bins][B]
+      std::vector<int32_t> local_arg(arg ? bins * kBlock : 0);
+      for (int64_t b = begin; b < end; ++b) {
+        const int64_t c0 = b * kBlock, cw = std::min(kBlock, channels - c0);
+        std::fill(buf.get(), buf.get() + pixels * kBlock, T(0));
+        for (int64_t k = table.first; k < table.last; ++k) {
+          // grad[k, c0:c0+cw, bins] -> [bins][B]
+          const T* gk = g + (k * channels + c0) * bins;
+          std::fill(local.begin(), local.end(), T(0));
+          for (int64_t j = 0; j < cw; ++j) {
+            for (int64_t p = 0; p < bins; ++p) local[p * kBlock + j] = gk[j * bins + p];
+          }
+          if (arg) {
+            const int32_t* ak = arg + (k * channels + c0) * bins;
+            std::fill(local_arg.begin(), local_arg.end(), -1);
+            for (int64_t j = 0; j < cw; ++j) {
+              for (int64_t p = 0; p < bins; ++p) local_arg[p * kBlock + j] = ak[j * bins + p];
+            }
+          }
+          scatter_block(buf.get() + set.level_of(k).pixel_base * kBlock, table.roi_samples(k),
+                        bins, table.roi_per_bin(k), local.data(),
+                        arg ? local_arg.data() : nullptr);
+        }
+        for (size_t l = 0; l < grads.size(); ++l) {
+          store_block(buf.get() + set.level_info[l].pixel_base * kBlock, c0, cw, accumulate,
+                      grads[l]);
+        }
+      }
+    });
+  }
+  return grads;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operator entry points.
+
+void check_dtype(const char* op, const at::Tensor& input) {
+  TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble, op,
+              ": CPU kernels support float32 and float64 `input`, got ", input.scalar_type());
+}
+
+void check_pooling(const char* op, int64_t pooled_height, int64_t pooled_width) {
+  TORCH_CHECK_VALUE(pooled_height > 0 && pooled_width > 0, op,
+                    ": `output_size` must be positive, got (", pooled_height, ", ", pooled_width,
+                    ")");
+}
+
+std::tuple<at::Tensor, at::Tensor> roi_align_forward(const at::Tensor& input,
+                                                     const at::Tensor& rois, double spatial_scale,
+                                                     int64_t pooled_height, int64_t pooled_width,
+                                                     int64_t sampling_ratio, bool aligned,
+                                                     c10::string_view mode) {
+  constexpr const char* op = "roi_align";
+  const Pooling pool{pooled_height, pooled_width, sampling_ratio, aligned, parse_mode(op, mode)};
+  TORCH_CHECK_VALUE(input.dim() == 4, op, ": `input` must be 4-D (N, C, H, W), got ",
+                    input.sizes());
+  check_dtype(op, input);
+  check_pooling(op, pooled_height, pooled_width);
+  check_rois_cpu(op, rois, input.size(0));
+  const at::Tensor r = rois.to(input.scalar_type()).contiguous();
+  const double scales[] = {spatial_scale};
+  return AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "roi_align_forward", [&] {
+    return forward_impl<scalar_t>({input}, r, nullptr, scales, pool);
+  });
+}
+
+at::Tensor roi_align_backward(const at::Tensor& grad, const at::Tensor& rois,
+                              const at::Tensor& argmax, double spatial_scale,
+                              int64_t pooled_height, int64_t pooled_width, int64_t batch_size,
+                              int64_t channels, int64_t height, int64_t width,
+                              int64_t sampling_ratio, bool aligned, c10::string_view mode,
+                              bool channels_last) {
+  constexpr const char* op = "_roi_align_backward";
+  const Pooling pool{pooled_height, pooled_width, sampling_ratio, aligned, parse_mode(op, mode)};
+  check_dtype(op, grad);
+  check_rois_cpu(op, rois, batch_size);
+  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == rois.size(0) && grad.size(1) == channels &&
+                  grad.size(2) == pooled_height && grad.size(3) == pooled_width,
+              op, ": `grad` must have shape (K, C, ph, pw), got ", grad.sizes());
+  TORCH_CHECK(pool.mode == Mode::kAvg || argmax.sizes() == grad.sizes(), op,
+              ": `argmax` must have the shape of `grad` for mode \"max\"");
+  const at::Tensor r = rois.to(grad.scalar_type()).contiguous();
+  const double scales[] = {spatial_scale};
+  return AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "roi_align_backward", [&] {
+    return backward_impl<scalar_t>(grad.contiguous(), r, nullptr, argmax.contiguous(), scales,
+                                   pool, batch_size, channels, {height}, {width},
+                                   {channels_last})[0];
+  });
+}
+
+// Checks `levels` (K,) int64 in [0, num_levels) and returns it contiguous.
+at::Tensor checked_levels(const char* op, const at::Tensor& levels, int64_t num_rois,
+                          int64_t num_levels) {
+  TORCH_CHECK_VALUE(levels.dim() == 1 && levels.size(0) == num_rois, op,
+                    ": `levels` must have shape (K,) with K = ", num_rois, " RoIs, got ",
+                    levels.sizes());
+  TORCH_CHECK_TYPE(levels.scalar_type() == at::kLong, op, ": `levels` must be int64, got ",
+                   levels.scalar_type());
+  if (num_rois > 0) {
+    const int64_t lo = levels.min().item<int64_t>(), hi = levels.max().item<int64_t>();
+    TORCH_CHECK_VALUE(lo >= 0 && hi < num_levels, op, ": `levels` must lie in [0, ", num_levels,
+                      "), found values in [", lo, ", ", hi, "]");
+  }
+  return levels.contiguous();
+}
+
+std::tuple<at::Tensor, at::Tensor> multi_scale_forward(at::TensorList features,
+                                                       const at::Tensor& rois,
+                                                       const at::Tensor& levels,
+                                                       at::ArrayRef<double> spatial_scales,
+                                                       int64_t pooled_height, int64_t pooled_width,
+                                                       int64_t sampling_ratio, bool aligned,
+                                                       c10::string_view mode) {
+  constexpr const char* op = "multi_scale_roi_align";
+  const Pooling pool{pooled_height, pooled_width, sampling_ratio, aligned, parse_mode(op, mode)};
+  TORCH_CHECK_VALUE(!features.empty() && features.size() == spatial_scales.size(), op,
+                    ": `features` and `spatial_scales` must be non-empty and of equal length, got ",
+                    features.size(), " and ", spatial_scales.size());
+  for (const at::Tensor& f : features) {
+    TORCH_CHECK_VALUE(f.dim() == 4 && f.size(0) == features[0].size(0) &&
+                          f.size(1) == features[0].size(1),
+                      op, ": every level of `features` must be (N, C, H_l, W_l) with the same N "
+                      "and C, got ", f.sizes(), " and ", features[0].sizes());
+    TORCH_CHECK_TYPE(f.scalar_type() == features[0].scalar_type(), op,
+                     ": every level of `features` must have the same dtype");
+  }
+  check_dtype(op, features[0]);
+  check_pooling(op, pooled_height, pooled_width);
+  check_rois_cpu(op, rois, features[0].size(0));
+  const at::Tensor lv = checked_levels(op, levels, rois.size(0), features.size());
+  const at::Tensor r = rois.to(features[0].scalar_type()).contiguous();
+  return AT_DISPATCH_FLOATING_TYPES(features[0].scalar_type(), "multi_scale_roi_align", [&] {
+    return forward_impl<scalar_t>(features.vec(), r, lv.const_data_ptr<int64_t>(),
+                                  spatial_scales, pool);
+  });
+}
+
+std::vector<at::Tensor> multi_scale_backward(const at::Tensor& grad, const at::Tensor& rois,
+                                             const at::Tensor& levels, const at::Tensor& argmax,
+                                             at::ArrayRef<double> spatial_scales,
+                                             int64_t pooled_height, int64_t pooled_width,
+                                             at::IntArrayRef level_shapes,
+                                             const c10::List<bool>& channels_last,
+                                             int64_t sampling_ratio, bool aligned,
+                                             c10::string_view mode) {
+  constexpr const char* op = "_multi_scale_roi_align_backward";
+  const Pooling pool{pooled_height, pooled_width, sampling_ratio, aligned, parse_mode(op, mode)};
+  const size_t num_levels = spatial_scales.size();
+  TORCH_CHECK(num_levels > 0 && level_shapes.size() == 4 * num_levels &&
+                  channels_last.size() == num_levels,
+              op, ": expected 4 sizes and a memory format per level");
+  check_dtype(op, grad);
+  const int64_t batch = level_shapes[0], channels = level_shapes[1];
+  check_rois_cpu(op, rois, batch);
+  const at::Tensor lv = checked_levels(op, levels, rois.size(0), num_levels);
+  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == rois.size(0) && grad.size(1) == channels &&
+                  grad.size(2) == pooled_height && grad.size(3) == pooled_width,
+              op, ": `grad` must have shape (K, C, ph, pw), got ", grad.sizes());
+  std::vector<int64_t> heights, widths;
+  for (size_t l = 0; l < num_levels; ++l) {
+    heights.push_back(level_shapes[4 * l + 2]);
+    widths.push_back(level_shapes[4 * l + 3]);
+  }
+  std::vector<bool> formats;
+  for (const bool cl : channels_last) {
+    formats.push_back(cl);
+  }
+  const at::Tensor r = rois.to(grad.scalar_type()).contiguous();
+  return AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "multi_scale_roi_align_backward", [&] {
+    return backward_impl<scalar_t>(grad.contiguous(), r, lv.const_data_ptr<int64_t>(),
+                                   argmax.contiguous(), spatial_scales, pool, batch, channels,
+                                   heights, widths, formats);
+  });
+}
+
+}  // namespace roi_align_cpu
+
+TORCH_LIBRARY_IMPL(detector, CPU, m) {
+  m.impl("roi_align", &roi_align_cpu::roi_align_forward);
+  m.impl("_roi_align_backward", &roi_align_cpu::roi_align_backward);
+  m.impl("multi_scale_roi_align", &roi_align_cpu::multi_scale_forward);
+  m.impl("_multi_scale_roi_align_backward", &roi_align_cpu::multi_scale_backward);
+}
+
+}  // namespace detector
