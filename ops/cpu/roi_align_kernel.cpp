@@ -6,11 +6,10 @@
 // Algorithm (deterministic, no atomics):
 // 1. Sample table: for every RoI, each sample point's 4 neighbour pixels and bilinear weights
 //    (`bilinear_clamped`), computed once in parallel over RoIs and reused for every channel.
-// 2. Forward on channels-last (NHWC) input: parallel over RoIs; a bin's value is a contiguous,
-//    vectorized loop over all C channels of 4 neighbour rows.
-//    Forward on NCHW input: parallel over channel blocks. A thread copies its block of B channels
-//    of every level into a per-thread pixel-major buffer [pixels][B] (so the input is read once,
-//    with no 55 MB NHWC copy) and pools every RoI from it with fixed-width vector loops.
+// 2. Forward: parallel over channel blocks. A thread copies its block of B channels of every
+//    level (NCHW or NHWC) into a per-thread pixel-major buffer [pixels][B] (so the input is read
+//    once, with no 55 MB NHWC copy, and the buffer stays in L3) and pools every RoI from it with
+//    fixed-width vector loops over 4 neighbour rows per sample point.
 // 3. Backward: parallel over channel blocks. A thread owns B channels: it zeroes a per-thread
 //    buffer [pixels][B], scatter-adds every RoI's bins in a fixed order (RoI, bin, sample,
 //    neighbour), then writes the block into the gradient in the input's memory format. Each
@@ -24,13 +23,18 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <memory>
+#include <tuple>
 #include <vector>
 
 #include "common/bilinear.h"
 #include "cpu/cpu_utils.h"
 #include "cpu/roi_align_memory.h"
+
+// GCC notes that vector arguments change the ABI between SIMD clones; they are all inlined.
+#pragma GCC diagnostic ignored "-Wpsabi"
 
 namespace detector {
 namespace roi_align_cpu {
@@ -109,6 +113,7 @@ struct SampleTable {
   std::vector<int64_t> offset;
   std::vector<int64_t> per_bin;
   std::unique_ptr<Bilinear<T>[]> samples;
+  std::vector<int64_t> order;  // the RoIs in processing order (see roi_order)
 
   const Bilinear<T>* roi_samples(int64_t k) const { return samples.get() + offset[k - first]; }
   int64_t roi_per_bin(int64_t k) const { return per_bin[k - first]; }
@@ -145,6 +150,29 @@ std::vector<int64_t> chunk_bounds(const RoiSet<T>& set) {
   return bounds;
 }
 
+// RoIs [first, last) sorted by (level, image, 16-pixel band of the centre's y, centre x in snake
+// order): consecutive RoIs then overlap and find their rows of the block buffer still in L2.
+// The order depends on the RoIs only, so backward sums stay independent of the thread count.
+template <typename T>
+std::vector<int64_t> roi_order(const RoiSet<T>& set, int64_t first, int64_t last) {
+  using Key = std::tuple<int64_t, int64_t, int64_t, double, int64_t>;
+  std::vector<Key> keys;
+  for (int64_t k = first; k < last; ++k) {
+    const RoiGrid<T> g = set.grid(k);
+    const double cy = g.start_h + 0.5 * g.bin_h * set.pool.pooled_height;
+    const double cx = g.start_w + 0.5 * g.bin_w * set.pool.pooled_width;
+    const int64_t band = static_cast<int64_t>(std::floor(cy / 16.0));
+    const int64_t level = set.levels ? set.levels[k] : 0;
+    keys.emplace_back(level, g.batch, band, band % 2 ? -cx : cx, k);
+  }
+  std::sort(keys.begin(), keys.end());
+  std::vector<int64_t> order;
+  for (const Key& key : keys) {
+    order.push_back(std::get<4>(key));
+  }
+  return order;
+}
+
 template <typename T>
 void build_table(const RoiSet<T>& set, int64_t first, int64_t last, SampleTable<T>& table) {
   const int64_t bins = set.pool.bins();
@@ -158,6 +186,7 @@ void build_table(const RoiSet<T>& set, int64_t first, int64_t last, SampleTable<
     table.offset.push_back(table.offset.back() + per_bin * bins);
   }
   table.samples.reset(new Bilinear<T>[std::max<int64_t>(table.offset.back(), 1)]);
+  table.order = roi_order(set, first, last);
   at::parallel_for(first, last, 8, [&](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k) {
       const RoiGrid<T> g = set.grid(k);
@@ -187,88 +216,124 @@ void build_table(const RoiSet<T>& set, int64_t first, int64_t last, SampleTable<
 }
 
 // ---------------------------------------------------------------------------------------------
-// Hot loops. `W` > 0 fixes the channel width and pixel stride at compile time (block buffers);
-// W == 0 reads them from `width` and `stride` (channels-last input, all C channels).
+// Hot loops over a block buffer [pixels][B]: every sample point reads or updates 4 rows of B
+// contiguous channels. The rows are scattered over a buffer larger than L2, so the loops
+// prefetch the rows of the sample point kPrefetch entries ahead (the table is sequential).
 
-template <typename T, int64_t W>
-inline __attribute__((always_inline)) void pool_avg_impl(const T* base, int64_t stride,
-                                                         int64_t width, const Bilinear<T>* s,
-                                                         int64_t bins, int64_t per_bin,
-                                                         T* __restrict out) {
-  if (W > 0) {
-    stride = width = W;
+constexpr int64_t kPrefetch = 6;
+
+template <typename T, int RW>
+inline __attribute__((always_inline)) void prefetch_rows(const T* buf, const Bilinear<T>* s,
+                                                         const Bilinear<T>* end) {
+  if (s + kPrefetch < end) {
+    const Bilinear<T>& next = s[kPrefetch];
+    for (int i = 0; i < 4; ++i) {
+      const T* row = buf + next.index[i] * kBlock;
+      __builtin_prefetch(row, RW, 3);
+      if (kBlock * sizeof(T) > 64) {
+        __builtin_prefetch(row + 64 / sizeof(T), RW, 3);
+      }
+    }
   }
+}
+
+// A row of B channels as one GCC vector: each SIMD clone lowers it to its widest registers
+// (1 zmm, 2 ymm or 4 xmm for floats). Loads and stores go through memcpy (unaligned).
+typedef float VecF __attribute__((vector_size(kBlock * sizeof(float))));
+typedef double VecD __attribute__((vector_size(kBlock * sizeof(double))));
+typedef int32_t VecI32 __attribute__((vector_size(kBlock * sizeof(int32_t))));
+typedef int64_t VecI64 __attribute__((vector_size(kBlock * sizeof(int64_t))));
+
+template <typename T>
+struct Vec;
+template <>
+struct Vec<float> {
+  using type = VecF;
+  using mask = VecI32;  // what a comparison of two VecF gives
+};
+template <>
+struct Vec<double> {
+  using type = VecD;
+  using mask = VecI64;
+};
+
+template <typename V, typename T>
+inline __attribute__((always_inline)) V load_vec(const T* p) {
+  V v;
+  std::memcpy(&v, p, sizeof(V));
+  return v;
+}
+
+template <typename V, typename T>
+inline __attribute__((always_inline)) void store_vec(T* p, const V& v) {
+  std::memcpy(p, &v, sizeof(V));
+}
+
+// Bilinear value of sample `s` for the B channels: sum_i w_i * row_i.
+template <typename T>
+inline __attribute__((always_inline)) typename Vec<T>::type sample_vec(const T* base,
+                                                                      const Bilinear<T>& s) {
+  using V = typename Vec<T>::type;
+  return s.weight[0] * load_vec<V>(base + s.index[0] * kBlock) +
+         s.weight[1] * load_vec<V>(base + s.index[1] * kBlock) +
+         s.weight[2] * load_vec<V>(base + s.index[2] * kBlock) +
+         s.weight[3] * load_vec<V>(base + s.index[3] * kBlock);
+}
+
+// out[p][c] = mean over bin p's sample points of their bilinear values, c < B.
+template <typename T>
+inline __attribute__((always_inline)) void pool_avg_impl(const T* base, const Bilinear<T>* s,
+                                                         int64_t bins, int64_t per_bin, T* out) {
+  using V = typename Vec<T>::type;
+  const Bilinear<T>* end = s + bins * per_bin;
   const T count = static_cast<T>(std::max<int64_t>(per_bin, 1));
   for (int64_t p = 0; p < bins; ++p) {
-    T* __restrict acc = out + p * width;
-    for (int64_t c = 0; c < width; ++c) {
-      acc[c] = T(0);
-    }
+    V acc = {};
     for (int64_t j = 0; j < per_bin; ++j, ++s) {
-      const T* r0 = base + s->index[0] * stride;
-      const T* r1 = base + s->index[1] * stride;
-      const T* r2 = base + s->index[2] * stride;
-      const T* r3 = base + s->index[3] * stride;
-      const T w0 = s->weight[0], w1 = s->weight[1], w2 = s->weight[2], w3 = s->weight[3];
-      for (int64_t c = 0; c < width; ++c) {
-        acc[c] += w0 * r0[c] + w1 * r1[c] + w2 * r2[c] + w3 * r3[c];
-      }
+      prefetch_rows<T, 0>(base, s, end);
+      acc += sample_vec(base, *s);
     }
-    for (int64_t c = 0; c < width; ++c) {
-      acc[c] /= count;
-    }
+    store_vec(out + p * kBlock, acc / count);
   }
 }
 
-template <typename T, int64_t W>
-inline __attribute__((always_inline)) void pool_max_impl(const T* base, int64_t stride,
-                                                         int64_t width, const Bilinear<T>* s,
-                                                         int64_t bins, int64_t per_bin,
-                                                         T* __restrict out,
-                                                         int32_t* __restrict arg) {
-  if (W > 0) {
-    stride = width = W;
-  }
+// out[p][c] = max over bin p's sample points (0 without any), arg[p][c] = its index in the bin
+// (the first one on ties, -1 without any).
+template <typename T>
+inline __attribute__((always_inline)) void pool_max_impl(const T* base, const Bilinear<T>* s,
+                                                         int64_t bins, int64_t per_bin, T* out,
+                                                         int32_t* arg) {
+  using V = typename Vec<T>::type;
+  using M = typename Vec<T>::mask;
+  const Bilinear<T>* end = s + bins * per_bin;
   for (int64_t p = 0; p < bins; ++p) {
-    T* __restrict acc = out + p * width;
-    int32_t* __restrict best = arg + p * width;
-    for (int64_t c = 0; c < width; ++c) {
-      acc[c] = -std::numeric_limits<T>::infinity();
-      best[c] = -1;
-    }
+    V best = V{} - std::numeric_limits<T>::infinity();
+    M index = M{} - 1;
     for (int64_t j = 0; j < per_bin; ++j, ++s) {
-      const T* r0 = base + s->index[0] * stride;
-      const T* r1 = base + s->index[1] * stride;
-      const T* r2 = base + s->index[2] * stride;
-      const T* r3 = base + s->index[3] * stride;
-      const T w0 = s->weight[0], w1 = s->weight[1], w2 = s->weight[2], w3 = s->weight[3];
-      const int32_t jj = static_cast<int32_t>(j);
-      for (int64_t c = 0; c < width; ++c) {
-        const T v = w0 * r0[c] + w1 * r1[c] + w2 * r2[c] + w3 * r3[c];
-        const bool greater = v > acc[c];
-        acc[c] = greater ? v : acc[c];
-        best[c] = greater ? jj : best[c];
-      }
+      prefetch_rows<T, 0>(base, s, end);
+      const V v = sample_vec(base, *s);
+      using E = decltype(index[0] + 0);  // the mask's element type
+      const M greater = v > best;
+      best = greater ? v : best;
+      index = greater ? M{} + static_cast<E>(j) : index;
     }
-    for (int64_t c = 0; c < width; ++c) {  // no sample point (or only NaNs): 0
-      acc[c] = best[c] < 0 ? T(0) : acc[c];
-    }
+    store_vec(out + p * kBlock, index < 0 ? V{} : best);
+    store_vec(arg + p * kBlock, __builtin_convertvector(index, VecI32));
   }
 }
 
-// Adds w * gv[c] into the 4 neighbour rows of sample `s` in a block buffer [pixels][B].
+// Adds w_i * gv into the 4 neighbour rows of sample `s` in a block buffer [pixels][B].
 template <typename T>
 inline __attribute__((always_inline)) void add_sample(T* buf, const Bilinear<T>& s,
-                                                      const T* gv) {
+                                                      const typename Vec<T>::type& gv) {
+  using V = typename Vec<T>::type;
   for (int i = 0; i < 4; ++i) {
     const T w = s.weight[i];
-    if (w == T(0)) {
+    if (w == T(0)) {  // outside the map: nothing to add (as torchvision, even for inf gradients)
       continue;
     }
     T* row = buf + s.index[i] * kBlock;
-    for (int64_t c = 0; c < kBlock; ++c) {
-      row[c] += w * gv[c];
-    }
+    store_vec(row, load_vec<V>(row) + w * gv);
   }
 }
 
@@ -278,13 +343,13 @@ template <typename T>
 inline __attribute__((always_inline)) void scatter_avg_impl(T* buf, const Bilinear<T>* s,
                                                             int64_t bins, int64_t per_bin,
                                                             const T* g) {
+  using V = typename Vec<T>::type;
+  const Bilinear<T>* end = s + bins * per_bin;
   const T count = static_cast<T>(std::max<int64_t>(per_bin, 1));
-  T gv[kBlock];
   for (int64_t p = 0; p < bins; ++p) {
-    for (int64_t c = 0; c < kBlock; ++c) {
-      gv[c] = g[p * kBlock + c] / count;
-    }
+    const V gv = load_vec<V>(g + p * kBlock) / count;
     for (int64_t j = 0; j < per_bin; ++j, ++s) {
+      prefetch_rows<T, 1>(buf, s, end);
       add_sample(buf, *s, gv);
     }
   }
@@ -295,58 +360,40 @@ template <typename T>
 inline __attribute__((always_inline)) void scatter_max_impl(T* buf, const Bilinear<T>* s,
                                                             int64_t bins, int64_t per_bin,
                                                             const T* g, const int32_t* arg) {
-  T gv[kBlock];
+  using V = typename Vec<T>::type;
+  using M = typename Vec<T>::mask;
   for (int64_t p = 0; p < bins; ++p) {
-    const T* gp = g + p * kBlock;
-    const int32_t* ap = arg + p * kBlock;
+    const V gp = load_vec<V>(g + p * kBlock);
+    const M ap = __builtin_convertvector(load_vec<VecI32>(arg + p * kBlock), M);
     for (int64_t j = 0; j < per_bin; ++j, ++s) {
+      const M hit = ap == static_cast<decltype(ap[0] + 0)>(j);
       bool any = false;
       for (int64_t c = 0; c < kBlock; ++c) {
-        const bool hit = ap[c] == static_cast<int32_t>(j);
-        gv[c] = hit ? gp[c] : T(0);
-        any |= hit;
+        any |= hit[c] != 0;
       }
       if (any) {
-        add_sample(buf, *s, gv);
+        add_sample(buf, *s, hit ? gp : V{});
       }
     }
   }
 }
 
-DETECTOR_SIMD_CLONES void pool_avg_rows(const float* base, int64_t width, const Bilinear<float>* s,
-                                        int64_t bins, int64_t per_bin, float* out) {
-  pool_avg_impl<float, 0>(base, width, width, s, bins, per_bin, out);
-}
-DETECTOR_SIMD_CLONES void pool_avg_rows(const double* base, int64_t width,
-                                        const Bilinear<double>* s, int64_t bins, int64_t per_bin,
-                                        double* out) {
-  pool_avg_impl<double, 0>(base, width, width, s, bins, per_bin, out);
-}
 DETECTOR_SIMD_CLONES void pool_avg_block(const float* base, const Bilinear<float>* s, int64_t bins,
                                          int64_t per_bin, float* out) {
-  pool_avg_impl<float, kBlock>(base, kBlock, kBlock, s, bins, per_bin, out);
+  pool_avg_impl<float>(base, s, bins, per_bin, out);
 }
 DETECTOR_SIMD_CLONES void pool_avg_block(const double* base, const Bilinear<double>* s,
                                          int64_t bins, int64_t per_bin, double* out) {
-  pool_avg_impl<double, kBlock>(base, kBlock, kBlock, s, bins, per_bin, out);
-}
-DETECTOR_SIMD_CLONES void pool_max_rows(const float* base, int64_t width, const Bilinear<float>* s,
-                                        int64_t bins, int64_t per_bin, float* out, int32_t* arg) {
-  pool_max_impl<float, 0>(base, width, width, s, bins, per_bin, out, arg);
-}
-DETECTOR_SIMD_CLONES void pool_max_rows(const double* base, int64_t width,
-                                        const Bilinear<double>* s, int64_t bins, int64_t per_bin,
-                                        double* out, int32_t* arg) {
-  pool_max_impl<double, 0>(base, width, width, s, bins, per_bin, out, arg);
+  pool_avg_impl<double>(base, s, bins, per_bin, out);
 }
 DETECTOR_SIMD_CLONES void pool_max_block(const float* base, const Bilinear<float>* s, int64_t bins,
                                          int64_t per_bin, float* out, int32_t* arg) {
-  pool_max_impl<float, kBlock>(base, kBlock, kBlock, s, bins, per_bin, out, arg);
+  pool_max_impl<float>(base, s, bins, per_bin, out, arg);
 }
 DETECTOR_SIMD_CLONES void pool_max_block(const double* base, const Bilinear<double>* s,
                                          int64_t bins, int64_t per_bin, double* out,
                                          int32_t* arg) {
-  pool_max_impl<double, kBlock>(base, kBlock, kBlock, s, bins, per_bin, out, arg);
+  pool_max_impl<double>(base, s, bins, per_bin, out, arg);
 }
 DETECTOR_SIMD_CLONES void scatter_block(float* buf, const Bilinear<float>* s, int64_t bins,
                                         int64_t per_bin, const float* g, const int32_t* arg) {
@@ -458,38 +505,6 @@ at::Tensor fresh_tensor(at::IntArrayRef sizes, const at::TensorOptions& options,
 // ---------------------------------------------------------------------------------------------
 // Drivers.
 
-// Pools RoIs [table.first, table.last) from channels-last levels: parallel over RoIs, all channels.
-template <typename T>
-void forward_rows(const RoiSet<T>& set, const SampleTable<T>& table,
-                  const std::vector<at::Tensor>& levels, T* out, int32_t* argmax) {
-  const int64_t channels = levels[0].size(1), bins = set.pool.bins();
-  at::parallel_for(table.first, table.last, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> local(bins * channels);        // [bins][C]
-    std::vector<int32_t> local_arg(argmax ? bins * channels : 0);
-    for (int64_t k = begin; k < end; ++k) {
-      const T* base = levels[set.levels ? set.levels[k] : 0].template const_data_ptr<T>();
-      if (argmax) {
-        pool_max_rows(base, channels, table.roi_samples(k), bins, table.roi_per_bin(k),
-                      local.data(), local_arg.data());
-      } else {
-        pool_avg_rows(base, channels, table.roi_samples(k), bins, table.roi_per_bin(k),
-                      local.data());
-      }
-      // [bins][C] -> [C][bins]
-      T* o = out + k * channels * bins;
-      for (int64_t c = 0; c < channels; ++c) {
-        for (int64_t p = 0; p < bins; ++p) o[c * bins + p] = local[p * channels + c];
-      }
-      if (argmax) {
-        int32_t* a = argmax + k * channels * bins;
-        for (int64_t c = 0; c < channels; ++c) {
-          for (int64_t p = 0; p < bins; ++p) a[c * bins + p] = local_arg[p * channels + c];
-        }
-      }
-    }
-  });
-}
-
 // Pools RoIs [table.first, table.last) from any-layout levels: parallel over channel blocks.
 template <typename T>
 void forward_blocks(const RoiSet<T>& set, const SampleTable<T>& table,
@@ -509,7 +524,7 @@ void forward_blocks(const RoiSet<T>& set, const SampleTable<T>& table,
       for (size_t l = 0; l < levels.size(); ++l) {
         load_block(levels[l], c0, cw, buf.get() + set.level_info[l].pixel_base * kBlock);
       }
-      for (int64_t k = table.first; k < table.last; ++k) {
+      for (const int64_t k : table.order) {
         const T* base = buf.get() + set.level_of(k).pixel_base * kBlock;
         if (argmax) {
           pool_max_block(base, table.roi_samples(k), bins, table.roi_per_bin(k), local.data(),
@@ -571,11 +586,9 @@ std::tuple<at::Tensor, at::Tensor> forward_impl(const std::vector<at::Tensor>& f
     return {output, argmax};
   }
   std::vector<int64_t> heights, widths;
-  bool channels_last = true;
   for (const at::Tensor& level : levels) {
     heights.push_back(level.size(2));
     widths.push_back(level.size(3));
-    channels_last = channels_last && level.is_contiguous(at::MemoryFormat::ChannelsLast);
   }
   RoiSet<T> set{rois.const_data_ptr<T>(), roi_levels,
                 level_info<T>(heights, widths, scales, levels[0].size(0)), pool, num_rois};
@@ -585,11 +598,7 @@ std::tuple<at::Tensor, at::Tensor> forward_impl(const std::vector<at::Tensor>& f
   SampleTable<T> table;
   for (size_t i = 0; i + 1 < bounds.size(); ++i) {
     build_table(set, bounds[i], bounds[i + 1], table);
-    if (channels_last) {
-      forward_rows(set, table, levels, out, arg);
-    } else {
-      forward_blocks(set, table, levels, out, arg);
-    }
+    forward_blocks(set, table, levels, out, arg);
   }
   return {output, argmax};
 }
@@ -638,7 +647,7 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& grad, const at::Tensor& 
       for (int64_t b = begin; b < end; ++b) {
         const int64_t c0 = b * kBlock, cw = std::min(kBlock, channels - c0);
         std::fill(buf.get(), buf.get() + pixels * kBlock, T(0));
-        for (int64_t k = table.first; k < table.last; ++k) {
+        for (const int64_t k : table.order) {
           // grad[k, c0:c0+cw, bins] -> [bins][B]
           const T* gk = g + (k * channels + c0) * bins;
           std::fill(local.begin(), local.end(), T(0));
