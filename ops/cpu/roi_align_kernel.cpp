@@ -15,12 +15,15 @@
 //    neighbour), then writes the block into the gradient in the input's memory format. Each
 //    gradient element has one owner and one summation order, whatever the thread count.
 // RoIs are processed in chunks whose sample tables stay small (adaptive grids of huge RoIs).
+// Threads take channel blocks from a shared counter (so a thread slowed down by other processes
+// does not hold up the others); what a block computes does not depend on the thread running it.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/util/string_view.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -280,6 +283,13 @@ inline __attribute__((always_inline)) typename Vec<T>::type sample_vec(const T* 
          s.weight[3] * load_vec<V>(base + s.index[3] * kBlock);
 }
 
+// mask ? a : b per lane, with bit operations (GCC lowers vector `?:` on vectors wider than the
+// target's registers lane by lane).
+template <typename V, typename M>
+inline __attribute__((always_inline)) V select(const M& mask, const V& a, const V& b) {
+  return (V)(((M)a & mask) | ((M)b & ~mask));
+}
+
 // out[p][c] = mean over bin p's sample points of their bilinear values, c < B.
 template <typename T>
 inline __attribute__((always_inline)) void pool_avg_impl(const T* base, const Bilinear<T>* s,
@@ -297,28 +307,70 @@ inline __attribute__((always_inline)) void pool_avg_impl(const T* base, const Bi
   }
 }
 
+// 32-byte vectors (native to AVX2) for comparisons and selects, which GCC would otherwise lower
+// lane by lane on 64-byte vectors.
+typedef float VecF8 __attribute__((vector_size(32)));
+typedef double VecD4 __attribute__((vector_size(32)));
+typedef int32_t VecI32x8 __attribute__((vector_size(32)));
+typedef int32_t VecI32x4 __attribute__((vector_size(16)));
+typedef int64_t VecI64x4 __attribute__((vector_size(32)));
+
+template <typename T>
+struct Narrow;
+template <>
+struct Narrow<float> {
+  using type = VecF8;
+  using mask = VecI32x8;
+  using index32 = VecI32x8;
+  static constexpr int64_t lanes = 8;
+};
+template <>
+struct Narrow<double> {
+  using type = VecD4;
+  using mask = VecI64x4;
+  using index32 = VecI32x4;
+  static constexpr int64_t lanes = 4;
+};
+
 // out[p][c] = max over bin p's sample points (0 without any), arg[p][c] = its index in the bin
 // (the first one on ties, -1 without any).
 template <typename T>
 inline __attribute__((always_inline)) void pool_max_impl(const T* base, const Bilinear<T>* s,
                                                          int64_t bins, int64_t per_bin, T* out,
                                                          int32_t* arg) {
-  using V = typename Vec<T>::type;
-  using M = typename Vec<T>::mask;
+  using V = typename Narrow<T>::type;
+  using M = typename Narrow<T>::mask;
+  using E = decltype(M{}[0] + 0);  // the mask's lane type
+  constexpr int64_t kLanes = Narrow<T>::lanes, kParts = kBlock / kLanes;
   const Bilinear<T>* end = s + bins * per_bin;
   for (int64_t p = 0; p < bins; ++p) {
-    V best = V{} - std::numeric_limits<T>::infinity();
-    M index = M{} - 1;
+    V best[kParts];
+    M index[kParts];
+    for (int64_t h = 0; h < kParts; ++h) {
+      best[h] = V{} - std::numeric_limits<T>::infinity();
+      index[h] = M{} - 1;
+    }
     for (int64_t j = 0; j < per_bin; ++j, ++s) {
       prefetch_rows<T, 0>(base, s, end);
-      const V v = sample_vec(base, *s);
-      using E = decltype(index[0] + 0);  // the mask's element type
-      const M greater = v > best;
-      best = greater ? v : best;
-      index = greater ? M{} + static_cast<E>(j) : index;
+      const T* r0 = base + s->index[0] * kBlock;
+      const T* r1 = base + s->index[1] * kBlock;
+      const T* r2 = base + s->index[2] * kBlock;
+      const T* r3 = base + s->index[3] * kBlock;
+      const M jj = M{} + static_cast<E>(j);
+      for (int64_t h = 0; h < kParts; ++h) {
+        const int64_t o = h * kLanes;
+        const V v = s->weight[0] * load_vec<V>(r0 + o) + s->weight[1] * load_vec<V>(r1 + o) +
+                    s->weight[2] * load_vec<V>(r2 + o) + s->weight[3] * load_vec<V>(r3 + o);
+        const M greater = v > best[h];
+        best[h] = select(greater, v, best[h]);
+        index[h] = (index[h] & ~greater) | (jj & greater);
+      }
     }
-    store_vec(out + p * kBlock, index < 0 ? V{} : best);
-    store_vec(arg + p * kBlock, __builtin_convertvector(index, VecI32));
+    for (int64_t h = 0; h < kParts; ++h) {
+      store_vec(out + p * kBlock + h * kLanes, select(index[h] >= 0, best[h], V{}));
+      store_vec(arg + p * kBlock + h * kLanes,
+                __builtin_convertvector(index[h], typename Narrow<T>::index32));
+    }
   }
 }
 
@@ -360,20 +412,28 @@ template <typename T>
 inline __attribute__((always_inline)) void scatter_max_impl(T* buf, const Bilinear<T>* s,
                                                             int64_t bins, int64_t per_bin,
                                                             const T* g, const int32_t* arg) {
-  using V = typename Vec<T>::type;
-  using M = typename Vec<T>::mask;
+  using V = typename Narrow<T>::type;
+  using M = typename Narrow<T>::mask;
+  using E = decltype(M{}[0] + 0);
+  constexpr int64_t kLanes = Narrow<T>::lanes, kParts = kBlock / kLanes;
+  const Bilinear<T>* end = s + bins * per_bin;
+  T masked[kBlock];
   for (int64_t p = 0; p < bins; ++p) {
-    const V gp = load_vec<V>(g + p * kBlock);
-    const M ap = __builtin_convertvector(load_vec<VecI32>(arg + p * kBlock), M);
+    V gp[kParts];
+    M ap[kParts];
+    for (int64_t h = 0; h < kParts; ++h) {
+      gp[h] = load_vec<V>(g + p * kBlock + h * kLanes);
+      ap[h] = __builtin_convertvector(
+          load_vec<typename Narrow<T>::index32>(arg + p * kBlock + h * kLanes), M);
+    }
     for (int64_t j = 0; j < per_bin; ++j, ++s) {
-      const M hit = ap == static_cast<decltype(ap[0] + 0)>(j);
-      bool any = false;
-      for (int64_t c = 0; c < kBlock; ++c) {
-        any |= hit[c] != 0;
+      prefetch_rows<T, 1>(buf, s, end);
+      // Rarely does no channel of the block pick sample j, so add without testing for it.
+      const M jj = M{} + static_cast<E>(j);
+      for (int64_t h = 0; h < kParts; ++h) {
+        store_vec(masked + h * kLanes, (V)((M)gp[h] & (ap[h] == jj)));
       }
-      if (any) {
-        add_sample(buf, *s, hit ? gp : V{});
-      }
+      add_sample(buf, *s, load_vec<typename Vec<T>::type>(masked));
     }
   }
 }
@@ -437,6 +497,14 @@ void load_block(const at::Tensor& input, int64_t c0, int64_t cw, T* buf) {
       }
     } else {
       const T* src = in + n * plane * channels + c0;
+      if (cw == kBlock) {  // whole rows of B channels: one vector copy per pixel
+        using V = typename Vec<T>::type;
+        for (int64_t hw = 0; hw < plane; ++hw) {
+          __builtin_prefetch(src + (hw + 16) * channels, 0, 0);
+          store_vec(dst + hw * kBlock, load_vec<V>(src + hw * channels));
+        }
+        continue;
+      }
       for (int64_t hw = 0; hw < plane; ++hw) {
         T* d = dst + hw * kBlock;
         for (int64_t j = 0; j < cw; ++j) {
@@ -515,11 +583,13 @@ void forward_blocks(const RoiSet<T>& set, const SampleTable<T>& table,
   for (const Level& level : set.level_info) {
     pixels = std::max(pixels, level.pixel_base + levels[0].size(0) * level.height * level.width);
   }
-  at::parallel_for(0, num_blocks, 1, [&](int64_t begin, int64_t end) {
+  std::atomic<int64_t> next_block{0};
+  at::parallel_for(0, std::min<int64_t>(num_blocks, at::get_num_threads()), 1, [&](int64_t,
+                                                                                   int64_t) {
     std::unique_ptr<T[]> buf = block_buffer<T>(pixels);
     std::vector<T> local(bins * kBlock);  // [bins][B]
     std::vector<int32_t> local_arg(argmax ? bins * kBlock : 0);
-    for (int64_t b = begin; b < end; ++b) {
+    for (int64_t b = next_block++; b < num_blocks; b = next_block++) {
       const int64_t c0 = b * kBlock, cw = std::min(kBlock, channels - c0);
       for (size_t l = 0; l < levels.size(); ++l) {
         load_block(levels[l], c0, cw, buf.get() + set.level_info[l].pixel_base * kBlock);
@@ -640,11 +710,13 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& grad, const at::Tensor& 
   SampleTable<T> table;
   for (size_t i = 0; i + 1 < bounds.size(); ++i) {
     build_table(set, bounds[i], bounds[i + 1], table);
-    at::parallel_for(0, num_blocks, 1, [&](int64_t begin, int64_t end) {
+    std::atomic<int64_t> next_block{0};
+    at::parallel_for(0, std::min<int64_t>(num_blocks, at::get_num_threads()), 1, [&](int64_t,
+                                                                                     int64_t) {
       std::unique_ptr<T[]> buf = block_buffer<T>(pixels);
       std::vector<T> local(bins * kBlock);  // [bins][B]
       std::vector<int32_t> local_arg(arg ? bins * kBlock : 0);
-      for (int64_t b = begin; b < end; ++b) {
+      for (int64_t b = next_block++; b < num_blocks; b = next_block++) {
         const int64_t c0 = b * kBlock, cw = std::min(kBlock, channels - c0);
         std::fill(buf.get(), buf.get() + pixels * kBlock, T(0));
         for (const int64_t k : table.order) {
