@@ -82,7 +82,7 @@ def _fpn_cases(device: str) -> list[Case]:
     strides = [4, 8, 16, 32]
     features = {
         name: torch.randn(1, 256, IMAGE_HW[0] // s, IMAGE_HW[1] // s, device=device)
-        for name, s in zip(names, strides)
+        for name, s in zip(names, strides, strict=True)
     }
     rois = _rois(1000, device, seed=1, log_uniform=True)
     scales = [1.0 / s for s in strides]
@@ -97,7 +97,7 @@ def _fpn_cases(device: str) -> list[Case]:
         return pooler(feats, [rois[:, 1:]], image_sizes)
 
     leaves = [features[n].detach().requires_grad_() for n in names]
-    peer_leaves = dict(zip(names, [f.detach().requires_grad_() for f in leaves]))
+    peer_leaves = dict(zip(names, [f.detach().requires_grad_() for f in leaves], strict=True))
     return [
         Case("multi_scale_roi_align", "fwd", shape, lambda: ours(list(features.values())),
              lambda: peer(features)),

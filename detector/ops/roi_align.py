@@ -142,7 +142,7 @@ def _multi_scale_by_level(
     """CUDA path: one `roi_align` call per level (the fused op has CPU kernels only)."""
     num_rois, channels = rois.size(0), features[0].size(1)
     output = features[0].new_zeros((num_rois, channels, *output_size))
-    for level, (feature, scale) in enumerate(zip(features, scales)):
+    for level, (feature, scale) in enumerate(zip(features, scales, strict=True)):
         index = torch.nonzero(levels == level).squeeze(1)
         pooled = roi_align(
             feature, rois[index], output_size, scale, sampling_ratio, aligned, mode=mode
@@ -290,5 +290,7 @@ def _multi_scale_backward(ctx, grad_output: Tensor, _grad_argmax: Tensor | None)
 
 
 torch.library.register_autograd(
-    "detector::multi_scale_roi_align", _multi_scale_backward, setup_context=_multi_scale_setup_context
+    "detector::multi_scale_roi_align",
+    _multi_scale_backward,
+    setup_context=_multi_scale_setup_context,
 )

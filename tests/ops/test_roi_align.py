@@ -131,11 +131,15 @@ def test_matches_torchvision(device: str, aligned: bool, sampling_ratio: int, la
         x = torch.randn(2, channels, height, width, device=device)
         rois = _rois(height, width, scale, device)
         ours, ours_grad = _forward_backward(
-            lambda t: roi_align(_layout(t, layout), rois, (3, 4), scale, sampling_ratio, aligned),
+            lambda t, r=rois, s=scale: roi_align(
+                _layout(t, layout), r, (3, 4), s, sampling_ratio, aligned
+            ),
             x,
         )
         peer, peer_grad = _forward_backward(
-            lambda t: torchvision.ops.roi_align(t, rois, (3, 4), scale, sampling_ratio, aligned),
+            lambda t, r=rois, s=scale: torchvision.ops.roi_align(
+                t, r, (3, 4), s, sampling_ratio, aligned
+            ),
             x,
         )
         torch.testing.assert_close(ours, peer, atol=1e-5, rtol=1e-5)
@@ -200,7 +204,9 @@ def test_many_samples_span_several_chunks() -> None:
     x = torch.randn(1, 3, 12, 10, dtype=torch.float64)  # float64: thousands of summands a bin
     rois = random_rois(8, 1, 12, 10, seed=3, dtype=torch.float64)
     for mode in ("avg", "max"):
-        ours, ours_grad = _forward_backward(lambda t: roi_align(t, rois, 7, 1.0, 64, mode=mode), x)
+        ours, ours_grad = _forward_backward(
+            lambda t, m=mode: roi_align(t, rois, 7, 1.0, 64, mode=m), x
+        )
         if mode == "avg":
             ref, ref_grad = _forward_backward(
                 lambda t: torchvision.ops.roi_align(t, rois, 7, 1.0, 64), x
@@ -363,7 +369,7 @@ def test_multi_scale_matches_per_level(device: str, mode: str, layout: str) -> N
         expected = expected.index_copy(0, index, pooled)
     expected_grads = torch.autograd.grad(expected, expected_leaves, g)
     torch.testing.assert_close(out, expected.detach(), atol=1e-6, rtol=1e-6)
-    for grad, expected_grad, feature in zip(grads, expected_grads, features):
+    for grad, expected_grad in zip(grads, expected_grads, strict=True):
         torch.testing.assert_close(grad, expected_grad, atol=1e-6, rtol=1e-6)
         assert grad.is_contiguous(memory_format=torch.channels_last) == (
             layout == "channels_last"
