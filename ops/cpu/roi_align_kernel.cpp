@@ -672,8 +672,15 @@ void forward_blocks(const RoiSet<T>& set, const SampleTable<T>& table,
         }
         // [bins][B] -> out[k, c0:c0+cw, bins]
         T* o = out + (k * channels + c0) * bins;
-        for (int64_t j = 0; j < cw; ++j) {
-          for (int64_t p = 0; p < bins; ++p) o[j * bins + p] = local[p * kBlock + j];
+        if constexpr (std::is_same_v<T, float>) {
+          if (cw == kBlock) {
+            block_to_planes(local.data(), bins, o);
+          }
+        }
+        if (!std::is_same_v<T, float> || cw != kBlock) {
+          for (int64_t j = 0; j < cw; ++j) {
+            for (int64_t p = 0; p < bins; ++p) o[j * bins + p] = local[p * kBlock + j];
+          }
         }
         if (argmax) {
           int32_t* a = argmax + (k * channels + c0) * bins;
@@ -790,9 +797,16 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& grad, const at::Tensor& 
         for (const int64_t k : table.order) {
           // grad[k, c0:c0+cw, bins] -> [bins][B]
           const T* gk = g + (k * channels + c0) * bins;
-          std::fill(local.begin(), local.end(), T(0));
-          for (int64_t j = 0; j < cw; ++j) {
-            for (int64_t p = 0; p < bins; ++p) local[p * kBlock + j] = gk[j * bins + p];
+          if constexpr (std::is_same_v<T, float>) {
+            if (cw == kBlock) {
+              planes_to_block(gk, bins, local.data());
+            }
+          }
+          if (!std::is_same_v<T, float> || cw != kBlock) {
+            std::fill(local.begin(), local.end(), T(0));
+            for (int64_t j = 0; j < cw; ++j) {
+              for (int64_t p = 0; p < bins; ++p) local[p * kBlock + j] = gk[j * bins + p];
+            }
           }
           if (arg) {
             const int32_t* ak = arg + (k * channels + c0) * bins;
