@@ -108,6 +108,14 @@ RoiGrid<T> roi_grid(const T* roi, const Level& level, const Pooling& pool) {
   return g;
 }
 
+// A sample point as the hot loops read it: `bilinear_clamped`'s neighbours and weights, with
+// 32-bit pixel indices (a smaller table leaves more of L3 to the block buffers).
+template <typename T>
+struct Sample {
+  int32_t index[4];
+  T weight[4];
+};
+
 // Sample points of RoIs [first, last): RoI k owns samples [offset[k - first], offset[k - first +
 // 1]) ordered (bin, iy, ix); indices are pixels of the RoI's level, batch offset included.
 template <typename T>
@@ -116,10 +124,10 @@ struct SampleTable {
   int64_t last = 0;
   std::vector<int64_t> offset;
   std::vector<int64_t> per_bin;
-  std::unique_ptr<Bilinear<T>[]> samples;
+  std::unique_ptr<Sample<T>[]> samples;
   std::vector<int64_t> order;  // the RoIs in processing order (see roi_order)
 
-  const Bilinear<T>* roi_samples(int64_t k) const { return samples.get() + offset[k - first]; }
+  const Sample<T>* roi_samples(int64_t k) const { return samples.get() + offset[k - first]; }
   int64_t roi_per_bin(int64_t k) const { return per_bin[k - first]; }
 };
 
@@ -189,14 +197,14 @@ void build_table(const RoiSet<T>& set, int64_t first, int64_t last, SampleTable<
     table.per_bin.push_back(per_bin);
     table.offset.push_back(table.offset.back() + per_bin * bins);
   }
-  table.samples.reset(new Bilinear<T>[std::max<int64_t>(table.offset.back(), 1)]);
+  table.samples.reset(new Sample<T>[std::max<int64_t>(table.offset.back(), 1)]);
   table.order = roi_order(set, first, last);
   at::parallel_for(first, last, 8, [&](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k) {
       const RoiGrid<T> g = set.grid(k);
       const Level& level = set.level_of(k);
       const int64_t plane = level.height * level.width;
-      Bilinear<T>* out = table.samples.get() + table.offset[k - first];
+      Sample<T>* out = table.samples.get() + table.offset[k - first];
       for (int64_t ph = 0; ph < set.pool.pooled_height; ++ph) {
         for (int64_t pw = 0; pw < set.pool.pooled_width; ++pw) {
           for (int64_t iy = 0; iy < g.grid_h; ++iy) {
@@ -205,12 +213,14 @@ void build_table(const RoiSet<T>& set, int64_t first, int64_t last, SampleTable<
             for (int64_t ix = 0; ix < g.grid_w; ++ix) {
               const T x = g.start_w + static_cast<T>(pw) * g.bin_w +
                           static_cast<T>(ix + .5f) * g.bin_w / static_cast<T>(g.grid_w);
-              Bilinear<T> b = plane > 0 ? bilinear_clamped(y, x, level.height, level.width)
+              const Bilinear<T> b = plane > 0
+                                        ? bilinear_clamped(y, x, level.height, level.width)
                                         : bilinear_zero<T>();
               for (int i = 0; i < 4; ++i) {
-                b.index[i] += g.batch * plane;
+                out->index[i] = static_cast<int32_t>(b.index[i] + g.batch * plane);
+                out->weight[i] = b.weight[i];
               }
-              *out++ = b;
+              ++out;
             }
           }
         }
@@ -227,10 +237,10 @@ void build_table(const RoiSet<T>& set, int64_t first, int64_t last, SampleTable<
 constexpr int64_t kPrefetch = 6;
 
 template <typename T, int RW>
-inline __attribute__((always_inline)) void prefetch_rows(const T* buf, const Bilinear<T>* s,
-                                                         const Bilinear<T>* end) {
+inline __attribute__((always_inline)) void prefetch_rows(const T* buf, const Sample<T>* s,
+                                                         const Sample<T>* end) {
   if (s + kPrefetch < end) {
-    const Bilinear<T>& next = s[kPrefetch];
+    const Sample<T>& next = s[kPrefetch];
     for (int i = 0; i < 4; ++i) {
       const T* row = buf + next.index[i] * kBlock;
       __builtin_prefetch(row, RW, 3);
@@ -276,7 +286,7 @@ inline __attribute__((always_inline)) void store_vec(T* p, const V& v) {
 // Bilinear value of sample `s` for the B channels: sum_i w_i * row_i.
 template <typename T>
 inline __attribute__((always_inline)) typename Vec<T>::type sample_vec(const T* base,
-                                                                      const Bilinear<T>& s) {
+                                                                      const Sample<T>& s) {
   using V = typename Vec<T>::type;
   return s.weight[0] * load_vec<V>(base + s.index[0] * kBlock) +
          s.weight[1] * load_vec<V>(base + s.index[1] * kBlock) +
@@ -293,10 +303,10 @@ inline __attribute__((always_inline)) V select(const M& mask, const V& a, const 
 
 // out[p][c] = mean over bin p's sample points of their bilinear values, c < B.
 template <typename T>
-inline __attribute__((always_inline)) void pool_avg_impl(const T* base, const Bilinear<T>* s,
+inline __attribute__((always_inline)) void pool_avg_impl(const T* base, const Sample<T>* s,
                                                          int64_t bins, int64_t per_bin, T* out) {
   using V = typename Vec<T>::type;
-  const Bilinear<T>* end = s + bins * per_bin;
+  const Sample<T>* end = s + bins * per_bin;
   const T count = static_cast<T>(std::max<int64_t>(per_bin, 1));
   for (int64_t p = 0; p < bins; ++p) {
     V acc = {};
@@ -336,14 +346,14 @@ struct Narrow<double> {
 // out[p][c] = max over bin p's sample points (0 without any), arg[p][c] = its index in the bin
 // (the first one on ties, -1 without any).
 template <typename T>
-inline __attribute__((always_inline)) void pool_max_impl(const T* base, const Bilinear<T>* s,
+inline __attribute__((always_inline)) void pool_max_impl(const T* base, const Sample<T>* s,
                                                          int64_t bins, int64_t per_bin, T* out,
                                                          int32_t* arg) {
   using V = typename Narrow<T>::type;
   using M = typename Narrow<T>::mask;
   using E = decltype(M{}[0] + 0);  // the mask's lane type
   constexpr int64_t kLanes = Narrow<T>::lanes, kParts = kBlock / kLanes;
-  const Bilinear<T>* end = s + bins * per_bin;
+  const Sample<T>* end = s + bins * per_bin;
   for (int64_t p = 0; p < bins; ++p) {
     V best[kParts];
     M index[kParts];
@@ -377,7 +387,7 @@ inline __attribute__((always_inline)) void pool_max_impl(const T* base, const Bi
 
 // Adds w_i * gv into the 4 neighbour rows of sample `s` in a block buffer [pixels][B].
 template <typename T>
-inline __attribute__((always_inline)) void add_sample(T* buf, const Bilinear<T>& s,
+inline __attribute__((always_inline)) void add_sample(T* buf, const Sample<T>& s,
                                                       const typename Vec<T>::type& gv) {
   using V = typename Vec<T>::type;
   for (int i = 0; i < 4; ++i) {
@@ -393,11 +403,11 @@ inline __attribute__((always_inline)) void add_sample(T* buf, const Bilinear<T>&
 // Scatter-adds one RoI's bin gradients g [bins][B] into a block buffer [pixels][B] (avg mode:
 // every sample point of a bin receives gradient / count).
 template <typename T>
-inline __attribute__((always_inline)) void scatter_avg_impl(T* buf, const Bilinear<T>* s,
+inline __attribute__((always_inline)) void scatter_avg_impl(T* buf, const Sample<T>* s,
                                                             int64_t bins, int64_t per_bin,
                                                             const T* g) {
   using V = typename Vec<T>::type;
-  const Bilinear<T>* end = s + bins * per_bin;
+  const Sample<T>* end = s + bins * per_bin;
   const T count = static_cast<T>(std::max<int64_t>(per_bin, 1));
   for (int64_t p = 0; p < bins; ++p) {
     const V gv = load_vec<V>(g + p * kBlock) / count;
@@ -410,14 +420,14 @@ inline __attribute__((always_inline)) void scatter_avg_impl(T* buf, const Biline
 
 // Max mode: only the arg-max sample point of each channel (arg [bins][B]) receives its gradient.
 template <typename T>
-inline __attribute__((always_inline)) void scatter_max_impl(T* buf, const Bilinear<T>* s,
+inline __attribute__((always_inline)) void scatter_max_impl(T* buf, const Sample<T>* s,
                                                             int64_t bins, int64_t per_bin,
                                                             const T* g, const int32_t* arg) {
   using V = typename Narrow<T>::type;
   using M = typename Narrow<T>::mask;
   using E = decltype(M{}[0] + 0);
   constexpr int64_t kLanes = Narrow<T>::lanes, kParts = kBlock / kLanes;
-  const Bilinear<T>* end = s + bins * per_bin;
+  const Sample<T>* end = s + bins * per_bin;
   T masked[kBlock];
   for (int64_t p = 0; p < bins; ++p) {
     V gp[kParts];
@@ -439,24 +449,24 @@ inline __attribute__((always_inline)) void scatter_max_impl(T* buf, const Biline
   }
 }
 
-DETECTOR_SIMD_CLONES void pool_avg_block(const float* base, const Bilinear<float>* s, int64_t bins,
+DETECTOR_SIMD_CLONES void pool_avg_block(const float* base, const Sample<float>* s, int64_t bins,
                                          int64_t per_bin, float* out) {
   pool_avg_impl<float>(base, s, bins, per_bin, out);
 }
-DETECTOR_SIMD_CLONES void pool_avg_block(const double* base, const Bilinear<double>* s,
+DETECTOR_SIMD_CLONES void pool_avg_block(const double* base, const Sample<double>* s,
                                          int64_t bins, int64_t per_bin, double* out) {
   pool_avg_impl<double>(base, s, bins, per_bin, out);
 }
-DETECTOR_SIMD_CLONES void pool_max_block(const float* base, const Bilinear<float>* s, int64_t bins,
+DETECTOR_SIMD_CLONES void pool_max_block(const float* base, const Sample<float>* s, int64_t bins,
                                          int64_t per_bin, float* out, int32_t* arg) {
   pool_max_impl<float>(base, s, bins, per_bin, out, arg);
 }
-DETECTOR_SIMD_CLONES void pool_max_block(const double* base, const Bilinear<double>* s,
+DETECTOR_SIMD_CLONES void pool_max_block(const double* base, const Sample<double>* s,
                                          int64_t bins, int64_t per_bin, double* out,
                                          int32_t* arg) {
   pool_max_impl<double>(base, s, bins, per_bin, out, arg);
 }
-DETECTOR_SIMD_CLONES void scatter_block(float* buf, const Bilinear<float>* s, int64_t bins,
+DETECTOR_SIMD_CLONES void scatter_block(float* buf, const Sample<float>* s, int64_t bins,
                                         int64_t per_bin, const float* g, const int32_t* arg) {
   if (arg) {
     scatter_max_impl<float>(buf, s, bins, per_bin, g, arg);
@@ -464,7 +474,7 @@ DETECTOR_SIMD_CLONES void scatter_block(float* buf, const Bilinear<float>* s, in
     scatter_avg_impl<float>(buf, s, bins, per_bin, g);
   }
 }
-DETECTOR_SIMD_CLONES void scatter_block(double* buf, const Bilinear<double>* s, int64_t bins,
+DETECTOR_SIMD_CLONES void scatter_block(double* buf, const Sample<double>* s, int64_t bins,
                                         int64_t per_bin, const double* g, const int32_t* arg) {
   if (arg) {
     scatter_max_impl<double>(buf, s, bins, per_bin, g, arg);
@@ -713,6 +723,8 @@ std::vector<Level> level_info(const std::vector<int64_t>& heights,
     info.push_back(Level{heights[l], widths[l], scales[l], base});
     base += batch * heights[l] * widths[l];
   }
+  TORCH_CHECK(base <= std::numeric_limits<int32_t>::max(),
+              "roi_align: at most 2^31 feature pixels (N * H * W over all levels) are supported");
   return info;
 }
 
