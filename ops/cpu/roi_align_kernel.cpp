@@ -14,7 +14,9 @@
 //    buffer [pixels][B], scatter-adds every RoI's bins in a fixed order (RoI, bin, sample,
 //    neighbour), then writes the block into the gradient in the input's memory format. Each
 //    gradient element has one owner and one summation order, whatever the thread count.
-// RoIs are processed in chunks whose sample tables stay small (adaptive grids of huge RoIs).
+// RoIs are visited in a spatial order (roi_order) so that consecutive RoIs reuse buffer rows in
+// L2, and in chunks whose sample tables stay small (adaptive grids of huge RoIs). Fresh outputs
+// and gradients are backed by transparent huge pages (roi_align_memory.h).
 // Threads take channel blocks from a shared counter (so a thread slowed down by other processes
 // does not hold up the others); what a block computes does not depend on the thread running it.
 #include <ATen/ATen.h>
