@@ -198,14 +198,15 @@ def test_gradient_memory_format_follows_input(device: str) -> None:
     assert grad.is_contiguous(memory_format=torch.channels_last)
 
 
-def test_many_samples_span_several_chunks() -> None:
-    """Huge adaptive grids: the CPU kernels then pool the RoIs in several sample-table chunks."""
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_many_samples_span_several_chunks(layout: str) -> None:
+    """Huge grids: the CPU kernels then pool the RoIs in several sample-table chunks."""
     torch.manual_seed(2)
     x = torch.randn(1, 3, 12, 10, dtype=torch.float64)  # float64: thousands of summands a bin
     rois = random_rois(8, 1, 12, 10, seed=3, dtype=torch.float64)
     for mode in ("avg", "max"):
         ours, ours_grad = _forward_backward(
-            lambda t, m=mode: roi_align(t, rois, 7, 1.0, 64, mode=m), x
+            lambda t, m=mode: roi_align(_layout(t, layout), rois, 7, 1.0, 64, mode=m), x
         )
         if mode == "avg":
             ref, ref_grad = _forward_backward(
