@@ -201,7 +201,7 @@ void build_table(const RoiSet<T>& set, int64_t first, int64_t last, SampleTable<
   }
   table.samples.reset(new Sample<T>[std::max<int64_t>(table.offset.back(), 1)]);
   table.order = roi_order(set, first, last);
-  at::parallel_for(first, last, 8, [&](int64_t begin, int64_t end) {
+  at::parallel_for(first, last, 64, [&](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k) {
       const RoiGrid<T> g = set.grid(k);
       const Level& level = set.level_of(k);
@@ -653,6 +653,17 @@ at::Tensor fresh_tensor(at::IntArrayRef sizes, const at::TensorOptions& options,
 // ---------------------------------------------------------------------------------------------
 // Drivers.
 
+// Threads for a pass over `num_blocks` channel blocks: one for small work (a fork-join costs more
+// than it saves there), else up to one per block.
+template <typename T>
+int64_t block_workers(const SampleTable<T>& table, int64_t num_blocks) {
+  constexpr int64_t kMinParallelSamples = int64_t(1) << 15;
+  if (table.offset.back() * num_blocks < kMinParallelSamples) {
+    return 1;
+  }
+  return std::min<int64_t>(num_blocks, at::get_num_threads());
+}
+
 // Pools RoIs [table.first, table.last) from any-layout levels: parallel over channel blocks.
 template <typename T>
 void forward_blocks(const RoiSet<T>& set, const SampleTable<T>& table,
@@ -664,7 +675,7 @@ void forward_blocks(const RoiSet<T>& set, const SampleTable<T>& table,
     pixels = std::max(pixels, level.pixel_base + levels[0].size(0) * level.height * level.width);
   }
   std::atomic<int64_t> next_block{0};
-  at::parallel_for(0, std::min<int64_t>(num_blocks, at::get_num_threads()), 1, [&](int64_t,
+  at::parallel_for(0, block_workers(table, num_blocks), 1, [&](int64_t,
                                                                                    int64_t) {
     std::unique_ptr<T[]> buf = block_buffer<T>(pixels);
     std::vector<T> local(bins * kBlock);  // [bins][B]
@@ -800,7 +811,7 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& grad, const at::Tensor& 
   for (size_t i = 0; i + 1 < bounds.size(); ++i) {
     build_table(set, bounds[i], bounds[i + 1], table);
     std::atomic<int64_t> next_block{0};
-    at::parallel_for(0, std::min<int64_t>(num_blocks, at::get_num_threads()), 1, [&](int64_t,
+    at::parallel_for(0, block_workers(table, num_blocks), 1, [&](int64_t,
                                                                                      int64_t) {
       std::unique_ptr<T[]> buf = block_buffer<T>(pixels);
       std::vector<T> local(bins * kBlock);  // [bins][B]
