@@ -1,0 +1,1008 @@
+// RoI Align on the CPU (Mask R-CNN, He et al. 2017, Sec. 3): single- and multi-level, avg and max.
+//
+// Shapes: N images, C channels, L feature levels (H_l, W_l), K RoIs, P = ph * pw bins per RoI,
+// S sample points per bin (sampling_ratio^2, or adaptive per RoI), B = kBlock channels per block.
+//
+// Algorithm (deterministic, no atomics):
+// 1. Sample table: for every RoI, each sample point's 4 neighbour pixels and bilinear weights
+//    (`bilinear_clamped`), computed once in parallel over RoIs and reused for every channel.
+// 2. Forward: parallel over channel blocks. A thread copies its block of B channels of every
+//    level (NCHW or NHWC) into a per-thread pixel-major buffer [pixels][B] (so the input is read
+//    once, with no 55 MB NHWC copy, and the buffer stays in L3) and pools every RoI from it with
+//    fixed-width vector loops over 4 neighbour rows per sample point.
+// 3. Backward: parallel over channel blocks. A thread owns B channels: it zeroes a per-thread
+//    buffer [pixels][B], scatter-adds every RoI's bins in a fixed order (RoI, bin, sample,
+//    neighbour), then writes the block into the gradient in the input's memory format. Each
+//    gradient element has one owner and one summation order, whatever the thread count.
+// RoIs are visited in a spatial order (roi_order) so that consecutive RoIs reuse buffer rows in
+// L2, and in chunks whose sample tables stay small (adaptive grids of huge RoIs). Fresh outputs
+// and gradients are backed by transparent huge pages (roi_align_memory.h).
+// Threads take channel blocks from a shared counter (so a thread slowed down by other processes
+// does not hold up the others); what a block computes does not depend on the thread running it.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/string_view.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+#include "common/bilinear.h"
+#include "cpu/cpu_utils.h"
+#include "cpu/roi_align_memory.h"
+
+// GCC notes that vector arguments change the ABI between SIMD clones; they are all inlined.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+namespace detector {
+namespace roi_align_cpu {
+
+constexpr int64_t kBlock = 16;                         // channels per block (B)
+constexpr int64_t kMaxChunkSamples = int64_t(1) << 19;  // sample points per table chunk
+
+enum class Mode { kAvg, kMax };
+
+Mode parse_mode(const char* op, c10::string_view mode) {
+  if (mode == "avg") {
+    return Mode::kAvg;
+  }
+  TORCH_CHECK_VALUE(mode == "max", op, ": `mode` must be \"avg\" or \"max\", got \"",
+                    std::string(mode), "\"");
+  return Mode::kMax;
+}
+
+// One feature level: its plane size, scale, and first pixel in the concatenated block buffer.
+struct Level {
+  int64_t height;
+  int64_t width;
+  double spatial_scale;
+  int64_t pixel_base;
+};
+
+struct Pooling {
+  int64_t pooled_height;
+  int64_t pooled_width;
+  int64_t sampling_ratio;
+  bool aligned;
+  Mode mode;
+  int64_t bins() const { return pooled_height * pooled_width; }
+};
+
+// The bin grid of one RoI on its level (torchvision's arithmetic, in the input's precision).
+template <typename T>
+struct RoiGrid {
+  int64_t batch;
+  T start_h, start_w, bin_h, bin_w;
+  int64_t grid_h, grid_w;  // sample points per bin along y and x (>= 0)
+  int64_t per_bin() const { return grid_h * grid_w; }
+};
+
+template <typename T>
+RoiGrid<T> roi_grid(const T* roi, const Level& level, const Pooling& pool) {
+  const T offset = pool.aligned ? T(0.5) : T(0);
+  const T scale = static_cast<T>(level.spatial_scale);
+  RoiGrid<T> g;
+  g.batch = static_cast<int64_t>(roi[0]);
+  g.start_w = roi[1] * scale - offset;
+  g.start_h = roi[2] * scale - offset;
+  T roi_w = roi[3] * scale - offset - g.start_w;
+  T roi_h = roi[4] * scale - offset - g.start_h;
+  if (!pool.aligned) {  // legacy RoIs are at least one pixel wide and tall
+    roi_w = std::max(roi_w, T(1));
+    roi_h = std::max(roi_h, T(1));
+  }
+  g.bin_h = roi_h / static_cast<T>(pool.pooled_height);
+  g.bin_w = roi_w / static_cast<T>(pool.pooled_width);
+  if (pool.sampling_ratio > 0) {
+    g.grid_h = g.grid_w = pool.sampling_ratio;
+  } else {  // adaptive: ceil(roi_size / output_size) points per bin, none for inverted RoIs
+    g.grid_h = std::max<int64_t>(static_cast<int64_t>(std::ceil(roi_h / pool.pooled_height)), 0);
+    g.grid_w = std::max<int64_t>(static_cast<int64_t>(std::ceil(roi_w / pool.pooled_width)), 0);
+  }
+  return g;
+}
+
+// A sample point as the hot loops read it: `bilinear_clamped`'s neighbours and weights, with
+// 32-bit pixel indices (a smaller table leaves more of L3 to the block buffers).
+template <typename T>
+struct Sample {
+  int32_t index[4];
+  T weight[4];
+};
+
+// Sample points of RoIs [first, last): RoI k owns samples [offset[k - first], offset[k - first +
+// 1]) ordered (bin, iy, ix); indices are pixels of the RoI's level, batch offset included.
+template <typename T>
+struct SampleTable {
+  int64_t first = 0;
+  int64_t last = 0;
+  std::vector<int64_t> offset;
+  std::vector<int64_t> per_bin;
+  std::unique_ptr<Sample<T>[]> samples;
+  std::vector<int64_t> order;  // the RoIs in processing order (see roi_order)
+
+  const Sample<T>* roi_samples(int64_t k) const { return samples.get() + offset[k - first]; }
+  int64_t roi_per_bin(int64_t k) const { return per_bin[k - first]; }
+};
+
+// The RoIs' levels and geometry, shared by the forward and backward drivers.
+template <typename T>
+struct RoiSet {
+  const T* rois;           // (K, 5), contiguous
+  const int64_t* levels;   // (K,) level of each RoI, or nullptr for a single level
+  std::vector<Level> level_info;
+  Pooling pool;
+  int64_t num_rois;
+
+  const Level& level_of(int64_t k) const { return level_info[levels ? levels[k] : 0]; }
+  RoiGrid<T> grid(int64_t k) const { return roi_grid(rois + 5 * k, level_of(k), pool); }
+};
+
+// Splits [0, K) into ranges whose sample tables hold at most kMaxChunkSamples points (at least
+// one RoI each). Depends on the RoIs only, so the summation order is the same for any thread count.
+template <typename T>
+std::vector<int64_t> chunk_bounds(const RoiSet<T>& set) {
+  std::vector<int64_t> bounds{0};
+  int64_t samples = 0;
+  for (int64_t k = 0; k < set.num_rois; ++k) {
+    const int64_t n = set.grid(k).per_bin() * set.pool.bins();
+    if (samples > 0 && samples + n > kMaxChunkSamples) {
+      bounds.push_back(k);
+      samples = 0;
+    }
+    samples += n;
+  }
+  bounds.push_back(set.num_rois);
+  return bounds;
+}
+
+// RoIs [first, last) sorted by (level, image, 16-pixel band of the centre's y, centre x in snake
+// order): consecutive RoIs then overlap and find their rows of the block buffer still in L2.
+// The order depends on the RoIs only, so backward sums stay independent of the thread count.
+template <typename T>
+std::vector<int64_t> roi_order(const RoiSet<T>& set, int64_t first, int64_t last) {
+  using Key = std::tuple<int64_t, int64_t, int64_t, double, int64_t>;
+  std::vector<Key> keys;
+  for (int64_t k = first; k < last; ++k) {
+    const RoiGrid<T> g = set.grid(k);
+    const double cy = g.start_h + 0.5 * g.bin_h * set.pool.pooled_height;
+    const double cx = g.start_w + 0.5 * g.bin_w * set.pool.pooled_width;
+    const int64_t band = static_cast<int64_t>(std::floor(cy / 16.0));
+    const int64_t level = set.levels ? set.levels[k] : 0;
+    keys.emplace_back(level, g.batch, band, band % 2 ? -cx : cx, k);
+  }
+  std::sort(keys.begin(), keys.end());
+  std::vector<int64_t> order;
+  for (const Key& key : keys) {
+    order.push_back(std::get<4>(key));
+  }
+  return order;
+}
+
+template <typename T>
+void build_table(const RoiSet<T>& set, int64_t first, int64_t last, SampleTable<T>& table) {
+  const int64_t bins = set.pool.bins();
+  table.first = first;
+  table.last = last;
+  table.offset.assign(1, 0);
+  table.per_bin.clear();
+  for (int64_t k = first; k < last; ++k) {
+    const int64_t per_bin = set.grid(k).per_bin();
+    table.per_bin.push_back(per_bin);
+    table.offset.push_back(table.offset.back() + per_bin * bins);
+  }
+  table.samples.reset(new Sample<T>[std::max<int64_t>(table.offset.back(), 1)]);
+  table.order = roi_order(set, first, last);
+  at::parallel_for(first, last, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      const RoiGrid<T> g = set.grid(k);
+      const Level& level = set.level_of(k);
+      const int64_t plane = level.height * level.width;
+      Sample<T>* out = table.samples.get() + table.offset[k - first];
+      for (int64_t ph = 0; ph < set.pool.pooled_height; ++ph) {
+        for (int64_t pw = 0; pw < set.pool.pooled_width; ++pw) {
+          for (int64_t iy = 0; iy < g.grid_h; ++iy) {
+            const T y = g.start_h + static_cast<T>(ph) * g.bin_h +
+                        static_cast<T>(iy + .5f) * g.bin_h / static_cast<T>(g.grid_h);
+            for (int64_t ix = 0; ix < g.grid_w; ++ix) {
+              const T x = g.start_w + static_cast<T>(pw) * g.bin_w +
+                          static_cast<T>(ix + .5f) * g.bin_w / static_cast<T>(g.grid_w);
+              const Bilinear<T> b = plane > 0
+                                        ? bilinear_clamped(y, x, level.height, level.width)
+                                        : bilinear_zero<T>();
+              for (int i = 0; i < 4; ++i) {
+                out->index[i] = static_cast<int32_t>(b.index[i] + g.batch * plane);
+                out->weight[i] = b.weight[i];
+              }
+              ++out;
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hot loops over a block buffer [pixels][B]: every sample point reads or updates 4 rows of B
+// contiguous channels. The rows are scattered over a buffer larger than L2, so the loops
+// prefetch the rows of the sample point kPrefetch entries ahead (the table is sequential).
+
+constexpr int64_t kPrefetch = 6;
+
+template <typename T, int RW>
+inline __attribute__((always_inline)) void prefetch_rows(const T* buf, const Sample<T>* s,
+                                                         const Sample<T>* end) {
+  if (s + kPrefetch < end) {
+    const Sample<T>& next = s[kPrefetch];
+    for (int i = 0; i < 4; ++i) {
+      const T* row = buf + next.index[i] * kBlock;
+      __builtin_prefetch(row, RW, 3);
+      if (kBlock * sizeof(T) > 64) {
+        __builtin_prefetch(row + 64 / sizeof(T), RW, 3);
+      }
+    }
+  }
+}
+
+// A row of B channels as one GCC vector: each SIMD clone lowers it to its widest registers
+// (1 zmm, 2 ymm or 4 xmm for floats). Loads and stores go through memcpy (unaligned).
+typedef float VecF __attribute__((vector_size(kBlock * sizeof(float))));
+typedef double VecD __attribute__((vector_size(kBlock * sizeof(double))));
+typedef int32_t VecI32 __attribute__((vector_size(kBlock * sizeof(int32_t))));
+typedef int64_t VecI64 __attribute__((vector_size(kBlock * sizeof(int64_t))));
+
+template <typename T>
+struct Vec;
+template <>
+struct Vec<float> {
+  using type = VecF;
+  using mask = VecI32;  // what a comparison of two VecF gives
+};
+template <>
+struct Vec<double> {
+  using type = VecD;
+  using mask = VecI64;
+};
+
+template <typename V, typename T>
+inline __attribute__((always_inline)) V load_vec(const T* p) {
+  V v;
+  std::memcpy(&v, p, sizeof(V));
+  return v;
+}
+
+template <typename V, typename T>
+inline __attribute__((always_inline)) void store_vec(T* p, const V& v) {
+  std::memcpy(p, &v, sizeof(V));
+}
+
+// Bilinear value of sample `s` for the B channels: sum_i w_i * row_i.
+template <typename T>
+inline __attribute__((always_inline)) typename Vec<T>::type sample_vec(const T* base,
+                                                                      const Sample<T>& s) {
+  using V = typename Vec<T>::type;
+  return s.weight[0] * load_vec<V>(base + s.index[0] * kBlock) +
+         s.weight[1] * load_vec<V>(base + s.index[1] * kBlock) +
+         s.weight[2] * load_vec<V>(base + s.index[2] * kBlock) +
+         s.weight[3] * load_vec<V>(base + s.index[3] * kBlock);
+}
+
+// mask ? a : b per lane, with bit operations (GCC lowers vector `?:` on vectors wider than the
+// target's registers lane by lane).
+template <typename V, typename M>
+inline __attribute__((always_inline)) V select(const M& mask, const V& a, const V& b) {
+  return (V)(((M)a & mask) | ((M)b & ~mask));
+}
+
+// out[p][c] = mean over bin p's sample points of their bilinear values, c < B.
+template <typename T>
+inline __attribute__((always_inline)) void pool_avg_impl(const T* base, const Sample<T>* s,
+                                                         int64_t bins, int64_t per_bin, T* out) {
+  using V = typename Vec<T>::type;
+  const Sample<T>* end = s + bins * per_bin;
+  const T count = static_cast<T>(std::max<int64_t>(per_bin, 1));
+  for (int64_t p = 0; p < bins; ++p) {
+    V acc = {};
+    for (int64_t j = 0; j < per_bin; ++j, ++s) {
+      prefetch_rows<T, 0>(base, s, end);
+      acc += sample_vec(base, *s);
+    }
+    store_vec(out + p * kBlock, acc / count);
+  }
+}
+
+// 32-byte vectors (native to AVX2) for comparisons and selects, which GCC would otherwise lower
+// lane by lane on 64-byte vectors.
+typedef float VecF8 __attribute__((vector_size(32)));
+typedef double VecD4 __attribute__((vector_size(32)));
+typedef int32_t VecI32x8 __attribute__((vector_size(32)));
+typedef int32_t VecI32x4 __attribute__((vector_size(16)));
+typedef int64_t VecI64x4 __attribute__((vector_size(32)));
+
+template <typename T>
+struct Narrow;
+template <>
+struct Narrow<float> {
+  using type = VecF8;
+  using mask = VecI32x8;
+  using index32 = VecI32x8;
+  static constexpr int64_t lanes = 8;
+};
+template <>
+struct Narrow<double> {
+  using type = VecD4;
+  using mask = VecI64x4;
+  using index32 = VecI32x4;
+  static constexpr int64_t lanes = 4;
+};
+
+// out[p][c] = max over bin p's sample points (0 without any), arg[p][c] = its index in the bin
+// (the first one on ties, -1 without any).
+template <typename T>
+inline __attribute__((always_inline)) void pool_max_impl(const T* base, const Sample<T>* s,
+                                                         int64_t bins, int64_t per_bin, T* out,
+                                                         int32_t* arg) {
+  using V = typename Narrow<T>::type;
+  using M = typename Narrow<T>::mask;
+  using E = decltype(M{}[0] + 0);  // the mask's lane type
+  constexpr int64_t kLanes = Narrow<T>::lanes, kParts = kBlock / kLanes;
+  const Sample<T>* end = s + bins * per_bin;
+  for (int64_t p = 0; p < bins; ++p) {
+    V best[kParts];
+    M index[kParts];
+    for (int64_t h = 0; h < kParts; ++h) {
+      best[h] = V{} - std::numeric_limits<T>::infinity();
+      index[h] = M{} - 1;
+    }
+    for (int64_t j = 0; j < per_bin; ++j, ++s) {
+      prefetch_rows<T, 0>(base, s, end);
+      const T* r0 = base + s->index[0] * kBlock;
+      const T* r1 = base + s->index[1] * kBlock;
+      const T* r2 = base + s->index[2] * kBlock;
+      const T* r3 = base + s->index[3] * kBlock;
+      const M jj = M{} + static_cast<E>(j);
+      for (int64_t h = 0; h < kParts; ++h) {
+        const int64_t o = h * kLanes;
+        const V v = s->weight[0] * load_vec<V>(r0 + o) + s->weight[1] * load_vec<V>(r1 + o) +
+                    s->weight[2] * load_vec<V>(r2 + o) + s->weight[3] * load_vec<V>(r3 + o);
+        const M greater = v > best[h];
+        best[h] = select(greater, v, best[h]);
+        index[h] = (index[h] & ~greater) | (jj & greater);
+      }
+    }
+    for (int64_t h = 0; h < kParts; ++h) {
+      store_vec(out + p * kBlock + h * kLanes, select(index[h] >= 0, best[h], V{}));
+      store_vec(arg + p * kBlock + h * kLanes,
+                __builtin_convertvector(index[h], typename Narrow<T>::index32));
+    }
+  }
+}
+
+// Adds w_i * gv into the 4 neighbour rows of sample `s` in a block buffer [pixels][B].
+template <typename T>
+inline __attribute__((always_inline)) void add_sample(T* buf, const Sample<T>& s,
+                                                      const typename Vec<T>::type& gv) {
+  using V = typename Vec<T>::type;
+  for (int i = 0; i < 4; ++i) {
+    const T w = s.weight[i];
+    if (w == T(0)) {  // outside the map: nothing to add (as torchvision, even for inf gradients)
+      continue;
+    }
+    T* row = buf + s.index[i] * kBlock;
+    store_vec(row, load_vec<V>(row) + w * gv);
+  }
+}
+
+// Scatter-adds one RoI's bin gradients g [bins][B] into a block buffer [pixels][B] (avg mode:
+// every sample point of a bin receives gradient / count).
+template <typename T>
+inline __attribute__((always_inline)) void scatter_avg_impl(T* buf, const Sample<T>* s,
+                                                            int64_t bins, int64_t per_bin,
+                                                            const T* g) {
+  using V = typename Vec<T>::type;
+  const Sample<T>* end = s + bins * per_bin;
+  const T count = static_cast<T>(std::max<int64_t>(per_bin, 1));
+  for (int64_t p = 0; p < bins; ++p) {
+    const V gv = load_vec<V>(g + p * kBlock) / count;
+    for (int64_t j = 0; j < per_bin; ++j, ++s) {
+      prefetch_rows<T, 1>(buf, s, end);
+      add_sample(buf, *s, gv);
+    }
+  }
+}
+
+// Max mode: only the arg-max sample point of each channel (arg [bins][B]) receives its gradient.
+template <typename T>
+inline __attribute__((always_inline)) void scatter_max_impl(T* buf, const Sample<T>* s,
+                                                            int64_t bins, int64_t per_bin,
+                                                            const T* g, const int32_t* arg) {
+  using V = typename Narrow<T>::type;
+  using M = typename Narrow<T>::mask;
+  using E = decltype(M{}[0] + 0);
+  constexpr int64_t kLanes = Narrow<T>::lanes, kParts = kBlock / kLanes;
+  const Sample<T>* end = s + bins * per_bin;
+  T masked[kBlock];
+  for (int64_t p = 0; p < bins; ++p) {
+    V gp[kParts];
+    M ap[kParts];
+    for (int64_t h = 0; h < kParts; ++h) {
+      gp[h] = load_vec<V>(g + p * kBlock + h * kLanes);
+      ap[h] = __builtin_convertvector(
+          load_vec<typename Narrow<T>::index32>(arg + p * kBlock + h * kLanes), M);
+    }
+    for (int64_t j = 0; j < per_bin; ++j, ++s) {
+      prefetch_rows<T, 1>(buf, s, end);
+      // Rarely does no channel of the block pick sample j, so add without testing for it.
+      const M jj = M{} + static_cast<E>(j);
+      for (int64_t h = 0; h < kParts; ++h) {
+        store_vec(masked + h * kLanes, (V)((M)gp[h] & (ap[h] == jj)));
+      }
+      add_sample(buf, *s, load_vec<typename Vec<T>::type>(masked));
+    }
+  }
+}
+
+DETECTOR_SIMD_CLONES void pool_avg_block(const float* base, const Sample<float>* s, int64_t bins,
+                                         int64_t per_bin, float* out) {
+  pool_avg_impl<float>(base, s, bins, per_bin, out);
+}
+DETECTOR_SIMD_CLONES void pool_avg_block(const double* base, const Sample<double>* s,
+                                         int64_t bins, int64_t per_bin, double* out) {
+  pool_avg_impl<double>(base, s, bins, per_bin, out);
+}
+DETECTOR_SIMD_CLONES void pool_max_block(const float* base, const Sample<float>* s, int64_t bins,
+                                         int64_t per_bin, float* out, int32_t* arg) {
+  pool_max_impl<float>(base, s, bins, per_bin, out, arg);
+}
+DETECTOR_SIMD_CLONES void pool_max_block(const double* base, const Sample<double>* s,
+                                         int64_t bins, int64_t per_bin, double* out,
+                                         int32_t* arg) {
+  pool_max_impl<double>(base, s, bins, per_bin, out, arg);
+}
+DETECTOR_SIMD_CLONES void scatter_block(float* buf, const Sample<float>* s, int64_t bins,
+                                        int64_t per_bin, const float* g, const int32_t* arg) {
+  if (arg) {
+    scatter_max_impl<float>(buf, s, bins, per_bin, g, arg);
+  } else {
+    scatter_avg_impl<float>(buf, s, bins, per_bin, g);
+  }
+}
+DETECTOR_SIMD_CLONES void scatter_block(double* buf, const Sample<double>* s, int64_t bins,
+                                        int64_t per_bin, const double* g, const int32_t* arg) {
+  if (arg) {
+    scatter_max_impl<double>(buf, s, bins, per_bin, g, arg);
+  } else {
+    scatter_avg_impl<double>(buf, s, bins, per_bin, g);
+  }
+}
+
+// 8x8 float transposes for the NCHW <-> block-buffer copies (unpack, shuffle, lane permute).
+inline __attribute__((always_inline)) void transpose8x8(const VecF8 (&r)[8], VecF8 (&c)[8]) {
+  const VecI32x8 lo = {0, 8, 1, 9, 4, 12, 5, 13}, hi = {2, 10, 3, 11, 6, 14, 7, 15};
+  const VecI32x8 lo2 = {0, 1, 8, 9, 4, 5, 12, 13}, hi2 = {2, 3, 10, 11, 6, 7, 14, 15};
+  const VecI32x8 lo4 = {0, 1, 2, 3, 8, 9, 10, 11}, hi4 = {4, 5, 6, 7, 12, 13, 14, 15};
+  VecF8 t[8], u[8];
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = __builtin_shuffle(r[2 * i], r[2 * i + 1], lo);
+    t[2 * i + 1] = __builtin_shuffle(r[2 * i], r[2 * i + 1], hi);
+  }
+  for (int i = 0; i < 2; ++i) {  // rows 4i..4i+3
+    u[4 * i + 0] = __builtin_shuffle(t[4 * i], t[4 * i + 2], lo2);
+    u[4 * i + 1] = __builtin_shuffle(t[4 * i], t[4 * i + 2], hi2);
+    u[4 * i + 2] = __builtin_shuffle(t[4 * i + 1], t[4 * i + 3], lo2);
+    u[4 * i + 3] = __builtin_shuffle(t[4 * i + 1], t[4 * i + 3], hi2);
+  }
+  for (int i = 0; i < 4; ++i) {
+    c[i] = __builtin_shuffle(u[i], u[4 + i], lo4);
+    c[4 + i] = __builtin_shuffle(u[i], u[4 + i], hi4);
+  }
+}
+
+// dst[hw][j] = src[j * plane + hw] for 16 channel planes (j < 16) of `plane` floats.
+DETECTOR_SIMD_CLONES void planes_to_block(const float* src, int64_t plane, float* dst) {
+  static_assert(kBlock == 16, "planes_to_block transposes 2 x 8 channels");
+  int64_t hw = 0;
+  for (; hw + 8 <= plane; hw += 8) {
+    for (int64_t half = 0; half < 2; ++half) {
+      VecF8 r[8], c[8];
+      for (int i = 0; i < 8; ++i) r[i] = load_vec<VecF8>(src + (8 * half + i) * plane + hw);
+      transpose8x8(r, c);
+      for (int i = 0; i < 8; ++i) store_vec(dst + (hw + i) * kBlock + 8 * half, c[i]);
+    }
+  }
+  for (; hw < plane; ++hw) {
+    for (int64_t j = 0; j < kBlock; ++j) dst[hw * kBlock + j] = src[j * plane + hw];
+  }
+}
+
+// dst[j * plane + hw] = src[hw][j], the inverse of planes_to_block.
+DETECTOR_SIMD_CLONES void block_to_planes(const float* src, int64_t plane, float* dst) {
+  int64_t hw = 0;
+  for (; hw + 8 <= plane; hw += 8) {
+    for (int64_t half = 0; half < 2; ++half) {
+      VecF8 r[8], c[8];
+      for (int i = 0; i < 8; ++i) r[i] = load_vec<VecF8>(src + (hw + i) * kBlock + 8 * half);
+      transpose8x8(r, c);
+      for (int i = 0; i < 8; ++i) store_vec(dst + (8 * half + i) * plane + hw, c[i]);
+    }
+  }
+  for (; hw < plane; ++hw) {
+    for (int64_t j = 0; j < kBlock; ++j) dst[j * plane + hw] = src[hw * kBlock + j];
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Block copies between a level tensor (NCHW or NHWC contiguous) and a block buffer [pixels][B].
+
+// buf[pixel][j] = input[n, c0 + j, h, w] for j < cw, 0 for cw <= j < B.
+template <typename T>
+void load_block(const at::Tensor& input, int64_t c0, int64_t cw, T* buf) {
+  const int64_t batch = input.size(0), channels = input.size(1);
+  const int64_t plane = input.size(2) * input.size(3);
+  const T* in = input.const_data_ptr<T>();
+  const bool nchw = input.is_contiguous();
+  for (int64_t n = 0; n < batch; ++n) {
+    T* dst = buf + n * plane * kBlock;
+    if (nchw) {
+      const T* src = in + (n * channels + c0) * plane;
+      if constexpr (std::is_same_v<T, float>) {
+        if (cw == kBlock) {
+          planes_to_block(src, plane, dst);
+          continue;
+        }
+      }
+      for (int64_t hw = 0; hw < plane; ++hw) {
+        T* d = dst + hw * kBlock;
+        for (int64_t j = 0; j < cw; ++j) {
+          d[j] = src[j * plane + hw];
+        }
+        for (int64_t j = cw; j < kBlock; ++j) {
+          d[j] = T(0);
+        }
+      }
+    } else {
+      const T* src = in + n * plane * channels + c0;
+      if (cw == kBlock) {  // whole rows of B channels: one vector copy per pixel
+        using V = typename Vec<T>::type;
+        for (int64_t hw = 0; hw < plane; ++hw) {
+          __builtin_prefetch(src + (hw + 16) * channels, 0, 0);
+          store_vec(dst + hw * kBlock, load_vec<V>(src + hw * channels));
+        }
+        continue;
+      }
+      for (int64_t hw = 0; hw < plane; ++hw) {
+        T* d = dst + hw * kBlock;
+        for (int64_t j = 0; j < cw; ++j) {
+          d[j] = src[hw * channels + j];
+        }
+        for (int64_t j = cw; j < kBlock; ++j) {
+          d[j] = T(0);
+        }
+      }
+    }
+  }
+}
+
+// grad[n, c0 + j, h, w] (=|+=) buf[pixel][j] for j < cw; `grad` is NCHW or NHWC contiguous.
+template <typename T>
+void store_block(const T* buf, int64_t c0, int64_t cw, bool accumulate, at::Tensor& grad) {
+  const int64_t batch = grad.size(0), channels = grad.size(1);
+  const int64_t plane = grad.size(2) * grad.size(3);
+  T* out = grad.mutable_data_ptr<T>();
+  const bool nchw = grad.is_contiguous();
+  constexpr int64_t kTile = 64;
+  for (int64_t n = 0; n < batch; ++n) {
+    const T* src = buf + n * plane * kBlock;
+    if (nchw) {
+      T* dst = out + (n * channels + c0) * plane;
+      if constexpr (std::is_same_v<T, float>) {
+        if (cw == kBlock && !accumulate) {
+          block_to_planes(src, plane, dst);
+          continue;
+        }
+      }
+      for (int64_t hw0 = 0; hw0 < plane; hw0 += kTile) {
+        const int64_t hw1 = std::min(plane, hw0 + kTile);
+        for (int64_t j = 0; j < cw; ++j) {
+          T* d = dst + j * plane;
+          if (accumulate) {
+            for (int64_t hw = hw0; hw < hw1; ++hw) d[hw] += src[hw * kBlock + j];
+          } else {
+            for (int64_t hw = hw0; hw < hw1; ++hw) d[hw] = src[hw * kBlock + j];
+          }
+        }
+      }
+    } else {
+      T* dst = out + n * plane * channels + c0;
+      for (int64_t hw = 0; hw < plane; ++hw) {
+        T* d = dst + hw * channels;
+        const T* s = src + hw * kBlock;
+        if (accumulate) {
+          for (int64_t j = 0; j < cw; ++j) d[j] += s[j];
+        } else {
+          for (int64_t j = 0; j < cw; ++j) d[j] = s[j];
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
+std::unique_ptr<T[]> block_buffer(int64_t pixels) {
+  std::unique_ptr<T[]> buf(new T[pixels * kBlock]);
+  advise_huge_pages(buf.get(), pixels * kBlock * sizeof(T));
+  return buf;
+}
+
+at::Tensor fresh_tensor(at::IntArrayRef sizes, const at::TensorOptions& options,
+                        at::MemoryFormat format = at::MemoryFormat::Contiguous) {
+  at::Tensor t = at::empty(sizes, options.memory_format(format));
+  advise_huge_pages(t.data_ptr(), t.nbytes());
+  return t;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Drivers.
+
+// Threads for a pass over `num_blocks` channel blocks: one for small work (a fork-join costs more
+// than it saves there), else up to one per block.
+template <typename T>
+int64_t block_workers(const SampleTable<T>& table, int64_t num_blocks) {
+  constexpr int64_t kMinParallelSamples = int64_t(1) << 15;
+  if (table.offset.back() * num_blocks < kMinParallelSamples) {
+    return 1;
+  }
+  return std::min<int64_t>(num_blocks, at::get_num_threads());
+}
+
+// Pools RoIs [table.first, table.last) from any-layout levels: parallel over channel blocks.
+template <typename T>
+void forward_blocks(const RoiSet<T>& set, const SampleTable<T>& table,
+                    const std::vector<at::Tensor>& levels, T* out, int32_t* argmax) {
+  const int64_t channels = levels[0].size(1), bins = set.pool.bins();
+  const int64_t num_blocks = (channels + kBlock - 1) / kBlock;
+  int64_t pixels = 0;
+  for (const Level& level : set.level_info) {
+    pixels = std::max(pixels, level.pixel_base + levels[0].size(0) * level.height * level.width);
+  }
+  std::atomic<int64_t> next_block{0};
+  at::parallel_for(0, block_workers(table, num_blocks), 1, [&](int64_t,
+                                                                                   int64_t) {
+    std::unique_ptr<T[]> buf = block_buffer<T>(pixels);
+    std::vector<T> local(bins * kBlock);  // [bins][B]
+    std::vector<int32_t> local_arg(argmax ? bins * kBlock : 0);
+    for (int64_t b = next_block++; b < num_blocks; b = next_block++) {
+      const int64_t c0 = b * kBlock, cw = std::min(kBlock, channels - c0);
+      for (size_t l = 0; l < levels.size(); ++l) {
+        load_block(levels[l], c0, cw, buf.get() + set.level_info[l].pixel_base * kBlock);
+      }
+      for (const int64_t k : table.order) {
+        const T* base = buf.get() + set.level_of(k).pixel_base * kBlock;
+        if (argmax) {
+          pool_max_block(base, table.roi_samples(k), bins, table.roi_per_bin(k), local.data(),
+                         local_arg.data());
+        } else {
+          pool_avg_block(base, table.roi_samples(k), bins, table.roi_per_bin(k), local.data());
+        }
+        // [bins][B] -> out[k, c0:c0+cw, bins]
+        T* o = out + (k * channels + c0) * bins;
+        if constexpr (std::is_same_v<T, float>) {
+          if (cw == kBlock) {
+            block_to_planes(local.data(), bins, o);
+          }
+        }
+        if (!std::is_same_v<T, float> || cw != kBlock) {
+          for (int64_t j = 0; j < cw; ++j) {
+            for (int64_t p = 0; p < bins; ++p) o[j * bins + p] = local[p * kBlock + j];
+          }
+        }
+        if (argmax) {
+          int32_t* a = argmax + (k * channels + c0) * bins;
+          for (int64_t j = 0; j < cw; ++j) {
+            for (int64_t p = 0; p < bins; ++p) a[j * bins + p] = local_arg[p * kBlock + j];
+          }
+        }
+      }
+    }
+  });
+}
+
+// Levels as the kernels read them: each NCHW- or NHWC-contiguous.
+std::vector<at::Tensor> kernel_layout(const std::vector<at::Tensor>& features) {
+  std::vector<at::Tensor> levels;
+  for (const at::Tensor& f : features) {
+    const bool ok = f.is_contiguous() || f.is_contiguous(at::MemoryFormat::ChannelsLast);
+    levels.push_back(ok ? f : f.contiguous());
+  }
+  return levels;
+}
+
+template <typename T>
+std::vector<Level> level_info(const std::vector<int64_t>& heights,
+                              const std::vector<int64_t>& widths, at::ArrayRef<double> scales,
+                              int64_t batch) {
+  std::vector<Level> info;
+  int64_t base = 0;
+  for (size_t l = 0; l < heights.size(); ++l) {
+    info.push_back(Level{heights[l], widths[l], scales[l], base});
+    base += batch * heights[l] * widths[l];
+  }
+  TORCH_CHECK(base <= std::numeric_limits<int32_t>::max(),
+              "roi_align: at most 2^31 feature pixels (N * H * W over all levels) are supported");
+  return info;
+}
+
+template <typename T>
+std::tuple<at::Tensor, at::Tensor> forward_impl(const std::vector<at::Tensor>& features,
+                                                const at::Tensor& rois, const int64_t* roi_levels,
+                                                at::ArrayRef<double> scales, const Pooling& pool) {
+  const std::vector<at::Tensor> levels = kernel_layout(features);
+  const int64_t num_rois = rois.size(0), channels = levels[0].size(1);
+  at::Tensor output = fresh_tensor({num_rois, channels, pool.pooled_height, pool.pooled_width},
+                                   levels[0].options());
+  at::Tensor argmax = pool.mode == Mode::kMax
+                          ? fresh_tensor(output.sizes(), output.options().dtype(at::kInt))
+                          : at::empty({0}, output.options().dtype(at::kInt));
+  if (output.numel() == 0) {
+    return {output, argmax};
+  }
+  std::vector<int64_t> heights, widths;
+  for (const at::Tensor& level : levels) {
+    heights.push_back(level.size(2));
+    widths.push_back(level.size(3));
+  }
+  RoiSet<T> set{rois.const_data_ptr<T>(), roi_levels,
+                level_info<T>(heights, widths, scales, levels[0].size(0)), pool, num_rois};
+  T* out = output.mutable_data_ptr<T>();
+  int32_t* arg = pool.mode == Mode::kMax ? argmax.mutable_data_ptr<int32_t>() : nullptr;
+  const std::vector<int64_t> bounds = chunk_bounds(set);
+  SampleTable<T> table;
+  for (size_t i = 0; i + 1 < bounds.size(); ++i) {
+    build_table(set, bounds[i], bounds[i + 1], table);
+    forward_blocks(set, table, levels, out, arg);
+  }
+  return {output, argmax};
+}
+
+// Gradients of the levels (batch, channels, heights[l], widths[l]) in their memory formats.
+template <typename T>
+std::vector<at::Tensor> backward_impl(const at::Tensor& grad, const at::Tensor& rois,
+                                      const int64_t* roi_levels, const at::Tensor& argmax,
+                                      at::ArrayRef<double> scales, const Pooling& pool,
+                                      int64_t batch, int64_t channels,
+                                      const std::vector<int64_t>& heights,
+                                      const std::vector<int64_t>& widths,
+                                      const std::vector<bool>& channels_last) {
+  std::vector<at::Tensor> grads;
+  for (size_t l = 0; l < heights.size(); ++l) {
+    grads.push_back(fresh_tensor({batch, channels, heights[l], widths[l]}, grad.options(),
+                                 channels_last[l] ? at::MemoryFormat::ChannelsLast
+                                                  : at::MemoryFormat::Contiguous));
+  }
+  const int64_t num_rois = rois.size(0), bins = pool.bins();
+  if (num_rois == 0 || channels == 0 || bins == 0) {
+    for (at::Tensor& g : grads) g.zero_();
+    return grads;
+  }
+  RoiSet<T> set{rois.const_data_ptr<T>(), roi_levels,
+                level_info<T>(heights, widths, scales, batch), pool, num_rois};
+  int64_t pixels = 0;
+  for (const Level& level : set.level_info) {
+    pixels = std::max(pixels, level.pixel_base + batch * level.height * level.width);
+  }
+  const std::vector<int64_t> bounds = chunk_bounds(set);
+  const bool accumulate = bounds.size() > 2;  // several chunks add into zeroed gradients
+  if (accumulate) {
+    for (at::Tensor& g : grads) g.zero_();
+  }
+  const T* g = grad.const_data_ptr<T>();
+  const int32_t* arg = pool.mode == Mode::kMax ? argmax.const_data_ptr<int32_t>() : nullptr;
+  const int64_t num_blocks = (channels + kBlock - 1) / kBlock;
+  SampleTable<T> table;
+  for (size_t i = 0; i + 1 < bounds.size(); ++i) {
+    build_table(set, bounds[i], bounds[i + 1], table);
+    std::atomic<int64_t> next_block{0};
+    at::parallel_for(0, block_workers(table, num_blocks), 1, [&](int64_t,
+                                                                                     int64_t) {
+      std::unique_ptr<T[]> buf = block_buffer<T>(pixels);
+      std::vector<T> local(bins * kBlock);  // [bins][B]
+      std::vector<int32_t> local_arg(arg ? bins * kBlock : 0);
+      for (int64_t b = next_block++; b < num_blocks; b = next_block++) {
+        const int64_t c0 = b * kBlock, cw = std::min(kBlock, channels - c0);
+        std::fill(buf.get(), buf.get() + pixels * kBlock, T(0));
+        for (const int64_t k : table.order) {
+          // grad[k, c0:c0+cw, bins] -> [bins][B]
+          const T* gk = g + (k * channels + c0) * bins;
+          if constexpr (std::is_same_v<T, float>) {
+            if (cw == kBlock) {
+              planes_to_block(gk, bins, local.data());
+            }
+          }
+          if (!std::is_same_v<T, float> || cw != kBlock) {
+            std::fill(local.begin(), local.end(), T(0));
+            for (int64_t j = 0; j < cw; ++j) {
+              for (int64_t p = 0; p < bins; ++p) local[p * kBlock + j] = gk[j * bins + p];
+            }
+          }
+          if (arg) {
+            const int32_t* ak = arg + (k * channels + c0) * bins;
+            std::fill(local_arg.begin(), local_arg.end(), -1);
+            for (int64_t j = 0; j < cw; ++j) {
+              for (int64_t p = 0; p < bins; ++p) local_arg[p * kBlock + j] = ak[j * bins + p];
+            }
+          }
+          scatter_block(buf.get() + set.level_of(k).pixel_base * kBlock, table.roi_samples(k),
+                        bins, table.roi_per_bin(k), local.data(),
+                        arg ? local_arg.data() : nullptr);
+        }
+        for (size_t l = 0; l < grads.size(); ++l) {
+          store_block(buf.get() + set.level_info[l].pixel_base * kBlock, c0, cw, accumulate,
+                      grads[l]);
+        }
+      }
+    });
+  }
+  return grads;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operator entry points.
+
+void check_dtype(const char* op, const at::Tensor& input) {
+  TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble, op,
+              ": CPU kernels support float32 and float64 `input`, got ", input.scalar_type());
+}
+
+void check_pooling(const char* op, int64_t pooled_height, int64_t pooled_width) {
+  TORCH_CHECK_VALUE(pooled_height > 0 && pooled_width > 0, op,
+                    ": `output_size` must be positive, got (", pooled_height, ", ", pooled_width,
+                    ")");
+}
+
+std::tuple<at::Tensor, at::Tensor> roi_align_forward(const at::Tensor& input,
+                                                     const at::Tensor& rois, double spatial_scale,
+                                                     int64_t pooled_height, int64_t pooled_width,
+                                                     int64_t sampling_ratio, bool aligned,
+                                                     c10::string_view mode) {
+  constexpr const char* op = "roi_align";
+  const Pooling pool{pooled_height, pooled_width, sampling_ratio, aligned, parse_mode(op, mode)};
+  TORCH_CHECK_VALUE(input.dim() == 4, op, ": `input` must be 4-D (N, C, H, W), got ",
+                    input.sizes());
+  check_dtype(op, input);
+  check_pooling(op, pooled_height, pooled_width);
+  check_rois_cpu(op, rois, input.size(0));
+  const at::Tensor r = rois.to(input.scalar_type()).contiguous();
+  const double scales[] = {spatial_scale};
+  return AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "roi_align_forward", [&] {
+    return forward_impl<scalar_t>({input}, r, nullptr, scales, pool);
+  });
+}
+
+at::Tensor roi_align_backward(const at::Tensor& grad, const at::Tensor& rois,
+                              const at::Tensor& argmax, double spatial_scale,
+                              int64_t pooled_height, int64_t pooled_width, int64_t batch_size,
+                              int64_t channels, int64_t height, int64_t width,
+                              int64_t sampling_ratio, bool aligned, c10::string_view mode,
+                              bool channels_last) {
+  constexpr const char* op = "_roi_align_backward";
+  const Pooling pool{pooled_height, pooled_width, sampling_ratio, aligned, parse_mode(op, mode)};
+  check_dtype(op, grad);
+  check_rois_cpu(op, rois, batch_size);
+  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == rois.size(0) && grad.size(1) == channels &&
+                  grad.size(2) == pooled_height && grad.size(3) == pooled_width,
+              op, ": `grad` must have shape (K, C, ph, pw), got ", grad.sizes());
+  TORCH_CHECK(pool.mode == Mode::kAvg || argmax.sizes() == grad.sizes(), op,
+              ": `argmax` must have the shape of `grad` for mode \"max\"");
+  const at::Tensor r = rois.to(grad.scalar_type()).contiguous();
+  const double scales[] = {spatial_scale};
+  return AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "roi_align_backward", [&] {
+    return backward_impl<scalar_t>(grad.contiguous(), r, nullptr, argmax.contiguous(), scales,
+                                   pool, batch_size, channels, {height}, {width},
+                                   {channels_last})[0];
+  });
+}
+
+// Checks `levels` (K,) int64 in [0, num_levels) and returns it contiguous.
+at::Tensor checked_levels(const char* op, const at::Tensor& levels, int64_t num_rois,
+                          int64_t num_levels) {
+  TORCH_CHECK_VALUE(levels.dim() == 1 && levels.size(0) == num_rois, op,
+                    ": `levels` must have shape (K,) with K = ", num_rois, " RoIs, got ",
+                    levels.sizes());
+  TORCH_CHECK_TYPE(levels.scalar_type() == at::kLong, op, ": `levels` must be int64, got ",
+                   levels.scalar_type());
+  if (num_rois > 0) {
+    const int64_t lo = levels.min().item<int64_t>(), hi = levels.max().item<int64_t>();
+    TORCH_CHECK_VALUE(lo >= 0 && hi < num_levels, op, ": `levels` must lie in [0, ", num_levels,
+                      "), found values in [", lo, ", ", hi, "]");
+  }
+  return levels.contiguous();
+}
+
+std::tuple<at::Tensor, at::Tensor> multi_scale_forward(at::TensorList features,
+                                                       const at::Tensor& rois,
+                                                       const at::Tensor& levels,
+                                                       at::ArrayRef<double> spatial_scales,
+                                                       int64_t pooled_height, int64_t pooled_width,
+                                                       int64_t sampling_ratio, bool aligned,
+                                                       c10::string_view mode) {
+  constexpr const char* op = "multi_scale_roi_align";
+  const Pooling pool{pooled_height, pooled_width, sampling_ratio, aligned, parse_mode(op, mode)};
+  TORCH_CHECK_VALUE(!features.empty() && features.size() == spatial_scales.size(), op,
+                    ": `features` and `spatial_scales` must be non-empty and of equal length, got ",
+                    features.size(), " and ", spatial_scales.size());
+  for (const at::Tensor& f : features) {
+    TORCH_CHECK_VALUE(f.dim() == 4 && f.size(0) == features[0].size(0) &&
+                          f.size(1) == features[0].size(1),
+                      op, ": every level of `features` must be (N, C, H_l, W_l) with the same N "
+                      "and C, got ", f.sizes(), " and ", features[0].sizes());
+    TORCH_CHECK_TYPE(f.scalar_type() == features[0].scalar_type(), op,
+                     ": every level of `features` must have the same dtype");
+  }
+  check_dtype(op, features[0]);
+  check_pooling(op, pooled_height, pooled_width);
+  check_rois_cpu(op, rois, features[0].size(0));
+  const at::Tensor lv = checked_levels(op, levels, rois.size(0), features.size());
+  const at::Tensor r = rois.to(features[0].scalar_type()).contiguous();
+  return AT_DISPATCH_FLOATING_TYPES(features[0].scalar_type(), "multi_scale_roi_align", [&] {
+    return forward_impl<scalar_t>(features.vec(), r, lv.const_data_ptr<int64_t>(),
+                                  spatial_scales, pool);
+  });
+}
+
+std::vector<at::Tensor> multi_scale_backward(const at::Tensor& grad, const at::Tensor& rois,
+                                             const at::Tensor& levels, const at::Tensor& argmax,
+                                             at::ArrayRef<double> spatial_scales,
+                                             int64_t pooled_height, int64_t pooled_width,
+                                             at::IntArrayRef level_shapes,
+                                             const c10::List<bool>& channels_last,
+                                             int64_t sampling_ratio, bool aligned,
+                                             c10::string_view mode) {
+  constexpr const char* op = "_multi_scale_roi_align_backward";
+  const Pooling pool{pooled_height, pooled_width, sampling_ratio, aligned, parse_mode(op, mode)};
+  const size_t num_levels = spatial_scales.size();
+  TORCH_CHECK(num_levels > 0 && level_shapes.size() == 4 * num_levels &&
+                  channels_last.size() == num_levels,
+              op, ": expected 4 sizes and a memory format per level");
+  check_dtype(op, grad);
+  const int64_t batch = level_shapes[0], channels = level_shapes[1];
+  check_rois_cpu(op, rois, batch);
+  const at::Tensor lv = checked_levels(op, levels, rois.size(0), num_levels);
+  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == rois.size(0) && grad.size(1) == channels &&
+                  grad.size(2) == pooled_height && grad.size(3) == pooled_width,
+              op, ": `grad` must have shape (K, C, ph, pw), got ", grad.sizes());
+  std::vector<int64_t> heights, widths;
+  for (size_t l = 0; l < num_levels; ++l) {
+    heights.push_back(level_shapes[4 * l + 2]);
+    widths.push_back(level_shapes[4 * l + 3]);
+  }
+  std::vector<bool> formats;
+  for (const bool cl : channels_last) {
+    formats.push_back(cl);
+  }
+  const at::Tensor r = rois.to(grad.scalar_type()).contiguous();
+  return AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "multi_scale_roi_align_backward", [&] {
+    return backward_impl<scalar_t>(grad.contiguous(), r, lv.const_data_ptr<int64_t>(),
+                                   argmax.contiguous(), spatial_scales, pool, batch, channels,
+                                   heights, widths, formats);
+  });
+}
+
+}  // namespace roi_align_cpu
+
+TORCH_LIBRARY_IMPL(detector, CPU, m) {
+  m.impl("roi_align", &roi_align_cpu::roi_align_forward);
+  m.impl("_roi_align_backward", &roi_align_cpu::roi_align_backward);
+  m.impl("multi_scale_roi_align", &roi_align_cpu::multi_scale_forward);
+  m.impl("_multi_scale_roi_align_backward", &roi_align_cpu::multi_scale_backward);
+}
+
+}  // namespace detector
