@@ -159,8 +159,77 @@ DETECTOR_SIMD_CLONES void column_max<float, float>(const float* plane, int64_t w
   }
 }
 
+// Pass 2 for one row of bins: bin pw takes the max of pass-1 columns [wstart - w0, wend - w0);
+// among equal maxima the smaller flat index wins (the first max in row-major order).
+template <typename T, typename A>
+void bin_max(const A* col_value, const int* col_index, const int* wstart, const int* wend, int w0,
+             int pw_count, T* out, int* arg) {
+  for (int pw = 0; pw < pw_count; ++pw) {
+    A best = wend[pw] <= wstart[pw] ? A(0) : static_cast<A>(-FLT_MAX);
+    int best_index = -1;
+    for (int j = wstart[pw] - w0; j < wend[pw] - w0; ++j) {
+      const A v = col_value[j];
+      const int i = col_index[j];
+      const bool take = (v > best) | ((v == best) & (i < best_index));
+      best = take ? v : best;
+      best_index = take ? i : best_index;
+    }
+    out[pw] = static_cast<T>(best);
+    arg[pw] = best_index;
+  }
+}
+
+// float: a vector max over the bin's columns, then the smallest flat index among the columns
+// equal to it. Reads up to 7 values past the bin (the column buffers carry that padding); they
+// are masked out.
+template <>
+DETECTOR_SIMD_CLONES void bin_max<float, float>(const float* col_value, const int* col_index,
+                                                const int* wstart, const int* wend, int w0,
+                                                int pw_count, float* out, int* arg) {
+  const Int8 iota = {0, 1, 2, 3, 4, 5, 6, 7};
+  const Float8 lowest = Float8{} - FLT_MAX;
+  for (int pw = 0; pw < pw_count; ++pw) {
+    const int begin = wstart[pw] - w0;
+    const int end = wend[pw] - w0;
+    if (end <= begin) {
+      out[pw] = 0.0f;
+      arg[pw] = -1;
+      continue;
+    }
+    Float8 m = lowest;
+    for (int j = begin; j < end; j += kLanes) {
+      Float8 v;
+      __builtin_memcpy(&v, col_value + j, sizeof(v));
+      const Int8 valid = (iota + j) < end;
+      v = valid ? v : lowest;
+      m = m > v ? m : v;
+    }
+    float best = m[0];
+    for (int l = 1; l < kLanes; ++l) {
+      best = m[l] > best ? m[l] : best;
+    }
+    const Float8 best8 = Float8{} + best;
+    Int8 first = Int8{} + INT32_MAX;
+    for (int j = begin; j < end; j += kLanes) {
+      Float8 v;
+      Int8 index;
+      __builtin_memcpy(&v, col_value + j, sizeof(v));
+      __builtin_memcpy(&index, col_index + j, sizeof(index));
+      const Int8 take = ((iota + j) < end) & (v == best8) & (index < first);
+      first = take ? index : first;
+    }
+    int best_index = first[0];
+    for (int l = 1; l < kLanes; ++l) {
+      best_index = first[l] < best_index ? first[l] : best_index;
+    }
+    out[pw] = best;
+    arg[pw] = best_index;
+  }
+}
+
 // Forward of channel `c` for every RoI. `input_c` points at (image 0, channel c); the output and
-// argmax of RoI k and this channel start at k * roi_stride. `col_value`/`col_index` hold >= W.
+// argmax of RoI k and this channel start at k * roi_stride. `col_value`/`col_index` hold
+// W + kLanes values.
 template <typename T, typename A>
 void pool_channel(const T* input_c, int64_t image_stride, int64_t width, const RoIBins& bins,
                   int ph_count, int pw_count, T* out_c, int* argmax_c, int64_t roi_stride,
@@ -184,24 +253,7 @@ void pool_channel(const T* input_c, int64_t image_stride, int64_t width, const R
         continue;
       }
       column_max<T, A>(plane, width, hstart[ph], hend[ph], w0, n, col_value, col_index);
-      for (int pw = 0; pw < pw_count; ++pw) {
-        if (wend[pw] <= wstart[pw]) {
-          out[pw] = T(0);
-          arg[pw] = -1;
-          continue;
-        }
-        A best = static_cast<A>(-FLT_MAX);
-        int best_index = -1;
-        for (int j = wstart[pw] - w0; j < wend[pw] - w0; ++j) {
-          const A v = col_value[j];
-          const int i = col_index[j];
-          const bool take = (v > best) | ((v == best) & (i < best_index));
-          best = take ? v : best;
-          best_index = take ? i : best_index;
-        }
-        out[pw] = static_cast<T>(best);
-        arg[pw] = best_index;
-      }
+      bin_max<T, A>(col_value, col_index, wstart, wend, w0, pw_count, out, arg);
     }
   }
 }
@@ -251,8 +303,9 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cpu(const at::Tensor& input,
     const int64_t plane = height * width;
     const int64_t bins_per_roi = pooled_height * pooled_width;
     at::parallel_for(0, channels, 1, [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> col_value(width);
-      std::vector<int> col_index(width);
+      // + kLanes: bin_max<float> reads up to 7 values past a bin.
+      std::vector<acc_t> col_value(width + kLanes);
+      std::vector<int> col_index(width + kLanes);
       for (int64_t c = begin; c < end; ++c) {
         pool_channel<scalar_t, acc_t>(in + c * plane, channels * plane, width, bins,
                                       static_cast<int>(pooled_height),
