@@ -347,7 +347,8 @@ at::Tensor roi_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& rois,
     // Strides of `grad` (it is often an expanded or sliced view): read it in place.
     const int64_t sk = grad.stride(0), sc = grad.stride(1);
     const int64_t sh = grad.stride(2), sw = grad.stride(3);
-    const int64_t pw_count = grad.size(3);
+    const int64_t ph_count = grad.size(2), pw_count = grad.size(3);
+    constexpr int64_t kPrefetch = 4;
     scalar_t* gi = grad_input.data_ptr<scalar_t>();
     at::parallel_for(0, channels, 1, [&](int64_t begin, int64_t end) {
       for (int64_t c = begin; c < end; ++c) {
@@ -359,10 +360,23 @@ at::Tensor roi_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& rois,
           scalar_t* p = gi + (batch[k] * channels + c) * plane;
           const int* ak = arg + (k * channels + c) * bins_per_roi;
           const scalar_t* gk = g + k * sk + c * sc;
-          for (int64_t b = 0; b < bins_per_roi; ++b) {
-            const int index = ak[b];
-            if (index >= 0 && index < plane) {
-              p[index] += gk[(b / pw_count) * sh + (b % pw_count) * sw];
+          // RoIs are C * PH * PW elements apart: prefetch a few RoIs ahead of the scatter.
+          if (k + kPrefetch < num_rois) {
+            const char* next_a = reinterpret_cast<const char*>(ak + kPrefetch * channels *
+                                                                        bins_per_roi);
+            const char* next_g = reinterpret_cast<const char*>(gk + kPrefetch * sk);
+            for (int64_t byte = 0; byte < bins_per_roi * 4; byte += 64) {
+              __builtin_prefetch(next_a + byte);
+              __builtin_prefetch(next_g + byte);
+            }
+          }
+          for (int64_t ph = 0; ph < ph_count; ++ph, ak += pw_count) {
+            const scalar_t* gh = gk + ph * sh;
+            for (int64_t pw = 0; pw < pw_count; ++pw) {
+              const int index = ak[pw];
+              if (index >= 0 && index < plane) {
+                p[index] += gh[pw * sw];
+              }
             }
           }
         }
