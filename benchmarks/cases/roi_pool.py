@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import torch
-import torchvision
 
 from benchmarks.timing import Case
 from detector.ops.roi_pool import roi_pool  # noqa: F401  (registers autograd and fake kernels)
@@ -35,7 +34,8 @@ def cases(device: str) -> list[Case]:
              lambda: torch.ops.detector.roi_pool(x, rois, SCALE, 7, 7),
              lambda: torch.ops.torchvision.roi_pool(x, rois, SCALE, 7, 7), goal=0.1),
         Case("roi_pool", "bwd", shape,
-             lambda: torch.ops.detector._roi_pool_backward(grad, rois, ours_argmax, 1, 256, 200, 272),
+             lambda: torch.ops.detector._roi_pool_backward(
+                 grad, rois, ours_argmax, 1, 256, 200, 272),
              lambda: torch.ops.torchvision._roi_pool_backward(
                  grad, rois, tv_argmax, SCALE, 7, 7, 1, 256, 200, 272),
              goal=0.1),

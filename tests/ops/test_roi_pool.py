@@ -19,9 +19,9 @@ def reference_roi_pool(
 ) -> Tensor:
     """Oracle: narrow the map to each RoI's rounded window, then adaptive max pool its bins.
 
-    adaptive_max_pool2d splits a window of size L into bins [floor(i * L / P), ceil((i + 1) * L / P)),
-    which are torchvision's roi_pool bins when the window is not clipped; clipping is applied
-    per bin afterwards. Empty bins give 0.
+    adaptive_max_pool2d splits a window of size L into bins
+    [floor(i * L / P), ceil((i + 1) * L / P)), which are torchvision's roi_pool bins before
+    clipping; the window is padded with -inf instead of clipped. Empty bins give 0.
     """
     pooled_h, pooled_w = output_size
     _, channels, height, width = input.shape
@@ -185,7 +185,9 @@ def test_opcheck(device: str) -> None:
 def test_torch_compile(device: str) -> None:
     x = _features((2, 3, 10, 11), device=device)
     rois = _rois_all(10, 11, 0.5, num=8).to(device)
-    compiled = torch.compile(lambda t, r: roi_pool(t, r, 3, 0.5), fullgraph=True, backend="aot_eager")
+    compiled = torch.compile(
+        lambda t, r: roi_pool(t, r, 3, 0.5), fullgraph=True, backend="aot_eager"
+    )
     torch.testing.assert_close(compiled(x, rois), roi_pool(x, rois, 3, 0.5), atol=0, rtol=0)
 
 
