@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import torch
+import torchvision  # noqa: F401  (registers torch.ops.torchvision.*)
 
 from benchmarks.timing import Case
 from detector.ops.roi_pool import roi_pool  # noqa: F401  (registers autograd and fake kernels)
