@@ -1,6 +1,98 @@
-"""Placeholder: this op is being written."""
+"""RoI Pool (Fast R-CNN max pooling, Girshick 2015) over `torch.ops.detector.roi_pool`.
 
-def roi_pool(*args, **kwargs):
-    raise NotImplementedError("roi_pool is not implemented yet")
+Shapes: N images, C channels, H x W feature map, K RoIs, PH x PW output bins.
+
+Each RoI's corners are scaled by `spatial_scale` and rounded; the window (at least 1x1) is split
+into PH x PW bins with floor/ceil edges, clipped to the map, and each bin takes the max of its
+elements (0 for an empty bin), exactly as torchvision.ops.roi_pool. The gradient of a bin flows
+to its arg-max element (the first max in row-major order) and sums where RoIs overlap.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from detector.ops import _library  # noqa: F401  (registers torch.ops.detector.*)
+from detector.ops._utils import (
+    check_device,
+    check_input,
+    check_rois_dtype,
+    convert_boxes_to_roi_format,
+    pair,
+)
+
+_OP = "roi_pool"
 
 
+def roi_pool(
+    input: Tensor,
+    boxes: Tensor | list[Tensor],
+    output_size: int | tuple[int, int] | list[int],
+    spatial_scale: float = 1.0,
+) -> Tensor:
+    """Max-pools each RoI of `input` into an `output_size` grid (torchvision.ops.roi_pool).
+
+    Args:
+        input: (N, C, H, W) features; NCHW or channels-last.
+        boxes: Tensor[K, 5] of (batch_index, x1, y1, x2, y2) in image coordinates, or a list of
+            N Tensor[K_i, 4] (x1, y1, x2, y2), one per image.
+        output_size: (PH, PW) or an int for a square grid.
+        spatial_scale: factor from image to feature coordinates (1/stride, e.g. 1/16).
+
+    Returns:
+        (K, C, PH, PW) pooled features.
+    """
+    check_input(_OP, input)
+    rois = convert_boxes_to_roi_format(_OP, boxes)
+    check_device(_OP, rois)
+    rois = check_rois_dtype(_OP, input, rois)
+    pooled_height, pooled_width = pair(_OP, output_size)
+    if pooled_height <= 0 or pooled_width <= 0:
+        raise ValueError(f"{_OP}: `output_size` must be positive, got {output_size!r}")
+    output, _ = torch.ops.detector.roi_pool(
+        input, rois, float(spatial_scale), pooled_height, pooled_width
+    )
+    return output
+
+
+@torch.library.register_fake("detector::roi_pool")
+def _roi_pool_fake(
+    input: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int, pooled_width: int
+) -> tuple[Tensor, Tensor]:
+    torch._check(input.dim() == 4, lambda: f"{_OP}: expected a 4-D `input`")
+    torch._check(rois.dim() == 2 and rois.size(1) == 5, lambda: f"{_OP}: expected rois (K, 5)")
+    shape = (rois.size(0), input.size(1), pooled_height, pooled_width)
+    return input.new_empty(shape), input.new_empty(shape, dtype=torch.int32)
+
+
+@torch.library.register_fake("detector::_roi_pool_backward")
+def _roi_pool_backward_fake(
+    grad: Tensor,
+    rois: Tensor,
+    argmax: Tensor,
+    batch_size: int,
+    channels: int,
+    height: int,
+    width: int,
+) -> Tensor:
+    return grad.new_empty((batch_size, channels, height, width))
+
+
+def _setup_context(ctx, inputs: tuple, output: tuple[Tensor, Tensor]) -> None:
+    input, rois, _, _, _ = inputs
+    _, argmax = output
+    ctx.save_for_backward(rois, argmax)
+    ctx.input_shape = tuple(input.shape)
+
+
+def _backward(ctx, grad_output: Tensor, _grad_argmax: Tensor | None) -> tuple:
+    rois, argmax = ctx.saved_tensors
+    batch_size, channels, height, width = ctx.input_shape
+    grad_input = torch.ops.detector._roi_pool_backward(
+        grad_output, rois, argmax, batch_size, channels, height, width
+    )
+    return grad_input, None, None, None, None
+
+
+torch.library.register_autograd("detector::roi_pool", _backward, setup_context=_setup_context)
