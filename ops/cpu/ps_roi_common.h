@@ -180,6 +180,15 @@ DETECTOR_SIMD_CLONES void scatter_bin(double* base, int64_t step, int64_t channe
 // Output channels per backward work item: enough work per item, and items for every thread.
 constexpr int64_t kChannelBlock = 32;
 
+// Output values (times RoIs, in backward) a thread should get at least: below that, starting
+// threads costs more than it saves.
+constexpr int64_t kMinWorkPerThread = 1 << 15;
+
+// Grain of at::parallel_for over items that each cost `work_per_item` output values.
+inline int64_t grain_for(int64_t work_per_item) {
+  return std::max<int64_t>(1, kMinWorkPerThread / std::max<int64_t>(work_per_item, 1));
+}
+
 // Forward driver. `make_footprint(roi, i, j, footprint)` fills the footprint of bin (i, j) of the
 // RoI `roi` (5 values) with pixel offsets already scaled by `strides.pixel`.
 // Returns the output (K, C_out, PH, PW).
@@ -198,7 +207,7 @@ at::Tensor forward(const at::Tensor& input, const Strides& strides, const at::Te
   T* out = output.mutable_data_ptr<T>();
   const int64_t bins = shape.bins, channels_out = shape.channels_out;
   const int64_t step = bins * strides.channel;  // from channel c * B + b to (c + 1) * B + b
-  at::parallel_for(0, num_rois, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, num_rois, grain_for(bins * channels_out), [&](int64_t begin, int64_t end) {
     Footprint<T> fp;
     for (int64_t b = 0; b < bins; ++b) {
       const int64_t i = b / shape.pooled_width, j = b % shape.pooled_width;
@@ -235,7 +244,8 @@ at::Tensor backward(const at::Tensor& grad, const at::Tensor& rois, const Shape&
   const int64_t bins = shape.bins, channels_out = shape.channels_out;
   const int64_t plane = shape.height * shape.width;
   const int64_t blocks = (channels_out + kChannelBlock - 1) / kChannelBlock;
-  at::parallel_for(0, bins * blocks, 1, [&](int64_t begin, int64_t end) {
+  const int64_t grain = grain_for(num_rois * std::min(kChannelBlock, channels_out));
+  at::parallel_for(0, bins * blocks, grain, [&](int64_t begin, int64_t end) {
     Footprint<T> fp;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / blocks;
