@@ -17,7 +17,7 @@ namespace {
 template <typename T>
 struct AlignFootprint {
   T spatial_scale;
-  int64_t pooled_height, pooled_width, sampling_ratio, height, width, pixel_stride;
+  int64_t pooled_height, pooled_width, sampling_ratio, height, width;
 
   void operator()(const T* roi, int64_t i, int64_t j, ps_roi::Footprint<T>& fp) const {
     const T start_w = roi[1] * spatial_scale - T(0.5);
@@ -42,7 +42,7 @@ struct AlignFootprint {
           continue;  // more than a pixel outside the map: contributes 0
         }
         for (int n = 0; n < 4; ++n) {
-          fp.add(s.index[n] * pixel_stride, s.weight[n]);
+          fp.add(s.index[n], s.weight[n]);
         }
       }
     }
@@ -70,7 +70,7 @@ at::Tensor ps_roi_align_forward_cpu(const at::Tensor& input, const at::Tensor& r
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "ps_roi_align_forward_cpu", [&] {
     const AlignFootprint<scalar_t> footprint{static_cast<scalar_t>(spatial_scale),
                                              pooled_height, pooled_width, sampling_ratio,
-                                             shape.height, shape.width, strides.pixel};
+                                             shape.height, shape.width};
     output = ps_roi::forward<scalar_t>(dense, strides, rois, shape, footprint);
   });
   return output;
@@ -88,7 +88,7 @@ at::Tensor ps_roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& r
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "ps_roi_align_backward_cpu", [&] {
     const AlignFootprint<scalar_t> footprint{static_cast<scalar_t>(spatial_scale),
                                              pooled_height, pooled_width, sampling_ratio,
-                                             height, width, 1};
+                                             height, width};
     grad_input = ps_roi::backward<scalar_t>(grad, rois, shape, footprint);
   });
   return grad_input;

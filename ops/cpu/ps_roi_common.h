@@ -10,12 +10,15 @@
 //   output[k, c, i, j] = (sum_t weight[t] * input[n_k, c * B + b, pixel[t]]) / divisor
 // (ps_roi_pool: the bin's pixels with weight 1, divisor = bin area; ps_roi_align: four bilinear
 // neighbours per sample point, divisor = sample count). The footprint is computed once per
-// (RoI, bin) and applied to all C_out channels by the drivers below:
-//   forward:  parallel over RoIs. A thread loops bins outer and its RoIs inner, so the C_out planes
-//             of one bin stay in cache while its RoIs sweep over them.
-//   backward: parallel over (bin, block of output channels) work items. An item owns the gradient
-//             planes {c * B + b} of its channels, so no two threads write the same element, and it
-//             adds the RoIs in order 0..K-1: the same bits for any thread count, without atomics.
+// (RoI, bin) and applied to all C_out channels.
+//
+// Work is split into items (image n, bin b, block of output channels). An item packs its input
+// planes {c * B + b} pixel-major (the C_out values a footprint term touches become contiguous, so
+// the channel loops vectorize, and the planes of a bin stay in cache), then runs over the image's
+// RoIs in order. In forward it writes output[k, c, b] of its channels; in backward it accumulates
+// the RoIs' gradients into its packed planes and writes them out. Items own disjoint outputs, so
+// there are no atomics and no races, and each element sums its terms in a fixed order: the same
+// bits for any thread count.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -103,7 +106,7 @@ inline at::Tensor dense_input(const at::Tensor& input, Strides& strides) {
 // The spatial footprint of one (RoI, bin) pair (see the top of this file).
 template <typename T>
 struct Footprint {
-  std::vector<int64_t> pixel;  // pixel offset (h * W + w) * pixel stride
+  std::vector<int64_t> pixel;  // h * W + w
   std::vector<T> weight;
   T divisor = T(1);
 
@@ -116,82 +119,169 @@ struct Footprint {
     pixel.push_back(p);
     weight.push_back(w);
   }
+  int64_t size() const { return static_cast<int64_t>(pixel.size()); }
 };
 
-// Hot loops, compiled for several instruction sets. For c < channels:
-//   gather:  out[c * out_stride] = sum_t weight[t] * base[c * step + pixel[t]] / divisor
-//   scatter: base[c * step + pixel[t]] += weight[t] * (grad[c * grad_stride] / divisor), all t
-// Sums run over t in order, so results do not depend on how the work is split.
+// ---------------------------------------------------------------------------------------------
+// Hot loops. A work item handles one image n, one bin b and a block of `cb` output channels c0..;
+// it packs their planes {(c0 + c) * B + b} into a pixel-major scratch buffer
+//   packed[p * cb + c]  (p = h * W + w)
+// so that the terms of a footprint read or update `cb` contiguous values (vectorized). Sums run
+// over the footprint's terms in order, so results do not depend on how the work is split.
+
+// packed[p * cb + c] = src[c * channel_step + p * pixel_stride]
 template <typename T>
-inline void gather_bin_impl(const T* base, int64_t step, int64_t channels, const int64_t* pixel,
-                            const T* weight, int64_t terms, T divisor, T* out,
-                            int64_t out_stride) {
+inline void pack_planes_impl(const T* __restrict__ src, int64_t channel_step,
+                             int64_t pixel_stride, int64_t pixels, int64_t cb,
+                             T* __restrict__ packed) {
+  for (int64_t p = 0; p < pixels; ++p) {
+    const T* s = src + p * pixel_stride;
+    T* d = packed + p * cb;
+    for (int64_t c = 0; c < cb; ++c) {
+      d[c] = s[c * channel_step];
+    }
+  }
+}
+
+// dst[c * channel_step + p] = packed[p * cb + c]
+template <typename T>
+inline void unpack_planes_impl(const T* __restrict__ packed, int64_t pixels, int64_t cb,
+                               T* __restrict__ dst, int64_t channel_step) {
+  for (int64_t c = 0; c < cb; ++c) {
+    T* d = dst + c * channel_step;
+    const T* s = packed + c;
+    for (int64_t p = 0; p < pixels; ++p) {
+      d[p] = s[p * cb];
+    }
+  }
+}
+
+// out[c * out_stride] = sum_t weight[t] * packed[pixel[t] * cb + c] / divisor, c < cb <= kMaxBlock
+template <typename T, int64_t kMaxBlock>
+inline void gather_packed_impl(const T* __restrict__ packed, int64_t cb,
+                               const int64_t* __restrict__ pixel, const T* __restrict__ weight,
+                               int64_t terms, T divisor, T* __restrict__ out,
+                               int64_t out_stride) {
+  T sum[kMaxBlock];
+  for (int64_t c = 0; c < cb; ++c) sum[c] = T(0);
+  for (int64_t t = 0; t < terms; ++t) {
+    const T* s = packed + pixel[t] * cb;
+    const T w = weight[t];
+    for (int64_t c = 0; c < cb; ++c) {
+      sum[c] += w * s[c];
+    }
+  }
+  for (int64_t c = 0; c < cb; ++c) out[c * out_stride] = sum[c] / divisor;
+}
+
+// packed[pixel[t] * cb + c] += weight[t] * g[c], for every term t in order and c < cb
+template <typename T>
+inline void scatter_packed_impl(T* __restrict__ packed, int64_t cb,
+                                const int64_t* __restrict__ pixel, const T* __restrict__ weight,
+                                int64_t terms, const T* __restrict__ g) {
+  for (int64_t t = 0; t < terms; ++t) {
+    T* s = packed + pixel[t] * cb;
+    const T w = weight[t];
+    for (int64_t c = 0; c < cb; ++c) {
+      s[c] += w * g[c];
+    }
+  }
+}
+
+// Direct forward for few RoIs (packing would cost more than it saves):
+// out[c * out_stride] = sum_t weight[t] * src[c * channel_step + pixel[t] * pixel_stride] / divisor
+template <typename T>
+inline void gather_direct_impl(const T* src, int64_t channel_step, int64_t pixel_stride,
+                               int64_t channels, const int64_t* pixel, const T* weight,
+                               int64_t terms, T divisor, T* out, int64_t out_stride) {
   for (int64_t c = 0; c < channels; ++c) {
-    const T* plane = base + c * step;
+    const T* plane = src + c * channel_step;
     T sum = T(0);
     for (int64_t t = 0; t < terms; ++t) {
-      sum += weight[t] * plane[pixel[t]];
+      sum += weight[t] * plane[pixel[t] * pixel_stride];
     }
     out[c * out_stride] = sum / divisor;
   }
 }
 
-template <typename T>
-inline void scatter_bin_impl(T* base, int64_t step, int64_t channels, const int64_t* pixel,
-                             const T* weight, int64_t terms, const T* grad, int64_t grad_stride,
-                             T divisor) {
-  for (int64_t c = 0; c < channels; ++c) {
-    T* plane = base + c * step;
-    const T g = grad[c * grad_stride] / divisor;
-    for (int64_t t = 0; t < terms; ++t) {
-      plane[pixel[t]] += weight[t] * g;
-    }
-  }
-}
+// Output channels per work item (the packed block width).
+constexpr int64_t kChannelBlock = 32;
 
 namespace {
 
-DETECTOR_SIMD_CLONES void gather_bin(const float* base, int64_t step, int64_t channels,
-                                     const int64_t* pixel, const float* weight, int64_t terms,
-                                     float divisor, float* out, int64_t out_stride) {
-  gather_bin_impl(base, step, channels, pixel, weight, terms, divisor, out, out_stride);
-}
+// Instruction-set clones of the loops above, for float and double.
+#define DETECTOR_PS_ROI_HOT_LOOPS(T)                                                           \
+  DETECTOR_SIMD_CLONES void pack_planes(const T* src, int64_t channel_step,                    \
+                                        int64_t pixel_stride, int64_t pixels, int64_t cb,      \
+                                        T* packed) {                                           \
+    pack_planes_impl(src, channel_step, pixel_stride, pixels, cb, packed);                     \
+  }                                                                                            \
+  DETECTOR_SIMD_CLONES void unpack_planes(const T* packed, int64_t pixels, int64_t cb, T* dst, \
+                                          int64_t channel_step) {                              \
+    unpack_planes_impl(packed, pixels, cb, dst, channel_step);                                 \
+  }                                                                                            \
+  DETECTOR_SIMD_CLONES void gather_packed(const T* packed, int64_t cb, const int64_t* pixel,   \
+                                          const T* weight, int64_t terms, T divisor, T* out,   \
+                                          int64_t out_stride) {                                \
+    gather_packed_impl<T, kChannelBlock>(packed, cb, pixel, weight, terms, divisor, out,       \
+                                         out_stride);                                          \
+  }                                                                                            \
+  DETECTOR_SIMD_CLONES void scatter_packed(T* packed, int64_t cb, const int64_t* pixel,        \
+                                           const T* weight, int64_t terms, const T* g) {       \
+    scatter_packed_impl(packed, cb, pixel, weight, terms, g);                                  \
+  }                                                                                            \
+  DETECTOR_SIMD_CLONES void gather_direct(const T* src, int64_t channel_step,                  \
+                                          int64_t pixel_stride, int64_t channels,              \
+                                          const int64_t* pixel, const T* weight,               \
+                                          int64_t terms, T divisor, T* out,                    \
+                                          int64_t out_stride) {                                \
+    gather_direct_impl(src, channel_step, pixel_stride, channels, pixel, weight, terms,        \
+                       divisor, out, out_stride);                                              \
+  }
 
-DETECTOR_SIMD_CLONES void gather_bin(const double* base, int64_t step, int64_t channels,
-                                     const int64_t* pixel, const double* weight, int64_t terms,
-                                     double divisor, double* out, int64_t out_stride) {
-  gather_bin_impl(base, step, channels, pixel, weight, terms, divisor, out, out_stride);
-}
-
-DETECTOR_SIMD_CLONES void scatter_bin(float* base, int64_t step, int64_t channels,
-                                      const int64_t* pixel, const float* weight, int64_t terms,
-                                      const float* grad, int64_t grad_stride, float divisor) {
-  scatter_bin_impl(base, step, channels, pixel, weight, terms, grad, grad_stride, divisor);
-}
-
-DETECTOR_SIMD_CLONES void scatter_bin(double* base, int64_t step, int64_t channels,
-                                      const int64_t* pixel, const double* weight, int64_t terms,
-                                      const double* grad, int64_t grad_stride, double divisor) {
-  scatter_bin_impl(base, step, channels, pixel, weight, terms, grad, grad_stride, divisor);
-}
+DETECTOR_PS_ROI_HOT_LOOPS(float)
+DETECTOR_PS_ROI_HOT_LOOPS(double)
+#undef DETECTOR_PS_ROI_HOT_LOOPS
 
 }  // namespace
 
-// Output channels per backward work item: enough work per item, and items for every thread.
-constexpr int64_t kChannelBlock = 32;
+// ---------------------------------------------------------------------------------------------
+// Drivers.
 
-// Output values (times RoIs, in backward) a thread should get at least: below that, starting
-// threads costs more than it saves.
-constexpr int64_t kMinWorkPerThread = 1 << 15;
+// RoI indices grouped by image, in increasing order: image n owns order[start[n] .. start[n+1]).
+struct RoisByImage {
+  std::vector<int64_t> start, order;
+};
 
-// Grain of at::parallel_for over items that each cost `work_per_item` output values.
-inline int64_t grain_for(int64_t work_per_item) {
-  return std::max<int64_t>(1, kMinWorkPerThread / std::max<int64_t>(work_per_item, 1));
+template <typename T>
+RoisByImage group_rois(const T* rois, int64_t num_rois, int64_t batch) {
+  RoisByImage g;
+  g.start.assign(batch + 1, 0);
+  for (int64_t k = 0; k < num_rois; ++k) ++g.start[static_cast<int64_t>(rois[k * 5]) + 1];
+  for (int64_t n = 0; n < batch; ++n) g.start[n + 1] += g.start[n];
+  g.order.resize(num_rois);
+  std::vector<int64_t> next(g.start.begin(), g.start.end() - 1);
+  for (int64_t k = 0; k < num_rois; ++k) g.order[next[static_cast<int64_t>(rois[k * 5])]++] = k;
+  return g;
 }
 
+// Work items (image n, bin b, channel block) and the grain that gives each thread enough work.
+struct Items {
+  int64_t blocks, count, grain;
+
+  Items(const Shape& shape, int64_t num_rois) {
+    blocks = (shape.channels_out + kChannelBlock - 1) / kChannelBlock;
+    count = shape.batch * shape.bins * blocks;
+    // An item costs about a plane of packing plus its RoIs' terms; below ~32k of that per
+    // thread, starting threads costs more than it saves.
+    const int64_t cost = std::min(kChannelBlock, shape.channels_out) *
+                         (shape.height * shape.width + 16 * num_rois / std::max<int64_t>(shape.batch, 1));
+    grain = std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(cost, 1));
+  }
+};
+
 // Forward driver. `make_footprint(roi, i, j, footprint)` fills the footprint of bin (i, j) of the
-// RoI `roi` (5 values) with pixel offsets already scaled by `strides.pixel`.
-// Returns the output (K, C_out, PH, PW).
+// RoI `roi` (5 values). Returns the output (K, C_out, PH, PW).
 template <typename T, typename MakeFootprint>
 at::Tensor forward(const at::Tensor& input, const Strides& strides, const at::Tensor& rois,
                    const Shape& shape, const MakeFootprint& make_footprint) {
@@ -206,19 +296,39 @@ at::Tensor forward(const at::Tensor& input, const Strides& strides, const at::Te
   const T* roi_data = rois_c.const_data_ptr<T>();
   T* out = output.mutable_data_ptr<T>();
   const int64_t bins = shape.bins, channels_out = shape.channels_out;
-  const int64_t step = bins * strides.channel;  // from channel c * B + b to (c + 1) * B + b
-  at::parallel_for(0, num_rois, grain_for(bins * channels_out), [&](int64_t begin, int64_t end) {
+  const int64_t pixels = shape.height * shape.width;
+  const RoisByImage by_image = group_rois(roi_data, num_rois, shape.batch);
+  const Items items(shape, num_rois);
+  // Packing reads the whole input once; with few RoIs per image, reading only their footprints
+  // directly is cheaper.
+  const bool packed = 8 * num_rois >= shape.batch * pixels;
+  at::parallel_for(0, items.count, items.grain, [&](int64_t begin, int64_t end) {
     Footprint<T> fp;
-    for (int64_t b = 0; b < bins; ++b) {
+    std::vector<T> scratch(packed ? pixels * std::min(kChannelBlock, channels_out) : 0);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / (bins * items.blocks);
+      const int64_t b = (item / items.blocks) % bins;
+      const int64_t c0 = (item % items.blocks) * kChannelBlock;
+      const int64_t cb = std::min(kChannelBlock, channels_out - c0);
       const int64_t i = b / shape.pooled_width, j = b % shape.pooled_width;
-      for (int64_t k = begin; k < end; ++k) {
-        const T* roi = roi_data + k * 5;
-        const int64_t n = static_cast<int64_t>(roi[0]);
+      // planes (c0 + c) * B + b of image n, c < cb
+      const T* src = in + n * strides.batch + (c0 * bins + b) * strides.channel;
+      const int64_t channel_step = bins * strides.channel;
+      if (packed) {
+        pack_planes(src, channel_step, strides.pixel, pixels, cb, scratch.data());
+      }
+      for (int64_t r = by_image.start[n]; r < by_image.start[n + 1]; ++r) {
+        const int64_t k = by_image.order[r];
         fp.clear();
-        make_footprint(roi, i, j, fp);
-        gather_bin(in + n * strides.batch + b * strides.channel, step, channels_out,
-                   fp.pixel.data(), fp.weight.data(), static_cast<int64_t>(fp.pixel.size()),
-                   fp.divisor, out + k * channels_out * bins + b, bins);
+        make_footprint(roi_data + k * 5, i, j, fp);
+        T* dst = out + (k * channels_out + c0) * bins + b;
+        if (packed) {
+          gather_packed(scratch.data(), cb, fp.pixel.data(), fp.weight.data(), fp.size(),
+                        fp.divisor, dst, bins);
+        } else {
+          gather_direct(src, channel_step, strides.pixel, cb, fp.pixel.data(), fp.weight.data(),
+                        fp.size(), fp.divisor, dst, bins);
+        }
       }
     }
   });
@@ -226,14 +336,18 @@ at::Tensor forward(const at::Tensor& input, const Strides& strides, const at::Te
 }
 
 // Backward driver: the input gradient (N, C, H, W), NCHW-contiguous. `make_footprint` as in
-// `forward`, for a pixel stride of 1.
+// `forward`. Each item accumulates its RoIs into a zeroed packed buffer, in RoI order, then
+// writes its planes: every element of the gradient is written by exactly one item.
 template <typename T, typename MakeFootprint>
 at::Tensor backward(const at::Tensor& grad, const at::Tensor& rois, const Shape& shape,
                     const MakeFootprint& make_footprint) {
-  at::Tensor grad_input =
-      at::zeros({shape.batch, shape.channels, shape.height, shape.width}, grad.options());
   const int64_t num_rois = rois.size(0);
-  if (num_rois == 0 || grad_input.numel() == 0) {
+  if (num_rois == 0) {
+    return at::zeros({shape.batch, shape.channels, shape.height, shape.width}, grad.options());
+  }
+  at::Tensor grad_input =
+      at::empty({shape.batch, shape.channels, shape.height, shape.width}, grad.options());
+  if (grad_input.numel() == 0) {
     return grad_input;
   }
   const at::Tensor grad_c = grad.contiguous();
@@ -242,28 +356,34 @@ at::Tensor backward(const at::Tensor& grad, const at::Tensor& rois, const Shape&
   const T* roi_data = rois_c.const_data_ptr<T>();
   T* gin = grad_input.mutable_data_ptr<T>();
   const int64_t bins = shape.bins, channels_out = shape.channels_out;
-  const int64_t plane = shape.height * shape.width;
-  const int64_t blocks = (channels_out + kChannelBlock - 1) / kChannelBlock;
-  const int64_t grain = grain_for(num_rois * std::min(kChannelBlock, channels_out));
-  at::parallel_for(0, bins * blocks, grain, [&](int64_t begin, int64_t end) {
+  const int64_t pixels = shape.height * shape.width;
+  const RoisByImage by_image = group_rois(roi_data, num_rois, shape.batch);
+  const Items items(shape, num_rois);
+  at::parallel_for(0, items.count, items.grain, [&](int64_t begin, int64_t end) {
     Footprint<T> fp;
+    std::vector<T> scratch(pixels * std::min(kChannelBlock, channels_out));
+    T g[kChannelBlock];
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t b = item / blocks;
-      const int64_t c0 = (item % blocks) * kChannelBlock;
-      const int64_t channels = std::min(kChannelBlock, channels_out - c0);
+      const int64_t n = item / (bins * items.blocks);
+      const int64_t b = (item / items.blocks) % bins;
+      const int64_t c0 = (item % items.blocks) * kChannelBlock;
+      const int64_t cb = std::min(kChannelBlock, channels_out - c0);
       const int64_t i = b / shape.pooled_width, j = b % shape.pooled_width;
-      for (int64_t k = 0; k < num_rois; ++k) {
-        const T* roi = roi_data + k * 5;
-        const int64_t n = static_cast<int64_t>(roi[0]);
+      std::fill(scratch.begin(), scratch.begin() + pixels * cb, T(0));
+      for (int64_t r = by_image.start[n]; r < by_image.start[n + 1]; ++r) {
+        const int64_t k = by_image.order[r];
         fp.clear();
-        make_footprint(roi, i, j, fp);
-        if (fp.pixel.empty()) {
+        make_footprint(roi_data + k * 5, i, j, fp);
+        if (fp.size() == 0) {
           continue;
         }
-        scatter_bin(gin + (n * shape.channels + c0 * bins + b) * plane, bins * plane, channels,
-                    fp.pixel.data(), fp.weight.data(), static_cast<int64_t>(fp.pixel.size()),
-                    grad_data + (k * channels_out + c0) * bins + b, bins, fp.divisor);
+        const T* grad_k = grad_data + (k * channels_out + c0) * bins + b;
+        for (int64_t c = 0; c < cb; ++c) g[c] = grad_k[c * bins] / fp.divisor;
+        scatter_packed(scratch.data(), cb, fp.pixel.data(), fp.weight.data(), fp.size(), g);
       }
+      // planes (c0 + c) * B + b of image n, c < cb
+      unpack_planes(scratch.data(), pixels, cb,
+                    gin + (n * shape.channels + c0 * bins + b) * pixels, bins * pixels);
     }
   });
   return grad_input;

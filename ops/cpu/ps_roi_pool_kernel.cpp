@@ -24,7 +24,7 @@ int64_t round_coordinate(T value) {
 template <typename T>
 struct PoolFootprint {
   T spatial_scale;
-  int64_t pooled_height, pooled_width, height, width, pixel_stride;
+  int64_t pooled_height, pooled_width, height, width;
 
   void operator()(const T* roi, int64_t i, int64_t j, ps_roi::Footprint<T>& fp) const {
     const int64_t start_w = round_coordinate(roi[1] * spatial_scale);
@@ -43,7 +43,7 @@ struct PoolFootprint {
     }
     for (int64_t h = h0; h < h1; ++h) {
       for (int64_t w = w0; w < w1; ++w) {
-        fp.add((h * width + w) * pixel_stride, T(1));
+        fp.add(h * width + w, T(1));
       }
     }
     fp.divisor = static_cast<T>((h1 - h0) * (w1 - w0));
@@ -65,8 +65,7 @@ at::Tensor ps_roi_pool_forward_cpu(const at::Tensor& input, const at::Tensor& ro
   at::Tensor output;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "ps_roi_pool_forward_cpu", [&] {
     const PoolFootprint<scalar_t> footprint{static_cast<scalar_t>(spatial_scale), pooled_height,
-                                            pooled_width, shape.height, shape.width,
-                                            strides.pixel};
+                                            pooled_width, shape.height, shape.width};
     output = ps_roi::forward<scalar_t>(dense, strides, rois, shape, footprint);
   });
   return output;
@@ -82,7 +81,7 @@ at::Tensor ps_roi_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& ro
   at::Tensor grad_input;
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "ps_roi_pool_backward_cpu", [&] {
     const PoolFootprint<scalar_t> footprint{static_cast<scalar_t>(spatial_scale), pooled_height,
-                                            pooled_width, height, width, 1};
+                                            pooled_width, height, width};
     grad_input = ps_roi::backward<scalar_t>(grad, rois, shape, footprint);
   });
   return grad_input;

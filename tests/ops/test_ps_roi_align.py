@@ -14,7 +14,7 @@ from torch import Tensor
 
 from detector.layers import PSRoIAlign
 from detector.ops import ps_roi_align
-from tests.ops.test_ps_roi_pool import SCALES, _grads, all_rois, make_features
+from tests.ops.test_ps_roi_pool import NUM_ROIS, SCALES, _grads, all_rois, make_features
 from tests.ops.utils import DEVICES, assert_same_bits, with_threads
 
 SAMPLING_RATIOS = [-1, 0, 1, 2]
@@ -82,10 +82,11 @@ def _torchvision_grads(x: Tensor, rois: Tensor, output_size, scale: float, ratio
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("ratio", SAMPLING_RATIOS)
 @pytest.mark.parametrize("scale", SCALES)
-def test_matches_torchvision(device: str, ratio: int, scale: float) -> None:
+@pytest.mark.parametrize("num_rois", NUM_ROIS)
+def test_matches_torchvision(device: str, ratio: int, scale: float, num_rois: int) -> None:
     output_size = (3, 3)
     x = make_features(2, 3, output_size, 13, 17, device=device)
-    rois = all_rois(2, 13, 17, scale).to(device)
+    rois = all_rois(2, 13, 17, scale, num=num_rois).to(device)
     out, grad = _grads(lambda t: ps_roi_align(t, rois, output_size, scale, ratio), x)
     tv_out, tv_grad = _torchvision_grads(x, rois, output_size, scale, ratio)
     # torchvision divides 0 by 0 (NaN) for zero-size RoIs with adaptive sampling; we give 0.
@@ -199,9 +200,10 @@ def test_torch_compile() -> None:
     torch.testing.assert_close(compiled_grad, grad)
 
 
-def test_deterministic_for_any_thread_count() -> None:
-    x = make_features(2, 5, (3, 3), 20, 24, seed=7)
-    rois = all_rois(2, 20, 24, 0.5, num=64)
+@pytest.mark.parametrize("num_rois", [16, 400])
+def test_deterministic_for_any_thread_count(num_rois: int) -> None:
+    x = make_features(2, 40, (3, 3), 20, 24, seed=7)  # 40 channels: two channel blocks
+    rois = all_rois(2, 20, 24, 0.5, num=num_rois)
 
     def run() -> tuple[Tensor, Tensor]:
         return _grads(lambda t: ps_roi_align(t, rois, 3, 0.5, -1), x)

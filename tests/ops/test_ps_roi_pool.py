@@ -17,6 +17,9 @@ from detector.ops import ps_roi_pool
 from tests.ops.utils import DEVICES, assert_same_bits, edge_case_rois, random_rois, with_threads
 
 SCALES = [1.0, 1 / 4, 1 / 8, 1 / 16, 1 / 32]
+# The CPU forward packs each bin's planes when there are at least N * H * W / 8 RoIs and reads the
+# input directly otherwise: test both (2 x 13 x 17 maps: 4 + 9 RoIs direct, 160 + 9 packed).
+NUM_ROIS = [4, 160]
 
 
 def _round_half_away(value: float) -> int:
@@ -92,10 +95,13 @@ def _touches_last_row_or_column(rois: Tensor, height: int, width: int, scale: fl
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("scale", SCALES)
 @pytest.mark.parametrize("output_size", [(3, 3), (2, 4)])
-def test_matches_torchvision(device: str, scale: float, output_size: tuple[int, int]) -> None:
+@pytest.mark.parametrize("num_rois", NUM_ROIS)
+def test_matches_torchvision(
+    device: str, scale: float, output_size: tuple[int, int], num_rois: int
+) -> None:
     height, width = 13, 17
     x = make_features(2, 3, output_size, height, width, device=device)
-    rois = all_rois(2, height, width, scale).to(device)
+    rois = all_rois(2, height, width, scale, num=num_rois).to(device)
     out, grad = _grads(lambda t: ps_roi_pool(t, rois, output_size, scale), x)
     tv_out, _ = _grads(lambda t: torchvision.ops.ps_roi_pool(t, rois, output_size, scale), x)
     torch.testing.assert_close(out, tv_out, rtol=0, atol=1e-5)
@@ -206,9 +212,10 @@ def test_torch_compile() -> None:
     torch.testing.assert_close(compiled_grad, grad)
 
 
-def test_deterministic_for_any_thread_count() -> None:
-    x = make_features(2, 5, (3, 3), 20, 24, seed=7)
-    rois = all_rois(2, 20, 24, 0.5, num=64)
+@pytest.mark.parametrize("num_rois", [16, 400])
+def test_deterministic_for_any_thread_count(num_rois: int) -> None:
+    x = make_features(2, 40, (3, 3), 20, 24, seed=7)  # 40 channels: two channel blocks
+    rois = all_rois(2, 20, 24, 0.5, num=num_rois)
 
     def run() -> tuple[Tensor, Tensor]:
         return _grads(lambda t: ps_roi_pool(t, rois, 3, 0.5), x)
