@@ -26,9 +26,7 @@ class PSRoIAlign(nn.Module):
 
     def forward(self, input: Tensor, rois: Tensor | list[Tensor]) -> Tensor:
         """(N, C_out * PH * PW, H, W) features and K RoIs -> (K, C_out, PH, PW)."""
-        return ps_roi_align(
-            input, rois, self.output_size, self.spatial_scale, self.sampling_ratio
-        )
+        return ps_roi_align(input, rois, self.output_size, self.spatial_scale, self.sampling_ratio)
 
     def __repr__(self) -> str:
         return (

@@ -129,6 +129,10 @@ struct Footprint {
 // so that the terms of a footprint read or update `cb` contiguous values (vectorized). Sums run
 // over the footprint's terms in order, so results do not depend on how the work is split.
 
+// Pixels per tile of the unpacking loop: a tile of the packed buffer (kTile * cb values) stays in
+// L1 while each plane's kTile values are written contiguously.
+constexpr int64_t kTile = 16;
+
 // packed[p * cb + c] = src[c * channel_step + p * pixel_stride]
 template <typename T>
 inline void pack_planes_impl(const T* __restrict__ src, int64_t channel_step,
@@ -137,9 +141,7 @@ inline void pack_planes_impl(const T* __restrict__ src, int64_t channel_step,
   for (int64_t p = 0; p < pixels; ++p) {
     const T* s = src + p * pixel_stride;
     T* d = packed + p * cb;
-    for (int64_t c = 0; c < cb; ++c) {
-      d[c] = s[c * channel_step];
-    }
+    for (int64_t c = 0; c < cb; ++c) d[c] = s[c * channel_step];
   }
 }
 
@@ -147,12 +149,16 @@ inline void pack_planes_impl(const T* __restrict__ src, int64_t channel_step,
 template <typename T>
 inline void unpack_planes_impl(const T* __restrict__ packed, int64_t pixels, int64_t cb,
                                T* __restrict__ dst, int64_t channel_step) {
-  for (int64_t c = 0; c < cb; ++c) {
-    T* d = dst + c * channel_step;
-    const T* s = packed + c;
-    for (int64_t p = 0; p < pixels; ++p) {
-      d[p] = s[p * cb];
+  int64_t p0 = 0;
+  for (; p0 + kTile <= pixels; p0 += kTile) {
+    const T* s = packed + p0 * cb;
+    for (int64_t c = 0; c < cb; ++c) {
+      T* d = dst + c * channel_step + p0;
+      for (int64_t q = 0; q < kTile; ++q) d[q] = s[q * cb + c];
     }
+  }
+  for (int64_t p = p0; p < pixels; ++p) {
+    for (int64_t c = 0; c < cb; ++c) dst[c * channel_step + p] = packed[p * cb + c];
   }
 }
 
@@ -174,11 +180,15 @@ inline void gather_packed_impl(const T* __restrict__ packed, int64_t cb,
   for (int64_t c = 0; c < cb; ++c) out[c * out_stride] = sum[c] / divisor;
 }
 
-// packed[pixel[t] * cb + c] += weight[t] * g[c], for every term t in order and c < cb
-template <typename T>
+// packed[pixel[t] * cb + c] += weight[t] * (grad[c * grad_stride] / divisor), for every term t
+// in order and c < cb <= kMaxBlock
+template <typename T, int64_t kMaxBlock>
 inline void scatter_packed_impl(T* __restrict__ packed, int64_t cb,
                                 const int64_t* __restrict__ pixel, const T* __restrict__ weight,
-                                int64_t terms, const T* __restrict__ g) {
+                                int64_t terms, const T* __restrict__ grad, int64_t grad_stride,
+                                T divisor) {
+  T g[kMaxBlock];
+  for (int64_t c = 0; c < cb; ++c) g[c] = grad[c * grad_stride] / divisor;
   for (int64_t t = 0; t < terms; ++t) {
     T* s = packed + pixel[t] * cb;
     const T w = weight[t];
@@ -227,8 +237,10 @@ namespace {
                                          out_stride);                                          \
   }                                                                                            \
   DETECTOR_SIMD_CLONES void scatter_packed(T* packed, int64_t cb, const int64_t* pixel,        \
-                                           const T* weight, int64_t terms, const T* g) {       \
-    scatter_packed_impl(packed, cb, pixel, weight, terms, g);                                  \
+                                           const T* weight, int64_t terms, const T* grad,      \
+                                           int64_t grad_stride, T divisor) {                   \
+    scatter_packed_impl<T, kChannelBlock>(packed, cb, pixel, weight, terms, grad, grad_stride, \
+                                          divisor);                                            \
   }                                                                                            \
   DETECTOR_SIMD_CLONES void gather_direct(const T* src, int64_t channel_step,                  \
                                           int64_t pixel_stride, int64_t channels,              \
@@ -274,8 +286,9 @@ struct Items {
     count = shape.batch * shape.bins * blocks;
     // An item costs about a plane of packing plus its RoIs' terms; below ~32k of that per
     // thread, starting threads costs more than it saves.
+    const int64_t rois_per_image = num_rois / std::max<int64_t>(shape.batch, 1);
     const int64_t cost = std::min(kChannelBlock, shape.channels_out) *
-                         (shape.height * shape.width + 16 * num_rois / std::max<int64_t>(shape.batch, 1));
+                         (shape.height * shape.width + 16 * rois_per_image);
     grain = std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(cost, 1));
   }
 };
@@ -362,7 +375,6 @@ at::Tensor backward(const at::Tensor& grad, const at::Tensor& rois, const Shape&
   at::parallel_for(0, items.count, items.grain, [&](int64_t begin, int64_t end) {
     Footprint<T> fp;
     std::vector<T> scratch(pixels * std::min(kChannelBlock, channels_out));
-    T g[kChannelBlock];
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / (bins * items.blocks);
       const int64_t b = (item / items.blocks) % bins;
@@ -377,9 +389,8 @@ at::Tensor backward(const at::Tensor& grad, const at::Tensor& rois, const Shape&
         if (fp.size() == 0) {
           continue;
         }
-        const T* grad_k = grad_data + (k * channels_out + c0) * bins + b;
-        for (int64_t c = 0; c < cb; ++c) g[c] = grad_k[c * bins] / fp.divisor;
-        scatter_packed(scratch.data(), cb, fp.pixel.data(), fp.weight.data(), fp.size(), g);
+        scatter_packed(scratch.data(), cb, fp.pixel.data(), fp.weight.data(), fp.size(),
+                       grad_data + (k * channels_out + c0) * bins + b, bins, fp.divisor);
       }
       // planes (c0 + c) * B + b of image n, c < cb
       unpack_planes(scratch.data(), pixels, cb,

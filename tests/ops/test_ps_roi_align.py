@@ -43,7 +43,10 @@ def _bilinear(planes: Tensor, y: Tensor, x: Tensor) -> Tensor:
 
 
 def reference_ps_roi_align(
-    input: Tensor, rois: Tensor, output_size: tuple[int, int], spatial_scale: float,
+    input: Tensor,
+    rois: Tensor,
+    output_size: tuple[int, int],
+    spatial_scale: float,
     sampling_ratio: int,
 ) -> Tensor:
     """Plain PyTorch oracle following torchvision's rules (-0.5 shift, adaptive grid = ceil).
@@ -68,7 +71,8 @@ def reference_ps_roi_align(
             for j in range(pooled_w):
                 xs = x1 + j * bin_w + (torch.arange(grid_w, dtype=dtype) + 0.5) * bin_w / grid_w
                 # (grid_h, grid_w) sample grid -> (S,) points
-                y, x = (t.reshape(-1).to(input.device) for t in torch.meshgrid(ys, xs, indexing="ij"))
+                grid = torch.meshgrid(ys, xs, indexing="ij")
+                y, x = (t.reshape(-1).to(input.device) for t in grid)
                 chans = torch.arange(channels_out) * pooled_h * pooled_w + i * pooled_w + j
                 samples = _bilinear(input[n, chans.to(input.device)], y, x)  # (C_out, S)
                 out[k, :, i, j] = samples.sum(1) / (grid_h * grid_w)
@@ -135,10 +139,13 @@ def test_no_rois(device: str) -> None:
 @pytest.mark.parametrize("device", DEVICES)
 def test_list_of_boxes_and_layer(device: str) -> None:
     x = make_features(2, 2, (2, 2), 8, 8, device=device)
-    boxes = [torch.tensor([[0.0, 0.0, 5.0, 6.0]], device=device),
-             torch.tensor([[1.0, 2.0, 7.0, 7.0], [2.0, 2.0, 4.0, 4.0]], device=device)]
-    rois = torch.tensor([[0, 0.0, 0.0, 5.0, 6.0], [1, 1.0, 2.0, 7.0, 7.0], [1, 2.0, 2.0, 4.0, 4.0]],
-                        device=device)
+    boxes = [
+        torch.tensor([[0.0, 0.0, 5.0, 6.0]], device=device),
+        torch.tensor([[1.0, 2.0, 7.0, 7.0], [2.0, 2.0, 4.0, 4.0]], device=device),
+    ]
+    rois = torch.tensor(
+        [[0, 0.0, 0.0, 5.0, 6.0], [1, 1.0, 2.0, 7.0, 7.0], [1, 2.0, 2.0, 4.0, 4.0]], device=device
+    )
     layer = PSRoIAlign((2, 2), spatial_scale=1.0, sampling_ratio=2)
     assert repr(layer) == "PSRoIAlign(output_size=(2, 2), spatial_scale=1.0, sampling_ratio=2)"
     assert_same_bits(layer(x, boxes), ps_roi_align(x, rois, 2, 1.0, 2))
@@ -166,8 +173,10 @@ def test_channels_last_and_non_contiguous(device: str) -> None:
 def test_gradcheck(ratio: int) -> None:
     output_size = (2, 2)
     x = make_features(2, 2, output_size, 6, 7, dtype=torch.float64, seed=5).requires_grad_()
-    rois = torch.tensor([[0, 0.3, 0.2, 5.1, 4.4], [1, -2.0, 1.0, 9.0, 8.0], [1, 2.0, 2.0, 2.0, 2.0]],
-                        dtype=torch.float64)
+    rois = torch.tensor(
+        [[0, 0.3, 0.2, 5.1, 4.4], [1, -2.0, 1.0, 9.0, 8.0], [1, 2.0, 2.0, 2.0, 2.0]],
+        dtype=torch.float64,
+    )
 
     def fn(t: Tensor) -> Tensor:
         return ps_roi_align(t, rois, output_size, 1.0, ratio)

@@ -59,8 +59,14 @@ def reference_ps_roi_pool(
 
 
 def make_features(
-    batch: int, channels_out: int, output_size: tuple[int, int], height: int, width: int,
-    dtype: torch.dtype = torch.float32, device: str = "cpu", seed: int = 0,
+    batch: int,
+    channels_out: int,
+    output_size: tuple[int, int],
+    height: int,
+    width: int,
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
+    seed: int = 0,
 ) -> Tensor:
     """Random features (N, C_out * PH * PW, H, W)."""
     g = torch.Generator().manual_seed(seed)
@@ -70,15 +76,17 @@ def make_features(
 
 def all_rois(batch: int, height: int, width: int, scale: float, num: int = 24) -> Tensor:
     """Random RoIs (some crossing the border) followed by the edge cases, in image pixels."""
-    return torch.cat([random_rois(num, batch, height, width, scale), edge_case_rois(height, width, scale)])
+    rois = random_rois(num, batch, height, width, scale)
+    return torch.cat([rois, edge_case_rois(height, width, scale)])
 
 
 def _grads(fn, x: Tensor, grad_out_seed: int = 1) -> tuple[Tensor, Tensor]:
     """Output of fn(x) and d(sum(out * random)) / dx."""
     x = x.detach().clone().requires_grad_()
     out = fn(x)
-    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(grad_out_seed),
-                    dtype=out.dtype).to(out.device)
+    g = torch.randn(
+        out.shape, generator=torch.Generator().manual_seed(grad_out_seed), dtype=out.dtype
+    ).to(out.device)
     (grad,) = torch.autograd.grad(out, x, g)
     return out.detach(), grad
 
@@ -108,7 +116,9 @@ def test_matches_torchvision(
     # Gradients agree with torchvision wherever its backward is consistent with its forward.
     inner = rois[~_touches_last_row_or_column(rois.cpu(), height, width, scale).to(device)]
     _, grad_inner = _grads(lambda t: ps_roi_pool(t, inner, output_size, scale), x)
-    _, tv_grad_inner = _grads(lambda t: torchvision.ops.ps_roi_pool(t, inner, output_size, scale), x)
+    _, tv_grad_inner = _grads(
+        lambda t: torchvision.ops.ps_roi_pool(t, inner, output_size, scale), x
+    )
     torch.testing.assert_close(grad_inner, tv_grad_inner, rtol=0, atol=1e-5)
     # Everywhere, the gradient is the exact gradient of the forward (the reference's autograd).
     _, ref_grad = _grads(lambda t: reference_ps_roi_pool(t, rois, output_size, scale), x)
@@ -152,10 +162,13 @@ def test_no_rois(device: str) -> None:
 @pytest.mark.parametrize("device", DEVICES)
 def test_list_of_boxes_and_layer(device: str) -> None:
     x = make_features(2, 2, (2, 2), 8, 8, device=device)
-    boxes = [torch.tensor([[0.0, 0.0, 5.0, 6.0]], device=device),
-             torch.tensor([[1.0, 2.0, 7.0, 7.0], [2.0, 2.0, 4.0, 4.0]], device=device)]
-    rois = torch.tensor([[0, 0.0, 0.0, 5.0, 6.0], [1, 1.0, 2.0, 7.0, 7.0], [1, 2.0, 2.0, 4.0, 4.0]],
-                        device=device)
+    boxes = [
+        torch.tensor([[0.0, 0.0, 5.0, 6.0]], device=device),
+        torch.tensor([[1.0, 2.0, 7.0, 7.0], [2.0, 2.0, 4.0, 4.0]], device=device),
+    ]
+    rois = torch.tensor(
+        [[0, 0.0, 0.0, 5.0, 6.0], [1, 1.0, 2.0, 7.0, 7.0], [1, 2.0, 2.0, 4.0, 4.0]], device=device
+    )
     layer = PSRoIPool((2, 2), spatial_scale=1.0)
     assert repr(layer) == "PSRoIPool(output_size=(2, 2), spatial_scale=1.0)"
     assert_same_bits(layer(x, boxes), ps_roi_pool(x, rois, 2))
@@ -182,8 +195,10 @@ def test_channels_last_and_non_contiguous(device: str) -> None:
 def test_gradcheck() -> None:
     output_size = (2, 2)
     x = make_features(2, 2, output_size, 6, 7, dtype=torch.float64, seed=5).requires_grad_()
-    rois = torch.tensor([[0, 0.3, 0.2, 5.1, 4.4], [1, -2.0, 1.0, 9.0, 8.0], [1, 2.0, 2.0, 2.0, 2.0]],
-                        dtype=torch.float64)
+    rois = torch.tensor(
+        [[0, 0.3, 0.2, 5.1, 4.4], [1, -2.0, 1.0, 9.0, 8.0], [1, 2.0, 2.0, 2.0, 2.0]],
+        dtype=torch.float64,
+    )
     assert torch.autograd.gradcheck(lambda t: ps_roi_pool(t, rois, output_size, 1.0), (x,))
     assert torch.autograd.gradgradcheck(lambda t: ps_roi_pool(t, rois, output_size, 1.0), (x,))
 
