@@ -281,14 +281,14 @@ RoisByImage group_rois(const T* rois, int64_t num_rois, int64_t batch) {
 struct Items {
   int64_t blocks, count, grain;
 
-  Items(const Shape& shape, int64_t num_rois) {
+  Items(const Shape& shape, int64_t num_rois, bool packed) {
     blocks = (shape.channels_out + kChannelBlock - 1) / kChannelBlock;
     count = shape.batch * shape.bins * blocks;
-    // An item costs about a plane of packing plus its RoIs' terms; below ~32k of that per
-    // thread, starting threads costs more than it saves.
+    // An item costs its channels times (a plane to pack, if packed, plus about 16 terms per RoI
+    // of its image). Below ~32k of that per thread, starting threads costs more than it saves.
     const int64_t rois_per_image = num_rois / std::max<int64_t>(shape.batch, 1);
     const int64_t cost = std::min(kChannelBlock, shape.channels_out) *
-                         (shape.height * shape.width + 16 * rois_per_image);
+                         ((packed ? shape.height * shape.width : 0) + 16 * rois_per_image);
     grain = std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(cost, 1));
   }
 };
@@ -311,10 +311,10 @@ at::Tensor forward(const at::Tensor& input, const Strides& strides, const at::Te
   const int64_t bins = shape.bins, channels_out = shape.channels_out;
   const int64_t pixels = shape.height * shape.width;
   const RoisByImage by_image = group_rois(roi_data, num_rois, shape.batch);
-  const Items items(shape, num_rois);
   // Packing reads the whole input once; with few RoIs per image, reading only their footprints
   // directly is cheaper.
   const bool packed = 8 * num_rois >= shape.batch * pixels;
+  const Items items(shape, num_rois, packed);
   at::parallel_for(0, items.count, items.grain, [&](int64_t begin, int64_t end) {
     Footprint<T> fp;
     std::vector<T> scratch(packed ? pixels * std::min(kChannelBlock, channels_out) : 0);
@@ -371,7 +371,7 @@ at::Tensor backward(const at::Tensor& grad, const at::Tensor& rois, const Shape&
   const int64_t bins = shape.bins, channels_out = shape.channels_out;
   const int64_t pixels = shape.height * shape.width;
   const RoisByImage by_image = group_rois(roi_data, num_rois, shape.batch);
-  const Items items(shape, num_rois);
+  const Items items(shape, num_rois, /*packed=*/true);
   at::parallel_for(0, items.count, items.grain, [&](int64_t begin, int64_t end) {
     Footprint<T> fp;
     std::vector<T> scratch(pixels * std::min(kChannelBlock, channels_out));
