@@ -17,8 +17,8 @@ from detector.ops import ps_roi_pool
 from tests.ops.utils import DEVICES, assert_same_bits, edge_case_rois, random_rois, with_threads
 
 SCALES = [1.0, 1 / 4, 1 / 8, 1 / 16, 1 / 32]
-# The CPU forward packs each bin's planes when there are at least N * H * W / 8 RoIs and reads the
-# input directly otherwise: test both (2 x 13 x 17 maps: 4 + 9 RoIs direct, 160 + 9 packed).
+# The CPU forward packs each bin's planes when there are at least N * H * W / 32 RoIs and reads
+# the input directly otherwise: test both (2 x 13 x 17 maps: 4 + 9 RoIs direct, 160 + 9 packed).
 NUM_ROIS = [4, 160]
 
 
