@@ -26,6 +26,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <vector>
 
@@ -279,18 +280,49 @@ RoisByImage group_rois(const T* rois, int64_t num_rois, int64_t batch) {
 
 // Work items (image n, bin b, channel block) and the grain that gives each thread enough work.
 struct Items {
-  int64_t blocks, count, grain;
+  int64_t blocks, count, grain, max_block;
 
   Items(const Shape& shape, int64_t num_rois, bool packed) {
+    max_block = std::min(kChannelBlock, shape.channels_out);
     blocks = (shape.channels_out + kChannelBlock - 1) / kChannelBlock;
     count = shape.batch * shape.bins * blocks;
     // An item costs its channels times (a plane to pack, if packed, plus about 16 terms per RoI
     // of its image). Below ~32k of that per thread, starting threads costs more than it saves.
     const int64_t rois_per_image = num_rois / std::max<int64_t>(shape.batch, 1);
-    const int64_t cost = std::min(kChannelBlock, shape.channels_out) *
-                         ((packed ? shape.height * shape.width : 0) + 16 * rois_per_image);
+    const int64_t pack = packed ? shape.height * shape.width : 0;
+    const int64_t cost = max_block * (pack + 16 * rois_per_image);
     grain = std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(cost, 1));
   }
+};
+
+// Runs items [0, count) on at::parallel_for's threads, handing them out in chunks of `grain` from
+// a shared counter, so that a thread that starts late (on a busy machine) leaves its share to the
+// others instead of holding everyone at the end. Each thread makes its state once and calls
+// run(state, begin, end) per chunk. Items own disjoint outputs, so which thread runs an item never
+// changes a result.
+template <typename MakeState, typename Run>
+void parallel_items(int64_t count, int64_t grain, const MakeState& make_state, const Run& run) {
+  const int64_t chunks = (count + grain - 1) / grain;
+  const int64_t threads = std::min<int64_t>(at::get_num_threads(), chunks);
+  if (threads <= 1 || at::in_parallel_region()) {
+    auto state = make_state();
+    run(state, 0, count);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+    auto state = make_state();
+    for (int64_t begin; (begin = next.fetch_add(grain)) < count;) {
+      run(state, begin, std::min(begin + grain, count));
+    }
+  });
+}
+
+// Per-thread buffers of the drivers.
+template <typename T>
+struct ThreadState {
+  Footprint<T> fp;
+  std::vector<T> scratch;
 };
 
 // Forward driver. `make_footprint(roi, i, j, footprint)` fills the footprint of bin (i, j) of the
@@ -315,9 +347,13 @@ at::Tensor forward(const at::Tensor& input, const Strides& strides, const at::Te
   // directly is cheaper (measured break-even: about one RoI per 35 pixels of the map).
   const bool packed = 32 * num_rois >= shape.batch * pixels;
   const Items items(shape, num_rois, packed);
-  at::parallel_for(0, items.count, items.grain, [&](int64_t begin, int64_t end) {
-    Footprint<T> fp;
-    std::vector<T> scratch(packed ? pixels * std::min(kChannelBlock, channels_out) : 0);
+  const auto make_state = [&] {
+    return ThreadState<T>{{}, std::vector<T>(packed ? pixels * items.max_block : 0)};
+  };
+  parallel_items(items.count, items.grain, make_state, [&](ThreadState<T>& state, int64_t begin,
+                                                           int64_t end) {
+    Footprint<T>& fp = state.fp;
+    T* scratch = state.scratch.data();
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / (bins * items.blocks);
       const int64_t b = (item / items.blocks) % bins;
@@ -328,7 +364,7 @@ at::Tensor forward(const at::Tensor& input, const Strides& strides, const at::Te
       const T* src = in + n * strides.batch + (c0 * bins + b) * strides.channel;
       const int64_t channel_step = bins * strides.channel;
       if (packed) {
-        pack_planes(src, channel_step, strides.pixel, pixels, cb, scratch.data());
+        pack_planes(src, channel_step, strides.pixel, pixels, cb, scratch);
       }
       for (int64_t r = by_image.start[n]; r < by_image.start[n + 1]; ++r) {
         const int64_t k = by_image.order[r];
@@ -336,7 +372,7 @@ at::Tensor forward(const at::Tensor& input, const Strides& strides, const at::Te
         make_footprint(roi_data + k * 5, i, j, fp);
         T* dst = out + (k * channels_out + c0) * bins + b;
         if (packed) {
-          gather_packed(scratch.data(), cb, fp.pixel.data(), fp.weight.data(), fp.size(),
+          gather_packed(scratch, cb, fp.pixel.data(), fp.weight.data(), fp.size(),
                         fp.divisor, dst, bins);
         } else {
           gather_direct(src, channel_step, strides.pixel, cb, fp.pixel.data(), fp.weight.data(),
@@ -372,16 +408,20 @@ at::Tensor backward(const at::Tensor& grad, const at::Tensor& rois, const Shape&
   const int64_t pixels = shape.height * shape.width;
   const RoisByImage by_image = group_rois(roi_data, num_rois, shape.batch);
   const Items items(shape, num_rois, /*packed=*/true);
-  at::parallel_for(0, items.count, items.grain, [&](int64_t begin, int64_t end) {
-    Footprint<T> fp;
-    std::vector<T> scratch(pixels * std::min(kChannelBlock, channels_out));
+  const auto make_state = [&] {
+    return ThreadState<T>{{}, std::vector<T>(pixels * items.max_block)};
+  };
+  parallel_items(items.count, items.grain, make_state, [&](ThreadState<T>& state, int64_t begin,
+                                                           int64_t end) {
+    Footprint<T>& fp = state.fp;
+    T* scratch = state.scratch.data();
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / (bins * items.blocks);
       const int64_t b = (item / items.blocks) % bins;
       const int64_t c0 = (item % items.blocks) * kChannelBlock;
       const int64_t cb = std::min(kChannelBlock, channels_out - c0);
       const int64_t i = b / shape.pooled_width, j = b % shape.pooled_width;
-      std::fill(scratch.begin(), scratch.begin() + pixels * cb, T(0));
+      std::fill(scratch, scratch + pixels * cb, T(0));
       for (int64_t r = by_image.start[n]; r < by_image.start[n + 1]; ++r) {
         const int64_t k = by_image.order[r];
         fp.clear();
@@ -389,11 +429,11 @@ at::Tensor backward(const at::Tensor& grad, const at::Tensor& rois, const Shape&
         if (fp.size() == 0) {
           continue;
         }
-        scatter_packed(scratch.data(), cb, fp.pixel.data(), fp.weight.data(), fp.size(),
+        scatter_packed(scratch, cb, fp.pixel.data(), fp.weight.data(), fp.size(),
                        grad_data + (k * channels_out + c0) * bins + b, bins, fp.divisor);
       }
       // planes (c0 + c) * B + b of image n, c < cb
-      unpack_planes(scratch.data(), pixels, cb,
+      unpack_planes(scratch, pixels, cb,
                     gin + (n * shape.channels + c0 * bins + b) * pixels, bins * pixels);
     }
   });
