@@ -19,23 +19,32 @@ struct AlignFootprint {
   T spatial_scale;
   int64_t pooled_height, pooled_width, sampling_ratio, height, width;
 
-  void operator()(const T* roi, int64_t i, int64_t j, ps_roi::Footprint<T>& fp) const {
+  // The RoI's corner (shifted by -0.5 pixel), bin size and sample grid.
+  struct Roi {
+    T start_h, start_w, bin_h, bin_w;
+    int64_t grid_h, grid_w;  // no sample point when either is 0
+  };
+
+  Roi prepare(const T* roi) const {
     const T start_w = roi[1] * spatial_scale - T(0.5);
     const T start_h = roi[2] * spatial_scale - T(0.5);
     const T roi_w = roi[3] * spatial_scale - T(0.5) - start_w;
     const T roi_h = roi[4] * spatial_scale - T(0.5) - start_h;
     const T bin_h = roi_h / static_cast<T>(pooled_height);
     const T bin_w = roi_w / static_cast<T>(pooled_width);
-    const int64_t grid_h = grid_size(bin_h), grid_w = grid_size(bin_w);
-    if (grid_h <= 0 || grid_w <= 0) {
+    return {start_h, start_w, bin_h, bin_w, grid_size(bin_h), grid_size(bin_w)};
+  }
+
+  void operator()(const Roi& roi, int64_t i, int64_t j, ps_roi::Footprint<T>& fp) const {
+    if (roi.grid_h <= 0 || roi.grid_w <= 0) {
       return;  // no sample point: output 0
     }
-    const T y0 = static_cast<T>(i) * bin_h + start_h;
-    const T x0 = static_cast<T>(j) * bin_w + start_w;
-    for (int64_t iy = 0; iy < grid_h; ++iy) {
-      const T y = y0 + static_cast<T>(iy + 0.5) * bin_h / static_cast<T>(grid_h);
-      for (int64_t ix = 0; ix < grid_w; ++ix) {
-        const T x = x0 + static_cast<T>(ix + 0.5) * bin_w / static_cast<T>(grid_w);
+    const T y0 = static_cast<T>(i) * roi.bin_h + roi.start_h;
+    const T x0 = static_cast<T>(j) * roi.bin_w + roi.start_w;
+    for (int64_t iy = 0; iy < roi.grid_h; ++iy) {
+      const T y = y0 + static_cast<T>(iy + 0.5) * roi.bin_h / static_cast<T>(roi.grid_h);
+      for (int64_t ix = 0; ix < roi.grid_w; ++ix) {
+        const T x = x0 + static_cast<T>(ix + 0.5) * roi.bin_w / static_cast<T>(roi.grid_w);
         const Bilinear<T> s = bilinear_clamped(y, x, height, width);
         if (s.weight[0] == T(0) && s.weight[1] == T(0) && s.weight[2] == T(0) &&
             s.weight[3] == T(0)) {
@@ -46,7 +55,7 @@ struct AlignFootprint {
         }
       }
     }
-    fp.divisor = static_cast<T>(grid_h * grid_w);
+    fp.divisor = static_cast<T>(roi.grid_h * roi.grid_w);
   }
 
   // Sample points per bin side: sampling_ratio, or ceil(bin size) when it is <= 0.

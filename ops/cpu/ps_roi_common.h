@@ -189,7 +189,8 @@ inline void scatter_packed_impl(T* __restrict__ packed, int64_t cb,
                                 int64_t terms, const T* __restrict__ grad, int64_t grad_stride,
                                 T divisor) {
   T g[kMaxBlock];
-  for (int64_t c = 0; c < cb; ++c) g[c] = grad[c * grad_stride] / divisor;
+  for (int64_t c = 0; c < cb; ++c) g[c] = grad[c * grad_stride];
+  for (int64_t c = 0; c < cb; ++c) g[c] /= divisor;  // contiguous: vectorized
   for (int64_t t = 0; t < terms; ++t) {
     T* s = packed + pixel[t] * cb;
     const T w = weight[t];
@@ -325,11 +326,20 @@ struct ThreadState {
   std::vector<T> scratch;
 };
 
-// Forward driver. `make_footprint(roi, i, j, footprint)` fills the footprint of bin (i, j) of the
-// RoI `roi` (5 values). Returns the output (K, C_out, PH, PW).
-template <typename T, typename MakeFootprint>
+// The per-RoI part of the footprints (box in map coordinates, bin size, ...), computed once.
+// `Op::prepare(roi)` takes the RoI's 5 values; `op(prepared, i, j, footprint)` then fills the
+// footprint of bin (i, j).
+template <typename T, typename Op>
+std::vector<typename Op::Roi> prepare_rois(const Op& op, const T* rois, int64_t num_rois) {
+  std::vector<typename Op::Roi> prepared(num_rois);
+  for (int64_t k = 0; k < num_rois; ++k) prepared[k] = op.prepare(rois + k * 5);
+  return prepared;
+}
+
+// Forward driver for the footprints of `op` (see prepare_rois). Returns (K, C_out, PH, PW).
+template <typename T, typename Op>
 at::Tensor forward(const at::Tensor& input, const Strides& strides, const at::Tensor& rois,
-                   const Shape& shape, const MakeFootprint& make_footprint) {
+                   const Shape& shape, const Op& op) {
   const int64_t num_rois = rois.size(0);
   at::Tensor output = at::empty(
       {num_rois, shape.channels_out, shape.pooled_height, shape.pooled_width}, input.options());
@@ -343,6 +353,7 @@ at::Tensor forward(const at::Tensor& input, const Strides& strides, const at::Te
   const int64_t bins = shape.bins, channels_out = shape.channels_out;
   const int64_t pixels = shape.height * shape.width;
   const RoisByImage by_image = group_rois(roi_data, num_rois, shape.batch);
+  const auto prepared = prepare_rois(op, roi_data, num_rois);
   // Packing reads the whole input once; with few RoIs per image, reading only their footprints
   // directly is cheaper (measured break-even: about one RoI per 35 pixels of the map).
   const bool packed = 32 * num_rois >= shape.batch * pixels;
@@ -369,7 +380,7 @@ at::Tensor forward(const at::Tensor& input, const Strides& strides, const at::Te
       for (int64_t r = by_image.start[n]; r < by_image.start[n + 1]; ++r) {
         const int64_t k = by_image.order[r];
         fp.clear();
-        make_footprint(roi_data + k * 5, i, j, fp);
+        op(prepared[k], i, j, fp);
         T* dst = out + (k * channels_out + c0) * bins + b;
         if (packed) {
           gather_packed(scratch, cb, fp.pixel.data(), fp.weight.data(), fp.size(),
@@ -384,12 +395,12 @@ at::Tensor forward(const at::Tensor& input, const Strides& strides, const at::Te
   return output;
 }
 
-// Backward driver: the input gradient (N, C, H, W), NCHW-contiguous. `make_footprint` as in
-// `forward`. Each item accumulates its RoIs into a zeroed packed buffer, in RoI order, then
-// writes its planes: every element of the gradient is written by exactly one item.
-template <typename T, typename MakeFootprint>
+// Backward driver: the input gradient (N, C, H, W), NCHW-contiguous, for the footprints of `op`.
+// Each item accumulates its RoIs into a zeroed packed buffer, in RoI order, then writes its
+// planes: every element of the gradient is written by exactly one item.
+template <typename T, typename Op>
 at::Tensor backward(const at::Tensor& grad, const at::Tensor& rois, const Shape& shape,
-                    const MakeFootprint& make_footprint) {
+                    const Op& op) {
   const int64_t num_rois = rois.size(0);
   if (num_rois == 0) {
     return at::zeros({shape.batch, shape.channels, shape.height, shape.width}, grad.options());
@@ -407,6 +418,7 @@ at::Tensor backward(const at::Tensor& grad, const at::Tensor& rois, const Shape&
   const int64_t bins = shape.bins, channels_out = shape.channels_out;
   const int64_t pixels = shape.height * shape.width;
   const RoisByImage by_image = group_rois(roi_data, num_rois, shape.batch);
+  const auto prepared = prepare_rois(op, roi_data, num_rois);
   const Items items(shape, num_rois, /*packed=*/true);
   const auto make_state = [&] {
     return ThreadState<T>{{}, std::vector<T>(pixels * items.max_block)};
@@ -425,7 +437,7 @@ at::Tensor backward(const at::Tensor& grad, const at::Tensor& rois, const Shape&
       for (int64_t r = by_image.start[n]; r < by_image.start[n + 1]; ++r) {
         const int64_t k = by_image.order[r];
         fp.clear();
-        make_footprint(roi_data + k * 5, i, j, fp);
+        op(prepared[k], i, j, fp);
         if (fp.size() == 0) {
           continue;
         }

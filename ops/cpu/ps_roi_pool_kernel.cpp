@@ -26,18 +26,30 @@ struct PoolFootprint {
   T spatial_scale;
   int64_t pooled_height, pooled_width, height, width;
 
-  void operator()(const T* roi, int64_t i, int64_t j, ps_roi::Footprint<T>& fp) const {
+  // The RoI rounded to whole pixels, and its bin size.
+  struct Roi {
+    int64_t start_h, start_w;
+    T bin_h, bin_w;
+  };
+
+  Roi prepare(const T* roi) const {
     const int64_t start_w = round_coordinate(roi[1] * spatial_scale);
     const int64_t start_h = round_coordinate(roi[2] * spatial_scale);
     const int64_t end_w = round_coordinate(roi[3] * spatial_scale);
     const int64_t end_h = round_coordinate(roi[4] * spatial_scale);
     // RoIs smaller than a pixel count as 1 x 1.
-    const T bin_h = static_cast<T>(std::max<int64_t>(end_h - start_h, 1)) / pooled_height;
-    const T bin_w = static_cast<T>(std::max<int64_t>(end_w - start_w, 1)) / pooled_width;
-    const int64_t h0 = clip(start_h + static_cast<int64_t>(std::floor(i * bin_h)), height);
-    const int64_t h1 = clip(start_h + static_cast<int64_t>(std::ceil((i + 1) * bin_h)), height);
-    const int64_t w0 = clip(start_w + static_cast<int64_t>(std::floor(j * bin_w)), width);
-    const int64_t w1 = clip(start_w + static_cast<int64_t>(std::ceil((j + 1) * bin_w)), width);
+    return {start_h, start_w,
+            static_cast<T>(std::max<int64_t>(end_h - start_h, 1)) / pooled_height,
+            static_cast<T>(std::max<int64_t>(end_w - start_w, 1)) / pooled_width};
+  }
+
+  void operator()(const Roi& roi, int64_t i, int64_t j, ps_roi::Footprint<T>& fp) const {
+    const int64_t h0 = clip(roi.start_h + static_cast<int64_t>(std::floor(i * roi.bin_h)), height);
+    const int64_t h1 =
+        clip(roi.start_h + static_cast<int64_t>(std::ceil((i + 1) * roi.bin_h)), height);
+    const int64_t w0 = clip(roi.start_w + static_cast<int64_t>(std::floor(j * roi.bin_w)), width);
+    const int64_t w1 =
+        clip(roi.start_w + static_cast<int64_t>(std::ceil((j + 1) * roi.bin_w)), width);
     if (h1 <= h0 || w1 <= w0) {
       return;  // empty bin: output 0
     }
