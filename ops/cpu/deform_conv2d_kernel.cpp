@@ -17,6 +17,7 @@
 //                    thread count and no atomics are needed.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/LegacyTypeDispatch.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -315,6 +316,8 @@ deform_conv2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& inpu
                            const std::optional<at::Tensor>& mask, int64_t stride_h,
                            int64_t stride_w, int64_t pad_h, int64_t pad_w, int64_t dilation_h,
                            int64_t dilation_w, int64_t groups, int64_t offset_groups) {
+  // The op has no autograd formula of its own: run the ATen calls below autograd.
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
   const DeformConvGeometry g =
       deform_conv2d_geometry(input, offset, weight, mask, std::nullopt, stride_h, stride_w, pad_h,
                              pad_w, dilation_h, dilation_w, groups, offset_groups);
