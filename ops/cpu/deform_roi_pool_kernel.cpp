@@ -191,31 +191,41 @@ inline void forward_rois(const PoolArgs<double>& a, int64_t k0, int64_t k1, doub
 // scaled by mask / count; work units then scatter grad_output into disjoint channel slices.
 template <typename T>
 struct SampleTable {
-  std::vector<Bilinear<T>> taps;  // all samples, RoI by RoI, bin by bin
-  std::vector<int64_t> begin;     // (K + 1): first sample of each RoI
+  std::vector<Bilinear<T>> taps;  // all samples (order: see first())
+  std::vector<int64_t> prefix;    // (K + 1): samples per bin summed over the RoIs before k
   std::vector<int64_t> per_bin;   // (K): samples per bin of each RoI (grid_h * grid_w)
   std::vector<int64_t> batch;     // (K): batch index of each RoI
+  int64_t bins = 0;
+  bool bin_major = false;  // PS form: a work unit reads one bin of every RoI, so store bin by bin
+
+  // Index of the first sample of bin b of RoI k; the bin's per_bin[k] samples follow it.
+  int64_t first(int64_t k, int64_t b) const {
+    const int64_t num_rois = static_cast<int64_t>(per_bin.size());
+    return bin_major ? b * prefix[num_rois] + prefix[k] : prefix[k] * bins + b * per_bin[k];
+  }
 };
 
 template <typename T>
 SampleTable<T> build_samples(const PoolArgs<T>& a, int64_t num_rois) {
   const int64_t P = a.bins();
   SampleTable<T> s;
-  s.begin.assign(num_rois + 1, 0);
+  s.bins = P;
+  s.bin_major = a.position_sensitive;
+  s.prefix.assign(num_rois + 1, 0);
   s.per_bin.assign(num_rois, 0);
   s.batch.assign(num_rois, 0);
   for (int64_t k = 0; k < num_rois; ++k) {
     const RoiGeometry<T> g = roi_geometry(a, k);
     s.per_bin[k] = g.grid_h * g.grid_w;
     s.batch[k] = g.batch;
-    s.begin[k + 1] = s.begin[k] + P * s.per_bin[k];
+    s.prefix[k + 1] = s.prefix[k] + s.per_bin[k];
   }
-  s.taps.resize(s.begin[num_rois]);
+  s.taps.resize(s.prefix[num_rois] * P);
   at::parallel_for(0, num_rois, 1, [&](int64_t k0, int64_t k1) {
     for (int64_t k = k0; k < k1; ++k) {
       const RoiGeometry<T> g = roi_geometry(a, k);
-      Bilinear<T>* tap = s.taps.data() + s.begin[k];
       for (int64_t b = 0; b < P; ++b) {
+        Bilinear<T>* tap = s.taps.data() + s.first(k, b);
         const BinOrigin<T> o = bin_origin(a, g, k, b);
         const T scale = bin_mask(a, k, b) / g.count;
         for (int64_t iy = 0; iy < g.grid_h; ++iy) {
@@ -250,7 +260,7 @@ __attribute__((always_inline)) inline void scatter_unit_impl(const PoolArgs<T>& 
     for (int64_t b = b_lo; b < b_hi; ++b) {
       const T* g = grad_t + (k * P + b) * C + c_lo;
       T* base = plane + a.channel_base(b) + c_lo;
-      const Bilinear<T>* tap = s.taps.data() + s.begin[k] + b * per_bin;
+      const Bilinear<T>* tap = s.taps.data() + s.first(k, b);
       for (int64_t t = 0; t < per_bin; ++t, ++tap) {
         for (int q = 0; q < 4; ++q) {
           const T w = tap->weight[q];
@@ -292,11 +302,11 @@ void backward_input(const PoolArgs<T>& a, int64_t num_rois, const T* grad_t, T* 
   const SampleTable<T> samples = build_samples(a, num_rois);
   const int64_t C = a.channels_out;
   const int64_t groups = a.position_sensitive ? a.bins() : 1;  // bin groups with their own runs
-  // Channel blocks: enough units to keep the threads busy, at least 16 channels each. The block
+  // Channel blocks: two units per thread where the channels allow, at least 32 channels each. The block
   // size does not change any element's summation order, only which thread does it.
   const int64_t threads = at::get_num_threads();
-  const int64_t want_blocks = std::max<int64_t>(1, (4 * threads + groups - 1) / groups);
-  const int64_t block = std::max<int64_t>(16, (C + want_blocks - 1) / want_blocks);
+  const int64_t want_blocks = std::max<int64_t>(1, (2 * threads + groups - 1) / groups);
+  const int64_t block = std::max<int64_t>(32, (C + want_blocks - 1) / want_blocks);
   const int64_t blocks = (C + block - 1) / block;
   at::parallel_for(0, groups * blocks, 1, [&](int64_t u0, int64_t u1) {
     for (int64_t u = u0; u < u1; ++u) {
@@ -492,22 +502,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
               pooled_width, "), got ", grad.sizes());
   offset_grad = offset_grad && offset.has_value();
   mask_grad = mask_grad && mask.has_value();
-  at::Tensor grad_input = at::zeros_like(input);
+  at::Tensor grad_input = at::empty_like(input);  // filled by the final copy (or zeroed below)
   at::Tensor grad_offset =
       offset_grad ? at::zeros({K, 2, pooled_height, pooled_width}, input.options())
                   : at::empty({0}, input.options());
   at::Tensor grad_mask = mask_grad ? at::zeros({K, 1, pooled_height, pooled_width}, input.options())
                                    : at::empty({0}, input.options());
-  if (K == 0 || grad.numel() == 0 || H == 0 || W == 0) return {grad_input, grad_offset, grad_mask};
+  if (K == 0 || grad.numel() == 0 || H == 0 || W == 0) {
+    return {grad_input.zero_(), grad_offset, grad_mask};
+  }
 
-  const at::Tensor input_cl = to_channels_last(input, P, position_sensitive);
+  // The input's values are only read for the offset and mask gradients.
+  const at::Tensor input_cl = offset_grad || mask_grad
+                                  ? to_channels_last(input, P, position_sensitive)
+                                  : at::empty({0}, input.options());
   const at::Tensor rois_c = rois.contiguous();
   const at::Tensor offset_c = contiguous_or_undefined(offset);
   const at::Tensor mask_c = contiguous_or_undefined(mask);
   // (K, C_out, ph, pw) -> (K, P, C_out): one bin's channels contiguous
   const at::Tensor grad_t = grad.reshape({K, C_out, P}).transpose(1, 2).contiguous();
-  // (N, H, W, C) or PS (N, H, W, P, C_out), like input_cl
-  at::Tensor grad_cl = at::zeros_like(input_cl);
+  // (N, H, W, C) or PS (N, H, W, P, C_out)
+  at::Tensor grad_cl = position_sensitive ? at::zeros({N, H, W, P, C_out}, input.options())
+                                          : at::zeros({N, H, W, input.size(1)}, input.options());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "deform_roi_pool_backward_cpu", [&] {
     const PoolArgs<scalar_t> a =
         make_args<scalar_t>(input_cl, input, rois_c, offset_c, mask_c, spatial_scale,
