@@ -1,4 +1,5 @@
-// Schemas of deformable RoI pooling (Dai et al. 2017, "Deformable Convolutional Networks", Sec. 2.2)
+// Schemas of deformable RoI pooling (Dai et al. 2017, "Deformable Convolutional Networks",
+// Sec. 2.2)
 // and its position-sensitive form (R-FCN with deformable PS RoI pooling), both optionally modulated
 // (DCN v2, Zhu et al. 2019). Kernels: ops/cpu/deform_roi_pool_kernel.cpp and
 // ops/cuda/deform_roi_pool_kernel.cu. Autograd and fake kernels: detector/ops/deform_roi_pool.py.

@@ -2,7 +2,8 @@
 //
 // Sampling follows RoI Align with the half-pixel ("aligned") convention, as mmcv's DeformRoIPool:
 //   start = roi * spatial_scale - 0.5, size = end - start (not clamped), bin = size / pooled,
-//   bin (i, j) is shifted by (gamma * offset[k, 0, i, j] * width, gamma * offset[k, 1, i, j] * height),
+//   bin (i, j) is shifted by (gamma * offset[k, 0, i, j] * width,
+//                             gamma * offset[k, 1, i, j] * height),
 //   and averages grid_h x grid_w bilinear samples (grid = sampling_ratio, or ceil(bin) when <= 0),
 //   then is multiplied by mask[k, 0, i, j] when a mask is given (DCN v2).
 //
@@ -14,7 +15,8 @@
 // Determinism: forward and the offset/mask gradients are computed per RoI (each RoI owns its
 // outputs). The input gradient is scattered in NHWC by work units that own disjoint channel slices
 // (plain form: channel blocks; PS form: one bin's channel run, split in blocks); each unit visits
-// RoIs, bins and samples in one fixed order, so every element's sum is the same for any thread count.
+// RoIs, bins and samples in one fixed order, so every element's sum is the same for any thread
+// count.
 #include <torch/library.h>
 
 #include <ATen/ATen.h>
@@ -232,7 +234,8 @@ SampleTable<T> build_samples(const PoolArgs<T>& a, int64_t num_rois) {
           const T y = sample_y(g, o, iy);
           for (int64_t ix = 0; ix < g.grid_w; ++ix, ++tap) {
             const T x = sample_x(g, o, ix);
-            *tap = outside(a, y, x) ? bilinear_zero<T>() : bilinear_clamped(y, x, a.height, a.width);
+            *tap = outside(a, y, x) ? bilinear_zero<T>()
+                                    : bilinear_clamped(y, x, a.height, a.width);
             for (int q = 0; q < 4; ++q) tap->weight[q] *= scale;
           }
         }
@@ -302,8 +305,8 @@ void backward_input(const PoolArgs<T>& a, int64_t num_rois, const T* grad_t, T* 
   const SampleTable<T> samples = build_samples(a, num_rois);
   const int64_t C = a.channels_out;
   const int64_t groups = a.position_sensitive ? a.bins() : 1;  // bin groups with their own runs
-  // Channel blocks: two units per thread where the channels allow, at least 32 channels each. The block
-  // size does not change any element's summation order, only which thread does it.
+  // Channel blocks: two units per thread where the channels allow, at least 32 channels each.
+  // The block size does not change any element's summation order, only which thread does it.
   const int64_t threads = at::get_num_threads();
   const int64_t want_blocks = std::max<int64_t>(1, (2 * threads + groups - 1) / groups);
   const int64_t block = std::max<int64_t>(32, (C + want_blocks - 1) / want_blocks);
