@@ -325,17 +325,25 @@ void backward_input(const PoolArgs<T>& a, int64_t num_rois, const T* grad_t, T* 
 // ---------------------------------------------------------------------------------------------
 // Backward to offset and mask, per RoI: for each bin, the channel-summed products of grad_output
 // with the samples' values (mask) and with their derivatives along x and y (offset).
+// dots[q] = sum_c grad[c] * corner_q[c] for the four corners of a sample, in one pass. The
+// vectorized reduction's order is fixed at compile time, so the result does not depend on threads.
 template <typename T>
-inline T dot(const T* a, const T* b, int64_t n) {
-  T part[8] = {T(0), T(0), T(0), T(0), T(0), T(0), T(0), T(0)};
-  int64_t c = 0;
-  for (; c + 8 <= n; c += 8) {
-    for (int l = 0; l < 8; ++l) part[l] += a[c + l] * b[c + l];
+__attribute__((always_inline)) inline void corner_dots(const T* grad, const T* p0, const T* p1,
+                                                       const T* p2, const T* p3, int64_t n,
+                                                       T* dots) {
+  T s0 = T(0), s1 = T(0), s2 = T(0), s3 = T(0);
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+  for (int64_t c = 0; c < n; ++c) {
+    const T g = grad[c];
+    s0 += g * p0[c];
+    s1 += g * p1[c];
+    s2 += g * p2[c];
+    s3 += g * p3[c];
   }
-  T sum = T(0);
-  for (; c < n; ++c) sum += a[c] * b[c];
-  for (int l = 0; l < 8; ++l) sum += part[l];
-  return sum;
+  dots[0] = s0;
+  dots[1] = s1;
+  dots[2] = s2;
+  dots[3] = s3;
 }
 
 template <typename T>
@@ -358,8 +366,12 @@ __attribute__((always_inline)) inline void offset_mask_grad_impl(const PoolArgs<
           const T x = sample_x(g, o, ix);
           if (outside(a, y, x)) continue;
           const BilinearGrad<T> d = bilinear_clamped_grad(y, x, a.height, a.width);
+          T dots[4];
+          corner_dots(grad_b, base + d.sample.index[0] * stride, base + d.sample.index[1] * stride,
+                      base + d.sample.index[2] * stride, base + d.sample.index[3] * stride, C,
+                      dots);
           for (int q = 0; q < 4; ++q) {
-            const T gv = dot(grad_b, base + d.sample.index[q] * stride, C);
+            const T gv = dots[q];
             sum_x += d.dx[q] * gv;
             sum_y += d.dy[q] * gv;
             sum_v += d.sample.weight[q] * gv;
