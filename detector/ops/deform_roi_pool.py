@@ -14,7 +14,9 @@ by (Eq. 5 of the paper, normalized offsets scaled by gamma and the RoI size):
 Channel 0 of `offset` is x and channel 1 is y, the order of mmcv's DeformRoIPool. The modulated
 variant (DCN v2) multiplies bin (i, j) by mask[k, 0, i, j]. With offset = 0 and no mask,
 `deform_roi_pool` equals `roi_align(..., aligned=True)` and `deform_ps_roi_pool` equals
-torchvision's `ps_roi_align` (which uses the same half-pixel convention).
+torchvision's `ps_roi_align` (which uses the same half-pixel convention), except on bins with no
+sample (zero-size or inverted RoIs with adaptive sampling), where torchvision's ps_roi_align
+divides 0 by 0 and returns NaN while ours returns 0, as roi_align does.
 """
 
 from __future__ import annotations
