@@ -291,6 +291,20 @@ def test_gradcheck(device, form, sampling_ratio):
     assert torch.autograd.gradcheck(fn, (input, offset, mask), fast_mode=True)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("form", ["plain", "ps"])
+def test_gradcheck_full(device, form):
+    """Every Jacobian entry (slow mode) on a tiny input."""
+    input, rois, offset, mask = _make(form, device, output_size=(2, 2), channels_out=1,
+                                      num_rois=2, offset_scale=0.5, size=(1, 4, 5), seed=2)
+    leaves = [t.requires_grad_() for t in (input, offset, mask)]
+
+    def fn(x, o, m):
+        return OPS[form](x, rois, o, (2, 2), 0.5, -1, 0.1, m)
+
+    assert torch.autograd.gradcheck(fn, leaves)
+
+
 def _op_args(form: str, device: str) -> list[tuple]:
     input, rois, offset, mask = _make(form, device, dtype=torch.float32, output_size=(2, 3),
                                       channels_out=2, num_rois=3, size=(1, 6, 7))
