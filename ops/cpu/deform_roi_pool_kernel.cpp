@@ -13,10 +13,10 @@
 // computed once and applied to a contiguous run of C_out channels.
 //
 // Determinism: forward and the offset/mask gradients are computed per RoI (each RoI owns its
-// outputs). The input gradient is scattered in NHWC by work units that own disjoint channel slices
-// (plain form: channel blocks; PS form: one bin's channel run, split in blocks); each unit visits
-// RoIs, bins and samples in one fixed order, so every element's sum is the same for any thread
-// count.
+// outputs). The input gradient is scattered by work units that own disjoint channel slices (plain
+// form: channel blocks of an NHWC buffer; PS form: the channels c * P + b of one bin b, written
+// in NCHW); each unit visits RoIs, bins and samples in one fixed order, so every element's sum is
+// the same for any thread count.
 #include <torch/library.h>
 
 #include <ATen/ATen.h>
@@ -245,31 +245,40 @@ SampleTable<T> build_samples(const PoolArgs<T>& a, int64_t num_rois) {
   return s;
 }
 
-// Scatters into grad_input (N, H, W, channels_total) the channels [c_lo, c_hi) of the runs of
-// bins [b_lo, b_hi), from grad_t (K, P, C_out).
+// Scatters the channels [c_lo, c_hi) of bins [b_lo, b_hi) of grad_t (K, P, C_out) into
+// grad_input: (N, H, W, C) for the plain form (a bin's channels contiguous), and NCHW
+// (N, C_out * P, H, W) for the PS form, where a bin's channels c * P + b lie P planes apart
+// (scattering there directly avoids a zeroed channels-last buffer and a transposing copy).
 template <typename T>
 __attribute__((always_inline)) inline void scatter_unit_impl(const PoolArgs<T>& a,
                                                              const SampleTable<T>& s,
                                                              const T* grad_t, T* grad_input,
                                                              int64_t b_lo, int64_t b_hi,
                                                              int64_t c_lo, int64_t c_hi) {
-  const int64_t P = a.bins(), C = a.channels_out, stride = a.channels_total;
+  const int64_t P = a.bins(), C = a.channels_out, HW = a.height * a.width;
+  const bool nchw = a.position_sensitive;
+  const int64_t pixel_stride = nchw ? 1 : a.channels_total;
+  const int64_t channel_stride = nchw ? P * HW : 1;
   const int64_t num_rois = static_cast<int64_t>(s.per_bin.size());
   const int64_t n_c = c_hi - c_lo;
   for (int64_t k = 0; k < num_rois; ++k) {
     const int64_t per_bin = s.per_bin[k];
     if (per_bin == 0) continue;
-    T* plane = grad_input + s.batch[k] * a.height * a.width * stride;
+    T* image = grad_input + s.batch[k] * HW * a.channels_total;
     for (int64_t b = b_lo; b < b_hi; ++b) {
       const T* g = grad_t + (k * P + b) * C + c_lo;
-      T* base = plane + a.channel_base(b) + c_lo;
+      T* base = image + (nchw ? b * HW : 0) + c_lo * channel_stride;
       const Bilinear<T>* tap = s.taps.data() + s.first(k, b);
       for (int64_t t = 0; t < per_bin; ++t, ++tap) {
         for (int q = 0; q < 4; ++q) {
           const T w = tap->weight[q];
           if (w == T(0)) continue;
-          T* dst = base + tap->index[q] * stride;
-          for (int64_t c = 0; c < n_c; ++c) dst[c] += w * g[c];
+          T* dst = base + tap->index[q] * pixel_stride;
+          if (nchw) {
+            for (int64_t c = 0; c < n_c; ++c) dst[c * channel_stride] += w * g[c];
+          } else {
+            for (int64_t c = 0; c < n_c; ++c) dst[c] += w * g[c];
+          }
         }
       }
     }
@@ -536,8 +545,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
   const at::Tensor mask_c = contiguous_or_undefined(mask);
   // (K, C_out, ph, pw) -> (K, P, C_out): one bin's channels contiguous
   const at::Tensor grad_t = grad.reshape({K, C_out, P}).transpose(1, 2).contiguous();
-  // (N, H, W, C) or PS (N, H, W, P, C_out)
-  at::Tensor grad_cl = position_sensitive ? at::zeros({N, H, W, P, C_out}, input.options())
+  // plain: (N, H, W, C); PS: NCHW (N, C_out * P, H, W), see scatter_unit_impl
+  at::Tensor grad_cl = position_sensitive ? at::zeros({N, input.size(1), H, W}, input.options())
                                           : at::zeros({N, H, W, input.size(1)}, input.options());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "deform_roi_pool_backward_cpu", [&] {
     const PoolArgs<scalar_t> a =
@@ -554,8 +563,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
     }
   });
   if (position_sensitive) {
-    // (N, H, W, P, C_out) -> (N, C_out, P, H, W), written into grad_input's own layout
-    grad_input.view({N, C_out, P, H, W}).copy_(grad_cl.permute({0, 4, 3, 1, 2}));
+    if (grad_input.is_contiguous()) return {grad_cl, grad_offset, grad_mask};
+    grad_input.copy_(grad_cl);  // into input's own layout
   } else {
     grad_input.copy_(grad_cl.permute({0, 3, 1, 2}));  // (N, H, W, C) -> (N, C, H, W)
   }
