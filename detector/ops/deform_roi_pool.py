@@ -1,10 +1,243 @@
-"""Placeholder: this op is being written."""
+"""Deformable RoI pooling (Dai et al. 2017, "Deformable Convolutional Networks", Sec. 2.2) and its
+position-sensitive form (deformable PS RoI pooling for R-FCN), optionally modulated (DCN v2).
 
-def deform_roi_pool(*args, **kwargs):
-    raise NotImplementedError("deform_roi_pool is not implemented yet")
+Shapes: N images, C channels, H x W feature map, K RoIs, ph x pw output bins (P = ph * pw).
+
+Both ops pool RoI Align-style bins with the half-pixel ("aligned") convention, as mmcv's
+DeformRoIPool: an RoI (x1, y1, x2, y2) covers x1 * spatial_scale - 0.5 .. x2 * spatial_scale - 0.5
+(likewise in y), its extent is not clamped, and each bin averages grid_h x grid_w bilinear samples
+(grid = sampling_ratio, or ceil(bin size) when sampling_ratio <= 0). Bin (i, j) of RoI k is moved
+by (Eq. 5 of the paper, normalized offsets scaled by gamma and the RoI size):
+
+    dx = gamma * offset[k, 0, i, j] * roi_width,    dy = gamma * offset[k, 1, i, j] * roi_height
+
+Channel 0 of `offset` is x and channel 1 is y, the order of mmcv's DeformRoIPool. The modulated
+variant (DCN v2) multiplies bin (i, j) by mask[k, 0, i, j]. With offset = 0 and no mask,
+`deform_roi_pool` equals `roi_align(..., aligned=True)` and `deform_ps_roi_pool` equals
+torchvision's `ps_roi_align` (which uses the same half-pixel convention), except on bins with no
+sample (zero-size or inverted RoIs with adaptive sampling), where torchvision's ps_roi_align
+divides 0 by 0 and returns NaN while ours returns 0, as roi_align does.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from detector.ops._utils import (
+    check_device,
+    check_input,
+    check_rois_dtype,
+    convert_boxes_to_roi_format,
+    pair,
+)
+
+__all__ = ["deform_roi_pool", "deform_ps_roi_pool"]
 
 
-def deform_ps_roi_pool(*args, **kwargs):
-    raise NotImplementedError("deform_ps_roi_pool is not implemented yet")
+def deform_roi_pool(
+    input: Tensor,
+    rois: Tensor | list[Tensor],
+    offset: Tensor | None,
+    output_size: int | tuple[int, int],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    gamma: float = 0.1,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """Deformable RoI pooling (DCN v1), or modulated deformable RoI pooling (DCN v2) with `mask`.
+
+    Args:
+        input: Tensor[N, C, H, W] features (float32/float64 on CPU; also half/bfloat16 on CUDA).
+        rois: Tensor[K, 5] (batch_index, x1, y1, x2, y2) in image coordinates, or a list of
+            Tensor[K_i, 4] boxes, one per image.
+        offset: Tensor[K, 2, ph, pw] normalized learned offsets, channel 0 = x, 1 = y (mmcv's
+            order); bin (i, j) moves by gamma * offset * (RoI width, RoI height). None: no
+            deformation (then this is roi_align with aligned=True).
+        output_size: (ph, pw) or an int for square output.
+        spatial_scale: feature-map size / image size (1/4 for a stride-4 map).
+        sampling_ratio: bilinear samples per bin along each axis; <= 0: ceil(RoI size / output
+            size), adaptively per RoI.
+        gamma: scale of the normalized offsets (0.1 in the paper).
+        mask: Tensor[K, 1, ph, pw] modulation multiplying each bin's output (DCN v2), or None.
+
+    Returns:
+        Tensor[K, C, ph, pw]. Gradients flow to input, offset and mask.
+    """
+    return _deform_pool("deform_roi_pool", input, rois, offset, output_size, spatial_scale,
+                        sampling_ratio, gamma, mask, position_sensitive=False)
 
 
+def deform_ps_roi_pool(
+    input: Tensor,
+    rois: Tensor | list[Tensor],
+    offset: Tensor | None,
+    output_size: int | tuple[int, int],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    gamma: float = 0.1,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """Deformable position-sensitive RoI pooling (R-FCN with deformable PS RoI pooling).
+
+    Bin (i, j) of output channel c pools input channel c * ph * pw + i * pw + j (the layout of
+    torchvision's ps_roi_align), after the bin has been moved by its offset as in
+    `deform_roi_pool`. The offsets are class-agnostic: one Tensor[K, 2, ph, pw] is shared by all
+    output channels.
+
+    Args:
+        input: Tensor[N, C_out * ph * pw, H, W] position-sensitive score maps.
+        rois: Tensor[K, 5] (batch_index, x1, y1, x2, y2) or a list of Tensor[K_i, 4].
+        offset: Tensor[K, 2, ph, pw] normalized offsets (channel 0 = x, 1 = y) shared by all
+            output channels, or None for none (then this equals torchvision.ops.ps_roi_align).
+        output_size: (ph, pw) or an int.
+        spatial_scale: feature-map size / image size.
+        sampling_ratio: samples per bin along each axis; <= 0: adaptive.
+        gamma: scale of the normalized offsets.
+        mask: Tensor[K, 1, ph, pw] modulation of each bin (DCN v2), or None.
+
+    Returns:
+        Tensor[K, C_out, ph, pw].
+    """
+    return _deform_pool("deform_ps_roi_pool", input, rois, offset, output_size, spatial_scale,
+                        sampling_ratio, gamma, mask, position_sensitive=True)
+
+
+def _deform_pool(
+    op: str,
+    input: Tensor,
+    rois: Tensor | list[Tensor],
+    offset: Tensor | None,
+    output_size: int | tuple[int, int],
+    spatial_scale: float,
+    sampling_ratio: int,
+    gamma: float,
+    mask: Tensor | None,
+    position_sensitive: bool,
+) -> Tensor:
+    """Checks the arguments of either form and calls its operator."""
+    check_input(op, input)
+    pooled_height, pooled_width = pair(op, output_size)
+    if pooled_height <= 0 or pooled_width <= 0:
+        raise ValueError(f"{op}: `output_size` must be positive, got {output_size!r}")
+    rois = check_rois_dtype(op, input, convert_boxes_to_roi_format(op, rois))
+    if position_sensitive and input.size(1) % (pooled_height * pooled_width) != 0:
+        raise ValueError(
+            f"{op}: `input` must have C_out * ph * pw channels; {input.size(1)} channels are not "
+            f"divisible by ph * pw = {pooled_height * pooled_width}"
+        )
+    expected = (rois.size(0), pooled_height, pooled_width)
+    offset = _check_per_bin(op, "offset", offset, input, expected, 2)
+    mask = _check_per_bin(op, "mask", mask, input, expected, 1)
+    forward = (torch.ops.detector.deform_ps_roi_pool if position_sensitive
+               else torch.ops.detector.deform_roi_pool)
+    return forward(input, rois, offset, mask, float(spatial_scale), pooled_height, pooled_width,
+                   int(sampling_ratio), float(gamma))
+
+
+def _check_per_bin(
+    op: str,
+    name: str,
+    value: Tensor | None,
+    input: Tensor,
+    expected: tuple[int, int, int],
+    channels: int,
+) -> Tensor | None:
+    """Checks an offset (channels 2) or mask (channels 1) of shape (K, channels, ph, pw)."""
+    if value is None:
+        return None
+    num_rois, pooled_height, pooled_width = expected
+    shape = (num_rois, channels, pooled_height, pooled_width)
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{op}: `{name}` must be a Tensor{list(shape)} or None")
+    if tuple(value.shape) != shape:
+        raise ValueError(
+            f"{op}: `{name}` must have shape (K, {channels}, ph, pw) = {shape}, got "
+            f"{tuple(value.shape)}"
+        )
+    if not value.is_floating_point():
+        raise TypeError(f"{op}: `{name}` must be a floating point tensor, got {value.dtype}")
+    if value.device != input.device:
+        raise ValueError(f"{op}: `{name}` is on {value.device} but `input` is on {input.device}")
+    check_device(op, value)
+    return value.to(input.dtype)
+
+
+# ------------------------------------------------------------------------------------------------
+# Fake kernels and autograd of the four operators.
+
+
+def _fake_forward(
+    input: Tensor,
+    rois: Tensor,
+    offset: Tensor | None,
+    mask: Tensor | None,
+    spatial_scale: float,
+    pooled_height: int,
+    pooled_width: int,
+    sampling_ratio: int,
+    gamma: float,
+    position_sensitive: bool,
+) -> Tensor:
+    channels = input.size(1)
+    if position_sensitive:
+        torch._check(channels % (pooled_height * pooled_width) == 0)
+        channels = channels // (pooled_height * pooled_width)
+    return input.new_empty((rois.size(0), channels, pooled_height, pooled_width))
+
+
+def _fake_backward(
+    grad: Tensor,
+    input: Tensor,
+    rois: Tensor,
+    offset: Tensor | None,
+    mask: Tensor | None,
+    pooled_height: int,
+    pooled_width: int,
+    offset_grad: bool,
+    mask_grad: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    num_rois = rois.size(0)
+    grad_offset = (input.new_empty((num_rois, 2, pooled_height, pooled_width))
+                   if offset_grad and offset is not None else input.new_empty((0,)))
+    grad_mask = (input.new_empty((num_rois, 1, pooled_height, pooled_width))
+                 if mask_grad and mask is not None else input.new_empty((0,)))
+    return torch.empty_like(input), grad_offset, grad_mask
+
+
+def _register(name: str, position_sensitive: bool) -> None:
+    """Registers the fake kernels of `name` and its backward op, and the autograd of `name`."""
+    backward_op = getattr(torch.ops.detector, f"_{name}_backward")
+
+    @torch.library.register_fake(f"detector::{name}")
+    def _(input, rois, offset, mask, spatial_scale, pooled_height, pooled_width, sampling_ratio,
+          gamma):
+        return _fake_forward(input, rois, offset, mask, spatial_scale, pooled_height,
+                             pooled_width, sampling_ratio, gamma, position_sensitive)
+
+    @torch.library.register_fake(f"detector::_{name}_backward")
+    def _(grad, input, rois, offset, mask, spatial_scale, pooled_height, pooled_width,
+          sampling_ratio, gamma, offset_grad, mask_grad):
+        return _fake_backward(grad, input, rois, offset, mask, pooled_height, pooled_width,
+                              offset_grad, mask_grad)
+
+    def setup_context(ctx, inputs, output) -> None:
+        input, rois, offset, mask, *params = inputs
+        ctx.save_for_backward(input, rois, offset, mask)
+        ctx.params = params  # spatial_scale, pooled_height, pooled_width, sampling_ratio, gamma
+
+    def backward(ctx, grad: Tensor):
+        input, rois, offset, mask = ctx.saved_tensors
+        offset_grad = offset is not None and ctx.needs_input_grad[2]
+        mask_grad = mask is not None and ctx.needs_input_grad[3]
+        grad_input, grad_offset, grad_mask = backward_op(
+            grad, input, rois, offset, mask, *ctx.params, offset_grad, mask_grad
+        )
+        return (grad_input, None, grad_offset if offset_grad else None,
+                grad_mask if mask_grad else None, None, None, None, None, None)
+
+    torch.library.register_autograd(f"detector::{name}", backward, setup_context=setup_context)
+
+
+_register("deform_roi_pool", position_sensitive=False)
+_register("deform_ps_roi_pool", position_sensitive=True)
