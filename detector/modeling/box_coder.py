@@ -75,4 +75,4 @@ class BoxCoder:
             dim=2,
         )
         # (M, K, 4) -> (M, K*4)
-        return pred.reshape(deltas.shape[0], -1)
+        return pred.reshape(deltas.shape)
