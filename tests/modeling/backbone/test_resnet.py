@@ -49,7 +49,9 @@ def _torchvision_features(model: nn.Module, x: torch.Tensor) -> dict[str, torch.
         (torchvision.models.resnet18, 18, 1, 64, "BN"),
         (torchvision.models.resnet50, 50, 1, 64, "FrozenBN"),
         (torchvision.models.resnet50, 50, 1, 64, "BN"),
-        (torchvision.models.resnext101_32x8d, 101, 32, 8, "FrozenBN"),
+        pytest.param(
+            torchvision.models.resnext101_32x8d, 101, 32, 8, "FrozenBN", marks=pytest.mark.slow
+        ),
     ],
 )
 @torch.no_grad()
