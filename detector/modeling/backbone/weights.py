@@ -1,0 +1,100 @@
+"""ImageNet weights in torchvision's layout (resnet*, resnext*, vgg16) into our backbones.
+
+torchvision's keys map to ours as: ``conv1.* / bn1.*`` -> ``stem.conv1.* / stem.bn1.*``;
+``layer{k}.*`` unchanged (a deformable 3x3 conv takes ``conv2.weight`` as ``conv2.conv.weight``);
+VGG's ``features.*`` unchanged. Each of our bodies (`ResNet`, `ResNetHead`, `VGG16`) found inside
+the given module receives the keys it has, wherever it sits (e.g. ``body.`` inside an FPN).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from detector.modeling.backbone.resnet import ResNet, ResNetHead
+from detector.modeling.backbone.vgg import VGG16
+
+logger = logging.getLogger(__name__)
+
+_BODIES = (ResNet, ResNetHead, VGG16)
+
+
+@dataclass
+class WeightLoadReport:
+    """What `load_torchvision_weights` did, by key name.
+
+    loaded: our keys that received a tensor. missing: keys of our bodies that received none
+    (e.g. DCN offset convs, FrozenBN-less extras). unmatched: torchvision keys used by none of
+    our modules (e.g. ``fc.*``, ``classifier.*``, ``layer4.*`` for a C4 body without its head).
+    """
+
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unmatched: list[str] = field(default_factory=list)
+
+
+def _candidates(key: str, body: nn.Module) -> list[str]:
+    """Our names, relative to `body`, that torchvision's `key` may map to."""
+    if isinstance(body, VGG16):
+        return [key]
+    head, _, rest = key.partition(".")
+    if head in ("conv1", "bn1"):
+        return [f"stem.{key}"]
+    names = [key]
+    if key.endswith(".conv2.weight"):  # a deformable conv2 wraps its DeformConv2d as conv2.conv
+        names.append(key[: -len("weight")] + "conv.weight")
+    return names
+
+
+def load_torchvision_weights(
+    model: nn.Module, state_dict: Mapping[str, Tensor] | str | Path
+) -> WeightLoadReport:
+    """Copies a torchvision classification state dict (or a file holding one) into the bodies
+    inside `model`; logs and returns the loaded, missing and unmatched key names.
+
+    Raises ValueError when a matched key has a different shape (a different depth or width).
+    """
+    if isinstance(state_dict, (str, Path)):
+        state_dict = torch.load(state_dict, map_location="cpu", weights_only=True)
+    bodies = [(name, m) for name, m in model.named_modules() if isinstance(m, _BODIES)]
+    if not bodies:
+        raise ValueError(f"{type(model).__name__} contains no ResNet, ResNetHead or VGG16 body")
+    ours = model.state_dict()
+    new_state: dict[str, Tensor] = {}
+    report = WeightLoadReport()
+    for key, value in state_dict.items():
+        targets = []
+        for prefix, body in bodies:
+            prefix = f"{prefix}." if prefix else ""
+            targets += [prefix + name for name in _candidates(key, body) if prefix + name in ours]
+        if not targets:
+            if not key.endswith("num_batches_tracked"):
+                report.unmatched.append(key)
+            continue
+        for target in targets:
+            if ours[target].shape != value.shape:
+                raise ValueError(
+                    f"torchvision weight '{key}' has shape {tuple(value.shape)} but our "
+                    f"'{target}' has {tuple(ours[target].shape)}: does the checkpoint match "
+                    "MODEL.BACKBONE.CONV_BODY (depth, NUM_GROUPS, WIDTH_PER_GROUP)?"
+                )
+            new_state[target] = value
+    model.load_state_dict(new_state, strict=False)
+    report.loaded = sorted(new_state)
+    for prefix, body in bodies:
+        prefix = f"{prefix}." if prefix else ""
+        for name in body.state_dict():
+            full = prefix + name
+            if full not in new_state and not name.endswith("num_batches_tracked"):
+                report.missing.append(full)
+    logger.info("Loaded %d tensors of torchvision weights", len(report.loaded))
+    if report.missing:
+        logger.warning("Backbone keys without torchvision weights: %s", ", ".join(report.missing))
+    if report.unmatched:
+        logger.info("torchvision keys not used: %s", ", ".join(report.unmatched))
+    return report
