@@ -9,7 +9,7 @@ from detector.ops.deform_conv import deform_conv2d
 from detector.ops.deform_roi_pool import deform_ps_roi_pool, deform_roi_pool
 from detector.ops.ps_roi_align import ps_roi_align
 from detector.ops.ps_roi_pool import ps_roi_pool
-from detector.ops.roi_align import roi_align
+from detector.ops.roi_align import multi_scale_roi_align, roi_align
 from detector.ops.roi_pool import roi_pool
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "deform_conv2d",
     "deform_ps_roi_pool",
     "deform_roi_pool",
+    "multi_scale_roi_align",
     "nms",
     "ps_roi_align",
     "ps_roi_pool",

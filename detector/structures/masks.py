@@ -19,10 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# The one place that chooses the RoIAlign used for mask targets; detector.ops.roi_align has the
-# same signature and can replace it once it lands.
-from torchvision.ops import roi_align
-
+from detector.ops import roi_align
 from detector.structures.boxes import Boxes
 
 __all__ = ["BitMasks", "PolygonMasks", "polygons_to_bitmask"]

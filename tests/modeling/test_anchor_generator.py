@@ -1,9 +1,9 @@
 import pytest
 import torch
-from omegaconf import OmegaConf
 from torchvision.models.detection.anchor_utils import AnchorGenerator as TorchvisionAnchors
 from torchvision.models.detection.image_list import ImageList
 
+from detector.config import get_cfg, merge_opts
 from detector.modeling.anchor_generator import AnchorGenerator, build_anchor_generator
 
 
@@ -57,18 +57,8 @@ def test_errors():
 
 
 def _rpn_cfg(sizes, strides):
-    return OmegaConf.create(
-        {
-            "MODEL": {
-                "RPN": {
-                    "ANCHOR_SIZES": list(sizes),
-                    "ANCHOR_STRIDE": list(strides),
-                    "ASPECT_RATIOS": [0.5, 1.0, 2.0],
-                    "STRADDLE_THRESH": 0,
-                }
-            }
-        }
-    )
+    opts = ["MODEL.RPN.ANCHOR_SIZES", str(list(sizes)), "MODEL.RPN.ANCHOR_STRIDE", str(list(strides))]
+    return merge_opts(get_cfg(), opts)
 
 
 def test_build_from_config():

@@ -1,9 +1,9 @@
-"""Config-driven builds, on a stand-in for detector.config.get_cfg() holding the keys they read."""
+"""Config-driven builds of backbones from detector.config.get_cfg()."""
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
+from detector.config import get_cfg, merge_opts, unlocked
 from detector.modeling.backbone import (
     FPN,
     VGG16,
@@ -16,31 +16,11 @@ from detector.modeling.backbone.resnet import parse_conv_body
 from detector.modeling.registry import BACKBONES
 
 
-def make_cfg(conv_body: str, **resnets) -> OmegaConf:
-    defaults = dict(
-        NUM_GROUPS=1,
-        WIDTH_PER_GROUP=64,
-        STRIDE_IN_1X1=True,
-        NORM="FrozenBN",
-        RES2_OUT_CHANNELS=256,
-        BACKBONE_OUT_CHANNELS=256,
-        RES5_DILATION=1,
-        STAGE_WITH_DCN=[False, False, False, False],
-        WITH_MODULATED_DCN=False,
-        DEFORMABLE_GROUPS=1,
-    )
-    defaults.update(resnets)
-    cfg = OmegaConf.create(
-        {
-            "MODEL": {
-                "BACKBONE": {"CONV_BODY": conv_body, "FREEZE_CONV_BODY_AT": 2},
-                "RESNETS": defaults,
-                "FPN": {"USE_GN": False, "USE_RELU": False},
-                "GROUP_NORM": {"NUM_GROUPS": 32, "EPSILON": 1e-5},
-            }
-        }
-    )
-    OmegaConf.set_struct(cfg, True)
+def make_cfg(conv_body: str, **resnets):
+    cfg = merge_opts(get_cfg(), ["MODEL.BACKBONE.CONV_BODY", conv_body])
+    with unlocked(cfg):
+        for key, value in resnets.items():
+            cfg.MODEL.RESNETS[key] = value
     return cfg
 
 
@@ -63,8 +43,7 @@ def test_resnext_name_fixes_groups():
 
 @torch.no_grad()
 def test_build_r18_fpn_with_group_norm():
-    cfg = make_cfg("R-18-FPN", BACKBONE_OUT_CHANNELS=64)
-    cfg.MODEL.FPN.USE_GN = True
+    cfg = merge_opts(make_cfg("R-18-FPN", BACKBONE_OUT_CHANNELS=64), ["MODEL.FPN.USE_GN", "True"])
     model = build_backbone(cfg)
     assert isinstance(model, FPN) and model.out_channels == 64
     assert isinstance(model.inner_blocks[0][1], torch.nn.GroupNorm)

@@ -165,15 +165,13 @@ def test_bad_arguments():
         ResNet(depth=18, num_groups=2)
 
 
-# --- Deformable convolutions: these tests swap in torchvision.ops.DeformConv2d (tv_deform_conv).
+# --- Deformable convolutions (detector.layers.DeformConv2d).
 
 
 @torch.no_grad()
 @pytest.mark.parametrize("modulated, scale", [(False, 1.0), (True, 0.5)])
 @pytest.mark.parametrize("stride, dilation, groups", [(1, 1, 1), (2, 1, 2), (1, 2, 1)])
-def test_untrained_dcn_equals_plain_conv(
-    tv_deform_conv, modulated, scale, stride, dilation, groups
-):
+def test_untrained_dcn_equals_plain_conv(modulated, scale, stride, dilation, groups):
     torch.manual_seed(0)
     dcn = DFConv2d(
         4,
@@ -194,7 +192,7 @@ def test_untrained_dcn_equals_plain_conv(
 
 
 @torch.no_grad()
-def test_dcn_bottleneck_equals_plain_bottleneck(tv_deform_conv):
+def test_dcn_bottleneck_equals_plain_bottleneck():
     torch.manual_seed(0)
     kwargs = dict(bottleneck_channels=8, stride=2, num_groups=2, stride_in_1x1=False)
     plain = Bottleneck(8, 16, **kwargs).eval()
@@ -209,7 +207,7 @@ def test_dcn_bottleneck_equals_plain_bottleneck(tv_deform_conv):
 
 
 @torch.no_grad()
-def test_dcn_resnet_loads_torchvision_weights(tv_deform_conv):
+def test_dcn_resnet_loads_torchvision_weights():
     torch.manual_seed(0)
     theirs = _randomize_bn(torchvision.models.resnet18(weights=None))
     ours = ResNet(
