@@ -38,6 +38,9 @@ class Instances:
     # Proposals (RPN outputs).
     proposal_boxes: Boxes | None = None
     objectness_logits: Tensor | None = None  # Tensor[N] float
+    # Sampled RoIs (ProposalTargetCreator): proposal_boxes plus gt_classes (0: background),
+    # gt_boxes (the matched ground truth) and the matched ground truth's index in the targets.
+    matched_gt_idx: Tensor | None = None  # Tensor[N] int64
     # Detections (results).
     pred_boxes: Boxes | None = None
     scores: Tensor | None = None  # Tensor[N] float
@@ -165,6 +168,7 @@ _FIELD_SPECS: dict[str, tuple[tuple[type, ...], Any]] = {
     "difficult": ((Tensor,), torch.bool),
     "proposal_boxes": ((Boxes,), None),
     "objectness_logits": ((Tensor,), "floating"),
+    "matched_gt_idx": ((Tensor,), torch.int64),
     "pred_boxes": ((Boxes,), None),
     "scores": ((Tensor,), "floating"),
     "pred_classes": ((Tensor,), torch.int64),
