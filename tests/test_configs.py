@@ -16,9 +16,11 @@ from detector.structures import Boxes, Instances, PolygonMasks
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 CONFIGS = sorted(p.relative_to(CONFIG_DIR).as_posix() for p in CONFIG_DIR.rglob("*.yaml"))
 # Small enough for the CPU; large enough for the deepest level (stride 64) to be 2x2.
-TINY_INPUT = ["MODEL.RPN.PRE_NMS_TOP_N_TRAIN", "200", "MODEL.RPN.POST_NMS_TOP_N_TRAIN", "100",
-              "MODEL.RPN.FPN_POST_NMS_TOP_N_TRAIN", "100", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
-              "32", "MODEL.DEVICE", "cpu"]  # fmt: skip
+TINY_INPUT = [
+    *("MODEL.RPN.PRE_NMS_TOP_N_TRAIN", "200", "MODEL.RPN.POST_NMS_TOP_N_TRAIN", "100"),
+    *("MODEL.RPN.FPN_POST_NMS_TOP_N_TRAIN", "100", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32"),
+    *("MODEL.DEVICE", "cpu"),
+]
 
 
 def test_every_documented_config_exists() -> None:
@@ -48,12 +50,14 @@ def test_config_round_trips(name: str, tmp_path: Path) -> None:
 
 def _tiny_batch(mask_on: bool) -> tuple[list[torch.Tensor], list[Instances]]:
     generator = torch.Generator().manual_seed(0)
-    images = [torch.randint(0, 256, (3, 128, 160), generator=generator, dtype=torch.uint8),
-              torch.randint(0, 256, (3, 144, 128), generator=generator, dtype=torch.uint8)]  # fmt: skip
+    images = [
+        torch.randint(0, 256, (3, height, width), generator=generator, dtype=torch.uint8)
+        for height, width in ((128, 160), (144, 128))
+    ]
     boxes = torch.tensor([[10.0, 12.0, 90.0, 100.0], [60.0, 30.0, 150.0, 120.0]])
     with_boxes = Instances((128, 160), gt_boxes=Boxes(boxes), gt_classes=torch.tensor([1, 2]))
-    empty = Instances((144, 128), gt_boxes=Boxes(torch.zeros(0, 4)),
-                      gt_classes=torch.zeros(0, dtype=torch.int64))  # fmt: skip
+    no_boxes = torch.zeros(0, 4)
+    empty = Instances((144, 128), gt_boxes=Boxes(no_boxes), gt_classes=torch.zeros(0).long())
     if mask_on:
         with_boxes.gt_masks = PolygonMasks([[b[[0, 1, 2, 1, 2, 3, 0, 3]].tolist()] for b in boxes])
         empty.gt_masks = PolygonMasks([])
