@@ -80,6 +80,10 @@ class COCOEvaluator(DatasetEvaluator):
         self._category_ids = set(self.coco_gt.getCatIds())
         super().__init__(output_dir)
 
+    def reset(self) -> None:
+        super().reset()
+        self._masks_seen = False  # whether a processed Instances had pred_masks
+
     def _check_mapping(self, mapping: Mapping[int, int] | None) -> dict[int, int]:
         category_ids = sorted(self.coco_gt.getCatIds())
         if mapping is None:
@@ -148,6 +152,7 @@ class COCOEvaluator(DatasetEvaluator):
             for cat, box, score in zip(category_ids, boxes, scores, strict=True)
         ]
         if instances.has("pred_masks") and "segm" in self.tasks:
+            self._masks_seen = True
             rles = self._encode_masks(image_id, instances.pred_masks)
             for record, rle in zip(records, rles, strict=True):
                 record["segmentation"] = rle
@@ -240,7 +245,8 @@ class COCOEvaluator(DatasetEvaluator):
                 return metrics
         for task in self.tasks:
             if task == "segm":
-                if detections and not all("segmentation" in r for r in detections):
+                with_masks = all("segmentation" in r for r in detections)
+                if not (with_masks and (detections or self._masks_seen)):
                     logger.warning("COCOEvaluator: skipping segm, predictions have no masks")
                     continue
                 results = [{k: v for k, v in r.items() if k != "bbox"} for r in detections]

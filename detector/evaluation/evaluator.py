@@ -93,8 +93,10 @@ class DatasetEvaluator(ABC):
                     f"{type(self).__name__}.process: image {image_id!r} was already processed; "
                     "call reset() before evaluating again"
                 )
+            # Convert first: a prediction that fails leaves the evaluator as it was.
+            converted = self._to_records(image_id, instances)
             self._image_ids[image_id] = None
-            for kind, records in self._to_records(image_id, instances).items():
+            for kind, records in converted.items():
                 self._records.setdefault(kind, []).extend(records)
 
     @property
