@@ -161,7 +161,9 @@ def voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool) -> fl
     """
     if use_07_metric:
         total = 0.0
-        for t in np.linspace(0.0, 1.0, 11):
+        # t = k / 10, the double nearest to 0.k, the devkit's thresholds 0:0.1:1 as meant
+        # (np.arange(0, 1.1, 0.1) accumulates error: 0.6000000000000001 misses recall 0.6).
+        for t in np.arange(11) / 10.0:
             above = precision[recall >= t]
             total += float(above.max()) if above.size else 0.0
         return total / 11.0
