@@ -302,3 +302,29 @@ def test_custom_label_mapping(annotation_json: Path) -> None:
         evaluator.process([89], [_one_detection(_image_hw(coco, 89), 2)])
     with pytest.raises(ValueError, match=r"category ids \[1000\]"):
         COCOEvaluator(annotation_json, label_to_category_id={1: 1000})
+
+
+def test_mask_layouts(evaluator: COCOEvaluator) -> None:
+    """Pasted masks may come as (R, H, W) uint8/bool or (R, 1, H, W) probabilities (cut at
+    0.5); unpasted (R, 1, 28, 28) masks are an error naming the image."""
+    coco, label_of = evaluator.coco_gt, _label_of(evaluator)
+    image_id = 194216
+    anns = coco.imgToAnns[image_id]
+    dets = [{"bbox": a["bbox"], "score": 0.5, "category_id": a["category_id"]} for a in anns]
+    masks = [coco.annToMask(a) for a in anns]
+    evaluator.process([image_id], [_instances(coco, image_id, label_of, dets, masks)])
+    as_uint8 = evaluator.records["instances"]
+    expected = [coco.annToRLE(a) for a in anns]
+    expected = [{"size": r["size"], "counts": r["counts"].decode()} for r in expected]
+    assert [r["segmentation"] for r in as_uint8] == expected
+
+    evaluator.reset()
+    probabilities = _instances(coco, image_id, label_of, dets, masks)
+    probabilities.pred_masks = probabilities.pred_masks[:, None].float() * 0.4 + 0.3
+    evaluator.process([image_id], [probabilities])
+    assert evaluator.records["instances"] == as_uint8
+
+    evaluator.reset()
+    probabilities.pred_masks = torch.rand(len(anns), 1, 28, 28)
+    with pytest.raises(ValueError, match=r"pred_masks of image 194216 .* \(R, 294, 640\)"):
+        evaluator.process([image_id], [probabilities])
