@@ -84,6 +84,13 @@ class COCOEvaluator(DatasetEvaluator):
         super().reset()
         self._masks_seen = False  # whether a processed Instances had pred_masks
 
+    def state(self) -> dict:
+        return {**super().state(), "masks_seen": self._masks_seen}
+
+    def merge_state(self, state: dict) -> None:
+        super().merge_state(state)
+        self._masks_seen = self._masks_seen or bool(state.get("masks_seen", False))
+
     def _check_mapping(self, mapping: Mapping[int, int] | None) -> dict[int, int]:
         category_ids = sorted(self.coco_gt.getCatIds())
         if mapping is None:

@@ -109,6 +109,26 @@ class DatasetEvaluator(ABC):
         """The accumulated prediction records by kind ("instances", "proposals", ...)."""
         return self._records
 
+    def state(self) -> dict[str, Any]:
+        """What was processed, as picklable/JSON-able data: in a multi-process run each process
+        sends its `state()` (e.g. `torch.distributed.all_gather_object`) and the main process
+        calls `merge_state` with the others' before `evaluate()`."""
+        return {"image_ids": self.image_ids, "records": self._records}
+
+    def merge_state(self, state: dict[str, Any]) -> None:
+        """Adds another evaluator's `state()` (same dataset); an image processed by both is an
+        error."""
+        repeated = [i for i in state["image_ids"] if i in self._image_ids]
+        if repeated:
+            raise ValueError(
+                f"{type(self).__name__}.merge_state: images {repeated[:5]} were processed by "
+                "both evaluators; give each process a disjoint share of the images"
+            )
+        for image_id in state["image_ids"]:
+            self._image_ids[image_id] = None
+        for kind, records in state["records"].items():
+            self._records.setdefault(kind, []).extend(records)
+
     # ----------------------------------------------------------------------------------------
     # Evaluation
     # ----------------------------------------------------------------------------------------

@@ -74,26 +74,27 @@ def hand_root(tmp_path: Path) -> Path:
 
 
 def _process_hand_case(evaluator: VOCEvaluator) -> None:
+    evaluator.process(["img1", "img2", "img3"], _hand_case_instances())
+
+
+def _hand_case_instances() -> list[Instances]:
     cat, dog, bird = 1, 2, 3
-    evaluator.process(
-        ["img1", "img2", "img3"],
-        [
-            _detections(
-                # cat 0.9 on G: TP; cat 0.8 on G again: duplicate, FP; dog: no dog anywhere;
-                # bird: IoU exactly 0.5 (10 x 5 of 10 x 10 pixels, "+1"): FP; IoU 0.6: TP.
-                [_continuous(G), _continuous(G), [5, 5, 40, 40], [0, 0, 10, 5], [0, 0, 10, 6]],
-                [0.9, 0.8, 0.95, 0.9, 0.8],
-                [cat, cat, dog, bird, bird],
-            ),
-            _detections(
-                # cat 0.7 on the difficult box: ignored; 0.6 far from both: FP; 0.5 on G: TP.
-                [_continuous(FAR), [100, 10, 130, 40], _continuous(G)],
-                [0.7, 0.6, 0.5],
-                [cat, cat, cat],
-            ),
-            _detections([], [], []),
-        ],
-    )
+    return [
+        _detections(
+            # cat 0.9 on G: TP; cat 0.8 on G again: duplicate, FP; dog: no dog anywhere;
+            # bird: IoU exactly 0.5 (10 x 5 of 10 x 10 pixels, "+1"): FP; IoU 0.6: TP.
+            [_continuous(G), _continuous(G), [5, 5, 40, 40], [0, 0, 10, 5], [0, 0, 10, 6]],
+            [0.9, 0.8, 0.95, 0.9, 0.8],
+            [cat, cat, dog, bird, bird],
+        ),
+        _detections(
+            # cat 0.7 on the difficult box: ignored; 0.6 far from both: FP; 0.5 on G: TP.
+            [_continuous(FAR), [100, 10, 130, 40], _continuous(G)],
+            [0.7, 0.6, 0.5],
+            [cat, cat, cat],
+        ),
+        _detections([], [], []),
+    ]
 
 
 def test_hand_computed_case(hand_root: Path, tmp_path: Path) -> None:
@@ -312,3 +313,21 @@ def test_bccd_perturbed_matches_plain_computation(bccd_root: Path) -> None:
         assert metrics[f"bbox/AP_area-{name}"] == pytest.approx(ap_area, abs=1e-9)
         assert metrics[f"bbox/AP-{name}"] == metrics[f"bbox/AP_area-{name}"]
     assert metrics["bbox/mAP"] == pytest.approx(np.mean([v[1] for v in expected.values()]))
+
+
+def test_merged_states_equal_one_evaluator(hand_root: Path) -> None:
+    """Two evaluators sharing the images (as two processes would) give, merged, the metrics of
+    one evaluator that saw everything."""
+    whole = VOCEvaluator(hand_root, "test", CLASSES)
+    _process_hand_case(whole)
+    first, second = (
+        VOCEvaluator(hand_root, "test", CLASSES),
+        VOCEvaluator(hand_root, "test", CLASSES),
+    )
+    for image_id, instances in zip(whole.image_ids, _hand_case_instances(), strict=True):
+        (first if image_id == "img2" else second).process([image_id], [instances])
+    first.merge_state(json.loads(json.dumps(second.state())))
+    merged = first.evaluate()
+    np.testing.assert_array_equal(list(merged.values()), list(whole.evaluate().values()))
+    with pytest.raises(ValueError, match="processed by both"):
+        first.merge_state(second.state())
