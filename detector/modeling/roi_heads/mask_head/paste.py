@@ -1,4 +1,4 @@
-"""Pasting the mask head's M x M predictions into the image, all masks at once.
+"""Pasting the mask head's M x M predictions into the image, many masks at once.
 
 `paste_masks_in_image` gives torchvision's `paste_masks_in_image` result (Mask R-CNN inference in
 torchvision.models.detection) without its per-mask Python loop. The numerics, step by step:
@@ -14,11 +14,14 @@ torchvision.models.detection) without its per-mask Python loop. The numerics, st
 4. The resized mask is written at (y0, x0) in an H x W zero image, cropped to the image.
 
 Here steps 3 and 4 are one separable gather: every image column x inside [x0, x1] samples the
-padded mask at the column that step 3 gives to d = x - x0 (rows likewise), and the columns and rows
-outside the box get weight 0. The masks are processed in chunks of at most `chunk_size`, so the
-memory beyond the output stays about 2 * chunk_size * H * W * 4 bytes (1 GiB by default).
+padded mask at the column that step 3 gives to d = x - x0 (rows likewise); columns and rows
+outside the box get weight 0. Only a window around each box is computed: the masks are sorted by
+box size and processed in chunks; a chunk's windows all have the chunk's largest box extent
+(clipped to the image), and a chunk holds as many masks as fit in `max_chunk_bytes` of working
+memory (1 GiB), at most `chunk_size`. The windows are then scattered into the (R, H, W) output.
 
-Shapes: R masks, M x M each, S = M + 2 * padding, (H, W) the image.
+Shapes: R masks, M x M each, S = M + 2 * padding, (H, W) the image, c masks in a chunk whose
+windows are h_c x w_c pixels.
 """
 
 from __future__ import annotations
@@ -31,10 +34,8 @@ from detector.structures.boxes import Boxes
 
 __all__ = ["paste_masks_in_image"]
 
-# Working memory allowed for one chunk of pasted masks, in bytes.
-_CHUNK_BYTES = 1 << 30
-# Full-image float tensors alive at once per mask while pasting (the result and one gather).
-_TEMPORARIES_PER_MASK = 2
+# Working memory allowed for one chunk of pasted windows, in bytes.
+DEFAULT_CHUNK_BYTES = 1 << 30
 
 
 def _expanded_integer_boxes(boxes: Tensor, scale: float) -> Tensor:
@@ -54,24 +55,41 @@ def _expanded_integer_boxes(boxes: Tensor, scale: float) -> Tensor:
     return torch.stack([x0, y0, x1, y1], dim=1).to(torch.int64)
 
 
+def _visible_extent(start: Tensor, end: Tensor, length: int) -> Tensor:
+    """Pixels of [start, end] (Tensor[R] int64, inclusive) inside [0, length): Tensor[R]."""
+    return (end.clamp(max=length - 1) - start.clamp(min=0) + 1).clamp(min=0)
+
+
+def _window_pixels(start: Tensor, end: Tensor, length: int, window: int) -> Tensor:
+    """Per box, `window` consecutive pixels inside [0, length) covering the box's visible part.
+
+    The window starts at the box's first visible pixel, moved back where it would cross the
+    image's end, so that all its pixels are distinct and inside the image.
+
+    Returns:
+        Tensor[c, window] int64 pixel coordinates.
+    """
+    first = torch.minimum(start.clamp(min=0), torch.full_like(start, length - window))
+    return first[:, None] + torch.arange(window, device=start.device)[None, :]
+
+
 def _axis_sampling(
-    start: Tensor, end: Tensor, length: int, source_size: int, dtype: torch.dtype
+    pixels: Tensor, start: Tensor, end: Tensor, source_size: int, dtype: torch.dtype
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Bilinear sampling of one image axis for c boxes covering pixels start..end (inclusive).
+    """Bilinear sampling along one axis of the image pixels `pixels` for boxes start..end.
 
     Args:
+        pixels: Tensor[c, L] int64 image pixel coordinates on this axis.
         start, end: Tensor[c] int64, the integer box's first and last pixel on this axis.
-        length: the image's size on this axis (W or H).
         source_size: S, the padded mask's size.
         dtype: the floating dtype of the computation.
 
     Returns:
-        index0, index1: Tensor[c, length] int64 source indices (0 outside the box);
-        weight0, weight1: Tensor[c, length] their weights (0 outside the box).
+        index0, index1: Tensor[c, L] int64 source indices (0 outside the box);
+        weight0, weight1: Tensor[c, L] their weights (0 outside the box).
     """
-    pixels = torch.arange(length, device=start.device)
-    offset = pixels[None, :] - start[:, None]  # (c, length): d, the pixel in the resized mask
-    inside = (offset >= 0) & (pixels[None, :] <= end[:, None])
+    offset = pixels - start[:, None]  # (c, L): d, the pixel in the resized mask
+    inside = (offset >= 0) & (pixels <= end[:, None])
     resized_size = (end - start + 1).clamp(min=1).to(dtype)  # (c,)
     # S / w in `dtype`, as F.interpolate computes it.
     scale = torch.full_like(resized_size, float(source_size)) / resized_size
@@ -83,36 +101,54 @@ def _axis_sampling(
     weight1 = source - index0.to(dtype)
     index1 = (index0 + 1).clamp(max=source_size - 1)
     weight0 = 1.0 - weight1
-    zero = torch.zeros((), dtype=dtype, device=start.device)
+    zero = torch.zeros((), dtype=dtype, device=pixels.device)
     index0 = torch.where(inside, index0, 0)
     index1 = torch.where(inside, index1, 0)
     return index0, index1, torch.where(inside, weight0, zero), torch.where(inside, weight1, zero)
 
 
-def _paste_chunk(padded: Tensor, boxes: Tensor, image_size: tuple[int, int]) -> Tensor:
-    """Pastes c padded masks (c, S, S) at their integer boxes (c, 4): returns (c, H, W)."""
+def _paste_windows(padded: Tensor, boxes: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """The pasted values of c padded masks (c, S, S) at integer boxes (c, 4) on the image pixels
+    rows (c, h_c) x cols (c, w_c): returns (c, h_c, w_c)."""
     num_masks, size = padded.shape[0], padded.shape[-1]
-    height, width = image_size
     dtype = padded.dtype
-    col0, col1, col_w0, col_w1 = _axis_sampling(boxes[:, 0], boxes[:, 2], width, size, dtype)
-    row0, row1, row_w0, row_w1 = _axis_sampling(boxes[:, 1], boxes[:, 3], height, size, dtype)
-    # Columns first: (c, S, S) -> (c, S, W), each source row interpolated along x.
-    shape_sw = (num_masks, size, width)
+    col0, col1, col_w0, col_w1 = _axis_sampling(cols, boxes[:, 0], boxes[:, 2], size, dtype)
+    row0, row1, row_w0, row_w1 = _axis_sampling(rows, boxes[:, 1], boxes[:, 3], size, dtype)
+    # Columns first: (c, S, S) -> (c, S, w_c), each source row interpolated along x.
+    shape_sw = (num_masks, size, cols.shape[1])
     columns = torch.gather(padded, 2, col0[:, None, :].expand(shape_sw)) * col_w0[:, None, :]
     columns.addcmul_(torch.gather(padded, 2, col1[:, None, :].expand(shape_sw)), col_w1[:, None, :])
-    # Then rows: (c, S, W) -> (c, H, W).
-    shape_hw = (num_masks, height, width)
+    # Then rows: (c, S, w_c) -> (c, h_c, w_c).
+    shape_hw = (num_masks, rows.shape[1], cols.shape[1])
     pasted = torch.gather(columns, 1, row0[:, :, None].expand(shape_hw))
     pasted.mul_(row_w0[:, :, None])
     pasted.addcmul_(torch.gather(columns, 1, row1[:, :, None].expand(shape_hw)), row_w1[:, :, None])
     return pasted
 
 
-def default_chunk_size(image_size: tuple[int, int], itemsize: int = 4) -> int:
-    """The number of masks pasted at once so that a chunk's working memory stays under 1 GiB."""
-    height, width = image_size
-    per_mask = max(height * width, 1) * itemsize * _TEMPORARIES_PER_MASK
-    return max(1, _CHUNK_BYTES // per_mask)
+def _bytes_per_window_pixel(itemsize: int) -> int:
+    """Working memory per window pixel: two value tensors, the int64 flat index, the output."""
+    return 2 * itemsize + 8 + itemsize
+
+
+def _chunks(
+    heights: list[int], widths: list[int], max_masks: int, max_bytes: int, itemsize: int
+) -> list[tuple[int, int, int, int]]:
+    """Greedy chunks of the (size-sorted) masks: (begin, end, window height, window width)."""
+    chunks = []
+    begin, window_h, window_w = 0, 1, 1
+    per_pixel = _bytes_per_window_pixel(itemsize)
+    for index, (h, w) in enumerate(zip(heights, widths, strict=True)):
+        grown_h, grown_w = max(window_h, h), max(window_w, w)
+        count = index - begin + 1
+        too_big = count * grown_h * grown_w * per_pixel > max_bytes or count > max_masks
+        if too_big and count > 1:
+            chunks.append((begin, index, window_h, window_w))
+            begin, grown_h, grown_w = index, max(h, 1), max(w, 1)
+        window_h, window_w = grown_h, grown_w
+    if begin < len(heights):
+        chunks.append((begin, len(heights), window_h, window_w))
+    return chunks
 
 
 def paste_masks_in_image(
@@ -123,11 +159,13 @@ def paste_masks_in_image(
     *,
     padding: int = 1,
     chunk_size: int | None = None,
+    max_chunk_bytes: int = DEFAULT_CHUNK_BYTES,
 ) -> Tensor:
     """Pastes M x M mask probabilities into the image at their boxes (see the module docstring).
 
     With `threshold` None the result equals torchvision's
-    ``paste_masks_in_image(masks[:, None], boxes, image_size, padding)[:, 0]``.
+    ``paste_masks_in_image(masks[:, None], boxes, image_size, padding)[:, 0]``, and unlike it
+    boxes entirely outside the image give empty masks (torchvision raises an error).
 
     Args:
         masks: Tensor[R, M, M] (or [R, 1, M, M]) mask probabilities, in box coordinates.
@@ -137,7 +175,8 @@ def paste_masks_in_image(
             return bool masks, True where the probability is > threshold (maskrcnn_benchmark's
             Masker and torchvision's COCO evaluation use 0.5).
         padding: zero pixels added around each mask before pasting (torchvision's 1).
-        chunk_size: masks pasted at once; None keeps a chunk's working memory under 1 GiB.
+        chunk_size: the most masks pasted at once (None: no limit but `max_chunk_bytes`).
+        max_chunk_bytes: the working memory allowed to a chunk of masks (beyond the output).
 
     Returns:
         Tensor[R, H, W], on the masks' device: float probabilities or bool masks.
@@ -169,10 +208,26 @@ def paste_masks_in_image(
     int_boxes = _expanded_integer_boxes(
         box_tensor.to(masks.device), float(mask_size + 2 * padding) / mask_size
     )
-    if chunk_size is None:
-        chunk_size = default_chunk_size((height, width), torch.finfo(compute_dtype).bits // 8)
-    for start in range(0, masks.shape[0], chunk_size):
-        end = start + chunk_size
-        pasted = _paste_chunk(padded[start:end], int_boxes[start:end], (height, width))
-        result[start:end] = pasted if threshold is None else pasted > threshold
+    visible_w = _visible_extent(int_boxes[:, 0], int_boxes[:, 2], width)  # (R,)
+    visible_h = _visible_extent(int_boxes[:, 1], int_boxes[:, 3], height)  # (R,)
+    order = torch.argsort(visible_h * visible_w)
+    itemsize = torch.finfo(compute_dtype).bits // 8
+    chunks = _chunks(
+        visible_h[order].tolist(),
+        visible_w[order].tolist(),
+        chunk_size or masks.shape[0],
+        max_chunk_bytes,
+        itemsize,
+    )
+    flat_result = result.view(-1)  # (R * H * W,)
+    for begin, end, window_h, window_w in chunks:
+        index = order[begin:end]  # (c,)
+        chunk_boxes = int_boxes[index]
+        rows = _window_pixels(chunk_boxes[:, 1], chunk_boxes[:, 3], height, window_h)
+        cols = _window_pixels(chunk_boxes[:, 0], chunk_boxes[:, 2], width, window_w)
+        pasted = _paste_windows(padded[index], chunk_boxes, rows, cols)  # (c, h_c, w_c)
+        # Flat output positions: mask * H * W + row * W + col, (c, h_c, w_c), all distinct.
+        flat = (index[:, None, None] * height + rows[:, :, None]) * width + cols[:, None, :]
+        values = pasted if threshold is None else pasted > threshold
+        flat_result.scatter_(0, flat.view(-1), values.view(-1).to(out_dtype))
     return result

@@ -7,7 +7,7 @@ import torch
 from torchvision.models.detection.roi_heads import paste_masks_in_image as tv_paste
 
 from detector.modeling.roi_heads.mask_head import paste_masks_in_image
-from detector.modeling.roi_heads.mask_head.paste import default_chunk_size
+from detector.modeling.roi_heads.mask_head.paste import _bytes_per_window_pixel, _chunks
 from detector.structures import Boxes
 
 
@@ -95,15 +95,31 @@ def test_chunking_gives_the_same_result():
     for chunk_size in (1, 4, 22):
         chunked = paste_masks_in_image(masks, boxes, (40, 45), None, chunk_size=chunk_size)
         assert torch.equal(chunked, whole)
+    for max_bytes in (1, 20_000, 200_000):  # 1 byte: one mask per chunk
+        chunked = paste_masks_in_image(masks, boxes, (40, 45), None, max_chunk_bytes=max_bytes)
+        assert torch.equal(chunked, whole)
     assert torch.equal(paste_masks_in_image(masks, boxes, (40, 45), None), whole)
 
 
-def test_default_chunk_size_bounds_memory():
-    # 1333 x 800 float32: 4.3 MB per mask, 2 full-image temporaries -> 125 masks per GiB.
-    chunk = default_chunk_size((800, 1333))
-    assert chunk == (1 << 30) // (800 * 1333 * 4 * 2)
-    assert chunk * 800 * 1333 * 4 * 2 <= 1 << 30
-    assert default_chunk_size((100_000, 100_000)) == 1
+def test_chunks_respect_the_memory_budget():
+    generator = torch.Generator().manual_seed(5)
+    heights = sorted(torch.randint(0, 800, (200,), generator=generator).tolist())
+    widths = torch.randint(0, 1333, (200,), generator=generator).tolist()
+    max_bytes = 1 << 30
+    chunks = _chunks(heights, widths, 64, max_bytes, 4)
+    assert chunks[0][0] == 0 and chunks[-1][1] == 200
+    per_pixel = _bytes_per_window_pixel(4)
+    for (begin, end, window_h, window_w), following in zip(
+        chunks, chunks[1:] + [None], strict=True
+    ):
+        assert 1 <= end - begin <= 64
+        assert window_h == max(max(heights[begin:end]), 1)
+        assert window_w == max(max(widths[begin:end]), 1)
+        assert (end - begin) * window_h * window_w * per_pixel <= max_bytes
+        assert following is None or following[0] == end
+    # Full-image windows over 800 x 1333, 20 bytes per pixel: 50 masks per GiB.
+    full = _chunks([800] * 100, [1333] * 100, 1000, max_bytes, 4)
+    assert [end - begin for begin, end, _, _ in full] == [50, 50]
 
 
 def test_input_forms_and_empty():
