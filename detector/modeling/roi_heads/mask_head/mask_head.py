@@ -280,6 +280,12 @@ def build_mask_head(
     head_cfg = cfg.MODEL.ROI_MASK_HEAD
     share = shares_box_features(cfg)
     if share:
+        if head_cfg.FEATURE_EXTRACTOR != C4_BOX_FEATURE_EXTRACTOR:
+            logger.warning(
+                "MODEL.ROI_MASK_HEAD.SHARE_BOX_FEATURE_EXTRACTOR: the mask head shares the C4 box "
+                "head's res5; MODEL.ROI_MASK_HEAD.FEATURE_EXTRACTOR '%s' is not used",
+                head_cfg.FEATURE_EXTRACTOR,
+            )
         feature_extractor = _shared_feature_extractor(cfg, box_feature_extractor)
     else:
         if head_cfg.SHARE_BOX_FEATURE_EXTRACTOR:

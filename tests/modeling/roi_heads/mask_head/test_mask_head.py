@@ -18,6 +18,7 @@ from detector.modeling.roi_heads.mask_head import (
     MaskRCNNC4Predictor,
     MaskRCNNFPNFeatureExtractor,
     build_mask_head,
+    mask_probabilities,
     paste_masks_in_image,
 )
 from detector.ops import multi_scale_roi_align, roi_align
@@ -237,6 +238,14 @@ def test_inference_probabilities_of_the_predicted_class():
     torch.testing.assert_close(results[0].pred_masks, expected)
     torch.testing.assert_close(results[0].scores, detections()[0].scores)
     assert results[1].pred_masks.shape == (0, 1, 28, 28) and results[1].image_size == (48, 40)
+
+
+def test_mask_probabilities():
+    logits = torch.randn(3, 4, 5, 5, generator=torch.Generator().manual_seed(4))
+    probabilities = mask_probabilities(logits, torch.tensor([3, 0, 2]))
+    torch.testing.assert_close(probabilities, logits[[0, 1, 2], [3, 0, 2]][:, None].sigmoid())
+    agnostic = mask_probabilities(logits[:, :1], torch.tensor([3, 0, 2]))  # one mask per RoI
+    torch.testing.assert_close(agnostic, logits[:, :1].sigmoid())
 
 
 def test_inference_pasted_masks():

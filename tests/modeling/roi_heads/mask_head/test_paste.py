@@ -141,3 +141,12 @@ def test_box_entirely_outside_gives_an_empty_mask():
     boxes = torch.tensor([[-30.0, -30.0, -20.0, -20.0], [50.0, 5.0, 60.0, 8.0]])
     pasted = paste_masks_in_image(torch.ones(2, 14, 14), boxes, (20, 40), None)
     assert not pasted.any()
+
+
+def test_half_masks_are_pasted_in_float32():
+    generator = torch.Generator().manual_seed(9)
+    masks, boxes = random_case(generator, 10, 28, 30, 40)
+    pasted = paste_masks_in_image(masks.half(), boxes, (30, 40), None)
+    assert pasted.dtype == torch.float16
+    expected = paste_masks_in_image(masks.half().float(), boxes, (30, 40), None)
+    torch.testing.assert_close(pasted, expected.half())
