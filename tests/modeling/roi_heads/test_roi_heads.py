@@ -1,0 +1,199 @@
+"""RoIHeads: a training step (finite losses, an image without boxes) and an inference pass of
+whole tiny detectors built by GeneralizedRCNN.from_config for each head style (R-18-FPN MLP head,
+R-18-C4 res5 head, VGG-16 fc6/fc7 head, R-FCN with PSRoIAlign), and RoIHeads on its own."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from detector.config import get_cfg
+from detector.modeling.detector import GeneralizedRCNN
+from detector.modeling.roi_heads import RoIHeads, build_roi_heads
+from detector.structures import Boxes, Instances
+
+NUM_CLASSES = 4
+
+
+def _small_rpn(cfg: Any) -> None:
+    rpn = cfg.MODEL.RPN
+    rpn.PRE_NMS_TOP_N_TRAIN = rpn.PRE_NMS_TOP_N_TEST = 200
+    rpn.POST_NMS_TOP_N_TRAIN = rpn.POST_NMS_TOP_N_TEST = 50
+    rpn.FPN_POST_NMS_TOP_N_TRAIN = rpn.FPN_POST_NMS_TOP_N_TEST = 50
+    cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 32
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH = 0.0  # an untrained head may score every class low
+    cfg.MODEL.ROI_BOX_HEAD.NUM_CLASSES = NUM_CLASSES
+
+
+def _narrow_resnet(cfg: Any) -> None:
+    """ResNet-18 at a quarter of its width (res2 16 .. res5 128 channels)."""
+    cfg.MODEL.RESNETS.STEM_OUT_CHANNELS = 16
+    cfg.MODEL.RESNETS.WIDTH_PER_GROUP = 16
+
+
+def fpn_cfg() -> Any:
+    """Faster R-CNN R-18-FPN with the 2-fc MLP head (tiny widths)."""
+    cfg = get_cfg()
+    cfg.MODEL.BACKBONE.CONV_BODY = "R-18-FPN"
+    cfg.MODEL.RESNETS.BACKBONE_OUT_CHANNELS = 64
+    cfg.MODEL.RPN.USE_FPN = True
+    cfg.MODEL.RPN.ANCHOR_SIZES = [32.0, 64.0, 128.0, 256.0, 512.0]
+    cfg.MODEL.RPN.ANCHOR_STRIDE = [4, 8, 16, 32, 64]
+    cfg.MODEL.ROI_HEADS.USE_FPN = True
+    box_head = cfg.MODEL.ROI_BOX_HEAD
+    box_head.POOLER_TYPE = "ROIAlign"
+    box_head.POOLER_RESOLUTION = 7
+    box_head.POOLER_SCALES = [0.25, 0.125, 0.0625, 0.03125]
+    box_head.POOLER_SAMPLING_RATIO = 2
+    box_head.FEATURE_EXTRACTOR = "FPN2MLPFeatureExtractor"
+    box_head.PREDICTOR = "FPNPredictor"
+    box_head.MLP_HEAD_DIM = 32
+    cfg.DATALOADER.SIZE_DIVISIBILITY = 32
+    _small_rpn(cfg)
+    _narrow_resnet(cfg)
+    return cfg
+
+
+def c4_cfg() -> Any:
+    """Faster R-CNN R-18-C4: RoIAlign 14x14 on c4, res5 head, average pool, FastRCNNPredictor."""
+    cfg = get_cfg()
+    cfg.MODEL.BACKBONE.CONV_BODY = "R-18-C4"
+    cfg.MODEL.RPN.ANCHOR_STRIDE = [16]
+    box_head = cfg.MODEL.ROI_BOX_HEAD
+    box_head.POOLER_TYPE = "ROIAlign"
+    box_head.POOLER_RESOLUTION = 14
+    box_head.POOLER_SCALES = [0.0625]
+    box_head.POOLER_SAMPLING_RATIO = 0
+    box_head.FEATURE_EXTRACTOR = "ResNet50Conv5ROIFeatureExtractor"
+    box_head.PREDICTOR = "FastRCNNPredictor"
+    _small_rpn(cfg)
+    _narrow_resnet(cfg)
+    return cfg
+
+
+def vgg_cfg() -> Any:
+    """Faster R-CNN VGG-16 (simple-faster-rcnn): RoIPool 7x7 on conv5_3, fc6/fc7, predictor."""
+    cfg = get_cfg()
+    cfg.MODEL.BACKBONE.CONV_BODY = "VGG-16"
+    cfg.MODEL.RPN.ANCHOR_STRIDE = [16]
+    box_head = cfg.MODEL.ROI_BOX_HEAD
+    box_head.POOLER_TYPE = "ROIPool"
+    box_head.POOLER_RESOLUTION = 7
+    box_head.POOLER_SCALES = [0.0625]
+    box_head.FEATURE_EXTRACTOR = "VGG16FC67FeatureExtractor"
+    box_head.PREDICTOR = "FastRCNNPredictor"
+    box_head.MLP_HEAD_DIM = 32  # 4096 for VGG-16's own fc6/fc7
+    _small_rpn(cfg)
+    return cfg
+
+
+def rfcn_cfg() -> Any:
+    """R-FCN on R-18-C4: position-sensitive score maps, PSRoIAlign, class-agnostic boxes."""
+    cfg = get_cfg()
+    cfg.MODEL.BACKBONE.CONV_BODY = "R-18-C4"
+    cfg.MODEL.RPN.ANCHOR_STRIDE = [16]
+    cfg.MODEL.ROI_HEADS.CLS_AGNOSTIC_BBOX_REG = True
+    box_head = cfg.MODEL.ROI_BOX_HEAD
+    box_head.POOLER_TYPE = "PSRoIAlign"
+    box_head.POOLER_RESOLUTION = 3  # 7 in the paper
+    box_head.POOLER_SCALES = [0.0625]
+    box_head.POOLER_SAMPLING_RATIO = 2
+    box_head.PREDICTOR = "RFCNPredictor"
+    box_head.CONV_HEAD_DIM = 16  # 1024 in the paper
+    _small_rpn(cfg)
+    _narrow_resnet(cfg)
+    return cfg
+
+
+def _batch() -> tuple[list[torch.Tensor], list[Instances]]:
+    generator = torch.Generator().manual_seed(0)
+    images = [torch.rand(3, 64, 64, generator=generator) * 255,
+              torch.rand(3, 48, 64, generator=generator) * 255]  # fmt: skip
+    targets = [
+        Instances((64, 64), gt_boxes=Boxes(torch.tensor([[4.0, 4, 30, 40], [20, 10, 60, 60]])),
+                  gt_classes=torch.tensor([1, 3])),
+        Instances((48, 64), gt_boxes=Boxes(torch.zeros(0, 4)),
+                  gt_classes=torch.zeros(0, dtype=torch.int64)),
+    ]  # fmt: skip
+    return images, targets
+
+
+@pytest.mark.parametrize("make_cfg", [fpn_cfg, c4_cfg, vgg_cfg, rfcn_cfg])
+def test_detector_train_step_and_inference(make_cfg) -> None:
+    torch.manual_seed(0)
+    model = GeneralizedRCNN.from_config(make_cfg()).train()
+    images, targets = _batch()
+    losses = model(images, targets)
+    assert {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"} <= set(losses)
+    assert all(torch.isfinite(v) and v.dim() == 0 for v in losses.values()), losses
+    assert losses["loss_box_reg"] > 0  # the first image has foreground RoIs
+    sum(losses.values()).backward()
+    predictor = model.roi_heads.box_predictor
+    assert predictor.cls_score.weight.grad.abs().sum() > 0
+    assert torch.isfinite(predictor.bbox_pred.weight.grad).all()
+
+    model.eval()
+    with torch.no_grad():
+        detections = model(images)
+    assert len(detections) == 2
+    for image, result in zip(images, detections, strict=True):
+        height, width = image.shape[-2:]
+        assert result.image_size == (height, width)
+        assert 0 < len(result) <= 100
+        boxes = result.pred_boxes.tensor
+        assert (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= width).all()
+        assert (boxes[:, 1] >= 0).all() and (boxes[:, 3] <= height).all()
+        assert ((result.pred_classes >= 1) & (result.pred_classes < NUM_CLASSES)).all()
+        assert (result.scores > 0).all()
+        assert (result.scores[:-1] >= result.scores[1:]).all() or len(result) == 1
+
+
+class _Backbone(torch.nn.Module):
+    out_channels = 8
+
+
+def _roi_heads(cfg: Any) -> RoIHeads:
+    torch.manual_seed(0)
+    return build_roi_heads(cfg, _Backbone())
+
+
+def test_roi_heads_training_returns_sampled_rois_and_eval_detections() -> None:
+    cfg = c4_cfg()
+    cfg.MODEL.BACKBONE.CONV_BODY = "R-18-C4"
+    cfg.MODEL.ROI_BOX_HEAD.FEATURE_EXTRACTOR = "FPN2MLPFeatureExtractor"
+    cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 4
+    cfg.MODEL.ROI_BOX_HEAD.MLP_HEAD_DIM = 8
+    heads = _roi_heads(cfg).train()
+    assert heads.box_pooler is not None and heads.box_feature_extractor is not None
+    features = [torch.randn(2, 8, 4, 4)]
+    proposals = [
+        Instances((64, 64), proposal_boxes=Boxes(torch.tensor([[0.0, 0, 30, 30], [5, 5, 60, 50]]))),
+        Instances((64, 64), proposal_boxes=Boxes(torch.zeros(0, 4))),
+    ]
+    _, targets = _batch()
+    targets[1] = Instances((64, 64), gt_boxes=Boxes(torch.tensor([[0.0, 0, 20, 20]])),
+                           gt_classes=torch.tensor([2]))  # fmt: skip
+    rois, losses = heads(features, proposals, [(64, 64), (64, 64)], targets)
+    assert set(losses) == {"loss_classifier", "loss_box_reg"}
+    assert [len(r) for r in rois] == [4, 1]  # proposals + gt boxes, all within the batch
+    assert rois[1].gt_classes.tolist() == [2]
+    with pytest.raises(ValueError, match="targets"):
+        heads(features, proposals, [(64, 64), (64, 64)])
+    heads.eval()
+    detections, losses = heads(features, proposals, [(64, 64), (64, 64)])
+    assert losses == {} and len(detections[1]) == 0 and len(detections[0]) > 0
+
+
+def test_rfcn_has_no_pooler_or_extractor_and_mismatches_are_errors() -> None:
+    heads = _roi_heads(rfcn_cfg())
+    assert heads.box_pooler is None and heads.box_feature_extractor is None
+    cfg = fpn_cfg()
+    cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE = "PSRoIAlign"
+    with pytest.raises(ValueError, match="needs PREDICTOR RFCNPredictor"):
+        _roi_heads(cfg)
+    cfg = rfcn_cfg()
+    cfg.MODEL.MASK_ON = True
+    with pytest.raises(ValueError, match="no mask head"):
+        _roi_heads(cfg)
