@@ -197,3 +197,24 @@ def test_rfcn_has_no_pooler_or_extractor_and_mismatches_are_errors() -> None:
     cfg.MODEL.MASK_ON = True
     with pytest.raises(ValueError, match="no mask head"):
         _roi_heads(cfg)
+
+
+def test_roi_heads_under_cpu_autocast_with_bfloat16_features() -> None:
+    cfg = fpn_cfg()
+    cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE = "ModulatedDeformRoIPool"
+    heads = _roi_heads(cfg).train()
+    generator = torch.Generator().manual_seed(3)
+    features = [torch.randn(2, 8, 64 // s, 64 // s, generator=generator).to(torch.bfloat16)
+                for s in (4, 8, 16, 32, 64)]  # fmt: skip
+    boxes = torch.tensor([[0.0, 0, 30, 30], [5, 5, 60, 50], [10, 20, 40, 62]])
+    proposals = [Instances((64, 64), proposal_boxes=Boxes(boxes))] * 2
+    _, targets = _batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, losses = heads(features, proposals, [(64, 64), (48, 64)], targets)
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert heads.box_predictor.cls_score.weight.grad.abs().sum() > 0
+    heads.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        detections, _ = heads(features, proposals, [(64, 64), (48, 64)])
+    assert detections[0].pred_boxes.tensor.dtype == torch.float32 and len(detections[0]) > 0
