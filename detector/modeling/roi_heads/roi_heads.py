@@ -86,8 +86,8 @@ class RoIHeads(nn.Module):
             in_channels: channels of the backbone's feature maps.
         """
         heads, box_head = cfg.MODEL.ROI_HEADS, cfg.MODEL.ROI_BOX_HEAD
-        predictor_cls_name = str(box_head.PREDICTOR)
-        if predictor_cls_name == "RFCNPredictor":
+        predictor_name = str(box_head.PREDICTOR)
+        if predictor_name == "RFCNPredictor":
             box_pooler, box_feature_extractor = None, None
             box_predictor = build_box_predictor(cfg, in_channels)
         else:
@@ -95,7 +95,7 @@ class RoIHeads(nn.Module):
             if box_pooler.position_sensitive:
                 raise ValueError(
                     f"MODEL.ROI_BOX_HEAD.POOLER_TYPE {box_head.POOLER_TYPE} is position-"
-                    f"sensitive: it needs PREDICTOR RFCNPredictor, not {predictor_cls_name}"
+                    f"sensitive: it needs PREDICTOR RFCNPredictor, not {predictor_name}"
                 )
             box_feature_extractor = build_box_feature_extractor(cfg, in_channels)
             box_predictor = build_box_predictor(cfg, box_feature_extractor.out_channels)
@@ -175,8 +175,8 @@ class RoIHeads(nn.Module):
         if not self.training:
             detections = self.post_processor(class_logits, box_deltas, boxes, image_sizes)
             return detections, {}, None
-        gt_classes = _cat([r.gt_classes for r in rois])
-        regression_targets = _cat([self.target_creator.encode(r) for r in rois])
+        gt_classes = torch.cat([r.gt_classes for r in rois])  # (R,)
+        regression_targets = torch.cat([self.target_creator.encode(r) for r in rois])  # (R, 4)
         losses = fast_rcnn_losses(
             class_logits,
             box_deltas,
@@ -199,10 +199,6 @@ class RoIHeads(nn.Module):
         if self.training:
             return self.mask_head(features, instances, targets=targets, box_features=box_features)
         return self.mask_head(features, instances)
-
-
-def _cat(tensors: list[Tensor]) -> Tensor:
-    return torch.cat(tensors, dim=0)
 
 
 def build_roi_heads(cfg: Any, backbone: nn.Module) -> RoIHeads:

@@ -4,10 +4,15 @@ R-18-C4 res5 head, VGG-16 fc6/fc7 head, R-FCN with PSRoIAlign), and RoIHeads on 
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
 import pytest
 import torch
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor as TVFastRCNNPredictor
+from torchvision.models.detection.faster_rcnn import TwoMLPHead
+from torchvision.models.detection.roi_heads import RoIHeads as TVRoIHeads
+from torchvision.ops import MultiScaleRoIAlign
 
 from detector.config import get_cfg
 from detector.modeling.detector import GeneralizedRCNN
@@ -218,3 +223,80 @@ def test_roi_heads_under_cpu_autocast_with_bfloat16_features() -> None:
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         detections, _ = heads(features, proposals, [(64, 64), (48, 64)])
     assert detections[0].pred_boxes.tensor.dtype == torch.float32 and len(detections[0]) > 0
+
+
+def _torchvision_pair(score_thresh: float = 0.05) -> tuple[RoIHeads, TVRoIHeads]:
+    """Our FPN RoI heads and torchvision's with the same weights (fc6, fc7, cls_score,
+    bbox_pred have the same names), every labelled RoI fitting the sampling batch."""
+    cfg = fpn_cfg()
+    cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 1000
+    cfg.MODEL.ROI_HEADS.POSITIVE_FRACTION = 0.5
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH = score_thresh
+    cfg.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA = 1 / 9  # torchvision's fixed beta
+    ours = _roi_heads(cfg)
+    with torch.no_grad():  # bigger weights than the init so the boxes move and classes differ
+        for parameter in ours.box_predictor.parameters():
+            parameter.normal_(0.0, 0.3)
+    tv = TVRoIHeads(
+        MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2),
+        TwoMLPHead(8 * 49, 32),
+        TVFastRCNNPredictor(32, NUM_CLASSES),
+        0.5, 0.5, 1000, 0.5, None, score_thresh, 0.5, 100,
+    )  # fmt: skip
+    tv.box_head.load_state_dict(ours.box_feature_extractor.state_dict())
+    tv.box_predictor.load_state_dict(ours.box_predictor.state_dict())
+    return ours, tv
+
+
+def _random_inputs() -> tuple[list[torch.Tensor], list[torch.Tensor], list[Instances]]:
+    generator = torch.Generator().manual_seed(4)
+    features = [torch.randn(2, 8, 256 // s, 256 // s, generator=generator)
+                for s in (4, 8, 16, 32, 64)]  # fmt: skip
+    proposals = []
+    for _ in range(2):
+        xy = torch.rand(40, 2, generator=generator) * 200
+        proposals.append(torch.cat([xy, xy + torch.rand(40, 2, generator=generator) * 150 + 4], 1))
+    gt_boxes = [torch.tensor([[10.0, 10, 120, 90], [100, 80, 250, 240]]),
+                torch.tensor([[30.0, 40, 200, 160]])]  # fmt: skip
+    targets = [
+        Instances((256, 256), gt_boxes=Boxes(boxes), gt_classes=torch.tensor(classes))
+        for boxes, classes in zip(gt_boxes, ([1, 3], [2]), strict=True)
+    ]
+    return features, proposals, targets
+
+
+def _as_instances(proposals: list[torch.Tensor], image_sizes) -> list[Instances]:
+    return [
+        Instances(size, proposal_boxes=Boxes(boxes))
+        for size, boxes in zip(image_sizes, proposals, strict=True)
+    ]
+
+
+def test_inference_matches_torchvision_roi_heads() -> None:
+    ours, tv = _torchvision_pair()
+    ours.eval(), tv.eval()
+    features, proposals, _ = _random_inputs()
+    image_sizes = [(256, 256), (200, 256)]
+    with torch.no_grad():
+        detections, _ = ours(features, _as_instances(proposals, image_sizes), image_sizes)
+        named = OrderedDict((str(i), f) for i, f in enumerate(features[:4]))
+        expected, _ = tv(named, proposals, image_sizes)
+    for result, tv_result in zip(detections, expected, strict=True):
+        assert len(result) > 5
+        assert torch.equal(result.pred_classes, tv_result["labels"])
+        torch.testing.assert_close(result.pred_boxes.tensor, tv_result["boxes"])
+        torch.testing.assert_close(result.scores, tv_result["scores"])
+
+
+def test_training_losses_match_torchvision_roi_heads() -> None:
+    ours, tv = _torchvision_pair()
+    ours.train(), tv.train()
+    features, proposals, targets = _random_inputs()
+    image_sizes = [(256, 256), (256, 256)]
+    rois, losses = ours(features, _as_instances(proposals, image_sizes), image_sizes, targets)
+    named = OrderedDict((str(i), f) for i, f in enumerate(features[:4]))
+    tv_targets = [{"boxes": t.gt_boxes.tensor, "labels": t.gt_classes} for t in targets]
+    _, tv_losses = tv(named, proposals, image_sizes, tv_targets)
+    assert sum(int((r.gt_classes > 0).sum()) for r in rois) > 4
+    torch.testing.assert_close(losses["loss_classifier"], tv_losses["loss_classifier"])
+    torch.testing.assert_close(losses["loss_box_reg"], tv_losses["loss_box_reg"])

@@ -49,7 +49,9 @@ class FastRCNNPredictor(nn.Module):
 
     pools_own_maps = False
 
-    def __init__(self, *, in_channels: int, num_classes: int, cls_agnostic_bbox_reg: bool = False):
+    def __init__(
+        self, *, in_channels: int, num_classes: int, cls_agnostic_bbox_reg: bool = False
+    ) -> None:
         super().__init__()
         num_regressors = 2 if cls_agnostic_bbox_reg else num_classes
         self.cls_score = nn.Linear(in_channels, num_classes)
