@@ -300,3 +300,39 @@ def test_training_losses_match_torchvision_roi_heads() -> None:
     assert sum(int((r.gt_classes > 0).sum()) for r in rois) > 4
     torch.testing.assert_close(losses["loss_classifier"], tv_losses["loss_classifier"])
     torch.testing.assert_close(losses["loss_box_reg"], tv_losses["loss_box_reg"])
+
+
+class _RecordingMaskHead(torch.nn.Module):
+    """Stands in for the mask head: records its inputs, returns them with a loss."""
+
+    def forward(self, features, instances, targets=None, box_features=None):
+        self.seen = (instances, targets, box_features)
+        losses = {"loss_mask": box_features.sum() * 0.0} if self.training else {}
+        return instances, losses
+
+
+def test_mask_hook_gets_sampled_rois_with_box_features_and_detections() -> None:
+    built = _roi_heads(fpn_cfg())
+    mask_head = _RecordingMaskHead()
+    heads = RoIHeads(
+        target_creator=built.target_creator,
+        box_pooler=built.box_pooler,
+        box_feature_extractor=built.box_feature_extractor,
+        box_predictor=built.box_predictor,
+        post_processor=built.post_processor,
+        mask_head=mask_head,
+    ).train()
+    features, proposals, targets = _random_inputs()
+    image_sizes = [(256, 256), (256, 256)]
+    rois, losses = heads(features, _as_instances(proposals, image_sizes), image_sizes, targets)
+    assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_mask"}
+    seen_rois, seen_targets, box_features = mask_head.seen
+    assert seen_rois is rois and seen_targets is targets
+    assert box_features.shape == (sum(len(r) for r in rois), 32)  # every sampled RoI, in order
+    pooled = built.box_pooler(features, [r.proposal_boxes for r in rois])
+    torch.testing.assert_close(box_features, built.box_feature_extractor(pooled))
+    heads.eval()
+    with torch.no_grad():
+        detections, losses = heads(features, _as_instances(proposals, image_sizes), image_sizes)
+    assert losses == {} and mask_head.seen[0] is detections and mask_head.seen[2] is None
+    assert detections[0].has("pred_boxes")
