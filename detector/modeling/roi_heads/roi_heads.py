@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from detector.modeling.box_coder import BoxCoder
+from detector.modeling.registry import ROI_BOX_PREDICTORS
 from detector.modeling.roi_heads.box_head import (
     BoxPostProcessor,
     build_box_feature_extractor,
@@ -86,19 +87,7 @@ class RoIHeads(nn.Module):
             in_channels: channels of the backbone's feature maps.
         """
         heads, box_head = cfg.MODEL.ROI_HEADS, cfg.MODEL.ROI_BOX_HEAD
-        predictor_name = str(box_head.PREDICTOR)
-        if predictor_name == "RFCNPredictor":
-            box_pooler, box_feature_extractor = None, None
-            box_predictor = build_box_predictor(cfg, in_channels)
-        else:
-            box_pooler = build_pooler(box_head, in_channels=in_channels)
-            if box_pooler.position_sensitive:
-                raise ValueError(
-                    f"MODEL.ROI_BOX_HEAD.POOLER_TYPE {box_head.POOLER_TYPE} is position-"
-                    f"sensitive: it needs PREDICTOR RFCNPredictor, not {predictor_name}"
-                )
-            box_feature_extractor = build_box_feature_extractor(cfg, in_channels)
-            box_predictor = build_box_predictor(cfg, box_feature_extractor.out_channels)
+        box_pooler, box_feature_extractor, box_predictor = _build_box_head(cfg, in_channels)
         agnostic = bool(heads.CLS_AGNOSTIC_BBOX_REG)
         post_processor = BoxPostProcessor(
             box_coder=BoxCoder(tuple(heads.BBOX_REG_WEIGHTS)),
@@ -199,6 +188,26 @@ class RoIHeads(nn.Module):
         if self.training:
             return self.mask_head(features, instances, targets=targets, box_features=box_features)
         return self.mask_head(features, instances)
+
+
+def _build_box_head(
+    cfg: Any, in_channels: int
+) -> tuple[Pooler | None, nn.Module | None, nn.Module]:
+    """(pooler, feature extractor, predictor) of MODEL.ROI_BOX_HEAD; (None, None, predictor)
+    for a predictor that pools its own maps (R-FCN)."""
+    box_head = cfg.MODEL.ROI_BOX_HEAD
+    predictor_name = str(box_head.PREDICTOR)
+    if getattr(ROI_BOX_PREDICTORS.get(predictor_name), "pools_own_maps", False):
+        return None, None, build_box_predictor(cfg, in_channels)
+    box_pooler = build_pooler(box_head, in_channels=in_channels)
+    if box_pooler.position_sensitive:
+        raise ValueError(
+            f"MODEL.ROI_BOX_HEAD.POOLER_TYPE {box_head.POOLER_TYPE} is position-sensitive: it "
+            f"needs PREDICTOR RFCNPredictor, not {predictor_name}"
+        )
+    box_feature_extractor = build_box_feature_extractor(cfg, in_channels)
+    box_predictor = build_box_predictor(cfg, box_feature_extractor.out_channels)
+    return box_pooler, box_feature_extractor, box_predictor
 
 
 def build_roi_heads(cfg: Any, backbone: nn.Module) -> RoIHeads:
