@@ -311,7 +311,7 @@ def build_mask_head(
             f"POOLER_RESOLUTION {pooled}; set MODEL.ROI_MASK_HEAD.RESOLUTION {predicted}"
         )
     return MaskHead(
-        pooler=build_pooler(head_cfg),
+        pooler=build_pooler(head_cfg, in_channels),
         feature_extractor=feature_extractor,
         predictor=predictor,
         mask_size=predicted,

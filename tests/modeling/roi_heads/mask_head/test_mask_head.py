@@ -3,9 +3,6 @@ build_mask_head from configs."""
 
 from __future__ import annotations
 
-import sys
-import types
-
 import pytest
 import torch
 from torch import Tensor, nn
@@ -280,16 +277,6 @@ def test_c4_inference_uses_the_res5_head():
 # ------------------------------------------------------------------------------------------------
 # build_mask_head
 # ------------------------------------------------------------------------------------------------
-@pytest.fixture
-def stand_in_poolers(monkeypatch):
-    """detector.modeling.roi_heads.poolers.build_pooler -> StandInPooler (this branch has none)."""
-    module = types.ModuleType("detector.modeling.roi_heads.poolers")
-    module.build_pooler = lambda head_cfg: StandInPooler(
-        list(head_cfg.POOLER_SCALES), int(head_cfg.POOLER_RESOLUTION)
-    )
-    monkeypatch.setitem(sys.modules, "detector.modeling.roi_heads.poolers", module)
-
-
 FPN_OPTS = [
     "MODEL.ROI_MASK_HEAD.FEATURE_EXTRACTOR", "MaskRCNNFPNFeatureExtractor",
     "MODEL.ROI_MASK_HEAD.POOLER_SCALES", "[0.25, 0.125, 0.0625, 0.03125]",
@@ -298,7 +285,7 @@ FPN_OPTS = [
 ]  # fmt: skip
 
 
-def test_build_fpn_head(stand_in_poolers):
+def test_build_fpn_head():
     head = build_mask_head(merge_opts(get_cfg(), FPN_OPTS), 256, None)
     extractor = head.feature_extractor
     assert isinstance(extractor, MaskRCNNFPNFeatureExtractor)
@@ -313,7 +300,7 @@ def test_build_fpn_head(stand_in_poolers):
     torch.testing.assert_close(logits.weight.std().item(), (2 / 81) ** 0.5, rtol=0.03, atol=0)
 
 
-def test_build_fpn_head_options(stand_in_poolers):
+def test_build_fpn_head_options():
     opts = FPN_OPTS + ["MODEL.ROI_MASK_HEAD.USE_GN", "True", "MODEL.ROI_MASK_HEAD.DILATION", "2"]
     opts += ["MODEL.ROI_MASK_HEAD.CONV_LAYERS", "[64, 32]", "MODEL.ROI_BOX_HEAD.NUM_CLASSES", "5"]
     head = build_mask_head(merge_opts(get_cfg(), opts), 16, None)
@@ -327,7 +314,7 @@ def test_build_fpn_head_options(stand_in_poolers):
     assert head.predictor(head.feature_extractor(x)).shape == (3, 5, 28, 28)
 
 
-def test_build_checks_the_resolution(stand_in_poolers):
+def test_build_checks_the_resolution():
     cfg = merge_opts(get_cfg(), FPN_OPTS + ["MODEL.ROI_MASK_HEAD.RESOLUTION", "14"])
     with pytest.raises(ValueError, match="set MODEL.ROI_MASK_HEAD.RESOLUTION 28"):
         build_mask_head(cfg, 256, None)
@@ -349,7 +336,7 @@ class BoxC4Extractor(nn.Module):
         self.out_channels = head.out_channels
 
 
-def test_build_shared_c4_head(stand_in_poolers):
+def test_build_shared_c4_head():
     from detector.modeling.backbone.resnet import build_res5_head
 
     cfg = merge_opts(get_cfg(), C4_OPTS)
@@ -368,7 +355,7 @@ def test_build_shared_c4_head(stand_in_poolers):
         build_mask_head(mismatched, 256, box_extractor)
 
 
-def test_build_own_c4_head(stand_in_poolers):
+def test_build_own_c4_head():
     cfg = merge_opts(
         get_cfg(), C4_OPTS + ["MODEL.ROI_MASK_HEAD.SHARE_BOX_FEATURE_EXTRACTOR", "False"]
     )
