@@ -24,7 +24,13 @@ from torch.utils.data import Dataset
 from detector.data.image_io import check_decoded_size, read_image
 from detector.structures import BitMasks, Boxes, Instances, PolygonMasks
 
-__all__ = ["BACKGROUND", "DetectionDataset", "ImageRecord", "RecordDataset"]
+__all__ = [
+    "BACKGROUND",
+    "DetectionDataset",
+    "ImageRecord",
+    "RecordDataset",
+    "mask_boxes",
+]
 
 BACKGROUND = "__background__"
 
@@ -157,3 +163,15 @@ def segmentations_to_masks(
         else:
             bitmaps.append(BitMasks.from_rle([s]).tensor)
     return BitMasks(torch.cat(bitmaps, dim=0))
+
+
+def mask_boxes(masks: np.ndarray) -> np.ndarray:
+    """Tight boxes of bool masks[N, H, W] as float32 array[N, 4] xyxy (a pixel (i, j) spans
+    [j, j + 1) x [i, i + 1)); zeros for an empty mask."""
+    boxes = np.zeros((len(masks), 4), dtype=np.float32)
+    rows, cols = masks.any(axis=2), masks.any(axis=1)  # (N, H), (N, W)
+    for i in range(len(masks)):
+        ys, xs = np.flatnonzero(rows[i]), np.flatnonzero(cols[i])
+        if len(xs):
+            boxes[i] = (xs[0], ys[0], xs[-1] + 1, ys[-1] + 1)
+    return boxes

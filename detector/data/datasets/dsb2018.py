@@ -16,10 +16,10 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from detector.data.datasets.base import BACKGROUND, DetectionDataset
+from detector.data.datasets.base import BACKGROUND, DetectionDataset, mask_boxes
 from detector.data.errors import DatasetError
 from detector.data.image_io import read_image, read_image_size
-from detector.structures import BitMasks, Instances
+from detector.structures import BitMasks, Boxes, Instances
 
 __all__ = ["DSB2018Dataset"]
 
@@ -85,13 +85,12 @@ class DSB2018Dataset(DetectionDataset):
                     f"{self.image_ids[index]} is {width}x{height}"
                 )
             bitmaps[k] = array > 127
-        masks = BitMasks(torch.from_numpy(bitmaps))
-        num = len(masks)
+        num = len(bitmaps)
         return Instances(
             (height, width),
-            gt_boxes=masks.get_bounding_boxes(),
+            gt_boxes=Boxes(torch.from_numpy(mask_boxes(bitmaps))),
             gt_classes=torch.ones(num, dtype=torch.int64),
-            gt_masks=masks,
+            gt_masks=BitMasks(torch.from_numpy(bitmaps)),
             difficult=torch.zeros(num, dtype=torch.bool),
         )
 

@@ -17,10 +17,10 @@ import torch
 from skimage.draw import disk, polygon
 from torch import Tensor
 
-from detector.data.datasets.base import BACKGROUND, DetectionDataset
-from detector.structures import BitMasks, Instances
+from detector.data.datasets.base import BACKGROUND, DetectionDataset, mask_boxes
+from detector.structures import BitMasks, Boxes, Instances
 
-__all__ = ["SHAPE_CLASS_NAMES", "ShapesDataset", "draw_shapes"]
+__all__ = ["SHAPE_CLASS_NAMES", "ShapesDataset", "draw_shapes", "shape_layout"]
 
 SHAPE_CLASS_NAMES: tuple[str, ...] = ("square", "circle", "triangle")
 MAX_OVERLAP = 0.1
@@ -58,45 +58,54 @@ def _shape_pixels(
     return polygon([y0, y0 + side, y0 + side], [x0 + side / 2, x0 + side, x0], shape)
 
 
-def draw_shapes(
+def shape_layout(
     seed: int,
     index: int,
     image_size: int = 128,
     max_shapes: int = 4,
     min_side: int = 16,
     max_side: int = 48,
+) -> list[tuple[int, int, int, int]]:
+    """The shapes of image `index` of the dataset with `seed`, in drawing order, without drawing
+    them: [(kind, x0, y0, side), ...], kind 0 square, 1 circle, 2 triangle."""
+    rng = np.random.default_rng([seed, index, 0])
+    num_shapes = int(rng.integers(1, max_shapes + 1))
+    placed: list[tuple[int, int, int]] = []
+    layout = []
+    for _ in range(num_shapes):
+        side = int(rng.integers(min_side, max_side + 1))
+        corner = _place(rng, image_size, side, placed)
+        kind = int(rng.integers(0, 3))
+        if corner is not None:
+            placed.append((corner[0], corner[1], side))
+            layout.append((kind, corner[0], corner[1], side))
+    return layout
+
+
+def draw_shapes(
+    seed: int, index: int, image_size: int = 128
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Draws image `index` of the dataset with `seed`.
+    """Draws image `index` of the dataset with `seed` (its `shape_layout`).
 
     Returns:
         image: uint8 array[H, W, 3].
         masks: bool array[N, H, W], one per shape, occlusion removed.
         kinds: int64 array[N]: 0 square, 1 circle, 2 triangle.
     """
-    rng = np.random.default_rng([seed, index])
+    layout = shape_layout(seed, index, image_size)
+    rng = np.random.default_rng([seed, index, 1])  # colours and noise
     background = rng.uniform(0, 90, size=3)
     image = np.broadcast_to(background, (image_size, image_size, 3)).copy()
-    num_shapes = int(rng.integers(1, max_shapes + 1))
-    placed: list[tuple[int, int, int]] = []
-    masks, kinds = [], []
-    for _ in range(num_shapes):
-        side = int(rng.integers(min_side, max_side + 1))
-        corner = _place(rng, image_size, side, placed)
-        if corner is None:
-            continue
-        kind = int(rng.integers(0, 3))
-        rows, cols = _shape_pixels(kind, corner[0], corner[1], side, image_size)
-        mask = np.zeros((image_size, image_size), dtype=bool)
-        mask[rows, cols] = True
-        for earlier in masks:  # the new shape occludes the earlier ones
-            earlier &= ~mask
-        image[mask] = rng.uniform(130, 255, size=3)
-        placed.append((corner[0], corner[1], side))
-        masks.append(mask)
-        kinds.append(kind)
+    masks = np.zeros((len(layout), image_size, image_size), dtype=bool)
+    for i, (kind, x0, y0, side) in enumerate(layout):
+        rows, cols = _shape_pixels(kind, x0, y0, side, image_size)
+        masks[i, rows, cols] = True
+        masks[:i] &= ~masks[i]  # the new shape occludes the earlier ones
+        image[masks[i]] = rng.uniform(130, 255, size=3)
     image += rng.normal(0, 12, size=image.shape)
     image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
-    return image, np.asarray(masks).reshape(-1, image_size, image_size), np.asarray(kinds)
+    kinds = np.asarray([kind for kind, *_ in layout], dtype=np.int64)
+    return image, masks, kinds
 
 
 class ShapesDataset(DetectionDataset):
@@ -131,14 +140,16 @@ class ShapesDataset(DetectionDataset):
 
     def load_image(self, index: int) -> Tensor:
         image, _, _ = self._draw(index)
-        return torch.from_numpy(image).permute(2, 0, 1).contiguous()  # (H, W, 3) -> (3, H, W)
+        return torch.from_numpy(
+            np.ascontiguousarray(image.transpose(2, 0, 1))
+        )  # (H, W, 3) -> (3, H, W)
 
     def load_target(self, index: int) -> Instances:
         _, masks, kinds = self._draw(index)
         return _target(masks, kinds, self.image_size)
 
     def num_instances(self, index: int, include_difficult: bool = True) -> int:
-        return len(self._draw(index)[2])
+        return len(shape_layout(self.seed, index, self.image_size))
 
     def get_meta(self, index: int) -> dict[str, Any]:
         size = self.image_size
@@ -154,16 +165,15 @@ class ShapesDataset(DetectionDataset):
             raise IndexError(f"index {index} out of range for a dataset of {len(self)} images")
         index = index % len(self)
         image, masks, kinds = self._draw(index)  # draw once for the image and the target
-        image_tensor = torch.from_numpy(image).permute(2, 0, 1).contiguous()  # (3, H, W)
+        image_tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))  # (3, H, W)
         return image_tensor, _target(masks, kinds, self.image_size), self.get_meta(index)
 
 
 def _target(masks: np.ndarray, kinds: np.ndarray, image_size: int) -> Instances:
-    bitmasks = BitMasks(torch.from_numpy(masks))
     return Instances(
         (image_size, image_size),
-        gt_boxes=bitmasks.get_bounding_boxes(),
+        gt_boxes=Boxes(torch.from_numpy(mask_boxes(masks))),
         gt_classes=torch.from_numpy(kinds.astype(np.int64)) + 1,
-        gt_masks=bitmasks,
+        gt_masks=BitMasks(torch.from_numpy(masks)),
         difficult=torch.zeros(len(kinds), dtype=torch.bool),
     )
