@@ -50,12 +50,13 @@ def _shape_pixels(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Row and column indices of a square (0), circle (1) or triangle (2) in its box."""
     shape = (image_size, image_size)
+    last = side - 1  # the shape covers pixels x0 .. x0 + side - 1
     if kind == 0:
-        return polygon([y0, y0, y0 + side, y0 + side], [x0, x0 + side, x0 + side, x0], shape)
+        return polygon([y0, y0, y0 + last, y0 + last], [x0, x0 + last, x0 + last, x0], shape)
     if kind == 1:
         radius = side / 2
         return disk((y0 + radius - 0.5, x0 + radius - 0.5), radius, shape=shape)
-    return polygon([y0, y0 + side, y0 + side], [x0 + side / 2, x0 + side, x0], shape)
+    return polygon([y0, y0 + last, y0 + last], [x0 + last / 2, x0 + last, x0], shape)
 
 
 def shape_layout(

@@ -1,0 +1,86 @@
+"""VOCDataset on the real bccd and voc-sample2 folders, and on hand-made XML."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from detector.data import DatasetError, VOCDataset
+from detector.data.datasets import VOC_CLASS_NAMES
+
+BCCD_CLASSES = ["RBC", "WBC", "Platelets"]
+
+
+@pytest.mark.parametrize(("split", "size"), [("train", 205), ("val", 87), ("test", 72)])
+def test_bccd_split_sizes(shared_data, split, size):
+    dataset = VOCDataset(shared_data / "bccd" / "BCCD", split, BCCD_CLASSES)
+    assert len(dataset) == size
+    assert dataset.class_names == ["__background__", *BCCD_CLASSES]
+
+
+def test_bccd_objects_degenerate_boxes_and_coordinates(shared_data):
+    root = shared_data / "bccd" / "BCCD"
+    trainval = VOCDataset(root, "trainval", BCCD_CLASSES)
+    test = VOCDataset(root, "test", BCCD_CLASSES)
+    total = sum(d.num_instances(i) for d in (trainval, test) for i in range(len(d)))
+    assert total == 4888 - 2 and trainval.num_skipped + test.num_skipped == 2
+    index = [r.image_id for r in trainval.records + test.records].index("BloodImage_00338")
+    dataset, index = (trainval, index) if index < len(trainval) else (test, index - len(trainval))
+    image, target, meta = dataset[index]
+    assert image.shape == (3, 480, 640) and meta["image_id"] == "BloodImage_00338"
+    # First object: RBC, xmin 453 ymin 81 xmax 555 ymax 182 (1-based pixel indices).
+    torch.testing.assert_close(target.gt_boxes.tensor[0], torch.tensor([452.0, 80.0, 555.0, 182.0]))
+    assert target.gt_classes[0] == 1
+    assert target.difficult.dtype == torch.bool and not target.difficult.any()
+    assert target.gt_masks is None
+
+
+def test_voc_sample_float_coordinates_and_no_split(shared_data):
+    dataset = VOCDataset(shared_data / "voc-sample2", "")
+    assert [r.image_id for r in dataset.records] == ["2007_000063", "2011_003353"]
+    assert dataset.class_names[1:] == list(VOC_CLASS_NAMES)
+    target = dataset.load_target(1)
+    assert len(target) == 1 and dataset.class_names[int(target.gt_classes[0])] == "person"
+    assert abs(float(target.gt_boxes.tensor[0, 1]) - 44.7) < 1e-4  # ymin 45.70000076293945 - 1
+    image, target, _ = dataset[0]
+    assert image.shape[1:] == (375, 500)
+    assert [dataset.class_names[c] for c in target.gt_classes] == ["dog", "chair"]
+
+
+def _voc_root(tmp_path: Path, objects: str, split: str = "trainval") -> Path:
+    (tmp_path / "Annotations").mkdir()
+    (tmp_path / "ImageSets" / "Main").mkdir(parents=True)
+    (tmp_path / "ImageSets" / "Main" / f"{split}.txt").write_text("img1\n")
+    xml = f"<annotation><size><width>50</width><height>40</height></size>{objects}</annotation>"
+    (tmp_path / "Annotations" / "img1.xml").write_text(xml)
+    return tmp_path
+
+
+def _object(name: str, box: tuple, difficult: int | None = 0) -> str:
+    flag = "" if difficult is None else f"<difficult>{difficult}</difficult>"
+    coords = "".join(f"<{k}>{v}</{k}>" for k, v in zip(("xmin", "ymin", "xmax", "ymax"), box))
+    return f"<object><name>{name}</name>{flag}<bndbox>{coords}</bndbox></object>"
+
+
+def test_difficult_flags_are_kept(tmp_path):
+    objects = _object("a", (1, 1, 10, 10), 1) + _object("b", (5, 5, 20, 30), None)
+    dataset = VOCDataset(_voc_root(tmp_path, objects), "trainval", ["a", "b"])
+    target = dataset.load_target(0)
+    assert target.difficult.tolist() == [True, False]
+    assert target.gt_classes.tolist() == [1, 2]
+    assert dataset.num_instances(0, include_difficult=False) == 1
+
+
+def test_unknown_class_names_the_xml_file(tmp_path):
+    root = _voc_root(tmp_path, _object("zebra", (1, 1, 10, 10)))
+    with pytest.raises(DatasetError) as info:
+        VOCDataset(root, "trainval", ["a"])
+    assert "img1.xml" in str(info.value) and "zebra" in str(info.value)
+
+
+def test_bad_coordinate_and_missing_split_are_clear(tmp_path):
+    root = _voc_root(tmp_path, _object("a", (1, "x", 10, 10)))
+    with pytest.raises(DatasetError, match=r"img1\.xml.*ymin"):
+        VOCDataset(root, "trainval", ["a"])
+    with pytest.raises(DatasetError, match="splits in that folder: trainval"):
+        VOCDataset(root, "test", ["a"])
