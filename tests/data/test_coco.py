@@ -37,7 +37,9 @@ def test_sample_boxes_classes_and_masks_match_pycocotools(coco_sample):
         total += len(target)
         for k, ann in enumerate(anns):
             x, y, w, h = ann["bbox"]
-            torch.testing.assert_close(target.gt_boxes.tensor[k], torch.tensor([x, y, x + w, y + h]))
+            torch.testing.assert_close(
+                target.gt_boxes.tensor[k], torch.tensor([x, y, x + w, y + h])
+            )
             label = int(target.gt_classes[k])
             assert dataset.contiguous_to_category_id[label] == ann["category_id"]
             assert dataset.class_names[label] == coco.cats[ann["category_id"]]["name"]

@@ -58,7 +58,9 @@ def _voc_root(tmp_path: Path, objects: str, split: str = "trainval") -> Path:
 
 def _object(name: str, box: tuple, difficult: int | None = 0) -> str:
     flag = "" if difficult is None else f"<difficult>{difficult}</difficult>"
-    coords = "".join(f"<{k}>{v}</{k}>" for k, v in zip(("xmin", "ymin", "xmax", "ymax"), box))
+    coords = "".join(
+        f"<{k}>{v}</{k}>" for k, v in zip(("xmin", "ymin", "xmax", "ymax"), box, strict=True)
+    )
     return f"<object><name>{name}</name>{flag}<bndbox>{coords}</bndbox></object>"
 
 
