@@ -22,7 +22,7 @@ def test_shapes_are_deterministic_by_seed():
 
 
 def test_shapes_masks_boxes_and_classes_are_consistent():
-    dataset = ShapesDataset(40, seed=0)
+    dataset = ShapesDataset(16, seed=0)
     assert dataset.class_names == ["__background__", "square", "circle", "triangle"]
     counts = []
     for i in range(len(dataset)):
