@@ -49,7 +49,7 @@ def read_image_size(path: str | Path) -> tuple[int, int]:
     try:
         with Image.open(path) as image:
             width, height = image.size
-            orientation = image.getexif().get(0x0112, 1)  # EXIF Orientation tag
+            orientation = _exif_orientation(image)
     except FileNotFoundError:
         raise DatasetError(f"image file not found: {path}") from None
     except OSError as e:
@@ -68,3 +68,11 @@ def check_decoded_size(image: Tensor, expected: tuple[int, int], path: str | Pat
             f"applied) but the annotation says {expected[1]}x{expected[0]}; fix the annotation's "
             "width/height (or the image's EXIF orientation)"
         )
+
+
+def _exif_orientation(image: Image.Image) -> int:
+    """The EXIF Orientation tag (1 when absent). A PNG's EXIF chunk is read only when it comes
+    before the pixels (as PIL reports it at open), so the pixels are never decoded."""
+    if image.format == "PNG" and "exif" not in image.info:
+        return 1
+    return int(image.getexif().get(0x0112, 1))

@@ -40,7 +40,7 @@ class DetectionDataset(Dataset):
     `load_target` and `get_meta`; `__getitem__` combines them."""
 
     class_names: list[str]
-    # Drop images with no (non-difficult) instance when asked: see `drop_empty`.
+    # Whether the targets carry gt_masks.
     has_masks: bool = False
 
     def __len__(self) -> int:
