@@ -14,6 +14,7 @@ from detector.data import (
     DatasetError,
     ShapesDataset,
     VOCDataset,
+    build_train_loader,
     get_dataset,
     list_datasets,
     read_image,
@@ -94,6 +95,21 @@ def test_custom_dataset_errors(tmp_path):
     cfg = merge_opts(get_cfg(), ["DATASETS.CUSTOM", "{s: {FORMAT: shapes}}"])
     with pytest.raises(DatasetError, match="NUM_IMAGES"):
         get_dataset("s", cfg)
+
+
+def test_training_on_two_datasets_concatenates_them(shared_data):
+    opts = ["DATASETS.CUSTOM", "{tiny: {FORMAT: shapes, NUM_IMAGES: 3, SEED: 5, IMAGE_SIZE: 64}}",
+            "DATASETS.TRAIN", "[tiny, shapes_val]", "DATALOADER.NUM_WORKERS", "0",
+            "SOLVER.IMS_PER_BATCH", "1", "SOLVER.MAX_ITER", "1"]  # fmt: skip
+    loader = build_train_loader(merge_opts(get_cfg(), opts))
+    dataset = loader.dataset.dataset
+    assert len(dataset) == 67 and dataset.class_names[1:] == ["square", "circle", "triangle"]
+    assert dataset.get_image_size(2) == (64, 64) and dataset.get_image_size(3) == (128, 128)
+    assert torch.equal(dataset[3][0], get_dataset("shapes_val", get_cfg())[0][0])
+    mixed = merge_opts(get_cfg(), ["DATASETS.TRAIN", "[tiny, bccd_val]", "DATASETS.SHARED_ROOT",
+                                   str(shared_data), *opts[:2]])  # fmt: skip
+    with pytest.raises(DatasetError, match="different class names"):
+        build_train_loader(mixed)
 
 
 # --------------------------------------------------------------------------------------------

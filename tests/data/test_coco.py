@@ -177,3 +177,12 @@ def test_wrong_image_size_in_json_is_reported_on_load(coco_sample, tmp_path):
     dataset = COCODataset(bad, image_dir)
     with pytest.raises(DatasetError, match=data["images"][0]["file_name"]):
         dataset.load_image(0)
+
+
+def test_image_entry_and_rle_size_errors_name_the_ids(tmp_path):
+    images = [{"id": 7, "file_name": "a.jpg", "height": 20}]
+    with pytest.raises(DatasetError, match=r"image id 7.*'width'"):
+        COCODataset(_write(tmp_path, [], images), tmp_path)
+    rle = {"size": [10, 30], "counts": [300]}
+    with pytest.raises(DatasetError, match=r"annotation id 11.*RLE size"):
+        COCODataset(_write(tmp_path, [_ann(11, segmentation=rle)]), tmp_path)

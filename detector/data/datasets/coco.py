@@ -108,10 +108,11 @@ def load_coco_json(
         raise DatasetError(f"{json_file}: duplicate category ids")
     images = {}
     for i, image in enumerate(data["images"]):
+        image_id = image.get("id", "?") if isinstance(image, dict) else "?"
         _require(
             image,
             {"id": (int, str), "file_name": str, "height": int, "width": int},
-            f"{json_file}: images[{i}]",
+            f"{json_file}: images[{i}] (image id {image_id})",
         )
         images[image["id"]] = image
     by_image: dict[Any, list[dict[str, Any]]] = defaultdict(list)
@@ -166,7 +167,7 @@ def _make_record(
             skipped += 1
             continue
         if has_masks:
-            segmentation = _parse_segmentation(ann.get("segmentation"), where)
+            segmentation = _parse_segmentation(ann.get("segmentation"), where, (height, width))
             if segmentation is None:
                 skipped += 1
                 continue
@@ -186,11 +187,18 @@ def _make_record(
     return record, skipped
 
 
-def _parse_segmentation(segmentation: Any, where: str) -> list[list[float]] | dict | None:
+def _parse_segmentation(
+    segmentation: Any, where: str, image_size: tuple[int, int]
+) -> list[list[float]] | dict | None:
     """Polygons (those with >= 3 points; None if none is left) or an RLE dict."""
     if isinstance(segmentation, dict):
         if "counts" not in segmentation or "size" not in segmentation:
             raise DatasetError(f"{where}: an RLE 'segmentation' needs 'counts' and 'size'")
+        if list(segmentation["size"]) != list(image_size):
+            raise DatasetError(
+                f"{where}: RLE size {segmentation['size']} differs from the image's "
+                f"[height, width] {list(image_size)}"
+            )
         return segmentation
     if not isinstance(segmentation, list) or not segmentation:
         raise DatasetError(
