@@ -10,6 +10,7 @@ transforms).
 from __future__ import annotations
 
 import bisect
+import itertools
 import logging
 from typing import Any
 
@@ -84,7 +85,7 @@ class ConcatDetectionDataset(DetectionDataset):
         self.datasets = datasets
         self.class_names = datasets[0].class_names
         self.has_masks = all(d.has_masks for d in datasets)
-        self._ends = list(torch.tensor([len(d) for d in datasets]).cumsum(0).tolist())
+        self._ends = list(itertools.accumulate(len(d) for d in datasets))
 
     def __len__(self) -> int:
         return self._ends[-1] if self._ends else 0
@@ -142,7 +143,7 @@ class MappedDataset(Dataset):
     def __getitem__(self, item: int | tuple[int, int]) -> tuple[Tensor, Instances, dict[str, Any]]:
         k, seed = item if isinstance(item, tuple) else (item, None)
         image, target, meta = self.dataset[self.indices[k]]
-        if self.drop_difficult and target.difficult is not None:
+        if self.drop_difficult and target.difficult is not None and target.difficult.any():
             target = target[~target.difficult]
         generator = None if seed is None else torch.Generator().manual_seed(seed)
         image, target = self.transforms(image, target, generator)

@@ -37,6 +37,8 @@ def get_output_size(height: int, width: int, min_size: int, max_size: int) -> tu
 def resize_target(target: Instances, new_size: tuple[int, int]) -> Instances:
     """The target of the image resized from target.image_size to new_size (height, width)."""
     height, width = target.image_size
+    if tuple(new_size) == (height, width):
+        return target
     scale_y, scale_x = new_size[0] / height, new_size[1] / width
     fields = target.fields()
     if target.gt_boxes is not None:
@@ -73,7 +75,8 @@ def clip_and_drop_empty(target: Instances) -> tuple[Instances, int]:
     fields["gt_boxes"] = target.gt_boxes.clip(target.image_size)
     clipped = Instances(target.image_size, **fields)
     keep = clipped.gt_boxes.nonempty()
-    return clipped[keep], int((~keep).sum())
+    dropped = int((~keep).sum())
+    return (clipped[keep] if dropped else clipped), dropped
 
 
 class ResizeShortestEdge:
