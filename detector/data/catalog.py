@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import difflib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,20 +115,30 @@ def _builtin_catalog() -> dict[str, DatasetSpec]:
 
 
 _CATALOG: dict[str, DatasetSpec] = _builtin_catalog()
+DatasetFactory = Callable[[DictConfig], DetectionDataset]
+_FACTORIES: dict[str, DatasetFactory] = {}
 
 
-def register_dataset(name: str, spec: DatasetSpec) -> None:
-    """Adds a named dataset to the catalog (an existing name is an error)."""
-    if name in _CATALOG:
+def register_dataset(name: str, spec: DatasetSpec | DatasetFactory) -> None:
+    """Adds a named dataset: a DatasetSpec, or a function `cfg -> DetectionDataset` for a
+    dataset class of your own (an existing name is an error)."""
+    if name in _CATALOG or name in _FACTORIES:
         raise ValueError(f"dataset '{name}' is already registered")
-    if spec.format not in FORMATS:
-        raise ValueError(f"dataset '{name}': format must be one of {FORMATS}, got {spec.format}")
-    _CATALOG[name] = spec
+    if isinstance(spec, DatasetSpec):
+        if spec.format not in FORMATS:
+            raise ValueError(
+                f"dataset '{name}': format must be one of {FORMATS}, got {spec.format}"
+            )
+        _CATALOG[name] = spec
+    elif callable(spec):
+        _FACTORIES[name] = spec
+    else:
+        raise TypeError(f"dataset '{name}': expected a DatasetSpec or a callable, got {spec!r}")
 
 
 def list_datasets(cfg: DictConfig | None = None) -> list[str]:
     """The built-in and registered names, plus those of cfg.DATASETS.CUSTOM."""
-    names = set(_CATALOG)
+    names = set(_CATALOG) | set(_FACTORIES)
     if cfg is not None:
         names |= set(cfg.DATASETS.CUSTOM)
     return sorted(names)
@@ -189,6 +200,8 @@ def get_dataset(name: str, cfg: DictConfig) -> DetectionDataset:
     Raises:
         DatasetError: an unknown name, a missing path key, a missing or malformed file.
     """
+    if name in _FACTORIES and name not in cfg.DATASETS.CUSTOM:
+        return _FACTORIES[name](cfg)
     spec = get_dataset_spec(name, cfg)
     max_pixels = cfg.INPUT.MAX_IMAGE_PIXELS
     if spec.format == "coco":

@@ -12,13 +12,16 @@ from detector.config import get_cfg, load_config, merge_opts
 from detector.data import (
     COCODataset,
     DatasetError,
+    DatasetSpec,
     ShapesDataset,
     VOCDataset,
     build_train_loader,
+    catalog,
     get_dataset,
     list_datasets,
     read_image,
     read_image_size,
+    register_dataset,
     shared_data_root,
 )
 
@@ -84,6 +87,20 @@ def test_custom_datasets_from_a_yaml_file(tmp_path, shared_data):
     assert len(voc) == 87 and voc.class_names[1:] == ["RBC", "WBC", "Platelets"]
     shapes = get_dataset("my_shapes", cfg)
     assert len(shapes) == 5 and shapes[0][0].shape == (3, 96, 96)
+
+
+def test_register_dataset_spec_and_factory(monkeypatch):
+    monkeypatch.setattr(catalog, "_CATALOG", dict(catalog._CATALOG))  # restored after the test
+    monkeypatch.setattr(catalog, "_FACTORIES", dict(catalog._FACTORIES))
+    register_dataset("test_tiny_shapes", DatasetSpec("shapes", num_images=2, seed=4))
+    register_dataset("test_factory", lambda cfg: ShapesDataset(3, seed=cfg.SEED))
+    cfg = merge_opts(get_cfg(), ["SEED", "11"])
+    assert len(get_dataset("test_tiny_shapes", cfg)) == 2
+    made = get_dataset("test_factory", cfg)
+    assert len(made) == 3 and made.seed == 11
+    assert {"test_tiny_shapes", "test_factory"} <= set(list_datasets())
+    with pytest.raises(ValueError, match="already registered"):
+        register_dataset("test_factory", lambda cfg: None)
 
 
 def test_custom_dataset_errors(tmp_path):

@@ -179,3 +179,16 @@ def test_test_loader_resizes_and_keeps_order(shared_data):
     for image, target, meta in zip(images, targets, metas, strict=True):
         assert image.shape == (3, 240, 320) and target.image_size == (240, 320)
         assert (meta["height"], meta["width"]) == (480, 640)
+
+
+def test_coco_sample_grouped_batches_share_orientation(shared_data):
+    opts = ["DATASETS.TRAIN", "[coco_sample6]", "DATASETS.SHARED_ROOT", str(shared_data),
+            "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "8", "DATALOADER.NUM_WORKERS", "0",
+            "INPUT.MIN_SIZE_TRAIN", "(32,)", "INPUT.MAX_SIZE_TRAIN", "64"]  # fmt: skip
+    orientations = set()
+    for images, _, metas in build_train_loader(merge_opts(get_cfg(), opts)):
+        landscape = {m["width"] >= m["height"] for m in metas}
+        assert len(landscape) == 1
+        assert {image.shape[2] >= image.shape[1] for image in images} == landscape
+        orientations |= landscape
+    assert orientations == {True, False}
