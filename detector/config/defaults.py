@@ -260,6 +260,9 @@ class CustomDatasetConfig:
     SPLIT: str = ""
     # voc: class names without the background ([]: DATASETS.CLASS_NAMES, else the 20 VOC ones).
     CLASS_NAMES: list[str] = _list()
+    # voc: instance masks from SegmentationObject/<id>.png; the split is then read from
+    # ImageSets/Segmentation/<SPLIT>.txt.
+    MASKS: bool = False
     # shapes: number of images, seed (one per split) and image side.
     NUM_IMAGES: int = 0
     SEED: int = 0

@@ -7,6 +7,7 @@ benchmarks; the shared-data root for the small real datasets, see `shared_data_r
                                       ROOT/coco/{train,val}2017/
     voc_2007_trainval / voc_2007_test ROOT/voc/VOC2007 (ImageSets/Main/<split>.txt)
     voc_2012_trainval                 ROOT/voc/VOC2012
+    voc_2012_seg_{train,val}          ROOT/voc/VOC2012 (ImageSets/Segmentation, instance masks)
     shapes_train / shapes_val         synthetic, 512 / 64 images of 128 px (seeds 0 / 1)
     coco_sample6                      SHARED/coco-val2017-sample6
     bccd_{train,val,trainval,test}    SHARED/bccd/BCCD (classes RBC, WBC, Platelets)
@@ -68,6 +69,7 @@ class DatasetSpec:
     num_images: int = 0
     seed: int = 0
     image_size: int = 128
+    masks: bool = False
     base: str = "cwd"
 
 
@@ -86,6 +88,10 @@ def _builtin_catalog() -> dict[str, DatasetSpec]:
     for year, split in (("2007", "trainval"), ("2007", "test"), ("2012", "trainval")):
         catalog[f"voc_{year}_{split}"] = DatasetSpec(
             "voc", root=f"voc/VOC{year}", split=split, base="datasets"
+        )
+    for split in ("train", "val"):
+        catalog[f"voc_2012_seg_{split}"] = DatasetSpec(
+            "voc", root="voc/VOC2012", split=split, masks=True, base="datasets"
         )
     catalog["shapes_train"] = DatasetSpec("shapes", num_images=512, seed=0, base="cwd")
     catalog["shapes_val"] = DatasetSpec("shapes", num_images=64, seed=1, base="cwd")
@@ -160,6 +166,7 @@ def _spec_from_config(node: Any) -> DatasetSpec:
         num_images=node.NUM_IMAGES,
         seed=node.SEED,
         image_size=node.IMAGE_SIZE,
+        masks=node.MASKS,
         base="cwd",
     )
 
@@ -211,7 +218,8 @@ def get_dataset(name: str, cfg: DictConfig) -> DetectionDataset:
     if spec.format == "voc":
         _require_paths(name, spec, ("root",))
         class_names = list(spec.class_names) or list(cfg.DATASETS.CLASS_NAMES) or None
-        return VOCDataset(_resolve(spec.root, spec, cfg), spec.split, class_names, max_pixels)
+        root = _resolve(spec.root, spec, cfg)
+        return VOCDataset(root, spec.split, class_names, max_pixels, with_masks=spec.masks)
     if spec.format == "dsb2018":
         _require_paths(name, spec, ("root",))
         return DSB2018Dataset(_resolve(spec.root, spec, cfg), spec.split or "all", max_pixels)

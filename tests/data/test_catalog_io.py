@@ -28,9 +28,12 @@ from detector.data import (
 
 def test_builtin_names_and_unknown_name_suggestion():
     names = list_datasets()
-    for name in ("coco_2017_train", "coco_2017_val", "voc_2007_trainval", "voc_2007_test",
-                 "voc_2012_trainval", "shapes_train", "shapes_val", "coco_sample6", "bccd_train",
-                 "bccd_test", "dsb2018_train", "dsb2018_val", "chess_valid"):  # fmt: skip
+    expected = [
+        "coco_2017_train", "coco_2017_val", "voc_2007_trainval", "voc_2007_test",
+        "voc_2012_trainval", "voc_2012_seg_train", "shapes_train", "shapes_val", "coco_sample6",
+        "bccd_train", "bccd_test", "dsb2018_train", "dsb2018_val", "chess_valid",
+    ]  # fmt: skip
+    for name in expected:
         assert name in names
     with pytest.raises(DatasetError, match="Did you mean 'bccd_train'"):
         get_dataset("bccd_trian", get_cfg())

@@ -2,11 +2,14 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from detector.data import DatasetError, VOCDataset
 from detector.data.datasets import VOC_CLASS_NAMES
+from detector.structures import BitMasks
 
 BCCD_CLASSES = ["RBC", "WBC", "Platelets"]
 
@@ -86,3 +89,44 @@ def test_bad_coordinate_and_missing_split_are_clear(tmp_path):
         VOCDataset(root, "trainval", ["a"])
     with pytest.raises(DatasetError, match="splits in that folder: trainval"):
         VOCDataset(root, "test", ["a"])
+
+
+def _seg_root(tmp_path: Path, shared_data: Path, with_png: bool = True) -> Path:
+    """A VOC root holding voc-sample2's 2007_000063 in ImageSets/Segmentation/train.txt."""
+    source = shared_data / "voc-sample2"
+    for folder, suffix in (
+        ("Annotations", "xml"),
+        ("JPEGImages", "jpg"),
+        ("SegmentationObject", "png"),
+    ):
+        (tmp_path / folder).mkdir()
+        if folder != "SegmentationObject" or with_png:
+            data = (source / folder / f"2007_000063.{suffix}").read_bytes()
+            (tmp_path / folder / f"2007_000063.{suffix}").write_bytes(data)
+    (tmp_path / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (tmp_path / "ImageSets" / "Segmentation" / "train.txt").write_text("2007_000063\n")
+    return tmp_path
+
+
+def test_instance_masks_from_segmentation_object_png(tmp_path, shared_data):
+    dataset = VOCDataset(_seg_root(tmp_path, shared_data), "train", with_masks=True)
+    image, target, _ = dataset[0]
+    with Image.open(shared_data / "voc-sample2" / "SegmentationObject" / "2007_000063.png") as png:
+        ids = torch.from_numpy(np.array(png))
+    masks = target.gt_masks.tensor
+    assert masks.shape == (2, 375, 500)
+    for k in range(2):
+        assert torch.equal(masks[k], ids == k + 1)
+    assert not masks.any(0)[ids == 255].any()  # the void border is no instance
+    # Each mask lies inside its (VOC-annotated) box, give or take the 1-px border convention.
+    mask_boxes = BitMasks(masks).get_bounding_boxes().tensor
+    boxes = target.gt_boxes.tensor
+    assert (mask_boxes[:, :2] >= boxes[:, :2] - 1).all() and (
+        mask_boxes[:, 2:] <= boxes[:, 2:] + 1
+    ).all()
+
+
+def test_missing_instance_png_names_it(tmp_path, shared_data):
+    dataset = VOCDataset(_seg_root(tmp_path, shared_data, with_png=False), "train", with_masks=True)
+    with pytest.raises(DatasetError, match=r"SegmentationObject/2007_000063\.png"):
+        dataset.load_target(0)

@@ -94,6 +94,8 @@ class ImageRecord:
     difficult: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # (N,)
     # Per instance: a list of polygons (flat x, y lists) or a COCO RLE dict; None: no masks.
     segmentations: list[Any] | None = None
+    # Per instance: its value in an instance-id PNG (VOC SegmentationObject); None: no PNG.
+    instance_ids: np.ndarray | None = None
 
 
 class RecordDataset(DetectionDataset):
@@ -145,8 +147,13 @@ class RecordDataset(DetectionDataset):
             difficult=torch.from_numpy(record.difficult.astype(bool)),
         )
         if self.has_masks:
-            target.gt_masks = segmentations_to_masks(record.segmentations or [], size)
+            target.gt_masks = self.load_masks(index)
         return target
+
+    def load_masks(self, index: int) -> PolygonMasks | BitMasks:
+        """The instance masks of image `index` (datasets with masks only)."""
+        record = self.records[index]
+        return segmentations_to_masks(record.segmentations or [], (record.height, record.width))
 
 
 def segmentations_to_masks(
