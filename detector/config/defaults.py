@@ -237,6 +237,40 @@ class InputConfig:
     MAX_IMAGE_PIXELS: int = 178_956_970
 
 
+class DatasetFormat(StrEnum):
+    """Annotation format of a dataset declared in DATASETS.CUSTOM."""
+
+    coco = "coco"
+    voc = "voc"
+    dsb2018 = "dsb2018"
+    shapes = "shapes"
+
+
+@dataclass
+class CustomDatasetConfig:
+    """A dataset declared by config alone (DATASETS.CUSTOM.<name>); relative paths are relative
+    to the current directory."""
+
+    FORMAT: DatasetFormat = DatasetFormat.coco
+    # coco: the instances JSON and the folder its file_names are relative to.
+    ANN_FILE: str = ""
+    IMAGE_DIR: str = ""
+    # voc: the devkit folder (Annotations/, JPEGImages/, ImageSets/Main/); dsb2018: the folder
+    # holding stage1_train/.
+    ROOT: str = ""
+    # voc: ImageSets/Main/<SPLIT>.txt ("": every XML in Annotations/); dsb2018: train, val, all.
+    SPLIT: str = ""
+    # voc: class names without the background ([]: DATASETS.CLASS_NAMES, else the 20 VOC ones).
+    CLASS_NAMES: list[str] = _list()
+    # voc: instance masks from SegmentationObject/<id>.png; the split is then read from
+    # ImageSets/Segmentation/<SPLIT>.txt.
+    MASKS: bool = False
+    # shapes: number of images, seed (one per split) and image side.
+    NUM_IMAGES: int = 0
+    SEED: int = 0
+    IMAGE_SIZE: int = 128
+
+
 @dataclass
 class DatasetsConfig:
     # Dataset names known to detector.data (e.g. "coco_2017_train", "voc_2007_trainval").
@@ -248,6 +282,15 @@ class DatasetsConfig:
     CLASS_NAMES: list[str] = _list()
     # Drop training images without any box.
     FILTER_EMPTY: bool = True
+    # Folder of the shared real datasets (bccd, coco_sample6, dsb2018, ...); "": the environment
+    # variable DETECTOR_SHARED_DATA, else "../shared/data".
+    SHARED_ROOT: str = ""
+    # Keep Pascal VOC "difficult" objects in the training targets (they are always kept, flagged,
+    # for evaluation).
+    TRAIN_USE_DIFFICULT: bool = False
+    # Datasets declared by config, by name: DATASETS.CUSTOM.my_train.FORMAT: coco, ... The names
+    # can be used in TRAIN and TEST like the built-in ones.
+    CUSTOM: dict[str, CustomDatasetConfig] = field(default_factory=dict)
 
 
 @dataclass

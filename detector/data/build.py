@@ -1,0 +1,232 @@
+"""Data loaders from a config: `build_train_loader` (infinite, seeded, resumable) and
+`build_test_loader` (one pass, sharded over ranks).
+
+A batch is `(images, targets, metas)`: lists of uint8 Tensor[3, H_i, W_i], Instances and dicts,
+one per image; the model normalizes and pads them into an ImageList. `meta` holds the original
+"height"/"width" (to map detections back) and "num_dropped_boxes" (boxes left empty by the
+transforms).
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import logging
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch import Tensor
+from torch.utils.data import BatchSampler, DataLoader, Dataset
+
+from detector.data.catalog import get_dataset
+from detector.data.datasets import DetectionDataset
+from detector.data.errors import DatasetError
+from detector.data.samplers import (
+    InferenceSampler,
+    IterationBatchSampler,
+    TrainingSampler,
+    get_rank_and_world_size,
+)
+from detector.data.transforms import (
+    Compose,
+    RandomHorizontalFlip,
+    ResizeShortestEdge,
+    clip_and_drop_empty,
+)
+from detector.structures import Instances
+
+__all__ = [
+    "ConcatDetectionDataset",
+    "MappedDataset",
+    "build_test_loader",
+    "build_train_loader",
+    "build_transforms",
+    "collate",
+    "data_seed",
+]
+
+logger = logging.getLogger(__name__)
+
+Batch = tuple[list[Tensor], list[Instances], list[dict[str, Any]]]
+
+
+def build_transforms(cfg: DictConfig, is_train: bool) -> Compose:
+    """Training: resize (a random INPUT.MIN_SIZE_TRAIN, within MAX_SIZE_TRAIN) and flip with
+    INPUT.HORIZONTAL_FLIP_PROB_TRAIN; test: resize to MIN_SIZE_TEST within MAX_SIZE_TEST."""
+    inp = cfg.INPUT
+    if is_train:
+        return Compose(
+            [
+                ResizeShortestEdge(list(inp.MIN_SIZE_TRAIN), inp.MAX_SIZE_TRAIN),
+                RandomHorizontalFlip(inp.HORIZONTAL_FLIP_PROB_TRAIN),
+            ]
+        )
+    return Compose([ResizeShortestEdge([inp.MIN_SIZE_TEST], inp.MAX_SIZE_TEST)])
+
+
+def collate(batch: list[tuple[Tensor, Instances, dict[str, Any]]]) -> Batch:
+    """[(image, target, meta), ...] -> (images, targets, metas); nothing is padded here."""
+    images, targets, metas = zip(*batch, strict=True) if batch else ((), (), ())
+    return list(images), list(targets), list(metas)
+
+
+class ConcatDetectionDataset(DetectionDataset):
+    """Several datasets with the same class names, one after the other."""
+
+    def __init__(self, datasets: list[DetectionDataset], names: list[str]) -> None:
+        for dataset, name in zip(datasets[1:], names[1:], strict=True):
+            if dataset.class_names != datasets[0].class_names:
+                raise DatasetError(
+                    f"datasets '{names[0]}' and '{name}' have different class names "
+                    f"({datasets[0].class_names[1:]} vs {dataset.class_names[1:]}); they cannot "
+                    "be trained on together"
+                )
+        self.datasets = datasets
+        self.class_names = datasets[0].class_names
+        self.has_masks = all(d.has_masks for d in datasets)
+        self._ends = list(itertools.accumulate(len(d) for d in datasets))
+
+    def __len__(self) -> int:
+        return self._ends[-1] if self._ends else 0
+
+    def _locate(self, index: int) -> tuple[DetectionDataset, int]:
+        k = bisect.bisect_right(self._ends, index)
+        start = self._ends[k - 1] if k else 0
+        return self.datasets[k], index - start
+
+    def get_image_size(self, index: int) -> tuple[int, int]:
+        dataset, local = self._locate(index)
+        return dataset.get_image_size(local)
+
+    def num_instances(self, index: int, include_difficult: bool = True) -> int:
+        dataset, local = self._locate(index)
+        return dataset.num_instances(local, include_difficult)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Instances, dict[str, Any]]:
+        dataset, local = self._locate(index)
+        return dataset[local]
+
+
+class MappedDataset(Dataset):
+    """A dataset seen through a list of indices, with transforms applied.
+
+    Items are dataset positions k (test) or (k, sample_seed) pairs (training, from
+    TrainingSampler): the seed drives the random transforms.
+
+    Args:
+        dataset: the raw dataset (kept as `.dataset`, e.g. for evaluators).
+        transforms: applied to (image, target) after the difficult objects are dropped.
+        indices: the images used (None: all).
+        drop_difficult: remove instances flagged difficult from the targets.
+    """
+
+    def __init__(
+        self,
+        dataset: DetectionDataset,
+        transforms: Compose,
+        indices: list[int] | None = None,
+        drop_difficult: bool = False,
+    ) -> None:
+        self.dataset = dataset
+        self.transforms = transforms
+        self.indices = list(range(len(dataset))) if indices is None else indices
+        self.drop_difficult = drop_difficult
+        self.class_names = dataset.class_names
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def get_aspect_ratio(self, k: int) -> float:
+        return self.dataset.get_aspect_ratio(self.indices[k])
+
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[Tensor, Instances, dict[str, Any]]:
+        k, seed = item if isinstance(item, tuple) else (item, None)
+        image, target, meta = self.dataset[self.indices[k]]
+        if self.drop_difficult and target.difficult is not None and target.difficult.any():
+            target = target[~target.difficult]
+        generator = None if seed is None else torch.Generator().manual_seed(seed)
+        image, target = self.transforms(image, target, generator)
+        target, dropped = clip_and_drop_empty(target)
+        return image, target, {**meta, "num_dropped_boxes": dropped}
+
+
+def data_seed(cfg: DictConfig) -> int:
+    """The seed of the training data order: cfg.SEED, or 0 when it is -1 (unset)."""
+    return cfg.SEED if cfg.SEED >= 0 else 0
+
+
+def _train_dataset(cfg: DictConfig) -> tuple[DetectionDataset, list[int], bool]:
+    names = list(cfg.DATASETS.TRAIN)
+    if not names:
+        raise DatasetError("DATASETS.TRAIN is empty: name at least one training dataset")
+    datasets = [get_dataset(name, cfg) for name in names]
+    dataset = datasets[0] if len(datasets) == 1 else ConcatDetectionDataset(datasets, names)
+    use_difficult = cfg.DATASETS.TRAIN_USE_DIFFICULT
+    indices = list(range(len(dataset)))
+    if cfg.DATASETS.FILTER_EMPTY:
+        indices = [i for i in indices if dataset.num_instances(i, use_difficult) > 0]
+        if len(indices) < len(dataset):
+            logger.info(
+                "DATASETS.FILTER_EMPTY: removed %d of %d training images without boxes",
+                len(dataset) - len(indices),
+                len(dataset),
+            )
+    if not indices:
+        raise DatasetError(f"the training datasets {names} hold no image with a box")
+    return dataset, indices, not use_difficult
+
+
+def _per_rank(total: int, key: str) -> int:
+    _, world_size = get_rank_and_world_size()
+    if total % world_size or total < world_size:
+        raise DatasetError(f"{key} = {total} must be a multiple of the {world_size} processes")
+    return total // world_size
+
+
+def build_train_loader(cfg: DictConfig, start_iter: int = 0) -> DataLoader:
+    """The training loader of DATASETS.TRAIN: batches `start_iter * A` .. `SOLVER.MAX_ITER * A`
+    of the infinite seeded stream, A = SOLVER.ACCUMULATE_GRAD_STEPS (one iteration is one optimizer
+    step). Each batch holds SOLVER.IMS_PER_BATCH / world_size images, grouped by orientation
+    when DATALOADER.ASPECT_RATIO_GROUPING. Resuming at `start_iter` yields the same batches (and
+    augmentations) as an uninterrupted run.
+
+    Returns:
+        A DataLoader of (images, targets, metas); `loader.dataset` is a MappedDataset.
+    """
+    dataset, indices, drop_difficult = _train_dataset(cfg)
+    mapped = MappedDataset(dataset, build_transforms(cfg, True), indices, drop_difficult)
+    batch_size = _per_rank(cfg.SOLVER.IMS_PER_BATCH, "SOLVER.IMS_PER_BATCH")
+    group_ids = None
+    if cfg.DATALOADER.ASPECT_RATIO_GROUPING:
+        group_ids = [int(mapped.get_aspect_ratio(k) >= 1.0) for k in range(len(mapped))]
+    steps = cfg.SOLVER.ACCUMULATE_GRAD_STEPS
+    batch_sampler = IterationBatchSampler(
+        TrainingSampler(len(mapped), seed=data_seed(cfg)),
+        batch_size,
+        max_iter=cfg.SOLVER.MAX_ITER * steps,
+        start_iter=start_iter * steps,
+        group_ids=group_ids,
+    )
+    return _loader(mapped, batch_sampler, cfg.DATALOADER.NUM_WORKERS)
+
+
+def build_test_loader(cfg: DictConfig, dataset_name: str) -> DataLoader:
+    """One pass over `dataset_name` (this rank's contiguous shard), resized for testing,
+    TEST.IMS_PER_BATCH / world_size images per batch; no image or instance is removed (difficult
+    objects stay, flagged). `loader.dataset.dataset` is the raw dataset."""
+    dataset = get_dataset(dataset_name, cfg)
+    mapped = MappedDataset(dataset, build_transforms(cfg, False))
+    batch_size = _per_rank(cfg.TEST.IMS_PER_BATCH, "TEST.IMS_PER_BATCH")
+    batch_sampler = BatchSampler(InferenceSampler(len(mapped)), batch_size, drop_last=False)
+    return _loader(mapped, batch_sampler, cfg.DATALOADER.NUM_WORKERS)
+
+
+def _loader(dataset: MappedDataset, batch_sampler: Any, num_workers: int) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_sampler=batch_sampler,
+        num_workers=num_workers,
+        collate_fn=collate,
+        persistent_workers=False,
+    )

@@ -1,0 +1,230 @@
+"""Named datasets: the built-in catalog, datasets declared in the config, and `get_dataset`.
+
+Built-in names and where they read from (DATASETS.ROOT, default "datasets", for the public
+benchmarks; the shared-data root for the small real datasets, see `shared_data_root`):
+
+    coco_2017_train / coco_2017_val   ROOT/coco/annotations/instances_{train,val}2017.json,
+                                      ROOT/coco/{train,val}2017/
+    voc_2007_trainval / voc_2007_test ROOT/voc/VOC2007 (ImageSets/Main/<split>.txt)
+    voc_2012_trainval                 ROOT/voc/VOC2012
+    voc_2012_seg_{train,val}          ROOT/voc/VOC2012 (ImageSets/Segmentation, instance masks)
+    shapes_train / shapes_val         synthetic, 512 / 64 images of 128 px (seeds 0 / 1)
+    coco_sample6                      SHARED/coco-val2017-sample6
+    bccd_{train,val,trainval,test}    SHARED/bccd/BCCD (classes RBC, WBC, Platelets)
+    chess_{valid,test}                SHARED/chess-pieces/<split>
+    voc_sample2                       SHARED/voc-sample2 (all XMLs, the 20 VOC classes)
+    dsb2018_{train,val,all}           SHARED/dsb2018-nuclei
+
+A dataset declared under DATASETS.CUSTOM.<name> takes precedence over a built-in of that name.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from detector.data.datasets import (
+    COCODataset,
+    DetectionDataset,
+    DSB2018Dataset,
+    ShapesDataset,
+    VOCDataset,
+)
+from detector.data.errors import DatasetError
+
+__all__ = [
+    "DatasetSpec",
+    "get_dataset",
+    "get_dataset_spec",
+    "list_datasets",
+    "register_dataset",
+    "shared_data_root",
+]
+
+SHARED_DATA_ENV = "DETECTOR_SHARED_DATA"
+DEFAULT_SHARED_ROOT = "../shared/data"
+FORMATS = ("coco", "voc", "dsb2018", "shapes")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """How to build one dataset (the fields of DATASETS.CUSTOM.<name>, lower-case).
+
+    `base` says what relative paths are relative to: "datasets" (DATASETS.ROOT), "shared"
+    (`shared_data_root(cfg)`) or "cwd" (the current directory).
+    """
+
+    format: str
+    ann_file: str = ""
+    image_dir: str = ""
+    root: str = ""
+    split: str = ""
+    class_names: tuple[str, ...] = ()
+    num_images: int = 0
+    seed: int = 0
+    image_size: int = 128
+    masks: bool = False
+    base: str = "cwd"
+
+
+_BCCD_CLASSES = ("RBC", "WBC", "Platelets")
+
+
+def _builtin_catalog() -> dict[str, DatasetSpec]:
+    catalog: dict[str, DatasetSpec] = {}
+    for split in ("train", "val"):
+        catalog[f"coco_2017_{split}"] = DatasetSpec(
+            "coco",
+            ann_file=f"coco/annotations/instances_{split}2017.json",
+            image_dir=f"coco/{split}2017",
+            base="datasets",
+        )
+    for year, split in (("2007", "trainval"), ("2007", "test"), ("2012", "trainval")):
+        catalog[f"voc_{year}_{split}"] = DatasetSpec(
+            "voc", root=f"voc/VOC{year}", split=split, base="datasets"
+        )
+    for split in ("train", "val"):
+        catalog[f"voc_2012_seg_{split}"] = DatasetSpec(
+            "voc", root="voc/VOC2012", split=split, masks=True, base="datasets"
+        )
+    catalog["shapes_train"] = DatasetSpec("shapes", num_images=512, seed=0, base="cwd")
+    catalog["shapes_val"] = DatasetSpec("shapes", num_images=64, seed=1, base="cwd")
+    catalog["coco_sample6"] = DatasetSpec(
+        "coco",
+        ann_file="coco-val2017-sample6/annotations.json",
+        image_dir="coco-val2017-sample6/images",
+        base="shared",
+    )
+    for split in ("train", "val", "trainval", "test"):
+        catalog[f"bccd_{split}"] = DatasetSpec(
+            "voc", root="bccd/BCCD", split=split, class_names=_BCCD_CLASSES, base="shared"
+        )
+    for split in ("valid", "test"):
+        catalog[f"chess_{split}"] = DatasetSpec(
+            "coco",
+            ann_file=f"chess-pieces/{split}/_annotations.coco.json",
+            image_dir=f"chess-pieces/{split}",
+            base="shared",
+        )
+    catalog["voc_sample2"] = DatasetSpec("voc", root="voc-sample2", base="shared")
+    for split in ("train", "val", "all"):
+        catalog[f"dsb2018_{split}"] = DatasetSpec(
+            "dsb2018", root="dsb2018-nuclei", split=split, base="shared"
+        )
+    return catalog
+
+
+_CATALOG: dict[str, DatasetSpec] = _builtin_catalog()
+DatasetFactory = Callable[[DictConfig], DetectionDataset]
+_FACTORIES: dict[str, DatasetFactory] = {}
+
+
+def register_dataset(name: str, spec: DatasetSpec | DatasetFactory) -> None:
+    """Adds a named dataset: a DatasetSpec, or a function `cfg -> DetectionDataset` for a
+    dataset class of your own (an existing name is an error)."""
+    if name in _CATALOG or name in _FACTORIES:
+        raise ValueError(f"dataset '{name}' is already registered")
+    if isinstance(spec, DatasetSpec):
+        if spec.format not in FORMATS:
+            raise ValueError(
+                f"dataset '{name}': format must be one of {FORMATS}, got {spec.format}"
+            )
+        _CATALOG[name] = spec
+    elif callable(spec):
+        _FACTORIES[name] = spec
+    else:
+        raise TypeError(f"dataset '{name}': expected a DatasetSpec or a callable, got {spec!r}")
+
+
+def list_datasets(cfg: DictConfig | None = None) -> list[str]:
+    """The built-in and registered names, plus those of cfg.DATASETS.CUSTOM."""
+    names = set(_CATALOG) | set(_FACTORIES)
+    if cfg is not None:
+        names |= set(cfg.DATASETS.CUSTOM)
+    return sorted(names)
+
+
+def shared_data_root(cfg: DictConfig) -> Path:
+    """DATASETS.SHARED_ROOT, else $DETECTOR_SHARED_DATA, else ../shared/data."""
+    return Path(cfg.DATASETS.SHARED_ROOT or os.environ.get(SHARED_DATA_ENV) or DEFAULT_SHARED_ROOT)
+
+
+def _spec_from_config(node: Any) -> DatasetSpec:
+    return DatasetSpec(
+        format=str(node.FORMAT),
+        ann_file=node.ANN_FILE,
+        image_dir=node.IMAGE_DIR,
+        root=node.ROOT,
+        split=node.SPLIT,
+        class_names=tuple(node.CLASS_NAMES),
+        num_images=node.NUM_IMAGES,
+        seed=node.SEED,
+        image_size=node.IMAGE_SIZE,
+        masks=node.MASKS,
+        base="cwd",
+    )
+
+
+def get_dataset_spec(name: str, cfg: DictConfig) -> DatasetSpec:
+    """The spec of `name`: DATASETS.CUSTOM first, then the catalog."""
+    if name in cfg.DATASETS.CUSTOM:
+        return _spec_from_config(cfg.DATASETS.CUSTOM[name])
+    if name in _CATALOG:
+        return _CATALOG[name]
+    known = list_datasets(cfg)
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    raise DatasetError(
+        f"unknown dataset '{name}'.{hint} Known datasets: {', '.join(known)}. Declare your own "
+        "under DATASETS.CUSTOM.<name> (FORMAT coco with ANN_FILE and IMAGE_DIR, or voc with ROOT "
+        "and SPLIT)"
+    )
+
+
+def _resolve(path: str, spec: DatasetSpec, cfg: DictConfig) -> Path:
+    bases = {"datasets": Path(cfg.DATASETS.ROOT), "shared": shared_data_root(cfg), "cwd": Path()}
+    return bases[spec.base] / Path(path).expanduser()
+
+
+def _require_paths(name: str, spec: DatasetSpec, keys: tuple[str, ...]) -> None:
+    for key in keys:
+        if not getattr(spec, key):
+            raise DatasetError(
+                f"dataset '{name}' (format {spec.format}) needs {key.upper()} "
+                f"(DATASETS.CUSTOM.{name}.{key.upper()})"
+            )
+
+
+def get_dataset(name: str, cfg: DictConfig) -> DetectionDataset:
+    """Builds the dataset called `name` (raw: no transforms, no filtering).
+
+    Raises:
+        DatasetError: an unknown name, a missing path key, a missing or malformed file.
+    """
+    if name in _FACTORIES and name not in cfg.DATASETS.CUSTOM:
+        return _FACTORIES[name](cfg)
+    spec = get_dataset_spec(name, cfg)
+    max_pixels = cfg.INPUT.MAX_IMAGE_PIXELS
+    if spec.format == "coco":
+        _require_paths(name, spec, ("ann_file", "image_dir"))
+        ann_file = _resolve(spec.ann_file, spec, cfg)
+        return COCODataset(ann_file, _resolve(spec.image_dir, spec, cfg), max_pixels)
+    if spec.format == "voc":
+        _require_paths(name, spec, ("root",))
+        class_names = list(spec.class_names) or list(cfg.DATASETS.CLASS_NAMES) or None
+        root = _resolve(spec.root, spec, cfg)
+        return VOCDataset(root, spec.split, class_names, max_pixels, with_masks=spec.masks)
+    if spec.format == "dsb2018":
+        _require_paths(name, spec, ("root",))
+        return DSB2018Dataset(_resolve(spec.root, spec, cfg), spec.split or "all", max_pixels)
+    if spec.format == "shapes":
+        if spec.num_images <= 0:
+            raise DatasetError(f"dataset '{name}' (format shapes) needs NUM_IMAGES > 0")
+        return ShapesDataset(spec.num_images, spec.seed, spec.image_size)
+    raise DatasetError(f"dataset '{name}': unknown format '{spec.format}' (one of {FORMATS})")

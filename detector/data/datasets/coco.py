@@ -1,0 +1,214 @@
+"""COCO instances JSON (boxes, polygon and RLE masks).
+
+Category ids (any integers, e.g. COCO's 1..90 with gaps, or Roboflow's 0..13) are mapped to
+contiguous labels 1..K in increasing id order; `contiguous_to_category_id` maps them back for
+evaluation. Crowd annotations (`iscrowd` = 1) are not put in the targets: they are "ignore"
+regions for COCOeval, which reads them from the JSON. A box with zero or negative width or
+height after clipping to the image, or a mask whose polygons all have fewer than 3 points, is
+skipped and counted (`num_skipped`, logged); a malformed annotation (missing key, wrong type,
+unknown category or image id) raises a DatasetError naming the file and the annotation id.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from numbers import Real
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from detector.data.datasets.base import BACKGROUND, ImageRecord, RecordDataset
+from detector.data.errors import DatasetError
+
+__all__ = ["COCODataset", "load_coco_json"]
+
+logger = logging.getLogger(__name__)
+
+
+class COCODataset(RecordDataset):
+    """Images of a COCO instances JSON, read from `image_dir`.
+
+    Attributes:
+        contiguous_to_category_id: label 1..K -> the JSON's category id.
+        category_id_to_contiguous: the inverse.
+        num_skipped: degenerate annotations skipped while loading.
+        json_file: the annotation file.
+    """
+
+    def __init__(
+        self, json_file: str | Path, image_dir: str | Path, max_pixels: int | None = None
+    ) -> None:
+        self.json_file = Path(json_file)
+        records, categories, num_skipped = load_coco_json(self.json_file, image_dir)
+        class_names = [BACKGROUND] + [c["name"] for c in categories]
+        super().__init__(records, class_names, max_pixels)
+        self.contiguous_to_category_id = {i + 1: c["id"] for i, c in enumerate(categories)}
+        self.category_id_to_contiguous = {v: k for k, v in self.contiguous_to_category_id.items()}
+        self.num_skipped = num_skipped
+
+
+def _require(entry: Any, keys: dict[str, type | tuple[type, ...]], where: str) -> None:
+    """Checks that dict `entry` has `keys` of the given types; errors name `where`."""
+    if not isinstance(entry, dict):
+        raise DatasetError(f"{where}: expected a JSON object, got {type(entry).__name__}")
+    for key, types in keys.items():
+        if key not in entry:
+            raise DatasetError(f"{where}: missing key '{key}'")
+        value = entry[key]
+        if not isinstance(value, types) or isinstance(value, bool):
+            names = (
+                types.__name__ if isinstance(types, type) else "/".join(t.__name__ for t in types)
+            )
+            raise DatasetError(
+                f"{where}: '{key}' must be {names}, got {type(value).__name__} ({value!r:.60})"
+            )
+
+
+def _read_json(json_file: Path) -> dict[str, Any]:
+    if not json_file.is_file():
+        raise DatasetError(f"COCO annotation file not found: {json_file}")
+    try:
+        data = json.loads(json_file.read_text())
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{json_file}: not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise DatasetError(
+            f"{json_file}: expected a JSON object with 'images', 'annotations' "
+            f"and 'categories', got {type(data).__name__}"
+        )
+    for key in ("images", "categories"):
+        if not isinstance(data.get(key), list):
+            raise DatasetError(f"{json_file}: missing or malformed top-level list '{key}'")
+    annotations = data.get("annotations", [])  # test-set files have none
+    if not isinstance(annotations, list):
+        raise DatasetError(f"{json_file}: 'annotations' must be a list")
+    return data
+
+
+def load_coco_json(
+    json_file: str | Path, image_dir: str | Path
+) -> tuple[list[ImageRecord], list[dict[str, Any]], int]:
+    """Parses a COCO instances JSON.
+
+    Returns:
+        records: one per image, in the JSON's image order, crowd annotations left out.
+        categories: the JSON's categories sorted by id (label i + 1 is categories[i]).
+        num_skipped: degenerate annotations skipped.
+    """
+    json_file, image_dir = Path(json_file), Path(image_dir)
+    data = _read_json(json_file)
+    for i, c in enumerate(data["categories"]):
+        _require(c, {"id": int, "name": str}, f"{json_file}: categories[{i}]")
+    categories = sorted(data["categories"], key=lambda c: c["id"])
+    label_of = {c["id"]: i + 1 for i, c in enumerate(categories)}
+    if len(label_of) != len(categories):
+        raise DatasetError(f"{json_file}: duplicate category ids")
+    images = {}
+    for i, image in enumerate(data["images"]):
+        image_id = image.get("id", "?") if isinstance(image, dict) else "?"
+        _require(
+            image,
+            {"id": (int, str), "file_name": str, "height": int, "width": int},
+            f"{json_file}: images[{i}] (image id {image_id})",
+        )
+        images[image["id"]] = image
+    by_image: dict[Any, list[dict[str, Any]]] = defaultdict(list)
+    for i, ann in enumerate(data.get("annotations", [])):
+        ann_id = ann.get("id", f"#{i}") if isinstance(ann, dict) else f"#{i}"
+        where = f"{json_file}: annotation id {ann_id}"
+        _require(ann, {"image_id": (int, str), "category_id": int, "bbox": list}, where)
+        if ann["image_id"] not in images:
+            raise DatasetError(f"{where}: image_id {ann['image_id']} is not in 'images'")
+        if ann["category_id"] not in label_of:
+            raise DatasetError(
+                f"{where}: category_id {ann['category_id']} is not in 'categories' "
+                f"(known ids: {sorted(label_of)})"
+            )
+        bbox = ann["bbox"]
+        if len(bbox) != 4 or not all(isinstance(v, Real) for v in bbox):
+            raise DatasetError(f"{where}: 'bbox' must be 4 numbers [x, y, w, h], got {bbox!r}")
+        by_image[ann["image_id"]].append(ann)
+    has_masks = any(ann.get("segmentation") for anns in by_image.values() for ann in anns)
+    records, skipped = [], 0
+    for image in data["images"]:
+        record, n = _make_record(
+            image, by_image[image["id"]], label_of, image_dir, has_masks, json_file
+        )
+        records.append(record)
+        skipped += n
+    if skipped:
+        logger.warning(
+            "%s: skipped %d degenerate annotations (empty box or mask)", json_file, skipped
+        )
+    return records, categories, skipped
+
+
+def _make_record(
+    image: dict[str, Any],
+    anns: list[dict[str, Any]],
+    label_of: dict[int, int],
+    image_dir: Path,
+    has_masks: bool,
+    json_file: Path,
+) -> tuple[ImageRecord, int]:
+    """One image's record from its annotations; returns it and the number skipped."""
+    height, width = image["height"], image["width"]
+    boxes, classes, segmentations, skipped = [], [], [], 0
+    for ann in anns:
+        if ann.get("iscrowd", 0):
+            continue
+        where = f"{json_file}: annotation id {ann.get('id')} (image id {image['id']})"
+        x, y, w, h = (float(v) for v in ann["bbox"])
+        box = np.clip([x, y, x + w, y + h], 0, [width, height, width, height])
+        if box[2] <= box[0] or box[3] <= box[1]:
+            skipped += 1
+            continue
+        if has_masks:
+            segmentation = _parse_segmentation(ann.get("segmentation"), where, (height, width))
+            if segmentation is None:
+                skipped += 1
+                continue
+            segmentations.append(segmentation)
+        boxes.append(box)
+        classes.append(label_of[ann["category_id"]])
+    record = ImageRecord(
+        image_id=image["id"],
+        file_name=str(image_dir / image["file_name"]),
+        height=height,
+        width=width,
+        boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+        classes=np.asarray(classes, dtype=np.int64),
+        difficult=np.zeros(len(classes), dtype=bool),
+        segmentations=segmentations if has_masks else None,
+    )
+    return record, skipped
+
+
+def _parse_segmentation(
+    segmentation: Any, where: str, image_size: tuple[int, int]
+) -> list[list[float]] | dict | None:
+    """Polygons (those with >= 3 points; None if none is left) or an RLE dict."""
+    if isinstance(segmentation, dict):
+        if "counts" not in segmentation or "size" not in segmentation:
+            raise DatasetError(f"{where}: an RLE 'segmentation' needs 'counts' and 'size'")
+        if list(segmentation["size"]) != list(image_size):
+            raise DatasetError(
+                f"{where}: RLE size {segmentation['size']} differs from the image's "
+                f"[height, width] {list(image_size)}"
+            )
+        return segmentation
+    if not isinstance(segmentation, list) or not segmentation:
+        raise DatasetError(
+            f"{where}: no 'segmentation' although other annotations of this file have masks; "
+            "give every annotation a polygon list or an RLE"
+        )
+    polygons = []
+    for polygon in segmentation:
+        if not isinstance(polygon, list) or not all(isinstance(v, Real) for v in polygon):
+            raise DatasetError(f"{where}: a polygon must be a list of numbers [x0, y0, x1, ...]")
+        if len(polygon) >= 6 and len(polygon) % 2 == 0:
+            polygons.append([float(v) for v in polygon])
+    return polygons or None

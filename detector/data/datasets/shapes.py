@@ -1,0 +1,180 @@
+"""A synthetic dataset of squares, circles and triangles with instance masks.
+
+Each image is drawn on the fly from (seed, index), so the dataset is deterministic, costs no
+disk and can have any number of images. An image is `image_size` x `image_size` with 1 to 4
+shapes of side 16 to 48 px in bright random colours on a dark noisy background; shapes overlap
+by at most 10% of the smaller one's box, and a shape drawn later occludes an earlier one (the
+earlier mask loses those pixels). Boxes are the masks' tight boxes. A small Mask R-CNN learns it
+in minutes on a CPU.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from skimage.draw import disk, polygon
+from torch import Tensor
+
+from detector.data.datasets.base import BACKGROUND, DetectionDataset, mask_boxes
+from detector.structures import BitMasks, Boxes, Instances
+
+__all__ = ["SHAPE_CLASS_NAMES", "ShapesDataset", "draw_shapes", "shape_layout"]
+
+SHAPE_CLASS_NAMES: tuple[str, ...] = ("square", "circle", "triangle")
+MAX_OVERLAP = 0.1
+
+
+def _place(
+    rng: np.random.Generator, image_size: int, side: int, placed: list[tuple[int, int, int]]
+) -> tuple[int, int] | None:
+    """A top-left corner for a side x side shape overlapping every placed one by at most
+    MAX_OVERLAP of the smaller box, or None after 50 tries."""
+    for _ in range(50):
+        x0, y0 = (int(v) for v in rng.integers(0, image_size - side + 1, size=2))
+        ok = True
+        for px, py, ps in placed:
+            iw = min(x0 + side, px + ps) - max(x0, px)
+            ih = min(y0 + side, py + ps) - max(y0, py)
+            if iw > 0 and ih > 0 and iw * ih > MAX_OVERLAP * min(side, ps) ** 2:
+                ok = False
+                break
+        if ok:
+            return x0, y0
+    return None
+
+
+def _shape_pixels(
+    kind: int, x0: int, y0: int, side: int, image_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column indices of a square (0), circle (1) or triangle (2) in its box."""
+    shape = (image_size, image_size)
+    last = side - 1  # the shape covers pixels x0 .. x0 + side - 1
+    if kind == 0:
+        return polygon([y0, y0, y0 + last, y0 + last], [x0, x0 + last, x0 + last, x0], shape)
+    if kind == 1:
+        radius = side / 2
+        return disk((y0 + radius - 0.5, x0 + radius - 0.5), radius, shape=shape)
+    return polygon([y0, y0 + last, y0 + last], [x0 + last / 2, x0 + last, x0], shape)
+
+
+def shape_layout(
+    seed: int,
+    index: int,
+    image_size: int = 128,
+    max_shapes: int = 4,
+    min_side: int = 16,
+    max_side: int = 48,
+) -> list[tuple[int, int, int, int]]:
+    """The shapes of image `index` of the dataset with `seed`, in drawing order, without drawing
+    them: [(kind, x0, y0, side), ...], kind 0 square, 1 circle, 2 triangle."""
+    rng = np.random.default_rng([seed, index, 0])
+    num_shapes = int(rng.integers(1, max_shapes + 1))
+    placed: list[tuple[int, int, int]] = []
+    layout = []
+    for _ in range(num_shapes):
+        side = int(rng.integers(min_side, max_side + 1))
+        corner = _place(rng, image_size, side, placed)
+        kind = int(rng.integers(0, 3))
+        if corner is not None:
+            placed.append((corner[0], corner[1], side))
+            layout.append((kind, corner[0], corner[1], side))
+    return layout
+
+
+def draw_shapes(
+    seed: int, index: int, image_size: int = 128
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Draws image `index` of the dataset with `seed` (its `shape_layout`).
+
+    Returns:
+        image: uint8 array[H, W, 3].
+        masks: bool array[N, H, W], one per shape, occlusion removed.
+        kinds: int64 array[N]: 0 square, 1 circle, 2 triangle.
+    """
+    layout = shape_layout(seed, index, image_size)
+    rng = np.random.default_rng([seed, index, 1])  # colours and noise
+    background = rng.uniform(0, 90, size=3)
+    image = np.broadcast_to(background, (image_size, image_size, 3)).copy()
+    masks = np.zeros((len(layout), image_size, image_size), dtype=bool)
+    for i, (kind, x0, y0, side) in enumerate(layout):
+        rows, cols = _shape_pixels(kind, x0, y0, side, image_size)
+        masks[i, rows, cols] = True
+        masks[:i] &= ~masks[i]  # the new shape occludes the earlier ones
+        image[masks[i]] = rng.uniform(130, 255, size=3)
+    image += rng.normal(0, 12, size=image.shape)
+    image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    kinds = np.asarray([kind for kind, *_ in layout], dtype=np.int64)
+    return image, masks, kinds
+
+
+class ShapesDataset(DetectionDataset):
+    """`num_images` synthetic images; classes square (1), circle (2), triangle (3).
+
+    Args:
+        num_images: the dataset's length.
+        seed: different seeds give different images (use one seed per split).
+        image_size: the side of the square images.
+    """
+
+    def __init__(self, num_images: int, seed: int, image_size: int = 128) -> None:
+        if num_images < 0 or image_size < 64:
+            raise ValueError(
+                f"ShapesDataset: num_images must be >= 0 and image_size >= 64, got {num_images} "
+                f"and {image_size}"
+            )
+        self.num_images = num_images
+        self.seed = seed
+        self.image_size = image_size
+        self.class_names = [BACKGROUND, *SHAPE_CLASS_NAMES]
+        self.has_masks = True
+
+    def __len__(self) -> int:
+        return self.num_images
+
+    def get_image_size(self, index: int) -> tuple[int, int]:
+        return self.image_size, self.image_size
+
+    def _draw(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return draw_shapes(self.seed, index, self.image_size)
+
+    def load_image(self, index: int) -> Tensor:
+        image, _, _ = self._draw(index)
+        return torch.from_numpy(
+            np.ascontiguousarray(image.transpose(2, 0, 1))
+        )  # (H, W, 3) -> (3, H, W)
+
+    def load_target(self, index: int) -> Instances:
+        _, masks, kinds = self._draw(index)
+        return _target(masks, kinds, self.image_size)
+
+    def num_instances(self, index: int, include_difficult: bool = True) -> int:
+        return len(shape_layout(self.seed, index, self.image_size))
+
+    def get_meta(self, index: int) -> dict[str, Any]:
+        size = self.image_size
+        return {
+            "image_id": index,
+            "file_name": f"shapes:{self.seed}:{index}",
+            "height": size,
+            "width": size,
+        }
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Instances, dict[str, Any]]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for a dataset of {len(self)} images")
+        index = index % len(self)
+        image, masks, kinds = self._draw(index)  # draw once for the image and the target
+        image_tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))  # (3, H, W)
+        return image_tensor, _target(masks, kinds, self.image_size), self.get_meta(index)
+
+
+def _target(masks: np.ndarray, kinds: np.ndarray, image_size: int) -> Instances:
+    return Instances(
+        (image_size, image_size),
+        gt_boxes=Boxes(torch.from_numpy(mask_boxes(masks))),
+        gt_classes=torch.from_numpy(kinds.astype(np.int64)) + 1,
+        gt_masks=BitMasks(torch.from_numpy(masks)),
+        difficult=torch.zeros(len(kinds), dtype=torch.bool),
+    )

@@ -1,0 +1,133 @@
+"""Transforms of an (image, target) pair: shortest-edge resize and horizontal flip.
+
+Each transform maps `(image uint8 Tensor[3, H, W], target Instances) -> (image, target)` and moves
+the boxes and masks with the image. Randomness comes from an explicit `torch.Generator`, so a
+sample's augmentation is a pure function of its seed (see detector.data.samplers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torchvision.transforms.v2.functional as TF
+from torch import Tensor
+
+from detector.structures import BitMasks, Instances
+
+__all__ = [
+    "Compose",
+    "RandomHorizontalFlip",
+    "ResizeShortestEdge",
+    "clip_and_drop_empty",
+    "get_output_size",
+]
+
+
+def get_output_size(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
+    """(new_height, new_width): the shorter side scaled to `min_size`, unless the longer side
+    would then exceed `max_size` (> 0), in which case the longer side is scaled to `max_size`.
+    Sides are rounded to the nearest pixel."""
+    scale = min_size / min(height, width)
+    if max_size > 0 and max(height, width) * scale > max_size:
+        scale = max_size / max(height, width)
+    return int(height * scale + 0.5), int(width * scale + 0.5)
+
+
+def resize_target(target: Instances, new_size: tuple[int, int]) -> Instances:
+    """The target of the image resized from target.image_size to new_size (height, width)."""
+    height, width = target.image_size
+    if tuple(new_size) == (height, width):
+        return target
+    scale_y, scale_x = new_size[0] / height, new_size[1] / width
+    fields = target.fields()
+    if target.gt_boxes is not None:
+        fields["gt_boxes"] = target.gt_boxes.scale(scale_x, scale_y)
+    if target.gt_masks is not None:
+        masks = target.gt_masks
+        if isinstance(masks, BitMasks):
+            fields["gt_masks"] = masks.resize(*new_size)
+        else:
+            fields["gt_masks"] = masks.scale(scale_x, scale_y)
+    return Instances(new_size, **fields)
+
+
+def flip_target(target: Instances) -> Instances:
+    """The target of the horizontally flipped image."""
+    width = target.image_size[1]
+    fields = target.fields()
+    if target.gt_boxes is not None:
+        fields["gt_boxes"] = target.gt_boxes.flip(width)
+    if target.gt_masks is not None:
+        fields["gt_masks"] = target.gt_masks.flip(width)
+    return Instances(target.image_size, **fields)
+
+
+def clip_and_drop_empty(target: Instances) -> tuple[Instances, int]:
+    """Clips the boxes to the image and removes those left with no area.
+
+    Returns:
+        The kept instances and the number removed.
+    """
+    if target.gt_boxes is None or len(target) == 0:
+        return target, 0
+    fields = target.fields()
+    fields["gt_boxes"] = target.gt_boxes.clip(target.image_size)
+    clipped = Instances(target.image_size, **fields)
+    keep = clipped.gt_boxes.nonempty()
+    dropped = int((~keep).sum())
+    return (clipped[keep] if dropped else clipped), dropped
+
+
+class ResizeShortestEdge:
+    """Resizes the shorter image side to a size drawn from `min_sizes` (bilinear, antialiased),
+    keeping the longer side within `max_size`."""
+
+    def __init__(self, min_sizes: Sequence[int], max_size: int) -> None:
+        if not min_sizes:
+            raise ValueError("ResizeShortestEdge needs at least one size")
+        self.min_sizes = [int(s) for s in min_sizes]
+        self.max_size = int(max_size)
+
+    def __call__(
+        self, image: Tensor, target: Instances, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Instances]:
+        choice = 0
+        if len(self.min_sizes) > 1:
+            choice = int(torch.randint(len(self.min_sizes), (1,), generator=generator))
+        height, width = image.shape[-2:]
+        new_size = get_output_size(height, width, self.min_sizes[choice], self.max_size)
+        if new_size != (height, width):
+            image = TF.resize(image, list(new_size), antialias=True)
+        return image, resize_target(target, new_size)
+
+
+class RandomHorizontalFlip:
+    """Flips the image, boxes and masks left-right with probability `prob`."""
+
+    def __init__(self, prob: float = 0.5) -> None:
+        self.prob = prob
+
+    def __call__(
+        self, image: Tensor, target: Instances, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Instances]:
+        if self.prob <= 0 or float(torch.rand((), generator=generator)) >= self.prob:
+            return image, target
+        return image.flip(-1), flip_target(target)
+
+
+class Compose:
+    """Applies transforms in order, sharing one generator."""
+
+    def __init__(self, transforms: Sequence[ResizeShortestEdge | RandomHorizontalFlip]) -> None:
+        self.transforms = list(transforms)
+
+    def __call__(
+        self, image: Tensor, target: Instances, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Instances]:
+        for transform in self.transforms:
+            image, target = transform(image, target, generator)
+        return image, target
+
+    def __repr__(self) -> str:
+        return f"Compose({self.transforms})"
