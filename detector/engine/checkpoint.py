@@ -156,7 +156,7 @@ def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict[st
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Weights only load failed" in str(e):
+        if _is_unsafe_payload(str(e)):
             detail = _unsafe_detail(str(e))
             raise UnsafeCheckpointError(
                 f"refusing to load checkpoint {path}: it holds pickled Python objects{detail}, "
@@ -177,13 +177,24 @@ def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict[st
     return data
 
 
+_UNSAFE_MARKERS = (
+    "Unsupported global",  # a class or function the weights-only unpickler does not allow
+    "unsupported GLOBAL",
+    "Can only create new object",
+    "Can only build Tensor",
+)
+
+
+def _is_unsafe_payload(message: str) -> bool:
+    """Whether torch's weights-only error is about a forbidden object (not about damaged bytes,
+    such as 'Unsupported operand', which is how garbage reads)."""
+    return "Weights only load failed" in message and any(m in message for m in _UNSAFE_MARKERS)
+
+
 def _unsafe_detail(message: str) -> str:
-    """The 'Unsupported global: GLOBAL x.y' part of torch's weights-only error, if present."""
-    match = re.search(r"Unsupported global: GLOBAL ([\w.]+)", message)
-    if match:
-        return f" ({match.group(1)})"
-    match = re.search(r"Unsupported operand \d+|Unsupported class [\w.]+", message)
-    return f" ({match.group(0)})" if match else ""
+    """The object torch's weights-only error names ('GLOBAL pathlib.Path.touch'), if any."""
+    match = re.search(r"GLOBAL ([\w.]+)", message)
+    return f" ({match.group(1)})" if match else ""
 
 
 # --------------------------------------------------------------------------------------------
