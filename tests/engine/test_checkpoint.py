@@ -1,4 +1,4 @@
-"""Checkpointer: round trip with RNG states, keep-last-K, pointer, unsafe/corrupt files, full disk."""
+"""Checkpointer: round trip with RNG states, keep-last-K, pointer, unsafe, corrupt, full disk."""
 
 import errno
 import logging
@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from detector.engine.checkpoint import (
-    CheckpointError,
     Checkpointer,
+    CheckpointError,
     CorruptCheckpointError,
     UnsafeCheckpointError,
     load_checkpoint_file,
