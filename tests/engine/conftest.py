@@ -3,6 +3,7 @@
 import logging
 
 import pytest
+import torch
 
 
 @pytest.fixture(autouse=True)
@@ -16,3 +17,12 @@ def _restore_detector_logger():
             handler.close()
     logger.setLevel(level)
     logger.propagate = propagate
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Toy models are tiny: one intra-op thread is many times faster on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
