@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from detector.config import unlocked
 from detector.engine import HookBase, Trainer, TrainingDivergedError, train
 from detector.engine.launch import seed_all
 from tests.engine.toy import ToyModel, toy_cfg, toy_loader
@@ -180,3 +181,21 @@ def test_model_without_losses(tmp_path):
     with pytest.raises(TypeError, match="dict of losses"):
         _trainer(tmp_path, model=NoLoss()).train()
     assert math.isfinite(0.0)
+
+
+def test_progress_bar_when_enabled(tmp_path, capsys):
+    _trainer(tmp_path, progress_bar=True).train()
+    err = capsys.readouterr().err
+    assert "6/6" in err and "loss=" in err
+
+
+def test_cuda_device_without_gpu_is_a_clear_error(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    from detector.engine.launch import resolve_device
+
+    cfg = toy_cfg(tmp_path)
+    with unlocked(cfg):
+        cfg.MODEL.DEVICE = "cuda"
+    with pytest.raises(ValueError, match="no CUDA GPU is visible; set MODEL.DEVICE cpu"):
+        resolve_device(cfg)
