@@ -38,7 +38,7 @@ class TrainResult:
     output_dir: Path
     final_checkpoint: Path
     metrics: dict[str, float] = field(default_factory=dict)
-    model: nn.Module | None = None
+    model: nn.Module | None = field(default=None, repr=False)
 
 
 def resolve_device(cfg: Any) -> torch.device:

@@ -35,8 +35,9 @@ class ToyModel(nn.Module):
 
     def forward(self, images: list[Tensor], targets: list[Tensor]) -> dict[str, Tensor]:
         self.calls += 1
-        on = torch.is_autocast_enabled("cpu")
-        self.autocast_dtypes.append(torch.get_autocast_dtype("cpu") if on else None)
+        device_type = images[0].device.type
+        on = torch.is_autocast_enabled(device_type)
+        self.autocast_dtypes.append(torch.get_autocast_dtype(device_type) if on else None)
         x = torch.stack([img.float() / 255 for img in images])  # (N, 3, H, W)
         feats = self.drop(self.norm(self.conv(x)).relu().mean((2, 3)))  # (N, 4)
         pred = self.head(feats).float()  # (N, 2)
