@@ -397,19 +397,34 @@ class Checkpointer:
 
     def load_weights(self, path: str | Path) -> None:
         """Initializes the model from MODEL.WEIGHT: a detector checkpoint (its "model" entry) or a
-        bare state dict, loaded non-strictly with missing/unexpected keys logged; a torchvision
-        ImageNet classifier state dict goes to `load_torchvision_weights`."""
+        bare state dict, loaded non-strictly; keys missing from the file, unused keys and keys
+        whose shape differs (e.g. a predictor for another NUM_CLASSES, which keeps its fresh
+        initialization) are logged. A torchvision ImageNet classifier state dict (no key in
+        common with the model) goes to `load_torchvision_weights`."""
         path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(
+                f"MODEL.WEIGHT file not found: {path}; nothing is downloaded at run time, so put "
+                "the file there or set MODEL.WEIGHT to a local checkpoint ('' for none)"
+            )
         data = load_checkpoint_file(path)
         state = data.get("model", data)
         model = unwrap_model(self.model)
-        own = set(model.state_dict())
-        if own and len(own & set(state)) == 0:
+        own = model.state_dict()
+        if own and not set(own) & set(state):
             from detector.modeling.backbone.weights import load_torchvision_weights
 
             load_torchvision_weights(model, state)
             return
+        mismatched = [
+            f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
+            for k, v in state.items()
+            if k in own and hasattr(v, "shape") and v.shape != own[k].shape
+        ]
+        state = {k: v for k, v in state.items() if k not in own or v.shape == own[k].shape}
         result = model.load_state_dict(state, strict=False)
+        if mismatched:
+            logger.warning("%s: skipped keys of another shape: %s", path, ", ".join(mismatched))
         if result.missing_keys:
             logger.warning("%s: keys not in the file: %s", path, ", ".join(result.missing_keys))
         if result.unexpected_keys:

@@ -170,3 +170,20 @@ def test_load_weights_non_strict(tmp_path):
     dst = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 2))
     Checkpointer(tmp_path, model=dst).load_weights(tmp_path / "w.pth")
     assert torch.equal(dst[0].weight, src[0].weight)
+
+
+def test_load_weights_skips_other_shapes(tmp_path, caplog):
+    src = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 5))  # a predictor for 5 classes
+    torch.save({"model": src.state_dict()}, tmp_path / "w.pth")
+    dst = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 3))
+    fresh = dst[1].weight.detach().clone()
+    logging.getLogger("detector").propagate = True
+    with caplog.at_level(logging.WARNING, logger="detector"):
+        Checkpointer(tmp_path, model=dst).load_weights(tmp_path / "w.pth")
+    assert torch.equal(dst[0].weight, src[0].weight) and torch.equal(dst[1].weight, fresh)
+    assert "1.weight (5, 2) vs (3, 2)" in caplog.text
+
+
+def test_load_weights_missing_file(tmp_path):
+    with pytest.raises(CheckpointError, match="MODEL.WEIGHT file not found"):
+        Checkpointer(tmp_path, model=nn.Linear(1, 1)).load_weights(tmp_path / "nope.pth")
