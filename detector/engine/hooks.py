@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime
 import logging
 import sys
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -141,15 +140,30 @@ class MetricsHook(HookBase):
             self.writer.close()
 
 
+class _TqdmConsole(logging.Handler):
+    """Prints log records above the progress bar instead of through it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # logging must never raise
+            self.handleError(record)
+
+
 class ProgressBar(HookBase):
-    """A tqdm bar with the ETA and the current total loss (rank 0, attached to a terminal)."""
+    """A tqdm bar with the ETA and the current total loss (rank 0, attached to a terminal).
+
+    While the bar is shown, console log lines of the 'detector' logger are printed above it.
+    """
 
     def __init__(self, enabled: bool | None = None) -> None:
         if enabled is None:
             enabled = comm.is_main_process() and sys.stdout.isatty()
         self.enabled = enabled
         self._bar: Any = None
-        self._start = 0.0
+        self._swapped: list[tuple[logging.Handler, logging.Handler]] = []
 
     def before_train(self, trainer: Trainer) -> None:
         if not self.enabled:
@@ -159,7 +173,17 @@ class ProgressBar(HookBase):
         self._bar = tqdm(
             total=trainer.max_iter, initial=trainer.start_iter, desc="train", dynamic_ncols=True
         )
-        self._start = time.perf_counter()
+        self._swap_console_handlers()
+
+    def _swap_console_handlers(self) -> None:
+        root = logging.getLogger("detector")
+        for handler in list(root.handlers):
+            if type(handler) is logging.StreamHandler:  # the console, not a FileHandler
+                replacement = _TqdmConsole(handler.level)
+                replacement.setFormatter(handler.formatter)
+                root.removeHandler(handler)
+                root.addHandler(replacement)
+                self._swapped.append((handler, replacement))
 
     def after_step(self, trainer: Trainer) -> None:
         if self._bar is None:
@@ -173,3 +197,8 @@ class ProgressBar(HookBase):
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+        root = logging.getLogger("detector")
+        for original, replacement in self._swapped:
+            root.removeHandler(replacement)
+            root.addHandler(original)
+        self._swapped = []

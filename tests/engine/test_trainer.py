@@ -10,6 +10,7 @@ import torch
 from detector.config import unlocked
 from detector.engine import HookBase, Trainer, TrainingDivergedError, train
 from detector.engine.launch import seed_all
+from detector.utils.logger import setup_logger
 from tests.engine.toy import ToyModel, toy_cfg, toy_loader
 
 
@@ -184,9 +185,13 @@ def test_model_without_losses(tmp_path):
 
 
 def test_progress_bar_when_enabled(tmp_path, capsys):
-    _trainer(tmp_path, progress_bar=True).train()
+    logger = setup_logger(tmp_path, rank=0)
+    before = list(logger.handlers)
+    _trainer(tmp_path, progress_bar=True, log_period=3).train()
     err = capsys.readouterr().err
     assert "6/6" in err and "loss=" in err
+    assert "iter: 3/6" in err  # log lines go to the console above the bar
+    assert set(logger.handlers) == set(before)  # console handler restored
 
 
 def test_cuda_device_without_gpu_is_a_clear_error(tmp_path):
