@@ -103,10 +103,10 @@ def default_setup(cfg: Any) -> torch.device:
 
 
 def _default_data_loader(cfg: Any) -> DataLoaderFactory:
-    def factory(start_batch: int) -> Any:
+    def factory(start_iter: int) -> Any:
         from detector.data import build_train_loader  # not needed by injected loaders
 
-        return build_train_loader(cfg, start_iter=start_batch)
+        return build_train_loader(cfg, start_iter=start_iter)
 
     return factory
 
@@ -128,8 +128,8 @@ def train(
         cfg: the loaded config (detector.config.load_config).
         resume: restore model, optimizer, schedule, scaler, iteration and RNG states.
         model: defaults to GeneralizedRCNN.from_config(cfg); moved to the device here.
-        data_loader: `factory(start_batch) -> endless batches`; defaults to
-            detector.data.build_train_loader(cfg, start_iter=start_batch).
+        data_loader: `factory(start_iter)` -> the batches from iteration start_iter on
+            (see Trainer); defaults to detector.data.build_train_loader(cfg, start_iter).
         evaluate_fn: `evaluate_fn(model) -> dict` called every TEST.EVAL_PERIOD iterations and at
             the end (none by default).
         hooks: extra trainer hooks.

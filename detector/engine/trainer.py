@@ -6,10 +6,13 @@ back-propagates the sum of the losses divided by the accumulation count (so the 
 mean over all of the iteration's batches), optionally clips the gradient norm
 (SOLVER.CLIP_GRADIENTS), then steps the optimizer and the LR schedule.
 
-The data loader is given as a factory `data_loader(start_batch) -> iterable of batches`; a batch
-is `(images, targets, metas)` or `(images, targets)`, images a list of (3, H, W) tensors. Resuming
-at iteration `t` asks for the loader from batch `t * ACCUMULATE_GRAD_STEPS`, so a loader that is
-deterministic in its start position replays exactly the batches an uninterrupted run would see.
+The data loader is given as a factory `data_loader(start_iter) -> iterable of batches`, like
+`detector.data.build_train_loader(cfg, start_iter)`: it yields the batches of iterations
+`start_iter, start_iter + 1, ...` (ACCUMULATE_GRAD_STEPS batches per iteration, so it starts at
+batch `start_iter * ACCUMULATE_GRAD_STEPS`) up to at least MAX_ITER. A batch is
+`(images, targets, metas)` or `(images, targets)`, images a list of (3, H, W) tensors. A loader
+that is deterministic in its start position replays after a resume exactly the batches an
+uninterrupted run would see.
 
 In a multi-process run (torchrun) the model is wrapped in DistributedDataParallel; every rank
 trains on its own batches and rank 0 alone writes logs, metrics and checkpoints.
@@ -71,7 +74,7 @@ class Trainer:
         model: returns a dict of scalar losses from `model(images, targets)` in train mode; it must
             already be on `device`.
         optimizer, scheduler: stepped once per iteration.
-        data_loader: `data_loader(start_batch)` -> an endless iterable of batches.
+        data_loader: `data_loader(start_iter)` -> the batches from iteration start_iter on.
         max_iter: the number of iterations (optimizer steps) of the whole run.
         output_dir: where checkpoints, metrics.jsonl and tensorboard/ go.
         device: where batches are moved.
@@ -198,7 +201,7 @@ class Trainer:
         logger.info("training from iteration %d to %d", self.start_iter, self.max_iter)
         self.model.train()
         self.iter = self.start_iter
-        self._data_iter = iter(self.data_loader(self.start_iter * self.accumulate_steps))
+        self._data_iter = iter(self.data_loader(self.start_iter))
         try:
             for hook in self.hooks:
                 hook.before_train(self)
@@ -253,7 +256,8 @@ class Trainer:
         except StopIteration:
             raise RuntimeError(
                 f"the training data loader ran out of batches at iteration {self.iter}; "
-                "it must yield batches endlessly (an infinite sampler)"
+                f"it must yield {self.accumulate_steps} batch(es) per iteration up to "
+                f"MAX_ITER = {self.max_iter}"
             ) from None
         if not isinstance(batch, (list, tuple)) or len(batch) not in (2, 3):
             raise TypeError(

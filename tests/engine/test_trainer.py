@@ -204,3 +204,19 @@ def test_cuda_device_without_gpu_is_a_clear_error(tmp_path):
         cfg.MODEL.DEVICE = "cuda"
     with pytest.raises(ValueError, match="no CUDA GPU is visible; set MODEL.DEVICE cpu"):
         resolve_device(cfg)
+
+
+def test_resume_asks_the_loader_for_the_iteration(tmp_path):
+    cut = _trainer(tmp_path, max_iter=2, accumulate_steps=2, loader=toy_loader(split=2))
+    cut.train()
+    calls = []
+
+    def loader(start_iter):
+        calls.append(start_iter)
+        return toy_loader(split=2)(start_iter)
+
+    resumed = _trainer(tmp_path, loader=loader, accumulate_steps=2)  # MAX_ITER 6
+    assert resumed.resume_or_load(True) == 2
+    resumed.train()
+    assert calls == [2]  # iterations, like detector.data.build_train_loader(cfg, start_iter)
+    assert resumed.unwrapped_model.calls == 8

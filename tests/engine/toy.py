@@ -61,12 +61,14 @@ def toy_batch(index: int, batch_size: int = 4, size: int = 8) -> tuple[list[Tens
 def toy_loader(
     batch_size: int = 4, *, rank: int = 0, world_size: int = 1, split: int = 1
 ) -> Callable[[int], Iterator[tuple[list[Tensor], list[Tensor], list[dict]]]]:
-    """A factory `start_batch -> endless batches`. Each global batch of `batch_size` images is
-    shared among `world_size` ranks and cut into `split` consecutive micro-batches (for
-    gradient accumulation), so runs with different splits see the same images per iteration."""
+    """A factory `start_iter -> endless batches`, `split` batches per iteration.
 
-    def factory(start_batch: int) -> Iterator[tuple[list[Tensor], list[Tensor], list[dict]]]:
-        step = start_batch
+    Each global batch of `batch_size` images is shared among `world_size` ranks and cut into
+    `split` consecutive micro-batches (for gradient accumulation), so runs with different splits
+    see the same images per iteration."""
+
+    def factory(start_iter: int) -> Iterator[tuple[list[Tensor], list[Tensor], list[dict]]]:
+        step = start_iter * split
         while True:
             global_index, part = divmod(step, split)
             images, targets = toy_batch(global_index, batch_size)
