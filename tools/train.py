@@ -9,9 +9,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+import torch.distributed
+
 from detector.config import ConfigError, load_config
 from detector.engine.checkpoint import CheckpointError
 from detector.engine.launch import train
+from detector.utils import comm
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -38,13 +41,19 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    main_process = True
     try:
         result = train(cfg, resume=args.resume)
+        main_process = comm.is_main_process()
     except (CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"final weights: {result.final_checkpoint}")
-    print(f"outputs (log.txt, metrics.jsonl, tensorboard/, config.yaml): {result.output_dir}")
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    if main_process:
+        print(f"final weights: {result.final_checkpoint}")
+        print(f"outputs (log.txt, metrics.jsonl, tensorboard/, config.yaml): {result.output_dir}")
     return 0
 
 

@@ -21,6 +21,7 @@ trains on its own batches and rank 0 alone writes logs, metrics and checkpoints.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import math
 import resource
@@ -156,11 +157,16 @@ class Trainer:
         if comm.get_world_size() <= 1 or isinstance(model, DistributedDataParallel):
             return model
         device_ids = [self.device.index] if self.device.type == "cuda" else None
+        # Buffers (BN statistics) are synced once at construction, not at every forward
+        # (maskrcnn_benchmark's broadcast_buffers=False; `forward_sync_buffers` in torch >= 2.14).
+        sync: dict[str, bool] = {"broadcast_buffers": False}
+        if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters:
+            sync = {"forward_sync_buffers": False}
         return DistributedDataParallel(
             model,
             device_ids=device_ids,
-            broadcast_buffers=False,
             find_unused_parameters=find_unused_parameters,
+            **sync,
         )
 
     def _setup_amp(self, enabled: bool, dtype: str) -> None:
