@@ -205,6 +205,8 @@ class Trainer:
     def train(self) -> dict[str, float]:
         """Runs iterations start_iter..max_iter; returns the last iteration's metrics."""
         logger.info("training from iteration %d to %d", self.start_iter, self.max_iter)
+        if self.start_iter >= self.max_iter:
+            logger.info("already at SOLVER.MAX_ITER: no iteration to run; raise it to go on")
         self.model.train()
         self.iter = self.start_iter
         self._data_iter = iter(self.data_loader(self.start_iter))

@@ -38,7 +38,13 @@ def test_metrics_jsonl_every_iteration_with_schedule(tmp_path):
     # BASE_LR 0.05, linear warm-up over 2 iterations from 1/3, x0.1 at iteration 4.
     expected = [0.05 / 3, 0.05 * (1 / 3 * 0.5 + 0.5), 0.05, 0.05, 0.005, 0.005]
     assert [r["lr"] for r in records] == pytest.approx(expected)
-    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert {"loss", "loss_a", "loss_b", "lr", "time", "data_time"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("lr")] == [1, 2, 3, 4, 5, 6]
+    assert [e.value for e in events.Scalars("lr")] == pytest.approx(expected)
     names = sorted(p.name for p in tmp_path.glob("model_*.pth"))
     assert names == ["model_0000002.pth", "model_0000004.pth", "model_final.pth"]
 
