@@ -24,7 +24,9 @@ CASE_MODULES = ["roi_align", "roi_pool", "ps_roi", "deform_conv", "deform_roi_po
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
     parser.add_argument("--op", nargs="*", default=None, help=f"subset of {CASE_MODULES}")

@@ -10,7 +10,9 @@ from dataclasses import dataclass
 import torch
 
 
-def median_ms(fn: Callable[[], object], device: str = "cpu", warmup: int = 2, repeat: int = 7) -> float:
+def median_ms(
+    fn: Callable[[], object], device: str = "cpu", warmup: int = 2, repeat: int = 7
+) -> float:
     """Median wall time of `fn()` in milliseconds over `repeat` runs after `warmup` runs."""
     for _ in range(warmup):
         fn()
@@ -49,4 +51,5 @@ def print_table(rows: list[tuple[Case, float, float | None]]) -> None:
         peer_s = f"{peer:.2f}" if peer is not None else "-"
         ratio = f"{ours / peer:.3f}" if peer else "-"
         goal = f"<= {case.goal}" if case.goal is not None else "-"
-        print(f"| {case.op} | {case.direction} | {case.shape} | {ours:.2f} | {peer_s} | {ratio} | {goal} |")
+        cells = (case.op, case.direction, case.shape, f"{ours:.2f}", peer_s, ratio, goal)
+        print("| " + " | ".join(cells) + " |")

@@ -1,4 +1,4 @@
-"""detector: two-stage object detectors (Faster/Mask R-CNN, R-FCN, deformable ConvNets) in PyTorch."""
+"""detector: two-stage object detectors (Faster/Mask R-CNN, R-FCN, deformable ConvNets)."""
 
 __version__ = "0.1.0"
 

@@ -1,4 +1,4 @@
-"""Test-wide fixtures and markers: `cuda` tests skip without a GPU; data tests skip without ../shared/data."""
+"""Test-wide fixtures and markers: `cuda` tests skip without a GPU, data tests without the data."""
 
 from pathlib import Path
 

@@ -28,20 +28,29 @@ def _inputs(device: str, use_mask: bool) -> dict:
 def _forward(fn, args: dict):
     def run() -> torch.Tensor:
         with torch.no_grad():
-            return fn(args["input"], args["offset"], args["weight"], args["bias"], padding=1,
-                      mask=args["mask"])
+            return fn(
+                args["input"],
+                args["offset"],
+                args["weight"],
+                args["bias"],
+                padding=1,
+                mask=args["mask"],
+            )
+
     return run
 
 
 def _backward(fn, args: dict):
-    out = fn(args["input"], args["offset"], args["weight"], args["bias"], padding=1,
-             mask=args["mask"])
+    out = fn(
+        args["input"], args["offset"], args["weight"], args["bias"], padding=1, mask=args["mask"]
+    )
     grad = torch.randn_like(out)
     tensors = [v for v in args.values() if v is not None]
 
     def run() -> tuple:
         # backward only: the graph is kept, so each call reruns just the backward pass
         return torch.autograd.grad(out, tensors, grad, retain_graph=True)
+
     return run
 
 
@@ -50,8 +59,24 @@ def cases(device: str) -> list[Case]:
     for use_mask in (False, True):
         args = _inputs(device, use_mask)
         shape = f"1x64x100x100 k3 p1 O64 {'v2 (mask)' if use_mask else 'v1'}"
-        rows.append(Case("deform_conv2d", "fwd", shape, _forward(deform_conv2d, args),
-                         _forward(torchvision.ops.deform_conv2d, args), goal=0.3))
-        rows.append(Case("deform_conv2d", "bwd", shape, _backward(deform_conv2d, args),
-                         _backward(torchvision.ops.deform_conv2d, args), goal=0.2))
+        rows.append(
+            Case(
+                "deform_conv2d",
+                "fwd",
+                shape,
+                _forward(deform_conv2d, args),
+                _forward(torchvision.ops.deform_conv2d, args),
+                goal=0.3,
+            )
+        )
+        rows.append(
+            Case(
+                "deform_conv2d",
+                "bwd",
+                shape,
+                _backward(deform_conv2d, args),
+                _backward(torchvision.ops.deform_conv2d, args),
+                goal=0.2,
+            )
+        )
     return rows

@@ -39,18 +39,24 @@ def cases(device: str) -> list[Case]:
     idxs = torch.randint(0, 80, (12000,), generator=torch.Generator().manual_seed(1)).to(device)
     return [
         Case(
-            "nms", "fwd", "12000 RPN-like boxes, IoU 0.7",
+            "nms",
+            "fwd",
+            "12000 RPN-like boxes, IoU 0.7",
             lambda: nms(rpn_boxes, rpn_scores, 0.7),
             lambda: torchvision.ops.nms(rpn_boxes, rpn_scores, 0.7),
             goal=0.2,
         ),
         Case(
-            "nms", "fwd", "12000 boxes in a dense cluster, IoU 0.7",
+            "nms",
+            "fwd",
+            "12000 boxes in a dense cluster, IoU 0.7",
             lambda: nms(dense_boxes, dense_scores, 0.7),
             lambda: torchvision.ops.nms(dense_boxes, dense_scores, 0.7),
         ),
         Case(
-            "batched_nms", "fwd", "12000 RPN-like boxes, 80 categories, IoU 0.5",
+            "batched_nms",
+            "fwd",
+            "12000 RPN-like boxes, 80 categories, IoU 0.5",
             lambda: batched_nms(rpn_boxes, rpn_scores, idxs, 0.5),
             lambda: torchvision.ops.batched_nms(rpn_boxes, rpn_scores, idxs, 0.5),
         ),

@@ -186,6 +186,8 @@ class ROIMaskHeadConfig:
     POOLER_RESOLUTION: int = 14
     POOLER_SAMPLING_RATIO: int = 0
     POOLER_SCALES: list[float] = _list(1.0 / 16)
+    # Scale of the learned offsets in deformable RoI pooling.
+    DEFORM_GAMMA: float = 0.1
     MLP_HEAD_DIM: int = 1024
     CONV_LAYERS: list[int] = _list(256, 256, 256, 256)
     # Side of the predicted masks (and of the mask targets).

@@ -75,7 +75,9 @@ class GeneralizedRCNN(nn.Module):
         normalized = []
         for i, image in enumerate(images):
             if image.dim() != 3 or image.shape[0] != 3:
-                raise ValueError(f"GeneralizedRCNN: image {i} must be (3, H, W), got {tuple(image.shape)}")
+                raise ValueError(
+                    f"GeneralizedRCNN: image {i} must be (3, H, W), got {tuple(image.shape)}"
+                )
             image = image.to(self.pixel_mean.device, torch.float32)
             image = image.flip(0) if self.to_bgr255 else image / 255.0
             normalized.append((image - self.pixel_mean) / self.pixel_std)
@@ -91,5 +93,7 @@ class GeneralizedRCNN(nn.Module):
         proposals, losses = self.rpn(image_list, features, targets)
         if self.roi_heads is None:
             return losses if self.training else proposals
-        detections, head_losses = self.roi_heads(features, proposals, image_list.image_sizes, targets)
+        detections, head_losses = self.roi_heads(
+            features, proposals, image_list.image_sizes, targets
+        )
         return {**losses, **head_losses} if self.training else detections

@@ -1,4 +1,4 @@
-"""Loads the compiled library `detector._C`, which registers the `torch.ops.detector.*` operators."""
+"""Loads the compiled library `detector._C`, which registers `torch.ops.detector.*`."""
 
 import torch
 

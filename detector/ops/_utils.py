@@ -12,7 +12,9 @@ from torch import Tensor
 from detector.ops._library import CUDA_VERSION
 
 
-def pair(op: str, value: int | tuple[int, int] | list[int], name: str = "output_size") -> tuple[int, int]:
+def pair(
+    op: str, value: int | tuple[int, int] | list[int], name: str = "output_size"
+) -> tuple[int, int]:
     """Turns an int or a 2-sequence into (height, width), with an error naming `op` and `name`."""
     if isinstance(value, int):
         return value, value
@@ -38,8 +40,10 @@ def convert_boxes_to_roi_format(op: str, boxes: Tensor | list[Tensor]) -> Tensor
         concat = torch.cat(list(boxes), dim=0)
         # (K_i,) per image -> (K, 1) batch indices
         indices = torch.cat(
-            [torch.full((b.size(0), 1), float(i), dtype=concat.dtype, device=concat.device)
-             for i, b in enumerate(boxes)],
+            [
+                torch.full((b.size(0), 1), float(i), dtype=concat.dtype, device=concat.device)
+                for i, b in enumerate(boxes)
+            ],
             dim=0,
         )
         return torch.cat([indices, concat], dim=1)

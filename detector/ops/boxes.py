@@ -116,9 +116,7 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     """
     _check_boxes_and_scores("batched_nms", boxes, scores)
     _check_idxs("batched_nms", boxes, idxs)
-    return torch.ops.detector.batched_nms(
-        boxes, scores, idxs.to(torch.int64), float(iou_threshold)
-    )
+    return torch.ops.detector.batched_nms(boxes, scores, idxs.to(torch.int64), float(iou_threshold))
 
 
 def _fake_kept_indices(boxes: Tensor) -> Tensor:

@@ -135,6 +135,4 @@ def _backward(ctx, grad_output: Tensor) -> tuple:
     ) + (None,) * len(ctx.params)
 
 
-torch.library.register_autograd(
-    "detector::deform_conv2d", _backward, setup_context=_setup_context
-)
+torch.library.register_autograd("detector::deform_conv2d", _backward, setup_context=_setup_context)

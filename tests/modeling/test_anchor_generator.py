@@ -57,7 +57,12 @@ def test_errors():
 
 
 def _rpn_cfg(sizes, strides):
-    opts = ["MODEL.RPN.ANCHOR_SIZES", str(list(sizes)), "MODEL.RPN.ANCHOR_STRIDE", str(list(strides))]
+    opts = [
+        "MODEL.RPN.ANCHOR_SIZES",
+        str(list(sizes)),
+        "MODEL.RPN.ANCHOR_STRIDE",
+        str(list(strides)),
+    ]
     return merge_opts(get_cfg(), opts)
 
 

@@ -18,7 +18,9 @@ def test_unknown_name_lists_known_names_and_closest() -> None:
     reg = Registry("MODEL.BACKBONE.CONV_BODY")
     reg.register("R-50-FPN")(object)
     reg.register("VGG-16")(object)
-    with pytest.raises(KeyError, match=r"unknown name 'R-50-FNP'.*Did you mean 'R-50-FPN'.*R-50-FPN, VGG-16"):
+    with pytest.raises(
+        KeyError, match=r"unknown name 'R-50-FNP'.*Did you mean 'R-50-FPN'.*R-50-FPN, VGG-16"
+    ):
         reg.get("R-50-FNP")
 
 

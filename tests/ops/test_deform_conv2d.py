@@ -253,8 +253,9 @@ def test_zero_offset_equals_conv2d(device: str, use_mask: bool) -> None:
 def test_layer_matches_torchvision_layer(device: str) -> None:
     torch.manual_seed(0)
     ours = DeformConv2d(4, 6, (3, 2), stride=2, padding=1, dilation=(1, 2), bias=False).to(device)
-    theirs = torchvision.ops.DeformConv2d(4, 6, (3, 2), stride=2, padding=1, dilation=(1, 2),
-                                          bias=False).to(device)
+    theirs = torchvision.ops.DeformConv2d(
+        4, 6, (3, 2), stride=2, padding=1, dilation=(1, 2), bias=False
+    ).to(device)
     theirs.load_state_dict(ours.state_dict())
     x = torch.randn(2, 4, 9, 9, device=device)
     out_h, out_w = _out_size(9, 3, 2, 1, 1), _out_size(9, 2, 2, 1, 2)

@@ -175,9 +175,7 @@ def test_nms_same_result_for_any_thread_count():
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("num", [0, 1, 5, 300, 1500])  # torchvision: offset trick <= 1000 < loop
 @pytest.mark.parametrize("iou_threshold", THRESHOLDS)
-def test_batched_nms_matches_reference_and_torchvision(
-    device: str, num: int, iou_threshold: float
-):
+def test_batched_nms_matches_reference_and_torchvision(device: str, num: int, iou_threshold: float):
     # Coordinates on a 1/16 px grid keep torchvision's coordinate offsets exact (see boxes.py).
     boxes, scores = random_boxes(num, seed=num + 1, grid=16.0)
     idxs = torch.randint(0, 4, (num,), generator=torch.Generator().manual_seed(num))

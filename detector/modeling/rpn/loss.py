@@ -6,7 +6,6 @@ Shapes:
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 from torch.nn import functional as F
 
@@ -25,12 +24,14 @@ def rpn_losses(
     sampled = labels >= 0
     positive = labels > 0
     num_sampled = sampled.sum().clamp(min=1)
-    loss_objectness = F.binary_cross_entropy_with_logits(
-        logits[sampled], labels[sampled], reduction="sum"
-    ) / num_sampled
-    loss_box = F.smooth_l1_loss(
-        deltas[positive], targets[positive], beta=smooth_l1_beta, reduction="sum"
-    ) / num_sampled
+    loss_objectness = (
+        F.binary_cross_entropy_with_logits(logits[sampled], labels[sampled], reduction="sum")
+        / num_sampled
+    )
+    loss_box = (
+        F.smooth_l1_loss(deltas[positive], targets[positive], beta=smooth_l1_beta, reduction="sum")
+        / num_sampled
+    )
     return {"loss_objectness": loss_objectness, "loss_rpn_box_reg": loss_box}
 
 
@@ -39,9 +40,11 @@ def flatten_level_outputs(
 ) -> tuple[list[Tensor], list[Tensor]]:
     """Reshapes per-level head outputs to the anchors' order (location-major, then anchor)."""
     flat_logits, flat_deltas = [], []
-    for lg, d in zip(logits, deltas):
+    for lg, d in zip(logits, deltas, strict=True):
         n, a, h, w = lg.shape
-        flat_logits.append(lg.permute(0, 2, 3, 1).reshape(n, h * w * a))  # (N, A, H, W) -> (N, H*W*A)
+        flat_logits.append(
+            lg.permute(0, 2, 3, 1).reshape(n, h * w * a)
+        )  # (N, A, H, W) -> (N, H*W*A)
         # (N, A*4, H, W) -> (N, A, 4, H, W) -> (N, H, W, A, 4) -> (N, H*W*A, 4)
         flat_deltas.append(d.view(n, a, 4, h, w).permute(0, 3, 4, 1, 2).reshape(n, h * w * a, 4))
     return flat_logits, flat_deltas

@@ -59,7 +59,7 @@ class ProposalCreator:
         """
         per_level = [
             self._select_level(a, lg.detach(), d.detach(), image_sizes)
-            for a, lg, d in zip(anchors, logits, deltas)
+            for a, lg, d in zip(anchors, logits, deltas, strict=True)
         ]
         per_image = [
             Instances.cat([level[i] for level in per_level]) for i in range(len(image_sizes))
@@ -85,7 +85,9 @@ class ProposalCreator:
             boxes, scores = boxes[keep], scores[keep]
             keep = nms(boxes, scores, self.nms_thresh)[: self.post_nms_top_n]
             results.append(
-                Instances(image_size, proposal_boxes=Boxes(boxes[keep]), objectness_logits=scores[keep])
+                Instances(
+                    image_size, proposal_boxes=Boxes(boxes[keep]), objectness_logits=scores[keep]
+                )
             )
         return results
 
@@ -102,7 +104,8 @@ class ProposalCreator:
         n = min(self.fpn_post_nms_top_n, logits.numel())
         keep = torch.zeros_like(logits, dtype=torch.bool)
         keep[logits.topk(n, sorted=True).indices] = True
-        return [self._top_n(p[m], int(m.sum())) for p, m in zip(proposals, keep.split(counts))]
+        kept = keep.split(counts)
+        return [self._top_n(p[m], int(m.sum())) for p, m in zip(proposals, kept, strict=True)]
 
 
 def _nonsmall(boxes: Tensor, min_size: float) -> Tensor:

@@ -57,8 +57,12 @@ class RPN(nn.Module):
         head = RPN_HEADS.get(rpn.RPN_HEAD)(in_channels=in_channels, num_anchors=num_anchors[0])
         box_coder = BoxCoder((1.0, 1.0, 1.0, 1.0))
         target_creator = AnchorTargetCreator(
-            matcher=Matcher(rpn.FG_IOU_THRESHOLD, rpn.BG_IOU_THRESHOLD, allow_low_quality_matches=True),
-            sampler=BalancedPositiveNegativeSampler(rpn.BATCH_SIZE_PER_IMAGE, rpn.POSITIVE_FRACTION),
+            matcher=Matcher(
+                rpn.FG_IOU_THRESHOLD, rpn.BG_IOU_THRESHOLD, allow_low_quality_matches=True
+            ),
+            sampler=BalancedPositiveNegativeSampler(
+                rpn.BATCH_SIZE_PER_IMAGE, rpn.POSITIVE_FRACTION
+            ),
             box_coder=box_coder,
             straddle_thresh=rpn.STRADDLE_THRESH,
         )
@@ -118,7 +122,7 @@ class RPN(nn.Module):
     ) -> dict[str, Tensor]:
         all_anchors = torch.cat(anchors)  # (sum A_l, 4)
         labels, regression_targets = [], []
-        for image_size, target in zip(images.image_sizes, targets):
+        for image_size, target in zip(images.image_sizes, targets, strict=True):
             gt_boxes = target.gt_boxes.tensor.to(all_anchors.dtype)
             image_labels, image_targets = self.target_creator(all_anchors, gt_boxes, image_size)
             labels.append(image_labels)

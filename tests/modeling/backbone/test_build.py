@@ -72,3 +72,28 @@ def test_build_vgg16():
 def test_unknown_conv_body_lists_known_names():
     with pytest.raises(KeyError, match="R-50-FPN"):
         build_backbone(make_cfg("R-50-FPM"))
+
+
+def _expected_features(name: str) -> dict[str, tuple[int, int]]:
+    """{feature name: (stride, channels)} that CONV_BODY `name` must produce."""
+    if name == "VGG-16":
+        return {"c4": (16, 512)}
+    if name.endswith("-FPN"):
+        return {f"p{level}": (2**level, 256) for level in range(2, 7)}
+    if name.endswith("-C5"):
+        return {"c5": (32, 2048)}
+    shallow = name.startswith(("R-18", "R-34"))  # basic blocks: res4 has 256 channels
+    return {"c4": (16, 256 if shallow else 1024)}
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_every_conv_body_has_its_strides_and_channels(name):
+    cfg = make_cfg(name, BACKBONE_OUT_CHANNELS=256)
+    model = build_backbone(cfg).eval()
+    features = model(torch.zeros(1, 3, 128, 192))
+    expected = _expected_features(name)
+    assert list(features) == list(expected)
+    for key, (stride, channels) in expected.items():
+        assert features[key].shape == (1, channels, 128 // stride, 192 // stride), key
+        assert model.out_channels == channels

@@ -40,7 +40,9 @@ def _rpn(in_channels: int, sizes, strides, pre_nms: int, post_nms: int) -> RPN:
     )
     return RPN(
         head=RPNHead(in_channels, 3),
-        anchor_generator=AnchorGenerator(sizes=sizes, aspect_ratios=(0.5, 1.0, 2.0), strides=strides),
+        anchor_generator=AnchorGenerator(
+            sizes=sizes, aspect_ratios=(0.5, 1.0, 2.0), strides=strides
+        ),
         target_creator=_target_creator(straddle=-1),
         train_proposals=creator,
         test_proposals=creator,
@@ -113,7 +115,9 @@ def test_proposals_equal_torchvision(training: bool) -> None:
         post_nms_top_n={"training": 200, "testing": 100},
         nms_thresh=0.7,
     )
-    ours = _rpn(16, sizes, strides, pre_nms=400 if training else 300, post_nms=200 if training else 100)
+    ours = _rpn(
+        16, sizes, strides, pre_nms=400 if training else 300, post_nms=200 if training else 100
+    )
     with torch.no_grad():  # larger weights than the 0.01 init, so that scores have no ties
         for name, param in tv.head.named_parameters():
             param.normal_(0, 0.3 if name.endswith("weight") else 0.1)
@@ -128,14 +132,14 @@ def test_proposals_equal_torchvision(training: bool) -> None:
     torch.manual_seed(1)
     tv_boxes, _ = tv(
         TVImageList(torch.zeros(2, 3, 128, 160), image_sizes),
-        OrderedDict(zip("abc", features)),
+        OrderedDict(zip("abc", features, strict=True)),
         [{"boxes": b} for b in gt] if training else None,
     )
-    targets = [Instances(s, gt_boxes=Boxes(b)) for s, b in zip(image_sizes, gt)]
+    targets = [Instances(s, gt_boxes=Boxes(b)) for s, b in zip(image_sizes, gt, strict=True)]
     proposals, losses = ours(
         ImageList(torch.zeros(2, 3, 128, 160), image_sizes), features, targets if training else None
     )
-    for p, t in zip(proposals, tv_boxes):
+    for p, t in zip(proposals, tv_boxes, strict=True):
         assert len(p) == len(t) > 0
         torch.testing.assert_close(p.proposal_boxes.tensor, t, rtol=0, atol=1e-4)
     assert set(losses) == ({"loss_objectness", "loss_rpn_box_reg"} if training else set())

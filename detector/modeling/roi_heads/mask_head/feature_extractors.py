@@ -1,0 +1,158 @@
+"""Mask head feature extractors: pooled RoI features -> mask features (MODEL.ROI_MASK_HEAD).
+
+Registered in `ROI_MASK_HEADS` under MODEL.ROI_MASK_HEAD.FEATURE_EXTRACTOR names, each as a
+builder ``(cfg, in_channels) -> extractor``:
+
+- "MaskRCNNFPNFeatureExtractor": a stack of 3x3 convs + ReLU (CONV_LAYERS channels, DILATION,
+  GroupNorm with USE_GN), which keeps the pooled size (Mask R-CNN's FPN head, 4 x 256).
+- "ResNet50Conv5ROIFeatureExtractor": the res5 stage of a C4 ResNet (stride 2: 14x14 -> 7x7).
+  With MODEL.ROI_MASK_HEAD.SHARE_BOX_FEATURE_EXTRACTOR the mask head reuses the box head's res5
+  instead (see `build_mask_head`).
+
+Every extractor has `out_channels` and `output_resolution(pooled_resolution)`.
+
+Shapes: R RoIs, C channels, S the pooled side.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from detector.layers import get_norm
+from detector.modeling.registry import ROI_MASK_HEADS
+
+__all__ = [
+    "MaskRCNNC4FeatureExtractor",
+    "MaskRCNNFPNFeatureExtractor",
+    "build_c4_mask_feature_extractor",
+    "build_fpn_mask_feature_extractor",
+]
+
+
+def _init_head_conv(conv: nn.Module) -> None:
+    """maskrcnn_benchmark's mask head init: kaiming normal (fan_out, ReLU) weights, zero bias."""
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+
+
+class MaskRCNNFPNFeatureExtractor(nn.Module):
+    """3x3 convolutions, each followed by GroupNorm (optional) and ReLU; the size is kept.
+
+    Layers are named `mask_fcn1`, `mask_fcn2`, ... as in maskrcnn_benchmark (with GroupNorm each
+    is a Sequential(conv, norm)), so its checkpoints map one to one.
+
+    Shapes: ``(R, in_channels, S, S) -> (R, conv_layers[-1], S, S)``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        *,
+        conv_layers: list[int] | tuple[int, ...] = (256, 256, 256, 256),
+        dilation: int = 1,
+        use_gn: bool = False,
+        gn_num_groups: int = 32,
+        gn_dim_per_group: int = -1,
+        gn_eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        if len(conv_layers) == 0:
+            raise ValueError("MODEL.ROI_MASK_HEAD.CONV_LAYERS must list at least one conv width")
+        self.layer_names: list[str] = []
+        channels = in_channels
+        for index, width in enumerate(conv_layers, start=1):
+            conv = nn.Conv2d(
+                channels, width, 3, padding=dilation, dilation=dilation, bias=not use_gn
+            )
+            _init_head_conv(conv)
+            layer: nn.Module = conv
+            if use_gn:
+                groups = width // gn_dim_per_group if gn_dim_per_group > 0 else gn_num_groups
+                layer = nn.Sequential(conv, get_norm("GN", width, num_groups=groups, eps=gn_eps))
+            name = f"mask_fcn{index}"
+            self.add_module(name, layer)
+            self.layer_names.append(name)
+            channels = width
+        self.out_channels = channels
+
+    def output_resolution(self, pooled_resolution: int) -> int:
+        """Side of the output for a pooled side (the convs keep it)."""
+        return pooled_resolution
+
+    def forward(self, x: Tensor) -> Tensor:
+        for name in self.layer_names:
+            x = F.relu(getattr(self, name)(x))
+        return x
+
+
+class MaskRCNNC4FeatureExtractor(nn.Module):
+    """A res5 stage run on pooled RoI features (Mask R-CNN's C4 head), held as `head`.
+
+    Args:
+        head: a module ``(R, C, S, S) -> (R, out_channels, ceil(S / stride), ceil(S / stride))``,
+            e.g. `detector.modeling.backbone.resnet.ResNetHead`, possibly the box head's own.
+        out_channels: its output channels.
+        stride: its spatial stride (2, or 1 with a dilated res5).
+
+    The module is `head` as in maskrcnn_benchmark's ResNet50Conv5ROIFeatureExtractor, so the
+    parameters are named `head.layer4.*` there and here.
+    """
+
+    def __init__(self, head: nn.Module, *, out_channels: int, stride: int = 2) -> None:
+        super().__init__()
+        self.head = head
+        self.out_channels = out_channels
+        self.stride = stride
+
+    def output_resolution(self, pooled_resolution: int) -> int:
+        """Side of the output for a pooled side: ceil(S / stride)."""
+        return -(-pooled_resolution // self.stride)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(x)
+
+
+def _gn_kwargs(cfg: Any) -> dict[str, Any]:
+    group_norm = cfg.MODEL.GROUP_NORM
+    return {
+        "gn_num_groups": int(group_norm.NUM_GROUPS),
+        "gn_dim_per_group": int(group_norm.DIM_PER_GP),
+        "gn_eps": float(group_norm.EPSILON),
+    }
+
+
+@ROI_MASK_HEADS.register("MaskRCNNFPNFeatureExtractor")
+def build_fpn_mask_feature_extractor(cfg: Any, in_channels: int) -> MaskRCNNFPNFeatureExtractor:
+    """The FPN mask head's convs from MODEL.ROI_MASK_HEAD (CONV_LAYERS, DILATION, USE_GN)."""
+    head_cfg = cfg.MODEL.ROI_MASK_HEAD
+    return MaskRCNNFPNFeatureExtractor(
+        in_channels,
+        conv_layers=[int(c) for c in head_cfg.CONV_LAYERS],
+        dilation=int(head_cfg.DILATION),
+        use_gn=bool(head_cfg.USE_GN),
+        **_gn_kwargs(cfg),
+    )
+
+
+def res5_stride(cfg: Any) -> int:
+    """The res5 head's stride on pooled RoIs: 2, or 1 with MODEL.RESNETS.RES5_DILATION > 1."""
+    return 1 if int(cfg.MODEL.RESNETS.RES5_DILATION) > 1 else 2
+
+
+@ROI_MASK_HEADS.register("ResNet50Conv5ROIFeatureExtractor")
+def build_c4_mask_feature_extractor(cfg: Any, in_channels: int) -> MaskRCNNC4FeatureExtractor:
+    """The mask head's own res5 stage (MODEL.BACKBONE.CONV_BODY and MODEL.RESNETS)."""
+    from detector.modeling.backbone.resnet import build_res5_head
+
+    head = build_res5_head(cfg)
+    if head.in_channels != in_channels:
+        raise ValueError(
+            f"MODEL.ROI_MASK_HEAD.FEATURE_EXTRACTOR 'ResNet50Conv5ROIFeatureExtractor': res5 of "
+            f"MODEL.BACKBONE.CONV_BODY '{cfg.MODEL.BACKBONE.CONV_BODY}' takes {head.in_channels} "
+            f"channels but the features have {in_channels}"
+        )
+    return MaskRCNNC4FeatureExtractor(head, out_channels=head.out_channels, stride=res5_stride(cfg))
