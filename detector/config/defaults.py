@@ -331,6 +331,8 @@ class SolverConfig:
     # WarmupMultiStepLR: multiply the LR by GAMMA at each of STEPS.
     GAMMA: float = 0.1
     STEPS: list[int] = _list(30000)
+    # WarmupCosineLR: the LR reached at MAX_ITER.
+    BASE_LR_END: float = 0.0
     WARMUP_FACTOR: float = 1.0 / 3
     WARMUP_ITERS: int = 500
     WARMUP_METHOD: WarmupMethod = WarmupMethod.linear

@@ -1,0 +1,1 @@
+"""Utilities: distributed helpers (comm), logging set-up, metrics writers."""

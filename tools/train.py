@@ -1,0 +1,61 @@
+"""Train a detector: python tools/train.py --config-file X.yaml [--resume] [KEY VALUE ...].
+
+Multi-GPU: torchrun --nproc_per_node=8 tools/train.py --config-file X.yaml. Outputs (checkpoints,
+log.txt, metrics.jsonl, tensorboard/, config.yaml) go to OUTPUT_DIR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch.distributed
+
+from detector.config import ConfigError, load_config
+from detector.engine.checkpoint import CheckpointError
+from detector.engine.launch import train
+from detector.utils import comm
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="YAML config")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the newest good checkpoint in OUTPUT_DIR",
+    )
+    parser.add_argument(
+        "opts",
+        nargs=argparse.REMAINDER,
+        metavar="KEY VALUE",
+        help="config overrides, e.g. SOLVER.BASE_LR 0.01 OUTPUT_DIR runs/x",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.config_file, args.opts)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    main_process = True
+    try:
+        result = train(cfg, resume=args.resume)
+        main_process = comm.is_main_process()
+    except (CheckpointError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    if main_process:
+        print(f"final weights: {result.final_checkpoint}")
+        print(f"outputs (log.txt, metrics.jsonl, tensorboard/, config.yaml): {result.output_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
