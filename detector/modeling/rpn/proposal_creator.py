@@ -57,8 +57,9 @@ class ProposalCreator:
         Returns per image Instances with `proposal_boxes` (P, 4) and `objectness_logits` (P,),
         sorted by decreasing objectness.
         """
+        # Decoding and NMS run in float32 even under autocast (bf16 boxes lose whole pixels).
         per_level = [
-            self._select_level(a, lg.detach(), d.detach(), image_sizes)
+            self._select_level(a.float(), lg.detach().float(), d.detach().float(), image_sizes)
             for a, lg, d in zip(anchors, logits, deltas, strict=True)
         ]
         per_image = [
