@@ -257,11 +257,13 @@ def make_evaluate_fn(cfg: Any) -> Callable[[nn.Module], dict[str, float]]:
     ("coco_2017_val/bbox/AP"). Rank 0 returns the metrics, other ranks {}. Unknown dataset names
     raise here, before training starts; loaders and evaluators are built at the first call.
     """
-    from detector.data.catalog import get_dataset_spec
+    from detector.data.catalog import get_dataset_spec, list_datasets
 
     names = list(cfg.DATASETS.TEST)
+    known = set(list_datasets(cfg))
     for name in names:
-        get_dataset_spec(name, cfg)  # fails now rather than after training
+        if name not in known:
+            get_dataset_spec(name, cfg)  # raises now, naming the closest known name
     built: dict[str, tuple[Any, DatasetEvaluator]] = {}
 
     def evaluate_fn(model: nn.Module) -> dict[str, float]:
