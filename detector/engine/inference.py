@@ -248,17 +248,17 @@ def load_test_weights(model: nn.Module, weights: str | Path) -> None:
 def _resolve_weights(cfg: Any, weights: str | Path | None) -> Path:
     from detector.engine.checkpoint import Checkpointer, CheckpointError
 
-    if weights:
-        return Path(weights)
-    if cfg.MODEL.WEIGHT:
-        return Path(cfg.MODEL.WEIGHT)
-    last = Checkpointer(cfg.OUTPUT_DIR, model=nn.Identity()).last_checkpoint()
-    if last is not None:
-        return last
-    raise CheckpointError(
-        f"no weights to test: MODEL.WEIGHT is empty and {cfg.OUTPUT_DIR} has no checkpoint; "
-        "pass MODEL.WEIGHT path/to/model_final.pth"
-    )
+    path = weights or cfg.MODEL.WEIGHT or None
+    if path is None:
+        path = Checkpointer(cfg.OUTPUT_DIR, model=nn.Identity()).last_checkpoint()
+    if path is None:
+        raise CheckpointError(
+            f"no weights to test: MODEL.WEIGHT is empty and {cfg.OUTPUT_DIR} has no checkpoint; "
+            "pass MODEL.WEIGHT path/to/model_final.pth"
+        )
+    if not Path(path).is_file():
+        raise CheckpointError(f"weights file not found: {path} (MODEL.WEIGHT)")
+    return Path(path)
 
 
 def _inference_dir(cfg: Any, dataset_name: str) -> Path:
@@ -357,9 +357,10 @@ def test(
     if model is None:
         from detector.modeling.detector import GeneralizedRCNN
 
-        model = GeneralizedRCNN.from_config(cfg)
-        model.to(resolve_device(cfg))
-        load_test_weights(model, _resolve_weights(cfg, weights))
+        path = _resolve_weights(cfg, weights)  # before the (slow) model build
+        device = resolve_device(cfg)
+        model = GeneralizedRCNN.from_config(cfg).to(device)
+        load_test_weights(model, path)
     for name in names:
         out_dir = _inference_dir(cfg, name)
         loader = build_test_loader(cfg, name)
