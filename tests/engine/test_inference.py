@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -277,3 +278,83 @@ def test_format_metrics_shows_the_headline():
     )
     assert text == "bbox/AP=0.5000, segm/AP50=0.2500"
     assert inference.format_metrics({"x": 1.0}) == "x=1.0000"
+
+
+# --------------------------------------------------------------------------------------------
+# Two processes: each runs its share of the images, rank 0 evaluates all of them
+# --------------------------------------------------------------------------------------------
+class CentralBox(nn.Module):
+    """Predicts the central half of each image as a square (class 1)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(()))
+
+    def forward(self, images: list[torch.Tensor]) -> list[Instances]:
+        out = []
+        for image in images:
+            height, width = image.shape[-2:]
+            box = torch.tensor([[width / 4, height / 4, 3 * width / 4, 3 * height / 4]])
+            out.append(
+                Instances(
+                    (height, width),
+                    pred_boxes=Boxes(box * self.weight),
+                    scores=torch.ones(1),
+                    pred_classes=torch.ones(1, dtype=torch.int64),
+                )
+            )
+        return out
+
+
+def _central_box_cfg(output_dir: str):
+    return merge_opts(
+        get_cfg(),
+        [
+            "OUTPUT_DIR", output_dir, "TEST.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0",
+            "INPUT.MIN_SIZE_TEST", "96",
+            "DATASETS.CUSTOM", "{four: {FORMAT: shapes, NUM_IMAGES: 5, SEED: 2}}",
+            "DATASETS.TEST", "(four,)",
+        ],
+    )  # fmt: skip
+
+
+def _dist_worker(rank: int, world_size: int, port: int, out: str) -> None:
+    import json
+    import os
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+        WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
+    )  # fmt: skip
+    torch.set_num_threads(1)
+    results = inference.test(_central_box_cfg(out), model=CentralBox(), progress=False)
+    with open(f"{out}/rank{rank}.json", "w") as f:
+        json.dump(results, f)
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_two_processes_give_the_one_process_metrics(tmp_path):
+    import json
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_dist_worker, args=(2, port, str(tmp_path / "dist")), nprocs=2, join=True)
+    rank0 = json.loads((tmp_path / "dist" / "rank0.json").read_text())  # NaN reads as nan
+    rank1 = json.loads((tmp_path / "dist" / "rank1.json").read_text())
+    assert rank1 == {}
+    records = json.loads(
+        (tmp_path / "dist" / "inference" / "four" / "coco_instances_results.json").read_text()
+    )
+    assert sorted(r["image_id"] for r in records) == [0, 1, 2, 3, 4]
+
+    single = inference.test(
+        _central_box_cfg(str(tmp_path / "one")), model=CentralBox(), progress=False
+    )
+    assert rank0.keys() == single.keys() == {"four"}
+    np.testing.assert_equal(rank0["four"], single["four"])

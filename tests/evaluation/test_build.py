@@ -216,3 +216,21 @@ def test_make_evaluate_fn_rejects_unknown_names_at_once():
     cfg = merge_opts(get_cfg(), ["DATASETS.TEST", "(shapes_vall,)"])
     with pytest.raises(DatasetError, match="Did you mean 'shapes_val'"):
         make_evaluate_fn(cfg)
+
+
+def test_rpn_only_models_are_scored_by_proposal_recall(tmp_path):
+    cfg = merge_opts(get_cfg(), ["MODEL.RPN_ONLY", "true"])
+    dataset = ShapesDataset(3, seed=4)
+    evaluator = build_evaluator(cfg, "shapes", tmp_path, dataset=dataset)
+    for index in range(len(dataset)):
+        _, target, meta = dataset[index]
+        proposals = Instances(
+            target.image_size,
+            proposal_boxes=target.gt_boxes,
+            objectness_logits=torch.zeros(len(target)),
+        )
+        evaluator.process([meta["image_id"]], [proposals])
+    metrics = evaluator.evaluate()
+    assert metrics["AR@100"] == pytest.approx(1.0) and metrics["AR@1000"] == pytest.approx(1.0)
+    assert not any(key.startswith("bbox/") for key in metrics)
+    assert (tmp_path / "coco_proposals_results.json").is_file()
