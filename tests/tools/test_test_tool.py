@@ -16,6 +16,7 @@ import torch
 from detector.config import load_config
 from detector.engine import inference
 from detector.engine.launch import train
+from detector.evaluation import make_evaluate_fn
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOL = ROOT / "tools" / "test.py"
@@ -130,9 +131,11 @@ def _small_bccd(shared_data: Path, directory: Path) -> str:
     )
 
 
-def _train(config: Path, output_dir: Path) -> Path:
-    cfg = load_config(config, ["OUTPUT_DIR", str(output_dir)])
-    return train(cfg).final_checkpoint
+def _train(config: Path, output_dir: Path, evaluate: bool = False) -> Path:
+    """Trains the tiny model; with `evaluate`, on DATASETS.TEST at iteration 2 and at the end."""
+    cfg = load_config(config, ["OUTPUT_DIR", str(output_dir), "TEST.EVAL_PERIOD", "2"])
+    evaluate_fn = make_evaluate_fn(cfg) if evaluate else None
+    return train(cfg, evaluate_fn=evaluate_fn).final_checkpoint
 
 
 def _check_metrics(metrics: dict, keys: list[str]) -> None:
@@ -178,6 +181,27 @@ def test_weights_of_another_model(tool, tmp_path, capsys):
     assert "do not fit the model" in err and "head.weight" in err
 
 
+def test_train_tool_evaluates_on_the_test_datasets(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("train_tool", ROOT / "tools" / "train.py")
+    train_tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_tool)
+    calls = []
+
+    def fake_train(cfg, resume=False, evaluate_fn=None):
+        calls.append(evaluate_fn)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(train_tool, "train", fake_train)
+    config = _write_config(tmp_path, 4, "DATASETS:\n  TEST: (shapes_val,)\n")
+    assert train_tool.main(["--config-file", str(config)]) == 1
+    assert train_tool.main(["--config-file", str(config), "--skip-test"]) == 1
+    assert train_tool.main(["--config-file", str(config), "DATASETS.TEST", "()"]) == 1
+    assert callable(calls[0]) and calls[1] is None and calls[2] is None
+    # An unknown test dataset fails before training starts.
+    assert train_tool.main(["--config-file", str(config), "DATASETS.TEST", "(shapes_vall,)"]) == 1
+    assert len(calls) == 3
+
+
 def test_empty_test_datasets_and_missing_saved_predictions(tool, tmp_path, capsys):
     config = _write_config(tmp_path, 4)
     assert tool.main(["--config-file", str(config), "DATASETS.TEST", "()"]) == 1
@@ -197,8 +221,12 @@ def test_empty_test_datasets_and_missing_saved_predictions(tool, tmp_path, capsy
 def test_end_to_end_on_bccd_with_the_voc_metric(tool, tmp_path, shared_data, capsys):
     config = _write_config(tmp_path, 4, _small_bccd(shared_data, tmp_path))
     out = tmp_path / "run"
-    weights = _train(config, out)
+    weights = _train(config, out, evaluate=True)
     capsys.readouterr()
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evaluations = [line for line in lines if "bbox/mAP" in line]
+    assert [line["iteration"] for line in evaluations] == [2, 3]  # TEST.EVAL_PERIOD, the end
+    assert all(0.0 <= line["bbox/mAP"] <= 1.0 for line in evaluations)
 
     argv = ["--config-file", str(config), "--no-progress", "OUTPUT_DIR", str(out),
             "MODEL.WEIGHT", str(weights)]  # fmt: skip
