@@ -18,7 +18,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from detector.structures import Boxes, Instances
 from detector.utils import comm
 
 __all__ = [
+    "check_expected_results",
     "find_saved_predictions",
     "format_metrics",
     "inference_on_dataset",
@@ -352,7 +353,7 @@ def test(
             evaluator = build_evaluator(cfg, name, out_dir, dataset=get_dataset(name, cfg))
             where = _saved_location(Path(saved_predictions), name, len(names))
             results[name] = reevaluate_saved(evaluator, where)
-            _finish(name, out_dir, results[name])
+            _finish(cfg, name, out_dir, results[name])
         return results
     if model is None:
         from detector.modeling.detector import GeneralizedRCNN
@@ -371,15 +372,46 @@ def test(
         metrics = inference_on_dataset(model, loader, evaluator, progress=progress)
         if comm.is_main_process():
             results[name] = metrics
-            _finish(name, out_dir, metrics)
+            _finish(cfg, name, out_dir, metrics)
     comm.synchronize()
     return results
 
 
-def _finish(name: str, out_dir: Path, metrics: dict[str, float]) -> None:
+def _finish(cfg: Any, name: str, out_dir: Path, metrics: dict[str, float]) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = _write_metrics(out_dir, metrics)
     logger.info("%s: %s (all metrics: %s)", name, format_metrics(metrics), path)
+    if cfg.TEST.EXPECTED_RESULTS:
+        check_expected_results(
+            metrics, cfg.TEST.EXPECTED_RESULTS, cfg.TEST.EXPECTED_RESULTS_SIGMA_TOL
+        )
+
+
+def check_expected_results(
+    metrics: dict[str, float], expected: Sequence[Sequence[Any]], sigma_tol: float
+) -> list[str]:
+    """Compares metrics with TEST.EXPECTED_RESULTS [[task, metric, value, std], ...] (as
+    maskrcnn_benchmark does): a metric passes within sigma_tol * std of the value. Logs each
+    check; returns the failures as text (a missing metric is a failure)."""
+    failures = []
+    for entry in expected:
+        if len(entry) != 4:
+            raise ValueError(
+                f"TEST.EXPECTED_RESULTS entry {list(entry)} must be [task, metric, value, std], "
+                "e.g. ['bbox', 'AP', 0.37, 0.01]"
+            )
+        task, metric, value, std = entry
+        key = f"{task}/{metric}"
+        actual = metrics.get(key)
+        low, high = value - sigma_tol * std, value + sigma_tol * std
+        ok = actual is not None and low <= actual <= high
+        line = f"{key}: {actual} {'within' if ok else 'NOT within'} [{low:.4f}, {high:.4f}]"
+        if ok:
+            logger.info("expected result %s", line)
+        else:
+            logger.error("expected result %s", line)
+            failures.append(line)
+    return failures
 
 
 _HEADLINE = ("AP", "AP50", "AP75", "mAP", "AR@100", "AR@1000")

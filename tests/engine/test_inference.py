@@ -358,3 +358,14 @@ def test_two_processes_give_the_one_process_metrics(tmp_path):
     )
     assert rank0.keys() == single.keys() == {"four"}
     np.testing.assert_equal(rank0["four"], single["four"])
+
+
+def test_check_expected_results():
+    metrics = {"bbox/AP": 0.36, "segm/AP": 0.30}
+    expected = [["bbox", "AP", 0.37, 0.01], ["segm", "AP", 0.34, 0.005], ["bbox", "AP50", 0.5, 1]]
+    failures = inference.check_expected_results(metrics, expected, sigma_tol=4)
+    assert len(failures) == 2
+    assert failures[0].startswith("segm/AP: 0.3 NOT within [0.3200, 0.3600]")
+    assert failures[1].startswith("bbox/AP50: None")
+    with pytest.raises(ValueError, match=r"\[task, metric, value, std\]"):
+        inference.check_expected_results(metrics, [["bbox", "AP"]], sigma_tol=4)
