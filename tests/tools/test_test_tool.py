@@ -204,7 +204,8 @@ def test_train_tool_evaluates_on_the_test_datasets(tmp_path, monkeypatch):
 
 def test_empty_test_datasets_and_missing_saved_predictions(tool, tmp_path, capsys):
     config = _write_config(tmp_path, 4)
-    assert tool.main(["--config-file", str(config), "DATASETS.TEST", "()"]) == 1
+    argv = ["--config-file", str(config), "OUTPUT_DIR", str(tmp_path), "DATASETS.TEST", "()"]
+    assert tool.main(argv) == 1
     assert "DATASETS.TEST is empty" in capsys.readouterr().err
     saved = tmp_path / "nothing"
     saved.mkdir()
