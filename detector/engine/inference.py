@@ -120,12 +120,19 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _progress_bar(loader: Iterable, enabled: bool) -> Iterable:
-    show = enabled and comm.is_main_process() and sys.stderr.isatty()
-    if not show:
-        return loader
-    total = len(loader) if hasattr(loader, "__len__") else None
-    return tqdm(loader, total=total, desc="inference", unit="batch", dynamic_ncols=True)
+def _show_bar(enabled: bool) -> bool:
+    return enabled and comm.is_main_process() and sys.stderr.isatty()
+
+
+def _num_batches(loader: Iterable) -> int | None:
+    try:
+        return len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+# Without a progress bar, progress is logged at most this often (seconds).
+LOG_PERIOD_S = 30.0
 
 
 def inference_on_dataset(
@@ -145,7 +152,8 @@ def inference_on_dataset(
             already resized by the test transforms, metas with the original "height", "width"
             and the "image_id". In a multi-process run each rank iterates over its own share.
         evaluator: receives every image's predictions in original pixels (reset first).
-        progress: a tqdm bar on rank 0 when stderr is a terminal.
+        progress: a tqdm bar on rank 0 when stderr is a terminal (else progress is logged every
+            LOG_PERIOD_S seconds).
         mask_threshold: the probability above which a pasted mask pixel is on.
 
     Returns:
@@ -153,31 +161,69 @@ def inference_on_dataset(
     """
     evaluator.reset()
     device = _model_device(model)
+    total = _num_batches(data_loader)
+    show_bar = _show_bar(progress)
+    batches = tqdm(data_loader, total=total, desc="inference", unit="batch") if show_bar else None
     was_training = model.training
     model.eval()
     num_images, model_seconds = 0, 0.0
-    start = time.perf_counter()
+    start = last_log = time.perf_counter()
     try:
         with torch.no_grad():
-            for images, _, metas in _progress_bar(data_loader, progress):
-                images = [image.to(device, non_blocking=True) for image in images]
-                _sync(device)
-                tic = time.perf_counter()
-                outputs = model(images)
-                _sync(device)
-                model_seconds += time.perf_counter() - tic
-                results = [
-                    postprocess_to_original(out, meta["height"], meta["width"], mask_threshold)
-                    for out, meta in zip(outputs, metas, strict=True)
-                ]
-                evaluator.process(
-                    [meta["image_id"] for meta in metas], [r.to("cpu") for r in results]
-                )
+            for step, (images, _, metas) in enumerate(batches or data_loader, start=1):
+                results, seconds = _predict(model, images, metas, device, mask_threshold)
+                evaluator.process([meta["image_id"] for meta in metas], results)
                 num_images += len(images)
+                model_seconds += seconds
+                now = time.perf_counter()
+                if not show_bar and now - last_log >= LOG_PERIOD_S:
+                    _log_progress(step, total, num_images, now - start, model_seconds)
+                    last_log = now
     finally:
         model.train(was_training)
+        if batches is not None:
+            batches.close()
     _log_timing(num_images, time.perf_counter() - start, model_seconds)
     return _gather_and_evaluate(evaluator)
+
+
+def _predict(
+    model: nn.Module,
+    images: list[torch.Tensor],
+    metas: list[dict[str, Any]],
+    device: torch.device,
+    mask_threshold: float,
+) -> tuple[list[Instances], float]:
+    """One batch's predictions in original pixels, on the CPU, and the model's seconds."""
+    images = [image.to(device, non_blocking=True) for image in images]
+    _sync(device)
+    tic = time.perf_counter()
+    outputs = model(images)
+    _sync(device)
+    seconds = time.perf_counter() - tic
+    results = [
+        postprocess_to_original(out, meta["height"], meta["width"], mask_threshold).to("cpu")
+        for out, meta in zip(outputs, metas, strict=True)
+    ]
+    return results, seconds
+
+
+def _log_progress(
+    step: int, total: int | None, num_images: int, seconds: float, model_seconds: float
+) -> None:
+    eta = ""
+    if total:
+        remaining = seconds / step * (total - step)
+        eta = f", ETA {datetime.timedelta(seconds=round(remaining))}"
+    logger.info(
+        "inference: batch %d/%s, %d images, model %.4f s / image, total %.4f s / image%s",
+        step,
+        total if total is not None else "?",
+        num_images,
+        model_seconds / max(num_images, 1),
+        seconds / max(num_images, 1),
+        eta,
+    )
 
 
 def _log_timing(num_images: int, total_seconds: float, model_seconds: float) -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Hashable, Sequence
 
 import numpy as np
@@ -199,6 +200,18 @@ def test_inference_on_dataset_runs_in_eval_mode_and_maps_to_original():
     assert sizes == [(40, 60), (80, 40), (10, 15)]
     boxes = [instances.pred_boxes.tensor.tolist() for _, instances in evaluator.seen]
     assert boxes == [[[0.0, 0.0, 30.0, 40.0]], [[0.0, 0.0, 20.0, 80.0]], [[0.0, 0.0, 7.5, 10.0]]]
+
+
+def test_progress_is_logged_without_a_bar(monkeypatch, caplog):
+    monkeypatch.setattr(inference, "LOG_PERIOD_S", 0.0)
+    caplog.set_level(logging.INFO, logger="detector.engine.inference")
+    inference_on_dataset(BoxPerImage(), _batches(), RecordingEvaluator(), progress=False)
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line.split(",")[0] for line in lines[:2]] == [
+        "inference: batch 1/?",
+        "inference: batch 2/?",
+    ]
+    assert lines[2].startswith("inference done on 3 images (rank 0 of 1)")
 
 
 def test_results_of_other_ranks_are_merged_on_rank_0(monkeypatch):
