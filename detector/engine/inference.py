@@ -94,8 +94,8 @@ def _masks_to_original(
     if masks.dim() == 3:
         if masks.is_floating_point():
             masks = masks > threshold
-        if tuple(masks.shape[1:]) == size:
-            return masks.bool()
+        if tuple(masks.shape[1:]) == size or len(masks) == 0:
+            return masks.bool().reshape(len(masks), *size)
         resized = F.interpolate(masks[:, None].float(), size=size, mode="nearest")
         return resized[:, 0] > 0.5  # (R, 1, H, W) -> (R, H, W)
     raise ValueError(

@@ -105,6 +105,8 @@ def test_empty_detections_and_proposals():
     )
     out = postprocess_to_original(empty, 60, 80)
     assert len(out) == 0 and out.pred_masks.shape == (0, 60, 80)
+    empty.pred_masks = torch.zeros(0, 30, 40, dtype=torch.bool)  # pasted at the input size
+    assert postprocess_to_original(empty, 60, 80).pred_masks.shape == (0, 60, 80)
     proposals = Instances(
         (30, 40),
         proposal_boxes=Boxes(torch.tensor([[4.0, 3.0, 8.0, 6.0]])),
