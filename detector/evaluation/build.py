@@ -254,16 +254,14 @@ def make_evaluate_fn(cfg: Any) -> Callable[[nn.Module], dict[str, float]]:
 
     Predictions and metrics go to OUTPUT_DIR/inference/<dataset>/. With one test dataset the
     keys are the evaluator's ("bbox/AP", ...); with several they are prefixed by the dataset name
-    ("coco_2017_val/bbox/AP"). Rank 0 returns the metrics, other ranks {}. Unknown dataset names
-    raise here, before training starts; loaders and evaluators are built at the first call.
+    ("coco_2017_val/bbox/AP"). Rank 0 returns the metrics, other ranks {}. The datasets are
+    read here, so that a wrong name or a missing file fails before training rather than after
+    it; the loaders and evaluators are built at the first call (the process group exists then).
     """
-    from detector.data.catalog import get_dataset_spec, list_datasets
+    from detector.data import get_dataset
 
     names = list(cfg.DATASETS.TEST)
-    known = set(list_datasets(cfg))
-    for name in names:
-        if name not in known:
-            get_dataset_spec(name, cfg)  # raises now, naming the closest known name
+    datasets = {name: get_dataset(name, cfg) for name in names}
     built: dict[str, tuple[Any, DatasetEvaluator]] = {}
 
     def evaluate_fn(model: nn.Module) -> dict[str, float]:
@@ -277,10 +275,7 @@ def make_evaluate_fn(cfg: Any) -> Callable[[nn.Module], dict[str, float]]:
                 loader = build_test_loader(cfg, name)
                 out_dir = Path(cfg.OUTPUT_DIR) / "inference" / name
                 evaluator = build_evaluator(
-                    cfg,
-                    name,
-                    out_dir if comm.is_main_process() else None,
-                    dataset=loader.dataset.dataset,
+                    cfg, name, out_dir if comm.is_main_process() else None, dataset=datasets[name]
                 )
                 built[name] = (loader, evaluator)
             loader, evaluator = built[name]

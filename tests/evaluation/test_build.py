@@ -212,9 +212,17 @@ def test_make_evaluate_fn_prefixes_each_dataset(tmp_path):
     assert "bbox/AP" in single(Nothing())
 
 
-def test_make_evaluate_fn_rejects_unknown_names_at_once():
+def test_make_evaluate_fn_rejects_unknown_names_and_missing_files_at_once(tmp_path):
     cfg = merge_opts(get_cfg(), ["DATASETS.TEST", "(shapes_vall,)"])
     with pytest.raises(DatasetError, match="Did you mean 'shapes_val'"):
+        make_evaluate_fn(cfg)
+    missing = tmp_path / "nowhere.json"
+    cfg = merge_opts(
+        get_cfg(),
+        ["DATASETS.CUSTOM", f"{{mine: {{FORMAT: coco, ANN_FILE: {missing}, IMAGE_DIR: x}}}}",
+         "DATASETS.TEST", "(mine,)"],
+    )  # fmt: skip
+    with pytest.raises(DatasetError, match="nowhere.json"):
         make_evaluate_fn(cfg)
 
 
