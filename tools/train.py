@@ -1,7 +1,9 @@
 """Train a detector: python tools/train.py --config-file X.yaml [--resume] [KEY VALUE ...].
 
 Multi-GPU: torchrun --nproc_per_node=8 tools/train.py --config-file X.yaml. Outputs (checkpoints,
-log.txt, metrics.jsonl, tensorboard/, config.yaml) go to OUTPUT_DIR.
+log.txt, metrics.jsonl, tensorboard/, config.yaml) go to OUTPUT_DIR. The model is evaluated on
+DATASETS.TEST every TEST.EVAL_PERIOD iterations and at the end (OUTPUT_DIR/inference/), unless
+--skip-test.
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="continue from the newest good checkpoint in OUTPUT_DIR",
     )
     parser.add_argument(
+        "--skip-test",
+        action="store_true",
+        help="do not evaluate on DATASETS.TEST (neither periodically nor at the end)",
+    )
+    parser.add_argument(
         "opts",
         nargs=argparse.REMAINDER,
         metavar="KEY VALUE",
@@ -43,7 +50,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     main_process = True
     try:
-        result = train(cfg, resume=args.resume)
+        evaluate_fn = None
+        if cfg.DATASETS.TEST and not args.skip_test:
+            from detector.evaluation.build import make_evaluate_fn
+
+            evaluate_fn = make_evaluate_fn(cfg)
+        result = train(cfg, resume=args.resume, evaluate_fn=evaluate_fn)
         main_process = comm.is_main_process()
     except (CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

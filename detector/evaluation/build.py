@@ -1,0 +1,287 @@
+"""The evaluator of a named dataset, from the config, and the trainer's `evaluate_fn`.
+
+    COCODataset                     -> COCOEvaluator on its JSON (bbox, + segm with MODEL.MASK_ON)
+    VOCDataset (ImageSets/Main)     -> VOCEvaluator (TEST.VOC_USE_07_METRIC: 11-point or area AP)
+    anything else (shapes, dsb2018, VOC with instance masks or without a split file), and
+    RPN-only models on VOC          -> its ground truth written as a COCO JSON, COCOEvaluator
+
+RPN-only models (MODEL.RPN_ONLY) are scored by proposal recall (AR@100, AR@1000, ...), which the
+COCOEvaluator computes from proposal records.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Hashable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pycocotools.mask as mask_util
+import torch
+from torch import nn
+
+from detector.evaluation.coco_evaluation import COCOEvaluator
+from detector.evaluation.evaluator import DatasetEvaluator
+from detector.evaluation.voc_evaluation import VOCEvaluator
+
+__all__ = [
+    "DatasetCOCOEvaluator",
+    "build_evaluator",
+    "dataset_to_coco_dict",
+    "dataset_to_coco_json",
+    "make_evaluate_fn",
+]
+
+logger = logging.getLogger(__name__)
+
+GROUND_TRUTH_JSON = "ground_truth_coco.json"
+
+
+# --------------------------------------------------------------------------------------------
+# Any dataset -> COCO ground truth
+# --------------------------------------------------------------------------------------------
+def _coco_image_ids(dataset: Any) -> dict[Hashable, int]:
+    """meta image_id -> COCO image id: the ids themselves when they are all non-negative ints,
+    else 1..N in dataset order (COCO's ids are integers)."""
+    ids = [dataset.get_meta(i)["image_id"] for i in range(len(dataset))]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{type(dataset).__name__}: image ids repeat; they must be unique")
+    if all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) and i >= 0 for i in ids):
+        return {i: int(i) for i in ids}
+    return {image_id: k for k, image_id in enumerate(ids, start=1)}
+
+
+def _mask_rles(target: Any, height: int, width: int) -> list[dict[str, Any]]:
+    """The RLE of each instance mask of `target` (gt_masks PolygonMasks or BitMasks)."""
+    bitmasks = target.gt_masks.to_bitmasks(height, width).tensor  # (N, H, W) bool
+    if len(bitmasks) == 0:
+        return []
+    array = bitmasks.to(torch.uint8).numpy()
+    # (N, H, W) -> (H, W, N) in Fortran order, as pycocotools.mask.encode needs.
+    rles = mask_util.encode(np.asfortranarray(array.transpose(1, 2, 0)))
+    for rle in rles:
+        rle["counts"] = rle["counts"].decode("ascii")
+    return rles
+
+
+def dataset_to_coco_dict(dataset: Any) -> tuple[dict[str, Any], dict[Hashable, int]]:
+    """The ground truth of a detection dataset as a COCO instances dict.
+
+    Images: id = meta image_id (or 1..N when the ids are not integers), file_name, height,
+    width. Categories: id = the contiguous label 1..K, name = class_names[k]. Annotations: bbox
+    [x, y, w, h] of gt_boxes, area (mask pixels with masks, else box area), iscrowd 1 for
+    `difficult` objects (COCOeval ignores them, as VOC does) else 0, and segmentation as an RLE
+    of the instance mask when the dataset has masks.
+
+    Returns:
+        (the COCO dict, meta image_id -> COCO image id).
+    """
+    id_map = _coco_image_ids(dataset)
+    with_masks = bool(getattr(dataset, "has_masks", False))
+    images, annotations = [], []
+    for index in range(len(dataset)):
+        meta = dataset.get_meta(index)
+        height, width = int(meta["height"]), int(meta["width"])
+        image_id = id_map[meta["image_id"]]
+        images.append(
+            {
+                "id": image_id,
+                "file_name": str(meta.get("file_name", "")),
+                "height": height,
+                "width": width,
+            }
+        )
+        annotations += _annotations(dataset.load_target(index), image_id, height, width,
+                                    with_masks, first_id=len(annotations) + 1)  # fmt: skip
+    categories = [
+        {"id": label, "name": name, "supercategory": "none"}
+        for label, name in enumerate(dataset.class_names)
+        if label > 0
+    ]
+    coco = {"images": images, "annotations": annotations, "categories": categories}
+    return coco, id_map
+
+
+def _annotations(
+    target: Any, image_id: int, height: int, width: int, with_masks: bool, first_id: int
+) -> list[dict[str, Any]]:
+    boxes = target.gt_boxes.tensor.tolist()
+    classes = target.gt_classes.tolist()
+    difficult = target.difficult.tolist() if target.difficult is not None else [False] * len(boxes)
+    rles = _mask_rles(target, height, width) if with_masks else [None] * len(boxes)
+    records = []
+    for k, ((x1, y1, x2, y2), label, hard, rle) in enumerate(
+        zip(boxes, classes, difficult, rles, strict=True)
+    ):
+        record = {
+            "id": first_id + k,
+            "image_id": image_id,
+            "category_id": int(label),
+            "bbox": [x1, y1, x2 - x1, y2 - y1],
+            "area": (x2 - x1) * (y2 - y1),
+            "iscrowd": int(bool(hard)),
+        }
+        if rle is not None:
+            record["segmentation"] = rle
+            record["area"] = float(mask_util.area(rle))
+        records.append(record)
+    return records
+
+
+def dataset_to_coco_json(dataset: Any, path: str | Path) -> dict[Hashable, int]:
+    """Writes `dataset_to_coco_dict(dataset)` to `path` (atomically: readers never see a partial
+    file). Returns meta image_id -> COCO image id."""
+    coco, id_map = dataset_to_coco_dict(dataset)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    partial.write_text(json.dumps(coco))
+    os.replace(partial, path)
+    logger.info(
+        "wrote the ground truth of %d images (%d objects) as COCO JSON: %s",
+        len(coco["images"]),
+        len(coco["annotations"]),
+        path,
+    )
+    return id_map
+
+
+class DatasetCOCOEvaluator(COCOEvaluator):
+    """A COCOEvaluator on a dataset converted by `dataset_to_coco_json`, accepting the dataset's
+    own image ids (e.g. DSB2018's file stems) and mapping them to the JSON's integer ids."""
+
+    def __init__(
+        self, annotation_json: str | Path, image_id_map: Mapping[Hashable, int], **kwargs: Any
+    ) -> None:
+        self.image_id_map = dict(image_id_map)
+        super().__init__(annotation_json, **kwargs)
+
+    def _check_image_id(self, image_id: Hashable) -> int:
+        if isinstance(image_id, torch.Tensor):
+            image_id = image_id.item()
+        if isinstance(image_id, str) and image_id in self.image_id_map:
+            image_id = self.image_id_map[image_id]
+        return super()._check_image_id(image_id)
+
+
+# --------------------------------------------------------------------------------------------
+# build_evaluator
+# --------------------------------------------------------------------------------------------
+def _coco_tasks(cfg: Any, has_masks: bool) -> tuple[str, ...]:
+    if cfg.MODEL.MASK_ON and not has_masks:
+        logger.warning("MODEL.MASK_ON but the test dataset has no masks: evaluating boxes only")
+    return ("bbox", "segm") if cfg.MODEL.MASK_ON and has_masks else ("bbox",)
+
+
+def _voc_split_file(dataset: Any) -> Path | None:
+    """ImageSets/Main/<split>.txt when VOCEvaluator can use it (boxes only, a named split)."""
+    if dataset.has_masks or not dataset.split:
+        return None
+    path = Path(dataset.root) / "ImageSets" / "Main" / f"{dataset.split}.txt"
+    return path if path.is_file() else None
+
+
+def build_evaluator(
+    cfg: Any,
+    dataset_name: str,
+    output_dir: str | Path | None = None,
+    *,
+    dataset: Any = None,
+) -> DatasetEvaluator:
+    """The evaluator of DATASETS.TEST entry `dataset_name` (see the module docstring).
+
+    Args:
+        cfg: reads MODEL.MASK_ON, MODEL.RPN_ONLY and TEST.VOC_USE_07_METRIC.
+        dataset_name: a catalog or DATASETS.CUSTOM name.
+        output_dir: where the evaluator writes predictions, metrics and PR curves (and, for
+            converted datasets, ground_truth_coco.json); None: nowhere (a temporary file holds
+            the converted ground truth while it is read).
+        dataset: the dataset, if already built (e.g. `loader.dataset.dataset`).
+    """
+    from detector.data import COCODataset, VOCDataset, get_dataset
+
+    if dataset is None:
+        dataset = get_dataset(dataset_name, cfg)
+    has_masks = bool(getattr(dataset, "has_masks", False))
+    if isinstance(dataset, COCODataset):
+        return COCOEvaluator(
+            dataset.json_file,
+            output_dir=output_dir,
+            tasks=_coco_tasks(cfg, has_masks),
+            label_to_category_id=dataset.contiguous_to_category_id,
+        )
+    if isinstance(dataset, VOCDataset) and not cfg.MODEL.RPN_ONLY:
+        if _voc_split_file(dataset) is not None and not (cfg.MODEL.MASK_ON and has_masks):
+            return VOCEvaluator(
+                dataset.root,
+                dataset.split,
+                dataset.class_names[1:],
+                use_07_metric=bool(cfg.TEST.VOC_USE_07_METRIC),
+                output_dir=output_dir,
+            )
+        logger.info(
+            "%s: VOC data without an ImageSets/Main split file or with masks; evaluating with "
+            "COCO metrics on its converted ground truth",
+            dataset_name,
+        )
+    return _converted_evaluator(cfg, dataset, output_dir, has_masks)
+
+
+def _converted_evaluator(
+    cfg: Any, dataset: Any, output_dir: str | Path | None, has_masks: bool
+) -> DatasetCOCOEvaluator:
+    tasks = _coco_tasks(cfg, has_masks)
+    if output_dir is not None:
+        path = Path(output_dir) / GROUND_TRUTH_JSON
+        id_map = dataset_to_coco_json(dataset, path)
+        return DatasetCOCOEvaluator(path, id_map, output_dir=output_dir, tasks=tasks)
+    with tempfile.TemporaryDirectory() as directory:  # read at construction, then removed
+        path = Path(directory) / GROUND_TRUTH_JSON
+        id_map = dataset_to_coco_json(dataset, path)
+        return DatasetCOCOEvaluator(path, id_map, tasks=tasks)
+
+
+# --------------------------------------------------------------------------------------------
+# The trainer's evaluate_fn
+# --------------------------------------------------------------------------------------------
+def make_evaluate_fn(cfg: Any) -> Callable[[nn.Module], dict[str, float]]:
+    """`evaluate_fn(model) -> metrics` on every DATASETS.TEST set, for the trainer's EvalHook
+    (every TEST.EVAL_PERIOD iterations and at the end).
+
+    Predictions and metrics go to OUTPUT_DIR/inference/<dataset>/. With one test dataset the
+    keys are the evaluator's ("bbox/AP", ...); with several they are prefixed by the dataset name
+    ("coco_2017_val/bbox/AP"). Rank 0 returns the metrics, other ranks {}. The datasets are
+    read here, so that a wrong name or a missing file fails before training rather than after
+    it; the loaders and evaluators are built at the first call (the process group exists then).
+    """
+    from detector.data import get_dataset
+
+    names = list(cfg.DATASETS.TEST)
+    datasets = {name: get_dataset(name, cfg) for name in names}
+    built: dict[str, tuple[Any, DatasetEvaluator]] = {}
+
+    def evaluate_fn(model: nn.Module) -> dict[str, float]:
+        from detector.data import build_test_loader
+        from detector.engine.inference import inference_on_dataset
+        from detector.utils import comm
+
+        results: dict[str, float] = {}
+        for name in names:
+            if name not in built:
+                loader = build_test_loader(cfg, name)
+                out_dir = Path(cfg.OUTPUT_DIR) / "inference" / name
+                evaluator = build_evaluator(
+                    cfg, name, out_dir if comm.is_main_process() else None, dataset=datasets[name]
+                )
+                built[name] = (loader, evaluator)
+            loader, evaluator = built[name]
+            metrics = inference_on_dataset(model, loader, evaluator, progress=False)
+            prefix = f"{name}/" if len(names) > 1 else ""
+            results.update({f"{prefix}{key}": value for key, value in metrics.items()})
+        return results
+
+    return evaluate_fn

@@ -1,0 +1,74 @@
+"""Evaluate a trained detector: python tools/test.py --config-file X.yaml [KEY VALUE ...].
+
+MODEL.WEIGHT path.pth names the weights (default: OUTPUT_DIR's last checkpoint). The model runs on
+every DATASETS.TEST set and OUTPUT_DIR/inference/<dataset>/ receives the predictions
+(coco_instances_results.json, voc_detections_results.json, ...) and the metrics (metrics.json).
+`--eval-only-saved OUTPUT_DIR/inference` scores saved predictions again without running the
+model. Multi-GPU: torchrun --nproc_per_node=8 tools/test.py ... (rank 0 evaluates).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch.distributed
+
+from detector.config import ConfigError, load_config
+from detector.engine.checkpoint import CheckpointError
+from detector.engine.inference import format_metrics, test
+from detector.utils import comm
+from detector.utils.logger import setup_logger
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="YAML config")
+    parser.add_argument(
+        "--eval-only-saved",
+        metavar="PATH",
+        default=None,
+        help="re-evaluate saved predictions (OUTPUT_DIR/inference, a dataset's folder in it, or "
+        "a *_results.json file) without running the model",
+    )
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bar, even on a terminal"
+    )
+    parser.add_argument(
+        "opts",
+        nargs=argparse.REMAINDER,
+        metavar="KEY VALUE",
+        help="config overrides, e.g. MODEL.WEIGHT out/model_final.pth TEST.IMS_PER_BATCH 2",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.config_file, args.opts)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        comm.init_distributed()
+        setup_logger(Path(cfg.OUTPUT_DIR) / "inference", rank=comm.get_rank())
+        results = test(cfg, saved_predictions=args.eval_only_saved, progress=not args.no_progress)
+        main_process = comm.is_main_process()
+    except (CheckpointError, FileNotFoundError, KeyError, ValueError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"error: {message}", file=sys.stderr)
+        return 1
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    if main_process:
+        for name, metrics in results.items():
+            print(f"{name}: {format_metrics(metrics)}")
+            print(f"  outputs: {Path(cfg.OUTPUT_DIR) / 'inference' / name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
