@@ -61,10 +61,12 @@ class UnsupportedOpError(NotImplementedError):
 # --------------------------------------------------------------------------------------------
 _UNSUPPORTED_POOLERS = {
     "DeformRoIPool": "deformable RoI pooling (detector::deform_roi_pool)",
+    "ModulatedDeformRoIPool": "modulated deformable RoI pooling (detector::deform_roi_pool)",
     "DeformPSRoIPool": "deformable position-sensitive RoI pooling (detector::deform_ps_roi_pool)",
     "PSRoIPool": "position-sensitive RoI pooling (detector::ps_roi_pool)",
     "PSRoIAlign": "position-sensitive RoI align (detector::ps_roi_align)",
-    "ROIAlignMax": "RoIAlign with mode='max' (ONNX RoiAlign's max mode computes another thing)",
+    "ROIAlignMax": "RoIAlign's max mode (detector::roi_align mode='max'; ONNX RoiAlign's max "
+    "mode is not the maximum over the bin)",
 }
 
 
@@ -75,15 +77,12 @@ def check_exportable(cfg: Any) -> None:
         heads.append(("MODEL.ROI_MASK_HEAD", cfg.MODEL.ROI_MASK_HEAD))
     for key, head in heads:
         pooler = str(head.POOLER_TYPE)
-        for name, what in _UNSUPPORTED_POOLERS.items():
-            if pooler.lower() == name.lower() or (
-                "deform" in pooler.lower() and name.startswith("Deform")
-            ):
-                raise UnsupportedOpError(
-                    f"{key}.POOLER_TYPE {pooler}: {what} has no ONNX operator, so this model "
-                    "cannot be exported to ONNX; use ROIAlign / ROIAlignV2 / ROIPool, or deploy "
-                    "with PyTorch (detector.Predictor)"
-                )
+        if pooler in _UNSUPPORTED_POOLERS:
+            raise UnsupportedOpError(
+                f"{key}.POOLER_TYPE {pooler}: {_UNSUPPORTED_POOLERS[pooler]} has no ONNX "
+                "operator, so this model cannot be exported to ONNX; use ROIAlign, ROIAlignV2 or "
+                "ROIPool, or deploy with PyTorch (detector.Predictor)"
+            )
     if str(cfg.MODEL.ROI_BOX_HEAD.PREDICTOR) == "RFCNPredictor":
         raise UnsupportedOpError(
             "MODEL.ROI_BOX_HEAD.PREDICTOR RFCNPredictor: R-FCN's position-sensitive pooling "
@@ -149,7 +148,16 @@ def _sym_roi_align(g, input, rois, spatial_scale, ph, pw, sampling_ratio, aligne
 
 
 def _sym_multi_scale_roi_align(
-    g, features, rois, levels, scales, ph, pw, sampling_ratio, aligned, mode  # noqa: ANN001
+    g,
+    features,
+    rois,
+    levels,
+    scales,
+    ph,
+    pw,
+    sampling_ratio,
+    aligned,
+    mode,  # noqa: ANN001
 ):
     """One RoiAlign per level on every RoI, then each RoI takes its own level's result."""
     from torch.onnx import symbolic_helper as sh
@@ -217,7 +225,20 @@ def _sym_batched_nms(g, boxes, scores, idxs, iou_threshold):  # noqa: ANN001
 
 
 def _sym_deform_conv2d(
-    g, input, offset, weight, mask, bias, sh_, sw, ph, pw, dh, dw, groups, offset_groups  # noqa: ANN001
+    g,
+    input,
+    offset,
+    weight,
+    mask,
+    bias,
+    sh_,
+    sw,
+    ph,
+    pw,
+    dh,
+    dw,
+    groups,
+    offset_groups,  # noqa: ANN001
 ):
     from torch.onnx import symbolic_helper as sh
 
@@ -225,7 +246,11 @@ def _sym_deform_conv2d(
     has_bias = not sh._is_none(bias)
     has_mask = not sh._is_none(mask)
     if has_bias or has_mask:
-        inputs.append(bias if has_bias else g.op("Constant", value_t=torch.tensor([])))
+        if not has_bias:  # DeformConv's optional B must then be zeros of shape (C_out,)
+            starts, ends = (g.op("Constant", value_t=torch.tensor([v])) for v in (0, 1))
+            out_channels = g.op("Slice", g.op("Shape", weight), starts, ends)  # (1,) int64
+            bias = g.op("ConstantOfShape", out_channels, value_t=torch.tensor([0.0]))
+        inputs.append(bias)
     if has_mask:
         inputs.append(mask)
     ints = [sh._parse_arg(v, "i") for v in (sh_, sw, ph, pw, dh, dw, groups, offset_groups)]
@@ -242,7 +267,9 @@ def _sym_deform_conv2d(
 
 def _unsupported(op: str, key: str):  # noqa: ANN202
     def symbolic(g, *args):  # noqa: ANN001, ANN202
-        raise UnsupportedOpError(f"{op} has no ONNX operator ({key}); this model cannot be exported")
+        raise UnsupportedOpError(
+            f"{op} has no ONNX operator ({key}); this model cannot be exported"
+        )
 
     return symbolic
 
@@ -341,8 +368,8 @@ def _sample_input(cfg: Any, sample_image: str | Path | Tensor | None) -> Tensor:
 
 
 def _load(cfg: Any, weights: str | Path) -> nn.Module:
-    from detector.predictor import _resolve_config, load_model
     from detector.engine.checkpoint import load_checkpoint_file
+    from detector.predictor import _resolve_config, load_model
 
     data = load_checkpoint_file(weights)
     cfg = _resolve_config(cfg, Path(weights), data)
@@ -394,7 +421,9 @@ def export_onnx(
     )
 
 
-def check_onnx(path: str | Path, wrapper: InferenceModel, image: Tensor, atol: float = 1e-3) -> float:
+def check_onnx(
+    path: str | Path, wrapper: InferenceModel, image: Tensor, atol: float = 1e-3
+) -> float:
     """Runs the ONNX file with onnxruntime (CPU) and PyTorch on `image`; asserts the same number
     of detections, equal labels, and boxes / scores (/ mask probabilities) within `atol`.
     Returns the largest absolute difference."""

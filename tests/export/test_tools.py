@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
@@ -14,15 +12,7 @@ from PIL import Image
 from pycocotools import mask as mask_util
 
 from tests.export.tiny_model import TinyRun
-
-TOOLS = Path(__file__).resolve().parents[2] / "tools"
-
-
-def _tool(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", TOOLS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.export.tiny_model import load_tool as _tool
 
 
 def test_export_tool_writes_a_slim_checkpoint(tiny_run: TinyRun, tmp_path: Path, capsys) -> None:

@@ -3,8 +3,10 @@ engine's Checkpointer with an SGD momentum state, as a training run would leave 
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -95,3 +97,14 @@ def make_tiny_run(directory: Path, mask_on: bool = True) -> TinyRun:
     checkpointer = Checkpointer(directory, model=model, optimizer=optimizer)
     path = checkpointer.save("model_final", iteration=0, metrics={"bbox": {"AP": 0.125}})
     return TinyRun(config_file, cfg, path, model.eval())
+
+
+TOOLS = Path(__file__).resolve().parents[2] / "tools"
+
+
+def load_tool(name: str) -> ModuleType:
+    """tools/<name>.py as a module (tools/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"tool_{name}", TOOLS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
