@@ -140,3 +140,12 @@ def test_predictor_is_exported_lazily() -> None:
     assert detector.Predictor is detector.predictor.Predictor
     with pytest.raises(AttributeError, match="no attribute 'Predictr'"):
         detector.Predictr  # noqa: B018
+
+
+@pytest.mark.cuda
+def test_cuda_predictor_matches_cpu(tiny_run: TinyRun, predictor: Predictor, rgb: np.ndarray):
+    on_gpu = Predictor(tiny_run.config_file, tiny_run.checkpoint, device="cuda")
+    result, reference = on_gpu(rgb), predictor(rgb)
+    assert result["boxes"].device.type == "cpu"  # results come back on the CPU
+    torch.testing.assert_close(result["scores"][:3], reference["scores"][:3], atol=1e-4, rtol=0)
+    torch.testing.assert_close(result["boxes"][:3], reference["boxes"][:3], atol=1e-2, rtol=0)

@@ -30,6 +30,7 @@ Shapes: N detections, h x w the network input, M the mask side.
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -468,9 +469,15 @@ def export_program(
     try:
         program = torch.export.export(wrapper, (image,), strict=False)
     except Exception as e:  # torch.export raises many kinds of errors
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        text = str(e).strip()
+        first = text.splitlines()[0] if text else type(e).__name__
+        where = re.search(r"Caused by: \((.+?)\)", text)
+        at = f" at {where.group(1)}" if where else ""
         raise NotImplementedError(
-            f"torch.export cannot trace this model yet: {type(e).__name__}: {first}"
+            f"torch.export cannot export this model: {type(e).__name__}{at}: {first}. The "
+            "inference code branches on data-dependent sizes (detection counts after score "
+            "thresholds and NMS); use --format onnx, or torch.export.draft_export, which "
+            "specializes those sizes to the sample image's"
         ) from e
     torch.export.save(program, str(output))
     return program
