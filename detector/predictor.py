@@ -10,6 +10,9 @@
     result["masks"]        # Tensor[N, H, W] bool at the original size (models with a mask head)
     result["class_names"]  # list[str], one per detection
 
+Images may be file paths, RGB H x W x 3 uint8 numpy arrays, 3 x H x W uint8 tensors or PIL
+images, alone or in a list (then a list of results comes back).
+
 The weights may be a slim checkpoint (detector.export.slim; it embeds its config and class
 names, so `config` may be None) or a training checkpoint. Files are read with
 `torch.load(weights_only=True)`: a checkpoint holding pickled Python objects is refused.
@@ -28,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image as PILImage
 from torch import Tensor
 
 from detector.config import load_config
@@ -42,7 +46,7 @@ __all__ = ["ImageInput", "Predictor", "load_model"]
 
 logger = logging.getLogger(__name__)
 
-ImageInput = str | Path | np.ndarray | Tensor
+ImageInput = str | Path | np.ndarray | Tensor | PILImage.Image
 
 
 def _config_from_yaml_text(text: str, source: str) -> Any:
@@ -184,6 +188,8 @@ class Predictor:
         """An input as uint8 Tensor[3, H, W] RGB on the CPU."""
         if isinstance(image, (str, Path)):
             return read_image(image, max_pixels=int(self.cfg.INPUT.MAX_IMAGE_PIXELS))
+        if isinstance(image, PILImage.Image):
+            image = np.asarray(image.convert("RGB"))
         if isinstance(image, np.ndarray):
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
                 raise ValueError(
@@ -200,7 +206,7 @@ class Predictor:
             return image.cpu()
         raise TypeError(
             f"Predictor: image {index} is a {type(image).__name__}; expected a file path, an "
-            "H x W x 3 uint8 numpy array or a 3 x H x W uint8 tensor"
+            "H x W x 3 uint8 numpy array, a 3 x H x W uint8 tensor or a PIL image"
         )
 
     def _resize(self, image: Tensor) -> Tensor:

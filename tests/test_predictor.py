@@ -67,7 +67,8 @@ def test_every_input_kind_gives_the_same_result(
     tensor = torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
     from_path = predictor(path)
     _check_result(from_path, HEIGHT, WIDTH)
-    for other in (predictor(str(path)), predictor(rgb), predictor(tensor)):
+    pil = Image.fromarray(rgb).convert("RGBA")  # converted to RGB
+    for other in (predictor(str(path)), predictor(rgb), predictor(tensor), predictor(pil)):
         for key in ("boxes", "scores", "labels", "masks"):
             assert torch.equal(other[key], from_path[key]), key
 

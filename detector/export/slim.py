@@ -17,6 +17,7 @@ with `fp16=True`. `detector.Predictor` loads either kind.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -34,6 +35,7 @@ __all__ = [
     "export_slim",
     "is_slim",
     "make_slim",
+    "metrics_from_log",
 ]
 
 logger = logging.getLogger(__name__)
@@ -73,21 +75,41 @@ def check_plain(value: Any, where: str = "checkpoint") -> None:
     )
 
 
-def _plain_metrics(metrics: Any, prefix: str = "") -> dict[str, float]:
-    """Flattens nested metric dicts to {"bbox/AP": float}; drops values that are not numbers."""
-    flat: dict[str, float] = {}
+def _plain_metrics(metrics: Any) -> dict[str, float]:
+    """Nested metric dicts flattened to {"bbox/AP": float}; non-numbers and non-finite dropped."""
+    from detector.utils.metrics import flatten_dict
+
     if not isinstance(metrics, Mapping):
-        return flat
-    for key, value in metrics.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(_plain_metrics(value, name + "/"))
-        elif isinstance(value, Tensor) and value.numel() == 1:
-            flat[name] = float(value)
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            if math.isfinite(float(value)):
-                flat[name] = float(value)
-    return flat
+        return {}
+    return {k: v for k, v in flatten_dict(metrics).items() if math.isfinite(v)}
+
+
+def metrics_from_log(run_dir: str | Path, iteration: int | None) -> dict[str, float]:
+    """The newest evaluation results in `run_dir`/metrics.jsonl at or before `iteration`: the
+    entries whose names hold a "/" ("bbox/AP", "segm/AP50", "bbox/mAP"), as EvalHook writes
+    them. {} without a log."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return {}
+    found: dict[str, float] = {}
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a crash
+        if not isinstance(record, dict):
+            continue
+        step = record.get("iteration")
+        if iteration is not None and isinstance(step, int) and step > iteration:
+            continue
+        evaluation = {
+            k: float(v)
+            for k, v in record.items()
+            if "/" in k and isinstance(v, (int, float)) and math.isfinite(v)
+        }
+        if evaluation:
+            found = evaluation
+    return found
 
 
 def _slim_state_dict(state_dict: Mapping[str, Any], fp16: bool) -> dict[str, Tensor]:
@@ -174,6 +196,9 @@ def export_slim(
 ) -> dict[str, Any]:
     """Writes the slim checkpoint of a training checkpoint (or a bare state dict file).
 
+    The metrics stored are the checkpoint's "metrics" entry if it has one, else the newest
+    evaluation results in the metrics.jsonl of its folder up to its iteration.
+
     Args:
         checkpoint: a file written by detector.engine.checkpoint.Checkpointer.
         output: the slim file to write (atomically).
@@ -211,7 +236,11 @@ def export_slim(
     iteration = data.get("iteration")
     if isinstance(data.get("meta"), Mapping):
         iteration = data["meta"].get("iteration", iteration)
-    metrics = data.get("metrics") or (data.get("meta") or {}).get("metrics")
+    metrics = _plain_metrics(data.get("metrics") or (data.get("meta") or {}).get("metrics"))
+    if not metrics:  # the run's log, next to the checkpoint
+        metrics = metrics_from_log(
+            checkpoint.parent, iteration if isinstance(iteration, int) else None
+        )
     slim = make_slim(
         state_dict,
         config_yaml=dump_config(cfg),

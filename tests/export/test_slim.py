@@ -133,3 +133,23 @@ def test_export_refuses_a_file_without_weights(tiny_run: TinyRun, tmp_path: Path
     torch.save({"iteration": 3, "notes": "x"}, odd)
     with pytest.raises(SlimCheckpointError, match=r"odd\.pth has no model weights.*iteration"):
         export_slim(odd, tmp_path / "out.pth", tiny_run.cfg)
+
+
+def test_metrics_come_from_the_runs_log(tiny_run: TinyRun, tmp_path: Path) -> None:
+    """Without a "metrics" entry, the newest evaluation in metrics.jsonl up to the checkpoint's
+    iteration is stored (training lines and later evaluations are ignored)."""
+    data = load_checkpoint_file(tiny_run.checkpoint)
+    data.pop("metrics")
+    data["iteration"] = 200
+    torch.save(data, tmp_path / "model_0000200.pth")
+    lines = [
+        '{"iteration": 100, "loss_mask": 0.5, "lr": 0.01}',
+        '{"iteration": 100, "bbox/AP": 0.1, "segm/AP": 0.05}',
+        '{"iteration": 200, "bbox/AP": 0.2, "segm/AP": "nan"}',
+        '{"iteration": 300, "bbox/AP": 0.3}',
+        '{"iteration": 30',  # cut by a crash
+    ]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines))
+    slim = export_slim(tmp_path / "model_0000200.pth", tmp_path / "slim.pth", tiny_run.cfg)
+    assert slim["meta"]["iteration"] == 200
+    assert slim["meta"]["metrics"] == {"bbox/AP": 0.2}
