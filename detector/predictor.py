@@ -42,7 +42,7 @@ from detector.modeling.detector import GeneralizedRCNN
 from detector.modeling.roi_heads.mask_head.paste import paste_masks_in_image
 from detector.structures import Instances
 
-__all__ = ["ImageInput", "Predictor", "load_model"]
+__all__ = ["ImageInput", "Predictor", "load_model", "resolve_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def _config_from_yaml_text(text: str, source: str) -> Any:
             raise ValueError(f"the config embedded in {source} does not load: {e}") from None
 
 
-def _resolve_config(config: Any, weights: Path, data: dict[str, Any]) -> Any:
+def resolve_config(config: Any, weights: Path, data: dict[str, Any]) -> Any:
     """The config: a YAML path, a config object, or (None) the one the checkpoint embeds, else
     the config.yaml that training wrote next to the checkpoint."""
     if config is not None:
@@ -132,7 +132,7 @@ class Predictor:
             raise ValueError("Predictor: `weights` (a slim or training checkpoint file) is needed")
         weights = Path(weights)
         data = load_checkpoint_file(weights)
-        self.cfg = _resolve_config(config, weights, data)
+        self.cfg = resolve_config(config, weights, data)
         self.device = torch.device(device)
         self.model = load_model(self.cfg, weights, data).to(self.device)
         mask_head = getattr(self.model.roi_heads, "mask_head", None)

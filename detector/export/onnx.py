@@ -45,6 +45,7 @@ __all__ = [
     "check_exportable",
     "export_onnx",
     "export_program",
+    "prepare_image",
     "register_onnx_symbolics",
 ]
 
@@ -351,8 +352,9 @@ class InferenceModel(nn.Module):
         return ["boxes", "scores", "labels"] + (["mask_probs"] if self.mask_on else [])
 
 
-def _sample_input(cfg: Any, sample_image: str | Path | Tensor | None) -> Tensor:
-    """The resized uint8 (3, h, w) image traced: a file, a tensor, or a random image."""
+def prepare_image(cfg: Any, sample_image: str | Path | Tensor | None) -> Tensor:
+    """The network input of an image (a file, a uint8 (3, H, W) tensor, or None for a random
+    MIN_SIZE_TEST square): resized by the test transform, uint8 (3, h, w)."""
     from detector.data import build_transforms, read_image
     from detector.structures import Instances
 
@@ -368,12 +370,13 @@ def _sample_input(cfg: Any, sample_image: str | Path | Tensor | None) -> Tensor:
     return resized
 
 
-def _load(cfg: Any, weights: str | Path) -> nn.Module:
+def _load(cfg: Any, weights: str | Path) -> tuple[nn.Module, Any]:
+    """(model in eval mode, resolved config) of a config (or None) and a checkpoint."""
     from detector.engine.checkpoint import load_checkpoint_file
-    from detector.predictor import _resolve_config, load_model
+    from detector.predictor import load_model, resolve_config
 
     data = load_checkpoint_file(weights)
-    cfg = _resolve_config(cfg, Path(weights), data)
+    cfg = resolve_config(cfg, Path(weights), data)
     return load_model(cfg, weights, data), cfg
 
 
@@ -398,7 +401,7 @@ def export_onnx(
     check_exportable(cfg)
     register_onnx_symbolics()
     wrapper = InferenceModel(model).eval()
-    image = _sample_input(cfg, sample_image)
+    image = prepare_image(cfg, sample_image)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
@@ -465,7 +468,7 @@ def export_program(
     code cannot be traced without data-dependent guards."""
     model, cfg = _load(cfg, weights)
     wrapper = InferenceModel(model).eval()
-    image = _sample_input(cfg, sample_image)
+    image = prepare_image(cfg, sample_image)
     try:
         program = torch.export.export(wrapper, (image,), strict=False)
     except Exception as e:  # torch.export raises many kinds of errors

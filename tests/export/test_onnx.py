@@ -19,6 +19,7 @@ from detector.export.onnx import (
     check_exportable,
     check_onnx,
     export_onnx,
+    prepare_image,
 )
 from detector.modeling.detector import GeneralizedRCNN
 from tests.export.tiny_model import TINY_YAML, TinyRun, load_tool, make_tiny_run
@@ -40,10 +41,8 @@ def _export_and_compare(run: TinyRun, images: list[Path], tmp_path: Path) -> Non
     report = export_onnx(run.config_file, run.checkpoint, onnx_path, sample_image=images[0])
     assert "onnxruntime matches PyTorch" in report
     wrapper = InferenceModel(run.model)
-    from detector.export.onnx import _sample_input
-
-    second = _sample_input(run.cfg, read_image(images[1]))
-    first = _sample_input(run.cfg, read_image(images[0]))
+    second = prepare_image(run.cfg, read_image(images[1]))
+    first = prepare_image(run.cfg, read_image(images[0]))
     assert second.shape == first.shape == (3, 64, 85)  # 480 x 640 -> 64 x 85
     assert check_onnx(onnx_path, wrapper, second, atol=ATOL) <= ATOL
     with torch.no_grad():
