@@ -133,6 +133,11 @@ class Predictor:
         weights = Path(weights)
         data = load_checkpoint_file(weights)
         self.cfg = resolve_config(config, weights, data)
+        if self.cfg.MODEL.RPN_ONLY:
+            raise ValueError(
+                "Predictor: MODEL.RPN_ONLY is True: a proposal network gives proposals, not "
+                "detections; build it with GeneralizedRCNN.from_config and call it directly"
+            )
         self.device = torch.device(device)
         self.model = load_model(self.cfg, weights, data).to(self.device)
         mask_head = getattr(self.model.roi_heads, "mask_head", None)

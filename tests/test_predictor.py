@@ -126,6 +126,14 @@ def test_a_training_checkpoint_needs_a_config(tiny_run: TinyRun) -> None:
         Predictor(None, tiny_run.checkpoint)
 
 
+def test_an_rpn_only_model_is_refused(tiny_run: TinyRun) -> None:
+    from detector.config import merge_opts
+
+    cfg = merge_opts(tiny_run.cfg, ["MODEL.RPN_ONLY", "True"])
+    with pytest.raises(ValueError, match="MODEL.RPN_ONLY"):
+        Predictor(cfg, tiny_run.checkpoint)
+
+
 def test_weights_of_another_model_are_refused(tiny_run: TinyRun, tmp_path: Path) -> None:
     faster = make_tiny_run(tmp_path / "faster", mask_on=False)
     with pytest.raises(ValueError, match=r"does not match.*MODEL.MASK_ON False.*keys missing"):
