@@ -20,9 +20,13 @@ The exported graph takes one image, uint8 Tensor[3, h, w], already resized by th
 (paste them with detector.modeling.roi_heads.mask_head.paste_masks_in_image).
 
 Limits of the traced graph: it is traced on one sample image, so sizes that Python code reads
-from tensors become constants of the graph: the input size (export for the size you will feed),
-and counts the model branches on (e.g. how many proposals survive NMS before the post-NMS top-k).
-Check a new image against PyTorch with `check_onnx` before trusting the graph on it.
+from tensors become constants of the graph. The input size is fixed (onnxruntime refuses another
+size: export with a sample image of the size you will feed, after the test resize), and so are
+counts the Python code branches on. On the tiny test models and a random R-50-FPN Mask R-CNN
+(480 x 640 input) the graph matches PyTorch on other images of the same size within 2e-4; check
+new data with `check_onnx` before trusting it. The TorchScript-based exporter is deprecated in
+recent PyTorch; the dynamo exporter needs a `torch.export` program, which our inference code does
+not give yet (see `export_program`).
 
 Shapes: N detections, h x w the network input, M the mask side.
 """
