@@ -1,0 +1,33 @@
+"""Shipping trained models: slim checkpoints (`slim`), ONNX and torch.export programs (`onnx`)."""
+
+from detector.export.onnx import (
+    InferenceModel,
+    UnsupportedOpError,
+    check_exportable,
+    check_onnx,
+    export_onnx,
+    export_program,
+)
+from detector.export.slim import (
+    SlimCheckpointError,
+    class_names_from_config,
+    export_slim,
+    is_slim,
+    make_slim,
+    metrics_from_log,
+)
+
+__all__ = [
+    "InferenceModel",
+    "SlimCheckpointError",
+    "UnsupportedOpError",
+    "check_exportable",
+    "check_onnx",
+    "class_names_from_config",
+    "export_onnx",
+    "export_program",
+    "export_slim",
+    "is_slim",
+    "make_slim",
+    "metrics_from_log",
+]

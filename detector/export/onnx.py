@@ -1,0 +1,490 @@
+"""ONNX export of Faster / Mask R-CNN, and a torch.export program of the inference model.
+
+Our compiled operators are mapped to standard ONNX operators by custom symbolic functions of the
+TorchScript-based exporter (`torch.onnx.export(..., dynamo=False)`):
+
+    detector::roi_align (avg)            RoiAlign (opset 16; aligned -> half_pixel, else
+                                         output_half_pixel)
+    detector::multi_scale_roi_align      one RoiAlign per FPN level, merged with Where on the
+                                         RoIs' levels
+    detector::roi_pool                   MaxRoiPool
+    detector::nms / batched_nms          NonMaxSuppression (batched: boxes offset per class)
+    detector::deform_conv2d              DeformConv (opset 19)
+
+Operators without an ONNX equivalent (deformable RoI pooling, position-sensitive RoI pooling,
+RoIAlign's "max" mode) stop the export with an error naming the op and the config key.
+
+The exported graph takes one image, uint8 Tensor[3, h, w], already resized by the test transform
+(INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST), and returns boxes (N, 4) in that image's pixels, scores
+(N,), labels (N,) int64 and, for Mask R-CNN, mask probabilities (N, 1, M, M) in box coordinates
+(paste them with detector.modeling.roi_heads.mask_head.paste_masks_in_image).
+
+Limits of the traced graph: it is traced on one sample image, so sizes that Python code reads
+from tensors become constants of the graph. The input size is fixed (onnxruntime refuses another
+size: export with a sample image of the size you will feed, after the test resize), and so are
+counts the Python code branches on. On the tiny test models and a random R-50-FPN Mask R-CNN
+(480 x 640 input) the graph matches PyTorch on other images of the same size within 2e-4; check
+new data with `check_onnx` before trusting it. The TorchScript-based exporter is deprecated in
+recent PyTorch; the dynamo exporter needs a `torch.export` program, which our inference code does
+not give yet (see `export_program`).
+
+Shapes: N detections, h x w the network input, M the mask side.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "ONNX_OPSET",
+    "InferenceModel",
+    "UnsupportedOpError",
+    "check_onnx",
+    "check_exportable",
+    "export_onnx",
+    "export_program",
+    "prepare_image",
+    "register_onnx_symbolics",
+]
+
+logger = logging.getLogger(__name__)
+
+ONNX_OPSET = 19  # DeformConv needs 19; RoiAlign's coordinate_transformation_mode needs 16
+
+
+class UnsupportedOpError(NotImplementedError):
+    """A model uses an operator that has no ONNX equivalent."""
+
+
+# --------------------------------------------------------------------------------------------
+# What cannot be exported, and where the config chooses it
+# --------------------------------------------------------------------------------------------
+_UNSUPPORTED_POOLERS = {
+    "DeformRoIPool": "deformable RoI pooling (detector::deform_roi_pool)",
+    "ModulatedDeformRoIPool": "modulated deformable RoI pooling (detector::deform_roi_pool)",
+    "DeformPSRoIPool": "deformable position-sensitive RoI pooling (detector::deform_ps_roi_pool)",
+    "PSRoIPool": "position-sensitive RoI pooling (detector::ps_roi_pool)",
+    "PSRoIAlign": "position-sensitive RoI align (detector::ps_roi_align)",
+    "ROIAlignMax": "RoIAlign's max mode (detector::roi_align mode='max'; ONNX RoiAlign's max "
+    "mode is not the maximum over the bin)",
+}
+
+
+def check_exportable(cfg: Any) -> None:
+    """Raises UnsupportedOpError when the config selects an op without an ONNX equivalent."""
+    heads = [("MODEL.ROI_BOX_HEAD", cfg.MODEL.ROI_BOX_HEAD)]
+    if cfg.MODEL.MASK_ON:
+        heads.append(("MODEL.ROI_MASK_HEAD", cfg.MODEL.ROI_MASK_HEAD))
+    for key, head in heads:
+        pooler = str(head.POOLER_TYPE)
+        if pooler in _UNSUPPORTED_POOLERS:
+            raise UnsupportedOpError(
+                f"{key}.POOLER_TYPE {pooler}: {_UNSUPPORTED_POOLERS[pooler]} has no ONNX "
+                "operator, so this model cannot be exported to ONNX; use ROIAlign, ROIAlignV2 or "
+                "ROIPool, or deploy with PyTorch (detector.Predictor)"
+            )
+    if str(cfg.MODEL.ROI_BOX_HEAD.PREDICTOR) == "RFCNPredictor":
+        raise UnsupportedOpError(
+            "MODEL.ROI_BOX_HEAD.PREDICTOR RFCNPredictor: R-FCN's position-sensitive pooling "
+            "(detector::ps_roi_align / ps_roi_pool) has no ONNX operator"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Symbolic functions (TorchScript-based exporter)
+# --------------------------------------------------------------------------------------------
+def _split_rois(g: Any, rois: Any) -> tuple[Any, Any]:
+    """rois (K, 5) (batch_index, x1, y1, x2, y2) -> (boxes (K, 4), batch_indices (K,) int64)."""
+
+    def const(values: list[int]) -> Any:
+        return g.op("Constant", value_t=torch.tensor(values, dtype=torch.int64))
+
+    first = g.op("Slice", rois, const([0]), const([1]), const([1]))  # (K, 1)
+    indices = g.op("Cast", g.op("Squeeze", first, const([1])), to_i=7)  # INT64
+    boxes = g.op("Slice", rois, const([1]), const([5]), const([1]))  # (K, 4)
+    return boxes, indices
+
+
+def _roi_align_node(
+    g: Any, feature: Any, boxes: Any, indices: Any, scale: float, ph: int, pw: int, sr: int,
+    aligned: bool,
+) -> Any:  # fmt: skip
+    return g.op(
+        "RoiAlign",
+        feature,
+        boxes,
+        indices,
+        mode_s="avg",
+        output_height_i=ph,
+        output_width_i=pw,
+        sampling_ratio_i=max(sr, 0),
+        spatial_scale_f=scale,
+        coordinate_transformation_mode_s="half_pixel" if aligned else "output_half_pixel",
+    )
+
+
+def _check_avg(mode: str, op: str) -> None:
+    if mode != "avg":
+        raise UnsupportedOpError(
+            f"{op} with mode='{mode}' (POOLER_TYPE ROIAlignMax) has no ONNX equivalent: ONNX "
+            "RoiAlign's max mode is not the maximum over the bin"
+        )
+
+
+def _dummy_argmax(g: Any) -> Any:
+    return g.op("Constant", value_t=torch.zeros(0, dtype=torch.int64))
+
+
+def _sym_roi_align(g, input, rois, spatial_scale, ph, pw, sampling_ratio, aligned, mode):  # noqa: ANN001
+    from torch.onnx import symbolic_helper as sh
+
+    _check_avg(sh._parse_arg(mode, "s"), "detector::roi_align")
+    boxes, indices = _split_rois(g, rois)
+    out = _roi_align_node(
+        g, input, boxes, indices, sh._parse_arg(spatial_scale, "f"), sh._parse_arg(ph, "i"),
+        sh._parse_arg(pw, "i"), sh._parse_arg(sampling_ratio, "i"), sh._parse_arg(aligned, "b"),
+    )  # fmt: skip
+    return out, _dummy_argmax(g)
+
+
+def _sym_multi_scale_roi_align(
+    g,
+    features,
+    rois,
+    levels,
+    scales,
+    ph,
+    pw,
+    sampling_ratio,
+    aligned,
+    mode,  # noqa: ANN001
+):
+    """One RoiAlign per level on every RoI, then each RoI takes its own level's result."""
+    from torch.onnx import symbolic_helper as sh
+
+    _check_avg(sh._parse_arg(mode, "s"), "detector::multi_scale_roi_align")
+    maps = sh._unpack_list(features)
+    scale_values = sh._parse_arg(scales, "fs")
+    boxes, indices = _split_rois(g, rois)
+    args = (sh._parse_arg(ph, "i"), sh._parse_arg(pw, "i"), sh._parse_arg(sampling_ratio, "i"))
+    aligned_value = sh._parse_arg(aligned, "b")
+    axes = g.op("Constant", value_t=torch.tensor([1, 2, 3], dtype=torch.int64))
+    result = None
+    for level, (feature, scale) in enumerate(zip(maps, scale_values, strict=True)):
+        pooled = _roi_align_node(g, feature, boxes, indices, scale, *args, aligned_value)
+        if result is None:
+            result = pooled
+            continue
+        level_value = g.op("Constant", value_t=torch.tensor(level, dtype=torch.int64))
+        here = g.op("Unsqueeze", g.op("Equal", levels, level_value), axes)  # (K, 1, 1, 1)
+        result = g.op("Where", here, pooled, result)
+    return result, _dummy_argmax(g)
+
+
+def _sym_roi_pool(g, input, rois, spatial_scale, ph, pw):  # noqa: ANN001
+    from torch.onnx import symbolic_helper as sh
+
+    out = g.op(
+        "MaxRoiPool",
+        input,
+        rois,
+        pooled_shape_i=[sh._parse_arg(ph, "i"), sh._parse_arg(pw, "i")],
+        spatial_scale_f=sh._parse_arg(spatial_scale, "f"),
+    )
+    return out, _dummy_argmax(g)
+
+
+def _nms_node(g: Any, boxes: Any, scores: Any, iou_threshold: Any) -> Any:
+    """NonMaxSuppression on (K, 4) boxes and (K,) scores -> kept indices (descending score)."""
+    from torch.onnx import symbolic_helper as sh
+
+    zero = g.op("Constant", value_t=torch.tensor([0], dtype=torch.int64))
+    boxes3 = g.op("Unsqueeze", boxes, zero)  # (K, 4) -> (1, K, 4)
+    scores3 = g.op("Unsqueeze", g.op("Unsqueeze", scores, zero), zero)  # (K,) -> (1, 1, K)
+    max_out = g.op("Constant", value_t=torch.tensor([2**31 - 1], dtype=torch.int64))
+    iou = g.op("Constant", value_t=torch.tensor([sh._parse_arg(iou_threshold, "f")]))
+    selected = g.op("NonMaxSuppression", boxes3, scores3, max_out, iou)  # (S, 3)
+    column = g.op("Constant", value_t=torch.tensor([2], dtype=torch.int64))
+    one = g.op("Constant", value_t=torch.tensor([1], dtype=torch.int64))
+    return g.op("Squeeze", g.op("Gather", selected, column, axis_i=1), one)  # (S,)
+
+
+def _sym_nms(g, boxes, scores, iou_threshold):  # noqa: ANN001
+    return _nms_node(g, boxes, scores, iou_threshold)
+
+
+def _sym_batched_nms(g, boxes, scores, idxs, iou_threshold):  # noqa: ANN001
+    """NMS per category: the boxes of each category are moved apart by (max coordinate + 1)."""
+    largest = g.op("ReduceMax", boxes, keepdims_i=0)
+    one_f = g.op("Constant", value_t=torch.tensor(1.0))
+    step = g.op("Add", largest, one_f)
+    offsets = g.op("Mul", g.op("Cast", idxs, to_i=1), step)  # (K,) float
+    axis = g.op("Constant", value_t=torch.tensor([1], dtype=torch.int64))
+    shifted = g.op("Add", boxes, g.op("Unsqueeze", offsets, axis))  # (K, 4)
+    return _nms_node(g, shifted, scores, iou_threshold)
+
+
+def _sym_deform_conv2d(
+    g,
+    input,
+    offset,
+    weight,
+    mask,
+    bias,
+    sh_,
+    sw,
+    ph,
+    pw,
+    dh,
+    dw,
+    groups,
+    offset_groups,  # noqa: ANN001
+):
+    from torch.onnx import symbolic_helper as sh
+
+    inputs = [input, weight, offset]
+    has_bias = not sh._is_none(bias)
+    has_mask = not sh._is_none(mask)
+    if has_bias or has_mask:
+        if not has_bias:  # DeformConv's optional B must then be zeros of shape (C_out,)
+            starts, ends = (g.op("Constant", value_t=torch.tensor([v])) for v in (0, 1))
+            out_channels = g.op("Slice", g.op("Shape", weight), starts, ends)  # (1,) int64
+            bias = g.op("ConstantOfShape", out_channels, value_t=torch.tensor([0.0]))
+        inputs.append(bias)
+    if has_mask:
+        inputs.append(mask)
+    ints = [sh._parse_arg(v, "i") for v in (sh_, sw, ph, pw, dh, dw, groups, offset_groups)]
+    return g.op(
+        "DeformConv",
+        *inputs,
+        strides_i=ints[0:2],
+        pads_i=[ints[2], ints[3], ints[2], ints[3]],
+        dilations_i=ints[4:6],
+        group_i=ints[6],
+        offset_group_i=ints[7],
+    )
+
+
+def _unsupported(op: str, key: str):  # noqa: ANN202
+    def symbolic(g, *args):  # noqa: ANN001, ANN202
+        raise UnsupportedOpError(
+            f"{op} has no ONNX operator ({key}); this model cannot be exported"
+        )
+
+    return symbolic
+
+
+_registered = False
+
+
+def register_onnx_symbolics() -> None:
+    """Registers the symbolic functions of torch.ops.detector.* (once)."""
+    global _registered
+    if _registered:
+        return
+    table = {
+        "detector::roi_align": _sym_roi_align,
+        "detector::multi_scale_roi_align": _sym_multi_scale_roi_align,
+        "detector::roi_pool": _sym_roi_pool,
+        "detector::nms": _sym_nms,
+        "detector::batched_nms": _sym_batched_nms,
+        "detector::deform_conv2d": _sym_deform_conv2d,
+        "detector::deform_roi_pool": _unsupported(
+            "detector::deform_roi_pool", "POOLER_TYPE DeformRoIPool"
+        ),
+        "detector::deform_ps_roi_pool": _unsupported(
+            "detector::deform_ps_roi_pool", "POOLER_TYPE DeformPSRoIPool"
+        ),
+        "detector::ps_roi_align": _unsupported("detector::ps_roi_align", "POOLER_TYPE PSRoIAlign"),
+        "detector::ps_roi_pool": _unsupported("detector::ps_roi_pool", "POOLER_TYPE PSRoIPool"),
+    }
+    for name, fn in table.items():
+        torch.onnx.register_custom_op_symbolic(name, fn, ONNX_OPSET)
+    _registered = True
+
+
+# --------------------------------------------------------------------------------------------
+# The exported module
+# --------------------------------------------------------------------------------------------
+class InferenceModel(nn.Module):
+    """GeneralizedRCNN on one resized uint8 image (3, h, w), returning plain tensors:
+    boxes (N, 4), scores (N,), labels (N,) int64 [, mask probabilities (N, 1, M, M)]."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model.eval()
+        mask_head = getattr(model.roi_heads, "mask_head", None)
+        self.mask_on = mask_head is not None
+        if mask_head is not None:
+            mask_head.postprocess_masks = False
+
+    def preprocess(self, image: Tensor) -> Tensor:
+        """GeneralizedRCNN.preprocess for one image, with the padding done by F.pad (a traced
+        slice copy_ would cut the graph off its input): (3, h, w) uint8 -> (1, 3, H, W)."""
+        model = self.model
+        x = image.to(torch.float32)
+        x = x.flip(0) if model.to_bgr255 else x / 255.0
+        x = (x - model.pixel_mean) / model.pixel_std
+        height, width = int(image.shape[-2]), int(image.shape[-1])
+        d = int(model.size_divisibility)
+        pad_h = (-height) % d if d > 0 else 0
+        pad_w = (-width) % d if d > 0 else 0
+        return nn.functional.pad(x, (0, pad_w, 0, pad_h))[None]  # (1, 3, H, W)
+
+    def forward(self, image: Tensor) -> tuple[Tensor, ...]:
+        from detector.structures import ImageList
+
+        model = self.model
+        sizes = [(int(image.shape[-2]), int(image.shape[-1]))]
+        image_list = ImageList(self.preprocess(image), sizes)
+        features = list(model.backbone(image_list.tensor).values())
+        proposals, _ = model.rpn(image_list, features, None)
+        (dets,), _ = model.roi_heads(features, proposals, image_list.image_sizes, None)
+        outputs = (dets.pred_boxes.tensor, dets.scores, dets.pred_classes)
+        if self.mask_on:
+            outputs += (dets.pred_masks,)
+        return outputs
+
+    @property
+    def output_names(self) -> list[str]:
+        return ["boxes", "scores", "labels"] + (["mask_probs"] if self.mask_on else [])
+
+
+def prepare_image(cfg: Any, sample_image: str | Path | Tensor | None) -> Tensor:
+    """The network input of an image (a file, a uint8 (3, H, W) tensor, or None for a random
+    MIN_SIZE_TEST square): resized by the test transform, uint8 (3, h, w)."""
+    from detector.data import build_transforms, read_image
+    from detector.structures import Instances
+
+    if sample_image is None:
+        generator = torch.Generator().manual_seed(0)
+        side = int(cfg.INPUT.MIN_SIZE_TEST)
+        image = torch.randint(0, 256, (3, side, side), dtype=torch.uint8, generator=generator)
+    elif isinstance(sample_image, Tensor):
+        image = sample_image
+    else:
+        image = read_image(sample_image)
+    resized, _ = build_transforms(cfg, is_train=False)(image, Instances(tuple(image.shape[-2:])))
+    return resized
+
+
+def _load(cfg: Any, weights: str | Path) -> tuple[nn.Module, Any]:
+    """(model in eval mode, resolved config) of a config (or None) and a checkpoint."""
+    from detector.engine.checkpoint import load_checkpoint_file
+    from detector.predictor import load_model, resolve_config
+
+    data = load_checkpoint_file(weights)
+    cfg = resolve_config(cfg, Path(weights), data)
+    return load_model(cfg, weights, data), cfg
+
+
+def export_onnx(
+    cfg: Any,
+    weights: str | Path,
+    output: str | Path,
+    *,
+    sample_image: str | Path | Tensor | None = None,
+    check: bool = True,
+    atol: float = 1e-3,
+) -> str:
+    """Exports the detector of `cfg` with `weights` to an ONNX file, traced on `sample_image`
+    (resized by the test transform); with `check`, runs it with onnxruntime on that image and
+    compares with PyTorch. Returns a line describing the check.
+
+    Raises:
+        UnsupportedOpError: an op without an ONNX equivalent (the message names the config key).
+        AssertionError: onnxruntime's outputs differ from PyTorch's by more than `atol`.
+    """
+    model, cfg = _load(cfg, weights)
+    check_exportable(cfg)
+    register_onnx_symbolics()
+    wrapper = InferenceModel(model).eval()
+    image = prepare_image(cfg, sample_image)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        torch.onnx.export(
+            wrapper,
+            (image,),
+            str(output),
+            dynamo=False,
+            opset_version=ONNX_OPSET,
+            input_names=["image"],
+            output_names=wrapper.output_names,
+            dynamic_axes={name: {0: "detections"} for name in wrapper.output_names},
+        )
+    logger.info("wrote %s (input %s)", output, tuple(image.shape))
+    if not check:
+        return f"input uint8 {tuple(image.shape)}"
+    error = check_onnx(output, wrapper, image, atol=atol)
+    return (
+        f"input uint8 {tuple(image.shape)}; onnxruntime matches PyTorch on the sample image "
+        f"(max abs difference {error:.2e}, tolerance {atol})"
+    )
+
+
+def check_onnx(
+    path: str | Path, wrapper: InferenceModel, image: Tensor, atol: float = 1e-3
+) -> float:
+    """Runs the ONNX file with onnxruntime (CPU) and PyTorch on `image`; asserts the same number
+    of detections, equal labels, and boxes / scores (/ mask probabilities) within `atol`.
+    Returns the largest absolute difference."""
+    import numpy as np
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    ort_outputs = session.run(None, {"image": image.numpy()})
+    with torch.no_grad():
+        torch_outputs = [t.numpy() for t in wrapper(image)]
+    worst = 0.0
+    for name, got, expected in zip(wrapper.output_names, ort_outputs, torch_outputs, strict=True):
+        if got.shape != expected.shape:
+            raise AssertionError(
+                f"ONNX output {name} has shape {got.shape}, PyTorch's {expected.shape}"
+            )
+        if name == "labels":
+            if not np.array_equal(got, expected):
+                raise AssertionError("ONNX labels differ from PyTorch's")
+            continue
+        diff = float(np.abs(got.astype(np.float64) - expected).max()) if got.size else 0.0
+        if diff > atol:
+            raise AssertionError(f"ONNX output {name} differs from PyTorch's by {diff} > {atol}")
+        worst = max(worst, diff)
+    return worst
+
+
+def export_program(
+    cfg: Any,
+    weights: str | Path,
+    output: str | Path,
+    *,
+    sample_image: str | Path | Tensor | None = None,
+) -> Any:
+    """A torch.export program of the inference model, saved with torch.export.save.
+
+    Raises NotImplementedError (with torch.export's first complaint) when the model's Python
+    code cannot be traced without data-dependent guards."""
+    model, cfg = _load(cfg, weights)
+    wrapper = InferenceModel(model).eval()
+    image = prepare_image(cfg, sample_image)
+    try:
+        program = torch.export.export(wrapper, (image,), strict=False)
+    except Exception as e:  # torch.export raises many kinds of errors
+        text = str(e).strip()
+        first = text.splitlines()[0] if text else type(e).__name__
+        where = re.search(r"Caused by: \((.+?)\)", text)
+        at = f" at {where.group(1)}" if where else ""
+        raise NotImplementedError(
+            f"torch.export cannot export this model: {type(e).__name__}{at}: {first}. The "
+            "inference code branches on data-dependent sizes (detection counts after score "
+            "thresholds and NMS); use --format onnx, or torch.export.draft_export, which "
+            "specializes those sizes to the sample image's"
+        ) from e
+    torch.export.save(program, str(output))
+    return program

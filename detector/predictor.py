@@ -1,0 +1,268 @@
+"""Predictor: a trained detector behind one call, from image files or arrays to detections.
+
+    from detector import Predictor
+
+    predictor = Predictor("configs/e2e_mask_rcnn_R_50_FPN_1x.yaml", "model_final.pth")
+    result = predictor("street.jpg")
+    result["boxes"]        # Tensor[N, 4] float32, xyxy in the original image's pixels
+    result["scores"]       # Tensor[N] float32
+    result["labels"]       # Tensor[N] int64, 1..K-1 (0 is the background)
+    result["masks"]        # Tensor[N, H, W] bool at the original size (models with a mask head)
+    result["class_names"]  # list[str], one per detection
+
+Images may be file paths, RGB H x W x 3 uint8 numpy arrays, 3 x H x W uint8 tensors or PIL
+images, alone or in a list (then a list of results comes back).
+
+The weights may be a slim checkpoint (detector.export.slim; it embeds its config and class
+names, so `config` may be None) or a training checkpoint. Files are read with
+`torch.load(weights_only=True)`: a checkpoint holding pickled Python objects is refused.
+
+Shapes: N detections of one image, (H, W) the original image, (h, w) the resized network input,
+M the mask head's side.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image as PILImage
+from torch import Tensor
+
+from detector.config import load_config
+from detector.data import build_transforms, read_image
+from detector.engine.checkpoint import load_checkpoint_file
+from detector.export.slim import is_slim
+from detector.modeling.detector import GeneralizedRCNN
+from detector.modeling.roi_heads.mask_head.paste import paste_masks_in_image
+from detector.structures import Instances
+
+__all__ = ["ImageInput", "Predictor", "load_model", "resolve_config"]
+
+logger = logging.getLogger(__name__)
+
+ImageInput = str | Path | np.ndarray | Tensor | PILImage.Image
+
+
+def _config_from_yaml_text(text: str, source: str) -> Any:
+    """A config from YAML text (as embedded in a slim checkpoint), through `load_config`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "config.yaml"
+        path.write_text(text)
+        try:
+            return load_config(path)
+        except ValueError as e:
+            raise ValueError(f"the config embedded in {source} does not load: {e}") from None
+
+
+def resolve_config(config: Any, weights: Path, data: dict[str, Any]) -> Any:
+    """The config: a YAML path, a config object, or (None) the one the checkpoint embeds, else
+    the config.yaml that training wrote next to the checkpoint."""
+    if config is not None:
+        return load_config(config) if isinstance(config, (str, Path)) else config
+    if isinstance(data.get("config"), str):
+        return _config_from_yaml_text(data["config"], str(weights))
+    beside = weights.parent / "config.yaml"
+    if beside.is_file():
+        logger.info("using %s, written by the training run next to %s", beside, weights)
+        return load_config(beside)
+    raise ValueError(
+        f"Predictor: {weights} embeds no config and there is no config.yaml next to it; pass "
+        "config= (a YAML file or a config object), or export a slim checkpoint with "
+        "tools/export.py, which embeds it"
+    )
+
+
+def load_model(cfg: Any, weights: str | Path, data: dict[str, Any] | None = None) -> Any:
+    """Builds GeneralizedRCNN from `cfg` and loads `weights` strictly (float16 slim weights are
+    cast to the model's dtype). Returns the model in eval mode on the CPU."""
+    weights = Path(weights)
+    if data is None:
+        data = load_checkpoint_file(weights)
+    state = data.get("model", data)
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(
+            f"Predictor: {weights} holds no model weights (expected a 'model' state dict; "
+            f"keys: {', '.join(map(str, data))})"
+        )
+    model = GeneralizedRCNN.from_config(cfg)
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        missing = ", ".join(result.missing_keys[:5]) or "none"
+        unused = ", ".join(result.unexpected_keys[:5]) or "none"
+        raise ValueError(
+            f"Predictor: {weights} does not match the model of this config "
+            f"(MODEL.BACKBONE.CONV_BODY {cfg.MODEL.BACKBONE.CONV_BODY}, MODEL.MASK_ON "
+            f"{cfg.MODEL.MASK_ON}): {len(result.missing_keys)} keys missing (e.g. {missing}), "
+            f"{len(result.unexpected_keys)} unused (e.g. {unused}); pass the config it was "
+            "trained with"
+        )
+    return model.eval()
+
+
+class Predictor:
+    """Runs a detector on images given as files, arrays or tensors; see the module docstring.
+
+    Args:
+        config: a YAML config file, a config object, or None to use the one embedded in a slim
+            checkpoint (or the config.yaml next to a training checkpoint).
+        weights: a slim or training checkpoint file.
+        device: where the model runs ("cpu", "cuda", "cuda:1", ...); results come back on the CPU.
+        batch_size: images per forward pass (None: TEST.IMS_PER_BATCH).
+        class_names: overrides the names (index 0 the background); default: the slim
+            checkpoint's, else those of the config's DATASETS.TEST / TRAIN dataset (read on first
+            use), else "class_<k>".
+    """
+
+    def __init__(
+        self,
+        config: str | Path | Any | None = None,
+        weights: str | Path | None = None,
+        device: str | torch.device = "cpu",
+        *,
+        batch_size: int | None = None,
+        class_names: Sequence[str] | None = None,
+    ) -> None:
+        if weights is None:
+            raise ValueError("Predictor: `weights` (a slim or training checkpoint file) is needed")
+        weights = Path(weights)
+        data = load_checkpoint_file(weights)
+        self.cfg = resolve_config(config, weights, data)
+        if self.cfg.MODEL.RPN_ONLY:
+            raise ValueError(
+                "Predictor: MODEL.RPN_ONLY is True: a proposal network gives proposals, not "
+                "detections; build it with GeneralizedRCNN.from_config and call it directly"
+            )
+        self.device = torch.device(device)
+        self.model = load_model(self.cfg, weights, data).to(self.device)
+        mask_head = getattr(self.model.roi_heads, "mask_head", None)
+        self.mask_on = mask_head is not None
+        if mask_head is not None:
+            mask_head.postprocess_masks = False  # pasted here, at the original size
+        self.mask_threshold = float(self.cfg.MODEL.ROI_MASK_HEAD.POSTPROCESS_MASKS_THRESHOLD)
+        self.transforms = build_transforms(self.cfg, is_train=False)
+        self.batch_size = int(batch_size or self.cfg.TEST.IMS_PER_BATCH or 1)
+        self.meta: dict[str, Any] = dict(data.get("meta", {})) if is_slim(data) else {}
+        if "iteration" in data and isinstance(data["iteration"], int):
+            self.meta.setdefault("iteration", data["iteration"])
+        embedded = data.get("class_names") if is_slim(data) else None
+        self._class_names: list[str] | None = None
+        if class_names is not None:
+            self._class_names = [str(c) for c in class_names]
+        elif embedded:
+            self._class_names = [str(c) for c in embedded]
+
+    # -- class names ---------------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        """K, the classes including the background (MODEL.ROI_BOX_HEAD.NUM_CLASSES)."""
+        return int(self.cfg.MODEL.ROI_BOX_HEAD.NUM_CLASSES)
+
+    @property
+    def class_names(self) -> list[str]:
+        """Index 0 the background, then one name per class (read lazily from the dataset)."""
+        if self._class_names is None:
+            from detector.export.slim import class_names_from_config
+
+            names = class_names_from_config(self.cfg)
+            if names and len(names) != self.num_classes:
+                logger.warning(
+                    "the dataset has %d classes (background included) but "
+                    "MODEL.ROI_BOX_HEAD.NUM_CLASSES is %d; using class_<k> names",
+                    len(names),
+                    self.num_classes,
+                )
+                names = []
+            self._class_names = names or [
+                "__background__",
+                *(f"class_{k}" for k in range(1, self.num_classes)),
+            ]
+        return self._class_names
+
+    def _name(self, label: int) -> str:
+        names = self.class_names
+        return names[label] if 0 <= label < len(names) else f"class_{label}"
+
+    # -- inputs --------------------------------------------------------------------------------
+    def _to_tensor(self, image: ImageInput, index: int) -> Tensor:
+        """An input as uint8 Tensor[3, H, W] RGB on the CPU."""
+        if isinstance(image, (str, Path)):
+            return read_image(image, max_pixels=int(self.cfg.INPUT.MAX_IMAGE_PIXELS))
+        if isinstance(image, PILImage.Image):
+            image = np.asarray(image.convert("RGB"))
+        if isinstance(image, np.ndarray):
+            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+                raise ValueError(
+                    f"Predictor: image {index} is a numpy array of shape {image.shape} and dtype "
+                    f"{image.dtype}; expected an RGB H x W x 3 uint8 array"
+                )
+            return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)  # HWC -> CHW
+        if isinstance(image, Tensor):
+            if image.dim() != 3 or image.shape[0] != 3 or image.dtype != torch.uint8:
+                raise ValueError(
+                    f"Predictor: image {index} is a tensor of shape {tuple(image.shape)} and dtype "
+                    f"{image.dtype}; expected an RGB 3 x H x W uint8 tensor"
+                )
+            return image.cpu()
+        raise TypeError(
+            f"Predictor: image {index} is a {type(image).__name__}; expected a file path, an "
+            "H x W x 3 uint8 numpy array, a 3 x H x W uint8 tensor or a PIL image"
+        )
+
+    def _resize(self, image: Tensor) -> Tensor:
+        """The test-time resize (INPUT.MIN_SIZE_TEST within MAX_SIZE_TEST), as in evaluation."""
+        resized, _ = self.transforms(image, Instances(tuple(image.shape[-2:])))
+        return resized
+
+    # -- outputs -------------------------------------------------------------------------------
+    def _postprocess(self, dets: Instances, original_size: tuple[int, int]) -> dict[str, Any]:
+        """Detections in the resized input's pixels -> the result dict at the original size."""
+        height, width = original_size
+        in_height, in_width = dets.image_size
+        boxes = dets.pred_boxes.tensor.float()  # (N, 4) in the resized input
+        scale = boxes.new_tensor([width / in_width, height / in_height] * 2)
+        boxes = boxes * scale
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+        labels = dets.pred_classes.long()
+        result: dict[str, Any] = {
+            "boxes": boxes.cpu(),
+            "scores": dets.scores.float().cpu(),
+            "labels": labels.cpu(),
+        }
+        if self.mask_on:
+            probabilities = dets.pred_masks  # (N, 1, M, M)
+            masks = paste_masks_in_image(
+                probabilities, boxes, (height, width), threshold=self.mask_threshold
+            )
+            result["masks"] = masks.cpu()  # (N, H, W) bool
+        result["class_names"] = [self._name(int(k)) for k in labels.tolist()]
+        result["image_size"] = (height, width)
+        return result
+
+    # -- call ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, images: Sequence[ImageInput]) -> list[dict[str, Any]]:
+        """Detections of each image (see the module docstring), in batches of `batch_size`."""
+        tensors = [self._to_tensor(image, i) for i, image in enumerate(images)]
+        results: list[dict[str, Any]] = []
+        for start in range(0, len(tensors), self.batch_size):
+            batch = tensors[start : start + self.batch_size]
+            inputs = [self._resize(image).to(self.device) for image in batch]
+            detections = self.model(inputs)
+            for dets, image in zip(detections, batch, strict=True):
+                results.append(self._postprocess(dets, tuple(image.shape[-2:])))
+        return results
+
+    def __call__(
+        self, images: ImageInput | Sequence[ImageInput]
+    ) -> dict[str, Any] | list[dict[str, Any]]:
+        """One image -> one result dict; a list of images -> a list of them."""
+        if isinstance(images, (list, tuple)):
+            return self.predict(images)
+        return self.predict([images])[0]

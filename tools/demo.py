@@ -1,0 +1,184 @@
+"""Run a detector on images and draw its detections.
+
+    python tools/demo.py --config-file X.yaml --weights model_final_slim.pth \
+        --input street.jpg photos/ --output demo_out [--score-thresh 0.5]
+
+Writes one picture per input (boxes, class names, scores and translucent masks) and
+predictions.json into the output folder. --config-file may be left out when the weights are a
+slim checkpoint (tools/export.py), which embeds its config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
+# A fixed palette (tab10), one colour per class id.
+PALETTE = [
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+]  # fmt: skip
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config-file", metavar="FILE", help="YAML config (optional for slim)")
+    parser.add_argument("--weights", required=True, metavar="FILE", help="slim/training checkpoint")
+    parser.add_argument(
+        "--input", required=True, nargs="+", metavar="PATH", help="image files and/or folders"
+    )
+    parser.add_argument("--output", required=True, metavar="DIR", help="folder for the results")
+    parser.add_argument(
+        "--score-thresh", type=float, default=0.5, help="draw and save detections above this"
+    )
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--batch-size", type=int, default=None, help="images per forward pass")
+    parser.add_argument(
+        "--opts", nargs="*", default=[], metavar="KEY VALUE", help="config overrides"
+    )
+    return parser.parse_args(argv)
+
+
+def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
+    """The image files named or found (not recursively) in the named folders, in order."""
+    found: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found += sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif item.is_file():
+            found.append(item)
+        else:
+            raise FileNotFoundError(f"--input {item}: no such file or folder")
+    if not found:
+        raise FileNotFoundError(f"--input {' '.join(map(str, inputs))}: no image files found")
+    return found
+
+
+def select(result: dict[str, Any], score_thresh: float) -> dict[str, Any]:
+    """The detections of one result dict scoring at least `score_thresh`."""
+    keep = result["scores"] >= score_thresh  # (N,) bool
+    out = {k: v[keep] for k, v in result.items() if isinstance(v, Tensor)}
+    out["class_names"] = [n for n, k in zip(result["class_names"], keep.tolist(), strict=True) if k]
+    out["image_size"] = result["image_size"]
+    return out
+
+
+def draw(image: Tensor, result: dict[str, Any]) -> Tensor:
+    """uint8 Tensor[3, H, W] with translucent masks, boxes and "name score" labels drawn."""
+    from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
+
+    colors = [PALETTE[int(k) % len(PALETTE)] for k in result["labels"].tolist()]
+    if len(colors) == 0:
+        return image
+    if "masks" in result:
+        image = draw_segmentation_masks(image, result["masks"], alpha=0.4, colors=colors)
+    labels = [
+        f"{name} {score:.2f}"
+        for name, score in zip(result["class_names"], result["scores"].tolist(), strict=True)
+    ]
+    width = max(1, round(max(image.shape[-2:]) / 400))
+    return draw_bounding_boxes(image, result["boxes"], labels=labels, colors=colors, width=width)
+
+
+def to_json(file_name: str, result: dict[str, Any]) -> dict[str, Any]:
+    """One image's record: size and detections (box xyxy, score, label, class name, mask RLE)."""
+    height, width = result["image_size"]
+    detections = []
+    rles = _encode_masks(result["masks"]) if "masks" in result else None
+    for i, box in enumerate(result["boxes"].tolist()):
+        detection: dict[str, Any] = {
+            "bbox_xyxy": [round(v, 2) for v in box],
+            "score": round(float(result["scores"][i]), 4),
+            "label": int(result["labels"][i]),
+            "class_name": result["class_names"][i],
+        }
+        if rles is not None:
+            detection["segmentation"] = rles[i]
+        detections.append(detection)
+    return {"file_name": file_name, "height": height, "width": width, "detections": detections}
+
+
+def _encode_masks(masks: Tensor) -> list[dict[str, Any]]:
+    """COCO run-length encodings (counts as text) of (N, H, W) bool masks."""
+    import numpy as np
+    from pycocotools import mask as mask_util
+
+    if len(masks) == 0:
+        return []
+    array = np.asfortranarray(masks.permute(1, 2, 0).numpy().astype(np.uint8))  # (H, W, N)
+    rles = mask_util.encode(array)
+    return [{"size": r["size"], "counts": r["counts"].decode("ascii")} for r in rles]
+
+
+def _output_name(path: Path, used: set[str]) -> str:
+    """`<stem>.jpg` (PNG inputs stay PNG), made unique among the outputs."""
+    suffix = ".png" if path.suffix.lower() == ".png" else ".jpg"
+    name, n = path.stem + suffix, 1
+    while name in used:
+        name, n = f"{path.stem}_{n}{suffix}", n + 1
+    used.add(name)
+    return name
+
+
+def run_demo(args: argparse.Namespace) -> Path:
+    """Predicts, draws and writes; returns the predictions.json path."""
+    from torchvision.io import write_jpeg, write_png
+
+    from detector import Predictor
+    from detector.config import load_config
+    from detector.data import read_image
+
+    config: Any = None
+    if args.config_file:
+        config = load_config(args.config_file, args.opts)
+    elif args.opts:
+        raise ValueError("--opts needs --config-file")
+    files = collect_images(args.input)
+    predictor = Predictor(config, args.weights, args.device, batch_size=args.batch_size)
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    records, used = [], set()
+    for start in range(0, len(files), predictor.batch_size):
+        batch = files[start : start + predictor.batch_size]
+        images = [read_image(f) for f in batch]
+        for path, image, result in zip(batch, images, predictor(images), strict=True):
+            result = select(result, args.score_thresh)
+            name = _output_name(path, used)
+            picture = draw(image, result)
+            if name.endswith(".png"):
+                write_png(picture, str(output / name))
+            else:
+                write_jpeg(picture, str(output / name), quality=90)
+            record = to_json(str(path), result)
+            record["output"] = name
+            records.append(record)
+            logging.info("%s: %d detections -> %s", path, len(result["scores"]), output / name)
+    json_path = output / "predictions.json"
+    json_path.write_text(json.dumps(records, indent=1))
+    return json_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    torch.set_grad_enabled(False)
+    try:
+        json_path = run_demo(args)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {json_path} and the drawn images next to it")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
