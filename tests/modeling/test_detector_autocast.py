@@ -1,4 +1,4 @@
-"""A Mask R-CNN trains and predicts under CPU bfloat16 autocast (SOLVER.AMP on the CPU)."""
+"""A (small) Mask R-CNN trains and predicts under CPU bfloat16 autocast (SOLVER.AMP on the CPU)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ import torch
 
 from detector.config import load_config
 from detector.modeling.detector import GeneralizedRCNN
+from tests.modeling.small_models import SMALL_FPN_OPTS
 from tests.test_configs import CONFIG_DIR, TINY_INPUT, _tiny_batch
 
 
 def test_mask_rcnn_under_bfloat16_autocast() -> None:
     torch.manual_seed(0)
-    opts = [*TINY_INPUT, "MODEL.ROI_HEADS.SCORE_THRESH", "0.0"]
+    opts = [*TINY_INPUT, *SMALL_FPN_OPTS, "MODEL.ROI_HEADS.SCORE_THRESH", "0.0"]
     cfg = load_config(Path(CONFIG_DIR) / "e2e_mask_rcnn_R_50_FPN_1x.yaml", opts)
     model = GeneralizedRCNN.from_config(cfg).train()
     images, targets = _tiny_batch(mask_on=True)

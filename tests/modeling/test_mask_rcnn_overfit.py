@@ -11,19 +11,16 @@ from detector.config import load_config
 from detector.data import build_transforms, get_dataset
 from detector.modeling.detector import GeneralizedRCNN
 from detector.structures import pairwise_iou
+from tests.modeling.small_models import SMALL_FPN_OPTS
 from tests.test_configs import CONFIG_DIR
 
 ITERATIONS = 300
 IMAGES = (1, 2, 3)  # 6 objects: person + tie, car, 3 zebras
 OPTS = [
-    *("MODEL.BACKBONE.CONV_BODY", "R-18-FPN", "MODEL.BACKBONE.FREEZE_CONV_BODY_AT", "0"),
-    *("MODEL.RESNETS.NORM", "GN", "MODEL.RESNETS.BACKBONE_OUT_CHANNELS", "64"),
-    *("MODEL.ROI_BOX_HEAD.MLP_HEAD_DIM", "256", "MODEL.ROI_MASK_HEAD.CONV_LAYERS", "(64, 64)"),
-    *("MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "64", "MODEL.RPN.POST_NMS_TOP_N_TRAIN", "300"),
-    *("MODEL.RPN.FPN_POST_NMS_TOP_N_TRAIN", "300", "MODEL.RPN.FPN_POST_NMS_TOP_N_TEST", "300"),
+    *SMALL_FPN_OPTS,
     *("INPUT.MIN_SIZE_TRAIN", "(256,)", "INPUT.MAX_SIZE_TRAIN", "400"),
     *("INPUT.MIN_SIZE_TEST", "256", "INPUT.MAX_SIZE_TEST", "400"),
-    *("INPUT.HORIZONTAL_FLIP_PROB_TRAIN", "0.0", "MODEL.DEVICE", "cpu"),
+    *("INPUT.HORIZONTAL_FLIP_PROB_TRAIN", "0.0"),
 ]
 
 
