@@ -19,6 +19,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cfloat>
 #include <cmath>
 #include <vector>
@@ -419,12 +420,16 @@ at::Tensor roi_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& rois,
     const scalar_t* gp = grad.const_data_ptr<scalar_t>();
     const int* ap = a.const_data_ptr<int>();
     scalar_t* gi = grad_input.data_ptr<scalar_t>();
-    // Each thread owns a contiguous range of blocks of kBlock channels: it zeroes the block's
-    // planes (for every image) and scatters into them while they are in L2.
+    // A block of kBlock channels has one owner thread: it zeroes the block's planes (for every
+    // image) and scatters into them while they are in L2.
     constexpr int64_t kBlock = 2;
     const int64_t num_blocks = (channels + kBlock - 1) / kBlock;
-    at::parallel_for(0, num_blocks, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t block = begin; block < end; ++block) {
+    // Threads take blocks from a shared counter (a thread slowed down by other processes does
+    // not hold up the others); what a block computes does not depend on the thread running it.
+    const int64_t workers = std::min<int64_t>(num_blocks, at::get_num_threads());
+    std::atomic<int64_t> next_block{0};
+    at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+      for (int64_t block = next_block++; block < num_blocks; block = next_block++) {
         const int64_t c0 = block * kBlock;
         const int64_t c1 = std::min(c0 + kBlock, channels);
         for (int64_t n = 0; n < batch_size; ++n) {
