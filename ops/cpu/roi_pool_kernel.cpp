@@ -7,20 +7,25 @@
 //      the contiguous w (the running max and its flat index h * W + w per column);
 //   2. horizontal: for each bin, the max over its columns of pass 1. Ties between columns keep the
 //      smaller flat index, so the result is the FIRST max in row-major order, as in torchvision.
-// Backward walks, for each channel, every RoI in a fixed order and adds its gradients into the
-// channel's planes at the arg-max indices. Threads own disjoint channels: no atomics, no races,
-// and the summation order of every element does not depend on the thread count.
+// Backward: threads own disjoint blocks of channels. For its block, a thread zeroes the planes
+// (fresh huge-page memory: no separate zero fill of the 55 MB gradient, and the page faults are
+// spread over the threads), then walks every RoI in a fixed order and adds its gradients at the
+// arg-max indices while the planes are in L2. No atomics, no races, and the summation order of
+// every element does not depend on the thread count. A contiguous `grad` is read in runs of
+// block * PH * PW elements per RoI (prefetched); any other strides are read in place.
 #include <torch/library.h>
 
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cfloat>
 #include <cmath>
 #include <vector>
 
 #include "cpu/cpu_utils.h"
+#include "cpu/roi_align_memory.h"
 
 namespace detector {
 namespace {
@@ -318,6 +323,68 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cpu(const at::Tensor& input,
   return {output, argmax};
 }
 
+// Backward of RoIs' gradients for channels [c0, c1) into `gi` (N, C, H, W) contiguous, whose
+// planes of these channels were zeroed: for RoI k = 0..K-1 (a fixed order), channel c and bin b,
+// gi[batch[k], c, argmax] += grad[k, c, b]. `grad` and `argmax` are contiguous (K, C, bins), so
+// a RoI's run for the block is (c1 - c0) * bins contiguous elements of each.
+template <typename T>
+DETECTOR_SIMD_CLONES void scatter_channels(const T* __restrict__ g, const int* __restrict__ arg,
+                                           const int64_t* batch, int64_t num_rois,
+                                           int64_t channels, int64_t bins, int64_t plane,
+                                           int64_t c0, int64_t c1, T* __restrict__ gi) {
+  const int64_t run = (c1 - c0) * bins;
+  const int64_t roi_stride = channels * bins;
+  constexpr int64_t kAhead = 2;  // RoIs between a prefetch and its use (~DRAM latency)
+  const uint32_t limit = static_cast<uint32_t>(plane);
+  for (int64_t k = 0; k < num_rois; ++k) {
+    const int64_t first = k * roi_stride + c0 * bins;
+    if (k + kAhead < num_rois) {
+      const char* next_g = reinterpret_cast<const char*>(g + first + kAhead * roi_stride);
+      const char* next_a = reinterpret_cast<const char*>(arg + first + kAhead * roi_stride);
+      for (int64_t byte = 0; byte < run * 4; byte += 64) {
+        __builtin_prefetch(next_g + byte, 0, 0);
+        __builtin_prefetch(next_a + byte, 0, 0);
+      }
+    }
+    const T* gk = g + first;
+    const int* ak = arg + first;
+    T* p = gi + (batch[k] * channels + c0) * plane;
+    for (int64_t c = 0; c < c1 - c0; ++c, p += plane, gk += bins, ak += bins) {
+      for (int64_t b = 0; b < bins; ++b) {
+        const int index = ak[b];
+        // -1 (an empty bin) and anything outside the plane wrap to >= limit: skipped.
+        if (static_cast<uint32_t>(index) < limit) {
+          p[index] += gk[b];
+        }
+      }
+    }
+  }
+}
+
+// As scatter_channels, for a `grad` of any strides (e.g. expanded from a sum): read in place.
+template <typename T>
+void scatter_channels_strided(const T* g, at::IntArrayRef strides, const int* __restrict__ arg,
+                              const int64_t* batch, int64_t num_rois, int64_t channels,
+                              int64_t ph_count, int64_t pw_count, int64_t plane, int64_t c0,
+                              int64_t c1, T* __restrict__ gi) {
+  const uint32_t limit = static_cast<uint32_t>(plane);
+  for (int64_t k = 0; k < num_rois; ++k) {
+    for (int64_t c = c0; c < c1; ++c) {
+      T* p = gi + (batch[k] * channels + c) * plane;
+      const int* ak = arg + (k * channels + c) * ph_count * pw_count;
+      for (int64_t ph = 0; ph < ph_count; ++ph, ak += pw_count) {
+        const T* gh = g + k * strides[0] + c * strides[1] + ph * strides[2];
+        for (int64_t pw = 0; pw < pw_count; ++pw) {
+          const int index = ak[pw];
+          if (static_cast<uint32_t>(index) < limit) {
+            p[index] += gh[pw * strides[3]];
+          }
+        }
+      }
+    }
+  }
+}
+
 at::Tensor roi_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& rois,
                                  const at::Tensor& argmax, int64_t batch_size, int64_t channels,
                                  int64_t height, int64_t width) {
@@ -330,63 +397,52 @@ at::Tensor roi_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& rois,
               "_roi_pool_backward: `grad` of shape ", grad.sizes(), " does not match ",
               rois.size(0), " RoIs and ", channels, " channels");
   check_rois_cpu("_roi_pool_backward", rois, batch_size);
+  // Every element is written below (zeroed by its owner thread, then scattered into), so the
+  // memory is not zero-filled here; huge pages cut the first-touch page faults ~500x.
   at::Tensor grad_input = at::empty({batch_size, channels, height, width}, grad.options());
+  advise_huge_pages(grad_input.data_ptr(), grad_input.nbytes());
   if (grad_input.numel() == 0) {
     return grad_input;
   }
   const int64_t num_rois = rois.size(0);
-  const int64_t bins_per_roi = grad.size(2) * grad.size(3);
+  const int64_t bins = grad.size(2) * grad.size(3);
   const int64_t plane = height * width;
-  const at::Tensor r = rois.to(at::kDouble).select(1, 0).to(at::kLong).contiguous();
-  const at::Tensor a = argmax.contiguous();
+  std::vector<int64_t> batch(num_rois);
+  {
+    const at::Tensor r = rois.to(at::kDouble).select(1, 0).contiguous();
+    const double* rb = r.const_data_ptr<double>();
+    for (int64_t k = 0; k < num_rois; ++k) batch[k] = static_cast<int64_t>(rb[k]);
+  }
+  const at::Tensor a = argmax.contiguous();  // made by the forward: contiguous
+  const bool dense = grad.is_contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(),
                                   "_roi_pool_backward", [&] {
-    const int64_t* batch = r.const_data_ptr<int64_t>();
-    const int* arg = a.const_data_ptr<int>();
-    const scalar_t* g = grad.const_data_ptr<scalar_t>();
-    // Strides of `grad` (it is often an expanded or sliced view): read it in place.
-    const int64_t sk = grad.stride(0), sc = grad.stride(1);
-    const int64_t sh = grad.stride(2), sw = grad.stride(3);
-    const int64_t ph_count = grad.size(2), pw_count = grad.size(3);
-    constexpr int64_t kPrefetch = 4;
+    const scalar_t* gp = grad.const_data_ptr<scalar_t>();
+    const int* ap = a.const_data_ptr<int>();
     scalar_t* gi = grad_input.data_ptr<scalar_t>();
-    // Blocks of 2 channels: their planes (2 * H * W) stay in L2 while the RoIs' gradients and
-    // arg-maxes are read in runs of 2 * PH * PW contiguous elements.
+    // A block of kBlock channels has one owner thread: it zeroes the block's planes (for every
+    // image) and scatters into them while they are in L2.
     constexpr int64_t kBlock = 2;
     const int64_t num_blocks = (channels + kBlock - 1) / kBlock;
-    at::parallel_for(0, num_blocks, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t block = begin; block < end; ++block) {
+    // Threads take blocks from a shared counter (a thread slowed down by other processes does
+    // not hold up the others); what a block computes does not depend on the thread running it.
+    const int64_t workers = std::min<int64_t>(num_blocks, at::get_num_threads());
+    std::atomic<int64_t> next_block{0};
+    at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+      for (int64_t block = next_block++; block < num_blocks; block = next_block++) {
         const int64_t c0 = block * kBlock;
         const int64_t c1 = std::min(c0 + kBlock, channels);
         for (int64_t n = 0; n < batch_size; ++n) {
           scalar_t* p = gi + (n * channels + c0) * plane;
           std::fill(p, p + (c1 - c0) * plane, scalar_t(0));
         }
-        for (int64_t k = 0; k < num_rois; ++k) {
-          // RoIs are C * PH * PW elements apart: prefetch a few RoIs ahead of the scatter.
-          if (k + kPrefetch < num_rois) {
-            const char* next_a = reinterpret_cast<const char*>(
-                arg + ((k + kPrefetch) * channels + c0) * bins_per_roi);
-            const char* next_g = reinterpret_cast<const char*>(g + (k + kPrefetch) * sk + c0 * sc);
-            for (int64_t byte = 0; byte < (c1 - c0) * bins_per_roi * 4; byte += 64) {
-              __builtin_prefetch(next_a + byte);
-              __builtin_prefetch(next_g + byte);
-            }
-          }
-          for (int64_t c = c0; c < c1; ++c) {
-            scalar_t* p = gi + (batch[k] * channels + c) * plane;
-            const int* ak = arg + (k * channels + c) * bins_per_roi;
-            const scalar_t* gk = g + k * sk + c * sc;
-            for (int64_t ph = 0; ph < ph_count; ++ph, ak += pw_count) {
-              const scalar_t* gh = gk + ph * sh;
-              for (int64_t pw = 0; pw < pw_count; ++pw) {
-                const int index = ak[pw];
-                if (index >= 0 && index < plane) {
-                  p[index] += gh[pw * sw];
-                }
-              }
-            }
-          }
+        if (dense) {
+          scatter_channels<scalar_t>(gp, ap, batch.data(), num_rois, channels, bins, plane, c0,
+                                     c1, gi);
+        } else {
+          scatter_channels_strided<scalar_t>(gp, grad.strides(), ap, batch.data(), num_rois,
+                                             channels, grad.size(2), grad.size(3), plane, c0, c1,
+                                             gi);
         }
       }
     });

@@ -208,6 +208,20 @@ def test_backward_deterministic_across_threads() -> None:
     assert_same_bits(grad2, grad3)
 
 
+def test_backward_strided_grad_matches_contiguous() -> None:
+    """A non-contiguous or expanded `grad` (read in place) gives the bits of its contiguous copy."""
+    torch.manual_seed(3)
+    x = torch.randn(2, 6, 20, 23)
+    rois = random_rois(40, 2, 20, 23, 1 / 2, seed=4)
+    _, argmax = torch.ops.detector.roi_pool(x, rois, 1 / 2, 3, 4)
+    sliced = torch.randn(40, 6, 3, 8)[..., ::2]  # (K, C, 3, 4) with a last-dim stride of 2
+    expanded = torch.randn(1, 6, 1, 1).expand(40, 6, 3, 4)
+    for grad in (sliced, expanded):
+        ours = torch.ops.detector._roi_pool_backward(grad, rois, argmax, 2, 6, 20, 23)
+        dense = torch.ops.detector._roi_pool_backward(grad.contiguous(), rois, argmax, 2, 6, 20, 23)
+        assert_same_bits(ours, dense)
+
+
 def test_layer() -> None:
     layer = RoIPool((7, 5), 1 / 16)
     assert repr(layer) == "RoIPool(output_size=(7, 5), spatial_scale=0.0625)"
