@@ -12,6 +12,7 @@ import torch
 from detector.config import dump_config, load_config
 from detector.modeling.detector import GeneralizedRCNN
 from detector.structures import Boxes, Instances, PolygonMasks
+from tests.modeling.small_models import SMALL_FPN_OPTS
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 CONFIGS = sorted(p.relative_to(CONFIG_DIR).as_posix() for p in CONFIG_DIR.rglob("*.yaml"))
@@ -34,6 +35,7 @@ def test_every_documented_config_exists() -> None:
         "e2e_faster_rcnn_dconv_R_50_FPN_1x.yaml",
         "e2e_mask_rcnn_mdconv_R_50_FPN_1x.yaml",
         "e2e_faster_rcnn_dpool_R_50_FPN_1x.yaml",
+        "rfcn_R_101_C5_1x.yaml",
         "torchvision/faster_rcnn_R_50_FPN.yaml",
         "torchvision/mask_rcnn_R_50_FPN.yaml",
     }
@@ -86,3 +88,22 @@ def test_config_trains_and_predicts(name: str) -> None:
         assert len(result.scores) == len(result.pred_classes) == len(result.pred_boxes)
         if cfg.MODEL.MASK_ON:
             assert len(result.pred_masks) == len(result.pred_boxes)
+
+
+POOLER_TYPES = ["ROIPool", "ROIAlign", "ROIAlignV2", "ROIAlignMax", "DeformRoIPool",
+                "ModulatedDeformRoIPool", "PSRoIPool", "PSRoIAlign", "DeformPSRoIPool"]  # fmt: skip
+
+
+@pytest.mark.parametrize("pooler_type", POOLER_TYPES)
+def test_every_pooler_type_by_command_line_override_trains(pooler_type: str) -> None:
+    """The box pooler is one key: each type builds and trains (the position-sensitive ones
+    with the R-FCN config, whose head pools its own score maps)."""
+    torch.manual_seed(0)
+    position_sensitive = pooler_type.startswith(("PS", "DeformPS"))
+    name = "rfcn_R_101_C5_1x.yaml" if position_sensitive else "e2e_faster_rcnn_R_50_FPN_1x.yaml"
+    opts = [*TINY_INPUT, "MODEL.ROI_BOX_HEAD.POOLER_TYPE", pooler_type]
+    opts += ["MODEL.BACKBONE.CONV_BODY", "R-50-C5"] if position_sensitive else SMALL_FPN_OPTS
+    model = GeneralizedRCNN.from_config(load_config(CONFIG_DIR / name, opts)).train()
+    losses = model(*_tiny_batch(mask_on=False))
+    assert all(math.isfinite(v.item()) for v in losses.values()), losses
+    sum(losses.values()).backward()
