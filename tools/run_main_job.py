@@ -179,7 +179,7 @@ def evaluate_shapes(
     for image_id, pred in predictions:
         evaluator.process([image_id], [pred])
     metrics = {k: float(v) for k, v in evaluator.evaluate().items()}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (out / "metrics.json").write_text(json.dumps(_json_safe(metrics), indent=2))
     return metrics
 
 
@@ -342,8 +342,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     summary["predictions"] = [str(p) for p in pngs]
     summary["train_s"] = train_s
     summary["total_s"] = time.perf_counter() - start
-    (output_dir / "main_job_summary.json").write_text(json.dumps(summary, indent=2))
+    (output_dir / "main_job_summary.json").write_text(json.dumps(_json_safe(summary), indent=2))
     return summary
+
+
+def _json_safe(value: Any) -> Any:
+    """`value` with NaN floats (COCO's "no such object", e.g. APl) as None: strict JSON."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and value != value:
+        return None
+    return value
 
 
 def print_summary(summary: dict[str, Any], test_name: str = "shapes_val") -> None:
