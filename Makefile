@@ -45,6 +45,17 @@ cuda-check: $(CUDA_STAMP)
 test: build
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+# The README's main job: train Mask R-CNN on the built-in shapes on the CPU, evaluate box/mask AP
+# on shapes_val, export the weights, draw predictions (tools/run_main_job.py; ~10 min on 2 cores).
+# On a machine busy with other jobs, TRAIN_ARGS="--num-threads 1" is faster.
+TRAIN_CONFIG ?= configs/shapes/mask_rcnn_R_18_FPN_shapes.yaml
+TRAIN_OUTPUT ?= output/shapes/mask_rcnn_R_18_FPN
+TRAIN_ARGS ?=
+.PHONY: train
+train: build
+	PYTHONPATH=$(CURDIR) $(PY) tools/run_main_job.py --config-file $(TRAIN_CONFIG) \
+		--output-dir $(TRAIN_OUTPUT) $(TRAIN_ARGS)
+
 bench: build
 	$(PY) benchmarks/ops.py
 
