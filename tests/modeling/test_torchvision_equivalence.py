@@ -227,6 +227,7 @@ def test_proposals_are_equal(faster_pair, small_image):
     assert_same_detections(torchvision_out, detections)
 
 
+@pytest.mark.slow  # about 10 s on an idle 2-core machine
 def test_mask_rcnn_small_image(small_image):
     torchvision_model = random_torchvision_detector(mask=True, seed=1)
     ours = converted_detector(torchvision_model, mask=True)  # POSTPROCESS_MASKS: bool masks
