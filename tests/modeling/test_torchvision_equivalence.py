@@ -223,7 +223,11 @@ def test_proposals_are_equal(faster_pair, small_image):
     proposals = captured["proposals"].proposal_boxes.tensor
     expected = captured["expected"]
     assert proposals.shape == expected.shape
-    torch.testing.assert_close(proposals, expected, rtol=1e-4, atol=1e-4)
+    # The same set: torchvision ranks by sigmoid(logit), ours by the logit, so logits whose
+    # float32 sigmoids are equal (close to 1) may swap places.
+    index = torch.cdist(expected, proposals, p=float("inf")).argmin(dim=1)
+    assert index.unique().numel() == len(index)
+    torch.testing.assert_close(proposals[index], expected, rtol=1e-4, atol=1e-4)
     assert_same_detections(torchvision_out, detections)
 
 
