@@ -45,7 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="write the output even when keys are missing, unmatched or of another shape",
     )
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
+    parser.add_argument("opts", nargs="*", help="config overrides: KEY VALUE ...")
     return parser.parse_args(argv)
 
 

@@ -6,7 +6,10 @@ level's grid; boxes are (x1, y1, x2, y2) in input-image pixels.
 Cell anchors are zero-centred and rounded, and the anchor of grid cell (y, x) is centred on
 (x * stride, y * stride), exactly as torchvision.models.detection.anchor_utils.AnchorGenerator, so
 proposals can be compared with torchvision's. Within a location, anchors run over ratios (outer)
-and sizes (inner); locations run row-major.
+and sizes (inner); locations run row-major. torchvision takes each level's stride as the padded
+input size // the level's size, which differs from the nominal stride where a level's size was
+rounded up (P6 of an 800-pixel side: 61, not 64); MODEL.RPN.ANCHOR_STRIDE_FROM_INPUT_SIZE
+(`stride_from_input_size`) does the same.
 """
 
 from __future__ import annotations

@@ -311,6 +311,24 @@ def test_cli_writes_a_checkpoint_our_model_loads(tmp_path: Path, capsys):
     assert torch.equal(ours.rpn.head.conv.weight, tv.rpn.head.conv[0][0].weight)
 
 
+def test_cli_torchvision_classification(tmp_path: Path, capsys):
+    from tools.convert_weights import main
+
+    torch.manual_seed(4)
+    resnet = torchvision.models.resnet50(weights=None).state_dict()
+    source, output = tmp_path / "resnet50.pth", tmp_path / "ours.pth"
+    torch.save(resnet, source)
+    args = ["--source", "torchvision-classification", str(source), str(output)]
+    assert main([*args, "--config-file", TV_FASTER_CONFIG]) == 1  # fc.* has no home
+    assert "fc.weight" in capsys.readouterr().out
+    assert main([*args, "--config-file", TV_FASTER_CONFIG, "--allow-incomplete"]) == 0
+    state = torch.load(output, weights_only=True)["model"]
+    assert torch.equal(
+        state["backbone.body.layer2.1.conv2.weight"], resnet["layer2.1.conv2.weight"]
+    )
+    assert len(state) == len(resnet) - 2 - sum(k.endswith("num_batches_tracked") for k in resnet)
+
+
 def test_cli_refuses_incomplete_conversions(tmp_path: Path, capsys):
     from tools.convert_weights import main
 
