@@ -110,6 +110,9 @@ class RPNConfig:
     # Stride of the feature map(s) the RPN runs on; with FPN, one per level.
     ANCHOR_STRIDE: list[int] = _list(16)
     ASPECT_RATIOS: list[float] = _list(0.5, 1.0, 2.0)
+    # torchvision's anchors: each level's stride is the padded input size // the level's size
+    # (61, not 64, on P6 of an 800-pixel side); False: ANCHOR_STRIDE.
+    ANCHOR_STRIDE_FROM_INPUT_SIZE: bool = False
     # Drop anchors reaching more than this many pixels outside the image (-1: keep all).
     STRADDLE_THRESH: int = 0
     # IoU >= FG_IOU_THRESHOLD: positive anchor; IoU < BG_IOU_THRESHOLD: negative anchor.

@@ -6,7 +6,10 @@ level's grid; boxes are (x1, y1, x2, y2) in input-image pixels.
 Cell anchors are zero-centred and rounded, and the anchor of grid cell (y, x) is centred on
 (x * stride, y * stride), exactly as torchvision.models.detection.anchor_utils.AnchorGenerator, so
 proposals can be compared with torchvision's. Within a location, anchors run over ratios (outer)
-and sizes (inner); locations run row-major.
+and sizes (inner); locations run row-major. torchvision takes each level's stride as the padded
+input size // the level's size, which differs from the nominal stride where a level's size was
+rounded up (P6 of an 800-pixel side: 61, not 64); MODEL.RPN.ANCHOR_STRIDE_FROM_INPUT_SIZE
+(`stride_from_input_size`) does the same.
 """
 
 from __future__ import annotations
@@ -42,6 +45,9 @@ class AnchorGenerator(nn.Module):
         strides: per level, the feature stride in pixels (MODEL.RPN.ANCHOR_STRIDE).
         straddle_thresh: anchors crossing the image border by more than this many pixels are
             invisible (`visibility`); a negative value keeps all anchors.
+        stride_from_input_size: torchvision's rule: when `forward` is given the padded input's
+            (H, W), each level's stride is (H // H_l, W // W_l) instead of `strides` (they differ
+            where a level's size was rounded up, e.g. P6 of an 800-pixel side: 800 // 13 = 61).
     """
 
     def __init__(
@@ -51,6 +57,7 @@ class AnchorGenerator(nn.Module):
         aspect_ratios: Sequence[float] | Sequence[Sequence[float]] = (0.5, 1.0, 2.0),
         strides: Sequence[int] = (16,),
         straddle_thresh: float = 0.0,
+        stride_from_input_size: bool = False,
     ) -> None:
         super().__init__()
         if len(sizes) != len(strides):
@@ -64,6 +71,7 @@ class AnchorGenerator(nn.Module):
             raise ValueError("AnchorGenerator: give one aspect-ratio sequence per level")
         self.strides = [int(s) for s in strides]
         self.straddle_thresh = float(straddle_thresh)
+        self.stride_from_input_size = bool(stride_from_input_size)
         self._num_levels = len(sizes)
         for level, (level_sizes, level_ratios) in enumerate(zip(sizes, aspect_ratios, strict=True)):
             cell = generate_cell_anchors(list(level_sizes), list(level_ratios))
@@ -78,18 +86,25 @@ class AnchorGenerator(nn.Module):
         """A_l for each level."""
         return [len(cell) for cell in self.cell_anchors]
 
-    def grid_anchors(self, grid_sizes: Sequence[tuple[int, int]]) -> list[Tensor]:
-        """Per level, the anchors ``(H_l * W_l * A_l, 4)`` of a ``(H_l, W_l)`` grid."""
+    def grid_anchors(
+        self,
+        grid_sizes: Sequence[tuple[int, int]],
+        strides: Sequence[tuple[int, int]] | None = None,
+    ) -> list[Tensor]:
+        """Per level, the anchors ``(H_l * W_l * A_l, 4)`` of a ``(H_l, W_l)`` grid, with the
+        level's (stride_y, stride_x) from `strides` (default: `self.strides` on both axes)."""
         if len(grid_sizes) != self._num_levels:
             raise ValueError(
                 f"AnchorGenerator: {len(grid_sizes)} feature maps for {self._num_levels} levels"
             )
+        if strides is None:
+            strides = [(s, s) for s in self.strides]
         anchors = []
-        for (height, width), stride, cell in zip(
-            grid_sizes, self.strides, self.cell_anchors, strict=True
+        for (height, width), (stride_y, stride_x), cell in zip(
+            grid_sizes, strides, self.cell_anchors, strict=True
         ):
-            shifts_x = torch.arange(width, device=cell.device, dtype=torch.int32) * stride
-            shifts_y = torch.arange(height, device=cell.device, dtype=torch.int32) * stride
+            shifts_x = torch.arange(width, device=cell.device, dtype=torch.int32) * stride_x
+            shifts_y = torch.arange(height, device=cell.device, dtype=torch.int32) * stride_y
             shift_y, shift_x = torch.meshgrid(shifts_y, shifts_x, indexing="ij")
             # (H, W) -> (H*W, 4) centre offsets (x, y, x, y), row-major
             shifts = torch.stack(
@@ -105,10 +120,19 @@ class AnchorGenerator(nn.Module):
             anchors.append((shifts[:, None, :] + cell[None, :, :]).reshape(-1, 4))
         return anchors
 
-    def forward(self, features: Sequence[Tensor]) -> list[Tensor]:
+    def forward(
+        self, features: Sequence[Tensor], input_size: tuple[int, int] | None = None
+    ) -> list[Tensor]:
         """Per level l, the anchors ``(H_l * W_l * A_l, 4)`` of feature map ``(N, C, H_l, W_l)``
-        (the same for every image of the batch), in the features' dtype and device."""
-        anchors = self.grid_anchors([tuple(f.shape[-2:]) for f in features])
+        (the same for every image of the batch), in the features' dtype and device.
+
+        `input_size`: the padded batch's (H, W); used only with `stride_from_input_size`.
+        """
+        grid_sizes = [(int(f.shape[-2]), int(f.shape[-1])) for f in features]
+        strides = None
+        if self.stride_from_input_size and input_size is not None:
+            strides = [(input_size[0] // h, input_size[1] // w) for h, w in grid_sizes]
+        anchors = self.grid_anchors(grid_sizes, strides)
         return [
             a.to(dtype=f.dtype, device=f.device) for a, f in zip(anchors, features, strict=True)
         ]
@@ -135,7 +159,8 @@ def anchor_visibility(
 
 
 def build_anchor_generator(cfg: Any) -> AnchorGenerator:
-    """Reads MODEL.RPN.ANCHOR_SIZES, ASPECT_RATIOS, ANCHOR_STRIDE and STRADDLE_THRESH.
+    """Reads MODEL.RPN.ANCHOR_SIZES, ASPECT_RATIOS, ANCHOR_STRIDE, STRADDLE_THRESH and
+    ANCHOR_STRIDE_FROM_INPUT_SIZE.
 
     One stride (C4, VGG-16): all sizes on that level. Several strides (FPN): one size per level.
     """
@@ -156,4 +181,5 @@ def build_anchor_generator(cfg: Any) -> AnchorGenerator:
         aspect_ratios=[float(r) for r in rpn.ASPECT_RATIOS],
         strides=strides,
         straddle_thresh=float(rpn.STRADDLE_THRESH),
+        stride_from_input_size=bool(rpn.ANCHOR_STRIDE_FROM_INPUT_SIZE),
     )

@@ -102,7 +102,8 @@ class RPN(nn.Module):
             targets: per image Instances with `gt_boxes`; needed in training.
         """
         logits, deltas = self.head(features)
-        anchors = self.anchor_generator(features)  # per level (A_l, 4)
+        input_size = (int(images.tensor.shape[-2]), int(images.tensor.shape[-1]))
+        anchors = self.anchor_generator(features, input_size)  # per level (A_l, 4)
         flat_logits, flat_deltas = flatten_level_outputs(logits, deltas)
         creator = self.train_proposals if self.training else self.test_proposals
         proposals = creator(anchors, flat_logits, flat_deltas, images.image_sizes)

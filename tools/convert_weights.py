@@ -1,0 +1,89 @@
+"""Convert another project's weights into a checkpoint our GeneralizedRCNN loads (MODEL.WEIGHT).
+
+    tools/convert_weights.py --source torchvision IN.pth OUT.pth
+    tools/convert_weights.py --source torchvision-classification resnet50.pth OUT.pth \\
+        --config-file configs/e2e_faster_rcnn_R_50_FPN_1x.yaml
+    tools/convert_weights.py --source detectron2 model_final.pkl OUT.pth --config-file X.yaml
+
+The output is {"model": state_dict} (torch.save). With a config (for torchvision detection
+weights, configs/torchvision/{faster,mask}_rcnn_R_50_FPN.yaml by default) the converted keys are
+checked against the model it builds: missing keys, unmatched keys and shape mismatches are
+printed by name, and the exit status is 1 when any exists (unless --allow-incomplete).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from detector.config import load_config
+from detector.export.convert import SOURCES, convert_state_dict, load_source_file
+from detector.modeling.detector import GeneralizedRCNN
+
+TORCHVISION_CONFIGS = {
+    False: "configs/torchvision/faster_rcnn_R_50_FPN.yaml",
+    True: "configs/torchvision/mask_rcnn_R_50_FPN.yaml",
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--source", required=True, choices=sorted(SOURCES))
+    parser.add_argument("input", type=Path, help="the source weights (.pth, .pt or .pkl)")
+    parser.add_argument("output", type=Path, help="where to write our checkpoint (.pth)")
+    parser.add_argument(
+        "--config-file",
+        default="",
+        help="the config the weights are for; checks the converted keys against its model "
+        "(required for torchvision-classification; torchvision: configs/torchvision/*)",
+    )
+    parser.add_argument(
+        "--allow-incomplete",
+        action="store_true",
+        help="write the output even when keys are missing, unmatched or of another shape",
+    )
+    parser.add_argument("opts", nargs="*", help="config overrides: KEY VALUE ...")
+    return parser.parse_args(argv)
+
+
+def _config_path(args: argparse.Namespace, state_dict: dict) -> str:
+    """The config to check against: --config-file, or torchvision's by the presence of a mask
+    head; "" for none."""
+    if args.config_file:
+        return args.config_file
+    if args.source == "torchvision":
+        has_mask = any(k.startswith("roi_heads.mask_") for k in state_dict)
+        return TORCHVISION_CONFIGS[has_mask]
+    if args.source == "torchvision-classification":
+        raise SystemExit("--source torchvision-classification needs --config-file")
+    return ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    state_dict = load_source_file(args.input)
+    config_path = _config_path(args, state_dict)
+    model = None
+    if config_path:
+        cfg = load_config(config_path, args.opts)
+        model = GeneralizedRCNN.from_config(cfg)
+    converted, report = convert_state_dict(args.source, state_dict, model)
+    print(report.summary())
+    if not report.complete and not args.allow_incomplete:
+        print(
+            f"not written: the conversion is incomplete for {config_path or 'the source'}; "
+            "pass --allow-incomplete to write it anyway",
+            file=sys.stderr,
+        )
+        return 1
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": converted}, args.output)
+    print(f"wrote {len(converted)} tensors to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
