@@ -15,16 +15,17 @@ from pathlib import Path
 
 import torch.distributed
 
-from detector.config import ConfigError, load_config
 from detector.engine.checkpoint import CheckpointError
 from detector.engine.inference import format_metrics, test
+from detector.engine.launch import default_argument_parser, load_config_from_args
 from detector.utils import comm
 from detector.utils.logger import setup_logger
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config-file", required=True, metavar="FILE", help="YAML config")
+    parser = default_argument_parser(
+        __doc__.splitlines()[0], "MODEL.WEIGHT out/model_final.pth TEST.IMS_PER_BATCH 2"
+    )
     parser.add_argument(
         "--eval-only-saved",
         metavar="PATH",
@@ -35,21 +36,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--no-progress", action="store_true", help="no progress bar, even on a terminal"
     )
-    parser.add_argument(
-        "opts",
-        nargs=argparse.REMAINDER,
-        metavar="KEY VALUE",
-        help="config overrides, e.g. MODEL.WEIGHT out/model_final.pth TEST.IMS_PER_BATCH 2",
-    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        cfg = load_config(args.config_file, args.opts)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+    cfg = load_config_from_args(args)
+    if cfg is None:
         return 2
     try:
         comm.init_distributed()

@@ -13,15 +13,15 @@ import sys
 
 import torch.distributed
 
-from detector.config import ConfigError, load_config
 from detector.engine.checkpoint import CheckpointError
-from detector.engine.launch import train
+from detector.engine.launch import default_argument_parser, load_config_from_args, train
 from detector.utils import comm
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config-file", required=True, metavar="FILE", help="YAML config")
+    parser = default_argument_parser(
+        __doc__.splitlines()[0], "SOLVER.BASE_LR 0.01 OUTPUT_DIR runs/x"
+    )
     parser.add_argument(
         "--resume",
         action="store_true",
@@ -32,21 +32,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="do not evaluate on DATASETS.TEST (neither periodically nor at the end)",
     )
-    parser.add_argument(
-        "opts",
-        nargs=argparse.REMAINDER,
-        metavar="KEY VALUE",
-        help="config overrides, e.g. SOLVER.BASE_LR 0.01 OUTPUT_DIR runs/x",
-    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        cfg = load_config(args.config_file, args.opts)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+    cfg = load_config_from_args(args)
+    if cfg is None:
         return 2
     main_process = True
     try:

@@ -8,9 +8,11 @@ then runs the `Trainer`. Tests and notebooks inject a toy model and loader.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import random
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,13 +22,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from detector.config import save_config
+from detector.config import ConfigError, load_config, save_config
 from detector.engine.hooks import HookBase
 from detector.engine.trainer import DataLoaderFactory, Trainer
 from detector.utils import comm
 from detector.utils.logger import setup_logger
 
-__all__ = ["TrainResult", "default_setup", "resolve_device", "seed_all", "train"]
+__all__ = [
+    "TrainResult",
+    "default_argument_parser",
+    "default_setup",
+    "load_config_from_args",
+    "resolve_device",
+    "seed_all",
+    "train",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +49,35 @@ class TrainResult:
     final_checkpoint: Path
     metrics: dict[str, float] = field(default_factory=dict)
     model: nn.Module | None = field(default=None, repr=False)
+
+
+def default_argument_parser(description: str, overrides_example: str) -> argparse.ArgumentParser:
+    """The command line shared by tools/train.py and tools/test.py: `--config-file FILE` and the
+    trailing `KEY VALUE ...` config overrides (`args.opts`); each tool adds its own flags.
+
+    Args:
+        description: the tool's one-line description (its docstring's first line).
+        overrides_example: shown in the help after "config overrides, e.g. ".
+    """
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="YAML config")
+    parser.add_argument(
+        "opts",
+        nargs=argparse.REMAINDER,
+        metavar="KEY VALUE",
+        help=f"config overrides, e.g. {overrides_example}",
+    )
+    return parser
+
+
+def load_config_from_args(args: argparse.Namespace) -> Any | None:
+    """`load_config(args.config_file, args.opts)`, or None after printing the ConfigError to
+    stderr (the tools then exit with status 2)."""
+    try:
+        return load_config(args.config_file, args.opts)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return None
 
 
 def resolve_device(cfg: Any) -> torch.device:

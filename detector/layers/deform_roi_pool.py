@@ -16,6 +16,7 @@ class _DeformPoolBase(nn.Module):
     """Holds the arguments shared by both forms and prints them."""
 
     _op_name = ""
+    _pool = None  # the op function of the form: deform_roi_pool or deform_ps_roi_pool
 
     def __init__(
         self,
@@ -37,6 +38,24 @@ class _DeformPoolBase(nn.Module):
             f"gamma={self.gamma})"
         )
 
+    def forward(
+        self,
+        input: Tensor,
+        rois: Tensor | list[Tensor],
+        offset: Tensor | None = None,
+        mask: Tensor | None = None,
+    ) -> Tensor:
+        return self._pool(
+            input,
+            rois,
+            offset,
+            self.output_size,
+            self.spatial_scale,
+            self.sampling_ratio,
+            self.gamma,
+            mask,
+        )
+
 
 class DeformRoIPool(_DeformPoolBase):
     """Deformable RoI pooling; see `detector.ops.deform_roi_pool`.
@@ -47,16 +66,7 @@ class DeformRoIPool(_DeformPoolBase):
     """
 
     _op_name = "DeformRoIPool"
-
-    def forward(
-        self,
-        input: Tensor,
-        rois: Tensor | list[Tensor],
-        offset: Tensor | None = None,
-        mask: Tensor | None = None,
-    ) -> Tensor:
-        return deform_roi_pool(input, rois, offset, self.output_size, self.spatial_scale,
-                               self.sampling_ratio, self.gamma, mask)
+    _pool = staticmethod(deform_roi_pool)
 
 
 class DeformPSRoIPool(_DeformPoolBase):
@@ -68,13 +78,4 @@ class DeformPSRoIPool(_DeformPoolBase):
     """
 
     _op_name = "DeformPSRoIPool"
-
-    def forward(
-        self,
-        input: Tensor,
-        rois: Tensor | list[Tensor],
-        offset: Tensor | None = None,
-        mask: Tensor | None = None,
-    ) -> Tensor:
-        return deform_ps_roi_pool(input, rois, offset, self.output_size, self.spatial_scale,
-                                  self.sampling_ratio, self.gamma, mask)
+    _pool = staticmethod(deform_ps_roi_pool)

@@ -35,16 +35,40 @@ from detector.ops._utils import (
 __all__ = ["deform_roi_pool", "deform_ps_roi_pool"]
 
 
-def deform_roi_pool(
-    input: Tensor,
-    rois: Tensor | list[Tensor],
-    offset: Tensor | None,
-    output_size: int | tuple[int, int],
-    spatial_scale: float = 1.0,
-    sampling_ratio: int = -1,
-    gamma: float = 0.1,
-    mask: Tensor | None = None,
-) -> Tensor:
+def _deform_pool_function(op: str, position_sensitive: bool, doc: str):
+    """Makes the public function of one form (`op`), with the signature shared by both."""
+
+    def pool(
+        input: Tensor,
+        rois: Tensor | list[Tensor],
+        offset: Tensor | None,
+        output_size: int | tuple[int, int],
+        spatial_scale: float = 1.0,
+        sampling_ratio: int = -1,
+        gamma: float = 0.1,
+        mask: Tensor | None = None,
+    ) -> Tensor:
+        return _deform_pool(
+            op,
+            input,
+            rois,
+            offset,
+            output_size,
+            spatial_scale,
+            sampling_ratio,
+            gamma,
+            mask,
+            position_sensitive=position_sensitive,
+        )
+
+    pool.__name__ = pool.__qualname__ = op
+    pool.__doc__ = doc
+    return pool
+
+
+deform_roi_pool = _deform_pool_function(
+    "deform_roi_pool",
+    False,
     """Deformable RoI pooling (DCN v1), or modulated deformable RoI pooling (DCN v2) with `mask`.
 
     Args:
@@ -63,21 +87,12 @@ def deform_roi_pool(
 
     Returns:
         Tensor[K, C, ph, pw]. Gradients flow to input, offset and mask.
-    """
-    return _deform_pool("deform_roi_pool", input, rois, offset, output_size, spatial_scale,
-                        sampling_ratio, gamma, mask, position_sensitive=False)
+    """,
+)
 
-
-def deform_ps_roi_pool(
-    input: Tensor,
-    rois: Tensor | list[Tensor],
-    offset: Tensor | None,
-    output_size: int | tuple[int, int],
-    spatial_scale: float = 1.0,
-    sampling_ratio: int = -1,
-    gamma: float = 0.1,
-    mask: Tensor | None = None,
-) -> Tensor:
+deform_ps_roi_pool = _deform_pool_function(
+    "deform_ps_roi_pool",
+    True,
     """Deformable position-sensitive RoI pooling (R-FCN with deformable PS RoI pooling).
 
     Bin (i, j) of output channel c pools input channel c * ph * pw + i * pw + j (the layout of
@@ -98,9 +113,8 @@ def deform_ps_roi_pool(
 
     Returns:
         Tensor[K, C_out, ph, pw].
-    """
-    return _deform_pool("deform_ps_roi_pool", input, rois, offset, output_size, spatial_scale,
-                        sampling_ratio, gamma, mask, position_sensitive=True)
+    """,
+)
 
 
 def _deform_pool(
@@ -129,10 +143,22 @@ def _deform_pool(
     expected = (rois.size(0), pooled_height, pooled_width)
     offset = _check_per_bin(op, "offset", offset, input, expected, 2)
     mask = _check_per_bin(op, "mask", mask, input, expected, 1)
-    forward = (torch.ops.detector.deform_ps_roi_pool if position_sensitive
-               else torch.ops.detector.deform_roi_pool)
-    return forward(input, rois, offset, mask, float(spatial_scale), pooled_height, pooled_width,
-                   int(sampling_ratio), float(gamma))
+    forward = (
+        torch.ops.detector.deform_ps_roi_pool
+        if position_sensitive
+        else torch.ops.detector.deform_roi_pool
+    )
+    return forward(
+        input,
+        rois,
+        offset,
+        mask,
+        float(spatial_scale),
+        pooled_height,
+        pooled_width,
+        int(sampling_ratio),
+        float(gamma),
+    )
 
 
 def _check_per_bin(
@@ -198,10 +224,16 @@ def _fake_backward(
     mask_grad: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     num_rois = rois.size(0)
-    grad_offset = (input.new_empty((num_rois, 2, pooled_height, pooled_width))
-                   if offset_grad and offset is not None else input.new_empty((0,)))
-    grad_mask = (input.new_empty((num_rois, 1, pooled_height, pooled_width))
-                 if mask_grad and mask is not None else input.new_empty((0,)))
+    grad_offset = (
+        input.new_empty((num_rois, 2, pooled_height, pooled_width))
+        if offset_grad and offset is not None
+        else input.new_empty((0,))
+    )
+    grad_mask = (
+        input.new_empty((num_rois, 1, pooled_height, pooled_width))
+        if mask_grad and mask is not None
+        else input.new_empty((0,))
+    )
     return torch.empty_like(input), grad_offset, grad_mask
 
 
@@ -210,16 +242,40 @@ def _register(name: str, position_sensitive: bool) -> None:
     backward_op = getattr(torch.ops.detector, f"_{name}_backward")
 
     @torch.library.register_fake(f"detector::{name}")
-    def _(input, rois, offset, mask, spatial_scale, pooled_height, pooled_width, sampling_ratio,
-          gamma):
-        return _fake_forward(input, rois, offset, mask, spatial_scale, pooled_height,
-                             pooled_width, sampling_ratio, gamma, position_sensitive)
+    def _(
+        input, rois, offset, mask, spatial_scale, pooled_height, pooled_width, sampling_ratio, gamma
+    ):
+        return _fake_forward(
+            input,
+            rois,
+            offset,
+            mask,
+            spatial_scale,
+            pooled_height,
+            pooled_width,
+            sampling_ratio,
+            gamma,
+            position_sensitive,
+        )
 
     @torch.library.register_fake(f"detector::_{name}_backward")
-    def _(grad, input, rois, offset, mask, spatial_scale, pooled_height, pooled_width,
-          sampling_ratio, gamma, offset_grad, mask_grad):
-        return _fake_backward(grad, input, rois, offset, mask, pooled_height, pooled_width,
-                              offset_grad, mask_grad)
+    def _(
+        grad,
+        input,
+        rois,
+        offset,
+        mask,
+        spatial_scale,
+        pooled_height,
+        pooled_width,
+        sampling_ratio,
+        gamma,
+        offset_grad,
+        mask_grad,
+    ):
+        return _fake_backward(
+            grad, input, rois, offset, mask, pooled_height, pooled_width, offset_grad, mask_grad
+        )
 
     def setup_context(ctx, inputs, output) -> None:
         input, rois, offset, mask, *params = inputs
@@ -233,8 +289,17 @@ def _register(name: str, position_sensitive: bool) -> None:
         grad_input, grad_offset, grad_mask = backward_op(
             grad, input, rois, offset, mask, *ctx.params, offset_grad, mask_grad
         )
-        return (grad_input, None, grad_offset if offset_grad else None,
-                grad_mask if mask_grad else None, None, None, None, None, None)
+        return (
+            grad_input,
+            None,
+            grad_offset if offset_grad else None,
+            grad_mask if mask_grad else None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
 
     torch.library.register_autograd(f"detector::{name}", backward, setup_context=setup_context)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from detector.ops.ps_roi_pool import prepare_ps_roi_args
+from detector.ops._ps_roi import prepare_ps_roi_args, register_ps_roi_op
 
 _OP = "ps_roi_align"
 
@@ -44,69 +44,4 @@ def ps_roi_align(
     )
 
 
-@torch.library.register_fake("detector::ps_roi_align")
-def _ps_roi_align_fake(
-    input: Tensor,
-    rois: Tensor,
-    spatial_scale: float,
-    pooled_height: int,
-    pooled_width: int,
-    sampling_ratio: int,
-) -> Tensor:
-    torch._check(rois.dim() == 2 and rois.size(1) == 5, lambda: f"{_OP}: rois must be (K, 5)")
-    channels_out = input.size(1) // (pooled_height * pooled_width)
-    # (N, C_out * PH * PW, H, W) -> (K, C_out, PH, PW)
-    return input.new_empty((rois.size(0), channels_out, pooled_height, pooled_width))
-
-
-@torch.library.register_fake("detector::_ps_roi_align_backward")
-def _ps_roi_align_backward_fake(
-    grad: Tensor,
-    rois: Tensor,
-    spatial_scale: float,
-    pooled_height: int,
-    pooled_width: int,
-    sampling_ratio: int,
-    batch_size: int,
-    channels: int,
-    height: int,
-    width: int,
-) -> Tensor:
-    return grad.new_empty((batch_size, channels, height, width))
-
-
-def _setup_context(ctx, inputs, output) -> None:
-    input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio = inputs
-    ctx.save_for_backward(rois)
-    ctx.args = (spatial_scale, pooled_height, pooled_width, sampling_ratio)
-    ctx.input_shape = tuple(input.shape)
-
-
-def _backward(ctx, grad: Tensor):
-    (rois,) = ctx.saved_tensors
-    grad_input = torch.ops.detector._ps_roi_align_backward(
-        grad.contiguous(), rois, *ctx.args, *ctx.input_shape
-    )
-    return grad_input, None, None, None, None, None
-
-
-torch.library.register_autograd("detector::ps_roi_align", _backward, setup_context=_setup_context)
-
-
-# The backward op is linear in `grad` and is the transpose of the forward, so its own gradient
-# (for double backward) is the forward applied to the incoming gradient.
-def _setup_backward_context(ctx, inputs, output) -> None:
-    _, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio = inputs[:6]
-    ctx.save_for_backward(rois)
-    ctx.args = (spatial_scale, pooled_height, pooled_width, sampling_ratio)
-
-
-def _backward_backward(ctx, grad_grad_input: Tensor):
-    (rois,) = ctx.saved_tensors
-    grad_grad = torch.ops.detector.ps_roi_align(grad_grad_input.contiguous(), rois, *ctx.args)
-    return (grad_grad,) + (None,) * 9
-
-
-torch.library.register_autograd(
-    "detector::_ps_roi_align_backward", _backward_backward, setup_context=_setup_backward_context
-)
+register_ps_roi_op(_OP)

@@ -10,40 +10,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from detector.ops._utils import (
-    check_input,
-    check_rois_dtype,
-    convert_boxes_to_roi_format,
-    pair,
-)
+from detector.ops._ps_roi import prepare_ps_roi_args, register_ps_roi_op
 
 _OP = "ps_roi_pool"
-
-
-def prepare_ps_roi_args(
-    op: str,
-    input: Tensor,
-    boxes: Tensor | list[Tensor],
-    output_size: int | tuple[int, int] | list[int],
-) -> tuple[Tensor, int, int]:
-    """Checks the arguments shared by the position-sensitive ops.
-
-    Returns (rois Tensor[K, 5] in input's dtype, PH, PW). Errors name `op` and the argument.
-    """
-    check_input(op, input)
-    pooled_height, pooled_width = pair(op, output_size)
-    if pooled_height <= 0 or pooled_width <= 0:
-        raise ValueError(f"{op}: `output_size` must be positive, got {output_size!r}")
-    bins = pooled_height * pooled_width
-    if input.shape[1] % bins != 0:
-        raise ValueError(
-            f"{op}: `input` has {input.shape[1]} channels, which is not a multiple of "
-            f"output_size[0] * output_size[1] = {bins}; position-sensitive pooling needs "
-            "C_out * PH * PW input channels"
-        )
-    rois = convert_boxes_to_roi_format(op, boxes)
-    rois = check_rois_dtype(op, input, rois)
-    return rois, pooled_height, pooled_width
 
 
 def ps_roi_pool(
@@ -70,63 +39,4 @@ def ps_roi_pool(
     )
 
 
-@torch.library.register_fake("detector::ps_roi_pool")
-def _ps_roi_pool_fake(
-    input: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int, pooled_width: int
-) -> Tensor:
-    torch._check(rois.dim() == 2 and rois.size(1) == 5, lambda: f"{_OP}: rois must be (K, 5)")
-    channels_out = input.size(1) // (pooled_height * pooled_width)
-    # (N, C_out * PH * PW, H, W) -> (K, C_out, PH, PW)
-    return input.new_empty((rois.size(0), channels_out, pooled_height, pooled_width))
-
-
-@torch.library.register_fake("detector::_ps_roi_pool_backward")
-def _ps_roi_pool_backward_fake(
-    grad: Tensor,
-    rois: Tensor,
-    spatial_scale: float,
-    pooled_height: int,
-    pooled_width: int,
-    batch_size: int,
-    channels: int,
-    height: int,
-    width: int,
-) -> Tensor:
-    return grad.new_empty((batch_size, channels, height, width))
-
-
-def _setup_context(ctx, inputs, output) -> None:
-    input, rois, spatial_scale, pooled_height, pooled_width = inputs
-    ctx.save_for_backward(rois)
-    ctx.args = (spatial_scale, pooled_height, pooled_width)
-    ctx.input_shape = tuple(input.shape)
-
-
-def _backward(ctx, grad: Tensor):
-    (rois,) = ctx.saved_tensors
-    grad_input = torch.ops.detector._ps_roi_pool_backward(
-        grad.contiguous(), rois, *ctx.args, *ctx.input_shape
-    )
-    return grad_input, None, None, None, None
-
-
-torch.library.register_autograd("detector::ps_roi_pool", _backward, setup_context=_setup_context)
-
-
-# The backward op is linear in `grad` and is the transpose of the forward, so its own gradient
-# (for double backward) is the forward applied to the incoming gradient.
-def _setup_backward_context(ctx, inputs, output) -> None:
-    _, rois, spatial_scale, pooled_height, pooled_width = inputs[:5]
-    ctx.save_for_backward(rois)
-    ctx.args = (spatial_scale, pooled_height, pooled_width)
-
-
-def _backward_backward(ctx, grad_grad_input: Tensor):
-    (rois,) = ctx.saved_tensors
-    grad_grad = torch.ops.detector.ps_roi_pool(grad_grad_input.contiguous(), rois, *ctx.args)
-    return (grad_grad,) + (None,) * 8
-
-
-torch.library.register_autograd(
-    "detector::_ps_roi_pool_backward", _backward_backward, setup_context=_setup_backward_context
-)
+register_ps_roi_op(_OP)

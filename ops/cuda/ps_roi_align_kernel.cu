@@ -8,6 +8,7 @@
 
 #include "common/bilinear.h"
 #include "cuda/cuda_utils.cuh"
+#include "cuda/ps_roi_common.cuh"
 
 namespace detector {
 namespace {
@@ -43,47 +44,44 @@ __device__ AlignBin<T> align_bin(const T* roi, T spatial_scale, int64_t i, int64
   return b;
 }
 
+// Calls f(s) with the bilinear sample s of each point of bin b's grid, row by row.
+template <typename T, typename F>
+__device__ void for_each_sample(const AlignBin<T>& b, int64_t height, int64_t width, F f) {
+  for (int64_t iy = 0; iy < b.grid_h; ++iy) {
+    const T y = b.y0 + static_cast<T>(iy + 0.5) * b.bin_h / static_cast<T>(b.grid_h);
+    for (int64_t ix = 0; ix < b.grid_w; ++ix) {
+      const T x = b.x0 + static_cast<T>(ix + 0.5) * b.bin_w / static_cast<T>(b.grid_w);
+      f(bilinear_clamped(y, x, height, width));
+    }
+  }
+}
+
 template <typename scalar_t>
 __global__ void ps_roi_align_forward_kernel(int64_t total, const scalar_t* input,
                                             const scalar_t* rois, double spatial_scale,
-                                            int64_t batch, int64_t channels, int64_t height,
-                                            int64_t width, int64_t pooled_height,
-                                            int64_t pooled_width, int64_t sampling_ratio,
-                                            int64_t channels_out, scalar_t* output) {
+                                            ps_roi_cuda::Shape shape, int64_t sampling_ratio,
+                                            scalar_t* output) {
   using acc_t = at::acc_type<scalar_t, true>;
   DETECTOR_CUDA_KERNEL_LOOP(index, total) {
-    // index = ((k * C_out + c) * PH + i) * PW + j
-    const int64_t j = index % pooled_width;
-    const int64_t i = (index / pooled_width) % pooled_height;
-    const int64_t c = (index / pooled_width / pooled_height) % channels_out;
-    const int64_t k = index / pooled_width / pooled_height / channels_out;
-    acc_t roi[5];
-    for (int r = 0; r < 5; ++r) roi[r] = static_cast<acc_t>(rois[k * 5 + r]);
-    const int64_t n = static_cast<int64_t>(roi[0]);
-    const AlignBin<acc_t> b = align_bin<acc_t>(roi, static_cast<acc_t>(spatial_scale), i, j,
-                                               pooled_height, pooled_width, sampling_ratio);
-    if (n < 0 || n >= batch || b.grid_h <= 0 || b.grid_w <= 0) {
+    const auto t = ps_roi_cuda::target_of<acc_t>(index, rois, shape);
+    const AlignBin<acc_t> b = align_bin<acc_t>(t.roi, static_cast<acc_t>(spatial_scale), t.i, t.j,
+                                               shape.pooled_height, shape.pooled_width,
+                                               sampling_ratio);
+    if (!t.valid_batch || b.grid_h <= 0 || b.grid_w <= 0) {
       output[index] = scalar_t(0);
       continue;
     }
-    const int64_t c_in = (c * pooled_height + i) * pooled_width + j;
-    const scalar_t* plane = input + (n * channels + c_in) * height * width;
+    const scalar_t* plane = input + t.plane;
     acc_t sum = acc_t(0);
-    for (int64_t iy = 0; iy < b.grid_h; ++iy) {
-      const acc_t y = b.y0 + static_cast<acc_t>(iy + 0.5) * b.bin_h / static_cast<acc_t>(b.grid_h);
-      for (int64_t ix = 0; ix < b.grid_w; ++ix) {
-        const acc_t x =
-            b.x0 + static_cast<acc_t>(ix + 0.5) * b.bin_w / static_cast<acc_t>(b.grid_w);
-        const Bilinear<acc_t> s = bilinear_clamped(y, x, height, width);
-        if (s.weight[0] == acc_t(0) && s.weight[1] == acc_t(0) && s.weight[2] == acc_t(0) &&
-            s.weight[3] == acc_t(0)) {
-          continue;  // more than a pixel outside the map: contributes 0
-        }
-        for (int t = 0; t < 4; ++t) {
-          sum += s.weight[t] * static_cast<acc_t>(plane[s.index[t]]);
-        }
+    for_each_sample(b, shape.height, shape.width, [&](const Bilinear<acc_t>& s) {
+      if (s.weight[0] == acc_t(0) && s.weight[1] == acc_t(0) && s.weight[2] == acc_t(0) &&
+          s.weight[3] == acc_t(0)) {
+        return;  // more than a pixel outside the map: contributes 0
       }
-    }
+      for (int k = 0; k < 4; ++k) {
+        sum += s.weight[k] * static_cast<acc_t>(plane[s.index[k]]);
+      }
+    });
     output[index] = static_cast<scalar_t>(sum / static_cast<acc_t>(b.grid_h * b.grid_w));
   }
 }
@@ -91,82 +89,44 @@ __global__ void ps_roi_align_forward_kernel(int64_t total, const scalar_t* input
 template <typename scalar_t>
 __global__ void ps_roi_align_backward_kernel(int64_t total, const scalar_t* grad,
                                              const scalar_t* rois, double spatial_scale,
-                                             int64_t batch, int64_t channels, int64_t height,
-                                             int64_t width, int64_t pooled_height,
-                                             int64_t pooled_width, int64_t sampling_ratio,
-                                             int64_t channels_out, scalar_t* grad_input) {
+                                             ps_roi_cuda::Shape shape, int64_t sampling_ratio,
+                                             scalar_t* grad_input) {
   using acc_t = at::acc_type<scalar_t, true>;
   DETECTOR_CUDA_KERNEL_LOOP(index, total) {
-    const int64_t j = index % pooled_width;
-    const int64_t i = (index / pooled_width) % pooled_height;
-    const int64_t c = (index / pooled_width / pooled_height) % channels_out;
-    const int64_t k = index / pooled_width / pooled_height / channels_out;
-    acc_t roi[5];
-    for (int r = 0; r < 5; ++r) roi[r] = static_cast<acc_t>(rois[k * 5 + r]);
-    const int64_t n = static_cast<int64_t>(roi[0]);
-    const AlignBin<acc_t> b = align_bin<acc_t>(roi, static_cast<acc_t>(spatial_scale), i, j,
-                                               pooled_height, pooled_width, sampling_ratio);
-    if (n < 0 || n >= batch || b.grid_h <= 0 || b.grid_w <= 0) {
+    const auto t = ps_roi_cuda::target_of<acc_t>(index, rois, shape);
+    const AlignBin<acc_t> b = align_bin<acc_t>(t.roi, static_cast<acc_t>(spatial_scale), t.i, t.j,
+                                               shape.pooled_height, shape.pooled_width,
+                                               sampling_ratio);
+    if (!t.valid_batch || b.grid_h <= 0 || b.grid_w <= 0) {
       continue;
     }
-    const int64_t c_in = (c * pooled_height + i) * pooled_width + j;
-    scalar_t* plane = grad_input + (n * channels + c_in) * height * width;
+    scalar_t* plane = grad_input + t.plane;
     const acc_t g = static_cast<acc_t>(grad[index]) / static_cast<acc_t>(b.grid_h * b.grid_w);
-    for (int64_t iy = 0; iy < b.grid_h; ++iy) {
-      const acc_t y = b.y0 + static_cast<acc_t>(iy + 0.5) * b.bin_h / static_cast<acc_t>(b.grid_h);
-      for (int64_t ix = 0; ix < b.grid_w; ++ix) {
-        const acc_t x =
-            b.x0 + static_cast<acc_t>(ix + 0.5) * b.bin_w / static_cast<acc_t>(b.grid_w);
-        const Bilinear<acc_t> s = bilinear_clamped(y, x, height, width);
-        for (int t = 0; t < 4; ++t) {
-          if (s.weight[t] != acc_t(0)) {
-            gpuAtomicAdd(plane + s.index[t], static_cast<scalar_t>(s.weight[t] * g));
-          }
+    for_each_sample(b, shape.height, shape.width, [&](const Bilinear<acc_t>& s) {
+      for (int k = 0; k < 4; ++k) {
+        if (s.weight[k] != acc_t(0)) {
+          gpuAtomicAdd(plane + s.index[k], static_cast<scalar_t>(s.weight[k] * g));
         }
       }
-    }
+    });
   }
-}
-
-void check_args(const char* op, const at::Tensor& features, const at::Tensor& rois,
-                int64_t pooled_height, int64_t pooled_width) {
-  TORCH_CHECK(features.is_cuda() && rois.is_cuda(), op, ": expected CUDA tensors");
-  TORCH_CHECK(features.device() == rois.device(), op,
-              ": `rois` and the features must be on the same device");
-  TORCH_CHECK(rois.dim() == 2 && rois.size(1) == 5, op,
-              ": expected `rois` of shape (K, 5), got ", rois.sizes());
-  TORCH_CHECK(rois.scalar_type() == features.scalar_type(), op,
-              ": `rois` must have the features' dtype");
-  TORCH_CHECK(pooled_height > 0 && pooled_width > 0, op, ": `output_size` must be positive");
 }
 
 at::Tensor ps_roi_align_forward_cuda(const at::Tensor& input, const at::Tensor& rois,
                                      double spatial_scale, int64_t pooled_height,
                                      int64_t pooled_width, int64_t sampling_ratio) {
-  check_args("ps_roi_align", input, rois, pooled_height, pooled_width);
-  TORCH_CHECK(input.dim() == 4, "ps_roi_align: expected `input` of shape (N, C, H, W)");
-  const int64_t bins = pooled_height * pooled_width;
-  TORCH_CHECK(input.size(1) % bins == 0, "ps_roi_align: `input` channels (", input.size(1),
-              ") must be a multiple of output_size[0] * output_size[1] = ", bins);
-  const c10::cuda::CUDAGuard guard(input.device());
-  const int64_t channels_out = input.size(1) / bins;
-  at::Tensor output =
-      at::empty({rois.size(0), channels_out, pooled_height, pooled_width}, input.options());
-  const int64_t total = output.numel();
-  if (total == 0) {
-    return output;
-  }
-  const at::Tensor input_c = input.contiguous(), rois_c = rois.contiguous();
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
-                                  "ps_roi_align_forward_cuda", [&] {
-    ps_roi_align_forward_kernel<scalar_t><<<blocks_for(total), kThreadsPerBlock, 0, stream>>>(
-        total, input_c.const_data_ptr<scalar_t>(), rois_c.const_data_ptr<scalar_t>(),
-        spatial_scale, input.size(0), input.size(1), input.size(2), input.size(3), pooled_height,
-        pooled_width, sampling_ratio, channels_out, output.mutable_data_ptr<scalar_t>());
-  });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return output;
+  return ps_roi_cuda::forward(
+      "ps_roi_align", input, rois, pooled_height, pooled_width,
+      [&](const ps_roi_cuda::Launch& l) {
+        AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, l.features.scalar_type(),
+                                        "ps_roi_align_forward_cuda", [&] {
+          ps_roi_align_forward_kernel<scalar_t>
+              <<<blocks_for(l.total), kThreadsPerBlock, 0, l.stream>>>(
+                  l.total, l.features.const_data_ptr<scalar_t>(),
+                  l.rois.const_data_ptr<scalar_t>(), spatial_scale, l.shape, sampling_ratio,
+                  l.result.mutable_data_ptr<scalar_t>());
+        });
+      });
 }
 
 at::Tensor ps_roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& rois,
@@ -174,27 +134,18 @@ at::Tensor ps_roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& 
                                       int64_t pooled_width, int64_t sampling_ratio,
                                       int64_t batch_size, int64_t channels, int64_t height,
                                       int64_t width) {
-  check_args("ps_roi_align backward", grad, rois, pooled_height, pooled_width);
-  const int64_t bins = pooled_height * pooled_width;
-  TORCH_CHECK(channels % bins == 0, "ps_roi_align backward: `channels` must be a multiple of ",
-              bins);
-  const c10::cuda::CUDAGuard guard(grad.device());
-  at::Tensor grad_input = at::zeros({batch_size, channels, height, width}, grad.options());
-  const int64_t total = grad.numel();
-  if (total == 0 || grad_input.numel() == 0) {
-    return grad_input;
-  }
-  const at::Tensor grad_c = grad.contiguous(), rois_c = rois.contiguous();
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(),
-                                  "ps_roi_align_backward_cuda", [&] {
-    ps_roi_align_backward_kernel<scalar_t><<<blocks_for(total), kThreadsPerBlock, 0, stream>>>(
-        total, grad_c.const_data_ptr<scalar_t>(), rois_c.const_data_ptr<scalar_t>(),
-        spatial_scale, batch_size, channels, height, width, pooled_height, pooled_width,
-        sampling_ratio, channels / bins, grad_input.mutable_data_ptr<scalar_t>());
-  });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return grad_input;
+  return ps_roi_cuda::backward(
+      "ps_roi_align backward", grad, rois, pooled_height, pooled_width, batch_size, channels,
+      height, width, [&](const ps_roi_cuda::Launch& l) {
+        AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, l.features.scalar_type(),
+                                        "ps_roi_align_backward_cuda", [&] {
+          ps_roi_align_backward_kernel<scalar_t>
+              <<<blocks_for(l.total), kThreadsPerBlock, 0, l.stream>>>(
+                  l.total, l.features.const_data_ptr<scalar_t>(),
+                  l.rois.const_data_ptr<scalar_t>(), spatial_scale, l.shape, sampling_ratio,
+                  l.result.mutable_data_ptr<scalar_t>());
+        });
+      });
 }
 
 }  // namespace

@@ -14,10 +14,30 @@ from torch import Tensor
 
 from detector.layers import PSRoIAlign
 from detector.ops import ps_roi_align
-from tests.ops.test_ps_roi_pool import NUM_ROIS, SCALES, _grads, all_rois, make_features
-from tests.ops.utils import DEVICES, assert_same_bits, with_threads
+from tests.ops.test_ps_roi_pool import NUM_ROIS, SCALES
+from tests.ops.utils import (
+    DEVICES,
+    PSPool,
+    all_rois,
+    assert_same_bits,
+    check_ps_deterministic,
+    check_ps_memory_formats,
+    check_ps_no_rois,
+    check_ps_torch_compile,
+    output_and_grad,
+    ps_features,
+)
 
 SAMPLING_RATIOS = [-1, 0, 1, 2]
+
+
+def _align(sampling_ratio: int) -> PSPool:
+    """ps_roi_align with a fixed sampling ratio, called as the shared ps checks call an op."""
+
+    def pool(input: Tensor, rois: Tensor, output_size, scale: float) -> Tensor:
+        return ps_roi_align(input, rois, output_size, scale, sampling_ratio)
+
+    return pool
 
 
 def _bilinear(planes: Tensor, y: Tensor, x: Tensor) -> Tensor:
@@ -80,7 +100,9 @@ def reference_ps_roi_align(
 
 
 def _torchvision_grads(x: Tensor, rois: Tensor, output_size, scale: float, ratio: int):
-    return _grads(lambda t: torchvision.ops.ps_roi_align(t, rois, output_size, scale, ratio), x)
+    return output_and_grad(
+        lambda t: torchvision.ops.ps_roi_align(t, rois, output_size, scale, ratio), x
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -89,9 +111,9 @@ def _torchvision_grads(x: Tensor, rois: Tensor, output_size, scale: float, ratio
 @pytest.mark.parametrize("num_rois", NUM_ROIS)
 def test_matches_torchvision(device: str, ratio: int, scale: float, num_rois: int) -> None:
     output_size = (3, 3)
-    x = make_features(2, 3, output_size, 13, 17, device=device)
+    x = ps_features(2, 3, output_size, 13, 17, device=device)
     rois = all_rois(2, 13, 17, scale, num=num_rois).to(device)
-    out, grad = _grads(lambda t: ps_roi_align(t, rois, output_size, scale, ratio), x)
+    out, grad = output_and_grad(lambda t: ps_roi_align(t, rois, output_size, scale, ratio), x)
     tv_out, tv_grad = _torchvision_grads(x, rois, output_size, scale, ratio)
     # torchvision divides 0 by 0 (NaN) for zero-size RoIs with adaptive sampling; we give 0.
     nan = tv_out.isnan()
@@ -104,9 +126,9 @@ def test_matches_torchvision(device: str, ratio: int, scale: float, num_rois: in
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("output_size", [(2, 4), (1, 1)])
 def test_matches_torchvision_output_sizes(device: str, output_size: tuple[int, int]) -> None:
-    x = make_features(2, 4, output_size, 9, 11, device=device, seed=2)
+    x = ps_features(2, 4, output_size, 9, 11, device=device, seed=2)
     rois = all_rois(2, 9, 11, 0.5).to(device)
-    out, grad = _grads(lambda t: ps_roi_align(t, rois, output_size, 0.5, 2), x)
+    out, grad = output_and_grad(lambda t: ps_roi_align(t, rois, output_size, 0.5, 2), x)
     tv_out, tv_grad = _torchvision_grads(x, rois, output_size, 0.5, 2)
     torch.testing.assert_close(out, tv_out, rtol=0, atol=1e-5)
     torch.testing.assert_close(grad, tv_grad, rtol=0, atol=1e-5)
@@ -117,10 +139,10 @@ def test_matches_torchvision_output_sizes(device: str, output_size: tuple[int, i
 @pytest.mark.parametrize("ratio", SAMPLING_RATIOS)
 def test_matches_reference(device: str, dtype: torch.dtype, ratio: int) -> None:
     output_size = (3, 2)
-    x = make_features(2, 2, output_size, 11, 9, dtype=dtype, device=device, seed=3)
+    x = ps_features(2, 2, output_size, 11, 9, dtype=dtype, device=device, seed=3)
     rois = all_rois(2, 11, 9, 1 / 4, num=12).to(device)
-    out, grad = _grads(lambda t: ps_roi_align(t, rois, output_size, 1 / 4, ratio), x)
-    ref_out, ref_grad = _grads(
+    out, grad = output_and_grad(lambda t: ps_roi_align(t, rois, output_size, 1 / 4, ratio), x)
+    ref_out, ref_grad = output_and_grad(
         lambda t: reference_ps_roi_align(t, rois, output_size, 1 / 4, ratio), x
     )
     torch.testing.assert_close(out, ref_out, rtol=0, atol=1e-5)
@@ -129,16 +151,12 @@ def test_matches_reference(device: str, dtype: torch.dtype, ratio: int) -> None:
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_no_rois(device: str) -> None:
-    x = make_features(1, 2, (2, 2), 6, 7, device=device).requires_grad_()
-    out = ps_roi_align(x, torch.zeros(0, 5, device=device), 2, 1.0, 2)
-    assert out.shape == (0, 2, 2, 2)
-    out.sum().backward()
-    assert x.grad.shape == x.shape and x.grad.abs().sum() == 0
+    check_ps_no_rois(_align(2), device)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_list_of_boxes_and_layer(device: str) -> None:
-    x = make_features(2, 2, (2, 2), 8, 8, device=device)
+    x = ps_features(2, 2, (2, 2), 8, 8, device=device)
     boxes = [
         torch.tensor([[0.0, 0.0, 5.0, 6.0]], device=device),
         torch.tensor([[1.0, 2.0, 7.0, 7.0], [2.0, 2.0, 4.0, 4.0]], device=device),
@@ -153,26 +171,13 @@ def test_list_of_boxes_and_layer(device: str) -> None:
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_channels_last_and_non_contiguous(device: str) -> None:
-    output_size = (3, 3)
-    x = make_features(2, 4, output_size, 12, 14, device=device)
-    rois = all_rois(2, 12, 14, 0.5).to(device)
-    out, grad = _grads(lambda t: ps_roi_align(t, rois, output_size, 0.5, -1), x)
-    variants = [
-        x.contiguous(memory_format=torch.channels_last),
-        x.transpose(2, 3).contiguous().transpose(2, 3),  # (H, W) strides swapped
-        torch.stack([x, x], dim=-1)[..., 0],  # strided width
-    ]
-    for v in variants:
-        assert torch.equal(v, x)
-        v_out, v_grad = _grads(lambda t: ps_roi_align(t, rois, output_size, 0.5, -1), v)
-        torch.testing.assert_close(v_out, out, rtol=0, atol=0)
-        torch.testing.assert_close(v_grad, grad, rtol=0, atol=0)
+    check_ps_memory_formats(_align(-1), device)
 
 
 @pytest.mark.parametrize("ratio", [-1, 2])
 def test_gradcheck(ratio: int) -> None:
     output_size = (2, 2)
-    x = make_features(2, 2, output_size, 6, 7, dtype=torch.float64, seed=5).requires_grad_()
+    x = ps_features(2, 2, output_size, 6, 7, dtype=torch.float64, seed=5).requires_grad_()
     rois = torch.tensor(
         [[0, 0.3, 0.2, 5.1, 4.4], [1, -2.0, 1.0, 9.0, 8.0], [1, 2.0, 2.0, 2.0, 2.0]],
         dtype=torch.float64,
@@ -187,7 +192,7 @@ def test_gradcheck(ratio: int) -> None:
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_opcheck(device: str) -> None:
-    x = make_features(2, 2, (2, 2), 7, 6, device=device).requires_grad_()
+    x = ps_features(2, 2, (2, 2), 7, 6, device=device).requires_grad_()
     rois = all_rois(2, 7, 6, 1.0, num=5).to(device)
     torch.library.opcheck(torch.ops.detector.ps_roi_align.default, (x, rois, 1.0, 2, 2, 2))
     grad = torch.randn(rois.size(0), 2, 2, 2, device=device)
@@ -197,35 +202,16 @@ def test_opcheck(device: str) -> None:
 
 
 def test_torch_compile() -> None:
-    x = make_features(2, 3, (3, 3), 10, 12)
-    rois = all_rois(2, 10, 12, 0.5)
-
-    def fn(t: Tensor) -> Tensor:
-        return ps_roi_align(t, rois, 3, 0.5, 2).square().sum()
-
-    out, grad = _grads(fn, x)
-    compiled_out, compiled_grad = _grads(torch.compile(fn, fullgraph=True, backend="aot_eager"), x)
-    torch.testing.assert_close(compiled_out, out)
-    torch.testing.assert_close(compiled_grad, grad)
+    check_ps_torch_compile(_align(2))
 
 
 @pytest.mark.parametrize("num_rois", [16, 400])
 def test_deterministic_for_any_thread_count(num_rois: int) -> None:
-    x = make_features(2, 40, (3, 3), 20, 24, seed=7)  # 40 channels: two channel blocks
-    rois = all_rois(2, 20, 24, 0.5, num=num_rois)
-
-    def run() -> tuple[Tensor, Tensor]:
-        return _grads(lambda t: ps_roi_align(t, rois, 3, 0.5, -1), x)
-
-    out1, grad1 = with_threads(1, run)
-    for threads in (1, 2):
-        out2, grad2 = with_threads(threads, run)
-        assert_same_bits(out1, out2)
-        assert_same_bits(grad1, grad2)
+    check_ps_deterministic(_align(-1), num_rois)
 
 
 def test_misuse_errors() -> None:
-    x = make_features(1, 2, (2, 2), 5, 5)
+    x = ps_features(1, 2, (2, 2), 5, 5)
     rois = torch.tensor([[0, 0.0, 0.0, 3.0, 3.0]])
     with pytest.raises(ValueError, match=r"ps_roi_align: `input` has 8 channels.*multiple of"):
         ps_roi_align(x, rois, (3, 2))

@@ -14,12 +14,26 @@ from torch import Tensor
 
 from detector.layers import PSRoIPool
 from detector.ops import ps_roi_pool
-from tests.ops.utils import DEVICES, assert_same_bits, edge_case_rois, random_rois, with_threads
+from tests.ops.utils import (
+    DEVICES,
+    all_rois,
+    assert_same_bits,
+    check_ps_deterministic,
+    check_ps_memory_formats,
+    check_ps_no_rois,
+    check_ps_torch_compile,
+    output_and_grad,
+    ps_features,
+)
 
 SCALES = [1.0, 1 / 4, 1 / 8, 1 / 16, 1 / 32]
 # The CPU forward packs each bin's planes when there are at least N * H * W / 32 RoIs and reads
 # the input directly otherwise: test both (2 x 13 x 17 maps: 4 + 9 RoIs direct, 160 + 9 packed).
 NUM_ROIS = [4, 160]
+
+
+def _pool(input: Tensor, rois: Tensor, output_size: tuple[int, int] | int, scale: float) -> Tensor:
+    return ps_roi_pool(input, rois, output_size, scale)
 
 
 def _round_half_away(value: float) -> int:
@@ -58,39 +72,6 @@ def reference_ps_roi_pool(
     return out
 
 
-def make_features(
-    batch: int,
-    channels_out: int,
-    output_size: tuple[int, int],
-    height: int,
-    width: int,
-    dtype: torch.dtype = torch.float32,
-    device: str = "cpu",
-    seed: int = 0,
-) -> Tensor:
-    """Random features (N, C_out * PH * PW, H, W)."""
-    g = torch.Generator().manual_seed(seed)
-    channels = channels_out * output_size[0] * output_size[1]
-    return torch.randn(batch, channels, height, width, generator=g, dtype=dtype).to(device)
-
-
-def all_rois(batch: int, height: int, width: int, scale: float, num: int = 24) -> Tensor:
-    """Random RoIs (some crossing the border) followed by the edge cases, in image pixels."""
-    rois = random_rois(num, batch, height, width, scale)
-    return torch.cat([rois, edge_case_rois(height, width, scale)])
-
-
-def _grads(fn, x: Tensor, grad_out_seed: int = 1) -> tuple[Tensor, Tensor]:
-    """Output of fn(x) and d(sum(out * random)) / dx."""
-    x = x.detach().clone().requires_grad_()
-    out = fn(x)
-    g = torch.randn(
-        out.shape, generator=torch.Generator().manual_seed(grad_out_seed), dtype=out.dtype
-    ).to(out.device)
-    (grad,) = torch.autograd.grad(out, x, g)
-    return out.detach(), grad
-
-
 def _touches_last_row_or_column(rois: Tensor, height: int, width: int, scale: float) -> Tensor:
     """RoIs whose rounded box reaches the last row or column (torchvision's backward clips
     there differently from its forward, so its gradient is not the forward's gradient)."""
@@ -108,20 +89,22 @@ def test_matches_torchvision(
     device: str, scale: float, output_size: tuple[int, int], num_rois: int
 ) -> None:
     height, width = 13, 17
-    x = make_features(2, 3, output_size, height, width, device=device)
+    x = ps_features(2, 3, output_size, height, width, device=device)
     rois = all_rois(2, height, width, scale, num=num_rois).to(device)
-    out, grad = _grads(lambda t: ps_roi_pool(t, rois, output_size, scale), x)
-    tv_out, _ = _grads(lambda t: torchvision.ops.ps_roi_pool(t, rois, output_size, scale), x)
+    out, grad = output_and_grad(lambda t: ps_roi_pool(t, rois, output_size, scale), x)
+    tv_out, _ = output_and_grad(
+        lambda t: torchvision.ops.ps_roi_pool(t, rois, output_size, scale), x
+    )
     torch.testing.assert_close(out, tv_out, rtol=0, atol=1e-5)
     # Gradients agree with torchvision wherever its backward is consistent with its forward.
     inner = rois[~_touches_last_row_or_column(rois.cpu(), height, width, scale).to(device)]
-    _, grad_inner = _grads(lambda t: ps_roi_pool(t, inner, output_size, scale), x)
-    _, tv_grad_inner = _grads(
+    _, grad_inner = output_and_grad(lambda t: ps_roi_pool(t, inner, output_size, scale), x)
+    _, tv_grad_inner = output_and_grad(
         lambda t: torchvision.ops.ps_roi_pool(t, inner, output_size, scale), x
     )
     torch.testing.assert_close(grad_inner, tv_grad_inner, rtol=0, atol=1e-5)
     # Everywhere, the gradient is the exact gradient of the forward (the reference's autograd).
-    _, ref_grad = _grads(lambda t: reference_ps_roi_pool(t, rois, output_size, scale), x)
+    _, ref_grad = output_and_grad(lambda t: reference_ps_roi_pool(t, rois, output_size, scale), x)
     torch.testing.assert_close(grad, ref_grad, rtol=0, atol=1e-5)
 
 
@@ -130,10 +113,12 @@ def test_matches_torchvision(
 @pytest.mark.parametrize("scale", [1.0, 1 / 8, 1 / 32])
 def test_matches_reference(device: str, dtype: torch.dtype, scale: float) -> None:
     output_size = (3, 2)
-    x = make_features(2, 2, output_size, 11, 9, dtype=dtype, device=device, seed=3)
+    x = ps_features(2, 2, output_size, 11, 9, dtype=dtype, device=device, seed=3)
     rois = all_rois(2, 11, 9, scale).to(device)
-    out, grad = _grads(lambda t: ps_roi_pool(t, rois, output_size, scale), x)
-    ref_out, ref_grad = _grads(lambda t: reference_ps_roi_pool(t, rois, output_size, scale), x)
+    out, grad = output_and_grad(lambda t: ps_roi_pool(t, rois, output_size, scale), x)
+    ref_out, ref_grad = output_and_grad(
+        lambda t: reference_ps_roi_pool(t, rois, output_size, scale), x
+    )
     torch.testing.assert_close(out, ref_out, rtol=0, atol=1e-5)
     torch.testing.assert_close(grad, ref_grad, rtol=0, atol=1e-5)
 
@@ -144,24 +129,20 @@ def test_torchvision_backward_disagrees_with_its_forward_at_the_border() -> None
     rois = torch.tensor([[0, 0.0, 0.0, 4.0, 4.0]], dtype=torch.float64)
     # Forward pools rows/columns 0..2 only (clipped to H - 1 = 3), as torchvision does.
     assert ps_roi_pool(x, rois, 1).item() == torchvision.ops.ps_roi_pool(x, rois, 1).item() == 5.0
-    _, grad = _grads(lambda t: ps_roi_pool(t, rois, 1), x)
-    _, tv_grad = _grads(lambda t: torchvision.ops.ps_roi_pool(t, rois, 1), x)
+    _, grad = output_and_grad(lambda t: ps_roi_pool(t, rois, 1), x)
+    _, tv_grad = output_and_grad(lambda t: torchvision.ops.ps_roi_pool(t, rois, 1), x)
     assert grad[0, 0, 3].abs().sum() == 0 and grad[0, 0, :3, :3].ne(0).all()
     assert tv_grad[0, 0, 3].ne(0).all()  # torchvision spreads it over all 16 pixels
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_no_rois(device: str) -> None:
-    x = make_features(1, 2, (2, 2), 6, 7, device=device).requires_grad_()
-    out = ps_roi_pool(x, torch.zeros(0, 5, device=device), 2)
-    assert out.shape == (0, 2, 2, 2)
-    out.sum().backward()
-    assert x.grad.shape == x.shape and x.grad.abs().sum() == 0
+    check_ps_no_rois(_pool, device)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_list_of_boxes_and_layer(device: str) -> None:
-    x = make_features(2, 2, (2, 2), 8, 8, device=device)
+    x = ps_features(2, 2, (2, 2), 8, 8, device=device)
     boxes = [
         torch.tensor([[0.0, 0.0, 5.0, 6.0]], device=device),
         torch.tensor([[1.0, 2.0, 7.0, 7.0], [2.0, 2.0, 4.0, 4.0]], device=device),
@@ -176,25 +157,12 @@ def test_list_of_boxes_and_layer(device: str) -> None:
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_channels_last_and_non_contiguous(device: str) -> None:
-    output_size = (3, 3)
-    x = make_features(2, 4, output_size, 12, 14, device=device)
-    rois = all_rois(2, 12, 14, 0.5).to(device)
-    out, grad = _grads(lambda t: ps_roi_pool(t, rois, output_size, 0.5), x)
-    variants = [
-        x.contiguous(memory_format=torch.channels_last),
-        x.transpose(2, 3).contiguous().transpose(2, 3),  # (H, W) strides swapped
-        torch.stack([x, x], dim=-1)[..., 0],  # strided width
-    ]
-    for v in variants:
-        assert torch.equal(v, x)
-        v_out, v_grad = _grads(lambda t: ps_roi_pool(t, rois, output_size, 0.5), v)
-        torch.testing.assert_close(v_out, out, rtol=0, atol=0)
-        torch.testing.assert_close(v_grad, grad, rtol=0, atol=0)
+    check_ps_memory_formats(_pool, device)
 
 
 def test_gradcheck() -> None:
     output_size = (2, 2)
-    x = make_features(2, 2, output_size, 6, 7, dtype=torch.float64, seed=5).requires_grad_()
+    x = ps_features(2, 2, output_size, 6, 7, dtype=torch.float64, seed=5).requires_grad_()
     rois = torch.tensor(
         [[0, 0.3, 0.2, 5.1, 4.4], [1, -2.0, 1.0, 9.0, 8.0], [1, 2.0, 2.0, 2.0, 2.0]],
         dtype=torch.float64,
@@ -205,7 +173,7 @@ def test_gradcheck() -> None:
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_opcheck(device: str) -> None:
-    x = make_features(2, 2, (2, 2), 7, 6, device=device).requires_grad_()
+    x = ps_features(2, 2, (2, 2), 7, 6, device=device).requires_grad_()
     rois = all_rois(2, 7, 6, 1.0, num=5).to(device)
     torch.library.opcheck(torch.ops.detector.ps_roi_pool.default, (x, rois, 1.0, 2, 2))
     grad = torch.randn(rois.size(0), 2, 2, 2, device=device)
@@ -215,35 +183,16 @@ def test_opcheck(device: str) -> None:
 
 
 def test_torch_compile() -> None:
-    x = make_features(2, 3, (3, 3), 10, 12)
-    rois = all_rois(2, 10, 12, 0.5)
-
-    def fn(t: Tensor) -> Tensor:
-        return ps_roi_pool(t, rois, 3, 0.5).square().sum()
-
-    out, grad = _grads(fn, x)
-    compiled_out, compiled_grad = _grads(torch.compile(fn, fullgraph=True, backend="aot_eager"), x)
-    torch.testing.assert_close(compiled_out, out)
-    torch.testing.assert_close(compiled_grad, grad)
+    check_ps_torch_compile(_pool)
 
 
 @pytest.mark.parametrize("num_rois", [16, 400])
 def test_deterministic_for_any_thread_count(num_rois: int) -> None:
-    x = make_features(2, 40, (3, 3), 20, 24, seed=7)  # 40 channels: two channel blocks
-    rois = all_rois(2, 20, 24, 0.5, num=num_rois)
-
-    def run() -> tuple[Tensor, Tensor]:
-        return _grads(lambda t: ps_roi_pool(t, rois, 3, 0.5), x)
-
-    out1, grad1 = with_threads(1, run)
-    for threads in (1, 2):
-        out2, grad2 = with_threads(threads, run)
-        assert_same_bits(out1, out2)
-        assert_same_bits(grad1, grad2)
+    check_ps_deterministic(_pool, num_rois)
 
 
 def test_misuse_errors() -> None:
-    x = make_features(1, 2, (2, 2), 5, 5)
+    x = ps_features(1, 2, (2, 2), 5, 5)
     rois = torch.tensor([[0, 0.0, 0.0, 3.0, 3.0]])
     with pytest.raises(ValueError, match=r"ps_roi_pool: `input` has 8 channels.*multiple of"):
         ps_roi_pool(x, rois, 3)
