@@ -1,0 +1,312 @@
+"""Training and inference speed of our R-50-FPN Faster/Mask R-CNN next to torchvision's.
+
+Both models get the same settings: configs/torchvision/*.yaml on our side, and on torchvision's a
+ResNet-50 with FrozenBatchNorm2d and 3 trainable stages (trainable_backbone_layers=3 <->
+FREEZE_CONV_BODY_AT 2), built by hand because `fasterrcnn_resnet50_fpn(weights=None,
+weights_backbone=None)` silently switches to BatchNorm2d and 5 trainable stages. Both are
+randomly initialised, see identical images already at the target size (torchvision's min_size /
+max_size are set so that its transform keeps the size) and the same boxes, labels and masks.
+Ours and torchvision's runs are interleaved (alternating which goes first) to share the noise of
+a loaded machine.
+
+Prints a Markdown table: seconds per training iteration (forward + backward + SGD step, median
+over --iters after one warm-up), peak memory of one training iteration, inference seconds per
+image (batch 1, median), and the ratio ours/torchvision.
+
+Peak memory: on CUDA `torch.cuda.max_memory_allocated` minus the memory allocated before the
+iteration; on the CPU the peak resident set size of the process during the iteration (VmHWM from
+/proc/self/status, reset through /proc/self/clear_refs) minus the RSS before it, after
+`malloc_trim(0)` has handed freed heap memory back to the OS.
+
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/train_speed.py --threads 2 --iters 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torchvision.models import resnet50
+from torchvision.models.detection import FasterRCNN, MaskRCNN
+from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from detector.config import load_config, merge_opts
+from detector.modeling.detector import GeneralizedRCNN
+from detector.structures import Boxes, Instances
+from detector.structures.masks import BitMasks
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = {
+    "faster": ROOT / "configs/torchvision/faster_rcnn_R_50_FPN.yaml",
+    "mask": ROOT / "configs/torchvision/mask_rcnn_R_50_FPN.yaml",
+}
+NUM_CLASSES = 91
+
+
+@dataclass
+class Inputs:
+    """The same batch in both models' formats.
+
+    images_u8: N uint8 Tensor[3, H, W] (ours); images_f: the same / 255 as float (torchvision).
+    """
+
+    images_u8: list[Tensor]
+    images_f: list[Tensor]
+    targets_ours: list[Instances]
+    targets_tv: list[dict[str, Tensor]]
+
+
+def make_inputs(batch: int, height: int, width: int, device: str, seed: int = 0) -> Inputs:
+    """Random images and 4 boxes per image with labels in 1..90 and elliptic masks."""
+    gen = torch.Generator().manual_seed(seed)
+    images_u8, images_f, t_ours, t_tv = [], [], [], []
+    ys = torch.arange(height).view(-1, 1).float()
+    xs = torch.arange(width).view(1, -1).float()
+    for _ in range(batch):
+        image = torch.randint(0, 256, (3, height, width), generator=gen, dtype=torch.uint8)
+        centers = torch.rand(4, 2, generator=gen) * torch.tensor([width * 0.6, height * 0.6])
+        centers += torch.tensor([width * 0.2, height * 0.2])
+        half = 20 + torch.rand(4, 2, generator=gen) * torch.tensor([width * 0.15, height * 0.15])
+        boxes = torch.cat([centers - half, centers + half], dim=1)  # (4, 4) xyxy
+        labels = torch.randint(1, NUM_CLASSES, (4,), generator=gen)
+        # (4, H, W) filled ellipses inscribed in the boxes
+        cx, cy = centers[:, 0].view(-1, 1, 1), centers[:, 1].view(-1, 1, 1)
+        hx, hy = half[:, 0].view(-1, 1, 1), half[:, 1].view(-1, 1, 1)
+        masks = ((xs - cx) / hx) ** 2 + ((ys - cy) / hy) ** 2 <= 1.0
+        images_u8.append(image.to(device))
+        images_f.append((image.float() / 255.0).to(device))
+        t_ours.append(
+            Instances(
+                (height, width),
+                gt_boxes=Boxes(boxes.to(device)),
+                gt_classes=labels.to(device),
+                gt_masks=BitMasks(masks.to(device)),
+            )
+        )
+        t_tv.append(
+            {
+                "boxes": boxes.to(device),
+                "labels": labels.to(device),
+                "masks": masks.to(torch.uint8).to(device),
+            }
+        )
+    return Inputs(images_u8, images_f, t_ours, t_tv)
+
+
+def build_ours(kind: str, score_thresh: float, height: int, width: int) -> nn.Module:
+    """Our model from configs/torchvision/<kind>.yaml, random weights, sized for HxW inputs."""
+    cfg = load_config(CONFIGS[kind])
+    size = ["INPUT.MIN_SIZE_TRAIN", f"({min(height, width)},)"]
+    size += ["INPUT.MAX_SIZE_TRAIN", str(max(height, width))]
+    size += ["INPUT.MIN_SIZE_TEST", str(min(height, width))]
+    size += ["INPUT.MAX_SIZE_TEST", str(max(height, width))]
+    cfg = merge_opts(cfg, [*size, "MODEL.ROI_HEADS.SCORE_THRESH", str(score_thresh)])
+    return GeneralizedRCNN.from_config(cfg)
+
+
+def build_torchvision(kind: str, score_thresh: float, height: int, width: int) -> nn.Module:
+    """torchvision's R-50-FPN model with FrozenBN and 3 trainable stages, no resizing at HxW."""
+    backbone = _resnet_fpn_extractor(resnet50(norm_layer=FrozenBatchNorm2d), 3)
+    cls = MaskRCNN if kind == "mask" else FasterRCNN
+    return cls(
+        backbone,
+        num_classes=NUM_CLASSES,
+        min_size=min(height, width),
+        max_size=max(height, width),
+        box_score_thresh=score_thresh,
+    )
+
+
+def _trim_heap() -> None:
+    """Returns freed malloc memory to the OS (glibc), so RSS reflects live memory."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _status_kb(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+class PeakMemory:
+    """Peak memory (MiB) a block adds on top of what was live before it."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.mib: float | None = None
+
+    def __enter__(self) -> PeakMemory:
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self._base = torch.cuda.memory_allocated()
+        else:
+            _trim_heap()
+            try:
+                Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+                self._base = _status_kb("VmRSS") * 1024
+            except OSError:
+                self._base = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            self.mib = (torch.cuda.max_memory_allocated() - self._base) / 2**20
+        elif self._base is not None:
+            self.mib = (_status_kb("VmHWM") * 1024 - self._base) / 2**20
+
+
+@dataclass
+class Runner:
+    """One model with its optimizer and the timing samples collected so far."""
+
+    name: str
+    model: nn.Module
+    train_step: Callable[[], None]
+    infer: Callable[[int], object]
+    train_s: list[float] = field(default_factory=list)
+    infer_s: list[float] = field(default_factory=list)
+    peak_mib: float | None = None
+
+
+def make_runner(name: str, model: nn.Module, images: list[Tensor], targets: list) -> Runner:
+    """Wraps a detection model: a training step on (images, targets) and inference on image i."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=1e-4, momentum=0.9, weight_decay=1e-4)
+
+    def train_step() -> None:
+        model.train()
+        losses = model(images, targets)
+        total = sum(losses.values())
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+
+    def infer(i: int) -> object:
+        model.eval()
+        with torch.no_grad():
+            return model([images[i]])
+
+    return Runner(name, model, train_step, infer)
+
+
+def timed(fn: Callable[[], object], device: str) -> float:
+    """Wall seconds of one call, synchronising CUDA around it."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def bench_pair(ours: Runner, peer: Runner, iters: int, n_images: int, device: str) -> None:
+    """Warm-up, memory, then `iters` interleaved train steps and inferences (order alternates)."""
+    for runner in (ours, peer):
+        runner.train_step()  # warm-up
+        with PeakMemory(device) as mem:
+            runner.train_step()
+        runner.peak_mib = mem.mib
+        runner.infer(0)  # warm-up
+    for it in range(iters):
+        pair = (ours, peer) if it % 2 == 0 else (peer, ours)
+        for runner in pair:
+            runner.train_s.append(timed(runner.train_step, device))
+        for runner in pair:
+            i = it % n_images
+            runner.infer_s.append(timed(lambda r=runner, i=i: r.infer(i), device))
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}" if a is not None and b else "-"
+
+
+def _fmt(x: float | None, spec: str) -> str:
+    return format(x, spec) if x is not None else "n/a"
+
+
+def print_table(pairs: list[tuple[str, Runner, Runner]]) -> None:
+    """Markdown table: per model, train s/iter, peak MiB, inference s/image, ours/tv ratios."""
+    print(
+        "| model | train s/iter ours | tv | ratio | peak MiB ours | tv | ratio "
+        "| infer s/img ours | tv | ratio |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for kind, ours, peer in pairs:
+        to, tp = statistics.median(ours.train_s), statistics.median(peer.train_s)
+        io, ip = statistics.median(ours.infer_s), statistics.median(peer.infer_s)
+        cells = [
+            kind,
+            f"{to:.3f}",
+            f"{tp:.3f}",
+            _ratio(to, tp),
+            _fmt(ours.peak_mib, ".0f"),
+            _fmt(peer.peak_mib, ".0f"),
+            _ratio(ours.peak_mib, peer.peak_mib),
+            f"{io:.3f}",
+            f"{ip:.3f}",
+            _ratio(io, ip),
+        ]
+        print("| " + " | ".join(cells) + " |")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--iters", type=int, default=3, help="timed iterations after warm-up")
+    parser.add_argument("--size", type=int, nargs=2, default=(512, 683), metavar=("H", "W"))
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--models", nargs="+", default=["faster", "mask"], choices=list(CONFIGS))
+    parser.add_argument(
+        "--score-thresh",
+        type=float,
+        default=0.0,
+        help="box score threshold of both models at inference (0 keeps 100 detections/image "
+        "with random weights, so the mask head and the pasting run as on a trained model)",
+    )
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    height, width = args.size
+    inputs = make_inputs(args.batch, height, width, args.device)
+    pairs = []
+    for kind in args.models:
+        ours_model = build_ours(kind, args.score_thresh, height, width).to(args.device)
+        tv_model = build_torchvision(kind, args.score_thresh, height, width).to(args.device)
+        ours = make_runner("ours", ours_model, inputs.images_u8, inputs.targets_ours)
+        peer = make_runner("torchvision", tv_model, inputs.images_f, inputs.targets_tv)
+        bench_pair(ours, peer, args.iters, args.batch, args.device)
+        pairs.append((kind, ours, peer))
+        del ours_model, tv_model
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(
+        f"device={args.device} threads={torch.get_num_threads()} batch={args.batch} "
+        f"size={height}x{width} iters={args.iters} torch={torch.__version__} "
+        f"loadavg(after)={load}"
+    )
+    print_table(pairs)
+
+
+if __name__ == "__main__":
+    main()
