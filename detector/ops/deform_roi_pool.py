@@ -28,6 +28,7 @@ from detector.ops._utils import (
     check_device,
     check_input,
     check_rois_dtype,
+    check_spatial_scale,
     convert_boxes_to_roi_format,
     pair,
 )
@@ -131,7 +132,8 @@ def _deform_pool(
     mask = _check_per_bin(op, "mask", mask, input, expected, 1)
     forward = (torch.ops.detector.deform_ps_roi_pool if position_sensitive
                else torch.ops.detector.deform_roi_pool)
-    return forward(input, rois, offset, mask, float(spatial_scale), pooled_height, pooled_width,
+    scale = check_spatial_scale(op, spatial_scale)
+    return forward(input, rois, offset, mask, scale, pooled_height, pooled_width,
                    int(sampling_ratio), float(gamma))
 
 

@@ -13,6 +13,7 @@ from torch import Tensor
 from detector.ops._utils import (
     check_input,
     check_rois_dtype,
+    check_spatial_scale,
     convert_boxes_to_roi_format,
     pair,
 )
@@ -66,7 +67,7 @@ def ps_roi_pool(
     """
     rois, pooled_height, pooled_width = prepare_ps_roi_args(_OP, input, boxes, output_size)
     return torch.ops.detector.ps_roi_pool(
-        input, rois, float(spatial_scale), pooled_height, pooled_width
+        input, rois, check_spatial_scale(_OP, spatial_scale), pooled_height, pooled_width
     )
 
 

@@ -17,6 +17,7 @@ from detector.ops._utils import (
     check_device,
     check_input,
     check_rois_dtype,
+    check_spatial_scale,
     convert_boxes_to_roi_format,
     pair,
 )
@@ -67,8 +68,9 @@ def roi_align(
     _check_mode(op, mode)
     pooled_height, pooled_width = pair(op, output_size)
     rois = check_rois_dtype(op, input, convert_boxes_to_roi_format(op, boxes))
+    scale = check_spatial_scale(op, spatial_scale)
     output, _ = torch.ops.detector.roi_align(
-        input, rois, float(spatial_scale), pooled_height, pooled_width, int(sampling_ratio),
+        input, rois, scale, pooled_height, pooled_width, int(sampling_ratio),
         bool(aligned), mode,
     )
     return output
@@ -116,7 +118,9 @@ def multi_scale_roi_align(
     if not isinstance(levels, Tensor) or levels.dim() != 1 or levels.dtype != torch.int64:
         raise ValueError(f"{op}: `levels` must be a Tensor[K] of int64 level indices")
     check_device(op, levels)
-    scales = [float(s) for s in spatial_scales]
+    scales = [
+        check_spatial_scale(op, s, f"spatial_scales[{i}]") for i, s in enumerate(spatial_scales)
+    ]
     if features[0].is_cuda:
         return _multi_scale_by_level(
             list(features), rois, levels, (pooled_height, pooled_width), scales,
