@@ -149,11 +149,16 @@ def test_voc_nan_coordinate_names_the_file_and_tag(tmp_path, bad):
 
 @pytest.mark.parametrize(
     "box",
-    [(10, 5, 4, 9), (5, 9, 9, 3), (WIDTH + 5, 2, WIDTH + 9, 9), (2, HEIGHT + 3, 9, HEIGHT + 8)],
-    ids=["inverted-x", "inverted-y", "right-of-image", "below-image"],
+    [
+        (10, 5, 4, 9),
+        (5, 9, 9, 3),
+        (5, 5, 5, 9),
+        (WIDTH + 5, 2, WIDTH + 9, 9),
+        (2, HEIGHT + 3, 9, HEIGHT + 8),
+    ],
+    ids=["inverted-x", "inverted-y", "xmin-equals-xmax", "right-of-image", "below-image"],
 )
 def test_voc_degenerate_or_outside_box_is_skipped_and_counted(tmp_path, box):
-    # (xmin == xmax is a valid one-pixel box in VOC's 1-based inclusive convention)
     dataset = VOCDataset(_voc(tmp_path, _voc_xml(box)), "train", ["a"])
     assert dataset.num_skipped == 1
     assert dataset.num_instances(0) == 0

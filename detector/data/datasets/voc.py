@@ -165,7 +165,8 @@ def load_voc_xml(root: Path, image_id: str, label_of: dict[str, int]) -> tuple[I
             _number(obj, f"bndbox/{k}", xml_file) for k in ("xmin", "ymin", "xmax", "ymax")
         )
         box = [max(x1 - 1.0, 0.0), max(y1 - 1.0, 0.0), min(x2, width), min(y2, height)]
-        if box[2] <= box[0] or box[3] <= box[1]:  # empty, inverted or wholly outside the image
+        if x2 <= x1 or y2 <= y1 or box[2] <= box[0] or box[3] <= box[1]:
+            # empty or inverted, or (after clipping) wholly outside the image
             skipped += 1
             continue
         flag = obj.find("difficult")
