@@ -50,7 +50,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--every", type=int, default=100, help="print RSS every this many iters")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     opts = [
         "DATASETS.TRAIN", "('shapes_train',)",
         "DATALOADER.NUM_WORKERS", str(args.workers),
