@@ -79,7 +79,7 @@ def main() -> None:
             warm = _snapshot()
         if iteration == args.warmup or iteration % args.every == 0 or iteration == args.iters:
             main_mb, workers_mb = _snapshot()
-            print(f"{iteration:6d} {main_mb:9.1f} {workers_mb:11.1f} {float(loss):8.3f}")
+            print(f"{iteration:6d} {main_mb:9.1f} {workers_mb:11.1f} {float(loss.detach()):8.3f}")
     end = _snapshot()
     if warm is not None and args.iters > args.warmup:
         per_100 = 100 / (args.iters - args.warmup)
