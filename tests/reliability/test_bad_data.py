@@ -84,10 +84,22 @@ def test_image_over_max_image_pixels_is_refused_before_decoding(tmp_path):
         dataset[0]
 
 
-def test_max_image_pixels_comes_from_the_config(tmp_path):
-    from detector.config import get_cfg
+def test_max_image_pixels_from_the_config_reaches_the_dataset(tmp_path):
+    from detector.config import load_config
+    from detector.data import get_dataset
 
-    assert get_cfg().INPUT.MAX_IMAGE_PIXELS == 178_956_970  # PIL's own decompression-bomb limit
+    _coco(tmp_path, _jpeg_bytes())  # writes img.jpg (32 x 24) and ann.json
+    config = tmp_path / "custom.yaml"
+    config.write_text(
+        f"INPUT:\n  MAX_IMAGE_PIXELS: {WIDTH * HEIGHT - 1}\n"
+        "DATASETS:\n  CUSTOM:\n"
+        f"    tiny: {{FORMAT: coco, ANN_FILE: '{tmp_path}/ann.json', IMAGE_DIR: '{tmp_path}'}}\n"
+    )
+    dataset = get_dataset("tiny", load_config(config))
+    with pytest.raises(
+        DatasetError, match=rf"img\.jpg.*INPUT\.MAX_IMAGE_PIXELS = {WIDTH * HEIGHT - 1}"
+    ):
+        dataset[0]
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
