@@ -6,6 +6,8 @@ RoIs are accepted exactly as torchvision.ops accepts them: a Tensor[K, 5] of
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -90,3 +92,18 @@ def check_rois_dtype(op: str, input: Tensor, rois: Tensor) -> Tensor:
             "move them to the same device"
         )
     return rois.to(input.dtype)
+
+
+def check_spatial_scale(op: str, value: float, name: str = "spatial_scale") -> float:
+    """Returns `value` as a float after checking it is finite and > 0 (feature size / image size).
+
+    A NaN, infinite, zero or negative scale would map every RoI to NaN or to a degenerate window;
+    the error names the op and the argument instead.
+    """
+    scale = float(value)
+    if not (math.isfinite(scale) and scale > 0.0):
+        raise ValueError(
+            f"{op}: `{name}` must be a finite number > 0 (feature map size / image size, e.g. "
+            f"1/16 for a stride-16 map), got {value!r}"
+        )
+    return scale

@@ -26,6 +26,8 @@ Both outputs have a data-dependent length: the fake kernels give them an unbacke
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -66,6 +68,25 @@ def _check_boxes_and_scores(op: str, boxes: Tensor, scores: Tensor) -> None:
     check_device(op, boxes)
 
 
+def _check_values(op: str, boxes: Tensor, scores: Tensor, iou_threshold: float) -> float:
+    """Rejects NaN/inf boxes, NaN scores and a NaN threshold (the IoU tests would silently fail).
+
+    Skipped while torch.compile traces (a data-dependent branch would break the graph).
+    """
+    threshold = float(iou_threshold)
+    if math.isnan(threshold):
+        raise ValueError(f"{op}: `iou_threshold` must be a number in [0, 1], got {iou_threshold!r}")
+    if torch.compiler.is_compiling() or boxes.numel() == 0:
+        return threshold
+    if not bool(torch.isfinite(boxes).all()):
+        bad = (~torch.isfinite(boxes)).any(dim=1).nonzero().flatten()[:5].tolist()
+        raise ValueError(f"{op}: `boxes` contains NaN or infinite values (first bad rows: {bad})")
+    if bool(torch.isnan(scores).any()):
+        bad = torch.isnan(scores).nonzero().flatten()[:5].tolist()
+        raise ValueError(f"{op}: `scores` contains NaN values (first bad indices: {bad})")
+    return threshold
+
+
 def _check_idxs(op: str, boxes: Tensor, idxs: Tensor) -> None:
     """Checks the category indices `idxs` (N,) of an integer dtype on the device of `boxes`."""
     if not isinstance(idxs, Tensor):
@@ -96,7 +117,8 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
         Tensor[K] int64 indices of the kept boxes, in decreasing score order.
     """
     _check_boxes_and_scores("nms", boxes, scores)
-    return torch.ops.detector.nms(boxes, scores, float(iou_threshold))
+    threshold = _check_values("nms", boxes, scores, iou_threshold)
+    return torch.ops.detector.nms(boxes, scores, threshold)
 
 
 def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
@@ -116,7 +138,8 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     """
     _check_boxes_and_scores("batched_nms", boxes, scores)
     _check_idxs("batched_nms", boxes, idxs)
-    return torch.ops.detector.batched_nms(boxes, scores, idxs.to(torch.int64), float(iou_threshold))
+    threshold = _check_values("batched_nms", boxes, scores, iou_threshold)
+    return torch.ops.detector.batched_nms(boxes, scores, idxs.to(torch.int64), threshold)
 
 
 def _fake_kept_indices(boxes: Tensor) -> Tensor:

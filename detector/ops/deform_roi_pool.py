@@ -28,6 +28,7 @@ from detector.ops._utils import (
     check_device,
     check_input,
     check_rois_dtype,
+    check_spatial_scale,
     convert_boxes_to_roi_format,
     pair,
 )
@@ -148,12 +149,13 @@ def _deform_pool(
         if position_sensitive
         else torch.ops.detector.deform_roi_pool
     )
+    scale = check_spatial_scale(op, spatial_scale)
     return forward(
         input,
         rois,
         offset,
         mask,
-        float(spatial_scale),
+        scale,
         pooled_height,
         pooled_width,
         int(sampling_ratio),

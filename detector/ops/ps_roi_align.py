@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from detector.ops._ps_roi import prepare_ps_roi_args, register_ps_roi_op
+from detector.ops._utils import check_spatial_scale
 
 _OP = "ps_roi_align"
 
@@ -39,8 +40,9 @@ def ps_roi_align(
     rois, pooled_height, pooled_width = prepare_ps_roi_args(_OP, input, boxes, output_size)
     if not isinstance(sampling_ratio, int):
         raise TypeError(f"{_OP}: `sampling_ratio` must be an int, got {sampling_ratio!r}")
+    scale = check_spatial_scale(_OP, spatial_scale)
     return torch.ops.detector.ps_roi_align(
-        input, rois, float(spatial_scale), pooled_height, pooled_width, sampling_ratio
+        input, rois, scale, pooled_height, pooled_width, sampling_ratio
     )
 
 

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from detector.ops._ps_roi import prepare_ps_roi_args, register_ps_roi_op
+from detector.ops._utils import check_spatial_scale
 
 _OP = "ps_roi_pool"
 
@@ -35,7 +36,7 @@ def ps_roi_pool(
     """
     rois, pooled_height, pooled_width = prepare_ps_roi_args(_OP, input, boxes, output_size)
     return torch.ops.detector.ps_roi_pool(
-        input, rois, float(spatial_scale), pooled_height, pooled_width
+        input, rois, check_spatial_scale(_OP, spatial_scale), pooled_height, pooled_width
     )
 
 

@@ -17,6 +17,7 @@ from detector.ops._utils import (
     check_device,
     check_input,
     check_rois_dtype,
+    check_spatial_scale,
     convert_boxes_to_roi_format,
     pair,
 )
@@ -67,9 +68,16 @@ def roi_align(
     _check_mode(op, mode)
     pooled_height, pooled_width = pair(op, output_size)
     rois = check_rois_dtype(op, input, convert_boxes_to_roi_format(op, boxes))
+    scale = check_spatial_scale(op, spatial_scale)
     output, _ = torch.ops.detector.roi_align(
-        input, rois, float(spatial_scale), pooled_height, pooled_width, int(sampling_ratio),
-        bool(aligned), mode,
+        input,
+        rois,
+        scale,
+        pooled_height,
+        pooled_width,
+        int(sampling_ratio),
+        bool(aligned),
+        mode,
     )
     return output
 
@@ -116,15 +124,30 @@ def multi_scale_roi_align(
     if not isinstance(levels, Tensor) or levels.dim() != 1 or levels.dtype != torch.int64:
         raise ValueError(f"{op}: `levels` must be a Tensor[K] of int64 level indices")
     check_device(op, levels)
-    scales = [float(s) for s in spatial_scales]
+    scales = [
+        check_spatial_scale(op, s, f"spatial_scales[{i}]") for i, s in enumerate(spatial_scales)
+    ]
     if features[0].is_cuda:
         return _multi_scale_by_level(
-            list(features), rois, levels, (pooled_height, pooled_width), scales,
-            int(sampling_ratio), bool(aligned), mode,
+            list(features),
+            rois,
+            levels,
+            (pooled_height, pooled_width),
+            scales,
+            int(sampling_ratio),
+            bool(aligned),
+            mode,
         )
     output, _ = torch.ops.detector.multi_scale_roi_align(
-        list(features), rois, levels, scales, pooled_height, pooled_width, int(sampling_ratio),
-        bool(aligned), mode,
+        list(features),
+        rois,
+        levels,
+        scales,
+        pooled_height,
+        pooled_width,
+        int(sampling_ratio),
+        bool(aligned),
+        mode,
     )
     return output
 
@@ -192,7 +215,9 @@ def _roi_align_backward_fake(
 ) -> Tensor:
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     return torch.empty(
-        (batch_size, channels, height, width), dtype=grad.dtype, device=grad.device,
+        (batch_size, channels, height, width),
+        dtype=grad.dtype,
+        device=grad.device,
         memory_format=memory_format,
     )
 
@@ -210,8 +235,20 @@ def _roi_align_backward(ctx, grad_output: Tensor, _grad_argmax: Tensor | None) -
     spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, mode = ctx.params
     batch_size, channels, height, width = ctx.input_shape
     grad_input = torch.ops.detector._roi_align_backward(
-        grad_output, rois, argmax, spatial_scale, pooled_height, pooled_width, batch_size,
-        channels, height, width, sampling_ratio, aligned, mode, ctx.channels_last,
+        grad_output,
+        rois,
+        argmax,
+        spatial_scale,
+        pooled_height,
+        pooled_width,
+        batch_size,
+        channels,
+        height,
+        width,
+        sampling_ratio,
+        aligned,
+        mode,
+        ctx.channels_last,
     )
     return grad_input, None, None, None, None, None, None, None
 
@@ -283,8 +320,18 @@ def _multi_scale_backward(ctx, grad_output: Tensor, _grad_argmax: Tensor | None)
     spatial_scales, pooled_height, pooled_width = ctx.params
     sampling_ratio, aligned, mode = ctx.sampling
     grads = torch.ops.detector._multi_scale_roi_align_backward(
-        grad_output, rois, levels, argmax, spatial_scales, pooled_height, pooled_width,
-        ctx.level_shapes, ctx.channels_last, sampling_ratio, aligned, mode,
+        grad_output,
+        rois,
+        levels,
+        argmax,
+        spatial_scales,
+        pooled_height,
+        pooled_width,
+        ctx.level_shapes,
+        ctx.channels_last,
+        sampling_ratio,
+        aligned,
+        mode,
     )
     return list(grads), None, None, None, None, None, None, None, None
 

@@ -18,6 +18,7 @@ from detector.ops._utils import (
     check_device,
     check_input,
     check_rois_dtype,
+    check_spatial_scale,
     convert_boxes_to_roi_format,
     pair,
 )
@@ -51,7 +52,7 @@ def roi_pool(
     if pooled_height <= 0 or pooled_width <= 0:
         raise ValueError(f"{_OP}: `output_size` must be positive, got {output_size!r}")
     output, _ = torch.ops.detector.roi_pool(
-        input, rois, float(spatial_scale), pooled_height, pooled_width
+        input, rois, check_spatial_scale(_OP, spatial_scale), pooled_height, pooled_width
     )
     return output
 

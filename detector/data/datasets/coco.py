@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections import defaultdict
 from numbers import Real
 from pathlib import Path
@@ -130,6 +131,8 @@ def load_coco_json(
         bbox = ann["bbox"]
         if len(bbox) != 4 or not all(isinstance(v, Real) for v in bbox):
             raise DatasetError(f"{where}: 'bbox' must be 4 numbers [x, y, w, h], got {bbox!r}")
+        if not all(math.isfinite(v) for v in bbox):
+            raise DatasetError(f"{where}: 'bbox' has a NaN or infinite value: {bbox!r}")
         by_image[ann["image_id"]].append(ann)
     has_masks = any(ann.get("segmentation") for anns in by_image.values() for ann in anns)
     records, skipped = [], 0

@@ -13,6 +13,7 @@ naming the XML file.
 from __future__ import annotations
 
 import logging
+import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -133,9 +134,12 @@ def _text(node: ET.Element, path: str, xml_file: Path) -> str:
 def _number(node: ET.Element, path: str, xml_file: Path) -> float:
     text = _text(node, path, xml_file)
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise DatasetError(f"{xml_file}: <{path}> must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise DatasetError(f"{xml_file}: <{path}> must be a finite number, got {text!r}")
+    return value
 
 
 def load_voc_xml(root: Path, image_id: str, label_of: dict[str, int]) -> tuple[ImageRecord, int]:
@@ -160,12 +164,14 @@ def load_voc_xml(root: Path, image_id: str, label_of: dict[str, int]) -> tuple[I
         x1, y1, x2, y2 = (
             _number(obj, f"bndbox/{k}", xml_file) for k in ("xmin", "ymin", "xmax", "ymax")
         )
-        if x2 <= x1 or y2 <= y1:
+        box = [max(x1 - 1.0, 0.0), max(y1 - 1.0, 0.0), min(x2, width), min(y2, height)]
+        if x2 <= x1 or y2 <= y1 or box[2] <= box[0] or box[3] <= box[1]:
+            # empty or inverted, or (after clipping) wholly outside the image
             skipped += 1
             continue
         flag = obj.find("difficult")
         difficult.append(flag is not None and (flag.text or "0").strip() not in ("0", ""))
-        boxes.append([max(x1 - 1.0, 0.0), max(y1 - 1.0, 0.0), min(x2, width), min(y2, height)])
+        boxes.append(box)
         classes.append(label_of[name])
         instance_ids.append(position)
     record = ImageRecord(
