@@ -356,7 +356,6 @@ class EvalConfig:
     IMS_PER_BATCH: int = 8
     # Evaluate every this many training iterations (0: only at the end).
     EVAL_PERIOD: int = 0
-    DETECTIONS_PER_IMG: int = 100
     # Pascal VOC test sets: the headline AP is VOC2007's 11-point AP (True) or the VOC2010+
     # area under the precision envelope (False); both are reported.
     VOC_USE_07_METRIC: bool = True

@@ -60,7 +60,6 @@ def test_defaults_follow_maskrcnn_benchmark():
     assert cfg.SOLVER.WARMUP_METHOD == "linear"
     assert cfg.SOLVER.AMP.DTYPE == "float16"
     assert cfg.SOLVER.CLIP_GRADIENTS.ENABLED is False
-    assert cfg.TEST.DETECTIONS_PER_IMG == 100
 
 
 def test_get_cfg_returns_fresh_copies():
