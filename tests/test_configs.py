@@ -50,14 +50,18 @@ def test_config_round_trips(name: str, tmp_path: Path) -> None:
     assert load_config(dumped) == cfg
 
 
-def _tiny_batch(mask_on: bool) -> tuple[list[torch.Tensor], list[Instances]]:
+def _tiny_batch(mask_on: bool, num_classes: int = 81) -> tuple[list[torch.Tensor], list[Instances]]:
     generator = torch.Generator().manual_seed(0)
     images = [
         torch.randint(0, 256, (3, height, width), generator=generator, dtype=torch.uint8)
         for height, width in ((128, 160), (144, 128))
     ]
     boxes = torch.tensor([[10.0, 12.0, 90.0, 100.0], [60.0, 30.0, 150.0, 120.0]])
-    with_boxes = Instances((128, 160), gt_boxes=Boxes(boxes), gt_classes=torch.tensor([1, 2]))
+    with_boxes = Instances(
+        (128, 160),
+        gt_boxes=Boxes(boxes),
+        gt_classes=torch.tensor([1, 2]).clamp(max=num_classes - 1),
+    )
     no_boxes = torch.zeros(0, 4)
     empty = Instances((144, 128), gt_boxes=Boxes(no_boxes), gt_classes=torch.zeros(0).long())
     if mask_on:
@@ -71,7 +75,7 @@ def test_config_trains_and_predicts(name: str) -> None:
     torch.manual_seed(0)
     cfg = load_config(CONFIG_DIR / name, TINY_INPUT)
     model = GeneralizedRCNN.from_config(cfg).train()
-    images, targets = _tiny_batch(cfg.MODEL.MASK_ON)
+    images, targets = _tiny_batch(cfg.MODEL.MASK_ON, cfg.MODEL.ROI_BOX_HEAD.NUM_CLASSES)
     losses = model(images, targets)
     expected = {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"}
     expected |= {"loss_mask"} if cfg.MODEL.MASK_ON else set()
