@@ -57,11 +57,21 @@ def _plain_cases(device: str) -> list[Case]:
 
     return [
         Case("deform_roi_pool", "fwd", shape, ours, peer),
-        Case("deform_roi_pool", "bwd", shape, _backward(ours, [features, offset]),
-             _backward(peer, [features])),
+        Case(
+            "deform_roi_pool",
+            "bwd",
+            shape,
+            _backward(ours, [features, offset]),
+            _backward(peer, [features]),
+        ),
         Case("deform_roi_pool+mask", "fwd", shape, lambda: ours(mask), peer),
-        Case("deform_roi_pool+mask", "bwd", shape,
-             _backward(lambda: ours(mask), [features, offset, mask]), _backward(peer, [features])),
+        Case(
+            "deform_roi_pool+mask",
+            "bwd",
+            shape,
+            _backward(lambda: ours(mask), [features, offset, mask]),
+            _backward(peer, [features]),
+        ),
     ]
 
 
@@ -80,8 +90,13 @@ def _ps_cases(device: str) -> list[Case]:
 
     return [
         Case("deform_ps_roi_pool", "fwd", shape, ours, peer),
-        Case("deform_ps_roi_pool", "bwd", shape, _backward(ours, [scores, offset]),
-             _backward(peer, [scores])),
+        Case(
+            "deform_ps_roi_pool",
+            "bwd",
+            shape,
+            _backward(ours, [scores, offset]),
+            _backward(peer, [scores]),
+        ),
     ]
 
 

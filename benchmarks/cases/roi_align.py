@@ -56,14 +56,36 @@ def _single_level_cases(device: str) -> list[Case]:
     x_req = x.detach().requires_grad_()
     cases = [
         Case("roi_align", "fwd", shape, lambda: ours(x), lambda: peer(x), goal=0.1),
-        Case("roi_align", "bwd", shape, _backward_timer(ours(x_req), x_req),
-             _backward_timer(peer(x_req), x_req), goal=0.1),
-        Case("roi_align", "fwd", shape + ", channels-last (both)", lambda: ours(x_cl),
-             lambda: peer(x_cl), goal=0.05),
-        Case("roi_align", "fwd", shape + ", mode=max (peer: tv avg, context only)",
-             lambda: ours(x, "max"), lambda: peer(x)),
-        Case("roi_align", "bwd", shape + ", mode=max (peer: tv avg, context only)",
-             _backward_timer(ours(x_req, "max"), x_req), _backward_timer(peer(x_req), x_req)),
+        Case(
+            "roi_align",
+            "bwd",
+            shape,
+            _backward_timer(ours(x_req), x_req),
+            _backward_timer(peer(x_req), x_req),
+            goal=0.1,
+        ),
+        Case(
+            "roi_align",
+            "fwd",
+            shape + ", channels-last (both)",
+            lambda: ours(x_cl),
+            lambda: peer(x_cl),
+            goal=0.05,
+        ),
+        Case(
+            "roi_align",
+            "fwd",
+            shape + ", mode=max (peer: tv avg, context only)",
+            lambda: ours(x, "max"),
+            lambda: peer(x),
+        ),
+        Case(
+            "roi_align",
+            "bwd",
+            shape + ", mode=max (peer: tv avg, context only)",
+            _backward_timer(ours(x_req, "max"), x_req),
+            _backward_timer(peer(x_req), x_req),
+        ),
     ]
     return cases
 
@@ -99,10 +121,20 @@ def _fpn_cases(device: str) -> list[Case]:
     leaves = [features[n].detach().requires_grad_() for n in names]
     peer_leaves = dict(zip(names, [f.detach().requires_grad_() for f in leaves], strict=True))
     return [
-        Case("multi_scale_roi_align", "fwd", shape, lambda: ours(list(features.values())),
-             lambda: peer(features)),
-        Case("multi_scale_roi_align", "bwd", shape, _backward_timer(ours(leaves), leaves),
-             _backward_timer(peer(peer_leaves), list(peer_leaves.values()))),
+        Case(
+            "multi_scale_roi_align",
+            "fwd",
+            shape,
+            lambda: ours(list(features.values())),
+            lambda: peer(features),
+        ),
+        Case(
+            "multi_scale_roi_align",
+            "bwd",
+            shape,
+            _backward_timer(ours(leaves), leaves),
+            _backward_timer(peer(peer_leaves), list(peer_leaves.values())),
+        ),
     ]
 
 

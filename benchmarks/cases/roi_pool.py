@@ -27,13 +27,24 @@ def cases(device: str) -> list[Case]:
     grad = torch.randn_like(ours_out)
     shape = "1x256x200x272, 512 RoIs, 7x7"
     return [
-        Case("roi_pool", "fwd", shape,
-             lambda: torch.ops.detector.roi_pool(x, rois, SCALE, 7, 7),
-             lambda: torch.ops.torchvision.roi_pool(x, rois, SCALE, 7, 7), goal=0.1),
-        Case("roi_pool", "bwd", shape,
-             lambda: torch.ops.detector._roi_pool_backward(
-                 grad, rois, ours_argmax, 1, 256, 200, 272),
-             lambda: torch.ops.torchvision._roi_pool_backward(
-                 grad, rois, tv_argmax, SCALE, 7, 7, 1, 256, 200, 272),
-             goal=0.1),
+        Case(
+            "roi_pool",
+            "fwd",
+            shape,
+            lambda: torch.ops.detector.roi_pool(x, rois, SCALE, 7, 7),
+            lambda: torch.ops.torchvision.roi_pool(x, rois, SCALE, 7, 7),
+            goal=0.1,
+        ),
+        Case(
+            "roi_pool",
+            "bwd",
+            shape,
+            lambda: torch.ops.detector._roi_pool_backward(
+                grad, rois, ours_argmax, 1, 256, 200, 272
+            ),
+            lambda: torch.ops.torchvision._roi_pool_backward(
+                grad, rois, tv_argmax, SCALE, 7, 7, 1, 256, 200, 272
+            ),
+            goal=0.1,
+        ),
     ]

@@ -38,7 +38,12 @@ class RoIAlign(nn.Module):
     def forward(self, input: Tensor, rois: Tensor | list[Tensor]) -> Tensor:
         """input (N, C, H, W), rois (K, 5) or list[Tensor[K_i, 4]] -> (K, C, ph, pw)."""
         return roi_align(
-            input, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned,
+            input,
+            rois,
+            self.output_size,
+            self.spatial_scale,
+            self.sampling_ratio,
+            self.aligned,
             mode=self.mode,
         )
 

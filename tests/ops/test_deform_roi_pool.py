@@ -42,8 +42,12 @@ def _bilinear_ref(plane: Tensor, y: Tensor, x: Tensor) -> Tensor:
     ly = torch.where(y_edge, torch.zeros_like(y), y - y_low)
     lx = torch.where(x_edge, torch.zeros_like(x), x - x_low)
     hy, hx = 1 - ly, 1 - lx
-    value = (hy * hx * plane[:, y_low, x_low] + hy * lx * plane[:, y_low, x_high]
-             + ly * hx * plane[:, y_high, x_low] + ly * lx * plane[:, y_high, x_high])
+    value = (
+        hy * hx * plane[:, y_low, x_low]
+        + hy * lx * plane[:, y_low, x_high]
+        + ly * hx * plane[:, y_high, x_low]
+        + ly * lx * plane[:, y_high, x_high]
+    )
     return torch.where(valid, value, torch.zeros_like(value))
 
 
@@ -159,8 +163,17 @@ def test_forward_backward_match_reference(device, form, sampling_ratio, spatial_
 def test_float32_matches_reference(device, form):
     input, rois, offset, mask = _make(form, device, dtype=torch.float32, edge=True)
     out = OPS[form](input, rois, offset, (3, 4), 0.5, 2, 0.1, mask)
-    ref = deform_pool_ref(input.double(), rois.double(), offset.double(), (3, 4), 0.5, 2, 0.1,
-                          mask.double(), form == "ps")
+    ref = deform_pool_ref(
+        input.double(),
+        rois.double(),
+        offset.double(),
+        (3, 4),
+        0.5,
+        2,
+        0.1,
+        mask.double(),
+        form == "ps",
+    )
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
 
 
@@ -176,8 +189,11 @@ def test_offsets_pushing_bins_outside(device, form):
     assert (out == 0).any()
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
     grad = torch.randn_like(out)
-    for got, want in zip(torch.autograd.grad(out, [input, offset], grad),
-                         torch.autograd.grad(ref, [input, offset], grad), strict=True):
+    for got, want in zip(
+        torch.autograd.grad(out, [input, offset], grad),
+        torch.autograd.grad(ref, [input, offset], grad),
+        strict=True,
+    ):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
 
 
@@ -197,8 +213,9 @@ def test_zero_offset_equals_roi_align(device, sampling_ratio, spatial_scale, lay
         base = base.contiguous(memory_format=torch.channels_last)
     elif layout == "non_contiguous":
         base = torch.randn(2, 12, 13, 17, generator=g)[:, ::2]
-    rois = torch.cat([random_rois(20, 2, 13, 17, spatial_scale, seed=2),
-                      edge_case_rois(13, 17, spatial_scale)])
+    rois = torch.cat(
+        [random_rois(20, 2, 13, 17, spatial_scale, seed=2), edge_case_rois(13, 17, spatial_scale)]
+    )
     input, rois = base.to(device), rois.to(device)
     offset = torch.zeros(rois.size(0), 2, 7, 7, device=device) if zero == "zeros" else None
     x_ours = input.detach().clone().requires_grad_()
@@ -267,8 +284,10 @@ def test_list_of_boxes_and_none_offset(device):
     boxes = [rois[rois[:, 0] == i, 1:] for i in range(2)]
     as_tensor = torch.cat([rois[rois[:, 0] == i] for i in range(2)])
     zero = torch.zeros(as_tensor.size(0), 2, 3, 4, device=device)
-    torch.testing.assert_close(deform_roi_pool(input, boxes, None, (3, 4), 0.5),
-                               deform_roi_pool(input, as_tensor, zero, (3, 4), 0.5))
+    torch.testing.assert_close(
+        deform_roi_pool(input, boxes, None, (3, 4), 0.5),
+        deform_roi_pool(input, as_tensor, zero, (3, 4), 0.5),
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -279,8 +298,15 @@ def test_list_of_boxes_and_none_offset(device):
 @pytest.mark.parametrize("form", ["plain", "ps"])
 @pytest.mark.parametrize("sampling_ratio", [-1, 2])
 def test_gradcheck(device, form, sampling_ratio):
-    input, rois, offset, mask = _make(form, device, output_size=(2, 2), channels_out=2,
-                                      num_rois=3, offset_scale=0.5, size=(1, 6, 7))
+    input, rois, offset, mask = _make(
+        form,
+        device,
+        output_size=(2, 2),
+        channels_out=2,
+        num_rois=3,
+        offset_scale=0.5,
+        size=(1, 6, 7),
+    )
     input.requires_grad_()
     offset.requires_grad_()
     mask.requires_grad_()
@@ -295,8 +321,16 @@ def test_gradcheck(device, form, sampling_ratio):
 @pytest.mark.parametrize("form", ["plain", "ps"])
 def test_gradcheck_full(device, form):
     """Every Jacobian entry (slow mode) on a tiny input."""
-    input, rois, offset, mask = _make(form, device, output_size=(2, 2), channels_out=1,
-                                      num_rois=2, offset_scale=0.5, size=(1, 4, 5), seed=2)
+    input, rois, offset, mask = _make(
+        form,
+        device,
+        output_size=(2, 2),
+        channels_out=1,
+        num_rois=2,
+        offset_scale=0.5,
+        size=(1, 4, 5),
+        seed=2,
+    )
     leaves = [t.requires_grad_() for t in (input, offset, mask)]
 
     def fn(x, o, m):
@@ -306,8 +340,15 @@ def test_gradcheck_full(device, form):
 
 
 def _op_args(form: str, device: str) -> list[tuple]:
-    input, rois, offset, mask = _make(form, device, dtype=torch.float32, output_size=(2, 3),
-                                      channels_out=2, num_rois=3, size=(1, 6, 7))
+    input, rois, offset, mask = _make(
+        form,
+        device,
+        dtype=torch.float32,
+        output_size=(2, 3),
+        channels_out=2,
+        num_rois=3,
+        size=(1, 6, 7),
+    )
     input.requires_grad_()
     offset.requires_grad_()
     mask.requires_grad_()
@@ -416,11 +457,13 @@ def test_kernel_errors_name_op_and_argument():
     input = torch.randn(1, 4, 8, 8)
     rois = torch.tensor([[0, 1.0, 1.0, 6.0, 6.0]])
     with pytest.raises(RuntimeError, match=r"deform_roi_pool: expected `offset` of shape"):
-        torch.ops.detector.deform_roi_pool(input, rois, torch.zeros(1, 2, 3, 3), None, 1.0, 2, 2,
-                                           -1, 0.1)
+        torch.ops.detector.deform_roi_pool(
+            input, rois, torch.zeros(1, 2, 3, 3), None, 1.0, 2, 2, -1, 0.1
+        )
     with pytest.raises(RuntimeError, match=r"deform_roi_pool: expected `mask` of shape"):
-        torch.ops.detector.deform_roi_pool(input, rois, None, torch.zeros(1, 2, 2, 2), 1.0, 2, 2,
-                                           -1, 0.1)
+        torch.ops.detector.deform_roi_pool(
+            input, rois, None, torch.zeros(1, 2, 2, 2), 1.0, 2, 2, -1, 0.1
+        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -431,12 +474,17 @@ def test_kernel_errors_name_op_and_argument():
 def test_layers(device):
     input, rois, offset, mask = _make("plain", device, dtype=torch.float32)
     layer = DeformRoIPool((3, 4), spatial_scale=0.5, sampling_ratio=2)
-    assert repr(layer) == ("DeformRoIPool(output_size=(3, 4), spatial_scale=0.5, "
-                           "sampling_ratio=2, gamma=0.1)")
-    torch.testing.assert_close(layer(input, rois, offset, mask),
-                               deform_roi_pool(input, rois, offset, (3, 4), 0.5, 2, 0.1, mask))
+    assert repr(layer) == (
+        "DeformRoIPool(output_size=(3, 4), spatial_scale=0.5, sampling_ratio=2, gamma=0.1)"
+    )
+    torch.testing.assert_close(
+        layer(input, rois, offset, mask),
+        deform_roi_pool(input, rois, offset, (3, 4), 0.5, 2, 0.1, mask),
+    )
     ps_input, rois, offset, _ = _make("ps", device, dtype=torch.float32)
     ps_layer = DeformPSRoIPool((3, 4), 0.5, gamma=0.2)
     assert "DeformPSRoIPool(output_size=(3, 4)" in repr(ps_layer)
-    torch.testing.assert_close(ps_layer(ps_input, rois, offset),
-                               deform_ps_roi_pool(ps_input, rois, offset, (3, 4), 0.5, gamma=0.2))
+    torch.testing.assert_close(
+        ps_layer(ps_input, rois, offset),
+        deform_ps_roi_pool(ps_input, rois, offset, (3, 4), 0.5, gamma=0.2),
+    )

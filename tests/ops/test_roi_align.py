@@ -103,8 +103,9 @@ def _layout(x: Tensor, layout: str) -> Tensor:
 
 
 def _rois(height: int, width: int, scale: float, device: str, num: int = 24) -> Tensor:
-    rois = torch.cat([random_rois(num, 2, height, width, scale, seed=num), edge_case_rois(
-        height, width, scale)])
+    rois = torch.cat(
+        [random_rois(num, 2, height, width, scale, seed=num), edge_case_rois(height, width, scale)]
+    )
     return rois.to(device)
 
 
@@ -126,8 +127,11 @@ def _forward_backward(fn, x: Tensor, seed: int = 0) -> tuple[Tensor, Tensor]:
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "non_contiguous"])
 def test_matches_torchvision(device: str, aligned: bool, sampling_ratio: int, layout: str) -> None:
     torch.manual_seed(0)
-    for scale, (height, width), channels in [(1.0, (9, 12), 5), (0.25, (11, 13), 20),
-                                             (1 / 32, (6, 7), 16)]:
+    for scale, (height, width), channels in [
+        (1.0, (9, 12), 5),
+        (0.25, (11, 13), 20),
+        (1 / 32, (6, 7), 16),
+    ]:
         x = torch.randn(2, channels, height, width, device=device)
         rois = _rois(height, width, scale, device)
         ours, ours_grad = _forward_backward(
@@ -158,8 +162,10 @@ def test_matches_reference(device: str, mode: str, aligned: bool, sampling_ratio
         lambda t: roi_align(t, rois, 3, 0.5, sampling_ratio, aligned, mode=mode), x
     )
     ref, ref_grad = _forward_backward(
-        lambda t: reference_roi_align(t.cpu(), rois.cpu(), (3, 3), 0.5, sampling_ratio, aligned,
-                                      mode), x,
+        lambda t: reference_roi_align(
+            t.cpu(), rois.cpu(), (3, 3), 0.5, sampling_ratio, aligned, mode
+        ),
+        x,
     )
     torch.testing.assert_close(ours.cpu(), ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ours_grad.cpu(), ref_grad, atol=1e-5, rtol=1e-5)
@@ -228,7 +234,8 @@ def _inside_rois(device: str) -> Tensor:
     """RoIs inside a 6x7 map: no sample point lies outside, so max mode has no ties."""
     return torch.tensor(
         [[0, 0.3, 0.6, 4.7, 5.1], [1, 1.2, 0.4, 5.9, 3.3], [0, 2.1, 1.7, 3.6, 4.4]],
-        dtype=torch.float64, device=device,
+        dtype=torch.float64,
+        device=device,
     )
 
 
@@ -373,9 +380,7 @@ def test_multi_scale_matches_per_level(device: str, mode: str, layout: str) -> N
     torch.testing.assert_close(out, expected.detach(), atol=1e-6, rtol=1e-6)
     for grad, expected_grad in zip(grads, expected_grads, strict=True):
         torch.testing.assert_close(grad, expected_grad, atol=1e-6, rtol=1e-6)
-        assert grad.is_contiguous(memory_format=torch.channels_last) == (
-            layout == "channels_last"
-        )
+        assert grad.is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last")
 
 
 def test_multi_scale_gradcheck_opcheck_compile() -> None:

@@ -164,9 +164,15 @@ def test_dtypes(device: str) -> None:
 def test_gradcheck(device: str) -> None:
     x = _features((2, 2, 6, 7), dtype=torch.float64, device=device).requires_grad_()
     rois = torch.tensor(
-        [[0, 0.0, 0.0, 5.0, 4.0], [1, 1.0, 2.0, 6.0, 5.0], [0, -3.0, 1.0, 2.0, 9.0],
-         [1, 2.0, 2.0, 2.0, 2.0], [0, 0.0, 0.0, 6.0, 5.0]],
-        dtype=torch.float64, device=device,
+        [
+            [0, 0.0, 0.0, 5.0, 4.0],
+            [1, 1.0, 2.0, 6.0, 5.0],
+            [0, -3.0, 1.0, 2.0, 9.0],
+            [1, 2.0, 2.0, 2.0, 2.0],
+            [0, 0.0, 0.0, 6.0, 5.0],
+        ],
+        dtype=torch.float64,
+        device=device,
     )
     assert torch.autograd.gradcheck(lambda t: roi_pool(t, rois, (2, 3), 1.0), (x,))
 
