@@ -141,9 +141,9 @@ def run_demo(args: argparse.Namespace) -> Path:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    torch.set_grad_enabled(False)
     try:
-        json_path = run_demo(args)
+        with torch.no_grad():  # scoped: tests call main() in-process
+            json_path = run_demo(args)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -4,6 +4,8 @@ images find every ground-truth object (same class, box IoU > 0.7)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -37,9 +39,10 @@ def _batch(cfg) -> tuple[list[torch.Tensor], list]:
 
 
 @pytest.mark.slow
-def test_mask_rcnn_overfits_three_coco_images() -> None:
+def test_mask_rcnn_overfits_three_coco_images(shared_data: Path) -> None:
     torch.manual_seed(0)
-    cfg = load_config(CONFIG_DIR / "e2e_mask_rcnn_R_50_FPN_1x.yaml", OPTS)
+    opts = [*OPTS, "DATASETS.SHARED_ROOT", str(shared_data)]
+    cfg = load_config(CONFIG_DIR / "e2e_mask_rcnn_R_50_FPN_1x.yaml", opts)
     images, targets = _batch(cfg)
     model = GeneralizedRCNN.from_config(cfg).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
