@@ -69,10 +69,12 @@ def test_nan_loss_stops_naming_iteration_and_term(tmp_path):
 
 
 def test_gradient_accumulation_matches_full_batch(tmp_path):
+    torch.manual_seed(0)  # both toy models start from the same weights
     full = _trainer(
         tmp_path / "full", model=ToyModel(dropout=0.0, jitter=False), loader=toy_loader()
     )
     full.train()
+    torch.manual_seed(0)
     accum = _trainer(
         tmp_path / "accum",
         model=ToyModel(dropout=0.0, jitter=False),
