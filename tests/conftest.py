@@ -1,5 +1,6 @@
 """Test-wide fixtures and markers: `cuda` tests skip without a GPU, data tests without the data."""
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -23,3 +24,26 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared datasets not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models: one intra-op thread is many times faster on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def restore_detector_logger():
+    """Training and the tools configure the 'detector' logger; restore it after the test."""
+    logger = logging.getLogger("detector")
+    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
+    yield
+    for handler in list(logger.handlers):
+        if handler not in handlers:
+            logger.removeHandler(handler)
+            handler.close()
+    logger.setLevel(level)
+    logger.propagate = propagate

@@ -19,13 +19,7 @@ from tests.export.tiny_model import TinyRun, make_tiny_run
 HEIGHT, WIDTH = 90, 120  # resized to 64 x 85 by MIN_SIZE_TEST 64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

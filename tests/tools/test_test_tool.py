@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import logging
 import math
 from pathlib import Path
 
@@ -30,18 +29,7 @@ def tool():
     return module
 
 
-@pytest.fixture(autouse=True)
-def _restore_detector_logger():
-    """tools/test.py and train() configure the 'detector' logger; restore it after each test."""
-    logger = logging.getLogger("detector")
-    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
-    yield
-    for handler in list(logger.handlers):
-        if handler not in handlers:
-            logger.removeHandler(handler)
-            handler.close()
-    logger.setLevel(level)
-    logger.propagate = propagate
+pytestmark = pytest.mark.usefixtures("restore_detector_logger")
 
 
 @pytest.fixture(scope="module", autouse=True)
