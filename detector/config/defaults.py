@@ -224,6 +224,13 @@ class ModelConfig:
 # --------------------------------------------------------------------------------------------
 # INPUT, DATASETS, DATALOADER
 # --------------------------------------------------------------------------------------------
+class ResizeMode(StrEnum):
+    """How images are resized to INPUT.MIN_SIZE_* / MAX_SIZE_* (detector.data.transforms)."""
+
+    antialias = "antialias"  # uint8 in, uint8 out; sides rounded; antialiased bilinear
+    torchvision = "torchvision"  # as GeneralizedRCNNTransform: float, floored sides, plain bilinear
+
+
 @dataclass
 class InputConfig:
     # Shortest-edge sizes for training; one is drawn at random per image.
@@ -236,6 +243,9 @@ class InputConfig:
     PIXEL_STD: list[float] = _list(1.0, 1.0, 1.0)
     TO_BGR255: bool = True
     HORIZONTAL_FLIP_PROB_TRAIN: float = 0.5
+    # antialias: our resize (uint8 images, sides rounded to the nearest pixel, antialiased);
+    # torchvision: torchvision detection models' resize, for identical results with their weights.
+    RESIZE_MODE: ResizeMode = ResizeMode.antialias
     # Images with more pixels than this are refused (decompression-bomb guard).
     MAX_IMAGE_PIXELS: int = 178_956_970
 

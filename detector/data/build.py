@@ -1,10 +1,10 @@
 """Data loaders from a config: `build_train_loader` (infinite, seeded, resumable) and
 `build_test_loader` (one pass, sharded over ranks).
 
-A batch is `(images, targets, metas)`: lists of uint8 Tensor[3, H_i, W_i], Instances and dicts,
-one per image; the model normalizes and pads them into an ImageList. `meta` holds the original
-"height"/"width" (to map detections back) and "num_dropped_boxes" (boxes left empty by the
-transforms).
+A batch is `(images, targets, metas)`: lists of uint8 Tensor[3, H_i, W_i] (float32 0..255 with
+INPUT.RESIZE_MODE torchvision), Instances and dicts, one per image; the model normalizes and pads
+them into an ImageList. `meta` holds the original "height"/"width" (to map detections back) and
+"num_dropped_boxes" (boxes left empty by the transforms).
 """
 
 from __future__ import annotations
@@ -53,16 +53,18 @@ Batch = tuple[list[Tensor], list[Instances], list[dict[str, Any]]]
 
 def build_transforms(cfg: DictConfig, is_train: bool) -> Compose:
     """Training: resize (a random INPUT.MIN_SIZE_TRAIN, within MAX_SIZE_TRAIN) and flip with
-    INPUT.HORIZONTAL_FLIP_PROB_TRAIN; test: resize to MIN_SIZE_TEST within MAX_SIZE_TEST."""
+    INPUT.HORIZONTAL_FLIP_PROB_TRAIN; test: resize to MIN_SIZE_TEST within MAX_SIZE_TEST. Both
+    resize as INPUT.RESIZE_MODE says."""
     inp = cfg.INPUT
+    mode = str(inp.RESIZE_MODE)
     if is_train:
         return Compose(
             [
-                ResizeShortestEdge(list(inp.MIN_SIZE_TRAIN), inp.MAX_SIZE_TRAIN),
+                ResizeShortestEdge(list(inp.MIN_SIZE_TRAIN), inp.MAX_SIZE_TRAIN, mode),
                 RandomHorizontalFlip(inp.HORIZONTAL_FLIP_PROB_TRAIN),
             ]
         )
-    return Compose([ResizeShortestEdge([inp.MIN_SIZE_TEST], inp.MAX_SIZE_TEST)])
+    return Compose([ResizeShortestEdge([inp.MIN_SIZE_TEST], inp.MAX_SIZE_TEST, mode)])
 
 
 def collate(batch: list[tuple[Tensor, Instances, dict[str, Any]]]) -> Batch:

@@ -1,15 +1,18 @@
 """Transforms of an (image, target) pair: shortest-edge resize and horizontal flip.
 
-Each transform maps `(image uint8 Tensor[3, H, W], target Instances) -> (image, target)` and moves
-the boxes and masks with the image. Randomness comes from an explicit `torch.Generator`, so a
+Each transform maps `(image Tensor[3, H, W], target Instances) -> (image, target)` and moves the
+boxes and masks with the image. Images are uint8, except after a resize in the "torchvision" mode
+(float32, 0..255). Randomness comes from an explicit `torch.Generator`, so a
 sample's augmentation is a pure function of its seed (see detector.data.samplers).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 
@@ -21,6 +24,7 @@ __all__ = [
     "ResizeShortestEdge",
     "clip_and_drop_empty",
     "get_output_size",
+    "resize_like_torchvision",
 ]
 
 
@@ -32,6 +36,34 @@ def get_output_size(height: int, width: int, min_size: int, max_size: int) -> tu
     if max_size > 0 and max(height, width) * scale > max_size:
         scale = max_size / max(height, width)
     return int(height * scale + 0.5), int(width * scale + 0.5)
+
+
+def resize_like_torchvision(image: Tensor, min_size: int, max_size: int) -> Tensor:
+    """Resizes as torchvision's GeneralizedRCNNTransform does: scale = min(min_size / short side,
+    max_size / long side), sides floor(side * scale), plain bilinear (no antialiasing,
+    align_corners=False) on float values.
+
+    Args:
+        image: Tensor[3, H, W] (uint8 or float, 0..255).
+    Returns:
+        float32 Tensor[3, floor(H * scale), floor(W * scale)] in 0..255 (the input, as float, when
+        the size does not change).
+    """
+    height, width = image.shape[-2:]
+    scale = min(min_size / min(height, width), max_size / max(height, width))
+    new_size = (math.floor(height * scale), math.floor(width * scale))
+    image = image.float()
+    if new_size == (height, width):
+        return image
+    # recompute_scale_factor=True: the sizes above, sampled at in_size / out_size (as torchvision)
+    resized = F.interpolate(
+        image[None],  # (1, 3, H, W)
+        scale_factor=scale,
+        mode="bilinear",
+        recompute_scale_factor=True,
+        align_corners=False,
+    )
+    return resized[0]
 
 
 def resize_target(target: Instances, new_size: tuple[int, int]) -> Instances:
@@ -80,14 +112,24 @@ def clip_and_drop_empty(target: Instances) -> tuple[Instances, int]:
 
 
 class ResizeShortestEdge:
-    """Resizes the shorter image side to a size drawn from `min_sizes` (bilinear, antialiased),
-    keeping the longer side within `max_size`."""
+    """Resizes the shorter image side to a size drawn from `min_sizes`, keeping the longer side
+    within `max_size`.
 
-    def __init__(self, min_sizes: Sequence[int], max_size: int) -> None:
+    mode "antialias": uint8 stays uint8, sides rounded to the nearest pixel, antialiased bilinear.
+    mode "torchvision": `resize_like_torchvision` (float 0..255 out, floored sides, plain bilinear),
+    so that torchvision's detection weights see exactly the pixels torchvision gives them.
+    """
+
+    MODES = ("antialias", "torchvision")
+
+    def __init__(self, min_sizes: Sequence[int], max_size: int, mode: str = "antialias") -> None:
         if not min_sizes:
             raise ValueError("ResizeShortestEdge needs at least one size")
+        if mode not in self.MODES:
+            raise ValueError(f"ResizeShortestEdge: mode must be one of {self.MODES}, got {mode!r}")
         self.min_sizes = [int(s) for s in min_sizes]
         self.max_size = int(max_size)
+        self.mode = str(mode)
 
     def __call__(
         self, image: Tensor, target: Instances, generator: torch.Generator | None = None
@@ -96,10 +138,19 @@ class ResizeShortestEdge:
         if len(self.min_sizes) > 1:
             choice = int(torch.randint(len(self.min_sizes), (1,), generator=generator))
         height, width = image.shape[-2:]
+        if self.mode == "torchvision":
+            image = resize_like_torchvision(image, self.min_sizes[choice], self.max_size)
+            return image, resize_target(target, tuple(image.shape[-2:]))
         new_size = get_output_size(height, width, self.min_sizes[choice], self.max_size)
         if new_size != (height, width):
             image = TF.resize(image, list(new_size), antialias=True)
         return image, resize_target(target, new_size)
+
+    def __repr__(self) -> str:
+        return (
+            f"ResizeShortestEdge(min_sizes={self.min_sizes}, max_size={self.max_size}, "
+            f"mode={self.mode!r})"
+        )
 
 
 class RandomHorizontalFlip:
