@@ -431,7 +431,7 @@ void check_args(const char* op, const at::Tensor& input, const at::Tensor& rois,
               ": `output_size` must be positive, got (", pooled_height, ", ", pooled_width, ")");
   TORCH_CHECK(rois.scalar_type() == input.scalar_type(), op, ": `rois` must have the dtype of ",
               "`input` (", input.scalar_type(), "), got ", rois.scalar_type());
-  check_rois_cpu(op, rois, input.size(0));
+  check_rois(op, rois, input.size(0));
   const int64_t K = rois.size(0);
   if (position_sensitive) {
     TORCH_CHECK(input.size(1) % (pooled_height * pooled_width) == 0, op,

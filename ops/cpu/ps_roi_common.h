@@ -56,7 +56,7 @@ inline Shape check_forward_args(const char* op, const at::Tensor& input, const a
   TORCH_CHECK(input.size(1) % bins == 0, op, ": `input` has ", input.size(1),
               " channels, which is not a multiple of output_size[0] * output_size[1] = ", bins,
               " (position-sensitive pooling needs C_out * PH * PW input channels)");
-  check_rois_cpu(op, rois, input.size(0));
+  check_rois(op, rois, input.size(0));
   return {input.size(0), input.size(1),  input.size(2), input.size(3),
           pooled_height, pooled_width,   bins,          input.size(1) / bins};
 }
@@ -76,7 +76,7 @@ inline Shape check_backward_args(const char* op, const at::Tensor& grad, const a
               ": `grad` must be float32 or float64 on the CPU, got ", grad.scalar_type());
   TORCH_CHECK(rois.scalar_type() == grad.scalar_type(), op, ": `rois` (", rois.scalar_type(),
               ") must have the dtype of `grad` (", grad.scalar_type(), ")");
-  check_rois_cpu(op, rois, batch_size);
+  check_rois(op, rois, batch_size);
   const int64_t channels_out = channels / bins;
   TORCH_CHECK(grad.dim() == 4 && grad.size(0) == rois.size(0) && grad.size(1) == channels_out &&
                   grad.size(2) == pooled_height && grad.size(3) == pooled_width,

@@ -879,7 +879,7 @@ std::tuple<at::Tensor, at::Tensor> roi_align_forward(const at::Tensor& input,
                     input.sizes());
   check_dtype(op, input);
   check_pooling(op, pooled_height, pooled_width);
-  check_rois_cpu(op, rois, input.size(0));
+  check_rois(op, rois, input.size(0));
   const at::Tensor r = rois.to(input.scalar_type()).contiguous();
   const double scales[] = {spatial_scale};
   return AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "roi_align_forward", [&] {
@@ -896,7 +896,7 @@ at::Tensor roi_align_backward(const at::Tensor& grad, const at::Tensor& rois,
   constexpr const char* op = "_roi_align_backward";
   const Pooling pool{pooled_height, pooled_width, sampling_ratio, aligned, parse_mode(op, mode)};
   check_dtype(op, grad);
-  check_rois_cpu(op, rois, batch_size);
+  check_rois(op, rois, batch_size);
   TORCH_CHECK(grad.dim() == 4 && grad.size(0) == rois.size(0) && grad.size(1) == channels &&
                   grad.size(2) == pooled_height && grad.size(3) == pooled_width,
               op, ": `grad` must have shape (K, C, ph, pw), got ", grad.sizes());
@@ -949,7 +949,7 @@ std::tuple<at::Tensor, at::Tensor> multi_scale_forward(at::TensorList features,
   }
   check_dtype(op, features[0]);
   check_pooling(op, pooled_height, pooled_width);
-  check_rois_cpu(op, rois, features[0].size(0));
+  check_rois(op, rois, features[0].size(0));
   const at::Tensor lv = checked_levels(op, levels, rois.size(0), features.size());
   const at::Tensor r = rois.to(features[0].scalar_type()).contiguous();
   return AT_DISPATCH_FLOATING_TYPES(features[0].scalar_type(), "multi_scale_roi_align", [&] {
@@ -974,7 +974,7 @@ std::vector<at::Tensor> multi_scale_backward(const at::Tensor& grad, const at::T
               op, ": expected 4 sizes and a memory format per level");
   check_dtype(op, grad);
   const int64_t batch = level_shapes[0], channels = level_shapes[1];
-  check_rois_cpu(op, rois, batch);
+  check_rois(op, rois, batch);
   const at::Tensor lv = checked_levels(op, levels, rois.size(0), num_levels);
   TORCH_CHECK(grad.dim() == 4 && grad.size(0) == rois.size(0) && grad.size(1) == channels &&
                   grad.size(2) == pooled_height && grad.size(3) == pooled_width,

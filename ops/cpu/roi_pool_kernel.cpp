@@ -275,7 +275,7 @@ void check_pool_args(const at::Tensor& input, const at::Tensor& rois, int64_t po
               pooled_width, ")");
   TORCH_CHECK(input.size(2) * input.size(3) <= INT32_MAX,
               "roi_pool: a feature plane of more than 2^31 elements is not supported");
-  check_rois_cpu("roi_pool", rois, input.size(0));
+  check_rois("roi_pool", rois, input.size(0));
 }
 
 std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cpu(const at::Tensor& input,
@@ -396,7 +396,7 @@ at::Tensor roi_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& rois,
   TORCH_CHECK(grad.size(0) == rois.size(0) && grad.size(1) == channels,
               "_roi_pool_backward: `grad` of shape ", grad.sizes(), " does not match ",
               rois.size(0), " RoIs and ", channels, " channels");
-  check_rois_cpu("_roi_pool_backward", rois, batch_size);
+  check_rois("_roi_pool_backward", rois, batch_size);
   // Every element is written below (zeroed by its owner thread, then scattered into), so the
   // memory is not zero-filled here; huge pages cut the first-touch page faults ~500x.
   at::Tensor grad_input = at::empty({batch_size, channels, height, width}, grad.options());

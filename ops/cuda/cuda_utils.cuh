@@ -5,6 +5,8 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include "common/check_rois.h"
+
 namespace detector {
 
 constexpr int kThreadsPerBlock = 256;

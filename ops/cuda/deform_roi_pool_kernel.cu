@@ -242,6 +242,7 @@ at::Tensor forward_cuda(const char* op, const at::Tensor& input, const at::Tenso
                         double gamma, bool position_sensitive) {
   check_args(op, input, rois, offset, mask, pooled_height, pooled_width, position_sensitive);
   c10::cuda::CUDAGuard guard(input.device());
+  check_rois(op, rois, input.size(0));
   const Shape s = make_shape(input, pooled_height, pooled_width, position_sensitive);
   const int64_t K = rois.size(0);
   at::Tensor output = at::zeros({K, s.channels_out, pooled_height, pooled_width}, input.options());
@@ -271,6 +272,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cuda(
     double gamma, bool offset_grad, bool mask_grad, bool position_sensitive) {
   check_args(op, input, rois, offset, mask, pooled_height, pooled_width, position_sensitive);
   c10::cuda::CUDAGuard guard(input.device());
+  check_rois(op, rois, input.size(0));
   const Shape s = make_shape(input, pooled_height, pooled_width, position_sensitive);
   const int64_t K = rois.size(0);
   TORCH_CHECK(grad.sizes() == at::IntArrayRef({K, s.channels_out, pooled_height, pooled_width}),

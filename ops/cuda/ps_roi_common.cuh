@@ -76,6 +76,7 @@ at::Tensor forward(const char* op, const at::Tensor& input, const at::Tensor& ro
   TORCH_CHECK(input.size(1) % bins == 0, op, ": `input` channels (", input.size(1),
               ") must be a multiple of output_size[0] * output_size[1] = ", bins);
   const c10::cuda::CUDAGuard guard(input.device());
+  check_rois(op, rois, input.size(0));
   const int64_t channels_out = input.size(1) / bins;
   at::Tensor output =
       at::empty({rois.size(0), channels_out, pooled_height, pooled_width}, input.options());

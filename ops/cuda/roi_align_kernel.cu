@@ -176,6 +176,7 @@ std::tuple<at::Tensor, at::Tensor> roi_align_forward(const at::Tensor& input,
                     ": `output_size` must be positive");
   TORCH_CHECK(rois.device() == input.device(), op, ": `rois` and `input` must share a device");
   c10::cuda::CUDAGuard guard(input.device());
+  check_rois(op, rois, input.size(0));
   const at::Tensor in = input.contiguous();
   const at::Tensor r = rois.to(input.scalar_type()).contiguous();
   const int64_t num_rois = rois.size(0), channels = input.size(1);

@@ -100,6 +100,7 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cuda(const at::Tensor& input
               "roi_pool: `rois` must have the dtype of `input`");
   TORCH_CHECK(pooled_height > 0 && pooled_width > 0, "roi_pool: `output_size` must be positive");
   at::cuda::CUDAGuard guard(input.device());
+  check_rois("roi_pool", rois, input.size(0));
   const int64_t num_rois = rois.size(0);
   at::Tensor output = at::empty({num_rois, input.size(1), pooled_height, pooled_width},
                                 input.options());

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from detector import ops
+from tests.ops.utils import DEVICES
 
 NAN, INF = float("nan"), float("inf")
 FEATURES = torch.rand(2, 8, 6, 7)  # (N, C, H, W); C = 8 = 2 * 2 * 2 for the PS ops
@@ -38,28 +39,33 @@ def _roi_ops() -> dict[str, Callable[[Tensor, Tensor, float], Tensor]]:
 ROI_OPS = _roi_ops()
 
 
-def _op_name(key: str) -> str:
-    return "roi_align" if key == "roi_align_max" else key
+def _op_name(key: str, device: str = "cpu") -> str:
+    """The op named in the error (on CUDA, multi_scale_roi_align runs roi_align per level)."""
+    if key == "roi_align_max" or (key == "multi_scale_roi_align" and device == "cuda"):
+        return "roi_align"
+    return key
 
 
 @pytest.mark.parametrize("key", list(ROI_OPS))
 @pytest.mark.parametrize(
     "bad_roi", [[0, 1, NAN, 3, 4], [0, 1, 2, INF, 4], [0, -INF, 2, 3, 4], [NAN, 1, 2, 3, 4]]
 )
-def test_non_finite_rois_name_the_op(key, bad_roi):
-    rois = torch.tensor([[0, 0.0, 0.0, 4.0, 4.0], bad_roi])
-    with pytest.raises(RuntimeError, match=rf"{_op_name(key)}: `rois` contains NaN or infinite"):
-        ROI_OPS[key](FEATURES, rois, 1.0)
+@pytest.mark.parametrize("device", DEVICES)
+def test_non_finite_rois_name_the_op(key, bad_roi, device):
+    rois = torch.tensor([[0, 0.0, 0.0, 4.0, 4.0], bad_roi], device=device)
+    name = _op_name(key, device)
+    with pytest.raises(RuntimeError, match=rf"{name}: `rois` contains NaN or infinite"):
+        ROI_OPS[key](FEATURES.to(device), rois, 1.0)
 
 
 @pytest.mark.parametrize("key", list(ROI_OPS))
 @pytest.mark.parametrize("batch_index", [2, 100, -1])
-def test_batch_index_out_of_range_names_the_op(key, batch_index):
-    rois = torch.tensor([[0, 0.0, 0.0, 4.0, 4.0], [batch_index, 1.0, 1.0, 3.0, 3.0]])
-    with pytest.raises(
-        RuntimeError, match=rf"{_op_name(key)}: batch index .* out of range \[0, 2\)"
-    ):
-        ROI_OPS[key](FEATURES, rois, 1.0)
+@pytest.mark.parametrize("device", DEVICES)
+def test_batch_index_out_of_range_names_the_op(key, batch_index, device):
+    rois = torch.tensor([[0, 0.0, 0.0, 4.0, 4.0], [batch_index, 1.0, 1.0, 3.0, 3.0]], device=device)
+    name = _op_name(key, device)
+    with pytest.raises(RuntimeError, match=rf"{name}: batch index .* out of range \[0, 2\)"):
+        ROI_OPS[key](FEATURES.to(device), rois, 1.0)
 
 
 @pytest.mark.parametrize("key", list(ROI_OPS))
