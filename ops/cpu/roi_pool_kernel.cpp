@@ -32,6 +32,7 @@
 
 #include "cpu/channel_block.h"
 #include "cpu/cpu_utils.h"
+#include "cpu/recycled_memory.h"
 #include "cpu/roi_align_memory.h"
 
 namespace detector {
@@ -401,9 +402,10 @@ at::Tensor roi_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& rois,
               rois.size(0), " RoIs and ", channels, " channels");
   check_rois_cpu("_roi_pool_backward", rois, batch_size);
   // Every element is written below (zeroed by its owner thread, then scattered into), so the
-  // memory is not zero-filled here; huge pages cut the first-touch page faults ~500x.
-  at::Tensor grad_input = at::empty({batch_size, channels, height, width}, grad.options());
-  advise_huge_pages(grad_input.data_ptr(), grad_input.nbytes());
+  // memory need not be zero: a freed gradient's memory is reused (recycled_memory.h), which saves
+  // the kernel's page zeroing of fresh memory (huge pages where it is fresh).
+  at::Tensor grad_input =
+      recycled_empty({batch_size, channels, height, width}, grad.scalar_type());
   if (grad_input.numel() == 0) {
     return grad_input;
   }
