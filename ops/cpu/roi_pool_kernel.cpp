@@ -13,9 +13,10 @@
 //   2. horizontal: for each bin, the max over its columns of pass 1. Ties between columns keep the
 //      smaller flat index, so the result is the FIRST max in row-major order, as in torchvision.
 // Backward: threads own disjoint blocks of channels. For its block, a thread zeroes the planes
-// (fresh huge-page memory: no separate zero fill of the 55 MB gradient, and the page faults are
-// spread over the threads), then walks every RoI in a fixed order and adds its gradients at the
-// arg-max indices while the planes are in L2. No atomics, no races, and the summation order of
+// (the gradient's memory is a freed gradient's, recycled_memory.h, or fresh huge pages: no
+// separate zero fill of the 55 MB gradient, and first-touch faults are spread over the threads),
+// then walks every RoI in a fixed order and adds its gradients at the arg-max indices while the
+// planes are in L2. No atomics, no races, and the summation order of
 // every element does not depend on the thread count. A contiguous `grad` is read in runs of
 // block * PH * PW elements per RoI (prefetched); any other strides are read in place.
 #include <torch/library.h>
@@ -286,6 +287,9 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cpu(const at::Tensor& input,
       at::empty({num_rois, channels, pooled_height, pooled_width}, input.options());
   at::Tensor argmax = at::empty({num_rois, channels, pooled_height, pooled_width},
                                 input.options().dtype(at::kInt));
+  // Fresh memory: huge pages cut the first-touch page faults (roi_align_memory.h).
+  advise_huge_pages(output.data_ptr(), output.nbytes());
+  advise_huge_pages(argmax.data_ptr(), argmax.nbytes());
   if (output.numel() == 0) {
     return {output, argmax};
   }
