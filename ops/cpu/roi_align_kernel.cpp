@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "common/bilinear.h"
+#include "cpu/channel_block.h"
 #include "cpu/cpu_utils.h"
 #include "cpu/roi_align_memory.h"
 
@@ -45,7 +46,7 @@
 namespace detector {
 namespace roi_align_cpu {
 
-constexpr int64_t kBlock = 16;                         // channels per block (B)
+constexpr int64_t kBlock = kChannelBlock;              // channels per block (B)
 constexpr int64_t kMaxChunkSamples = int64_t(1) << 19;  // sample points per table chunk
 
 enum class Mode { kAvg, kMax };
@@ -485,112 +486,8 @@ DETECTOR_SIMD_CLONES void scatter_block(double* buf, const Sample<double>* s, in
   }
 }
 
-// 8x8 float transposes for the NCHW <-> block-buffer copies (unpack, shuffle, lane permute).
-inline __attribute__((always_inline)) void transpose8x8(const VecF8 (&r)[8], VecF8 (&c)[8]) {
-  const VecI32x8 lo = {0, 8, 1, 9, 4, 12, 5, 13}, hi = {2, 10, 3, 11, 6, 14, 7, 15};
-  const VecI32x8 lo2 = {0, 1, 8, 9, 4, 5, 12, 13}, hi2 = {2, 3, 10, 11, 6, 7, 14, 15};
-  const VecI32x8 lo4 = {0, 1, 2, 3, 8, 9, 10, 11}, hi4 = {4, 5, 6, 7, 12, 13, 14, 15};
-  VecF8 t[8], u[8];
-  for (int i = 0; i < 4; ++i) {
-    t[2 * i] = __builtin_shuffle(r[2 * i], r[2 * i + 1], lo);
-    t[2 * i + 1] = __builtin_shuffle(r[2 * i], r[2 * i + 1], hi);
-  }
-  for (int i = 0; i < 2; ++i) {  // rows 4i..4i+3
-    u[4 * i + 0] = __builtin_shuffle(t[4 * i], t[4 * i + 2], lo2);
-    u[4 * i + 1] = __builtin_shuffle(t[4 * i], t[4 * i + 2], hi2);
-    u[4 * i + 2] = __builtin_shuffle(t[4 * i + 1], t[4 * i + 3], lo2);
-    u[4 * i + 3] = __builtin_shuffle(t[4 * i + 1], t[4 * i + 3], hi2);
-  }
-  for (int i = 0; i < 4; ++i) {
-    c[i] = __builtin_shuffle(u[i], u[4 + i], lo4);
-    c[4 + i] = __builtin_shuffle(u[i], u[4 + i], hi4);
-  }
-}
-
-// dst[hw][j] = src[j * plane + hw] for 16 channel planes (j < 16) of `plane` floats.
-DETECTOR_SIMD_CLONES void planes_to_block(const float* src, int64_t plane, float* dst) {
-  static_assert(kBlock == 16, "planes_to_block transposes 2 x 8 channels");
-  int64_t hw = 0;
-  for (; hw + 8 <= plane; hw += 8) {
-    for (int64_t half = 0; half < 2; ++half) {
-      VecF8 r[8], c[8];
-      for (int i = 0; i < 8; ++i) r[i] = load_vec<VecF8>(src + (8 * half + i) * plane + hw);
-      transpose8x8(r, c);
-      for (int i = 0; i < 8; ++i) store_vec(dst + (hw + i) * kBlock + 8 * half, c[i]);
-    }
-  }
-  for (; hw < plane; ++hw) {
-    for (int64_t j = 0; j < kBlock; ++j) dst[hw * kBlock + j] = src[j * plane + hw];
-  }
-}
-
-// dst[j * plane + hw] = src[hw][j], the inverse of planes_to_block.
-DETECTOR_SIMD_CLONES void block_to_planes(const float* src, int64_t plane, float* dst) {
-  int64_t hw = 0;
-  for (; hw + 8 <= plane; hw += 8) {
-    for (int64_t half = 0; half < 2; ++half) {
-      VecF8 r[8], c[8];
-      for (int i = 0; i < 8; ++i) r[i] = load_vec<VecF8>(src + (hw + i) * kBlock + 8 * half);
-      transpose8x8(r, c);
-      for (int i = 0; i < 8; ++i) store_vec(dst + (8 * half + i) * plane + hw, c[i]);
-    }
-  }
-  for (; hw < plane; ++hw) {
-    for (int64_t j = 0; j < kBlock; ++j) dst[j * plane + hw] = src[hw * kBlock + j];
-  }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Block copies between a level tensor (NCHW or NHWC contiguous) and a block buffer [pixels][B].
-
-// buf[pixel][j] = input[n, c0 + j, h, w] for j < cw, 0 for cw <= j < B.
-template <typename T>
-void load_block(const at::Tensor& input, int64_t c0, int64_t cw, T* buf) {
-  const int64_t batch = input.size(0), channels = input.size(1);
-  const int64_t plane = input.size(2) * input.size(3);
-  const T* in = input.const_data_ptr<T>();
-  const bool nchw = input.is_contiguous();
-  for (int64_t n = 0; n < batch; ++n) {
-    T* dst = buf + n * plane * kBlock;
-    if (nchw) {
-      const T* src = in + (n * channels + c0) * plane;
-      if constexpr (std::is_same_v<T, float>) {
-        if (cw == kBlock) {
-          planes_to_block(src, plane, dst);
-          continue;
-        }
-      }
-      for (int64_t hw = 0; hw < plane; ++hw) {
-        T* d = dst + hw * kBlock;
-        for (int64_t j = 0; j < cw; ++j) {
-          d[j] = src[j * plane + hw];
-        }
-        for (int64_t j = cw; j < kBlock; ++j) {
-          d[j] = T(0);
-        }
-      }
-    } else {
-      const T* src = in + n * plane * channels + c0;
-      if (cw == kBlock) {  // whole rows of B channels: one vector copy per pixel
-        using V = typename Vec<T>::type;
-        for (int64_t hw = 0; hw < plane; ++hw) {
-          __builtin_prefetch(src + (hw + 16) * channels, 0, 0);
-          store_vec(dst + hw * kBlock, load_vec<V>(src + hw * channels));
-        }
-        continue;
-      }
-      for (int64_t hw = 0; hw < plane; ++hw) {
-        T* d = dst + hw * kBlock;
-        for (int64_t j = 0; j < cw; ++j) {
-          d[j] = src[hw * channels + j];
-        }
-        for (int64_t j = cw; j < kBlock; ++j) {
-          d[j] = T(0);
-        }
-      }
-    }
-  }
-}
 
 // grad[n, c0 + j, h, w] (=|+=) buf[pixel][j] for j < cw; `grad` is NCHW or NHWC contiguous.
 template <typename T>
@@ -683,7 +580,7 @@ void forward_blocks(const RoiSet<T>& set, const SampleTable<T>& table,
     for (int64_t b = next_block++; b < num_blocks; b = next_block++) {
       const int64_t c0 = b * kBlock, cw = std::min(kBlock, channels - c0);
       for (size_t l = 0; l < levels.size(); ++l) {
-        load_block(levels[l], c0, cw, buf.get() + set.level_info[l].pixel_base * kBlock);
+        load_channel_block(levels[l], c0, cw, buf.get() + set.level_info[l].pixel_base * kBlock);
       }
       for (const int64_t k : table.order) {
         const T* base = buf.get() + set.level_of(k).pixel_base * kBlock;

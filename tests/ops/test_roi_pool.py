@@ -197,6 +197,37 @@ def test_torch_compile(device: str) -> None:
     torch.testing.assert_close(compiled(x, rois), roi_pool(x, rois, 3, 0.5), atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_channel_blocks_match_torchvision_bits(memory_format: torch.memory_format) -> None:
+    """The CPU float forward pools blocks of 16 channels: 37 channels = 2 full blocks + 5."""
+    torch.manual_seed(4)
+    x = torch.randn(2, 37, 31, 45).round(decimals=1)  # rounded: many ties
+    rois = random_rois(50, 2, 31, 45, 1 / 4, seed=6)
+    ours, ours_arg = torch.ops.detector.roi_pool(
+        x.contiguous(memory_format=memory_format), rois, 1 / 4, 7, 6
+    )
+    tv, tv_arg = torch.ops.torchvision.roi_pool(x, rois, 1 / 4, 7, 6)
+    assert_same_bits(ours, tv)
+    assert torch.equal(ours_arg, tv_arg.to(ours_arg.dtype))
+
+
+def test_backward_recycled_memory_is_fully_rewritten() -> None:
+    """A gradient of >= 8 MB reuses a freed gradient's memory: none of its old values remain."""
+    torch.manual_seed(5)
+    x = torch.randn(1, 48, 210, 210)  # an 8.5 MB gradient
+    rois = random_rois(30, 1, 210, 210, 1 / 2, seed=7)
+    _, argmax = torch.ops.detector.roi_pool(x, rois, 1 / 2, 5, 5)
+    grad = torch.randn(30, 48, 5, 5)
+
+    def backward(g: Tensor) -> Tensor:
+        return torch.ops.detector._roi_pool_backward(g, rois, argmax, 1, 48, 210, 210)
+
+    expected = backward(grad).clone()
+    stale = backward(torch.full_like(grad, 7.0))  # leaves its values in the freed memory
+    del stale
+    assert_same_bits(backward(grad), expected)
+
+
 def test_backward_deterministic_across_threads() -> None:
     torch.manual_seed(2)
     x = torch.randn(2, 9, 30, 33)

@@ -1,0 +1,98 @@
+// Conversions between NCHW planes and [pixels][16] channel blocks (see channel_block.h).
+#include "cpu/channel_block.h"
+
+#include <cstring>
+
+#include "cpu/cpu_utils.h"
+
+// GCC notes that vector arguments change the ABI between SIMD clones; they are all inlined.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+namespace detector {
+namespace {
+
+typedef float VecF8 __attribute__((vector_size(32)));
+typedef int32_t VecI32x8 __attribute__((vector_size(32)));
+
+inline __attribute__((always_inline)) VecF8 load8(const float* p) {
+  VecF8 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+inline __attribute__((always_inline)) void store8(float* p, const VecF8& v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+
+// c = the transpose of the 8x8 matrix r (unpack, shuffle, lane permute).
+inline __attribute__((always_inline)) void transpose8x8(const VecF8 (&r)[8], VecF8 (&c)[8]) {
+  const VecI32x8 lo = {0, 8, 1, 9, 4, 12, 5, 13}, hi = {2, 10, 3, 11, 6, 14, 7, 15};
+  const VecI32x8 lo2 = {0, 1, 8, 9, 4, 5, 12, 13}, hi2 = {2, 3, 10, 11, 6, 7, 14, 15};
+  const VecI32x8 lo4 = {0, 1, 2, 3, 8, 9, 10, 11}, hi4 = {4, 5, 6, 7, 12, 13, 14, 15};
+  VecF8 t[8], u[8];
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = __builtin_shuffle(r[2 * i], r[2 * i + 1], lo);
+    t[2 * i + 1] = __builtin_shuffle(r[2 * i], r[2 * i + 1], hi);
+  }
+  for (int i = 0; i < 2; ++i) {  // rows 4i..4i+3
+    u[4 * i + 0] = __builtin_shuffle(t[4 * i], t[4 * i + 2], lo2);
+    u[4 * i + 1] = __builtin_shuffle(t[4 * i], t[4 * i + 2], hi2);
+    u[4 * i + 2] = __builtin_shuffle(t[4 * i + 1], t[4 * i + 3], lo2);
+    u[4 * i + 3] = __builtin_shuffle(t[4 * i + 1], t[4 * i + 3], hi2);
+  }
+  for (int i = 0; i < 4; ++i) {
+    c[i] = __builtin_shuffle(u[i], u[4 + i], lo4);
+    c[4 + i] = __builtin_shuffle(u[i], u[4 + i], hi4);
+  }
+}
+
+}  // namespace
+
+static_assert(kChannelBlock == 16, "the block copies transpose 2 x 8 channels");
+
+DETECTOR_SIMD_CLONES void planes_to_block(const float* src, int64_t plane, float* dst) {
+  constexpr int64_t kBlock = kChannelBlock;
+  int64_t hw = 0;
+  for (; hw + 8 <= plane; hw += 8) {
+    for (int64_t half = 0; half < 2; ++half) {
+      VecF8 r[8], c[8];
+      for (int i = 0; i < 8; ++i) r[i] = load8(src + (8 * half + i) * plane + hw);
+      transpose8x8(r, c);
+      for (int i = 0; i < 8; ++i) store8(dst + (hw + i) * kBlock + 8 * half, c[i]);
+    }
+  }
+  for (; hw < plane; ++hw) {
+    for (int64_t j = 0; j < kBlock; ++j) dst[hw * kBlock + j] = src[j * plane + hw];
+  }
+}
+
+// dst[j * plane + hw] = src[hw][j] for 32-bit T: the vector part moves bits through float
+// vectors (memcpy in and out), so integers are copied exactly.
+template <typename T>
+inline __attribute__((always_inline)) void block_to_planes_impl(const T* src, int64_t plane,
+                                                                T* dst) {
+  static_assert(sizeof(T) == sizeof(float), "32-bit lanes");
+  constexpr int64_t kBlock = kChannelBlock;
+  int64_t hw = 0;
+  for (; hw + 8 <= plane; hw += 8) {
+    for (int64_t half = 0; half < 2; ++half) {
+      VecF8 r[8], c[8];
+      for (int i = 0; i < 8; ++i) std::memcpy(&r[i], src + (hw + i) * kBlock + 8 * half, 32);
+      transpose8x8(r, c);
+      for (int i = 0; i < 8; ++i) std::memcpy(dst + (8 * half + i) * plane + hw, &c[i], 32);
+    }
+  }
+  for (; hw < plane; ++hw) {
+    for (int64_t j = 0; j < kBlock; ++j) dst[j * plane + hw] = src[hw * kBlock + j];
+  }
+}
+
+DETECTOR_SIMD_CLONES void block_to_planes(const float* src, int64_t plane, float* dst) {
+  block_to_planes_impl(src, plane, dst);
+}
+
+DETECTOR_SIMD_CLONES void block_to_planes(const int32_t* src, int64_t plane, int32_t* dst) {
+  block_to_planes_impl(src, plane, dst);
+}
+
+}  // namespace detector

@@ -1,0 +1,75 @@
+// Channel blocks of float feature maps: 16 channels of a pixel side by side ([pixels][16]), the
+// layout in which the RoI Align and RoI Pool CPU kernels vectorize over channels. Conversions
+// from and to NCHW planes use 8x8 register transposes (compiled per instruction set).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+namespace detector {
+
+constexpr int64_t kChannelBlock = 16;  // channels per block
+
+// dst[hw][j] = src[j * plane + hw] for 16 channel planes (j < 16) of `plane` floats.
+void planes_to_block(const float* src, int64_t plane, float* dst);
+
+// dst[j * plane + hw] = src[hw][j], the inverse of planes_to_block.
+void block_to_planes(const float* src, int64_t plane, float* dst);
+
+// As block_to_planes for 32-bit integers (indices), copied exactly.
+void block_to_planes(const int32_t* src, int64_t plane, int32_t* dst);
+
+// buf[n * H * W + pixel][j] = input[n, c0 + j, h, w] for j < cw, 0 for cw <= j < 16, from an
+// NCHW- or NHWC-contiguous `input` (N, C, H, W).
+template <typename T>
+void load_channel_block(const at::Tensor& input, int64_t c0, int64_t cw, T* buf) {
+  constexpr int64_t kBlock = kChannelBlock;
+  const int64_t batch = input.size(0), channels = input.size(1);
+  const int64_t plane = input.size(2) * input.size(3);
+  const T* in = input.const_data_ptr<T>();
+  const bool nchw = input.is_contiguous();
+  for (int64_t n = 0; n < batch; ++n) {
+    T* dst = buf + n * plane * kBlock;
+    if (nchw) {
+      const T* src = in + (n * channels + c0) * plane;
+      if constexpr (std::is_same_v<T, float>) {
+        if (cw == kBlock) {
+          planes_to_block(src, plane, dst);
+          continue;
+        }
+      }
+      for (int64_t hw = 0; hw < plane; ++hw) {
+        T* d = dst + hw * kBlock;
+        for (int64_t j = 0; j < cw; ++j) {
+          d[j] = src[j * plane + hw];
+        }
+        for (int64_t j = cw; j < kBlock; ++j) {
+          d[j] = T(0);
+        }
+      }
+    } else {
+      const T* src = in + n * plane * channels + c0;
+      if (cw == kBlock) {  // whole rows of B channels: one vector copy per pixel
+        for (int64_t hw = 0; hw < plane; ++hw) {
+          __builtin_prefetch(src + (hw + 16) * channels, 0, 0);
+          std::memcpy(dst + hw * kBlock, src + hw * channels, kBlock * sizeof(T));
+        }
+        continue;
+      }
+      for (int64_t hw = 0; hw < plane; ++hw) {
+        T* d = dst + hw * kBlock;
+        for (int64_t j = 0; j < cw; ++j) {
+          d[j] = src[hw * channels + j];
+        }
+        for (int64_t j = cw; j < kBlock; ++j) {
+          d[j] = T(0);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace detector
