@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor
+from torch.fx.experimental.symbolic_shapes import guard_or_false
 
 __all__ = ["Boxes", "pairwise_iou"]
 
@@ -29,7 +30,7 @@ class Boxes:
         tensor = torch.as_tensor(tensor, device=device)
         if not tensor.is_floating_point():
             tensor = tensor.to(torch.float32)
-        if tensor.numel() == 0:
+        if guard_or_false(tensor.numel() == 0):  # an unbacked (traced) size is never 0 here
             tensor = tensor.reshape(0, 4)
         if tensor.dim() != 2 or tensor.shape[-1] != 4:
             raise ValueError(f"Boxes needs a Tensor[N, 4], got shape {tuple(tensor.shape)}")

@@ -57,20 +57,30 @@ class Instances:
             value = _check_image_size(value)
         elif value is not None:
             _check_field(name, value)
-            self._check_length(name, len(value))
+            self._check_length(name, _num_entries(value))
         object.__setattr__(self, name, value)
 
     def __getattr__(self, name: str) -> Any:
         # Called only when normal lookup fails, i.e. for names that are not fields.
         raise AttributeError(_unknown_field_message(name))
 
-    def _check_length(self, name: str, length: int) -> None:
+    def _check_length(self, name: str, length: int | torch.SymInt) -> None:
         for other, value in self._set_fields().items():
-            if other != name and len(value) != length:
-                raise ValueError(
-                    f"Instances: {name} has {length} entries but {other} has {len(value)}; "
+            if other == name:
+                continue
+            other_length = _num_entries(value)
+
+            def message(other: str = other, other_length: Any = other_length) -> str:
+                return (
+                    f"Instances: {name} has {length} entries but {other} has {other_length}; "
                     "all fields must have one entry per instance"
                 )
+
+            if isinstance(length, int) and isinstance(other_length, int):
+                if length != other_length:
+                    raise ValueError(message())
+            else:  # traced sizes: a deferred runtime assertion instead of a guard
+                torch._check(length == other_length, message)
 
     def _set_fields(self) -> dict[str, Any]:
         values = {}
@@ -96,6 +106,13 @@ class Instances:
     # ----------------------------------------------------------------------------------------
     # Container protocol
     # ----------------------------------------------------------------------------------------
+    @property
+    def num_instances(self) -> int | torch.SymInt:
+        """N, as `len()`, but a symbolic size stays symbolic while torch.export or
+        torch.compile traces (`len()` must return an int, which would specialize it)."""
+        fields = self._set_fields()
+        return _num_entries(next(iter(fields.values()))) if fields else 0
+
     def __len__(self) -> int:
         """N, the number of instances (0 when no field is set)."""
         lengths = {name: len(value) for name, value in self._set_fields().items()}
@@ -175,6 +192,16 @@ _FIELD_SPECS: dict[str, tuple[tuple[type, ...], Any]] = {
     "pred_masks": ((Tensor,), None),
 }
 assert set(_FIELD_SPECS) == set(_INSTANCE_FIELDS)
+
+
+def _num_entries(value: Any) -> int | torch.SymInt:
+    """The number of entries of a field value, without `len()` for tensors and Boxes (a
+    symbolic size stays symbolic)."""
+    if isinstance(value, Tensor):
+        return value.shape[0]
+    if isinstance(value, Boxes):
+        return value.tensor.shape[0]
+    return len(value)
 
 
 def _unknown_field_message(name: str) -> str:

@@ -95,7 +95,7 @@ class ProposalCreator:
     @staticmethod
     def _top_n(proposals: Instances, n: int) -> Instances:
         """The `n` proposals of highest objectness, sorted."""
-        n = min(n, len(proposals))
+        n = torch.sym_min(n, proposals.num_instances)  # stays symbolic when traced
         return proposals[proposals.objectness_logits.topk(n, sorted=True).indices]
 
     def _top_n_over_batch(self, proposals: list[Instances]) -> list[Instances]:
