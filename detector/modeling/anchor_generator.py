@@ -128,7 +128,7 @@ class AnchorGenerator(nn.Module):
 
         `input_size`: the padded batch's (H, W); used only with `stride_from_input_size`.
         """
-        grid_sizes = [(int(f.shape[-2]), int(f.shape[-1])) for f in features]
+        grid_sizes = [(f.shape[-2], f.shape[-1]) for f in features]  # (H_l, W_l), maybe symbolic
         strides = None
         if self.stride_from_input_size and input_size is not None:
             strides = [(input_size[0] // h, input_size[1] // w) for h, w in grid_sizes]

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from detector.structures.boxes import Boxes
 from detector.structures.masks import BitMasks, PolygonMasks
+from detector.structures.sizes import as_size
 
 __all__ = ["Instances"]
 
@@ -212,7 +213,7 @@ def _unknown_field_message(name: str) -> str:
 
 def _check_image_size(value: Any) -> tuple[int, int]:
     try:
-        height, width = (int(v) for v in value)
+        height, width = (as_size(v) for v in value)
     except (TypeError, ValueError):
         raise ValueError(f"Instances: image_size must be (height, width), got {value!r}") from None
     return height, width

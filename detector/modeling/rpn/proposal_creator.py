@@ -74,7 +74,7 @@ class ProposalCreator:
     def _select_level(
         self, anchors: Tensor, logits: Tensor, deltas: Tensor, image_sizes: list[tuple[int, int]]
     ) -> list[Instances]:
-        k = min(self.pre_nms_top_n, logits.shape[1])
+        k = torch.sym_min(self.pre_nms_top_n, logits.shape[1])  # no guard on a traced A_l
         top_logits, top_idx = logits.topk(k, dim=1, sorted=True)  # (N, k)
         results = []
         for i, image_size in enumerate(image_sizes):

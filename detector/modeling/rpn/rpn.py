@@ -102,7 +102,7 @@ class RPN(nn.Module):
             targets: per image Instances with `gt_boxes`; needed in training.
         """
         logits, deltas = self.head(features)
-        input_size = (int(images.tensor.shape[-2]), int(images.tensor.shape[-1]))
+        input_size = (images.tensor.shape[-2], images.tensor.shape[-1])  # (H, W)
         anchors = self.anchor_generator(features, input_size)  # per level (A_l, 4)
         flat_logits, flat_deltas = flatten_level_outputs(logits, deltas)
         creator = self.train_proposals if self.training else self.test_proposals
