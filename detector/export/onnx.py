@@ -337,8 +337,10 @@ class InferenceModel(nn.Module):
         x = (x - model.pixel_mean) / model.pixel_std
         height, width = image.shape[-2], image.shape[-1]
         d = int(model.size_divisibility)
-        pad_h = (-height) % d if d > 0 else 0
-        pad_w = (-width) % d if d > 0 else 0
+        # d * ceil(size / d) - size: with a symbolic size, every feature map's size is then a
+        # multiple of ceil(size / d), which keeps the traced shape formulas short
+        pad_h = (height + d - 1) // d * d - height if d > 0 else 0
+        pad_w = (width + d - 1) // d * d - width if d > 0 else 0
         return nn.functional.pad(x, (0, pad_w, 0, pad_h))[None]  # (1, 3, H, W)
 
     def forward(self, image: Tensor) -> tuple[Tensor, ...]:

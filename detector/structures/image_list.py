@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from detector.structures.sizes import as_size
 
@@ -28,7 +29,8 @@ class ImageList:
             )
         height, width = tensor.shape[-2:]
         for i, (h, w) in enumerate(image_sizes):
-            if h > height or w > width:
+            # traced symbolic sizes: checked only where the shape formulas decide it
+            if statically_known_true(h > height) or statically_known_true(w > width):
                 raise ValueError(
                     f"ImageList: image {i} ({h}, {w}) exceeds the tensor size {(height, width)}"
                 )
