@@ -25,8 +25,23 @@ size: export with a sample image of the size you will feed, after the test resiz
 counts the Python code branches on. On the tiny test models and a random R-50-FPN Mask R-CNN
 (480 x 640 input) the graph matches PyTorch on other images of the same size within 2e-4; check
 new data with `check_onnx` before trusting it. The TorchScript-based exporter is deprecated in
-recent PyTorch; the dynamo exporter needs a `torch.export` program, which our inference code does
-not give yet (see `export_program`).
+recent PyTorch.
+
+torch.export (`export_program`, tools/export.py --format torch-export): the same inference model
+as a program saved with torch.export.save (`torch.export.load(path).module()(image)`), with the
+same inputs and outputs as the ONNX graph. The inference code has no data-dependent Python:
+detection counts after score thresholds, NMS and top-k are unbacked symbolic sizes (our NMS ops
+declare them), never read back with `int()` / `len()` / `.item()`, so the program is correct for
+any number of detections, zero included. The image's height and width are dynamic: any h, w in
+`input_side_range(cfg)`, from the largest anchor stride + 1 (65 with FPN's P6 at stride 64;
+a smaller side makes a feature map 1 cell wide, a size torch.export specializes) to
+INPUT.MAX_SIZE_TEST; the program refuses other sizes (a guard error naming the bound). Images
+whose resized shorter side falls under the bound (very elongated ones) need `dynamic=False`
+(a program for the sample's size only) or padding. Exported and checked: the tiny test models,
+random-weight Faster / Mask R-CNN R-50-FPN (configs/torchvision) and the shapes R-18-FPN Mask
+R-CNN; the loaded program matched PyTorch exactly (difference 0) on every image tried. Other
+heads (DCN, RoIPool, R-FCN) have fake kernels for all their ops but are not checked here; the
+program, like the ONNX graph, returns M x M mask probabilities (paste them in PyTorch).
 
 Shapes: N detections, h x w the network input, M the mask side.
 """

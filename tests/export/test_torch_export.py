@@ -126,3 +126,30 @@ def test_fixed_size_program_without_detections(tiny_run: TinyRun, tmp_path: Path
         boxes, scores, labels, masks = program(image)
     assert boxes.shape == (0, 4) and scores.shape == (0,) and labels.shape == (0,)
     assert masks.shape == (0, 1, 14, 14)
+
+
+@pytest.mark.slow
+def test_r50_fpn_faster_rcnn_program_matches_pytorch(shared_data: Path, tmp_path: Path) -> None:
+    """Random-weight R-50-FPN Faster R-CNN (configs/torchvision): a dynamic program, checked on
+    a COCO image at the test size (800 x 1067 after the resize; several minutes on a CPU)."""
+    from detector.config import load_config
+    from detector.modeling.detector import GeneralizedRCNN
+
+    config = Path(__file__).resolve().parents[2] / "configs/torchvision/faster_rcnn_R_50_FPN.yaml"
+    # random weights score about 1/91 per class: keep every box so that there are detections
+    cfg = load_config(config, ["MODEL.DEVICE", "cpu", "MODEL.ROI_HEADS.SCORE_THRESH", "0.0"])
+    torch.manual_seed(0)
+    model = GeneralizedRCNN.from_config(cfg).eval()
+    checkpoint = tmp_path / "r50.pth"
+    torch.save({"model": model.state_dict()}, checkpoint)
+    image = shared_data / "coco-val2017-sample6" / "images" / "000000000089.jpg"
+    if not image.is_file():
+        pytest.skip(f"{image} not found")
+    report = export_program(cfg, checkpoint, tmp_path / "r50.pt2", sample_image=image)
+    assert "h, w in [65, 1333]" in report and "matches PyTorch" in report
+    program = torch.export.load(str(tmp_path / "r50.pt2")).module()
+    exported = Exported(program, InferenceModel(model).eval(), cfg, report)
+    other = prepare_image(
+        cfg, read_image(shared_data / "coco-val2017-sample6/images/000000404249.jpg")
+    )
+    assert _compare(exported, other) > 0  # a portrait image: another size, same program
