@@ -56,6 +56,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from detector.structures import ImageList, as_size
+
 __all__ = [
     "ONNX_OPSET",
     "InferenceModel",
@@ -350,7 +352,7 @@ class InferenceModel(nn.Module):
         x = image.to(torch.float32)
         x = x.flip(0) if model.to_bgr255 else x / 255.0
         x = (x - model.pixel_mean) / model.pixel_std
-        height, width = image.shape[-2], image.shape[-1]
+        height, width = as_size(image.shape[-2]), as_size(image.shape[-1])
         d = int(model.size_divisibility)
         # d * ceil(size / d) - size: with a symbolic size, every feature map's size is then a
         # multiple of ceil(size / d), which keeps the traced shape formulas short
@@ -359,10 +361,9 @@ class InferenceModel(nn.Module):
         return nn.functional.pad(x, (0, pad_w, 0, pad_h))[None]  # (1, 3, H, W)
 
     def forward(self, image: Tensor) -> tuple[Tensor, ...]:
-        from detector.structures import ImageList
 
         model = self.model
-        sizes = [(image.shape[-2], image.shape[-1])]
+        sizes = [(as_size(image.shape[-2]), as_size(image.shape[-1]))]
         image_list = ImageList(self.preprocess(image), sizes)
         features = list(model.backbone(image_list.tensor).values())
         proposals, _ = model.rpn(image_list, features, None)

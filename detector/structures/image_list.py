@@ -9,9 +9,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-from torch.fx.experimental.symbolic_shapes import statically_known_true
 
-from detector.structures.sizes import as_size
+from detector.structures.sizes import as_size, known_greater
 
 __all__ = ["ImageList"]
 
@@ -29,8 +28,7 @@ class ImageList:
             )
         height, width = tensor.shape[-2:]
         for i, (h, w) in enumerate(image_sizes):
-            # traced symbolic sizes: checked only where the shape formulas decide it
-            if statically_known_true(h > height) or statically_known_true(w > width):
+            if known_greater(h, height) or known_greater(w, width):
                 raise ValueError(
                     f"ImageList: image {i} ({h}, {w}) exceeds the tensor size {(height, width)}"
                 )

@@ -199,9 +199,9 @@ def _num_entries(value: Any) -> int | torch.SymInt:
     """The number of entries of a field value, without `len()` for tensors and Boxes (a
     symbolic size stays symbolic)."""
     if isinstance(value, Tensor):
-        return value.shape[0]
+        return as_size(value.shape[0])
     if isinstance(value, Boxes):
-        return value.tensor.shape[0]
+        return as_size(value.tensor.shape[0])
     return len(value)
 
 

@@ -135,6 +135,10 @@ def test_r50_fpn_faster_rcnn_program_matches_pytorch(shared_data: Path, tmp_path
     from detector.config import load_config
     from detector.modeling.detector import GeneralizedRCNN
 
+    images = shared_data / "coco-val2017-sample6" / "images"
+    image, portrait = images / "000000000089.jpg", images / "000000404249.jpg"
+    if not (image.is_file() and portrait.is_file()):
+        pytest.skip(f"COCO sample images not found in {images}")
     config = Path(__file__).resolve().parents[2] / "configs/torchvision/faster_rcnn_R_50_FPN.yaml"
     # random weights score about 1/91 per class: keep every box so that there are detections
     cfg = load_config(config, ["MODEL.DEVICE", "cpu", "MODEL.ROI_HEADS.SCORE_THRESH", "0.0"])
@@ -142,14 +146,9 @@ def test_r50_fpn_faster_rcnn_program_matches_pytorch(shared_data: Path, tmp_path
     model = GeneralizedRCNN.from_config(cfg).eval()
     checkpoint = tmp_path / "r50.pth"
     torch.save({"model": model.state_dict()}, checkpoint)
-    image = shared_data / "coco-val2017-sample6" / "images" / "000000000089.jpg"
-    if not image.is_file():
-        pytest.skip(f"{image} not found")
     report = export_program(cfg, checkpoint, tmp_path / "r50.pt2", sample_image=image)
     assert "h, w in [65, 1333]" in report and "matches PyTorch" in report
     program = torch.export.load(str(tmp_path / "r50.pt2")).module()
     exported = Exported(program, InferenceModel(model).eval(), cfg, report)
-    other = prepare_image(
-        cfg, read_image(shared_data / "coco-val2017-sample6/images/000000404249.jpg")
-    )
-    assert _compare(exported, other) > 0  # a portrait image: another size, same program
+    other = prepare_image(cfg, read_image(portrait))  # another size, the same program
+    assert _compare(exported, other) > 0

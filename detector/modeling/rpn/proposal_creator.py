@@ -12,7 +12,7 @@ from torch import Tensor
 
 from detector.modeling.box_coder import BoxCoder
 from detector.ops import nms
-from detector.structures import Boxes, Instances
+from detector.structures import Boxes, Instances, as_size
 
 
 class ProposalCreator:
@@ -74,7 +74,7 @@ class ProposalCreator:
     def _select_level(
         self, anchors: Tensor, logits: Tensor, deltas: Tensor, image_sizes: list[tuple[int, int]]
     ) -> list[Instances]:
-        k = torch.sym_min(self.pre_nms_top_n, logits.shape[1])  # no guard on a traced A_l
+        k = torch.sym_min(self.pre_nms_top_n, as_size(logits.shape[1]))  # no guard on a traced A_l
         top_logits, top_idx = logits.topk(k, dim=1, sorted=True)  # (N, k)
         results = []
         for i, image_size in enumerate(image_sizes):

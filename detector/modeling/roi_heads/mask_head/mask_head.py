@@ -26,7 +26,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.fx.experimental.symbolic_shapes import guard_or_false
 
 from detector.modeling.registry import ROI_MASK_HEADS
 from detector.modeling.roi_heads.mask_head import feature_extractors  # noqa: F401 (registers)
@@ -39,6 +38,7 @@ from detector.modeling.roi_heads.mask_head.paste import paste_masks_in_image
 from detector.modeling.roi_heads.mask_head.predictors import ROI_MASK_PREDICTORS
 from detector.structures.boxes import Boxes
 from detector.structures.instances import Instances
+from detector.structures.sizes import known_equal
 
 __all__ = ["MaskHead", "build_mask_head", "mask_probabilities"]
 
@@ -174,7 +174,7 @@ class MaskHead(nn.Module):
         counts = [dets.num_instances for dets in detections]  # symbolic when traced
         # No detection at all: skip the head in eager mode; a traced (unknown) count runs it,
         # which gives the same empty result.
-        if guard_or_false(sum(counts) == 0):
+        if known_equal(sum(counts), 0):
             device = features[0].device if features else torch.device("cpu")
             probabilities = torch.zeros(0, 1, self.mask_size, self.mask_size, device=device)
         else:
