@@ -70,18 +70,14 @@ class Instances:
             if other == name:
                 continue
             other_length = _num_entries(value)
-
-            def message(other: str = other, other_length: Any = other_length) -> str:
-                return (
-                    f"Instances: {name} has {length} entries but {other} has {other_length}; "
-                    "all fields must have one entry per instance"
-                )
-
             if isinstance(length, int) and isinstance(other_length, int):
                 if length != other_length:
-                    raise ValueError(message())
+                    raise ValueError(_length_message(name, length, other, other_length))
             else:  # traced sizes: a deferred runtime assertion instead of a guard
-                torch._check(length == other_length, message)
+                torch._check(
+                    length == other_length,
+                    lambda o=other, n=other_length: _length_message(name, length, o, n),
+                )
 
     def _set_fields(self) -> dict[str, Any]:
         values = {}
@@ -203,6 +199,13 @@ def _num_entries(value: Any) -> int | torch.SymInt:
     if isinstance(value, Boxes):
         return as_size(value.tensor.shape[0])
     return len(value)
+
+
+def _length_message(name: str, length: Any, other: str, other_length: Any) -> str:
+    return (
+        f"Instances: {name} has {length} entries but {other} has {other_length}; "
+        "all fields must have one entry per instance"
+    )
 
 
 def _unknown_field_message(name: str) -> str:
