@@ -39,9 +39,10 @@ INPUT.MAX_SIZE_TEST; the program refuses other sizes (a guard error naming the b
 whose resized shorter side falls under the bound (very elongated ones) need `dynamic=False`
 (a program for the sample's size only) or padding. Exported and checked: the tiny test models,
 random-weight Faster / Mask R-CNN R-50-FPN (configs/torchvision) and the shapes R-18-FPN Mask
-R-CNN; the loaded program matched PyTorch exactly (difference 0) on every image tried. Other
-heads (DCN, RoIPool, R-FCN) have fake kernels for all their ops but are not checked here; the
-program, like the ONNX graph, returns M x M mask probabilities (paste them in PyTorch).
+R-CNN, and the tiny model with modulated DCN and ROIPool; the loaded program matched PyTorch
+exactly (difference 0) on every image tried. R-FCN and the deformable RoI poolers have fake
+kernels for all their ops but were not checked. The program, like the ONNX graph, returns
+M x M mask probabilities (paste them in PyTorch).
 
 Shapes: N detections, h x w the network input, M the mask side.
 """
