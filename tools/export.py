@@ -5,7 +5,7 @@
     python tools/export.py --config-file X.yaml MODEL.WEIGHT model_final_slim.pth \
         --format onnx --output model.onnx [--sample-image img.jpg]
     python tools/export.py --config-file X.yaml MODEL.WEIGHT model_final.pth \
-        --format torch-export --output model.pt2
+        --format torch-export --output model.pt2 [--sample-image img.jpg] [--fixed-size]
 
 The slim checkpoint keeps the weights (float16 with --fp16), the resolved config, the class names
 and the training iteration and metrics; `detector.Predictor` and tools/demo.py load it.
@@ -36,8 +36,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--sample-image",
         metavar="FILE",
-        help="onnx / torch-export: the image traced (and checked with onnxruntime for onnx); "
+        help="onnx / torch-export: the image traced and checked (onnxruntime / the loaded "
+        "program against PyTorch); "
         "default: a random image of INPUT.MIN_SIZE_TEST",
+    )
+    parser.add_argument(
+        "--fixed-size",
+        action="store_true",
+        help="torch-export: a program for the sample image's size only (default: any height "
+        "and width from the largest anchor stride + 1 to INPUT.MAX_SIZE_TEST)",
     )
     parser.add_argument(
         "opts",
@@ -78,8 +85,10 @@ def _export(args: argparse.Namespace) -> str:
     if args.format == "onnx":
         report = export_onnx(cfg, weights, output, sample_image=args.sample_image)
         return f"wrote {output}; {report}"
-    export_program(cfg, weights, output, sample_image=args.sample_image)
-    return f"wrote {output}"
+    report = export_program(
+        cfg, weights, output, sample_image=args.sample_image, dynamic=not args.fixed_size
+    )
+    return f"wrote {output}; {report}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from detector.structures import as_size
+
 
 def generate_cell_anchors(
     sizes: Sequence[float], aspect_ratios: Sequence[float], dtype: torch.dtype = torch.float32
@@ -128,7 +130,7 @@ class AnchorGenerator(nn.Module):
 
         `input_size`: the padded batch's (H, W); used only with `stride_from_input_size`.
         """
-        grid_sizes = [(int(f.shape[-2]), int(f.shape[-1])) for f in features]
+        grid_sizes = [(as_size(f.shape[-2]), as_size(f.shape[-1])) for f in features]  # (H_l, W_l)
         strides = None
         if self.stride_from_input_size and input_size is not None:
             strides = [(input_size[0] // h, input_size[1] // w) for h, w in grid_sizes]

@@ -4,6 +4,7 @@ from detector.structures.boxes import Boxes, pairwise_iou
 from detector.structures.image_list import ImageList
 from detector.structures.instances import Instances
 from detector.structures.masks import BitMasks, PolygonMasks, polygons_to_bitmask
+from detector.structures.sizes import as_size, known_equal, known_greater
 
 __all__ = [
     "BitMasks",
@@ -11,6 +12,9 @@ __all__ = [
     "ImageList",
     "Instances",
     "PolygonMasks",
+    "as_size",
+    "known_equal",
+    "known_greater",
     "pairwise_iou",
     "polygons_to_bitmask",
 ]

@@ -14,6 +14,8 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor
 
+from detector.structures.sizes import known_equal
+
 __all__ = ["Boxes", "pairwise_iou"]
 
 
@@ -29,7 +31,7 @@ class Boxes:
         tensor = torch.as_tensor(tensor, device=device)
         if not tensor.is_floating_point():
             tensor = tensor.to(torch.float32)
-        if tensor.numel() == 0:
+        if known_equal(tensor.numel(), 0):  # a traced unknown count is not taken to be 0
             tensor = tensor.reshape(0, 4)
         if tensor.dim() != 2 or tensor.shape[-1] != 4:
             raise ValueError(f"Boxes needs a Tensor[N, 4], got shape {tuple(tensor.shape)}")

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from detector.structures.sizes import as_size, known_greater
+
 __all__ = ["ImageList"]
 
 
@@ -26,12 +28,12 @@ class ImageList:
             )
         height, width = tensor.shape[-2:]
         for i, (h, w) in enumerate(image_sizes):
-            if h > height or w > width:
+            if known_greater(h, height) or known_greater(w, width):
                 raise ValueError(
                     f"ImageList: image {i} ({h}, {w}) exceeds the tensor size {(height, width)}"
                 )
         self.tensor = tensor
-        self.image_sizes = [(int(h), int(w)) for h, w in image_sizes]
+        self.image_sizes = [(as_size(h), as_size(w)) for h, w in image_sizes]
 
     def __len__(self) -> int:
         return len(self.image_sizes)

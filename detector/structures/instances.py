@@ -21,6 +21,7 @@ from torch import Tensor
 
 from detector.structures.boxes import Boxes
 from detector.structures.masks import BitMasks, PolygonMasks
+from detector.structures.sizes import as_size
 
 __all__ = ["Instances"]
 
@@ -57,19 +58,25 @@ class Instances:
             value = _check_image_size(value)
         elif value is not None:
             _check_field(name, value)
-            self._check_length(name, len(value))
+            self._check_length(name, _num_entries(value))
         object.__setattr__(self, name, value)
 
     def __getattr__(self, name: str) -> Any:
         # Called only when normal lookup fails, i.e. for names that are not fields.
         raise AttributeError(_unknown_field_message(name))
 
-    def _check_length(self, name: str, length: int) -> None:
+    def _check_length(self, name: str, length: int | torch.SymInt) -> None:
         for other, value in self._set_fields().items():
-            if other != name and len(value) != length:
-                raise ValueError(
-                    f"Instances: {name} has {length} entries but {other} has {len(value)}; "
-                    "all fields must have one entry per instance"
+            if other == name:
+                continue
+            other_length = _num_entries(value)
+            if isinstance(length, int) and isinstance(other_length, int):
+                if length != other_length:
+                    raise ValueError(_length_message(name, length, other, other_length))
+            else:  # traced sizes: a deferred runtime assertion instead of a guard
+                torch._check(
+                    length == other_length,
+                    lambda o=other, n=other_length: _length_message(name, length, o, n),
                 )
 
     def _set_fields(self) -> dict[str, Any]:
@@ -96,6 +103,13 @@ class Instances:
     # ----------------------------------------------------------------------------------------
     # Container protocol
     # ----------------------------------------------------------------------------------------
+    @property
+    def num_instances(self) -> int | torch.SymInt:
+        """N, as `len()`, but a symbolic size stays symbolic while torch.export or
+        torch.compile traces (`len()` must return an int, which would specialize it)."""
+        fields = self._set_fields()
+        return _num_entries(next(iter(fields.values()))) if fields else 0
+
     def __len__(self) -> int:
         """N, the number of instances (0 when no field is set)."""
         lengths = {name: len(value) for name, value in self._set_fields().items()}
@@ -177,6 +191,23 @@ _FIELD_SPECS: dict[str, tuple[tuple[type, ...], Any]] = {
 assert set(_FIELD_SPECS) == set(_INSTANCE_FIELDS)
 
 
+def _num_entries(value: Any) -> int | torch.SymInt:
+    """The number of entries of a field value, without `len()` for tensors and Boxes (a
+    symbolic size stays symbolic)."""
+    if isinstance(value, Tensor):
+        return as_size(value.shape[0])
+    if isinstance(value, Boxes):
+        return as_size(value.tensor.shape[0])
+    return len(value)
+
+
+def _length_message(name: str, length: Any, other: str, other_length: Any) -> str:
+    return (
+        f"Instances: {name} has {length} entries but {other} has {other_length}; "
+        "all fields must have one entry per instance"
+    )
+
+
 def _unknown_field_message(name: str) -> str:
     close = difflib.get_close_matches(name, sorted(_FIELD_NAMES), n=1)
     hint = f" Did you mean '{close[0]}'?" if close else ""
@@ -185,7 +216,7 @@ def _unknown_field_message(name: str) -> str:
 
 def _check_image_size(value: Any) -> tuple[int, int]:
     try:
-        height, width = (int(v) for v in value)
+        height, width = (as_size(v) for v in value)
     except (TypeError, ValueError):
         raise ValueError(f"Instances: image_size must be (height, width), got {value!r}") from None
     return height, width

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from detector import ops
 from detector.modeling.registry import POOLERS
-from detector.structures import Boxes
+from detector.structures import Boxes, as_size
 
 __all__ = [
     "LevelPool",
@@ -374,8 +374,12 @@ def _rois_from_boxes(boxes: list[Tensor], device: torch.device) -> Tensor:
     """N box tensors ``(R_i, 4)`` -> ``(R, 5)`` (batch_index, x1, y1, x2, y2), float32 or wider."""
     dtype = torch.promote_types(torch.float32, boxes[0].dtype)
     concat = torch.cat([b.to(device, dtype).reshape(-1, 4) for b in boxes], dim=0)
+    # as_size, not len(b): a traced size stays symbolic
     batch_index = torch.cat(
-        [torch.full((len(b),), float(i), dtype=dtype, device=device) for i, b in enumerate(boxes)]
+        [
+            torch.full((as_size(b.shape[0]),), i, dtype=dtype, device=device)
+            for i, b in enumerate(boxes)
+        ]
     )
     return torch.cat([batch_index[:, None], concat], dim=1)
 

@@ -19,7 +19,7 @@ from detector.modeling.rpn.anchor_target_creator import AnchorTargetCreator
 from detector.modeling.rpn.loss import flatten_level_outputs, rpn_losses
 from detector.modeling.rpn.proposal_creator import ProposalCreator
 from detector.modeling.sampler import BalancedPositiveNegativeSampler
-from detector.structures import ImageList, Instances
+from detector.structures import ImageList, Instances, as_size
 
 
 class RPN(nn.Module):
@@ -102,7 +102,7 @@ class RPN(nn.Module):
             targets: per image Instances with `gt_boxes`; needed in training.
         """
         logits, deltas = self.head(features)
-        input_size = (int(images.tensor.shape[-2]), int(images.tensor.shape[-1]))
+        input_size = (as_size(images.tensor.shape[-2]), as_size(images.tensor.shape[-1]))
         anchors = self.anchor_generator(features, input_size)  # per level (A_l, 4)
         flat_logits, flat_deltas = flatten_level_outputs(logits, deltas)
         creator = self.train_proposals if self.training else self.test_proposals

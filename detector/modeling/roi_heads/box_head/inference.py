@@ -18,7 +18,7 @@ from torch import Tensor
 
 from detector import ops
 from detector.modeling.box_coder import BoxCoder
-from detector.structures import Boxes, Instances
+from detector.structures import Boxes, Instances, as_size
 
 __all__ = ["BoxPostProcessor"]
 
@@ -74,7 +74,7 @@ class BoxPostProcessor:
         rois = torch.cat([b.tensor for b in proposal_boxes]).to(box_deltas.dtype)
         pred_boxes = self.box_coder.decode(box_deltas, rois)  # (R, 4*K)
         scores = F.softmax(class_logits, dim=-1)  # (R, K)
-        counts = [len(b) for b in proposal_boxes]
+        counts = [as_size(b.tensor.shape[0]) for b in proposal_boxes]  # R_i, maybe symbolic
         return [
             self._detections(image_boxes, image_scores, image_size)
             for image_boxes, image_scores, image_size in zip(

@@ -38,6 +38,7 @@ from detector.modeling.roi_heads.mask_head.paste import paste_masks_in_image
 from detector.modeling.roi_heads.mask_head.predictors import ROI_MASK_PREDICTORS
 from detector.structures.boxes import Boxes
 from detector.structures.instances import Instances
+from detector.structures.sizes import known_equal
 
 __all__ = ["MaskHead", "build_mask_head", "mask_probabilities"]
 
@@ -168,16 +169,18 @@ class MaskHead(nn.Module):
     ) -> list[Instances]:
         for image, dets in enumerate(detections):
             for name in ("pred_boxes", "pred_classes"):
-                if len(dets) and not dets.has(name):
+                if not dets.has(name) and len(dets):
                     raise ValueError(f"mask head (inference): detections[{image}] has no {name}")
-        counts = [len(dets) for dets in detections]
-        if sum(counts) == 0:
+        counts = [dets.num_instances for dets in detections]  # symbolic when traced
+        # No detection at all: skip the head in eager mode; a traced (unknown) count runs it,
+        # which gives the same empty result.
+        if known_equal(sum(counts), 0):
             device = features[0].device if features else torch.device("cpu")
             probabilities = torch.zeros(0, 1, self.mask_size, self.mask_size, device=device)
         else:
             boxes = [self._pred_boxes(dets, features) for dets in detections]
             mask_logits = self._predict(self._mask_features(features, boxes))
-            classes = torch.cat([dets.pred_classes for dets in detections if len(dets)])
+            classes = torch.cat([d.pred_classes for d in detections if d.has("pred_classes")])
             probabilities = mask_probabilities(mask_logits, classes.to(mask_logits.device))
         results = []
         for dets, image_probs in zip(detections, probabilities.split(counts), strict=True):
