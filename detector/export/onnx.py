@@ -14,9 +14,10 @@ TorchScript-based exporter (`torch.onnx.export(..., dynamo=False)`):
 Operators without an ONNX equivalent (deformable RoI pooling, position-sensitive RoI pooling,
 RoIAlign's "max" mode) stop the export with an error naming the op and the config key.
 
-The exported graph takes one image, uint8 Tensor[3, h, w], already resized by the test transform
-(INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST), and returns boxes (N, 4) in that image's pixels, scores
-(N,), labels (N,) int64 and, for Mask R-CNN, mask probabilities (N, 1, M, M) in box coordinates
+The exported graph takes one image, uint8 Tensor[3, h, w] (float32 0..255 with
+INPUT.RESIZE_MODE torchvision), already resized by the test transform (INPUT.MIN_SIZE_TEST /
+MAX_SIZE_TEST), and returns boxes (N, 4) in that image's pixels, scores (N,), labels (N,) int64
+and, for Mask R-CNN, mask probabilities (N, 1, M, M) in box coordinates
 (paste them with detector.modeling.roi_heads.mask_head.paste_masks_in_image).
 
 Limits of the traced graph: it is traced on one sample image, so sizes that Python code reads
@@ -381,7 +382,8 @@ class InferenceModel(nn.Module):
 
 def prepare_image(cfg: Any, sample_image: str | Path | Tensor | None) -> Tensor:
     """The network input of an image (a file, a uint8 (3, H, W) tensor, or None for a random
-    MIN_SIZE_TEST square): resized by the test transform, uint8 (3, h, w)."""
+    MIN_SIZE_TEST square): resized by the test transform, (3, h, w) uint8 (float32 with
+    INPUT.RESIZE_MODE torchvision)."""
     from detector.data import build_transforms, read_image
     from detector.structures import Instances
 
@@ -444,11 +446,11 @@ def export_onnx(
         )
     logger.info("wrote %s (input %s)", output, tuple(image.shape))
     if not check:
-        return f"input uint8 {tuple(image.shape)}"
+        return f"input {image.dtype} {tuple(image.shape)}"
     error = check_onnx(output, wrapper, image, atol=atol)
     return (
-        f"input uint8 {tuple(image.shape)}; onnxruntime matches PyTorch on the sample image "
-        f"(max abs difference {error:.2e}, tolerance {atol})"
+        f"input {image.dtype} {tuple(image.shape)}; onnxruntime matches PyTorch on the sample "
+        f"image (max abs difference {error:.2e}, tolerance {atol})"
     )
 
 
