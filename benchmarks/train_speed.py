@@ -3,9 +3,13 @@
 Both models get the same settings: configs/torchvision/*.yaml on our side, and on torchvision's a
 ResNet-50 with FrozenBatchNorm2d and 3 trainable stages (trainable_backbone_layers=3 <->
 FREEZE_CONV_BODY_AT 2), built by hand because `fasterrcnn_resnet50_fpn(weights=None,
-weights_backbone=None)` silently switches to BatchNorm2d and 5 trainable stages. Both are
-randomly initialised, see identical images already at the target size (torchvision's min_size /
-max_size are set so that its transform keeps the size) and the same boxes, labels and masks.
+weights_backbone=None)` silently switches to BatchNorm2d and 5 trainable stages. torchvision's
+model is randomly initialised and ours gets the same weights, converted
+(`convert_torchvision_detection`, as tools/convert_weights.py does), so both compute the same
+proposals, sample as many foreground RoIs and do the same work (`--own-init` keeps our own
+random initialisation instead: the RoI counts then differ, and so does the work). Both see
+identical images already at the target size (torchvision's min_size / max_size are set so that
+its transform keeps the size) and the same boxes, labels and masks.
 Ours and torchvision's runs are interleaved (alternating which goes first) to share the noise of
 a loaded machine.
 
@@ -40,6 +44,7 @@ from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from detector.config import load_config, merge_opts
+from detector.export.convert import convert_torchvision_detection
 from detector.modeling.detector import GeneralizedRCNN
 from detector.structures import Boxes, Instances
 from detector.structures.masks import BitMasks
@@ -124,6 +129,14 @@ def build_torchvision(kind: str, score_thresh: float, height: int, width: int) -
         max_size=max(height, width),
         box_score_thresh=score_thresh,
     )
+
+
+def load_torchvision_weights(ours: nn.Module, torchvision_model: nn.Module) -> None:
+    """Copies torchvision's weights into our model (every key converted, shapes checked)."""
+    state, report = convert_torchvision_detection(torchvision_model.state_dict(), ours)
+    if not report.complete:
+        raise RuntimeError(f"weight conversion incomplete:\n{report.summary()}")
+    ours.load_state_dict(state, strict=True)
 
 
 def _trim_heap() -> None:
@@ -274,6 +287,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--models", nargs="+", default=["faster", "mask"], choices=list(CONFIGS))
     parser.add_argument(
+        "--own-init",
+        action="store_true",
+        help="keep our model's own random initialisation instead of torchvision's weights "
+        "(the two then propose and sample different RoIs)",
+    )
+    parser.add_argument(
         "--score-thresh",
         type=float,
         default=0.0,
@@ -294,6 +313,8 @@ def main() -> None:
     for kind in args.models:
         ours_model = build_ours(kind, args.score_thresh, height, width).to(args.device)
         tv_model = build_torchvision(kind, args.score_thresh, height, width).to(args.device)
+        if not args.own_init:
+            load_torchvision_weights(ours_model, tv_model)
         ours = make_runner("ours", ours_model, inputs.images_u8, inputs.targets_ours)
         peer = make_runner("torchvision", tv_model, inputs.images_f, inputs.targets_tv)
         bench_pair(ours, peer, args.iters, args.batch, args.device)
@@ -302,7 +323,8 @@ def main() -> None:
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(
         f"device={args.device} threads={torch.get_num_threads()} batch={args.batch} "
-        f"size={height}x{width} iters={args.iters} torch={torch.__version__} "
+        f"size={height}x{width} iters={args.iters} "
+        f"weights={'own' if args.own_init else 'same'} torch={torch.__version__} "
         f"loadavg(after)={load}"
     )
     print_table(pairs)
