@@ -22,7 +22,7 @@ iteration; on the CPU the peak resident set size of the process during the itera
 /proc/self/status, reset through /proc/self/clear_refs) minus the RSS before it, after
 `malloc_trim(0)` has handed freed heap memory back to the OS.
 
-    PYTHONPATH=$PWD .venv/bin/python benchmarks/train_speed.py --threads 2 --iters 3
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/train_speed.py --threads 1 --iters 3
 """
 
 from __future__ import annotations
@@ -196,10 +196,16 @@ class Runner:
     peak_mib: float | None = None
 
 
-def make_runner(name: str, model: nn.Module, images: list[Tensor], targets: list) -> Runner:
-    """Wraps a detection model: a training step on (images, targets) and inference on image i."""
+def make_runner(
+    name: str, model: nn.Module, images: list[Tensor], targets: list, lr: float = 0.0
+) -> Runner:
+    """Wraps a detection model: a training step on (images, targets) and inference on image i.
+
+    The SGD step (momentum 0.9, weight decay 1e-4) does the same arithmetic whatever `lr`; with
+    lr 0 the weights stay as they are, so every step proposes and samples the same RoIs.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=1e-4, momentum=0.9, weight_decay=1e-4)
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=1e-4)
 
     def train_step() -> None:
         model.train()
@@ -287,6 +293,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--models", nargs="+", default=["faster", "mask"], choices=list(CONFIGS))
     parser.add_argument(
+        "--lr",
+        type=float,
+        default=0.0,
+        help="SGD learning rate of the training steps. 0 (default) keeps the weights: with any "
+        "other rate the two models' random anchor / RoI sampling makes their weights, proposals "
+        "and mask-head RoI counts drift apart step by step, and the work with them",
+    )
+    parser.add_argument(
         "--own-init",
         action="store_true",
         help="keep our model's own random initialisation instead of torchvision's weights "
@@ -315,8 +329,8 @@ def main() -> None:
         tv_model = build_torchvision(kind, args.score_thresh, height, width).to(args.device)
         if not args.own_init:
             load_torchvision_weights(ours_model, tv_model)
-        ours = make_runner("ours", ours_model, inputs.images_u8, inputs.targets_ours)
-        peer = make_runner("torchvision", tv_model, inputs.images_f, inputs.targets_tv)
+        ours = make_runner("ours", ours_model, inputs.images_u8, inputs.targets_ours, args.lr)
+        peer = make_runner("torchvision", tv_model, inputs.images_f, inputs.targets_tv, args.lr)
         bench_pair(ours, peer, args.iters, args.batch, args.device)
         pairs.append((kind, ours, peer))
         del ours_model, tv_model
@@ -324,7 +338,7 @@ def main() -> None:
     print(
         f"device={args.device} threads={torch.get_num_threads()} batch={args.batch} "
         f"size={height}x{width} iters={args.iters} "
-        f"weights={'own' if args.own_init else 'same'} torch={torch.__version__} "
+        f"weights={'own' if args.own_init else 'same'} lr={args.lr} torch={torch.__version__} "
         f"loadavg(after)={load}"
     )
     print_table(pairs)
