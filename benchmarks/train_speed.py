@@ -14,8 +14,10 @@ Ours and torchvision's runs are interleaved (alternating which goes first) to sh
 a loaded machine.
 
 Prints a Markdown table: seconds per training iteration (forward + backward + SGD step, median
-over --iters after one warm-up), peak memory of one training iteration, inference seconds per
-image (batch 1, median), and the ratio ours/torchvision.
+over --iters after one warm-up; the learning rate is 0 by default, so that the weights, and with
+them the proposals and RoI counts, stay equal from step to step and between the two models),
+peak memory of one training iteration, inference seconds per image (batch 1, median), and the
+ratio ours/torchvision.
 
 Peak memory: on CUDA `torch.cuda.max_memory_allocated` minus the memory allocated before the
 iteration; on the CPU the peak resident set size of the process during the iteration (VmHWM from
