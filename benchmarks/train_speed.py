@@ -3,22 +3,28 @@
 Both models get the same settings: configs/torchvision/*.yaml on our side, and on torchvision's a
 ResNet-50 with FrozenBatchNorm2d and 3 trainable stages (trainable_backbone_layers=3 <->
 FREEZE_CONV_BODY_AT 2), built by hand because `fasterrcnn_resnet50_fpn(weights=None,
-weights_backbone=None)` silently switches to BatchNorm2d and 5 trainable stages. Both are
-randomly initialised, see identical images already at the target size (torchvision's min_size /
-max_size are set so that its transform keeps the size) and the same boxes, labels and masks.
+weights_backbone=None)` silently switches to BatchNorm2d and 5 trainable stages. torchvision's
+model is randomly initialised and ours gets the same weights, converted
+(`convert_torchvision_detection`, as tools/convert_weights.py does), so both compute the same
+proposals, sample as many foreground RoIs and do the same work (`--own-init` keeps our own
+random initialisation instead: the RoI counts then differ, and so does the work). Both see
+identical images already at the target size (torchvision's min_size / max_size are set so that
+its transform keeps the size) and the same boxes, labels and masks.
 Ours and torchvision's runs are interleaved (alternating which goes first) to share the noise of
 a loaded machine.
 
 Prints a Markdown table: seconds per training iteration (forward + backward + SGD step, median
-over --iters after one warm-up), peak memory of one training iteration, inference seconds per
-image (batch 1, median), and the ratio ours/torchvision.
+over --iters after one warm-up; the learning rate is 0 by default, so that the weights, and with
+them the proposals and RoI counts, stay equal from step to step and between the two models),
+peak memory of one training iteration, inference seconds per image (batch 1, median), and the
+ratio ours/torchvision.
 
 Peak memory: on CUDA `torch.cuda.max_memory_allocated` minus the memory allocated before the
 iteration; on the CPU the peak resident set size of the process during the iteration (VmHWM from
 /proc/self/status, reset through /proc/self/clear_refs) minus the RSS before it, after
 `malloc_trim(0)` has handed freed heap memory back to the OS.
 
-    PYTHONPATH=$PWD .venv/bin/python benchmarks/train_speed.py --threads 2 --iters 3
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/train_speed.py --threads 1 --iters 3
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from detector.config import load_config, merge_opts
+from detector.export.convert import convert_torchvision_detection
 from detector.modeling.detector import GeneralizedRCNN
 from detector.structures import Boxes, Instances
 from detector.structures.masks import BitMasks
@@ -126,6 +133,14 @@ def build_torchvision(kind: str, score_thresh: float, height: int, width: int) -
     )
 
 
+def load_torchvision_weights(ours: nn.Module, torchvision_model: nn.Module) -> None:
+    """Copies torchvision's weights into our model (every key converted, shapes checked)."""
+    state, report = convert_torchvision_detection(torchvision_model.state_dict(), ours)
+    if not report.complete:
+        raise RuntimeError(f"weight conversion incomplete:\n{report.summary()}")
+    ours.load_state_dict(state, strict=True)
+
+
 def _trim_heap() -> None:
     """Returns freed malloc memory to the OS (glibc), so RSS reflects live memory."""
     try:
@@ -183,10 +198,16 @@ class Runner:
     peak_mib: float | None = None
 
 
-def make_runner(name: str, model: nn.Module, images: list[Tensor], targets: list) -> Runner:
-    """Wraps a detection model: a training step on (images, targets) and inference on image i."""
+def make_runner(
+    name: str, model: nn.Module, images: list[Tensor], targets: list, lr: float = 0.0
+) -> Runner:
+    """Wraps a detection model: a training step on (images, targets) and inference on image i.
+
+    The SGD step (momentum 0.9, weight decay 1e-4) does the same arithmetic whatever `lr`; with
+    lr 0 the weights stay as they are, so every step proposes and samples the same RoIs.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=1e-4, momentum=0.9, weight_decay=1e-4)
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=1e-4)
 
     def train_step() -> None:
         model.train()
@@ -274,6 +295,20 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--models", nargs="+", default=["faster", "mask"], choices=list(CONFIGS))
     parser.add_argument(
+        "--lr",
+        type=float,
+        default=0.0,
+        help="SGD learning rate of the training steps. 0 (default) keeps the weights: with any "
+        "other rate the two models' random anchor / RoI sampling makes their weights, proposals "
+        "and mask-head RoI counts drift apart step by step, and the work with them",
+    )
+    parser.add_argument(
+        "--own-init",
+        action="store_true",
+        help="keep our model's own random initialisation instead of torchvision's weights "
+        "(the two then propose and sample different RoIs)",
+    )
+    parser.add_argument(
         "--score-thresh",
         type=float,
         default=0.0,
@@ -294,15 +329,18 @@ def main() -> None:
     for kind in args.models:
         ours_model = build_ours(kind, args.score_thresh, height, width).to(args.device)
         tv_model = build_torchvision(kind, args.score_thresh, height, width).to(args.device)
-        ours = make_runner("ours", ours_model, inputs.images_u8, inputs.targets_ours)
-        peer = make_runner("torchvision", tv_model, inputs.images_f, inputs.targets_tv)
+        if not args.own_init:
+            load_torchvision_weights(ours_model, tv_model)
+        ours = make_runner("ours", ours_model, inputs.images_u8, inputs.targets_ours, args.lr)
+        peer = make_runner("torchvision", tv_model, inputs.images_f, inputs.targets_tv, args.lr)
         bench_pair(ours, peer, args.iters, args.batch, args.device)
         pairs.append((kind, ours, peer))
         del ours_model, tv_model
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(
         f"device={args.device} threads={torch.get_num_threads()} batch={args.batch} "
-        f"size={height}x{width} iters={args.iters} torch={torch.__version__} "
+        f"size={height}x{width} iters={args.iters} "
+        f"weights={'own' if args.own_init else 'same'} lr={args.lr} torch={torch.__version__} "
         f"loadavg(after)={load}"
     )
     print_table(pairs)

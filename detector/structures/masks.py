@@ -41,6 +41,22 @@ def _as_boxes_tensor(boxes: Boxes | Tensor) -> Tensor:
     return boxes.tensor if isinstance(boxes, Boxes) else boxes
 
 
+def _mask_indices(indices: Tensor | None, num_boxes: int, num_masks: int) -> Tensor:
+    """The mask index of each box (int64, N,): `indices` checked, or 0..N-1 when None."""
+    if indices is None:
+        if num_boxes != num_masks:
+            raise ValueError(f"crop_and_resize: {num_boxes} boxes for {num_masks} masks")
+        return torch.arange(num_masks)
+    if indices.shape != (num_boxes,):
+        raise ValueError(
+            f"crop_and_resize: `indices` must be Tensor[{num_boxes}] (one mask index per box), "
+            f"got shape {tuple(indices.shape)}"
+        )
+    if num_boxes and (int(indices.min()) < 0 or int(indices.max()) >= num_masks):
+        raise IndexError(f"crop_and_resize: `indices` outside the {num_masks} masks")
+    return indices.long()
+
+
 def polygons_to_bitmask(polygons: Sequence[np.ndarray], height: int, width: int) -> np.ndarray:
     """Rasterizes one instance's polygons (their union) into a bool array[height, width]."""
     if len(polygons) == 0:
@@ -155,24 +171,29 @@ class PolygonMasks:
         """The masks rasterized in an image of size (height, width)."""
         return BitMasks.from_polygons(self, height, width)
 
-    def crop_and_resize(self, boxes: Boxes | Tensor, mask_size: int) -> Tensor:
-        """Mask targets: instance i cropped to box i and rasterized at mask_size x mask_size.
+    def crop_and_resize(
+        self, boxes: Boxes | Tensor, mask_size: int, indices: Tensor | None = None
+    ) -> Tensor:
+        """Mask targets: instance indices[i] (i by default) cropped to box i and rasterized at
+        mask_size x mask_size.
 
         Rasterizes the polygons directly in each box's frame (as Detectron does), which is
         sharper and cheaper than cropping a full-image bitmap.
 
         Args:
-            boxes: N boxes, one per instance (Boxes or Tensor[N, 4]).
+            boxes: N boxes (Boxes or Tensor[N, 4]), one per instance without `indices`.
             mask_size: M.
+            indices: optional Tensor[N] int64, the instance each box crops (a box per RoI,
+                several RoIs per instance).
 
         Returns:
             Tensor[N, M, M] float32 of 0 and 1, on the boxes' device.
         """
         box_tensor = _as_boxes_tensor(boxes)
-        if len(box_tensor) != len(self):
-            raise ValueError(f"crop_and_resize: {len(box_tensor)} boxes for {len(self)} masks")
+        index = _mask_indices(indices, len(box_tensor), len(self)).tolist()
+        instances = [self.polygons[i] for i in index]
         targets = []
-        for instance, box in zip(self.polygons, box_tensor.detach().cpu().double(), strict=True):
+        for instance, box in zip(instances, box_tensor.detach().cpu().double(), strict=True):
             x0, y0, x1, y1 = box.tolist()
             scale_x = mask_size / max(x1 - x0, 1e-6)
             scale_y = mask_size / max(y1 - y0, 1e-6)
@@ -318,28 +339,33 @@ class BitMasks:
             raise ValueError(f"BitMasks of size {self.image_size} asked for {(height, width)}")
         return self
 
-    def crop_and_resize(self, boxes: Boxes | Tensor, mask_size: int) -> Tensor:
-        """Mask targets: mask i cropped to box i and resampled at mask_size x mask_size.
+    def crop_and_resize(
+        self, boxes: Boxes | Tensor, mask_size: int, indices: Tensor | None = None
+    ) -> Tensor:
+        """Mask targets: mask indices[i] (i by default) cropped to box i and resampled at
+        mask_size x mask_size.
 
-        RoIAlign (aligned=True, adaptive sampling) over the bitmap, thresholded at 0.5.
+        RoIAlign (aligned=True, adaptive sampling) over the bitmaps, thresholded at 0.5. With
+        `indices`, each mask is converted once however many boxes crop it (the mask head's
+        RoIs: G masks, not one full-image copy per RoI).
 
         Args:
-            boxes: N boxes, one per mask (Boxes or Tensor[N, 4]).
+            boxes: N boxes (Boxes or Tensor[N, 4]), one per mask without `indices`.
             mask_size: M.
+            indices: optional Tensor[N] int64, the mask each box crops.
 
         Returns:
             Tensor[N, M, M] float32 of 0 and 1, on the boxes' device.
         """
         box_tensor = _as_boxes_tensor(boxes)
-        if len(box_tensor) != len(self):
-            raise ValueError(f"crop_and_resize: {len(box_tensor)} boxes for {len(self)} masks")
+        index = _mask_indices(indices, len(box_tensor), len(self))
         out_device = box_tensor.device
-        if len(self) == 0:
+        if len(box_tensor) == 0:
             return torch.zeros(0, mask_size, mask_size, device=out_device)
         box_tensor = box_tensor.to(device=self.device, dtype=torch.float32)
-        batch_index = torch.arange(len(self), device=self.device, dtype=torch.float32)[:, None]
+        batch_index = index.to(device=self.device, dtype=torch.float32)[:, None]
         rois = torch.cat([batch_index, box_tensor], dim=1)  # (N, 5)
-        bitmaps = self.tensor[:, None].to(torch.float32)  # (N, 1, H, W)
+        bitmaps = self.tensor[:, None].to(torch.float32)  # (G, 1, H, W)
         sampled = roi_align(bitmaps, rois, (mask_size, mask_size), 1.0, 0, aligned=True)
         targets = (sampled[:, 0] >= 0.5).to(torch.float32)  # (N, 1, M, M) -> (N, M, M)
         return targets.to(out_device)

@@ -156,6 +156,21 @@ def test_crop_and_resize_polygon_and_bitmap_agree():
     assert (from_polygons - from_bitmaps).abs().mean() < 0.05
 
 
+def test_crop_and_resize_with_indices_equals_indexing_first():
+    masks = polygons()
+    boxes = torch.tensor(
+        [[0.0, 0.0, 10.0, 10.0], [18.0, 0.0, 31.0, 11.0], [1.0, 3.0, 9.0, 7.0], [2, 2, 8, 8.0]]
+    )
+    indices = torch.tensor([0, 1, 1, 2])
+    for source in (masks, masks.to_bitmasks(32, 32)):
+        expected = source[indices].crop_and_resize(boxes, 6)
+        assert torch.equal(source.crop_and_resize(boxes, 6, indices=indices), expected)
+        with pytest.raises(ValueError, match="one mask index per box"):
+            source.crop_and_resize(boxes, 6, indices=indices[:3])
+        with pytest.raises(IndexError, match="outside the 3 masks"):
+            source.crop_and_resize(boxes, 6, indices=torch.tensor([0, 1, 3, 2]))
+
+
 def test_crop_and_resize_empty_and_mismatch():
     assert PolygonMasks([]).crop_and_resize(torch.empty(0, 4), 5).shape == (0, 5, 5)
     empty_bitmaps = BitMasks(torch.zeros(0, 4, 4, dtype=torch.bool))

@@ -204,10 +204,12 @@ class BasicBlock(nn.Module):
         self.downsample = _downsample(in_channels, out_channels, stride, norm)
 
     def forward(self, x: Tensor) -> Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
+        # In place on fresh outputs (as torchvision): neither a norm's nor an add's backward
+        # needs its output, and ReLU's needs only its own output.
+        out = F.relu_(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        shortcut = x if self.downsample is None else self.downsample(x)
-        return F.relu(out + shortcut)
+        out += x if self.downsample is None else self.downsample(x)
+        return F.relu_(out)
 
 
 class Bottleneck(nn.Module):
@@ -259,11 +261,12 @@ class Bottleneck(nn.Module):
         self.downsample = _downsample(in_channels, out_channels, stride, norm)
 
     def forward(self, x: Tensor) -> Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
+        # In place on fresh outputs, as BasicBlock.forward.
+        out = F.relu_(self.bn1(self.conv1(x)))
+        out = F.relu_(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        shortcut = x if self.downsample is None else self.downsample(x)
-        return F.relu(out + shortcut)
+        out += x if self.downsample is None else self.downsample(x)
+        return F.relu_(out)
 
 
 # depth -> (block class, number of blocks in res2..res5)
@@ -331,7 +334,7 @@ class BasicStem(nn.Module):
         self.out_channels = out_channels
 
     def forward(self, x: Tensor) -> Tensor:
-        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu_(self.bn1(self.conv1(x)))
         return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
 
 

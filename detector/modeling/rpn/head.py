@@ -29,7 +29,7 @@ class RPNHead(nn.Module):
         """Returns per level objectness (N, A, H, W) and deltas (N, A*4, H, W)."""
         logits, deltas = [], []
         for feature in features:
-            hidden = F.relu(self.conv(feature))
+            hidden = F.relu_(self.conv(feature))
             logits.append(self.cls_logits(hidden))
             deltas.append(self.bbox_pred(hidden))
         return logits, deltas

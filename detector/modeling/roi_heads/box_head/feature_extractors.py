@@ -63,7 +63,7 @@ class FPN2MLPFeatureExtractor(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.flatten(1)  # (R, C, S, S) -> (R, C*S*S)
-        return F.relu(self.fc7(F.relu(self.fc6(x))))
+        return F.relu_(self.fc7(F.relu_(self.fc6(x))))  # in place on the fresh FC outputs
 
 
 @ROI_BOX_FEATURE_EXTRACTORS.register("FPNXconv1fcFeatureExtractor")
@@ -128,7 +128,7 @@ class FPNXconv1fcFeatureExtractor(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.xconvs(x).flatten(1)  # (R, conv_dim, S, S) -> (R, conv_dim*S*S)
-        return F.relu(self.fc6(x))
+        return F.relu_(self.fc6(x))
 
 
 @ROI_BOX_FEATURE_EXTRACTORS.register("ResNet50Conv5ROIFeatureExtractor")

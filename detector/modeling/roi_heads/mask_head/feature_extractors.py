@@ -85,7 +85,7 @@ class MaskRCNNFPNFeatureExtractor(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         for name in self.layer_names:
-            x = F.relu(getattr(self, name)(x))
+            x = F.relu_(getattr(self, name)(x))  # in place on the fresh conv (or norm) output
         return x
 
 

@@ -36,8 +36,7 @@ def _image_targets(rois: Instances, targets: Instances, image: int, mask_size: i
             f"mask head: instances[{image}].matched_gt_idx points outside the {len(gt_masks)} "
             f"ground-truth masks of targets[{image}]"
         )
-    matched_masks = gt_masks[matched.to(gt_masks.device)]
-    return matched_masks.crop_and_resize(rois.proposal_boxes.tensor, mask_size)
+    return gt_masks.crop_and_resize(rois.proposal_boxes.tensor, mask_size, indices=matched)
 
 
 def mask_rcnn_targets(

@@ -70,7 +70,9 @@ class MaskHead(nn.Module):
         pooler: ``pooler(features: list[Tensor], boxes: list[Boxes]) -> Tensor[R, C, S, S]``
             (must accept images without boxes).
         feature_extractor: ``(R, C, S, S) -> (R, C', S', S')``.
-        predictor: ``(R, C', S', S') -> (R, K, M, M)`` mask logits.
+        predictor: ``(R, C', S', S') -> (R, K, M, M)`` mask logits; one with a true
+            `selects_classes` attribute is called as ``predictor(x, classes)`` with each RoI's
+            class (Tensor[R]) and may return only those logits, (R, 1, M, M).
         mask_size: M, the side of the logits and of the mask targets (RESOLUTION).
         share_box_features: in training, take the positive RoIs' features from the
             `box_features` given to `forward` (the box head's res5 output on all sampled RoIs,
@@ -146,8 +148,8 @@ class MaskHead(nn.Module):
             mask_features = self._mask_features(
                 features, [rois.proposal_boxes for rois in positive_rois]
             )
-        mask_logits = self._predict(mask_features)
         mask_targets, classes = mask_rcnn_targets(positive_rois, targets, self.mask_size)
+        mask_logits = self._predict(mask_features, classes)  # (P, K or 1, M, M)
         return mask_rcnn_loss(mask_logits, classes, mask_targets)
 
     @staticmethod
@@ -179,9 +181,11 @@ class MaskHead(nn.Module):
             probabilities = torch.zeros(0, 1, self.mask_size, self.mask_size, device=device)
         else:
             boxes = [self._pred_boxes(dets, features) for dets in detections]
-            mask_logits = self._predict(self._mask_features(features, boxes))
+            mask_features = self._mask_features(features, boxes)
             classes = torch.cat([d.pred_classes for d in detections if d.has("pred_classes")])
-            probabilities = mask_probabilities(mask_logits, classes.to(mask_logits.device))
+            classes = classes.to(mask_features.device)
+            mask_logits = self._predict(mask_features, classes)  # (R, K or 1, M, M)
+            probabilities = mask_probabilities(mask_logits, classes)
         results = []
         for dets, image_probs in zip(detections, probabilities.split(counts), strict=True):
             masks = image_probs
@@ -207,9 +211,18 @@ class MaskHead(nn.Module):
         """Pooled and extracted features of the boxes: (R, C', S', S')."""
         return self.feature_extractor(self.pooler(features, boxes))
 
-    def _predict(self, mask_features: Tensor) -> Tensor:
-        """Mask logits (R, K, M, M), with M checked against `mask_size`."""
-        mask_logits = self.predictor(mask_features)
+    def _predict(self, mask_features: Tensor, classes: Tensor) -> Tensor:
+        """Mask logits (R, K, M, M), with M checked against `mask_size`; (R, 1, M, M), the
+        logits of class classes[r] only, from a predictor that `selects_classes`.
+
+        Args:
+            mask_features: Tensor[R, C', S', S'].
+            classes: Tensor[R] int64, the class whose mask each RoI needs.
+        """
+        if getattr(self.predictor, "selects_classes", False):
+            mask_logits = self.predictor(mask_features, classes)
+        else:
+            mask_logits = self.predictor(mask_features)
         if mask_logits.shape[-2:] != (self.mask_size, self.mask_size):
             raise ValueError(
                 f"mask head: the predictor gives {tuple(mask_logits.shape[-2:])} masks but "
