@@ -85,6 +85,20 @@ def test_torchvision_faster_rcnn_against_faster_config():
     ours.load_state_dict(converted, strict=True)
 
 
+def test_torchvision_v2_is_reported_as_not_expressible():
+    """fasterrcnn_resnet50_fpn_v2 has BatchNorm in the FPN, a 2-conv RPN head and a 4-conv +
+    BatchNorm box head, which no config of ours builds: the conversion is incomplete and the
+    report names the keys (tools/convert_weights.py then refuses to write a checkpoint)."""
+    torch.manual_seed(0)
+    tv = torchvision.models.detection.fasterrcnn_resnet50_fpn_v2(
+        weights=None, weights_backbone=None
+    )
+    _, report = convert_torchvision_detection(tv.state_dict(), _model(TV_FASTER_CONFIG))
+    assert not report.complete
+    for key in ("backbone.fpn.layer_blocks.0.1.running_var", "rpn.head.conv.1.0.weight"):
+        assert key in report.unmatched and key in report.summary()
+
+
 def test_torchvision_pre_013_layout_converts_the_same(tv_mask_state):
     """torchvision < 0.13 stored the FPN, RPN and mask-head convs without the ".0" wrappers."""
     old = {}
