@@ -101,22 +101,36 @@ class StubDetector(nn.Module):
         )
 
 
-def batches(args: argparse.Namespace, log: list[tuple[int, float]]) -> Iterator[tuple]:
+def batches(args: argparse.Namespace, rss: list[tuple[int, float]]) -> Iterator[tuple]:
     """(images, targets, metas) as build_test_loader yields them; records RSS every `--every`
-    images into `log` as (images done, MB)."""
+    images into `rss` as (images done, MB)."""
     image = torch.zeros(3, 1, 1, dtype=torch.uint8)  # the stub never looks at pixels
     for start in range(1, args.images + 1, args.batch):
         ids = range(start, min(start + args.batch, args.images + 1))
         if (start - 1) % args.every < args.batch:
-            log.append((start - 1, _status_mb("VmRSS")))
+            rss.append((start - 1, _status_mb("VmRSS")))
         metas = [{"image_id": i, "height": args.height, "width": args.width} for i in ids]
         yield [image] * len(metas), [None] * len(metas), metas
-    log.append((args.images, _status_mb("VmRSS")))
+    rss.append((args.images, _status_mb("VmRSS")))
 
 
 def _rle_bytes(evaluator: COCOEvaluator) -> int:
     records: list[dict[str, Any]] = evaluator.records.get("instances", [])
     return sum(len(r["segmentation"]["counts"]) for r in records if "segmentation" in r)
+
+
+class TimedCOCOEvaluator(COCOEvaluator):
+    """COCOEvaluator that records the RSS before its final COCOeval and how long that took."""
+
+    rss_before_mb: float = 0.0
+    seconds: float = 0.0
+
+    def evaluate(self) -> dict[str, float]:
+        self.rss_before_mb = _status_mb("VmRSS")
+        tic = time.perf_counter()
+        metrics = super().evaluate()
+        self.seconds = time.perf_counter() - tic
+        return metrics
 
 
 def main() -> None:
@@ -134,58 +148,55 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         annotations = Path(tmp) / "instances.json"
         write_annotations(annotations, args)
-        evaluator = COCOEvaluator(annotations)
+        evaluator = TimedCOCOEvaluator(annotations)
         scale = 800 / min(args.height, args.width)  # the stub "sees" the test-resized image
         model = StubDetector(args.dets, (round(args.height * scale), round(args.width * scale)))
-        log: list[tuple[int, float]] = []
+        rss: list[tuple[int, float]] = []
         _report_start(args)
         tic = time.perf_counter()
-        metrics = _run(model, args, evaluator, log)
-        _report(args, log, evaluator, metrics, time.perf_counter() - tic)
-
-
-def _run(model: nn.Module, args: argparse.Namespace, evaluator: COCOEvaluator,
-         log: list[tuple[int, float]]) -> dict[str, float]:  # fmt: skip
-    """inference_on_dataset with the process/evaluate split timed: returns the metrics and
-    appends ("evaluate", RSS after, peak RSS) figures to `log` via the report."""
-    original_evaluate = evaluator.evaluate
-
-    def timed_evaluate() -> dict[str, float]:
-        log.append((-1, _status_mb("VmRSS")))  # before COCOeval
-        tic = time.perf_counter()
-        result = original_evaluate()
-        log.append((-2, time.perf_counter() - tic))
-        return result
-
-    evaluator.evaluate = timed_evaluate  # type: ignore[method-assign]
-    return inference_on_dataset(model, batches(args, log), evaluator, progress=False)
+        metrics = inference_on_dataset(model, batches(args, rss), evaluator, progress=False)
+        _report(args, rss, evaluator, metrics, time.perf_counter() - tic)
 
 
 def _report_start(args: argparse.Namespace) -> None:
     raw = args.dets * args.height * args.width
-    print(f"{args.images} images of {args.height}x{args.width}, {args.dets} detections with "
-          f"masks each: pasted masks {raw / 2**20:.1f} MB per image as bytes, "
-          f"{raw * args.images / 2**30:.1f} GB for all")  # fmt: skip
+    print(
+        f"{args.images} images of {args.height}x{args.width}, {args.dets} detections with "
+        f"masks each: pasted masks {raw / 2**20:.1f} MB per image as bytes, "
+        f"{raw * args.images / 2**30:.1f} GB for all"
+    )
 
 
-def _report(args: argparse.Namespace, log: list[tuple[int, float]], evaluator: COCOEvaluator,
-            metrics: dict[str, float], seconds: float) -> None:  # fmt: skip
+def _report(
+    args: argparse.Namespace,
+    rss: list[tuple[int, float]],
+    evaluator: TimedCOCOEvaluator,
+    metrics: dict[str, float],
+    seconds: float,
+) -> None:
+    """Prints the RSS table (images done, MB), the growth per image, the RLE kept and COCOeval's
+    figures."""
     print("| images processed | RSS MB |")
     print("|---:|---:|")
-    rss = [(n, mb) for n, mb in log if n >= 0]
     for n, mb in rss:
         print(f"| {n} | {mb:.1f} |")
     first, last = rss[1] if len(rss) > 1 else rss[0], rss[-1]
     per_image = (last[1] - first[1]) / max(last[0] - first[0], 1) * 1024
-    figures = dict(log)
-    print(f"growth after the first {first[0]} images: {last[1] - first[1]:+.1f} MB "
-          f"({per_image:.1f} KB per image)")  # fmt: skip
-    print(f"RLE kept: {_rle_bytes(evaluator) / 2**20:.1f} MB "
-          f"({_rle_bytes(evaluator) / args.images / 1024:.1f} KB per image)")  # fmt: skip
-    print(f"COCOeval (bbox + segm): {figures[-2]:.1f} s; RSS {figures[-1]:.1f} MB before, "
-          f"{_status_mb('VmRSS'):.1f} MB after; peak RSS of the run {_status_mb('VmHWM'):.1f} MB")
-    print(f"total {seconds:.1f} s; segm/AP {metrics.get('segm/AP', float('nan')):.4f} "
-          f"(random stub detections: near 0 by design)")
+    print(
+        f"growth after the first {first[0]} images: {last[1] - first[1]:+.1f} MB "
+        f"({per_image:.1f} KB per image)"
+    )
+    rle = _rle_bytes(evaluator)
+    print(f"RLE kept: {rle / 2**20:.1f} MB ({rle / args.images / 1024:.1f} KB per image)")
+    print(
+        f"COCOeval (bbox + segm): {evaluator.seconds:.1f} s; RSS {evaluator.rss_before_mb:.1f} MB "
+        f"before, {_status_mb('VmRSS'):.1f} MB after; peak RSS of the run "
+        f"{_status_mb('VmHWM'):.1f} MB"
+    )
+    print(
+        f"total {seconds:.1f} s; segm/AP {metrics.get('segm/AP', float('nan')):.4f} "
+        "(random stub detections: near 0 by design)"
+    )
 
 
 if __name__ == "__main__":

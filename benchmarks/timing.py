@@ -16,16 +16,18 @@ def median_ms(
     """Median wall time of `fn()` in milliseconds over `repeat` runs after `warmup` runs."""
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(repeat):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    return statistics.median(wall_seconds(fn, device) * 1e3 for _ in range(repeat))
+
+
+def wall_seconds(fn: Callable[[], object], device: str = "cpu") -> float:
+    """Wall seconds of one call of `fn()`, synchronising CUDA around it."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
 
 
 @dataclass

@@ -33,7 +33,6 @@ import argparse
 import ctypes
 import os
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +44,7 @@ from torchvision.models.detection import FasterRCNN, MaskRCNN
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from benchmarks.timing import wall_seconds
 from detector.config import load_config, merge_opts
 from detector.export.convert import convert_torchvision_detection
 from detector.modeling.detector import GeneralizedRCNN
@@ -225,17 +225,6 @@ def make_runner(
     return Runner(name, model, train_step, infer)
 
 
-def timed(fn: Callable[[], object], device: str) -> float:
-    """Wall seconds of one call, synchronising CUDA around it."""
-    if device == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
 def bench_pair(ours: Runner, peer: Runner, iters: int, n_images: int, device: str) -> None:
     """Warm-up, memory, then `iters` interleaved train steps and inferences (order alternates)."""
     for runner in (ours, peer):
@@ -247,10 +236,10 @@ def bench_pair(ours: Runner, peer: Runner, iters: int, n_images: int, device: st
     for it in range(iters):
         pair = (ours, peer) if it % 2 == 0 else (peer, ours)
         for runner in pair:
-            runner.train_s.append(timed(runner.train_step, device))
+            runner.train_s.append(wall_seconds(runner.train_step, device))
         for runner in pair:
             i = it % n_images
-            runner.infer_s.append(timed(lambda r=runner, i=i: r.infer(i), device))
+            runner.infer_s.append(wall_seconds(lambda r=runner, i=i: r.infer(i), device))
 
 
 def _ratio(a: float | None, b: float | None) -> str:
