@@ -22,6 +22,22 @@ void block_to_planes(const float* src, int64_t plane, float* dst);
 // As block_to_planes for 32-bit integers (indices), copied exactly.
 void block_to_planes(const int32_t* src, int64_t plane, int32_t* dst);
 
+// dst[hw][j] = src[j * channel_stride + hw * pixel_stride] for j < cw, 0 for cw <= j < 16: the
+// general (any dtype, partial block) copy of `plane` pixels into a channel block.
+template <typename T>
+void copy_to_block(const T* src, int64_t channel_stride, int64_t pixel_stride, int64_t plane,
+                   int64_t cw, T* dst) {
+  for (int64_t hw = 0; hw < plane; ++hw) {
+    T* d = dst + hw * kChannelBlock;
+    for (int64_t j = 0; j < cw; ++j) {
+      d[j] = src[j * channel_stride + hw * pixel_stride];
+    }
+    for (int64_t j = cw; j < kChannelBlock; ++j) {
+      d[j] = T(0);
+    }
+  }
+}
+
 // buf[n * H * W + pixel][j] = input[n, c0 + j, h, w] for j < cw, 0 for cw <= j < 16, from an
 // NCHW- or NHWC-contiguous `input` (N, C, H, W).
 template <typename T>
@@ -41,15 +57,7 @@ void load_channel_block(const at::Tensor& input, int64_t c0, int64_t cw, T* buf)
           continue;
         }
       }
-      for (int64_t hw = 0; hw < plane; ++hw) {
-        T* d = dst + hw * kBlock;
-        for (int64_t j = 0; j < cw; ++j) {
-          d[j] = src[j * plane + hw];
-        }
-        for (int64_t j = cw; j < kBlock; ++j) {
-          d[j] = T(0);
-        }
-      }
+      copy_to_block(src, plane, 1, plane, cw, dst);
     } else {
       const T* src = in + n * plane * channels + c0;
       if (cw == kBlock) {  // whole rows of B channels: one vector copy per pixel
@@ -59,15 +67,7 @@ void load_channel_block(const at::Tensor& input, int64_t c0, int64_t cw, T* buf)
         }
         continue;
       }
-      for (int64_t hw = 0; hw < plane; ++hw) {
-        T* d = dst + hw * kBlock;
-        for (int64_t j = 0; j < cw; ++j) {
-          d[j] = src[hw * channels + j];
-        }
-        for (int64_t j = cw; j < kBlock; ++j) {
-          d[j] = T(0);
-        }
-      }
+      copy_to_block(src, 1, channels, plane, cw, dst);
     }
   }
 }
