@@ -13,6 +13,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from detector.layers.conv import Conv2d
 from detector.layers.norm import NormFactory, norm_factory
 from detector.modeling.backbone.resnet import ResNet, norm_from_config, resnet_kwargs_from_config
 from detector.modeling.registry import BACKBONES
@@ -29,7 +30,7 @@ def _conv_block(
     in_channels: int, out_channels: int, kernel_size: int, norm: NormFactory | None, use_relu: bool
 ) -> nn.Sequential:
     """Conv (bias only without norm), optional norm and ReLU; kaiming_uniform(a=1) init."""
-    conv = nn.Conv2d(
+    conv = Conv2d(
         in_channels,
         out_channels,
         kernel_size,

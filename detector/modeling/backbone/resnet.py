@@ -25,7 +25,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from detector.layers import DeformConv2d, FrozenBatchNorm2d, get_norm
+from detector.layers import Conv2d, DeformConv2d, FrozenBatchNorm2d, get_norm
 from detector.layers.norm import NormFactory, norm_factory
 from detector.modeling.registry import BACKBONES
 
@@ -127,7 +127,7 @@ def _conv3x3(
             deformable_groups=deformable_groups,
             modulated=with_modulated_dcn,
         )
-    conv = nn.Conv2d(
+    conv = Conv2d(
         in_channels,
         out_channels,
         3,

@@ -12,6 +12,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from detector.layers import Conv2d
 from detector.modeling.registry import BACKBONES
 
 # Output channels of the 13 convs, "M" a 2x2/2 max pool (torchvision's configuration "D").
@@ -42,7 +43,7 @@ class VGG16(nn.Module):
             if spec == "M":
                 layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
                 continue
-            conv = nn.Conv2d(in_channels, int(spec), kernel_size=3, padding=1)
+            conv = Conv2d(in_channels, int(spec), kernel_size=3, padding=1)
             nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
             nn.init.zeros_(conv.bias)
             layers += [conv, nn.ReLU(inplace=True)]

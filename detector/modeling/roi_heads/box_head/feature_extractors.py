@@ -18,7 +18,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from detector.layers import get_norm
+from detector.layers import Conv2d, get_norm
 from detector.modeling.backbone.resnet import build_res5_head
 from detector.modeling.registry import ROI_BOX_FEATURE_EXTRACTORS
 
@@ -90,7 +90,7 @@ class FPNXconv1fcFeatureExtractor(nn.Module):
         layers: list[nn.Module] = []
         channels = in_channels
         for _ in range(num_convs):
-            conv = nn.Conv2d(
+            conv = Conv2d(
                 channels, conv_dim, 3, padding=dilation, dilation=dilation, bias=not use_gn
             )
             nn.init.normal_(conv.weight, std=0.01)

@@ -21,7 +21,7 @@ from typing import Any
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from detector.layers import get_norm
+from detector.layers import Conv2d, get_norm
 from detector.modeling.registry import ROI_MASK_HEADS
 
 __all__ = [
@@ -65,9 +65,7 @@ class MaskRCNNFPNFeatureExtractor(nn.Module):
         self.layer_names: list[str] = []
         channels = in_channels
         for index, width in enumerate(conv_layers, start=1):
-            conv = nn.Conv2d(
-                channels, width, 3, padding=dilation, dilation=dilation, bias=not use_gn
-            )
+            conv = Conv2d(channels, width, 3, padding=dilation, dilation=dilation, bias=not use_gn)
             _init_head_conv(conv)
             layer: nn.Module = conv
             if use_gn:

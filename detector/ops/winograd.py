@@ -1,0 +1,149 @@
+"""3x3 convolution by Winograd's minimal filtering F(2x2, 3x3) (Lavin & Gray, CVPR 2016).
+
+Shapes: N images, C input and K output channels, H x W maps, T = N * ceil(H/2) * ceil(W/2) tiles
+of 2x2 outputs, 16 = 4 x 4 transform positions.
+
+For a 3x3 kernel with stride 1, padding 1, dilation 1 and one group, every 2x2 output tile is
+
+    y_tile = A^T [ (G w G^T) (.) (B^T d_tile B) ] A
+
+where d_tile is the tile's 4x4 input window. Summed over input channels, the element-wise product
+becomes 16 matrix products (K x C) @ (C x T), one per transform position: 16 multiplications per
+tile and channel pair where the direct convolution needs 4 * 9 = 36 (2.25x fewer). The input and
+output transforms are compiled kernels (`torch.ops.detector.winograd_*`, CPU); the weight
+transform and the matrix products are ATen ops, so autograd differentiates the whole chain exactly
+(the gradient of the input is the adjoint of the input transform, the weight's comes through
+G w G^T).
+
+The result equals `F.conv2d(input, weight, bias, padding=1)` up to float rounding (relative error
+~3e-6 in float32: the transforms add and subtract up to 9 values).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from detector.ops import _library  # noqa: F401  (registers torch.ops.detector.*)
+
+# Transform matrices of F(2x2, 3x3) (Lavin & Gray, Sec. 4.1); B^T and A^T are applied in the
+# compiled kernels, G here.
+_G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
+
+
+def winograd_weight(weight: Tensor) -> Tensor:
+    """Returns U = G w G^T for every (output, input) channel pair: (K, C, 3, 3) -> (16, K, C)."""
+    if weight.dim() != 4 or weight.shape[2:] != (3, 3):
+        shape = tuple(weight.shape)
+        raise ValueError(f"winograd_conv3x3: `weight` must be (K, C, 3, 3), got {shape}")
+    out_channels, in_channels = weight.shape[:2]
+    g = torch.tensor(_G, dtype=weight.dtype, device=weight.device)  # (4, 3)
+    # U[4i+j] = sum_ab G[i,a] G[j,b] w[a,b]: one (16, 9) @ (9, K*C) product.
+    transform = torch.kron(g, g)  # (16, 9)
+    u = transform @ weight.reshape(out_channels * in_channels, 9).t()  # (16, K*C)
+    return u.view(16, out_channels, in_channels)
+
+
+def winograd_conv3x3(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """`F.conv2d(input, weight, bias, stride=1, padding=1)` for a 3x3 `weight`, by Winograd.
+
+    Args:
+        input: (N, C, H, W) float32 or float64 on the CPU (NCHW or channels-last).
+        weight: (K, C, 3, 3).
+        bias: (K,) or None.
+
+    Returns:
+        (N, K, H, W), NCHW-contiguous.
+    """
+    if input.dim() != 4 or input.shape[1] != weight.shape[1]:
+        raise ValueError(
+            f"winograd_conv3x3: `input` must be (N, {weight.shape[1]}, H, W) for a weight of "
+            f"shape {tuple(weight.shape)}, got {tuple(input.shape)}"
+        )
+    batch, _, height, width = input.shape
+    v = torch.ops.detector.winograd_input_transform(input)  # (16, C, T)
+    m = torch.bmm(winograd_weight(weight), v)  # (16, K, C) @ (16, C, T) -> (16, K, T)
+    return torch.ops.detector.winograd_output_transform(m, bias, batch, height, width)
+
+
+def _tiles(batch: int, height: int, width: int) -> int:
+    return batch * ((height + 1) // 2) * ((width + 1) // 2)
+
+
+@torch.library.register_fake("detector::winograd_input_transform")
+def _input_transform_fake(input: Tensor) -> Tensor:
+    batch, channels, height, width = input.shape
+    return input.new_empty((16, channels, _tiles(batch, height, width)))
+
+
+@torch.library.register_fake("detector::_winograd_input_transform_backward")
+def _input_transform_backward_fake(grad: Tensor, batch: int, height: int, width: int) -> Tensor:
+    return grad.new_empty((batch, grad.shape[1], height, width))
+
+
+@torch.library.register_fake("detector::winograd_output_transform")
+def _output_transform_fake(
+    m: Tensor, bias: Tensor | None, batch: int, height: int, width: int
+) -> Tensor:
+    return m.new_empty((batch, m.shape[1], height, width))
+
+
+@torch.library.register_fake("detector::_winograd_output_transform_backward")
+def _output_transform_backward_fake(grad: Tensor) -> Tensor:
+    batch, channels, height, width = grad.shape
+    return grad.new_empty((16, channels, _tiles(batch, height, width)))
+
+
+# Autograd: each transform is linear, and its backward op is its adjoint, so the two ops of a pair
+# are each other's gradients (which also gives double backward).
+
+
+def _input_setup(ctx, inputs: tuple, output: Tensor) -> None:
+    (input,) = inputs
+    ctx.shape = tuple(input.shape)
+
+
+def _input_backward(ctx, grad: Tensor) -> Tensor:
+    batch, _, height, width = ctx.shape
+    return torch.ops.detector._winograd_input_transform_backward(grad, batch, height, width)
+
+
+def _input_adjoint_backward(ctx, grad: Tensor) -> tuple:
+    return torch.ops.detector.winograd_input_transform(grad), None, None, None
+
+
+def _output_setup(ctx, inputs: tuple, output: Tensor) -> None:
+    ctx.has_bias = inputs[1] is not None
+
+
+def _output_backward(ctx, grad: Tensor) -> tuple:
+    grad_m = torch.ops.detector._winograd_output_transform_backward(grad)
+    grad_bias = grad.sum(dim=(0, 2, 3)) if ctx.has_bias else None
+    return grad_m, grad_bias, None, None, None
+
+
+def _output_adjoint_setup(ctx, inputs: tuple, output: Tensor) -> None:
+    ctx.shape = tuple(inputs[0].shape)
+
+
+def _output_adjoint_backward(ctx, grad: Tensor) -> Tensor:
+    batch, _, height, width = ctx.shape
+    return torch.ops.detector.winograd_output_transform(grad, None, batch, height, width)
+
+
+torch.library.register_autograd(
+    "detector::winograd_input_transform", _input_backward, setup_context=_input_setup
+)
+torch.library.register_autograd(
+    "detector::_winograd_input_transform_backward",
+    _input_adjoint_backward,
+    setup_context=lambda ctx, inputs, output: None,
+)
+torch.library.register_autograd(
+    "detector::winograd_output_transform", _output_backward, setup_context=_output_setup
+)
+torch.library.register_autograd(
+    "detector::_winograd_output_transform_backward",
+    _output_adjoint_backward,
+    setup_context=_output_adjoint_setup,
+)
