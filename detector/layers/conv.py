@@ -63,7 +63,7 @@ def _in_graph_capture() -> bool:
         torch.jit.is_scripting()
         or torch.jit.is_tracing()
         or torch.compiler.is_compiling()
-        or torch.fx._symbolic_trace.is_fx_tracing()
+        or torch.fx._symbolic_trace.is_fx_symbolic_tracing()
     )
 
 
