@@ -10,10 +10,10 @@ For a 3x3 kernel with stride 1, padding 1, dilation 1 and one group, every 2x2 o
 where d_tile is the tile's 4x4 input window. Summed over input channels, the element-wise product
 becomes 16 matrix products (K x C) @ (C x T), one per transform position: 16 multiplications per
 tile and channel pair where the direct convolution needs 4 * 9 = 36 (2.25x fewer). The input and
-output transforms are compiled kernels (`torch.ops.detector.winograd_*`, CPU); the weight
-transform and the matrix products are ATen ops, so autograd differentiates the whole chain exactly
-(the gradient of the input is the adjoint of the input transform, the weight's comes through
-G w G^T).
+output transforms are compiled kernels (`torch.ops.detector.winograd_*`, CPU), each registered
+with its adjoint as its gradient; the weight transform and the matrix products are ATen ops. The
+gradients are exact: the input's is the adjoint of the whole chain, the weight's comes through
+G w G^T.
 
 The result equals `F.conv2d(input, weight, bias, padding=1)` up to float rounding (relative error
 ~3e-6 in float32: the transforms add and subtract up to 9 values).
@@ -60,10 +60,41 @@ def winograd_conv3x3(input: Tensor, weight: Tensor, bias: Tensor | None = None) 
             f"winograd_conv3x3: `input` must be (N, {weight.shape[1]}, H, W) for a weight of "
             f"shape {tuple(weight.shape)}, got {tuple(input.shape)}"
         )
-    batch, _, height, width = input.shape
-    v = torch.ops.detector.winograd_input_transform(input)  # (16, C, T)
-    m = torch.bmm(winograd_weight(weight), v)  # (16, K, C) @ (16, C, T) -> (16, K, T)
-    return torch.ops.detector.winograd_output_transform(m, bias, batch, height, width)
+    return _WinogradConv3x3.apply(input, winograd_weight(weight), bias)
+
+
+class _WinogradConv3x3(torch.autograd.Function):
+    """y = A^T [U (.) (B^T d B)] A over tiles, with U = G w G^T given (autograd reaches w through
+    it). Saves the input, not its 4x larger transform, and recomputes that in the backward (a
+    memory-bound pass, ~10% of the matrix products' time). The backward is made of differentiable
+    ops, so double backward works too."""
+
+    @staticmethod
+    def forward(ctx, input: Tensor, u: Tensor, bias: Tensor | None) -> Tensor:
+        batch, _, height, width = input.shape
+        v = torch.ops.detector.winograd_input_transform(input)  # (16, C, T)
+        m = torch.bmm(u, v)  # (16, K, C) @ (16, C, T) -> (16, K, T)
+        ctx.save_for_backward(input, u)
+        ctx.has_bias = bias is not None
+        return torch.ops.detector.winograd_output_transform(m, bias, batch, height, width)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        input, u = ctx.saved_tensors
+        batch, _, height, width = input.shape
+        grad_m = torch.ops.detector._winograd_output_transform_backward(grad)  # (16, K, T)
+        grad_input = grad_u = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_v = torch.bmm(u.transpose(1, 2), grad_m)  # (16, C, T)
+            grad_input = torch.ops.detector._winograd_input_transform_backward(
+                grad_v, batch, height, width
+            )
+        if ctx.needs_input_grad[1]:
+            v = torch.ops.detector.winograd_input_transform(input)
+            grad_u = torch.bmm(grad_m, v.transpose(1, 2))  # (16, K, C)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad.sum(dim=(0, 2, 3))
+        return grad_input, grad_u, grad_bias
 
 
 def _tiles(batch: int, height: int, width: int) -> int:
