@@ -58,6 +58,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from detector.layers.conv import winograd
 from detector.structures import ImageList, as_size
 
 __all__ = [
@@ -464,7 +465,7 @@ def check_onnx(
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     ort_outputs = [torch.from_numpy(a) for a in session.run(None, {"image": image.numpy()})]
-    with torch.no_grad():
+    with torch.no_grad(), winograd(False):  # the exported graph has direct convolutions
         torch_outputs = list(wrapper(image))
     return compare_outputs(wrapper.output_names, ort_outputs, torch_outputs, atol, "ONNX")
 
@@ -549,6 +550,7 @@ def check_program(
     absolute difference."""
     with torch.no_grad():
         got = list(program.module()(image))
+    with torch.no_grad(), winograd(False):  # the program has direct convolutions
         expected = list(wrapper(image))
     return compare_outputs(wrapper.output_names, got, expected, atol, "torch.export program")
 

@@ -5,13 +5,14 @@ are 3x3, stride 1, padding 1; on the CPU they are most of a detector's time. Win
 (detector/ops/winograd.py) needs 2.25x fewer multiplications; measured on the 2-core machine, one
 thread, forward (forward + backward) time against ATen's direct convolution: 0.63 (0.82) for an FPN
 P2 level of 2 x 256 x 64 x 86, 0.68 (0.61) for a mask head of 100 RoIs x 256 x 14 x 14. On small
-maps the transforms cost more than they save, so the layer falls back to `F.conv2d` below
-`MIN_TILES` 2x2 tiles.
+maps or few channels the transforms cost more than they save, so the layer falls back to
+`F.conv2d` below `MIN_TILES` 2x2 tiles or `MIN_CHANNELS` input or output channels.
 
 `Conv2d` is a drop-in nn.Conv2d (same parameters, state_dict keys, init and repr). It uses Winograd
 only where the result is the same function up to float rounding (relative error ~3e-6 in
 float32) and every caller copes with it:
-- kernel 3x3, stride 1, padding 1, dilation 1, one group, zero padding;
+- kernel 3x3, stride 1, padding 1, dilation 1, one group, zero padding, at least `MIN_CHANNELS`
+  input and output channels, at least `MIN_TILES` tiles;
 - CPU float32 or float64 input, no autocast;
 - eager mode: never while tracing, scripting, compiling or exporting (those see `F.conv2d`);
 - enabled (`set_winograd(False)` or the `winograd(False)` context manager turns it off, e.g. for
@@ -32,6 +33,11 @@ from detector.ops.winograd import winograd_conv3x3
 #: transforms and the 16 small matrix products lose to the direct convolution (measured: 48 tiles
 #: of 256 channels 1.4x slower, 176 tiles 0.68x).
 MIN_TILES = 128
+
+#: Fewest input and output channels for which Winograd is used: the matrix products are (K x C) @
+#: (C x T), and with few channels the transforms dominate (measured, forward + backward: 64
+#: channels on 2 x 64 x 86 maps 0.77x, 32 channels on 8 x 32 x 64 x 64 1.06x, 16 channels 1.7x).
+MIN_CHANNELS = 128
 
 _enabled = True
 
@@ -78,6 +84,7 @@ class Conv2d(nn.Conv2d):
             and self.dilation == (1, 1)
             and self.groups == 1
             and self.padding_mode == "zeros"
+            and min(self.in_channels, self.out_channels) >= MIN_CHANNELS
         )
 
     def uses_winograd(self, input: Tensor) -> bool:

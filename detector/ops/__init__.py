@@ -11,6 +11,7 @@ from detector.ops.ps_roi_align import ps_roi_align
 from detector.ops.ps_roi_pool import ps_roi_pool
 from detector.ops.roi_align import multi_scale_roi_align, roi_align
 from detector.ops.roi_pool import roi_pool
+from detector.ops.winograd import winograd_conv3x3
 
 __all__ = [
     "batched_nms",
@@ -23,4 +24,5 @@ __all__ = [
     "ps_roi_pool",
     "roi_align",
     "roi_pool",
+    "winograd_conv3x3",
 ]

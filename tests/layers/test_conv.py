@@ -8,19 +8,21 @@ from torch import nn
 
 from detector.layers import Conv2d
 from detector.layers import conv as conv_module
-from detector.layers.conv import MIN_TILES, winograd, winograd_is_enabled
+from detector.layers.conv import MIN_CHANNELS, MIN_TILES, winograd, winograd_is_enabled
+
+C = MIN_CHANNELS  # input and output channels of the eligible convolutions here
 
 
 def _pair(seed: int = 0, **kwargs) -> tuple[Conv2d, nn.Conv2d]:
     torch.manual_seed(seed)
-    ours = Conv2d(8, 6, 3, padding=1, **kwargs)
-    reference = nn.Conv2d(8, 6, 3, padding=1, **kwargs)
+    ours = Conv2d(C, C, 3, padding=1, **kwargs)
+    reference = nn.Conv2d(C, C, 3, padding=1, **kwargs)
     reference.load_state_dict(ours.state_dict())
     return ours, reference
 
 
 def _large_input(dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    return torch.randn(2, 8, 24, 26, dtype=dtype)  # 2 * 12 * 13 = 312 tiles >= MIN_TILES
+    return torch.randn(1, C, 24, 26, dtype=dtype)  # 12 * 13 = 156 tiles >= MIN_TILES
 
 
 def test_winograd_path_equals_nn_conv2d_forward_and_backward():
@@ -28,7 +30,7 @@ def test_winograd_path_equals_nn_conv2d_forward_and_backward():
     ours.double(), reference.double()
     x = _large_input().requires_grad_()
     assert ours.uses_winograd(x)
-    grad = torch.randn(2, 6, 24, 26, dtype=torch.float64)
+    grad = torch.randn(1, C, 24, 26, dtype=torch.float64)
     out, expected = ours(x), reference(x)
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
     params = (x, ours.weight, ours.bias)
@@ -50,20 +52,22 @@ def test_same_state_dict_keys_as_nn_conv2d():
 )
 def test_other_convolutions_take_the_direct_path(kwargs):
     kwargs = {"padding": 1, **kwargs}
-    conv = Conv2d(8, 6, 3, **kwargs)
-    x = torch.randn(2, 8, 24, 26)
+    conv = Conv2d(C, C, 3, **kwargs)
+    x = _large_input(torch.float32)
     assert not conv.uses_winograd(x)
-    reference = nn.Conv2d(8, 6, 3, **kwargs)
+    reference = nn.Conv2d(C, C, 3, **kwargs)
     reference.load_state_dict(conv.state_dict())
     assert torch.equal(conv(x), reference(x))
 
 
 def test_small_maps_disabled_autocast_and_graph_capture_take_the_direct_path(monkeypatch):
-    conv = Conv2d(8, 6, 3, padding=1)
+    conv = Conv2d(C, C, 3, padding=1)
     x = _large_input(torch.float32)
     assert conv.uses_winograd(x)
-    assert not conv.uses_winograd(torch.randn(1, 8, 2 * 8, 2 * 8))  # 64 tiles < MIN_TILES
+    assert not conv.uses_winograd(torch.randn(1, C, 2 * 8, 2 * 8))  # 64 tiles < MIN_TILES
     assert MIN_TILES > 64
+    assert not Conv2d(C, C // 2, 3, padding=1).uses_winograd(x)  # too few output channels
+    assert not Conv2d(C // 2, C, 3, padding=1).uses_winograd(x[:, : C // 2])
     assert not conv.uses_winograd(x.to(torch.bfloat16))
     with winograd(False):
         assert not winograd_is_enabled() and not conv.uses_winograd(x)
