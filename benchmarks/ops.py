@@ -20,7 +20,15 @@ import torch  # noqa: E402
 import detector  # noqa: E402,F401
 from benchmarks.timing import median_ms, print_table  # noqa: E402
 
-CASE_MODULES = ["roi_align", "roi_pool", "ps_roi", "deform_conv", "deform_roi_pool", "nms"]
+CASE_MODULES = [
+    "roi_align",
+    "roi_pool",
+    "ps_roi",
+    "deform_conv",
+    "deform_roi_pool",
+    "nms",
+    "conv3x3",
+]
 
 
 def main() -> None:
