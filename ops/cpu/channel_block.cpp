@@ -5,6 +5,11 @@
 
 #include "cpu/cpu_utils.h"
 
+#if defined(__x86_64__) || defined(__SSE__)
+#include <immintrin.h>
+#define DETECTOR_STREAMING_STORES 1
+#endif
+
 // GCC notes that vector arguments change the ABI between SIMD clones; they are all inlined.
 #pragma GCC diagnostic ignored "-Wpsabi"
 
@@ -93,6 +98,36 @@ DETECTOR_SIMD_CLONES void block_to_planes(const float* src, int64_t plane, float
 
 DETECTOR_SIMD_CLONES void block_to_planes(const int32_t* src, int64_t plane, int32_t* dst) {
   block_to_planes_impl(src, plane, dst);
+}
+
+namespace {
+
+// dst[i] = src[i] for i < n, with non-temporal stores where dst is 16-byte aligned.
+void copy_streaming(const float* src, int64_t n, float* dst) {
+#ifdef DETECTOR_STREAMING_STORES
+  if (reinterpret_cast<uintptr_t>(dst) % 16 == 0) {
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+      _mm_stream_ps(dst + i, _mm_loadu_ps(src + i));
+    }
+    std::memcpy(dst + i, src + i, (n - i) * sizeof(float));
+    return;
+  }
+#endif
+  std::memcpy(dst, src, n * sizeof(float));
+}
+
+}  // namespace
+
+void block_to_planes_streaming(const float* src, int64_t plane, float* staging, float* dst) {
+  block_to_planes(src, plane, staging);
+  copy_streaming(staging, kChannelBlock * plane, dst);
+}
+
+void store_fence() {
+#ifdef DETECTOR_STREAMING_STORES
+  _mm_sfence();
+#endif
 }
 
 }  // namespace detector

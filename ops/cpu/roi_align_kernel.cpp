@@ -39,6 +39,7 @@
 #include "common/bilinear.h"
 #include "cpu/channel_block.h"
 #include "cpu/cpu_utils.h"
+#include "cpu/recycled_memory.h"
 #include "cpu/roi_align_memory.h"
 
 // GCC notes that vector arguments change the ABI between SIMD clones; they are all inlined.
@@ -631,10 +632,8 @@ void store_block(const T* buf, int64_t c0, int64_t cw, bool accumulate, at::Tens
 }
 
 template <typename T>
-std::unique_ptr<T[]> block_buffer(int64_t pixels) {
-  std::unique_ptr<T[]> buf(new T[pixels * kBlock]);
-  advise_huge_pages(buf.get(), pixels * kBlock * sizeof(T));
-  return buf;
+AlignedArray<T> block_buffer(int64_t pixels) {
+  return aligned_array<T>(pixels * kBlock);
 }
 
 at::Tensor fresh_tensor(at::IntArrayRef sizes, const at::TensorOptions& options,
@@ -671,8 +670,9 @@ void forward_blocks(const RoiSet<T>& set, const SampleTable<T>& table,
   std::atomic<int64_t> next_block{0};
   at::parallel_for(0, block_workers(table, num_blocks), 1, [&](int64_t,
                                                                                    int64_t) {
-    std::unique_ptr<T[]> buf = block_buffer<T>(pixels);
-    std::vector<T> local(bins * kBlock);  // [bins][B]
+    AlignedArray<T> buf = block_buffer<T>(pixels);
+    std::vector<T> local(bins * kBlock);    // [bins][B]
+    std::vector<T> staging(bins * kBlock);  // [B][bins]
     std::vector<int32_t> local_arg(argmax ? bins * kBlock : 0);
     for (int64_t b = next_block++; b < num_blocks; b = next_block++) {
       const int64_t c0 = b * kBlock, cw = std::min(kBlock, channels - c0);
@@ -686,11 +686,12 @@ void forward_blocks(const RoiSet<T>& set, const SampleTable<T>& table,
         } else {
           pool_avg_block(base, table.roi(k, set.pool), local.data());
         }
-        // [bins][B] -> out[k, c0:c0+cw, bins]
+        // [bins][B] -> out[k, c0:c0+cw, bins], a contiguous run of cw * bins values; the 26 MB
+        // output would otherwise push the block buffer out of L3.
         T* o = out + (k * channels + c0) * bins;
         if constexpr (std::is_same_v<T, float>) {
           if (cw == kBlock) {
-            block_to_planes(local.data(), bins, o);
+            block_to_planes_streaming(local.data(), bins, staging.data(), o);
           }
         }
         if (!std::is_same_v<T, float> || cw != kBlock) {
@@ -706,6 +707,7 @@ void forward_blocks(const RoiSet<T>& set, const SampleTable<T>& table,
         }
       }
     }
+    store_fence();
   });
 }
 
@@ -740,8 +742,10 @@ std::tuple<at::Tensor, at::Tensor> forward_impl(const std::vector<at::Tensor>& f
                                                 at::ArrayRef<double> scales, const Pooling& pool) {
   const std::vector<at::Tensor> levels = kernel_layout(features);
   const int64_t num_rois = rois.size(0), channels = levels[0].size(1);
-  at::Tensor output = fresh_tensor({num_rois, channels, pool.pooled_height, pool.pooled_width},
-                                   levels[0].options());
+  // Every element is written below, so the output may reuse a freed output's memory (a training
+  // loop's previous one): fresh memory costs ~5 ms of the kernel's page zeroing for 26 MB.
+  at::Tensor output = recycled_empty({num_rois, channels, pool.pooled_height, pool.pooled_width},
+                                     levels[0].scalar_type());
   at::Tensor argmax = pool.mode == Mode::kMax
                           ? fresh_tensor(output.sizes(), output.options().dtype(at::kInt))
                           : at::empty({0}, output.options().dtype(at::kInt));
@@ -806,7 +810,7 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& grad, const at::Tensor& 
     std::atomic<int64_t> next_block{0};
     at::parallel_for(0, block_workers(table, num_blocks), 1, [&](int64_t,
                                                                                      int64_t) {
-      std::unique_ptr<T[]> buf = block_buffer<T>(pixels);
+      AlignedArray<T> buf = block_buffer<T>(pixels);
       std::vector<T> local(bins * kBlock);  // [bins][B]
       std::vector<int32_t> local_arg(arg ? bins * kBlock : 0);
       for (int64_t b = next_block++; b < num_blocks; b = next_block++) {
