@@ -315,6 +315,7 @@ void build_table(const RoiSet<T>& set, int64_t first, int64_t last, SampleTable<
 // loops prefetch the rows of the next bin's first kPrefetchPoints points (the table gives them
 // without a search: the bins are visited in order).
 
+constexpr int64_t kPrefetchBins = 2;
 constexpr int64_t kPrefetchPoints = 8;
 
 template <int RW, typename T>
@@ -340,12 +341,15 @@ template <int RW, typename T, typename F>
 inline __attribute__((always_inline)) void for_each_bin(const T* buf, const RoiSamples<T>& r,
                                                         F&& f) {
   const int64_t ph = r.pooled_height, pw = r.pooled_width;
+  int64_t ah = kPrefetchBins / pw, aw = kPrefetchBins % pw;  // the bin kPrefetchBins ahead
   for (int64_t bh = 0; bh < ph; ++bh) {
     for (int64_t bw = 0; bw < pw; ++bw) {
-      if (bw + 1 < pw) {
-        prefetch_bin<RW>(buf, r.bin(bh, bw + 1));
-      } else if (bh + 1 < ph) {
-        prefetch_bin<RW>(buf, r.bin(bh + 1, 0));
+      if (ah < ph) {
+        prefetch_bin<RW>(buf, r.bin(ah, aw));
+      }
+      if (++aw == pw) {
+        aw = 0;
+        ++ah;
       }
       f(bh * pw + bw, r.bin(bh, bw));
     }
