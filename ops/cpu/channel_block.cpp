@@ -100,28 +100,26 @@ DETECTOR_SIMD_CLONES void block_to_planes(const int32_t* src, int64_t plane, int
   block_to_planes_impl(src, plane, dst);
 }
 
-namespace {
-
-// dst[i] = src[i] for i < n, with non-temporal stores where dst is 16-byte aligned.
-void copy_streaming(const float* src, int64_t n, float* dst) {
+void copy_streaming(const void* src, size_t bytes, void* dst) {
 #ifdef DETECTOR_STREAMING_STORES
   if (reinterpret_cast<uintptr_t>(dst) % 16 == 0) {
-    int64_t i = 0;
-    for (; i + 4 <= n; i += 4) {
-      _mm_stream_ps(dst + i, _mm_loadu_ps(src + i));
+    const char* s = static_cast<const char*>(src);
+    char* d = static_cast<char*>(dst);
+    size_t i = 0;
+    for (; i + 16 <= bytes; i += 16) {
+      const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i));
+      _mm_stream_si128(reinterpret_cast<__m128i*>(d + i), v);
     }
-    std::memcpy(dst + i, src + i, (n - i) * sizeof(float));
+    std::memcpy(d + i, s + i, bytes - i);
     return;
   }
 #endif
-  std::memcpy(dst, src, n * sizeof(float));
+  std::memcpy(dst, src, bytes);
 }
-
-}  // namespace
 
 void block_to_planes_streaming(const float* src, int64_t plane, float* staging, float* dst) {
   block_to_planes(src, plane, staging);
-  copy_streaming(staging, kChannelBlock * plane, dst);
+  copy_streaming(staging, kChannelBlock * plane * sizeof(float), dst);
 }
 
 void store_fence() {

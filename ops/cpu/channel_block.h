@@ -5,6 +5,7 @@
 
 #include <ATen/ATen.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -28,6 +29,10 @@ void block_to_planes(const int32_t* src, int64_t plane, int32_t* dst);
 // being read, and skip reading dst's lines before writing them. Call store_fence() before other
 // threads read dst.
 void block_to_planes_streaming(const float* src, int64_t plane, float* staging, float* dst);
+
+// memcpy(dst, src, bytes) with non-temporal stores where dst is 16-byte aligned (see
+// block_to_planes_streaming); call store_fence() before other threads read dst.
+void copy_streaming(const void* src, size_t bytes, void* dst);
 
 // Orders this thread's non-temporal stores before its later stores (and the join of a parallel
 // region), so that other threads see them.
