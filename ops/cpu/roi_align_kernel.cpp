@@ -16,8 +16,10 @@
 //    neighbour), then writes the block into the gradient in the input's memory format. Each
 //    gradient element has one owner and one summation order, whatever the thread count.
 // RoIs are visited in a spatial order (roi_order) so that consecutive RoIs reuse buffer rows in
-// L2, and in chunks of a bounded number of sample points (adaptive grids of huge RoIs). Fresh outputs
-// and gradients are backed by transparent huge pages (roi_align_memory.h).
+// L2, and in chunks of a bounded number of sample points (adaptive grids of huge RoIs). The
+// forward writes its output with non-temporal stores (it would evict the block buffer from L3)
+// into recycled memory (recycled_memory.h); fresh gradients and the block buffers are backed by
+// transparent huge pages (roi_align_memory.h).
 // Threads take channel blocks from a shared counter (so a thread slowed down by other processes
 // does not hold up the others); what a block computes does not depend on the thread running it.
 #include <ATen/ATen.h>

@@ -12,12 +12,12 @@
 //      the contiguous w (the running max and its flat index h * W + w per column);
 //   2. horizontal: for each bin, the max over its columns of pass 1. Ties between columns keep the
 //      smaller flat index, so the result is the FIRST max in row-major order, as in torchvision.
-// Backward: threads own disjoint blocks of channels. For its block, a thread zeroes the planes
-// (the gradient's memory is a freed gradient's, recycled_memory.h, or fresh huge pages: no
-// separate zero fill of the 55 MB gradient, and first-touch faults are spread over the threads),
-// then walks every RoI in a fixed order and adds its gradients at the arg-max indices while the
-// planes are in L2. No atomics, no races, and the summation order of
-// every element does not depend on the thread count. A contiguous `grad` is read in runs of
+// Backward: threads own disjoint blocks of channels. For its block, a thread zeroes planes of its
+// own, walks every RoI in a fixed order and adds its gradients at the arg-max indices while the
+// planes are in L2, then copies them into the gradient with non-temporal stores (its memory is a
+// freed gradient's, recycled_memory.h, or fresh huge pages: it is written once and never read,
+// and first-touch faults are spread over the threads). No atomics, no races, and the summation
+// order of every element does not depend on the thread count. A contiguous `grad` is read in runs of
 // block * PH * PW elements per RoI (prefetched); any other strides are read in place.
 #include <torch/library.h>
 
