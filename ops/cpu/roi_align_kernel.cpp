@@ -171,7 +171,6 @@ struct RoiSamples {
   int64_t pooled_height, pooled_width;
 
   int64_t per_bin() const { return grid_h * grid_w; }
-  int64_t bins() const { return pooled_height * pooled_width; }
   Bin<T> bin(int64_t bh, int64_t bw) const {
     return Bin<T>{y + bh * grid_h, x + bw * grid_w, grid_h, grid_w};
   }
@@ -209,8 +208,8 @@ struct RoiSet {
   RoiGrid<T> grid(int64_t k) const { return roi_grid(rois + 5 * k, level_of(k), pool); }
 };
 
-// Splits [0, K) into ranges of at most kMaxChunkSamples sample points (at least
-// one RoI each). Depends on the RoIs only, so the summation order is the same for any thread count.
+// Splits [0, K) into ranges of at most kMaxChunkSamples sample points (at least one RoI each).
+// Depends on the RoIs only, so the summation order is the same for any thread count.
 template <typename T>
 std::vector<int64_t> chunk_bounds(const RoiSet<T>& set) {
   std::vector<int64_t> bounds{0};
@@ -265,10 +264,10 @@ void fill_axis(T start, T bin_size, int64_t bins, int64_t grid, int64_t size, in
                int64_t base, bool empty_map, AxisSample<T>* out) {
   for (int64_t b = 0; b < bins; ++b) {
     for (int64_t i = 0; i < grid; ++i, ++out) {
-      ClampedAxis<T> a = clamped_axis(sample_coord(start, bin_size, b, i, grid), size);
-      if (empty_map) {  // an empty level: every point is outside
-        a = ClampedAxis<T>{false, 0, 0, T(0), T(0)};
-      }
+      // On an empty level every point is outside.
+      const ClampedAxis<T> a = empty_map
+                                   ? ClampedAxis<T>{false, 0, 0, T(0), T(0)}
+                                   : clamped_axis(sample_coord(start, bin_size, b, i, grid), size);
       out->offset[0] = static_cast<int32_t>(a.low * scale + base);
       out->offset[1] = static_cast<int32_t>(a.high * scale + base);
       out->weight[0] = a.low_weight;
