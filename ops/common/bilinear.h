@@ -33,41 +33,57 @@ DETECTOR_HOST_DEVICE Bilinear<T> bilinear_zero() {
   return b;
 }
 
+// One coordinate of a RoI Align sample point (see bilinear_clamped): its two neighbours along an
+// axis of `size` pixels and their weights. A coordinate more than one pixel outside the map is not
+// `inside` (neighbours 0, weights 0); otherwise it is clamped into [0, size - 1].
+template <typename T>
+struct ClampedAxis {
+  bool inside;
+  int64_t low, high;  // neighbour pixels along the axis (low <= high)
+  T low_weight;       // 1 - frac, the weight of `low`  (hy, hx in torchvision)
+  T high_weight;      // frac, the weight of `high`     (ly, lx)
+};
+
+template <typename T>
+DETECTOR_HOST_DEVICE ClampedAxis<T> clamped_axis(T v, int64_t size) {
+  ClampedAxis<T> a;
+  a.inside = !(v < T(-1) || v > T(size));
+  if (!a.inside) {
+    a.low = a.high = 0;
+    a.low_weight = a.high_weight = T(0);
+    return a;
+  }
+  if (v <= T(0)) v = T(0);
+  a.low = static_cast<int64_t>(v);
+  if (a.low >= size - 1) {
+    a.high = a.low = size - 1;
+    v = static_cast<T>(a.low);
+  } else {
+    a.high = a.low + 1;
+  }
+  a.high_weight = v - static_cast<T>(a.low);
+  a.low_weight = T(1) - a.high_weight;
+  return a;
+}
+
 // RoI Align convention (Detectron, torchvision.ops.roi_align): a point more than one pixel
-// outside the map contributes nothing; otherwise it is clamped into [0, size - 1].
+// outside the map contributes nothing; otherwise it is clamped into [0, size - 1]. The weights are
+// products of the two axes' weights (clamped_axis), so a caller may also form them axis by axis.
 template <typename T>
 DETECTOR_HOST_DEVICE Bilinear<T> bilinear_clamped(T y, T x, int64_t height, int64_t width) {
-  if (y < T(-1) || y > T(height) || x < T(-1) || x > T(width)) {
+  const ClampedAxis<T> ay = clamped_axis(y, height), ax = clamped_axis(x, width);
+  if (!ay.inside || !ax.inside) {
     return bilinear_zero<T>();
   }
-  if (y <= T(0)) y = T(0);
-  if (x <= T(0)) x = T(0);
-  int64_t y_low = static_cast<int64_t>(y);
-  int64_t x_low = static_cast<int64_t>(x);
-  int64_t y_high, x_high;
-  if (y_low >= height - 1) {
-    y_high = y_low = height - 1;
-    y = static_cast<T>(y_low);
-  } else {
-    y_high = y_low + 1;
-  }
-  if (x_low >= width - 1) {
-    x_high = x_low = width - 1;
-    x = static_cast<T>(x_low);
-  } else {
-    x_high = x_low + 1;
-  }
-  const T ly = y - static_cast<T>(y_low), lx = x - static_cast<T>(x_low);
-  const T hy = T(1) - ly, hx = T(1) - lx;
   Bilinear<T> b;
-  b.index[0] = y_low * width + x_low;
-  b.index[1] = y_low * width + x_high;
-  b.index[2] = y_high * width + x_low;
-  b.index[3] = y_high * width + x_high;
-  b.weight[0] = hy * hx;
-  b.weight[1] = hy * lx;
-  b.weight[2] = ly * hx;
-  b.weight[3] = ly * lx;
+  b.index[0] = ay.low * width + ax.low;
+  b.index[1] = ay.low * width + ax.high;
+  b.index[2] = ay.high * width + ax.low;
+  b.index[3] = ay.high * width + ax.high;
+  b.weight[0] = ay.low_weight * ax.low_weight;
+  b.weight[1] = ay.low_weight * ax.high_weight;
+  b.weight[2] = ay.high_weight * ax.low_weight;
+  b.weight[3] = ay.high_weight * ax.high_weight;
   return b;
 }
 

@@ -5,6 +5,11 @@
 
 #include "cpu/cpu_utils.h"
 
+#if defined(__x86_64__) || defined(__SSE__)
+#include <immintrin.h>
+#define DETECTOR_STREAMING_STORES 1
+#endif
+
 // GCC notes that vector arguments change the ABI between SIMD clones; they are all inlined.
 #pragma GCC diagnostic ignored "-Wpsabi"
 
@@ -93,6 +98,34 @@ DETECTOR_SIMD_CLONES void block_to_planes(const float* src, int64_t plane, float
 
 DETECTOR_SIMD_CLONES void block_to_planes(const int32_t* src, int64_t plane, int32_t* dst) {
   block_to_planes_impl(src, plane, dst);
+}
+
+void copy_streaming(const void* src, size_t bytes, void* dst) {
+#ifdef DETECTOR_STREAMING_STORES
+  if (reinterpret_cast<uintptr_t>(dst) % 16 == 0) {
+    const char* s = static_cast<const char*>(src);
+    char* d = static_cast<char*>(dst);
+    size_t i = 0;
+    for (; i + 16 <= bytes; i += 16) {
+      const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i));
+      _mm_stream_si128(reinterpret_cast<__m128i*>(d + i), v);
+    }
+    std::memcpy(d + i, s + i, bytes - i);
+    return;
+  }
+#endif
+  std::memcpy(dst, src, bytes);
+}
+
+void block_to_planes_streaming(const float* src, int64_t plane, float* staging, float* dst) {
+  block_to_planes(src, plane, staging);
+  copy_streaming(staging, kChannelBlock * plane * sizeof(float), dst);
+}
+
+void store_fence() {
+#ifdef DETECTOR_STREAMING_STORES
+  _mm_sfence();
+#endif
 }
 
 }  // namespace detector

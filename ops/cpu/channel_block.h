@@ -5,6 +5,7 @@
 
 #include <ATen/ATen.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -21,6 +22,21 @@ void block_to_planes(const float* src, int64_t plane, float* dst);
 
 // As block_to_planes for 32-bit integers (indices), copied exactly.
 void block_to_planes(const int32_t* src, int64_t plane, int32_t* dst);
+
+// As block_to_planes(src, plane, dst), for a dst that is not read again soon (an op's output):
+// transposes into `staging` (16 * plane floats, small enough for L1), then copies it to dst with
+// non-temporal stores where dst is 16-byte aligned. They bypass the caches, which keep the data
+// being read, and skip reading dst's lines before writing them. Call store_fence() before other
+// threads read dst.
+void block_to_planes_streaming(const float* src, int64_t plane, float* staging, float* dst);
+
+// memcpy(dst, src, bytes) with non-temporal stores where dst is 16-byte aligned (see
+// block_to_planes_streaming); call store_fence() before other threads read dst.
+void copy_streaming(const void* src, size_t bytes, void* dst);
+
+// Orders this thread's non-temporal stores before its later stores (and the join of a parallel
+// region), so that other threads see them.
+void store_fence();
 
 // dst[hw][j] = src[j * channel_stride + hw * pixel_stride] for j < cw, 0 for cw <= j < 16: the
 // general (any dtype, partial block) copy of `plane` pixels into a channel block.

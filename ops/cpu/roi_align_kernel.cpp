@@ -4,8 +4,9 @@
 // S sample points per bin (sampling_ratio^2, or adaptive per RoI), B = kBlock channels per block.
 //
 // Algorithm (deterministic, no atomics):
-// 1. Sample table: for every RoI, each sample point's 4 neighbour pixels and bilinear weights
-//    (`bilinear_clamped`), computed once in parallel over RoIs and reused for every channel.
+// 1. Sample table: for every RoI, the neighbour rows / columns and weights of its sample points'
+//    y and x coordinates (`clamped_axis`), computed once in parallel over RoIs and reused for
+//    every channel; the hot loops form each point's 4 neighbours and weights from its two axes.
 // 2. Forward: parallel over channel blocks. A thread copies its block of B channels of every
 //    level (NCHW or NHWC) into a per-thread pixel-major buffer [pixels][B] (so the input is read
 //    once, with no 55 MB NHWC copy, and the buffer stays in L3) and pools every RoI from it with
@@ -15,8 +16,10 @@
 //    neighbour), then writes the block into the gradient in the input's memory format. Each
 //    gradient element has one owner and one summation order, whatever the thread count.
 // RoIs are visited in a spatial order (roi_order) so that consecutive RoIs reuse buffer rows in
-// L2, and in chunks whose sample tables stay small (adaptive grids of huge RoIs). Fresh outputs
-// and gradients are backed by transparent huge pages (roi_align_memory.h).
+// L2, and in chunks of a bounded number of sample points (adaptive grids of huge RoIs). The
+// forward writes its output with non-temporal stores (it would evict the block buffer from L3)
+// into recycled memory (recycled_memory.h); fresh gradients and the block buffers are backed by
+// transparent huge pages (roi_align_memory.h).
 // Threads take channel blocks from a shared counter (so a thread slowed down by other processes
 // does not hold up the others); what a block computes does not depend on the thread running it.
 #include <ATen/ATen.h>
@@ -38,6 +41,7 @@
 #include "common/bilinear.h"
 #include "cpu/channel_block.h"
 #include "cpu/cpu_utils.h"
+#include "cpu/recycled_memory.h"
 #include "cpu/roi_align_memory.h"
 
 // GCC notes that vector arguments change the ABI between SIMD clones; they are all inlined.
@@ -111,27 +115,84 @@ RoiGrid<T> roi_grid(const T* roi, const Level& level, const Pooling& pool) {
   return g;
 }
 
-// A sample point as the hot loops read it: `bilinear_clamped`'s neighbours and weights, with
-// 32-bit pixel indices (a smaller table leaves more of L3 to the block buffers).
+// One axis of a RoI's sample points as the hot loops read it (`clamped_axis`; 16 bytes for float):
+// for y, the first pixels of the two neighbour rows (low * W and high * W, the image's offset
+// included); for x, the two neighbour columns. A coordinate more than one pixel outside the map
+// has offsets 0 and weights 0, so all 4 weights of its sample points are 0, as `bilinear_clamped`
+// gives them. 32-bit offsets: a smaller table leaves more of the caches to the block buffers.
+template <typename T>
+struct AxisSample {
+  int32_t offset[2];  // low, high
+  T weight[2];        // 1 - frac (for low), frac (for high)
+};
+
+// A sample point: its 4 neighbour pixels (top-left, top-right, bottom-left, bottom-right) and
+// bilinear weights.
 template <typename T>
 struct Sample {
-  int32_t index[4];
+  int64_t index[4];
   T weight[4];
 };
 
-// Sample points of RoIs [first, last): RoI k owns samples [offset[k - first], offset[k - first +
-// 1]) ordered (bin, iy, ix); indices are pixels of the RoI's level, batch offset included.
+// The point (y, x) formed from its two axes exactly as `bilinear_clamped` forms it (the same
+// products, so the same bits as a table of points).
+template <typename T>
+inline __attribute__((always_inline)) Sample<T> sample_at(const AxisSample<T>& y,
+                                                          const AxisSample<T>& x) {
+  Sample<T> s;
+  for (int i = 0; i < 4; ++i) {
+    s.index[i] = int64_t(y.offset[i / 2]) + x.offset[i % 2];
+    s.weight[i] = y.weight[i / 2] * x.weight[i % 2];
+  }
+  return s;
+}
+
+// The sample points of one bin: y[iy] x x[ix] for iy < grid_h, ix < grid_w, visited in the
+// order (iy, ix). (The hot loops spell out the two loops: a lambda per point would keep their
+// vector accumulators in memory.)
+template <typename T>
+struct Bin {
+  const AxisSample<T>* y;
+  const AxisSample<T>* x;
+  int64_t grid_h, grid_w;
+
+  Sample<T> at(int64_t iy, int64_t ix) const { return sample_at(y[iy], x[ix]); }
+};
+
+// The sample points of one RoI. RoI Align's grid is separable: point (iy, ix) of bin (bh, bw) is
+// y[bh * grid_h + iy] x x[bw * grid_w + ix], so ph * grid_h + pw * grid_w axis entries describe
+// all ph * pw * grid_h * grid_w points (7x7 bins of 2x2 points: 28 entries, 448 bytes for float,
+// where a table of points takes 6.3 KB; 512 RoIs then fit in L2).
+template <typename T>
+struct RoiSamples {
+  const AxisSample<T>* y;  // [ph * grid_h]
+  const AxisSample<T>* x;  // [pw * grid_w]
+  int64_t grid_h, grid_w;
+  int64_t pooled_height, pooled_width;
+
+  int64_t per_bin() const { return grid_h * grid_w; }
+  Bin<T> bin(int64_t bh, int64_t bw) const {
+    return Bin<T>{y + bh * grid_h, x + bw * grid_w, grid_h, grid_w};
+  }
+};
+
+// The axis entries of RoIs [first, last): RoI k owns y[y_offset[k - first], ...) and
+// x[x_offset[k - first], ...); offsets are pixels of the RoI's level, batch offset included.
 template <typename T>
 struct SampleTable {
   int64_t first = 0;
   int64_t last = 0;
-  std::vector<int64_t> offset;
-  std::vector<int64_t> per_bin;
-  std::unique_ptr<Sample<T>[]> samples;
+  std::vector<int64_t> y_offset, x_offset;
+  std::vector<int64_t> grid_h, grid_w;
+  std::vector<AxisSample<T>> y, x;
   std::vector<int64_t> order;  // the RoIs in processing order (see roi_order)
+  int64_t num_samples = 0;     // sample points of all its RoIs
 
-  const Sample<T>* roi_samples(int64_t k) const { return samples.get() + offset[k - first]; }
-  int64_t roi_per_bin(int64_t k) const { return per_bin[k - first]; }
+  RoiSamples<T> roi(int64_t k, const Pooling& pool) const {
+    const int64_t i = k - first;
+    return RoiSamples<T>{y.data() + y_offset[i], x.data() + x_offset[i], grid_h[i], grid_w[i],
+                         pool.pooled_height, pool.pooled_width};
+  }
 };
 
 // The RoIs' levels and geometry, shared by the forward and backward drivers.
@@ -147,8 +208,8 @@ struct RoiSet {
   RoiGrid<T> grid(int64_t k) const { return roi_grid(rois + 5 * k, level_of(k), pool); }
 };
 
-// Splits [0, K) into ranges whose sample tables hold at most kMaxChunkSamples points (at least
-// one RoI each). Depends on the RoIs only, so the summation order is the same for any thread count.
+// Splits [0, K) into ranges of at most kMaxChunkSamples sample points (at least one RoI each).
+// Depends on the RoIs only, so the summation order is the same for any thread count.
 template <typename T>
 std::vector<int64_t> chunk_bounds(const RoiSet<T>& set) {
   std::vector<int64_t> bounds{0};
@@ -188,68 +249,110 @@ std::vector<int64_t> roi_order(const RoiSet<T>& set, int64_t first, int64_t last
   return order;
 }
 
+// Coordinate of sample point i (of `grid` per bin) of bin b along one axis (torchvision's
+// arithmetic, in the input's precision).
+template <typename T>
+T sample_coord(T start, T bin_size, int64_t b, int64_t i, int64_t grid) {
+  return start + static_cast<T>(b) * bin_size +
+         static_cast<T>(i + .5f) * bin_size / static_cast<T>(grid);
+}
+
+// Axis entries of `bins` bins of `grid` points each along an axis of `size` pixels; `scale` is the
+// pixel stride of the axis (W for y, 1 for x) and `base` the first pixel of the image.
+template <typename T>
+void fill_axis(T start, T bin_size, int64_t bins, int64_t grid, int64_t size, int64_t scale,
+               int64_t base, bool empty_map, AxisSample<T>* out) {
+  for (int64_t b = 0; b < bins; ++b) {
+    for (int64_t i = 0; i < grid; ++i, ++out) {
+      // On an empty level every point is outside.
+      const ClampedAxis<T> a = empty_map
+                                   ? ClampedAxis<T>{false, 0, 0, T(0), T(0)}
+                                   : clamped_axis(sample_coord(start, bin_size, b, i, grid), size);
+      out->offset[0] = static_cast<int32_t>(a.low * scale + base);
+      out->offset[1] = static_cast<int32_t>(a.high * scale + base);
+      out->weight[0] = a.low_weight;
+      out->weight[1] = a.high_weight;
+    }
+  }
+}
+
 template <typename T>
 void build_table(const RoiSet<T>& set, int64_t first, int64_t last, SampleTable<T>& table) {
-  const int64_t bins = set.pool.bins();
+  const Pooling& pool = set.pool;
   table.first = first;
   table.last = last;
-  table.offset.assign(1, 0);
-  table.per_bin.clear();
+  table.y_offset.assign(1, 0);
+  table.x_offset.assign(1, 0);
+  table.grid_h.clear();
+  table.grid_w.clear();
+  table.num_samples = 0;
   for (int64_t k = first; k < last; ++k) {
-    const int64_t per_bin = set.grid(k).per_bin();
-    table.per_bin.push_back(per_bin);
-    table.offset.push_back(table.offset.back() + per_bin * bins);
+    const RoiGrid<T> g = set.grid(k);
+    table.grid_h.push_back(g.grid_h);
+    table.grid_w.push_back(g.grid_w);
+    table.y_offset.push_back(table.y_offset.back() + pool.pooled_height * g.grid_h);
+    table.x_offset.push_back(table.x_offset.back() + pool.pooled_width * g.grid_w);
+    table.num_samples += g.per_bin() * pool.bins();
   }
-  table.samples.reset(new Sample<T>[std::max<int64_t>(table.offset.back(), 1)]);
+  table.y.resize(table.y_offset.back());
+  table.x.resize(table.x_offset.back());
   table.order = roi_order(set, first, last);
   at::parallel_for(first, last, 64, [&](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k) {
       const RoiGrid<T> g = set.grid(k);
       const Level& level = set.level_of(k);
-      const int64_t plane = level.height * level.width;
-      Sample<T>* out = table.samples.get() + table.offset[k - first];
-      for (int64_t ph = 0; ph < set.pool.pooled_height; ++ph) {
-        for (int64_t pw = 0; pw < set.pool.pooled_width; ++pw) {
-          for (int64_t iy = 0; iy < g.grid_h; ++iy) {
-            const T y = g.start_h + static_cast<T>(ph) * g.bin_h +
-                        static_cast<T>(iy + .5f) * g.bin_h / static_cast<T>(g.grid_h);
-            for (int64_t ix = 0; ix < g.grid_w; ++ix) {
-              const T x = g.start_w + static_cast<T>(pw) * g.bin_w +
-                          static_cast<T>(ix + .5f) * g.bin_w / static_cast<T>(g.grid_w);
-              const Bilinear<T> b = plane > 0
-                                        ? bilinear_clamped(y, x, level.height, level.width)
-                                        : bilinear_zero<T>();
-              for (int i = 0; i < 4; ++i) {
-                out->index[i] = static_cast<int32_t>(b.index[i] + g.batch * plane);
-                out->weight[i] = b.weight[i];
-              }
-              ++out;
-            }
-          }
-        }
-      }
+      const int64_t plane = level.height * level.width, i = k - first;
+      fill_axis(g.start_h, g.bin_h, pool.pooled_height, g.grid_h, level.height, level.width,
+                g.batch * plane, plane == 0, table.y.data() + table.y_offset[i]);
+      fill_axis(g.start_w, g.bin_w, pool.pooled_width, g.grid_w, level.width, 1, 0, plane == 0,
+                table.x.data() + table.x_offset[i]);
     }
   });
 }
 
 // ---------------------------------------------------------------------------------------------
 // Hot loops over a block buffer [pixels][B]: every sample point reads or updates 4 rows of B
-// contiguous channels. The rows are scattered over a buffer larger than L2, so the loops
-// prefetch the rows of the sample point kPrefetch entries ahead (the table is sequential).
+// contiguous channels. The rows are scattered over a buffer larger than L2, so before each bin the
+// loops prefetch the rows of the next bin's first kPrefetchPoints points (the table gives them
+// without a search: the bins are visited in order).
 
-constexpr int64_t kPrefetch = 6;
+constexpr int64_t kPrefetchBins = 2;
+constexpr int64_t kPrefetchPoints = 8;
 
-template <typename T, int RW>
-inline __attribute__((always_inline)) void prefetch_rows(const T* buf, const Sample<T>* s,
-                                                         const Sample<T>* end) {
-  if (s + kPrefetch < end) {
-    const Sample<T>& next = s[kPrefetch];
-    for (int i = 0; i < 4; ++i) {
-      const T* row = buf + next.index[i] * kBlock;
-      __builtin_prefetch(row, RW, 3);
-      if (kBlock * sizeof(T) > 64) {
-        __builtin_prefetch(row + 64 / sizeof(T), RW, 3);
+template <int RW, typename T>
+inline __attribute__((always_inline)) void prefetch_bin(const T* buf, const Bin<T>& bin) {
+  int64_t points = 0;
+  for (int64_t iy = 0; iy < bin.grid_h && points < kPrefetchPoints; ++iy) {
+    for (int64_t ix = 0; ix < bin.grid_w && points < kPrefetchPoints; ++ix, ++points) {
+      const Sample<T> s = bin.at(iy, ix);
+      for (int i = 0; i < 4; ++i) {
+        const T* row = buf + s.index[i] * kBlock;
+        __builtin_prefetch(row, RW, 3);
+        if (kBlock * sizeof(T) > 64) {
+          __builtin_prefetch(row + 64 / sizeof(T), RW, 3);
+        }
       }
+    }
+  }
+}
+
+// Calls f(p, bin) for the bins p = bh * pw + bw of RoI `r` in order, each after prefetching the
+// rows of the next bin of the RoI in the block buffer `buf`.
+template <int RW, typename T, typename F>
+inline __attribute__((always_inline)) void for_each_bin(const T* buf, const RoiSamples<T>& r,
+                                                        F&& f) {
+  const int64_t ph = r.pooled_height, pw = r.pooled_width;
+  int64_t ah = kPrefetchBins / pw, aw = kPrefetchBins % pw;  // the bin kPrefetchBins ahead
+  for (int64_t bh = 0; bh < ph; ++bh) {
+    for (int64_t bw = 0; bw < pw; ++bw) {
+      if (ah < ph) {
+        prefetch_bin<RW>(buf, r.bin(ah, aw));
+      }
+      if (++aw == pw) {
+        aw = 0;
+        ++ah;
+      }
+      f(bh * pw + bw, r.bin(bh, bw));
     }
   }
 }
@@ -286,39 +389,11 @@ inline __attribute__((always_inline)) void store_vec(T* p, const V& v) {
   std::memcpy(p, &v, sizeof(V));
 }
 
-// Bilinear value of sample `s` for the B channels: sum_i w_i * row_i.
-template <typename T>
-inline __attribute__((always_inline)) typename Vec<T>::type sample_vec(const T* base,
-                                                                      const Sample<T>& s) {
-  using V = typename Vec<T>::type;
-  return s.weight[0] * load_vec<V>(base + s.index[0] * kBlock) +
-         s.weight[1] * load_vec<V>(base + s.index[1] * kBlock) +
-         s.weight[2] * load_vec<V>(base + s.index[2] * kBlock) +
-         s.weight[3] * load_vec<V>(base + s.index[3] * kBlock);
-}
-
 // mask ? a : b per lane, with bit operations (GCC lowers vector `?:` on vectors wider than the
 // target's registers lane by lane).
 template <typename V, typename M>
 inline __attribute__((always_inline)) V select(const M& mask, const V& a, const V& b) {
   return (V)(((M)a & mask) | ((M)b & ~mask));
-}
-
-// out[p][c] = mean over bin p's sample points of their bilinear values, c < B.
-template <typename T>
-inline __attribute__((always_inline)) void pool_avg_impl(const T* base, const Sample<T>* s,
-                                                         int64_t bins, int64_t per_bin, T* out) {
-  using V = typename Vec<T>::type;
-  const Sample<T>* end = s + bins * per_bin;
-  const T count = static_cast<T>(std::max<int64_t>(per_bin, 1));
-  for (int64_t p = 0; p < bins; ++p) {
-    V acc = {};
-    for (int64_t j = 0; j < per_bin; ++j, ++s) {
-      prefetch_rows<T, 0>(base, s, end);
-      acc += sample_vec(base, *s);
-    }
-    store_vec(out + p * kBlock, acc / count);
-  }
 }
 
 // 32-byte vectors (native to AVX2) for comparisons and selects, which GCC would otherwise lower
@@ -346,38 +421,69 @@ struct Narrow<double> {
   static constexpr int64_t lanes = 4;
 };
 
+// Bilinear value of sample `s` for channels [o, o + lanes) of a block buffer: sum_i w_i * row_i.
+template <typename T>
+inline __attribute__((always_inline)) typename Narrow<T>::type sample_part(const T* base,
+                                                                           const Sample<T>& s,
+                                                                           int64_t o) {
+  using V = typename Narrow<T>::type;
+  return s.weight[0] * load_vec<V>(base + s.index[0] * kBlock + o) +
+         s.weight[1] * load_vec<V>(base + s.index[1] * kBlock + o) +
+         s.weight[2] * load_vec<V>(base + s.index[2] * kBlock + o) +
+         s.weight[3] * load_vec<V>(base + s.index[3] * kBlock + o);
+}
+
+// out[p][c] = mean over bin p's sample points of their bilinear values, c < B. Accumulates in
+// register-wide parts: GCC keeps a B-wide vector accumulator in memory.
+template <typename T>
+inline __attribute__((always_inline)) void pool_avg_impl(const T* base, const RoiSamples<T>& r,
+                                                         T* out) {
+  using V = typename Narrow<T>::type;
+  constexpr int64_t kLanes = Narrow<T>::lanes, kParts = kBlock / kLanes;
+  const T count = static_cast<T>(std::max<int64_t>(r.per_bin(), 1));
+  for_each_bin<0>(base, r, [&](int64_t p, const Bin<T>& bin) __attribute__((always_inline)) {
+    V acc[kParts] = {};
+    for (int64_t iy = 0; iy < bin.grid_h; ++iy) {
+      for (int64_t ix = 0; ix < bin.grid_w; ++ix) {
+        const Sample<T> s = bin.at(iy, ix);
+        for (int64_t h = 0; h < kParts; ++h) {
+          acc[h] += sample_part(base, s, h * kLanes);
+        }
+      }
+    }
+    for (int64_t h = 0; h < kParts; ++h) {
+      store_vec(out + p * kBlock + h * kLanes, acc[h] / count);
+    }
+  });
+}
+
 // out[p][c] = max over bin p's sample points (0 without any), arg[p][c] = its index in the bin
 // (the first one on ties, -1 without any).
 template <typename T>
-inline __attribute__((always_inline)) void pool_max_impl(const T* base, const Sample<T>* s,
-                                                         int64_t bins, int64_t per_bin, T* out,
-                                                         int32_t* arg) {
+inline __attribute__((always_inline)) void pool_max_impl(const T* base, const RoiSamples<T>& r,
+                                                         T* out, int32_t* arg) {
   using V = typename Narrow<T>::type;
   using M = typename Narrow<T>::mask;
   using E = decltype(M{}[0] + 0);  // the mask's lane type
   constexpr int64_t kLanes = Narrow<T>::lanes, kParts = kBlock / kLanes;
-  const Sample<T>* end = s + bins * per_bin;
-  for (int64_t p = 0; p < bins; ++p) {
+  for_each_bin<0>(base, r, [&](int64_t p, const Bin<T>& bin) __attribute__((always_inline)) {
     V best[kParts];
     M index[kParts];
     for (int64_t h = 0; h < kParts; ++h) {
       best[h] = V{} - std::numeric_limits<T>::infinity();
       index[h] = M{} - 1;
     }
-    for (int64_t j = 0; j < per_bin; ++j, ++s) {
-      prefetch_rows<T, 0>(base, s, end);
-      const T* r0 = base + s->index[0] * kBlock;
-      const T* r1 = base + s->index[1] * kBlock;
-      const T* r2 = base + s->index[2] * kBlock;
-      const T* r3 = base + s->index[3] * kBlock;
-      const M jj = M{} + static_cast<E>(j);
-      for (int64_t h = 0; h < kParts; ++h) {
-        const int64_t o = h * kLanes;
-        const V v = s->weight[0] * load_vec<V>(r0 + o) + s->weight[1] * load_vec<V>(r1 + o) +
-                    s->weight[2] * load_vec<V>(r2 + o) + s->weight[3] * load_vec<V>(r3 + o);
-        const M greater = v > best[h];
-        best[h] = select(greater, v, best[h]);
-        index[h] = (index[h] & ~greater) | (jj & greater);
+    for (int64_t iy = 0, j = 0; iy < bin.grid_h; ++iy) {
+      for (int64_t ix = 0; ix < bin.grid_w; ++ix, ++j) {
+        const Sample<T> s = bin.at(iy, ix);
+        const M jj = M{} + static_cast<E>(j);
+        for (int64_t h = 0; h < kParts; ++h) {
+          // "+ 0" turns the -0 of a point outside the map (0 * a negative pixel) into +0.
+          const V v = sample_part(base, s, h * kLanes) + V{};
+          const M greater = v > best[h];
+          best[h] = select(greater, v, best[h]);
+          index[h] = (index[h] & ~greater) | (jj & greater);
+        }
       }
     }
     for (int64_t h = 0; h < kParts; ++h) {
@@ -385,7 +491,7 @@ inline __attribute__((always_inline)) void pool_max_impl(const T* base, const Sa
       store_vec(arg + p * kBlock + h * kLanes,
                 __builtin_convertvector(index[h], typename Narrow<T>::index32));
     }
-  }
+  });
 }
 
 // Adds w_i * gv into the 4 neighbour rows of sample `s` in a block buffer [pixels][B].
@@ -406,33 +512,30 @@ inline __attribute__((always_inline)) void add_sample(T* buf, const Sample<T>& s
 // Scatter-adds one RoI's bin gradients g [bins][B] into a block buffer [pixels][B] (avg mode:
 // every sample point of a bin receives gradient / count).
 template <typename T>
-inline __attribute__((always_inline)) void scatter_avg_impl(T* buf, const Sample<T>* s,
-                                                            int64_t bins, int64_t per_bin,
+inline __attribute__((always_inline)) void scatter_avg_impl(T* buf, const RoiSamples<T>& r,
                                                             const T* g) {
   using V = typename Vec<T>::type;
-  const Sample<T>* end = s + bins * per_bin;
-  const T count = static_cast<T>(std::max<int64_t>(per_bin, 1));
-  for (int64_t p = 0; p < bins; ++p) {
+  const T count = static_cast<T>(std::max<int64_t>(r.per_bin(), 1));
+  for_each_bin<1>(buf, r, [&](int64_t p, const Bin<T>& bin) __attribute__((always_inline)) {
     const V gv = load_vec<V>(g + p * kBlock) / count;
-    for (int64_t j = 0; j < per_bin; ++j, ++s) {
-      prefetch_rows<T, 1>(buf, s, end);
-      add_sample(buf, *s, gv);
+    for (int64_t iy = 0; iy < bin.grid_h; ++iy) {
+      for (int64_t ix = 0; ix < bin.grid_w; ++ix) {
+        add_sample(buf, bin.at(iy, ix), gv);
+      }
     }
-  }
+  });
 }
 
 // Max mode: only the arg-max sample point of each channel (arg [bins][B]) receives its gradient.
 template <typename T>
-inline __attribute__((always_inline)) void scatter_max_impl(T* buf, const Sample<T>* s,
-                                                            int64_t bins, int64_t per_bin,
+inline __attribute__((always_inline)) void scatter_max_impl(T* buf, const RoiSamples<T>& r,
                                                             const T* g, const int32_t* arg) {
   using V = typename Narrow<T>::type;
   using M = typename Narrow<T>::mask;
   using E = decltype(M{}[0] + 0);
   constexpr int64_t kLanes = Narrow<T>::lanes, kParts = kBlock / kLanes;
-  const Sample<T>* end = s + bins * per_bin;
   T masked[kBlock];
-  for (int64_t p = 0; p < bins; ++p) {
+  for_each_bin<1>(buf, r, [&](int64_t p, const Bin<T>& bin) __attribute__((always_inline)) {
     V gp[kParts];
     M ap[kParts];
     for (int64_t h = 0; h < kParts; ++h) {
@@ -440,49 +543,49 @@ inline __attribute__((always_inline)) void scatter_max_impl(T* buf, const Sample
       ap[h] = __builtin_convertvector(
           load_vec<typename Narrow<T>::index32>(arg + p * kBlock + h * kLanes), M);
     }
-    for (int64_t j = 0; j < per_bin; ++j, ++s) {
-      prefetch_rows<T, 1>(buf, s, end);
-      // Rarely does no channel of the block pick sample j, so add without testing for it.
-      const M jj = M{} + static_cast<E>(j);
-      for (int64_t h = 0; h < kParts; ++h) {
-        store_vec(masked + h * kLanes, (V)((M)gp[h] & (ap[h] == jj)));
+    for (int64_t iy = 0, j = 0; iy < bin.grid_h; ++iy) {
+      for (int64_t ix = 0; ix < bin.grid_w; ++ix, ++j) {
+        // Rarely does no channel of the block pick sample j, so add without testing for it.
+        const M jj = M{} + static_cast<E>(j);
+        for (int64_t h = 0; h < kParts; ++h) {
+          store_vec(masked + h * kLanes, (V)((M)gp[h] & (ap[h] == jj)));
+        }
+        add_sample(buf, bin.at(iy, ix), load_vec<typename Vec<T>::type>(masked));
       }
-      add_sample(buf, *s, load_vec<typename Vec<T>::type>(masked));
     }
-  }
+  });
 }
 
-DETECTOR_SIMD_CLONES void pool_avg_block(const float* base, const Sample<float>* s, int64_t bins,
-                                         int64_t per_bin, float* out) {
-  pool_avg_impl<float>(base, s, bins, per_bin, out);
+DETECTOR_SIMD_CLONES void pool_avg_block(const float* base, const RoiSamples<float>& r,
+                                         float* out) {
+  pool_avg_impl<float>(base, r, out);
 }
-DETECTOR_SIMD_CLONES void pool_avg_block(const double* base, const Sample<double>* s,
-                                         int64_t bins, int64_t per_bin, double* out) {
-  pool_avg_impl<double>(base, s, bins, per_bin, out);
+DETECTOR_SIMD_CLONES void pool_avg_block(const double* base, const RoiSamples<double>& r,
+                                         double* out) {
+  pool_avg_impl<double>(base, r, out);
 }
-DETECTOR_SIMD_CLONES void pool_max_block(const float* base, const Sample<float>* s, int64_t bins,
-                                         int64_t per_bin, float* out, int32_t* arg) {
-  pool_max_impl<float>(base, s, bins, per_bin, out, arg);
+DETECTOR_SIMD_CLONES void pool_max_block(const float* base, const RoiSamples<float>& r,
+                                         float* out, int32_t* arg) {
+  pool_max_impl<float>(base, r, out, arg);
 }
-DETECTOR_SIMD_CLONES void pool_max_block(const double* base, const Sample<double>* s,
-                                         int64_t bins, int64_t per_bin, double* out,
-                                         int32_t* arg) {
-  pool_max_impl<double>(base, s, bins, per_bin, out, arg);
+DETECTOR_SIMD_CLONES void pool_max_block(const double* base, const RoiSamples<double>& r,
+                                         double* out, int32_t* arg) {
+  pool_max_impl<double>(base, r, out, arg);
 }
-DETECTOR_SIMD_CLONES void scatter_block(float* buf, const Sample<float>* s, int64_t bins,
-                                        int64_t per_bin, const float* g, const int32_t* arg) {
+DETECTOR_SIMD_CLONES void scatter_block(float* buf, const RoiSamples<float>& r, const float* g,
+                                        const int32_t* arg) {
   if (arg) {
-    scatter_max_impl<float>(buf, s, bins, per_bin, g, arg);
+    scatter_max_impl<float>(buf, r, g, arg);
   } else {
-    scatter_avg_impl<float>(buf, s, bins, per_bin, g);
+    scatter_avg_impl<float>(buf, r, g);
   }
 }
-DETECTOR_SIMD_CLONES void scatter_block(double* buf, const Sample<double>* s, int64_t bins,
-                                        int64_t per_bin, const double* g, const int32_t* arg) {
+DETECTOR_SIMD_CLONES void scatter_block(double* buf, const RoiSamples<double>& r,
+                                        const double* g, const int32_t* arg) {
   if (arg) {
-    scatter_max_impl<double>(buf, s, bins, per_bin, g, arg);
+    scatter_max_impl<double>(buf, r, g, arg);
   } else {
-    scatter_avg_impl<double>(buf, s, bins, per_bin, g);
+    scatter_avg_impl<double>(buf, r, g);
   }
 }
 
@@ -534,10 +637,8 @@ void store_block(const T* buf, int64_t c0, int64_t cw, bool accumulate, at::Tens
 }
 
 template <typename T>
-std::unique_ptr<T[]> block_buffer(int64_t pixels) {
-  std::unique_ptr<T[]> buf(new T[pixels * kBlock]);
-  advise_huge_pages(buf.get(), pixels * kBlock * sizeof(T));
-  return buf;
+AlignedArray<T> block_buffer(int64_t pixels) {
+  return aligned_array<T>(pixels * kBlock);
 }
 
 at::Tensor fresh_tensor(at::IntArrayRef sizes, const at::TensorOptions& options,
@@ -555,7 +656,7 @@ at::Tensor fresh_tensor(at::IntArrayRef sizes, const at::TensorOptions& options,
 template <typename T>
 int64_t block_workers(const SampleTable<T>& table, int64_t num_blocks) {
   constexpr int64_t kMinParallelSamples = int64_t(1) << 15;
-  if (table.offset.back() * num_blocks < kMinParallelSamples) {
+  if (table.num_samples * num_blocks < kMinParallelSamples) {
     return 1;
   }
   return std::min<int64_t>(num_blocks, at::get_num_threads());
@@ -574,8 +675,9 @@ void forward_blocks(const RoiSet<T>& set, const SampleTable<T>& table,
   std::atomic<int64_t> next_block{0};
   at::parallel_for(0, block_workers(table, num_blocks), 1, [&](int64_t,
                                                                                    int64_t) {
-    std::unique_ptr<T[]> buf = block_buffer<T>(pixels);
-    std::vector<T> local(bins * kBlock);  // [bins][B]
+    AlignedArray<T> buf = block_buffer<T>(pixels);
+    std::vector<T> local(bins * kBlock);    // [bins][B]
+    std::vector<T> staging(bins * kBlock);  // [B][bins]
     std::vector<int32_t> local_arg(argmax ? bins * kBlock : 0);
     for (int64_t b = next_block++; b < num_blocks; b = next_block++) {
       const int64_t c0 = b * kBlock, cw = std::min(kBlock, channels - c0);
@@ -585,16 +687,16 @@ void forward_blocks(const RoiSet<T>& set, const SampleTable<T>& table,
       for (const int64_t k : table.order) {
         const T* base = buf.get() + set.level_of(k).pixel_base * kBlock;
         if (argmax) {
-          pool_max_block(base, table.roi_samples(k), bins, table.roi_per_bin(k), local.data(),
-                         local_arg.data());
+          pool_max_block(base, table.roi(k, set.pool), local.data(), local_arg.data());
         } else {
-          pool_avg_block(base, table.roi_samples(k), bins, table.roi_per_bin(k), local.data());
+          pool_avg_block(base, table.roi(k, set.pool), local.data());
         }
-        // [bins][B] -> out[k, c0:c0+cw, bins]
+        // [bins][B] -> out[k, c0:c0+cw, bins], a contiguous run of cw * bins values; the 26 MB
+        // output would otherwise push the block buffer out of L3.
         T* o = out + (k * channels + c0) * bins;
         if constexpr (std::is_same_v<T, float>) {
           if (cw == kBlock) {
-            block_to_planes(local.data(), bins, o);
+            block_to_planes_streaming(local.data(), bins, staging.data(), o);
           }
         }
         if (!std::is_same_v<T, float> || cw != kBlock) {
@@ -610,6 +712,7 @@ void forward_blocks(const RoiSet<T>& set, const SampleTable<T>& table,
         }
       }
     }
+    store_fence();
   });
 }
 
@@ -644,8 +747,10 @@ std::tuple<at::Tensor, at::Tensor> forward_impl(const std::vector<at::Tensor>& f
                                                 at::ArrayRef<double> scales, const Pooling& pool) {
   const std::vector<at::Tensor> levels = kernel_layout(features);
   const int64_t num_rois = rois.size(0), channels = levels[0].size(1);
-  at::Tensor output = fresh_tensor({num_rois, channels, pool.pooled_height, pool.pooled_width},
-                                   levels[0].options());
+  // Every element is written below, so the output may reuse a freed output's memory (a training
+  // loop's previous one): fresh memory costs ~5 ms of the kernel's page zeroing for 26 MB.
+  at::Tensor output = recycled_empty({num_rois, channels, pool.pooled_height, pool.pooled_width},
+                                     levels[0].scalar_type());
   at::Tensor argmax = pool.mode == Mode::kMax
                           ? fresh_tensor(output.sizes(), output.options().dtype(at::kInt))
                           : at::empty({0}, output.options().dtype(at::kInt));
@@ -710,7 +815,7 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& grad, const at::Tensor& 
     std::atomic<int64_t> next_block{0};
     at::parallel_for(0, block_workers(table, num_blocks), 1, [&](int64_t,
                                                                                      int64_t) {
-      std::unique_ptr<T[]> buf = block_buffer<T>(pixels);
+      AlignedArray<T> buf = block_buffer<T>(pixels);
       std::vector<T> local(bins * kBlock);  // [bins][B]
       std::vector<int32_t> local_arg(arg ? bins * kBlock : 0);
       for (int64_t b = next_block++; b < num_blocks; b = next_block++) {
@@ -737,9 +842,8 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& grad, const at::Tensor& 
               for (int64_t p = 0; p < bins; ++p) local_arg[p * kBlock + j] = ak[j * bins + p];
             }
           }
-          scatter_block(buf.get() + set.level_of(k).pixel_base * kBlock, table.roi_samples(k),
-                        bins, table.roi_per_bin(k), local.data(),
-                        arg ? local_arg.data() : nullptr);
+          scatter_block(buf.get() + set.level_of(k).pixel_base * kBlock, table.roi(k, pool),
+                        local.data(), arg ? local_arg.data() : nullptr);
         }
         for (size_t l = 0; l < grads.size(); ++l) {
           store_block(buf.get() + set.level_info[l].pixel_base * kBlock, c0, cw, accumulate,

@@ -12,12 +12,12 @@
 //      the contiguous w (the running max and its flat index h * W + w per column);
 //   2. horizontal: for each bin, the max over its columns of pass 1. Ties between columns keep the
 //      smaller flat index, so the result is the FIRST max in row-major order, as in torchvision.
-// Backward: threads own disjoint blocks of channels. For its block, a thread zeroes the planes
-// (the gradient's memory is a freed gradient's, recycled_memory.h, or fresh huge pages: no
-// separate zero fill of the 55 MB gradient, and first-touch faults are spread over the threads),
-// then walks every RoI in a fixed order and adds its gradients at the arg-max indices while the
-// planes are in L2. No atomics, no races, and the summation order of
-// every element does not depend on the thread count. A contiguous `grad` is read in runs of
+// Backward: threads own disjoint blocks of channels. For its block, a thread zeroes planes of its
+// own, walks every RoI in a fixed order and adds its gradients at the arg-max indices while the
+// planes are in L2, then copies them into the gradient with non-temporal stores (its memory is a
+// freed gradient's, recycled_memory.h, or fresh huge pages: it is written once and never read,
+// and first-touch faults are spread over the threads). No atomics, no races, and the summation
+// order of every element does not depend on the thread count. A contiguous `grad` is read in runs of
 // block * PH * PW elements per RoI (prefetched); any other strides are read in place.
 #include <torch/library.h>
 
@@ -331,15 +331,16 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cpu(const at::Tensor& input,
   return {output, argmax};
 }
 
-// Backward of RoIs' gradients for channels [c0, c1) into `gi` (N, C, H, W) contiguous, whose
-// planes of these channels were zeroed: for RoI k = 0..K-1 (a fixed order), channel c and bin b,
-// gi[batch[k], c, argmax] += grad[k, c, b]. `grad` and `argmax` are contiguous (K, C, bins), so
-// a RoI's run for the block is (c1 - c0) * bins contiguous elements of each.
+// Backward of RoIs' gradients for channels [c0, c1) into zeroed planes `gi`: (N, c1 - c0, H, W)
+// with images `image_stride` elements apart: for RoI k = 0..K-1 (a fixed order), channel c and
+// bin b, gi[batch[k], c - c0, argmax] += grad[k, c, b]. `grad` and `argmax` are contiguous
+// (K, C, bins), so a RoI's run for the block is (c1 - c0) * bins contiguous elements of each.
 template <typename T>
 DETECTOR_SIMD_CLONES void scatter_channels(const T* __restrict__ g, const int* __restrict__ arg,
                                            const int64_t* batch, int64_t num_rois,
                                            int64_t channels, int64_t bins, int64_t plane,
-                                           int64_t c0, int64_t c1, T* __restrict__ gi) {
+                                           int64_t c0, int64_t c1, int64_t image_stride,
+                                           T* __restrict__ gi) {
   const int64_t run = (c1 - c0) * bins;
   const int64_t roi_stride = channels * bins;
   constexpr int64_t kAhead = 2;  // RoIs between a prefetch and its use (~DRAM latency)
@@ -356,7 +357,7 @@ DETECTOR_SIMD_CLONES void scatter_channels(const T* __restrict__ g, const int* _
     }
     const T* gk = g + first;
     const int* ak = arg + first;
-    T* p = gi + (batch[k] * channels + c0) * plane;
+    T* p = gi + batch[k] * image_stride;
     for (int64_t c = 0; c < c1 - c0; ++c, p += plane, gk += bins, ak += bins) {
       for (int64_t b = 0; b < bins; ++b) {
         const int index = ak[b];
@@ -374,11 +375,11 @@ template <typename T>
 void scatter_channels_strided(const T* g, at::IntArrayRef strides, const int* __restrict__ arg,
                               const int64_t* batch, int64_t num_rois, int64_t channels,
                               int64_t ph_count, int64_t pw_count, int64_t plane, int64_t c0,
-                              int64_t c1, T* __restrict__ gi) {
+                              int64_t c1, int64_t image_stride, T* __restrict__ gi) {
   const uint32_t limit = static_cast<uint32_t>(plane);
   for (int64_t k = 0; k < num_rois; ++k) {
     for (int64_t c = c0; c < c1; ++c) {
-      T* p = gi + (batch[k] * channels + c) * plane;
+      T* p = gi + batch[k] * image_stride + (c - c0) * plane;
       const int* ak = arg + (k * channels + c) * ph_count * pw_count;
       for (int64_t ph = 0; ph < ph_count; ++ph, ak += pw_count) {
         const T* gh = g + k * strides[0] + c * strides[1] + ph * strides[2];
@@ -429,8 +430,9 @@ at::Tensor roi_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& rois,
     const scalar_t* gp = grad.const_data_ptr<scalar_t>();
     const int* ap = a.const_data_ptr<int>();
     scalar_t* gi = grad_input.data_ptr<scalar_t>();
-    // A block of kBlock channels has one owner thread: it zeroes the block's planes (for every
-    // image) and scatters into them while they are in L2.
+    // A block of kBlock channels has one owner thread: it scatters into zeroed planes of its
+    // own (N, kBlock, H, W), which stay in L2, then copies them into the gradient with
+    // non-temporal stores (the gradient's lines are then written once, never read).
     constexpr int64_t kBlock = 2;
     const int64_t num_blocks = (channels + kBlock - 1) / kBlock;
     // Threads take blocks from a shared counter (a thread slowed down by other processes does
@@ -438,22 +440,26 @@ at::Tensor roi_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& rois,
     const int64_t workers = std::min<int64_t>(num_blocks, at::get_num_threads());
     std::atomic<int64_t> next_block{0};
     at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+      AlignedArray<scalar_t> planes = aligned_array<scalar_t>(batch_size * kBlock * plane);
       for (int64_t block = next_block++; block < num_blocks; block = next_block++) {
         const int64_t c0 = block * kBlock;
         const int64_t c1 = std::min(c0 + kBlock, channels);
-        for (int64_t n = 0; n < batch_size; ++n) {
-          scalar_t* p = gi + (n * channels + c0) * plane;
-          std::fill(p, p + (c1 - c0) * plane, scalar_t(0));
-        }
+        const int64_t image_stride = (c1 - c0) * plane;  // planes: (N, c1 - c0, H, W)
+        std::fill(planes.get(), planes.get() + batch_size * image_stride, scalar_t(0));
         if (dense) {
           scatter_channels<scalar_t>(gp, ap, batch.data(), num_rois, channels, bins, plane, c0,
-                                     c1, gi);
+                                     c1, image_stride, planes.get());
         } else {
           scatter_channels_strided<scalar_t>(gp, grad.strides(), ap, batch.data(), num_rois,
                                              channels, grad.size(2), grad.size(3), plane, c0, c1,
-                                             gi);
+                                             image_stride, planes.get());
+        }
+        for (int64_t n = 0; n < batch_size; ++n) {
+          copy_streaming(planes.get() + n * image_stride, image_stride * sizeof(scalar_t),
+                         gi + (n * channels + c0) * plane);
         }
       }
+      store_fence();
     });
   });
   return grad_input;
