@@ -74,6 +74,7 @@ class _WinogradConv3x3(torch.autograd.Function):
         batch, _, height, width = input.shape
         v = torch.ops.detector.winograd_input_transform(input)  # (16, C, T)
         m = torch.bmm(u, v)  # (16, K, C) @ (16, C, T) -> (16, K, T)
+        del v  # free before the output is allocated (the transforms are 4x the maps' size)
         ctx.save_for_backward(input, u)
         ctx.has_bias = bias is not None
         return torch.ops.detector.winograd_output_transform(m, bias, batch, height, width)
@@ -89,6 +90,7 @@ class _WinogradConv3x3(torch.autograd.Function):
             grad_input = torch.ops.detector._winograd_input_transform_backward(
                 grad_v, batch, height, width
             )
+            del grad_v  # free before v is recomputed
         if ctx.needs_input_grad[1]:
             v = torch.ops.detector.winograd_input_transform(input)
             grad_u = torch.bmm(grad_m, v.transpose(1, 2))  # (16, K, C)
