@@ -20,6 +20,10 @@ box size and processed in chunks; a chunk's windows all have the chunk's largest
 (clipped to the image), and a chunk holds as many masks as fit in `max_chunk_bytes` of working
 memory (1 GiB), at most `chunk_size`. The windows are then scattered into the (R, H, W) output.
 
+On the CPU the compiled kernel `torch.ops.detector.paste_masks` (ops/cpu/paste_masks_kernel.cpp)
+does steps 3 and 4 instead, mask by mask in parallel, writing each output plane once (zeros
+outside the box) in the same order of operations; the PyTorch form above serves other devices.
+
 Shapes: R masks, M x M each, S = M + 2 * padding, (H, W) the image, c masks in a chunk whose
 windows are h_c x w_c pixels.
 """
@@ -30,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from detector.ops import _library  # noqa: F401  (registers torch.ops.detector.paste_masks)
 from detector.structures.boxes import Boxes
 
 __all__ = ["paste_masks_in_image"]
@@ -175,7 +180,8 @@ def paste_masks_in_image(
             return bool masks, True where the probability is > threshold (maskrcnn_benchmark's
             Masker and torchvision's COCO evaluation use 0.5).
         padding: zero pixels added around each mask before pasting (torchvision's 1).
-        chunk_size: the most masks pasted at once (None: no limit but `max_chunk_bytes`).
+        chunk_size: the most masks pasted at once by the PyTorch form (other devices than the
+            CPU; None: no limit but `max_chunk_bytes`).
         max_chunk_bytes: the working memory allowed to a chunk of masks (beyond the output).
 
     Returns:
@@ -199,23 +205,56 @@ def paste_masks_in_image(
     height, width = (int(v) for v in image_size)
     out_dtype = masks.dtype if threshold is None else torch.bool
     compute_dtype = masks.dtype if masks.dtype in (torch.float32, torch.float64) else torch.float32
-    result = torch.zeros((masks.shape[0], height, width), dtype=out_dtype, device=masks.device)
     if masks.shape[0] == 0 or height == 0 or width == 0:
-        return result
-
+        return torch.zeros((masks.shape[0], height, width), dtype=out_dtype, device=masks.device)
     mask_size = masks.shape[-1]
     padded = F.pad(masks.to(compute_dtype), (padding,) * 4)  # (R, M, M) -> (R, S, S)
     int_boxes = _expanded_integer_boxes(
         box_tensor.to(masks.device), float(mask_size + 2 * padding) / mask_size
     )
+    if _uses_compiled_kernel(padded):
+        pasted = torch.ops.detector.paste_masks(padded, int_boxes, height, width, threshold)
+    else:
+        pasted = _paste_with_tensor_ops(
+            padded, int_boxes, (height, width), threshold, chunk_size, max_chunk_bytes
+        )
+    return pasted.to(out_dtype)  # (R, H, W); a copy only for float16 masks
+
+
+def _uses_compiled_kernel(padded: Tensor) -> bool:
+    """Whether `torch.ops.detector.paste_masks` pastes these masks (it has a CPU kernel only)."""
+    return padded.device.type == "cpu"
+
+
+def _paste_with_tensor_ops(
+    padded: Tensor,
+    int_boxes: Tensor,
+    image_size: tuple[int, int],
+    threshold: float | None,
+    chunk_size: int | None,
+    max_chunk_bytes: int,
+) -> Tensor:
+    """Steps 3 and 4 with PyTorch tensor ops, chunk by chunk (any device).
+
+    Args:
+        padded: Tensor[R, S, S] padded mask probabilities, float32 or float64, R >= 1.
+        int_boxes: Tensor[R, 4] int64 integer boxes from `_expanded_integer_boxes`.
+        image_size: (H, W), both >= 1.
+
+    Returns:
+        Tensor[R, H, W]: padded's dtype, or bool with a `threshold`.
+    """
+    height, width = image_size
+    out_dtype = padded.dtype if threshold is None else torch.bool
+    result = torch.zeros((padded.shape[0], height, width), dtype=out_dtype, device=padded.device)
     visible_w = _visible_extent(int_boxes[:, 0], int_boxes[:, 2], width)  # (R,)
     visible_h = _visible_extent(int_boxes[:, 1], int_boxes[:, 3], height)  # (R,)
     order = torch.argsort(visible_h * visible_w)
-    itemsize = torch.finfo(compute_dtype).bits // 8
+    itemsize = torch.finfo(padded.dtype).bits // 8
     chunks = _chunks(
         visible_h[order].tolist(),
         visible_w[order].tolist(),
-        chunk_size or masks.shape[0],
+        chunk_size or padded.shape[0],
         max_chunk_bytes,
         itemsize,
     )
@@ -229,5 +268,13 @@ def paste_masks_in_image(
         # Flat output positions: mask * H * W + row * W + col, (c, h_c, w_c), all distinct.
         flat = (index[:, None, None] * height + rows[:, :, None]) * width + cols[:, None, :]
         values = pasted if threshold is None else pasted > threshold
-        flat_result.scatter_(0, flat.view(-1), values.view(-1).to(out_dtype))
+        flat_result.scatter_(0, flat.view(-1), values.view(-1))
     return result
+
+
+@torch.library.register_fake("detector::paste_masks")
+def _paste_masks_fake(
+    padded: Tensor, boxes: Tensor, height: int, width: int, threshold: float | None
+) -> Tensor:
+    dtype = padded.dtype if threshold is None else torch.bool
+    return padded.new_empty((padded.shape[0], height, width), dtype=dtype)

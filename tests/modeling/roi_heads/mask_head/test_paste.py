@@ -1,4 +1,8 @@
-"""paste_masks_in_image: a hand-computed case, equality with torchvision, chunking, edge cases."""
+"""paste_masks_in_image: a hand-computed case, equality with torchvision, chunking, edge cases.
+
+Every test runs twice: with the compiled CPU kernel and with the PyTorch form that other devices
+use (forced here through `paste._uses_compiled_kernel`).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,17 @@ import torch
 from torchvision.models.detection.roi_heads import paste_masks_in_image as tv_paste
 
 from detector.modeling.roi_heads.mask_head import paste_masks_in_image
+from detector.modeling.roi_heads.mask_head import paste
 from detector.modeling.roi_heads.mask_head.paste import _bytes_per_window_pixel, _chunks
 from detector.structures import Boxes
+
+
+@pytest.fixture(autouse=True, params=["compiled", "pytorch"])
+def form(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Which implementation pastes: the compiled CPU kernel or the PyTorch tensor ops."""
+    compiled = request.param == "compiled"
+    monkeypatch.setattr(paste, "_uses_compiled_kernel", lambda padded: compiled)
+    return request.param
 
 
 def random_case(
@@ -150,3 +163,38 @@ def test_half_masks_are_pasted_in_float32():
     assert pasted.dtype == torch.float16
     expected = paste_masks_in_image(masks.half().float(), boxes, (30, 40), None)
     torch.testing.assert_close(pasted, expected.half())
+
+
+def test_compiled_kernel_op_checks_and_errors(form: str):
+    generator = torch.Generator().manual_seed(3)
+    masks, boxes = random_case(generator, 6, 7, 20, 30)
+    padded = torch.nn.functional.pad(masks, (1, 1, 1, 1))
+    int_boxes = paste._expanded_integer_boxes(boxes, 9 / 7)
+    op = torch.ops.detector.paste_masks
+    for threshold in (None, 0.5):
+        torch.library.opcheck(op, (padded, int_boxes, 20, 30, threshold))
+        torch.library.opcheck(op, (padded.double(), int_boxes, 20, 30, threshold))
+    with pytest.raises(ValueError, match="paste_masks: `padded` must be"):
+        op(padded[:, :, 1:], int_boxes, 20, 30, None)
+    with pytest.raises(TypeError, match="paste_masks: `padded` must be float32"):
+        op(padded.half(), int_boxes, 20, 30, None)
+    with pytest.raises(ValueError, match=r"paste_masks: `boxes` must be \(6, 4\)"):
+        op(padded, int_boxes[:5], 20, 30, None)
+    with pytest.raises(TypeError, match="paste_masks: `boxes` must be int64"):
+        op(padded, int_boxes.int(), 20, 30, None)
+    with pytest.raises(ValueError, match="paste_masks: `height` and `width`"):
+        op(padded, int_boxes, -1, 30, None)
+
+
+def test_compiled_kernel_is_deterministic_across_thread_counts(form: str):
+    generator = torch.Generator().manual_seed(4)
+    masks, boxes = random_case(generator, 37, 28, 90, 70)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = paste_masks_in_image(masks, boxes, (90, 70), None)
+        torch.set_num_threads(2)
+        two = paste_masks_in_image(masks, boxes, (90, 70), None)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)
