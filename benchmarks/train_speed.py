@@ -22,7 +22,9 @@ ratio ours/torchvision.
 Peak memory: on CUDA `torch.cuda.max_memory_allocated` minus the memory allocated before the
 iteration; on the CPU the peak resident set size of the process during the iteration (VmHWM from
 /proc/self/status, reset through /proc/self/clear_refs) minus the RSS before it, after
-`malloc_trim(0)` has handed freed heap memory back to the OS.
+the recycled-memory cache of our ops has been emptied and `malloc_trim(0)` has handed freed heap
+memory back to the OS, so that neither model starts the iteration with memory kept from earlier
+ones.
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/train_speed.py --threads 1 --iters 3
 """
@@ -142,7 +144,9 @@ def load_torchvision_weights(ours: nn.Module, torchvision_model: nn.Module) -> N
 
 
 def _trim_heap() -> None:
-    """Returns freed malloc memory to the OS (glibc), so RSS reflects live memory."""
+    """Returns freed memory to the OS, so RSS reflects live memory: our ops' recycled blocks
+    (ops/cpu/recycled_memory.h) and glibc's free heap memory."""
+    torch.ops.detector._release_recycled_memory()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):

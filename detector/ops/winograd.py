@@ -11,8 +11,9 @@ where d_tile is the tile's 4x4 input window. Summed over input channels, the ele
 becomes 16 matrix products (K x C) @ (C x T), one per transform position: 16 multiplications per
 tile and channel pair where the direct convolution needs 4 * 9 = 36 (2.25x fewer). The input and
 output transforms are compiled kernels (`torch.ops.detector.winograd_*`, CPU), each registered
-with its adjoint as its gradient; the weight transform and the matrix products are ATen ops. The
-gradients are exact: the input's is the adjoint of the whole chain, the weight's comes through
+with its adjoint as its gradient; the weight transform and the matrix products are ATen ops (the
+products write into recycled memory, `torch.ops.detector._recycled_bmm`, as the transforms do:
+ops/cpu/recycled_memory.h). The gradients are exact: the input's is the adjoint of the whole chain, the weight's comes through
 G w G^T.
 
 The result equals `F.conv2d(input, weight, bias, padding=1)` up to float rounding (relative error
@@ -73,7 +74,7 @@ class _WinogradConv3x3(torch.autograd.Function):
     def forward(ctx, input: Tensor, u: Tensor, bias: Tensor | None) -> Tensor:
         batch, _, height, width = input.shape
         v = torch.ops.detector.winograd_input_transform(input)  # (16, C, T)
-        m = torch.bmm(u, v)  # (16, K, C) @ (16, C, T) -> (16, K, T)
+        m = torch.ops.detector._recycled_bmm(u, v)  # (16, K, C) @ (16, C, T) -> (16, K, T)
         del v  # free before the output is allocated (the transforms are 4x the maps' size)
         ctx.save_for_backward(input, u)
         ctx.has_bias = bias is not None
@@ -85,15 +86,18 @@ class _WinogradConv3x3(torch.autograd.Function):
         batch, _, height, width = input.shape
         grad_m = torch.ops.detector._winograd_output_transform_backward(grad)  # (16, K, T)
         grad_input = grad_u = grad_bias = None
+        # Products into recycled memory, except under double backward (create_graph), whose
+        # graph needs torch.bmm's gradient.
+        bmm = torch.bmm if torch.is_grad_enabled() else torch.ops.detector._recycled_bmm
         if ctx.needs_input_grad[0]:
-            grad_v = torch.bmm(u.transpose(1, 2), grad_m)  # (16, C, T)
+            grad_v = bmm(u.transpose(1, 2), grad_m)  # (16, C, T)
             grad_input = torch.ops.detector._winograd_input_transform_backward(
                 grad_v, batch, height, width
             )
             del grad_v  # free before v is recomputed
         if ctx.needs_input_grad[1]:
             v = torch.ops.detector.winograd_input_transform(input)
-            grad_u = torch.bmm(grad_m, v.transpose(1, 2))  # (16, K, C)
+            grad_u = bmm(grad_m, v.transpose(1, 2))  # (16, K, C)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad.sum(dim=(0, 2, 3))
         return grad_input, grad_u, grad_bias
@@ -101,6 +105,11 @@ class _WinogradConv3x3(torch.autograd.Function):
 
 def _tiles(batch: int, height: int, width: int) -> int:
     return batch * ((height + 1) // 2) * ((width + 1) // 2)
+
+
+@torch.library.register_fake("detector::_recycled_bmm")
+def _recycled_bmm_fake(a: Tensor, b: Tensor) -> Tensor:
+    return a.new_empty((a.shape[0], a.shape[1], b.shape[2]))
 
 
 @torch.library.register_fake("detector::winograd_input_transform")

@@ -1,11 +1,13 @@
-// One-block memory recycling for large CPU outputs (see recycled_memory.h).
+// Memory recycling for large CPU outputs and workspaces (see recycled_memory.h).
 #include "cpu/recycled_memory.h"
 
 #include <ATen/EmptyTensor.h>
 #include <c10/core/Allocator.h>
+#include <torch/library.h>
 
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <mutex>
 
 #include "cpu/roi_align_memory.h"
@@ -14,26 +16,92 @@ namespace detector {
 namespace {
 
 constexpr size_t kMinRecycledBytes = size_t(8) << 20;  // smaller blocks: plain allocations
-constexpr size_t kAlignment = size_t(2) << 20;         // huge-page aligned
+constexpr size_t kMaxCachedBytes = size_t(1) << 30;    // freed blocks kept, in all
+constexpr size_t kHugePageBytes = size_t(2) << 20;
 
-// A block and its size (the DataPtr context).
+// A block and its capacity (the DataPtr context).
 struct Block {
   void* data;
-  size_t bytes;
+  size_t capacity;
 };
+
+// The freed blocks kept for reuse, oldest first, and their total capacity.
+struct Cache {
+  std::mutex mutex;
+  std::deque<Block*> blocks;
+  size_t bytes = 0;
+
+  // The smallest kept block that holds `bytes` without wasting more than half of them
+  // (removed from the cache), or null.
+  Block* take(size_t bytes_wanted) {
+    std::lock_guard<std::mutex> lock(mutex);
+    auto best = blocks.end();
+    for (auto it = blocks.begin(); it != blocks.end(); ++it) {
+      const size_t capacity = (*it)->capacity;
+      const bool fits = capacity >= bytes_wanted && capacity <= bytes_wanted + bytes_wanted / 2;
+      if (fits && (best == blocks.end() || capacity < (*best)->capacity)) {
+        best = it;
+      }
+    }
+    if (best == blocks.end()) {
+      return nullptr;
+    }
+    Block* block = *best;
+    blocks.erase(best);
+    bytes -= block->capacity;
+    return block;
+  }
+
+  // Keeps `block`; returns the oldest blocks that no longer fit in kMaxCachedBytes, to be freed.
+  std::deque<Block*> keep(Block* block) {
+    std::lock_guard<std::mutex> lock(mutex);
+    blocks.push_back(block);
+    bytes += block->capacity;
+    std::deque<Block*> evicted;
+    while (bytes > kMaxCachedBytes) {
+      evicted.push_back(blocks.front());
+      bytes -= blocks.front()->capacity;
+      blocks.pop_front();
+    }
+    return evicted;
+  }
+
+  std::deque<Block*> take_all() {
+    std::lock_guard<std::mutex> lock(mutex);
+    std::deque<Block*> all;
+    all.swap(blocks);
+    bytes = 0;
+    return all;
+  }
+};
+
+// Never destroyed (tensors may be freed during static destruction).
+Cache& cache() {
+  static Cache* instance = new Cache();
+  return *instance;
+}
+
+void free_blocks(const std::deque<Block*>& blocks) {
+  for (Block* block : blocks) {
+    std::free(block->data);
+    delete block;
+  }
+}
 
 class RecyclingAllocator final : public c10::Allocator {
  public:
   c10::DataPtr allocate(size_t bytes) override {
-    Block* block = take(bytes);
+    Block* block = bytes >= kMinRecycledBytes ? cache().take(bytes) : nullptr;
     if (block == nullptr) {
+      // Large blocks: huge-page aligned and sized; small ones: cache-line aligned.
+      const size_t alignment = bytes >= kMinRecycledBytes ? kHugePageBytes : 64;
+      const size_t rounded = (bytes + alignment - 1) / alignment * alignment;
       void* data = nullptr;
-      const size_t rounded = (bytes + kAlignment - 1) / kAlignment * kAlignment;
-      if (bytes > 0 && posix_memalign(&data, kAlignment, rounded) != 0) {
+      if (bytes > 0 && posix_memalign(&data, alignment, rounded) != 0) {
         TORCH_CHECK(false, "recycled_empty: out of memory allocating ", bytes, " bytes");
       }
       advise_huge_pages(data, rounded);
-      block = new Block{data, bytes};
+      block = new Block{data, rounded};
     }
     return {block->data, block, &RecyclingAllocator::release, c10::Device(c10::kCPU)};
   }
@@ -43,48 +111,54 @@ class RecyclingAllocator final : public c10::Allocator {
   }
 
  private:
-  // The kept block if it has exactly `bytes` bytes (it is removed from the cache), else null.
-  static Block* take(size_t bytes) {
-    std::lock_guard<std::mutex> lock(mutex());
-    Block*& kept = cached();
-    if (kept == nullptr || kept->bytes != bytes) {
-      return nullptr;
-    }
-    Block* block = kept;
-    kept = nullptr;
-    return block;
-  }
-
-  // Deleter: keeps a large block (freeing the one kept before), frees anything else.
+  // Deleter: keeps a large block (evicting the oldest ones past the cap), frees anything else.
   static void release(void* context) {
     Block* block = static_cast<Block*>(context);
-    if (block->bytes >= kMinRecycledBytes) {
-      std::lock_guard<std::mutex> lock(mutex());
-      std::swap(block, cached());
+    if (block->capacity >= kMinRecycledBytes) {
+      free_blocks(cache().keep(block));
+    } else {
+      free_blocks({block});
     }
-    if (block != nullptr) {
-      std::free(block->data);
-      delete block;
-    }
-  }
-
-  // Never destroyed (tensors may be freed during static destruction).
-  static std::mutex& mutex() {
-    static std::mutex* m = new std::mutex();
-    return *m;
-  }
-  static Block*& cached() {
-    static Block* block = nullptr;
-    return block;
   }
 };
+
+RecyclingAllocator& allocator() {
+  static RecyclingAllocator* instance = new RecyclingAllocator();
+  return *instance;
+}
 
 }  // namespace
 
 at::Tensor recycled_empty(at::IntArrayRef sizes, at::ScalarType dtype) {
-  static RecyclingAllocator* allocator = new RecyclingAllocator();
-  return at::detail::empty_generic(sizes, allocator, c10::DispatchKeySet(c10::DispatchKey::CPU),
+  return at::detail::empty_generic(sizes, &allocator(), c10::DispatchKeySet(c10::DispatchKey::CPU),
                                    dtype, c10::MemoryFormat::Contiguous);
+}
+
+void release_recycled_memory() {
+  free_blocks(cache().take_all());
+}
+
+namespace {
+
+at::Tensor recycled_bmm(const at::Tensor& a, const at::Tensor& b) {
+  TORCH_CHECK_VALUE(a.dim() == 3 && b.dim() == 3 && a.size(0) == b.size(0) && a.size(2) == b.size(1),
+                    "_recycled_bmm: expected (B, n, k) and (B, k, m), got ", a.sizes(), " and ",
+                    b.sizes());
+  TORCH_CHECK_TYPE(a.scalar_type() == b.scalar_type(), "_recycled_bmm: dtypes differ: ",
+                   a.scalar_type(), " and ", b.scalar_type());
+  at::Tensor out = recycled_empty({a.size(0), a.size(1), b.size(2)}, a.scalar_type());
+  return at::bmm_out(out, a, b);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(detector, m) {
+  m.def("_recycled_bmm(Tensor a, Tensor b) -> Tensor");
+  m.def("_release_recycled_memory() -> ()", &release_recycled_memory);
+}
+
+TORCH_LIBRARY_IMPL(detector, CPU, m) {
+  m.impl("_recycled_bmm", &recycled_bmm);
 }
 
 }  // namespace detector

@@ -1,12 +1,17 @@
 // Recycled memory for large CPU outputs that every call fills completely (the RoI Pool gradient,
-// the RoI Align forward output).
+// the RoI Align forward output, the Winograd transforms and their matrix products).
 //
 // A fresh 55 MB tensor costs ~12 ms of kernel page zeroing and page faults on every call (more
-// than the rest of RoI Pool's backward); the kernel zeroes it although the op overwrites it.
-// `recycled_empty` returns an uninitialized tensor whose memory, once freed, is kept (one block,
-// the most recently freed one of at least 8 MB) and handed out again to the next request of the
-// same size. A training loop then reuses the previous iteration's gradient memory. The memory is
-// NOT zeroed: callers must write every element.
+// than the rest of RoI Pool's backward; an 80 MB Winograd transform of the mask head's features
+// ~30 ms, as much as the transform itself); the kernel zeroes the pages although the op
+// overwrites them. `recycled_empty` returns an uninitialized tensor whose memory, once freed, is
+// kept and handed out again to a later request that it fits (at most 1.5x the size wanted): the
+// next iteration of a training or inference loop then reuses the previous one's memory. Freed
+// blocks of at least 8 MB are kept, up to 1 GiB in all (the oldest are freed first);
+// `release_recycled_memory` (op `detector::_release_recycled_memory`) frees them all. The memory
+// is NOT zeroed: callers must write every element.
+//
+// Op `detector::_recycled_bmm(a, b)`: torch.bmm(a, b) into recycled memory (CPU).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -15,5 +20,8 @@ namespace detector {
 
 // An uninitialized contiguous CPU tensor of `sizes` and `dtype` (see above).
 at::Tensor recycled_empty(at::IntArrayRef sizes, at::ScalarType dtype);
+
+// Frees every kept block.
+void release_recycled_memory();
 
 }  // namespace detector

@@ -15,7 +15,7 @@
 #include <optional>
 #include <vector>
 
-#include "cpu/roi_align_memory.h"
+#include "cpu/recycled_memory.h"
 
 namespace detector {
 namespace winograd_cpu {
@@ -32,14 +32,6 @@ struct Tiling {
   // First tile of image n in the T dimension.
   int64_t tile_base(int64_t n) const { return n * th() * tw(); }
 };
-
-// A fresh tensor backed by transparent huge pages where possible: the transforms write 4x the
-// input's size, and 4 KB pages would cost one page fault per 1024 floats.
-at::Tensor fresh_tensor(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  at::Tensor t = at::empty(sizes, options);
-  advise_huge_pages(t.data_ptr(), t.nbytes());
-  return t;
-}
 
 // Planes per parallel task: enough elements that a task outweighs its scheduling.
 int64_t plane_grain(const Tiling& t) {
@@ -276,7 +268,7 @@ at::Tensor maps_to_tiles(const char* op, const char* name, const at::Tensor& map
   check_float(op, name, maps);
   const at::Tensor x = maps.contiguous();
   const Tiling t{x.size(0), x.size(1), x.size(2), x.size(3)};
-  at::Tensor tiles = fresh_tensor({kPositions, t.channels, t.tiles()}, x.options());
+  at::Tensor tiles = recycled_empty({kPositions, t.channels, t.tiles()}, x.scalar_type());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "winograd_maps_to_tiles", [&] {
     const scalar_t* src = x.const_data_ptr<scalar_t>();
     scalar_t* dst = tiles.mutable_data_ptr<scalar_t>();
@@ -299,7 +291,7 @@ at::Tensor input_transform_backward(const at::Tensor& grad, int64_t batch, int64
   constexpr const char* op = "_winograd_input_transform_backward";
   const Tiling t = checked_tiling(op, grad, batch, height, width);
   const at::Tensor g = grad.contiguous();
-  at::Tensor gx = fresh_tensor({batch, t.channels, height, width}, g.options());
+  at::Tensor gx = recycled_empty({batch, t.channels, height, width}, g.scalar_type());
   AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), op, [&] {
     const scalar_t* src = g.const_data_ptr<scalar_t>();
     scalar_t* dst = gx.mutable_data_ptr<scalar_t>();
@@ -323,7 +315,7 @@ at::Tensor output_transform(const at::Tensor& m, const std::optional<at::Tensor>
                      ": `bias` must have the dtype of `m`");
     b = bias->contiguous();
   }
-  at::Tensor y = fresh_tensor({batch, t.channels, height, width}, src.options());
+  at::Tensor y = recycled_empty({batch, t.channels, height, width}, src.scalar_type());
   AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), op, [&] {
     const scalar_t* s = src.const_data_ptr<scalar_t>();
     const scalar_t* bp = b.defined() ? b.const_data_ptr<scalar_t>() : nullptr;
