@@ -16,7 +16,25 @@ namespace detector {
 namespace {
 
 constexpr size_t kMinRecycledBytes = size_t(8) << 20;  // smaller blocks: plain allocations
-constexpr size_t kMaxCachedBytes = size_t(1) << 30;    // freed blocks kept, in all
+constexpr size_t kDefaultCacheMiB = 1024;              // freed blocks kept, in all
+
+// The most bytes of freed blocks kept: DETECTOR_RECYCLED_MEMORY_MB (MiB; 0 keeps none), read
+// once, or 1 GiB.
+size_t max_cached_bytes() {
+  static const size_t bytes = [] {
+    size_t mib = kDefaultCacheMiB;
+    if (const char* value = std::getenv("DETECTOR_RECYCLED_MEMORY_MB")) {
+      char* end = nullptr;
+      const long long parsed = std::strtoll(value, &end, 10);
+      TORCH_CHECK_VALUE(end != value && *end == '\0' && parsed >= 0,
+                        "DETECTOR_RECYCLED_MEMORY_MB must be a whole number of MiB >= 0, got '",
+                        value, "'");
+      mib = static_cast<size_t>(parsed);
+    }
+    return mib << 20;
+  }();
+  return bytes;
+}
 constexpr size_t kHugePageBytes = size_t(2) << 20;
 
 // A block and its capacity (the DataPtr context).
@@ -52,13 +70,13 @@ struct Cache {
     return block;
   }
 
-  // Keeps `block`; returns the oldest blocks that no longer fit in kMaxCachedBytes, to be freed.
+  // Keeps `block`; returns the oldest blocks that no longer fit in the cap, to be freed.
   std::deque<Block*> keep(Block* block) {
     std::lock_guard<std::mutex> lock(mutex);
     blocks.push_back(block);
     bytes += block->capacity;
     std::deque<Block*> evicted;
-    while (bytes > kMaxCachedBytes) {
+    while (bytes > max_cached_bytes()) {
       evicted.push_back(blocks.front());
       bytes -= blocks.front()->capacity;
       blocks.pop_front();
@@ -91,6 +109,7 @@ void free_blocks(const std::deque<Block*>& blocks) {
 class RecyclingAllocator final : public c10::Allocator {
  public:
   c10::DataPtr allocate(size_t bytes) override {
+    max_cached_bytes();  // a bad DETECTOR_RECYCLED_MEMORY_MB fails here, not in a deleter
     Block* block = bytes >= kMinRecycledBytes ? cache().take(bytes) : nullptr;
     if (block == nullptr) {
       // Large blocks: huge-page aligned and sized; small ones: cache-line aligned.

@@ -7,7 +7,8 @@
 // overwrites them. `recycled_empty` returns an uninitialized tensor whose memory, once freed, is
 // kept and handed out again to a later request that it fits (at most 1.5x the size wanted): the
 // next iteration of a training or inference loop then reuses the previous one's memory. Freed
-// blocks of at least 8 MB are kept, up to 1 GiB in all (the oldest are freed first);
+// blocks of at least 8 MB are kept, up to 1 GiB in all (the oldest are freed first; the
+// environment variable DETECTOR_RECYCLED_MEMORY_MB sets another cap in MiB, 0 keeps none);
 // `release_recycled_memory` (op `detector::_release_recycled_memory`) frees them all. The memory
 // is NOT zeroed: callers must write every element.
 //
