@@ -28,6 +28,7 @@ CASE_MODULES = [
     "deform_roi_pool",
     "nms",
     "conv3x3",
+    "paste_masks",
 ]
 
 
