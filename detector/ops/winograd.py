@@ -64,40 +64,85 @@ def winograd_conv3x3(input: Tensor, weight: Tensor, bias: Tensor | None = None) 
     return _WinogradConv3x3.apply(input, winograd_weight(weight), bias)
 
 
+# Transient memory of one group of images: a convolution transforms and multiplies at most this
+# many bytes of (16, channels, tiles) at once. A larger batch runs image group by image group
+# (the transforms and products are 4x the size of the maps: a 2-image FPN P2 level of 512x683
+# inputs would need 180 MB for each at once).
+GROUP_BYTES = 64 << 20
+
+
+def _image_groups(batch: int, channels: int, height: int, width: int, itemsize: int) -> list:
+    """Consecutive image ranges [(n0, n1), ...] whose (16, channels, tiles) fits GROUP_BYTES
+    (at least one image each)."""
+    per_image = 16 * channels * _tiles(1, height, width) * itemsize
+    size = max(1, GROUP_BYTES // max(per_image, 1))
+    return [(n0, min(n0 + size, batch)) for n0 in range(0, batch, size)]
+
+
+def _concat(parts: list[Tensor]) -> Tensor:
+    """torch.cat of the groups' results along dim 0; into recycled memory unless autograd is
+    recording (double backward)."""
+    if len(parts) == 1:
+        return parts[0]
+    if torch.is_grad_enabled():
+        return torch.cat(parts)
+    shape = (sum(p.shape[0] for p in parts), *parts[0].shape[1:])
+    return torch.cat(parts, out=torch.ops.detector._recycled_empty(parts[0], shape))
+
+
 class _WinogradConv3x3(torch.autograd.Function):
     """y = A^T [U (.) (B^T d B)] A over tiles, with U = G w G^T given (autograd reaches w through
     it). Saves the input, not its 4x larger transform, and recomputes that in the backward (a
-    memory-bound pass, ~10% of the matrix products' time). The backward is made of differentiable
-    ops, so double backward works too."""
+    memory-bound pass, ~10% of the matrix products' time). Runs image group by image group
+    (`GROUP_BYTES`). The backward is made of differentiable ops, so double backward works too."""
 
     @staticmethod
     def forward(ctx, input: Tensor, u: Tensor, bias: Tensor | None) -> Tensor:
         batch, _, height, width = input.shape
-        v = torch.ops.detector.winograd_input_transform(input)  # (16, C, T)
-        m = torch.ops.detector._recycled_bmm(u, v)  # (16, K, C) @ (16, C, T) -> (16, K, T)
-        del v  # free before the output is allocated (the transforms are 4x the maps' size)
+        out_channels, in_channels = u.shape[1], u.shape[2]
+        groups = _image_groups(
+            batch, max(out_channels, in_channels), height, width, input.element_size()
+        )
+        outputs = []
+        for n0, n1 in groups:
+            v = torch.ops.detector.winograd_input_transform(input[n0:n1])  # (16, C, T_g)
+            m = torch.ops.detector._recycled_bmm(u, v)  # (16, K, C) @ (16, C, T_g) -> (16, K, T_g)
+            del v  # free before the output is allocated (the transforms are 4x the maps' size)
+            outputs.append(
+                torch.ops.detector.winograd_output_transform(m, bias, n1 - n0, height, width)
+            )
+            del m
         ctx.save_for_backward(input, u)
         ctx.has_bias = bias is not None
-        return torch.ops.detector.winograd_output_transform(m, bias, batch, height, width)
+        ctx.groups = groups
+        return _concat(outputs)  # (N, K, H, W)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         input, u = ctx.saved_tensors
-        batch, _, height, width = input.shape
-        grad_m = torch.ops.detector._winograd_output_transform_backward(grad)  # (16, K, T)
-        grad_input = grad_u = grad_bias = None
+        _, _, height, width = input.shape
         # Products into recycled memory, except under double backward (create_graph), whose
         # graph needs torch.bmm's gradient.
         bmm = torch.bmm if torch.is_grad_enabled() else torch.ops.detector._recycled_bmm
-        if ctx.needs_input_grad[0]:
-            grad_v = bmm(u.transpose(1, 2), grad_m)  # (16, C, T)
-            grad_input = torch.ops.detector._winograd_input_transform_backward(
-                grad_v, batch, height, width
-            )
-            del grad_v  # free before v is recomputed
-        if ctx.needs_input_grad[1]:
-            v = torch.ops.detector.winograd_input_transform(input)
-            grad_u = bmm(grad_m, v.transpose(1, 2))  # (16, K, C)
+        grad_inputs, grad_u, grad_bias = [], None, None
+        for n0, n1 in ctx.groups:
+            # (N_g, K, H, W) -> (16, K, T_g)
+            grad_m = torch.ops.detector._winograd_output_transform_backward(grad[n0:n1])
+            if ctx.needs_input_grad[0]:
+                grad_v = bmm(u.transpose(1, 2), grad_m)  # (16, C, T_g)
+                grad_inputs.append(
+                    torch.ops.detector._winograd_input_transform_backward(
+                        grad_v, n1 - n0, height, width
+                    )
+                )
+                del grad_v  # free before v is recomputed
+            if ctx.needs_input_grad[1]:
+                v = torch.ops.detector.winograd_input_transform(input[n0:n1])
+                part = bmm(grad_m, v.transpose(1, 2))  # (16, K, C)
+                grad_u = part if grad_u is None else grad_u + part
+                del v
+            del grad_m
+        grad_input = _concat(grad_inputs) if grad_inputs else None
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad.sum(dim=(0, 2, 3))
         return grad_input, grad_u, grad_bias
@@ -105,6 +150,11 @@ class _WinogradConv3x3(torch.autograd.Function):
 
 def _tiles(batch: int, height: int, width: int) -> int:
     return batch * ((height + 1) // 2) * ((width + 1) // 2)
+
+
+@torch.library.register_fake("detector::_recycled_empty")
+def _recycled_empty_fake(like: Tensor, size: list[int]) -> Tensor:
+    return like.new_empty(size)
 
 
 @torch.library.register_fake("detector::_recycled_bmm")

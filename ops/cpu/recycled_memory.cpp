@@ -169,15 +169,21 @@ at::Tensor recycled_bmm(const at::Tensor& a, const at::Tensor& b) {
   return at::bmm_out(out, a, b);
 }
 
+at::Tensor recycled_empty_like(const at::Tensor& like, at::IntArrayRef size) {
+  return recycled_empty(size, like.scalar_type());
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(detector, m) {
   m.def("_recycled_bmm(Tensor a, Tensor b) -> Tensor");
+  m.def("_recycled_empty(Tensor like, SymInt[] size) -> Tensor");
   m.def("_release_recycled_memory() -> ()", &release_recycled_memory);
 }
 
 TORCH_LIBRARY_IMPL(detector, CPU, m) {
   m.impl("_recycled_bmm", &recycled_bmm);
+  m.impl("_recycled_empty", &recycled_empty_like);
 }
 
 }  // namespace detector

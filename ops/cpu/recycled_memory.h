@@ -12,7 +12,8 @@
 // `release_recycled_memory` (op `detector::_release_recycled_memory`) frees them all. The memory
 // is NOT zeroed: callers must write every element.
 //
-// Op `detector::_recycled_bmm(a, b)`: torch.bmm(a, b) into recycled memory (CPU).
+// Ops: `detector::_recycled_bmm(a, b)`, torch.bmm(a, b) into recycled memory;
+// `detector::_recycled_empty(like, size)`, an uninitialized tensor of `like`'s dtype (CPU).
 #pragma once
 
 #include <ATen/ATen.h>

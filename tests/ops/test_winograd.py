@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from detector.ops import winograd
 from detector.ops.winograd import winograd_conv3x3, winograd_weight
 from tests.ops.utils import assert_same_bits, with_threads
 
@@ -58,6 +59,35 @@ def test_gradients_equal_conv2d(shape: tuple) -> None:
     expected = torch.autograd.grad(F.conv2d(x, weight, bias, padding=1), (x, weight, bias), grad)
     for a, b in zip(ours, expected, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.parametrize("group_bytes", [1, 2 * 16 * 6 * 20 * 8])  # 1 and 2 images per group
+def test_image_groups_give_the_same_function(
+    monkeypatch: pytest.MonkeyPatch, group_bytes: int
+) -> None:
+    # 5 images of 6 channels, 8 x 10 maps (20 tiles each), float64: 15 KB per image transform.
+    shape = (5, 6, 4, 8, 10)
+    monkeypatch.setattr(winograd, "GROUP_BYTES", group_bytes)
+    groups = winograd._image_groups(5, 6, 8, 10, 8)
+    assert len(groups) == (5 if group_bytes == 1 else 3)
+    assert groups[0][0] == 0 and groups[-1][1] == 5
+    x, weight, bias = (t.requires_grad_() for t in _inputs(shape, torch.float64))
+    grad = torch.randn(5, 4, 8, 10, dtype=torch.float64)
+    out = winograd_conv3x3(x, weight, bias)
+    expected = F.conv2d(x, weight, bias, padding=1)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    ours = torch.autograd.grad(out, (x, weight, bias), grad, create_graph=True)
+    theirs = torch.autograd.grad(expected, (x, weight, bias), grad, create_graph=True)
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-11)
+    plain = torch.autograd.grad(out, (x, weight, bias), grad, retain_graph=True)  # recycled path
+    for a, b in zip(plain, theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-11)
+    # Double backward through the grouped backward.
+    second = torch.autograd.grad(ours[1].sum(), x)[0]
+    torch.testing.assert_close(second, torch.autograd.grad(theirs[1].sum(), x)[0])
+    with torch.no_grad():  # the recycled-memory concatenation
+        torch.testing.assert_close(winograd_conv3x3(x, weight, bias), expected)
 
 
 @pytest.mark.parametrize("shape", [(1, 2, 3, 3, 5), (2, 2, 1, 1, 3)])  # small: seconds
