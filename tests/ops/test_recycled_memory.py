@@ -72,6 +72,11 @@ def test_recycled_bmm_equals_bmm_and_checks_its_arguments() -> None:
         ops._recycled_bmm(a.transpose(1, 2).contiguous().transpose(1, 2), b), torch.bmm(a, b)
     )
     torch.library.opcheck(ops._recycled_bmm, (a[:, :, :5], b[:, :5, :9]))
+    # An empty inner dimension gives zeros, also in a reused block that held NaNs.
+    stale = ops._recycled_bmm(torch.full((16, 1000, 5), float("nan")), torch.ones(16, 5, 200))
+    del stale
+    empty_inner = ops._recycled_bmm(torch.ones(16, 1000, 0), torch.ones(16, 0, 200))
+    assert torch.equal(empty_inner, torch.zeros(16, 1000, 200))
     with pytest.raises(ValueError, match=r"_recycled_bmm: expected \(B, n, k\) and \(B, k, m\)"):
         ops._recycled_bmm(a, b.transpose(1, 2))
     with pytest.raises(TypeError, match="_recycled_bmm: dtypes differ"):
