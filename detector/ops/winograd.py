@@ -13,8 +13,8 @@ tile and channel pair where the direct convolution needs 4 * 9 = 36 (2.25x fewer
 output transforms are compiled kernels (`torch.ops.detector.winograd_*`, CPU), each registered
 with its adjoint as its gradient; the weight transform and the matrix products are ATen ops (the
 products write into recycled memory, `torch.ops.detector._recycled_bmm`, as the transforms do:
-ops/cpu/recycled_memory.h). The gradients are exact: the input's is the adjoint of the whole chain, the weight's comes through
-G w G^T.
+ops/cpu/recycled_memory.h). The gradients are exact: the input's is the adjoint of the whole
+chain, the weight's comes through G w G^T.
 
 The result equals `F.conv2d(input, weight, bias, padding=1)` up to float rounding (relative error
 ~3e-6 in float32: the transforms add and subtract up to 9 values).
@@ -71,7 +71,9 @@ def winograd_conv3x3(input: Tensor, weight: Tensor, bias: Tensor | None = None) 
 GROUP_BYTES = 64 << 20
 
 
-def _image_groups(batch: int, channels: int, height: int, width: int, itemsize: int) -> list:
+def _image_groups(
+    batch: int, channels: int, height: int, width: int, itemsize: int
+) -> list[tuple[int, int]]:
     """Consecutive image ranges [(n0, n1), ...] whose (16, channels, tiles) fits GROUP_BYTES
     (at least one image each)."""
     per_image = 16 * channels * _tiles(1, height, width) * itemsize

@@ -96,4 +96,3 @@ def test_bad_cap_environment_variable_is_a_clear_error() -> None:
     assert "DETECTOR_RECYCLED_MEMORY_MB must be a whole number of MiB >= 0, got 'lots'" in (
         result.stderr
     )
-

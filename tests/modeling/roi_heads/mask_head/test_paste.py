@@ -10,8 +10,7 @@ import pytest
 import torch
 from torchvision.models.detection.roi_heads import paste_masks_in_image as tv_paste
 
-from detector.modeling.roi_heads.mask_head import paste_masks_in_image
-from detector.modeling.roi_heads.mask_head import paste
+from detector.modeling.roi_heads.mask_head import paste, paste_masks_in_image
 from detector.modeling.roi_heads.mask_head.paste import _bytes_per_window_pixel, _chunks
 from detector.structures import Boxes
 
