@@ -114,7 +114,8 @@ struct PlanePaster {
 };
 
 template <typename T, typename O>
-void paste_all(const at::Tensor& padded, const at::Tensor& boxes, double threshold, at::Tensor& out) {
+void paste_all(const at::Tensor& padded, const at::Tensor& boxes, double threshold,
+               at::Tensor& out) {
   const int64_t masks = padded.size(0), size = padded.size(1);
   const int64_t height = out.size(1), width = out.size(2);
   const T* mask_data = padded.data_ptr<T>();

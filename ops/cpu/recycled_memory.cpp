@@ -160,7 +160,9 @@ void release_recycled_memory() {
 namespace {
 
 at::Tensor recycled_bmm(const at::Tensor& a, const at::Tensor& b) {
-  TORCH_CHECK_VALUE(a.dim() == 3 && b.dim() == 3 && a.size(0) == b.size(0) && a.size(2) == b.size(1),
+  const bool shapes_match =
+      a.dim() == 3 && b.dim() == 3 && a.size(0) == b.size(0) && a.size(2) == b.size(1);
+  TORCH_CHECK_VALUE(shapes_match,
                     "_recycled_bmm: expected (B, n, k) and (B, k, m), got ", a.sizes(), " and ",
                     b.sizes());
   TORCH_CHECK_TYPE(a.scalar_type() == b.scalar_type(), "_recycled_bmm: dtypes differ: ",
