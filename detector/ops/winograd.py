@@ -22,6 +22,8 @@ The result equals `F.conv2d(input, weight, bias, padding=1)` up to float roundin
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -64,90 +66,145 @@ def winograd_conv3x3(input: Tensor, weight: Tensor, bias: Tensor | None = None) 
     return _WinogradConv3x3.apply(input, winograd_weight(weight), bias)
 
 
-# Transient memory of one group of images: a convolution transforms and multiplies at most this
-# many bytes of (16, channels, tiles) at once. A larger batch runs image group by image group
-# (the transforms and products are 4x the size of the maps: a 2-image FPN P2 level of 512x683
-# inputs would need 180 MB for each at once).
+# Transient memory of one piece: a convolution transforms and multiplies at most about this many
+# bytes of (16, channels, tiles) at once (the transforms and products are 4x the size of the
+# maps: a 2-image FPN P2 level of 512x683 inputs would need 180 MB for each at once, one
+# 800x1216 image 250 MB). A larger batch runs image group by image group; a larger image runs
+# band of rows by band of rows. Measured (docs/benchmarks.md): at 512x683, where 64 MB cuts P2
+# into 2 bands per image, training steps took as long as with 128 MB (one band) and 130 MB less
+# peak memory; a Mask R-CNN inference at 800x1216 peaked at 791 MiB (1110 with 128 MB).
 GROUP_BYTES = 64 << 20
 
 
-def _image_groups(
-    batch: int, channels: int, height: int, width: int, itemsize: int
-) -> list[tuple[int, int]]:
-    """Consecutive image ranges [(n0, n1), ...] whose (16, channels, tiles) fits GROUP_BYTES
-    (at least one image each)."""
-    per_image = 16 * channels * _tiles(1, height, width) * itemsize
-    size = max(1, GROUP_BYTES // max(per_image, 1))
-    return [(n0, min(n0 + size, batch)) for n0 in range(0, batch, size)]
+@dataclass(frozen=True)
+class _Piece:
+    """Output rows [r0, r1) of images [n0, n1), computed from input rows [a, b).
+
+    The piece's own convolution runs on the rows [a, b) (zero padding at a and b, which is wrong
+    only for rows the piece does not keep): a = r0 - 1 and b = r1 + 1, clipped to the map, hold
+    every input row the kept rows need. F(2x2, 3x3) computes each output row of a tile from its
+    3 input rows only (A^T's row 0 combines B^T's rows 0-2, row 1 rows 1-3), so a tile that
+    straddles a or b still gives kept rows exactly.
+    """
+
+    n0: int
+    n1: int
+    r0: int
+    r1: int
+    a: int
+    b: int
+
+    @property
+    def whole_images(self) -> bool:
+        return self.a == self.r0 and self.b == self.r1
+
+    def keep(self, piece_output: Tensor) -> Tensor:
+        """The kept rows of the piece's output (N_g, K, b - a, W) -> (N_g, K, r1 - r0, W)."""
+        return piece_output[:, :, self.r0 - self.a : self.r1 - self.a]
 
 
-def _concat(parts: list[Tensor]) -> Tensor:
-    """torch.cat of the groups' results along dim 0; into recycled memory unless autograd is
+def _pieces(batch: int, channels: int, height: int, width: int, itemsize: int) -> list[_Piece]:
+    """Image groups, or row bands of single images, each with a (16, channels, tiles) of about
+    GROUP_BYTES at most (at least one image, or 2 output rows, per piece)."""
+    tile_row_bytes = 16 * channels * ((width + 1) // 2) * itemsize
+    image_bytes = tile_row_bytes * ((height + 1) // 2)
+    if image_bytes <= GROUP_BYTES:
+        size = max(1, GROUP_BYTES // max(image_bytes, 1))
+        return [
+            _Piece(n0, min(n0 + size, batch), 0, height, 0, height) for n0 in range(0, batch, size)
+        ]
+    rows = 2 * max(1, GROUP_BYTES // tile_row_bytes - 1)  # even: the band + a tile row of halo
+    return [
+        _Piece(n, n + 1, r0, min(r0 + rows, height), max(r0 - 1, 0), min(r0 + rows + 1, height))
+        for n in range(batch)
+        for r0 in range(0, height, rows)
+    ]
+
+
+def _conv_piece(input: Tensor, u: Tensor, bias: Tensor | None) -> Tensor:
+    """The Winograd convolution of the whole of `input` (N_g, C, h, W) -> (N_g, K, h, W)."""
+    batch, _, height, width = input.shape
+    v = torch.ops.detector.winograd_input_transform(input)  # (16, C, T_g)
+    m = torch.ops.detector._recycled_bmm(u, v)  # (16, K, C) @ (16, C, T_g) -> (16, K, T_g)
+    del v  # free before the output is allocated (the transforms are 4x the maps' size)
+    return torch.ops.detector.winograd_output_transform(m, bias, batch, height, width)
+
+
+def _new_maps(like: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """An uninitialized tensor for the pieces' results: recycled memory unless autograd is
     recording (double backward)."""
-    if len(parts) == 1:
-        return parts[0]
     if torch.is_grad_enabled():
-        return torch.cat(parts)
-    shape = (sum(p.shape[0] for p in parts), *parts[0].shape[1:])
-    return torch.cat(parts, out=torch.ops.detector._recycled_empty(parts[0], shape))
+        return like.new_empty(shape)
+    return torch.ops.detector._recycled_empty(like, shape)
 
 
 class _WinogradConv3x3(torch.autograd.Function):
     """y = A^T [U (.) (B^T d B)] A over tiles, with U = G w G^T given (autograd reaches w through
     it). Saves the input, not its 4x larger transform, and recomputes that in the backward (a
-    memory-bound pass, ~10% of the matrix products' time). Runs image group by image group
-    (`GROUP_BYTES`). The backward is made of differentiable ops, so double backward works too."""
+    memory-bound pass, ~10% of the matrix products' time). Runs piece by piece (`_pieces`,
+    `GROUP_BYTES`). The backward is made of differentiable ops, so double backward works too."""
 
     @staticmethod
     def forward(ctx, input: Tensor, u: Tensor, bias: Tensor | None) -> Tensor:
         batch, _, height, width = input.shape
-        out_channels, in_channels = u.shape[1], u.shape[2]
-        groups = _image_groups(
-            batch, max(out_channels, in_channels), height, width, input.element_size()
-        )
-        outputs = []
-        for n0, n1 in groups:
-            v = torch.ops.detector.winograd_input_transform(input[n0:n1])  # (16, C, T_g)
-            m = torch.ops.detector._recycled_bmm(u, v)  # (16, K, C) @ (16, C, T_g) -> (16, K, T_g)
-            del v  # free before the output is allocated (the transforms are 4x the maps' size)
-            outputs.append(
-                torch.ops.detector.winograd_output_transform(m, bias, n1 - n0, height, width)
-            )
-            del m
+        channels = max(u.shape[1], u.shape[2])  # K, C
+        pieces = _pieces(batch, channels, height, width, input.element_size())
         ctx.save_for_backward(input, u)
         ctx.has_bias = bias is not None
-        ctx.groups = groups
-        return _concat(outputs)  # (N, K, H, W)
+        ctx.pieces = pieces
+        if len(pieces) == 1:
+            return _conv_piece(input, u, bias)
+        output = _new_maps(input, (batch, u.shape[1], height, width))  # (N, K, H, W)
+        for p in pieces:
+            rows = input[p.n0 : p.n1, :, p.a : p.b]
+            output[p.n0 : p.n1, :, p.r0 : p.r1] = p.keep(_conv_piece(rows, u, bias))
+        return output
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         input, u = ctx.saved_tensors
-        _, _, height, width = input.shape
         # Products into recycled memory, except under double backward (create_graph), whose
         # graph needs torch.bmm's gradient.
         bmm = torch.bmm if torch.is_grad_enabled() else torch.ops.detector._recycled_bmm
-        grad_inputs, grad_u, grad_bias = [], None, None
-        for n0, n1 in ctx.groups:
-            # (N_g, K, H, W) -> (16, K, T_g)
-            grad_m = torch.ops.detector._winograd_output_transform_backward(grad[n0:n1])
+        grad_input, grad_u, grad_bias = None, None, None
+        if ctx.needs_input_grad[0] and len(ctx.pieces) > 1:
+            grad_input = _new_maps(input, tuple(input.shape)).zero_()  # (N, C, H, W)
+        for p in ctx.pieces:
+            grad_rows = _piece_grad(grad, p)  # (N_g, K, b - a, W), 0 on rows not kept
+            grad_m = torch.ops.detector._winograd_output_transform_backward(grad_rows)
             if ctx.needs_input_grad[0]:
                 grad_v = bmm(u.transpose(1, 2), grad_m)  # (16, C, T_g)
-                grad_inputs.append(
-                    torch.ops.detector._winograd_input_transform_backward(
-                        grad_v, n1 - n0, height, width
-                    )
+                part = torch.ops.detector._winograd_input_transform_backward(
+                    grad_v, p.n1 - p.n0, p.b - p.a, input.shape[3]
                 )
                 del grad_v  # free before v is recomputed
+                if grad_input is None:
+                    grad_input = part
+                else:
+                    grad_input[p.n0 : p.n1, :, p.a : p.b] += part  # bands overlap by their halo
             if ctx.needs_input_grad[1]:
-                v = torch.ops.detector.winograd_input_transform(input[n0:n1])
+                v = torch.ops.detector.winograd_input_transform(input[p.n0 : p.n1, :, p.a : p.b])
                 part = bmm(grad_m, v.transpose(1, 2))  # (16, K, C)
                 grad_u = part if grad_u is None else grad_u + part
                 del v
             del grad_m
-        grad_input = _concat(grad_inputs) if grad_inputs else None
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad.sum(dim=(0, 2, 3))
         return grad_input, grad_u, grad_bias
+
+
+def _piece_grad(grad: Tensor, piece: _Piece) -> Tensor:
+    """The output gradient of a piece's own convolution: (N, K, H, W) -> (N_g, K, b - a, W), the
+    kept rows' gradient and zeros on the (at most 2) rows it computes but does not keep."""
+    kept = grad[piece.n0 : piece.n1, :, piece.r0 : piece.r1]
+    if piece.whole_images:
+        return kept
+    rows = _new_maps(grad, (piece.n1 - piece.n0, grad.shape[1], piece.b - piece.a, grad.shape[3]))
+    top, bottom = piece.r0 - piece.a, piece.r1 - piece.a
+    rows[:, :, :top] = 0
+    rows[:, :, top:bottom] = kept
+    rows[:, :, bottom:] = 0
+    return rows
 
 
 def _tiles(batch: int, height: int, width: int) -> int:

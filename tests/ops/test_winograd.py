@@ -61,32 +61,46 @@ def test_gradients_equal_conv2d(shape: tuple) -> None:
         torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-11)
 
 
-@pytest.mark.parametrize("group_bytes", [1, 2 * 16 * 6 * 20 * 8])  # 1 and 2 images per group
-def test_image_groups_give_the_same_function(
-    monkeypatch: pytest.MonkeyPatch, group_bytes: int
+# (N, C, K, H, W), GROUP_BYTES, pieces. Float64; a tile row of (5, 6, 4, 8, 10) is 3840 bytes of
+# transform (16 x 6 channels x 5 tiles x 8), an image 15360; of (2, 3, 5, 7, 9) 3200 and 12800.
+PIECE_CASES = [
+    ((5, 6, 4, 8, 10), 2 * 15360, 3),  # groups of 2 images
+    ((5, 6, 4, 8, 10), 15360, 5),  # one image per group
+    ((5, 6, 4, 8, 10), 4 * 3840 - 1, 10),  # bands of 4 rows (2 tile rows + a halo tile row)
+    ((5, 6, 4, 8, 10), 1, 20),  # bands of 2 rows
+    ((2, 3, 5, 7, 9), 4 * 3200 - 1, 4),  # odd height: bands of rows 0-3 and 4-6
+    ((2, 3, 5, 7, 9), 1, 8),
+]
+
+
+@pytest.mark.parametrize("shape,group_bytes,num_pieces", PIECE_CASES)
+def test_pieces_give_the_same_function(
+    monkeypatch: pytest.MonkeyPatch, shape: tuple, group_bytes: int, num_pieces: int
 ) -> None:
-    # 5 images of 6 channels, 8 x 10 maps (20 tiles each), float64: 15 KB per image transform.
-    shape = (5, 6, 4, 8, 10)
+    n, c, k, h, w = shape
     monkeypatch.setattr(winograd, "GROUP_BYTES", group_bytes)
-    groups = winograd._image_groups(5, 6, 8, 10, 8)
-    assert len(groups) == (5 if group_bytes == 1 else 3)
-    assert groups[0][0] == 0 and groups[-1][1] == 5
+    pieces = winograd._pieces(n, max(c, k), h, w, 8)
+    assert len(pieces) == num_pieces
+    covered = torch.zeros(n, h, dtype=torch.int64)
+    for p in pieces:
+        covered[p.n0 : p.n1, p.r0 : p.r1] += 1
+    assert torch.equal(covered, torch.ones_like(covered))  # every output row exactly once
     x, weight, bias = (t.requires_grad_() for t in _inputs(shape, torch.float64))
-    grad = torch.randn(5, 4, 8, 10, dtype=torch.float64)
+    grad = torch.randn(n, k, h, w, dtype=torch.float64)
     out = winograd_conv3x3(x, weight, bias)
     expected = F.conv2d(x, weight, bias, padding=1)
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
-    ours = torch.autograd.grad(out, (x, weight, bias), grad, create_graph=True)
     theirs = torch.autograd.grad(expected, (x, weight, bias), grad, create_graph=True)
-    for a, b in zip(ours, theirs, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-11)
     plain = torch.autograd.grad(out, (x, weight, bias), grad, retain_graph=True)  # recycled path
     for a, b in zip(plain, theirs, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-11)
-    # Double backward through the grouped backward.
+    ours = torch.autograd.grad(out, (x, weight, bias), grad, create_graph=True)
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-11)
+    # Double backward through the pieces' backward.
     second = torch.autograd.grad(ours[1].sum(), x)[0]
     torch.testing.assert_close(second, torch.autograd.grad(theirs[1].sum(), x)[0])
-    with torch.no_grad():  # the recycled-memory concatenation
+    with torch.no_grad():  # the recycled-memory assembly
         torch.testing.assert_close(winograd_conv3x3(x, weight, bias), expected)
 
 
