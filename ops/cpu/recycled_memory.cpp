@@ -35,7 +35,6 @@ size_t max_cached_bytes() {
   }();
   return bytes;
 }
-constexpr size_t kHugePageBytes = size_t(2) << 20;
 
 // A block and its capacity (the DataPtr context).
 struct Block {
@@ -112,15 +111,11 @@ class RecyclingAllocator final : public c10::Allocator {
     max_cached_bytes();  // a bad DETECTOR_RECYCLED_MEMORY_MB fails here, not in a deleter
     Block* block = bytes >= kMinRecycledBytes ? cache().take(bytes) : nullptr;
     if (block == nullptr) {
-      // Large blocks: huge-page aligned and sized; small ones: cache-line aligned.
-      const size_t alignment = bytes >= kMinRecycledBytes ? kHugePageBytes : 64;
-      const size_t rounded = (bytes + alignment - 1) / alignment * alignment;
-      void* data = nullptr;
-      if (bytes > 0 && posix_memalign(&data, alignment, rounded) != 0) {
-        TORCH_CHECK(false, "recycled_empty: out of memory allocating ", bytes, " bytes");
-      }
-      advise_huge_pages(data, rounded);
-      block = new Block{data, rounded};
+      // Blocks that may be kept: whole huge pages; smaller ones: cache-line aligned.
+      size_t capacity = 0;
+      void* data = aligned_block(bytes, kMinRecycledBytes, &capacity);
+      TORCH_CHECK(data != nullptr, "recycled_empty: out of memory allocating ", bytes, " bytes");
+      block = new Block{data, capacity};
     }
     return {block->data, block, &RecyclingAllocator::release, c10::Device(c10::kCPU)};
   }

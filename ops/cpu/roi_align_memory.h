@@ -45,20 +45,32 @@ struct FreeDeleter {
 template <typename T>
 using AlignedArray = std::unique_ptr<T[], FreeDeleter>;
 
+// Uninitialized memory for at least `bytes` bytes, rounded up to its alignment (the rounded
+// size is stored in *capacity): from `huge_from` bytes on, 2 MiB-aligned whole huge pages with
+// huge-page advice; below, 64-byte aligned (one cache line). nullptr when out of memory; free it
+// with std::free.
+inline void* aligned_block(size_t bytes, size_t huge_from, size_t* capacity) {
+  constexpr size_t kHugePage = size_t(1) << 21;
+  const size_t alignment = bytes >= huge_from ? kHugePage : 64;
+  // aligned_alloc wants a multiple of the alignment
+  *capacity = (std::max<size_t>(bytes, 1) + alignment - 1) / alignment * alignment;
+  void* data = std::aligned_alloc(alignment, *capacity);
+  if (data != nullptr) {
+    advise_huge_pages(data, *capacity, huge_from);
+  }
+  return data;
+}
+
 // An uninitialized array of `count` T for a hot loop's working set (a channel block buffer):
 // 64-byte aligned, so that a 64-byte row of a block fills one cache line instead of straddling
 // two, and from 2 MiB on, made of whole 2 MiB huge pages (fewer TLB misses on scattered rows).
 template <typename T>
 AlignedArray<T> aligned_array(size_t count) {
-  constexpr size_t kHugePage = size_t(1) << 21;
-  const size_t alignment = count * sizeof(T) >= kHugePage ? kHugePage : 64;
-  const size_t bytes = (std::max<size_t>(count * sizeof(T), 1) + alignment - 1) / alignment *
-                       alignment;  // aligned_alloc wants a multiple of the alignment
-  void* data = std::aligned_alloc(alignment, bytes);
+  size_t capacity = 0;
+  void* data = aligned_block(count * sizeof(T), size_t(1) << 21, &capacity);
   if (data == nullptr) {
     throw std::bad_alloc();
   }
-  advise_huge_pages(data, bytes, kHugePage);
   return AlignedArray<T>(static_cast<T*>(data));
 }
 
