@@ -13,11 +13,9 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch.distributed
-
 from detector.engine.checkpoint import CheckpointError
 from detector.engine.inference import format_metrics, test
-from detector.engine.launch import default_argument_parser, load_config_from_args
+from detector.engine.launch import default_argument_parser, load_config_from_args, run_tool
 from detector.utils import comm
 from detector.utils.logger import setup_logger
 
@@ -44,23 +42,18 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config_from_args(args)
     if cfg is None:
         return 2
-    try:
+
+    def body() -> int:
         comm.init_distributed()
         setup_logger(Path(cfg.OUTPUT_DIR) / "inference", rank=comm.get_rank())
         results = test(cfg, saved_predictions=args.eval_only_saved, progress=not args.no_progress)
-        main_process = comm.is_main_process()
-    except (CheckpointError, FileNotFoundError, KeyError, ValueError) as e:
-        message = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"error: {message}", file=sys.stderr)
-        return 1
-    finally:
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-    if main_process:
-        for name, metrics in results.items():
-            print(f"{name}: {format_metrics(metrics)}")
-            print(f"  outputs: {Path(cfg.OUTPUT_DIR) / 'inference' / name}")
-    return 0
+        if comm.is_main_process():
+            for name, metrics in results.items():
+                print(f"{name}: {format_metrics(metrics)}")
+                print(f"  outputs: {Path(cfg.OUTPUT_DIR) / 'inference' / name}")
+        return 0
+
+    return run_tool(body, (CheckpointError, FileNotFoundError, KeyError, ValueError))
 
 
 if __name__ == "__main__":

@@ -11,10 +11,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch.distributed
-
 from detector.engine.checkpoint import CheckpointError
-from detector.engine.launch import default_argument_parser, load_config_from_args, train
+from detector.engine.launch import (
+    default_argument_parser,
+    load_config_from_args,
+    run_tool,
+    train,
+)
 from detector.utils import comm
 
 
@@ -40,25 +43,21 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config_from_args(args)
     if cfg is None:
         return 2
-    main_process = True
-    try:
+
+    def body() -> int:
         evaluate_fn = None
         if cfg.DATASETS.TEST and not args.skip_test:
             from detector.evaluation.build import make_evaluate_fn
 
             evaluate_fn = make_evaluate_fn(cfg)
         result = train(cfg, resume=args.resume, evaluate_fn=evaluate_fn)
-        main_process = comm.is_main_process()
-    except (CheckpointError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    finally:
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-    if main_process:
-        print(f"final weights: {result.final_checkpoint}")
-        print(f"outputs (log.txt, metrics.jsonl, tensorboard/, config.yaml): {result.output_dir}")
-    return 0
+        if comm.is_main_process():
+            print(f"final weights: {result.final_checkpoint}")
+            outputs = "outputs (log.txt, metrics.jsonl, tensorboard/, config.yaml)"
+            print(f"{outputs}: {result.output_dir}")
+        return 0
+
+    return run_tool(body, (CheckpointError, ValueError))
 
 
 if __name__ == "__main__":

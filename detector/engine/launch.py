@@ -9,11 +9,13 @@ then runs the `Trainer`. Tests and notebooks inject a toy model and loader.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import random
+import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,12 +31,15 @@ from detector.utils import comm
 from detector.utils.logger import setup_logger
 
 __all__ = [
+    "Interrupted",
     "TrainResult",
     "default_argument_parser",
     "default_setup",
     "load_config_from_args",
     "resolve_device",
+    "run_tool",
     "seed_all",
+    "signals_as_exceptions",
     "train",
 ]
 
@@ -78,6 +83,58 @@ def load_config_from_args(args: argparse.Namespace) -> Any | None:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return None
+
+
+class Interrupted(BaseException):
+    """A termination signal turned into an exception, so that `finally` blocks run (data loader
+    workers stopped, files flushed, the process group shut down) before the process exits."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def signals_as_exceptions(signums: Sequence[int] = (signal.SIGTERM,)) -> Iterator[None]:
+    """Within the block, `signums` (SIGTERM: what torchrun and schedulers send) raise
+    `Interrupted` in the main thread; the previous handlers come back afterwards."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise Interrupted(signum)
+
+    previous = {s: signal.signal(s, handler) for s in signums}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def run_tool(body: Callable[[], int], user_errors: tuple[type[Exception], ...]) -> int:
+    """Runs a tool's `body` and returns its exit status, ending the run in order on every path.
+
+    A `user_errors` exception prints one `error: ...` line and gives 1; SIGTERM gives 143 and
+    Ctrl-C 130, each with one line. In a distributed run the process group is shut down last
+    (after a success with a barrier, so every rank exits 0 together; after a failure without).
+    """
+    failed = True
+    try:
+        with signals_as_exceptions():
+            status = body()
+        failed = status != 0
+        return status
+    except user_errors as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"error: {message}", file=sys.stderr)
+        return 1
+    except Interrupted as e:
+        print(f"error: stopped by {e}", file=sys.stderr)
+        return 128 + e.signum
+    except KeyboardInterrupt:
+        print("error: interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
+    finally:
+        comm.shutdown(failed=failed)
 
 
 def resolve_device(cfg: Any) -> torch.device:

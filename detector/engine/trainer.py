@@ -221,10 +221,22 @@ class Trainer:
             for hook in self.hooks:
                 hook.after_train(self)
         finally:
+            self._close_data_iter()
             for hook in self.hooks:
                 hook.close()
         logger.info("training done: outputs in %s", self.output_dir)
         return self.last_metrics
+
+    def _close_data_iter(self) -> None:
+        """Stops the data iterator now (DataLoader workers and their threads, or a generator's
+        `finally`), not whenever the garbage collector or the interpreter's exit gets to it."""
+        data_iter, self._data_iter = self._data_iter, iter(())
+        shutdown_workers = getattr(data_iter, "_shutdown_workers", None)
+        if callable(shutdown_workers):  # torch.utils.data's multi-process iterator
+            shutdown_workers()
+        close = getattr(data_iter, "close", None)
+        if callable(close):  # a generator
+            close()
 
     def run_step(self) -> dict[str, float]:
         """One iteration: forward/backward on `accumulate_steps` batches, clip, optimizer step."""

@@ -3,12 +3,27 @@
 Everything works without a process group (one process): ranks are 0, the world size is 1 and the
 collectives return their input. `torchrun --nproc_per_node=N tools/train.py ...` sets RANK,
 WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT, which `init_distributed` reads.
+
+Clean exits with gloo. A gloo collective is run by one of the process group's C++ worker threads,
+which keeps a reference to the work (and so to its tensors) a little after `wait()` returns. A
+tensor made in Python is freed through its Python object, which needs the GIL; if the interpreter
+is already finalizing when that thread asks for it, the thread is torn down inside a destructor and
+the process dies with "terminate called without an active exception" (SIGABRT), after a run that
+succeeded. DistributedDataParallel keeps the gloo group alive past `destroy_process_group`, so its
+threads live until the very end. Every collective here therefore waits, after `wait()`, until the
+worker thread has let go of the tensors it was given (their Python reference counts are back to
+what they were before the call), and `shutdown()` ends a run in order: a barrier, then the group
+destroyed while Python is fully alive.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import pickle
+import sys
+import time
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -24,6 +39,7 @@ __all__ = [
     "init_distributed",
     "is_main_process",
     "reduce_dict",
+    "shutdown",
     "synchronize",
 ]
 
@@ -97,13 +113,56 @@ def synchronize() -> None:
         dist.barrier()
 
 
+def _refcounts(tensors: Sequence[Tensor]) -> list[int]:
+    return [sys.getrefcount(t) for t in tensors]
+
+
+def _wait_released(tensors: Sequence[Tensor], before: list[int], timeout_s: float = 60.0) -> None:
+    """Waits (sleeping, so without the GIL) until no C++ work holds `tensors` any more: each
+    reference count is back to `before`. See the module docstring for why."""
+    deadline = time.monotonic() + timeout_s
+    while any(now > was for now, was in zip(_refcounts(tensors), before, strict=True)):
+        if time.monotonic() > deadline:
+            logger.warning("a collective's tensors were held %.0f s after it ended", timeout_s)
+            return
+        time.sleep(0.0001)
+
+
+def _collective(op: Callable[..., Any], tensors: Sequence[Tensor], *args: Any) -> None:
+    """`op(*args, async_op=True)`, waited for; with gloo, also until its worker thread has released
+    `tensors` (every tensor the call was given)."""
+    before = _refcounts(tensors)
+    work = op(*args, async_op=True)
+    work.wait()
+    del work
+    if dist.get_backend() == "gloo":
+        _wait_released(tensors, before)
+
+
+def _device() -> torch.device:
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def all_gather(data: Any) -> list[Any]:
     """Gathers one picklable object from every process; returns them in rank order."""
     if not is_dist():
         return [data]
-    out: list[Any] = [None] * get_world_size()
-    dist.all_gather_object(out, data)
-    return out
+    device, world = _device(), get_world_size()
+    payload = torch.frombuffer(bytearray(pickle.dumps(data)), dtype=torch.uint8).to(device)
+    size = torch.tensor([payload.numel()], dtype=torch.int64, device=device)
+    sizes = [torch.zeros_like(size) for _ in range(world)]
+    _collective(dist.all_gather, [*sizes, size], sizes, size)
+    lengths = [int(s.item()) for s in sizes]
+    padded = torch.zeros(max(lengths), dtype=torch.uint8, device=device)  # (max length,)
+    padded[: payload.numel()] = payload
+    gathered = [torch.empty_like(padded) for _ in range(world)]
+    _collective(dist.all_gather, [*gathered, padded], gathered, padded)
+    return [
+        pickle.loads(g[:n].cpu().numpy().tobytes())  # noqa: S301 (our own processes' data)
+        for g, n in zip(gathered, lengths, strict=True)
+    ]
 
 
 def reduce_dict(values: dict[str, Tensor], average: bool = True) -> dict[str, Tensor]:
@@ -117,7 +176,21 @@ def reduce_dict(values: dict[str, Tensor], average: bool = True) -> dict[str, Te
     names = sorted(values)
     with torch.no_grad():
         stacked = torch.stack([values[k].detach().float().reshape(()) for k in names])  # (K,)
-        dist.all_reduce(stacked)
+        _collective(dist.all_reduce, [stacked], stacked)
         if average:
             stacked /= get_world_size()
     return dict(zip(names, stacked.unbind(0), strict=True))
+
+
+def shutdown(*, failed: bool = False) -> None:
+    """Ends this process's part of a distributed run (no-op without a process group).
+
+    After a success every rank meets at a barrier (so no rank tears its connections down while
+    another still talks), then the group is destroyed. After a failure (`failed`) the barrier is
+    skipped, since the other ranks may never reach it: torchrun stops them.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if not failed:
+        synchronize()
+    dist.destroy_process_group()
