@@ -1,0 +1,368 @@
+"""Does our training learn as well as torchvision's? The same network trained both ways, real data.
+
+For each dataset and seed two processes run at the same time, one thread each:
+- ours: `detector.engine.launch.train` (what tools/train.py runs) on a config built here;
+- torchvision: torchvision's FasterRCNN / MaskRCNN with the same trunk, FPN, anchors, proposal
+  counts, RoI sampling and head sizes, trained by a plain loop in the style of torchvision's
+  detection references (SGD with momentum, linear warm-up then steps, gradient clipping), written
+  here.
+Both see exactly the same batches: the torchvision loop reads our training loader built from the
+same config and seed (same images, same resize and flips, same order); the images are already at
+the training size, so torchvision's own transform keeps their size and only normalises them.
+Both optimizers are identical: one learning rate and one weight decay for every parameter (our
+SOLVER.BIAS_LR_FACTOR 1, WEIGHT_DECAY_BIAS and WEIGHT_DECAY_NORM = WEIGHT_DECAY).
+
+Both trained models are then scored by the same code: our test loader, our inference loop (the
+torchvision model is wrapped to return our Instances in the input's pixels) and pycocotools on one
+ground-truth JSON converted from the dataset. Printed per run and as mean +- spread over seeds:
+AP, AP50, AP75, APs/m/l (and mask AP for Mask R-CNN), median seconds per iteration, peak RSS of the
+training process, and ours/torchvision ratios.
+
+Ablations: `--ours-opts KEY VALUE ...` are applied to our side only (e.g.
+`MODEL.RPN.STRADDLE_THRESH -1`), to measure what a default costs or gains.
+
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/accuracy.py --dataset bccd --seeds 1 2 3 \\
+        --iters 600 --out runs/accuracy
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Each dataset: (train set, test set, Mask R-CNN?, classes incl. background, input min/max sides,
+# anchor sizes per FPN level, images pixel mean and std (RGB, 0..1)).
+DATASETS: dict[str, dict[str, Any]] = {
+    "bccd": dict(
+        train="bccd_trainval", test="bccd_test", mask=False, classes=4, size=(384, 640),
+        anchors=(32, 64, 128, 256, 512), mean=(0.66, 0.62, 0.68), std=(0.2, 0.2, 0.2),
+    ),
+    "chess": dict(
+        train="chess_valid", test="chess_test", mask=False, classes=14, size=(384, 640),
+        anchors=(32, 64, 128, 256, 512), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
+    ),
+    "dsb2018": dict(
+        train="dsb2018_train", test="dsb2018_val", mask=True, classes=2, size=(256, 384),
+        anchors=(8, 16, 32, 64, 128), mean=(0.17, 0.16, 0.18), std=(0.25, 0.25, 0.25),
+    ),
+}  # fmt: skip
+
+
+def _tuple(values: Any) -> str:
+    return "(" + ", ".join(str(v) for v in values) + ",)"
+
+
+def config_opts(dataset: str, seed: int, iters: int, out: Path) -> list[str]:
+    """Our config (on top of Base-RCNN-FPN / Base-Mask-RCNN-FPN) for the benchmark network:
+    full-width ResNet-18 + FPN 256, GroupNorm(32) in the trunk, trained from scratch."""
+    d = DATASETS[dataset]
+    steps = (int(iters * 0.75), int(iters * 0.9))
+    return [
+        "MODEL.DEVICE", "cpu",
+        "MODEL.BACKBONE.CONV_BODY", "R-18-FPN", "MODEL.BACKBONE.FREEZE_CONV_BODY_AT", "0",
+        "MODEL.RESNETS.NORM", "GN", "MODEL.RESNETS.BACKBONE_OUT_CHANNELS", "256",
+        "MODEL.RPN.ANCHOR_SIZES", _tuple(d["anchors"]),
+        "MODEL.ROI_BOX_HEAD.NUM_CLASSES", str(d["classes"]),
+        "INPUT.MIN_SIZE_TRAIN", _tuple([d["size"][0]]), "INPUT.MAX_SIZE_TRAIN", str(d["size"][1]),
+        "INPUT.MIN_SIZE_TEST", str(d["size"][0]), "INPUT.MAX_SIZE_TEST", str(d["size"][1]),
+        "INPUT.TO_BGR255", "False",
+        "INPUT.PIXEL_MEAN", _tuple(d["mean"]), "INPUT.PIXEL_STD", _tuple(d["std"]),
+        "DATASETS.TRAIN", _tuple([f'"{d["train"]}"']), "DATASETS.TEST", _tuple([f'"{d["test"]}"']),
+        "DATALOADER.NUM_WORKERS", "0",
+        "SOLVER.IMS_PER_BATCH", "2", "SOLVER.BASE_LR", "0.02", "SOLVER.MOMENTUM", "0.9",
+        "SOLVER.WEIGHT_DECAY", "0.0001", "SOLVER.WEIGHT_DECAY_BIAS", "0.0001",
+        "SOLVER.WEIGHT_DECAY_NORM", "0.0001", "SOLVER.BIAS_LR_FACTOR", "1.0",
+        "SOLVER.WARMUP_ITERS", str(min(100, iters // 4)), "SOLVER.WARMUP_FACTOR", "0.001",
+        "SOLVER.STEPS", _tuple(steps), "SOLVER.MAX_ITER", str(iters),
+        "SOLVER.CHECKPOINT_PERIOD", "0", "SOLVER.CLIP_GRADIENTS.ENABLED", "True",
+        "SOLVER.CLIP_GRADIENTS.MAX_NORM", "10.0",
+        "TEST.IMS_PER_BATCH", "2", "SEED", str(seed), "OUTPUT_DIR", str(out),
+    ]  # fmt: skip
+
+
+def load_cfg(dataset: str, seed: int, iters: int, out: Path, ours_opts: list[str]) -> Any:
+    from detector.config import load_config
+
+    base = "Base-Mask-RCNN-FPN.yaml" if DATASETS[dataset]["mask"] else "Base-RCNN-FPN.yaml"
+    return load_config(ROOT / "configs" / base, config_opts(dataset, seed, iters, out) + ours_opts)
+
+
+# ------------------------------------------------------------------------------------------------
+# torchvision's side
+# ------------------------------------------------------------------------------------------------
+def build_torchvision(cfg: Any) -> nn.Module:
+    """torchvision's Faster/Mask R-CNN with the same network and settings as our config."""
+    from torchvision.models import resnet18
+    from torchvision.models.detection import FasterRCNN, MaskRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+
+    groups = int(cfg.MODEL.GROUP_NORM.NUM_GROUPS)
+    trunk = resnet18(norm_layer=lambda channels: nn.GroupNorm(groups, channels))
+    backbone = _resnet_fpn_extractor(trunk, trainable_layers=5)
+    rpn, heads = cfg.MODEL.RPN, cfg.MODEL.ROI_HEADS
+    anchors = AnchorGenerator(
+        tuple((float(s),) for s in rpn.ANCHOR_SIZES),
+        tuple(tuple(float(r) for r in rpn.ASPECT_RATIOS) for _ in rpn.ANCHOR_SIZES),
+    )
+    cls = MaskRCNN if cfg.MODEL.MASK_ON else FasterRCNN
+    return cls(
+        backbone,
+        num_classes=int(cfg.MODEL.ROI_BOX_HEAD.NUM_CLASSES),
+        min_size=int(cfg.INPUT.MIN_SIZE_TRAIN[0]),
+        max_size=int(cfg.INPUT.MAX_SIZE_TRAIN),
+        image_mean=list(cfg.INPUT.PIXEL_MEAN),
+        image_std=list(cfg.INPUT.PIXEL_STD),
+        rpn_anchor_generator=anchors,
+        rpn_pre_nms_top_n_train=int(rpn.PRE_NMS_TOP_N_TRAIN),
+        rpn_post_nms_top_n_train=int(rpn.FPN_POST_NMS_TOP_N_TRAIN),
+        rpn_pre_nms_top_n_test=int(rpn.PRE_NMS_TOP_N_TEST),
+        rpn_post_nms_top_n_test=int(rpn.FPN_POST_NMS_TOP_N_TEST),
+        rpn_batch_size_per_image=int(rpn.BATCH_SIZE_PER_IMAGE),
+        box_batch_size_per_image=int(heads.BATCH_SIZE_PER_IMAGE),
+        box_positive_fraction=float(heads.POSITIVE_FRACTION),
+        box_score_thresh=float(heads.SCORE_THRESH),
+        box_nms_thresh=float(heads.NMS),
+        box_detections_per_img=int(heads.DETECTIONS_PER_IMG),
+    )
+
+
+def _tv_targets(targets: list[Any], with_masks: bool) -> list[dict[str, Tensor]]:
+    out = []
+    for inst in targets:
+        t = {"boxes": inst.gt_boxes.tensor.float(), "labels": inst.gt_classes.long()}
+        if with_masks:
+            t["masks"] = inst.gt_masks.tensor.to(torch.uint8)  # (K, H, W) at the image's size
+        out.append(t)
+    return out
+
+
+def _lr_factor(cfg: Any, it: int) -> float:
+    s = cfg.SOLVER
+    warm = 1.0
+    if it < s.WARMUP_ITERS:
+        alpha = it / s.WARMUP_ITERS
+        warm = s.WARMUP_FACTOR * (1 - alpha) + alpha
+    return warm * s.GAMMA ** sum(it >= step for step in s.STEPS)
+
+
+def train_torchvision(cfg: Any) -> tuple[nn.Module, list[float]]:
+    """The plain loop: batch -> losses -> backward -> clip -> SGD step; returns seconds/iter."""
+    from detector.data import build_train_loader
+
+    s = cfg.SOLVER
+    model = build_torchvision(cfg)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=s.BASE_LR, momentum=s.MOMENTUM, weight_decay=s.WEIGHT_DECAY)
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: _lr_factor(cfg, it))
+    batches: Iterator[Any] = iter(build_train_loader(cfg))
+    seconds = []
+    for _ in range(s.MAX_ITER):
+        start = time.perf_counter()
+        images, targets, _metas = next(batches)
+        images_f = [im.float() / 255.0 for im in images]  # (3, H, W) in 0..1
+        losses = model(images_f, _tv_targets(targets, bool(cfg.MODEL.MASK_ON)))
+        loss = sum(losses.values())
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"torchvision loss is {loss.item()}: {losses}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if s.CLIP_GRADIENTS.ENABLED:
+            torch.nn.utils.clip_grad_norm_(params, s.CLIP_GRADIENTS.MAX_NORM)
+        opt.step()
+        schedule.step()
+        seconds.append(time.perf_counter() - start)
+    return model, seconds
+
+
+class TorchvisionAsOurs(nn.Module):
+    """Eval-mode adapter: our inference loop's interface (uint8 (3, H, W) images at the test
+    size -> one Instances per image in those pixels) around a torchvision detection model."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: list[Tensor]) -> list[Any]:
+        from detector.structures import Boxes, Instances
+
+        outputs = self.model([im.float() / 255.0 for im in images])
+        results = []
+        for image, out in zip(images, outputs, strict=True):
+            fields = dict(
+                pred_boxes=Boxes(out["boxes"]), scores=out["scores"], pred_classes=out["labels"]
+            )
+            if "masks" in out:
+                # torchvision pastes at the input size: (K, H, W) on/off at 0.5, then resized
+                fields["pred_masks"] = out["masks"][:, 0] >= 0.5
+            results.append(Instances(tuple(image.shape[-2:]), **fields))
+        return results
+
+
+# ------------------------------------------------------------------------------------------------
+# One run (a child process) and the evaluation both sides share
+# ------------------------------------------------------------------------------------------------
+def evaluate(model: nn.Module, cfg: Any, out: Path) -> dict[str, float]:
+    """pycocotools on the converted ground truth of DATASETS.TEST[0], our inference loop."""
+    from detector.data import build_test_loader
+    from detector.engine.inference import inference_on_dataset
+    from detector.evaluation.build import _converted_evaluator
+
+    loader = build_test_loader(cfg, cfg.DATASETS.TEST[0])
+    dataset = loader.dataset.dataset
+    has_masks = bool(cfg.MODEL.MASK_ON and getattr(dataset, "has_masks", False))
+    evaluator = _converted_evaluator(cfg, dataset, out / "inference", has_masks)
+    return inference_on_dataset(model, loader, evaluator, progress=False)
+
+
+def run_child(args: argparse.Namespace) -> None:
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    cfg = load_cfg(args.dataset, args.seed, args.iters, out, args.ours_opts)
+    if args.side == "ours":
+        from detector.engine.launch import train
+
+        result = train(cfg, tensorboard=False, progress_bar=False)
+        model = result.model
+        lines = (out / "metrics.jsonl").read_text().splitlines()
+        seconds = [json.loads(line)["time"] for line in lines if '"time"' in line]
+    else:
+        from detector.engine.launch import seed_all
+
+        seed_all(cfg.SEED)
+        model, seconds = train_torchvision(cfg)
+        model = TorchvisionAsOurs(model)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    assert model is not None
+    metrics = evaluate(model, cfg, out)
+    record = {
+        "side": args.side,
+        "dataset": args.dataset,
+        "seed": args.seed,
+        "iters": args.iters,
+        "ours_opts": args.ours_opts,
+        "s_per_iter": statistics.median(seconds[min(5, len(seconds) - 1) :]),
+        "peak_rss_mb": peak_mb,
+        "params": sum(p.numel() for p in model.parameters()),
+        "metrics": metrics,
+    }
+    (out / "result.json").write_text(json.dumps(record, indent=1))
+
+
+# ------------------------------------------------------------------------------------------------
+# The driver
+# ------------------------------------------------------------------------------------------------
+KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def _child(side: str, dataset: str, seed: int, args: argparse.Namespace) -> subprocess.Popen:
+    out = Path(args.out) / dataset / f"seed{seed}" / side
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        sys.executable, __file__, "--child", side, "--dataset", dataset, "--seed", str(seed),
+        "--iters", str(args.iters), "--out", str(out), "--ours-opts", *args.ours_opts,
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    log = (out / "run.log").open("w")
+    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _load(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _tasks(record: dict[str, Any]) -> list[str]:
+    return sorted({k.split("/")[0] for k in record["metrics"] if "/" in k})
+
+
+def _mean_spread(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} +- {statistics.stdev(values):.3f}"
+
+
+def report(records: list[dict[str, Any]]) -> None:
+    """Per run rows, then mean +- standard deviation over seeds, then the ratios."""
+    by_side: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        by_side.setdefault(r["side"], []).append(r)
+    tasks = _tasks(records[0])
+    head = ["side", "seed"] + [f"{t}/{k}" for t in tasks for k in KEYS] + ["s/iter", "peak MB"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for r in records:
+        vals = [f"{r['metrics'].get(f'{t}/{k}', float('nan')):.3f}" for t in tasks for k in KEYS]
+        row = [
+            r["side"],
+            str(r["seed"]),
+            *vals,
+            f"{r['s_per_iter']:.3f}",
+            f"{r['peak_rss_mb']:.0f}",
+        ]
+        print("| " + " | ".join(row) + " |")
+    means = {}
+    for side, rs in sorted(by_side.items()):
+        cols = [
+            _mean_spread([r["metrics"].get(f"{t}/{k}", float("nan")) for r in rs])
+            for t in tasks
+            for k in KEYS
+        ]
+        s_iter = statistics.mean(r["s_per_iter"] for r in rs)
+        peak = statistics.mean(r["peak_rss_mb"] for r in rs)
+        means[side] = (s_iter, peak)
+        print("| " + " | ".join([side, "mean", *cols, f"{s_iter:.3f}", f"{peak:.0f}"]) + " |")
+    if {"ours", "torchvision"} <= means.keys():
+        (t_o, m_o), (t_t, m_t) = means["ours"], means["torchvision"]
+        print(
+            f"ratios ours/torchvision: time per iteration {t_o / t_t:.2f}, peak RSS {m_o / m_t:.2f}"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", choices=sorted(DATASETS), default="bccd")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--seed", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--iters", type=int, default=600)
+    parser.add_argument("--out", default="runs/accuracy")
+    parser.add_argument("--sides", nargs="+", default=["ours", "torchvision"])
+    parser.add_argument("--child", choices=["ours", "torchvision"], help=argparse.SUPPRESS)
+    parser.add_argument("--report-only", action="store_true", help="print saved results")
+    parser.add_argument("--ours-opts", nargs=argparse.REMAINDER, default=[])
+    args = parser.parse_args(argv)
+    if args.child:
+        args.side = args.child
+        run_child(args)
+        return 0
+    records = []
+    for seed in args.seeds:
+        folder = Path(args.out) / args.dataset / f"seed{seed}"
+        if not args.report_only:
+            procs = [_child(side, args.dataset, seed, args) for side in args.sides]
+            codes = [p.wait() for p in procs]
+            if any(codes):
+                print(f"seed {seed}: a run failed ({codes}); logs in {folder}/*/run.log")
+                return 1
+        records += [r for side in args.sides if (r := _load(folder / side / "result.json"))]
+    if records:
+        report(records)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
