@@ -399,18 +399,25 @@ class Checkpointer:
         """Initializes the model from MODEL.WEIGHT: a detector checkpoint (its "model" entry) or a
         bare state dict, loaded non-strictly; keys missing from the file, unused keys and keys
         whose shape differs (e.g. a predictor for another NUM_CLASSES, which keeps its fresh
-        initialization) are logged. A torchvision ImageNet classifier state dict (no key in
-        common with the model) goes to `load_torchvision_weights`."""
-        path = Path(path)
-        if not path.is_file():
+        initialization) are logged. `path` may also be a URL or a catalog name, downloaded once
+        (detector.utils.model_zoo). Converted on the way: a torchvision ImageNet classifier (no
+        key in common with the model) and a Caffe2 ImageNet .pkl go to the backbone
+        (`load_torchvision_weights`); torchvision and detectron2 detection models are renamed."""
+        from detector.utils.model_zoo import WeightsError, resolve_weights
+
+        try:
+            file = resolve_weights(path)
+        except WeightsError as e:
+            raise CheckpointError(f"MODEL.WEIGHT {path}: {e}") from None
+        if not file.is_file():
             raise CheckpointError(
-                f"MODEL.WEIGHT file not found: {path}; nothing is downloaded at run time, so put "
-                "the file there or set MODEL.WEIGHT to a local checkpoint ('' for none)"
+                f"MODEL.WEIGHT file not found: {file}; put the file there, or name weights to "
+                "download (https://..., catalog://ImageNetPretrained/MSRA/R-50, "
+                "torchvision://ResNet50_Weights.IMAGENET1K_V1), or set MODEL.WEIGHT to '' for none"
             )
-        data = load_checkpoint_file(path)
-        state = data.get("model", data)
         model = unwrap_model(self.model)
         own = model.state_dict()
+        state = _read_weights(file)
         if own and not set(own) & set(state):
             from detector.modeling.backbone.weights import load_torchvision_weights
 
@@ -424,9 +431,42 @@ class Checkpointer:
         state = {k: v for k, v in state.items() if k not in own or v.shape == own[k].shape}
         result = model.load_state_dict(state, strict=False)
         if mismatched:
-            logger.warning("%s: skipped keys of another shape: %s", path, ", ".join(mismatched))
+            logger.warning("%s: skipped keys of another shape: %s", file, ", ".join(mismatched))
         if result.missing_keys:
-            logger.warning("%s: keys not in the file: %s", path, ", ".join(result.missing_keys))
+            logger.warning("%s: keys not in the file: %s", file, ", ".join(result.missing_keys))
         if result.unexpected_keys:
-            logger.warning("%s: unused keys: %s", path, ", ".join(result.unexpected_keys))
-        logger.info("initialized the model from %s", path)
+            logger.warning("%s: unused keys: %s", file, ", ".join(result.unexpected_keys))
+        logger.info("initialized the model from %s", file)
+
+
+def _read_weights(file: Path) -> dict[str, Any]:
+    """The state dict in a weights file, in our layout where its source is recognised: a
+    Caffe2 ImageNet .pkl -> torchvision's classifier layout; torchvision or detectron2 detection
+    models -> ours. Anything else is returned as stored (a checkpoint's "model" entry)."""
+    from detector.modeling.backbone.weights import caffe2_to_torchvision, is_caffe2_imagenet
+
+    if file.suffix == ".pkl":
+        from detector.export.convert import load_source_file
+
+        state: dict[str, Any] = load_source_file(file)
+    else:
+        data = load_checkpoint_file(file)
+        state = data.get("model", data)
+    if is_caffe2_imagenet(state):
+        return caffe2_to_torchvision(state)
+    source = _detection_source(state)
+    if source is not None:
+        from detector.export.convert import convert_state_dict
+
+        converted, report = convert_state_dict(source, state)
+        logger.info("%s: converted from %s's layout (%d keys)", file, source, len(report.renamed))
+        return converted
+    return state
+
+
+def _detection_source(state: dict[str, Any]) -> str | None:
+    if any(k.startswith("backbone.bottom_up.") for k in state):
+        return "detectron2"
+    if any(k.startswith(("roi_heads.box_head.fc6.", "rpn.head.conv.0.")) for k in state):
+        return "torchvision"
+    return None

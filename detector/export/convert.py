@@ -422,7 +422,7 @@ def load_source_file(path: str | Path) -> dict[str, Any]:
         data = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(data, Mapping):
         raise ValueError(f"{path}: expected a dict of weights, got {type(data).__name__}")
-    for entry in ("model", "state_dict"):
+    for entry in ("model", "state_dict", "blobs"):  # "blobs": Caffe2 / Detectron .pkl
         if entry in data and isinstance(data[entry], Mapping):
             return dict(data[entry])
     return dict(data)

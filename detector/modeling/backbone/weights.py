@@ -9,6 +9,7 @@ the given module receives the keys it has, wherever it sits (e.g. ``body.`` insi
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,64 @@ class WeightLoadReport:
     loaded: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     unmatched: list[str] = field(default_factory=list)
+
+
+# Caffe2 (Detectron / maskrcnn_benchmark catalog) ImageNet names -> torchvision's. A norm's
+# scale and shift are `_bn_s`/`_bn_b` (batch norm folded into an affine map) or `_gn_s`/`_gn_b`
+# (GroupNorm); res<k> is torchvision's layer<k-1>, branch2a/b/c its conv1/2/3, branch1 downsample.
+_CAFFE2_RULES: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"conv1_w"), "conv1.weight"),
+    (re.compile(r"(?:res_conv1_bn|conv1_gn)_(?P<p>[sb])"), "bn1.{p}"),
+    (re.compile(r"res(?P<k>\d)_(?P<i>\d+)_branch2(?P<c>[abc])_w"), "layer{k}.{i}.conv{c}.weight"),
+    (
+        re.compile(r"res(?P<k>\d)_(?P<i>\d+)_branch2(?P<c>[abc])_(?:bn|gn)_(?P<p>[sb])"),
+        "layer{k}.{i}.bn{c}.{p}",
+    ),
+    (re.compile(r"res(?P<k>\d)_(?P<i>\d+)_branch1_w"), "layer{k}.{i}.downsample.0.weight"),
+    (
+        re.compile(r"res(?P<k>\d)_(?P<i>\d+)_branch1_(?:bn|gn)_(?P<p>[sb])"),
+        "layer{k}.{i}.downsample.1.{p}",
+    ),
+]
+_CAFFE2_GROUPS = {
+    "k": lambda v: str(int(v) - 1),
+    "c": {"a": "1", "b": "2", "c": "3"}.__getitem__,
+    "p": {"s": "weight", "b": "bias"}.__getitem__,
+}
+
+
+def is_caffe2_imagenet(state: Mapping[str, object]) -> bool:
+    """Whether a state dict is a Caffe2 ImageNet ResNet (e.g. catalog://ImageNetPretrained/...)."""
+    return "conv1_w" in state and any(k.startswith("res2_0_branch2a") for k in state)
+
+
+def _caffe2_name(key: str) -> str | None:
+    for pattern, template in _CAFFE2_RULES:
+        match = pattern.fullmatch(key)
+        if match is not None:
+            groups = {g: _CAFFE2_GROUPS.get(g, str)(v) for g, v in match.groupdict().items()}
+            return template.format(**groups)
+    return None
+
+
+def caffe2_to_torchvision(state: Mapping[str, object]) -> dict[str, Tensor]:
+    """A Caffe2 ImageNet ResNet/ResNeXt (numpy arrays) in torchvision's classification layout.
+
+    Keys no rule knows (the classifier `pred_*` / `fc1000_*`, momentum blobs) are dropped. A
+    folded batch norm gets running_mean 0 and running_var 1 (our FrozenBatchNorm2d's eps of 1e-5
+    then scales by 1/sqrt(1 + 1e-5), a relative 5e-6, as in detectron2); GroupNorm has no stats.
+    """
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        name = _caffe2_name(key)
+        if name is None:
+            continue
+        out[name] = torch.as_tensor(value).float().clone()
+        if "_bn_s" in key:
+            stem = name[: -len("weight")]
+            out[stem + "running_mean"] = torch.zeros_like(out[name])
+            out[stem + "running_var"] = torch.ones_like(out[name])
+    return out
 
 
 def _candidates(key: str, body: nn.Module) -> list[str]:
