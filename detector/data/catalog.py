@@ -5,8 +5,20 @@ benchmarks; the shared-data root for the small real datasets, see `shared_data_r
 
     coco_2017_train / coco_2017_val   ROOT/coco/annotations/instances_{train,val}2017.json,
                                       ROOT/coco/{train,val}2017/
-    voc_2007_trainval / voc_2007_test ROOT/voc/VOC2007 (ImageSets/Main/<split>.txt)
-    voc_2012_trainval                 ROOT/voc/VOC2012
+    coco_2014_{train,val,minival,valminusminival}
+                                      ROOT/coco/annotations/instances_<split>2014.json,
+                                      ROOT/coco/{train,val}2014/ (minival: val2014 images)
+    keypoints_coco_2014_{train,val,minival,valminusminival}
+                                      ROOT/coco/annotations/person_keypoints_<split>2014.json
+    voc_2007_{train,val,trainval,test} ROOT/voc/VOC2007 (ImageSets/Main/<split>.txt)
+    voc_2012_{train,val,trainval}     ROOT/voc/VOC2012
+    voc_{2007_train,2007_val,2007_test,2012_train,2012_val}_cocostyle
+                                      ROOT/voc/VOC<year>/Annotations/pascal_<split><year>.json,
+                                      ROOT/voc/VOC<year>/JPEGImages/
+    cityscapes_fine_instanceonly_seg_{train,val,test}_cocostyle
+                                      ROOT/cityscapes/annotations/
+                                      instancesonly_filtered_gtFine_<split>.json,
+                                      ROOT/cityscapes/images/
     voc_2012_seg_{train,val}          ROOT/voc/VOC2012 (ImageSets/Segmentation, instance masks)
     shapes_train / shapes_val         synthetic, 512 / 64 images of 128 px (seeds 0 / 1)
     coco_sample6                      SHARED/coco-val2017-sample6
@@ -85,7 +97,10 @@ def _builtin_catalog() -> dict[str, DatasetSpec]:
             image_dir=f"coco/{split}2017",
             base="datasets",
         )
-    for year, split in (("2007", "trainval"), ("2007", "test"), ("2012", "trainval")):
+    catalog.update(_maskrcnn_benchmark_names())
+    voc_splits = [("2007", s) for s in ("train", "val", "trainval", "test")]
+    voc_splits += [("2012", s) for s in ("train", "val", "trainval")]
+    for year, split in voc_splits:
         catalog[f"voc_{year}_{split}"] = DatasetSpec(
             "voc", root=f"voc/VOC{year}", split=split, base="datasets"
         )
@@ -118,6 +133,35 @@ def _builtin_catalog() -> dict[str, DatasetSpec]:
             "dsb2018", root="dsb2018-nuclei", split=split, base="shared"
         )
     return catalog
+
+
+def _coco_spec(ann_file: str, image_dir: str) -> DatasetSpec:
+    return DatasetSpec("coco", ann_file=ann_file, image_dir=image_dir, base="datasets")
+
+
+def _maskrcnn_benchmark_names() -> dict[str, DatasetSpec]:
+    """The COCO-format names of maskrcnn_benchmark's paths catalog, with its folder layout under
+    DATASETS.ROOT (keypoint files load as person boxes and masks)."""
+    out: dict[str, DatasetSpec] = {}
+    for split in ("train", "val", "minival", "valminusminival"):
+        images = "coco/train2014" if split == "train" else "coco/val2014"
+        out[f"coco_2014_{split}"] = _coco_spec(
+            f"coco/annotations/instances_{split}2014.json", images
+        )
+        out[f"keypoints_coco_2014_{split}"] = _coco_spec(
+            f"coco/annotations/person_keypoints_{split}2014.json", images
+        )
+    for year, split in (("2007", "train"), ("2007", "val"), ("2007", "test"), ("2012", "train"),
+                        ("2012", "val")):  # fmt: skip
+        out[f"voc_{year}_{split}_cocostyle"] = _coco_spec(
+            f"voc/VOC{year}/Annotations/pascal_{split}{year}.json", f"voc/VOC{year}/JPEGImages"
+        )
+    for split in ("train", "val", "test"):
+        out[f"cityscapes_fine_instanceonly_seg_{split}_cocostyle"] = _coco_spec(
+            f"cityscapes/annotations/instancesonly_filtered_gtFine_{split}.json",
+            "cityscapes/images",
+        )
+    return out
 
 
 _CATALOG: dict[str, DatasetSpec] = _builtin_catalog()

@@ -49,6 +49,48 @@ def test_missing_public_dataset_names_the_expected_path(tmp_path):
         get_dataset("voc_2007_test", cfg)
 
 
+@pytest.mark.parametrize(
+    ("name", "ann_file", "image_dir"),
+    [
+        ("coco_2014_train", "coco/annotations/instances_train2014.json", "coco/train2014"),
+        ("coco_2014_minival", "coco/annotations/instances_minival2014.json", "coco/val2014"),
+        ("coco_2014_valminusminival", "coco/annotations/instances_valminusminival2014.json",
+         "coco/val2014"),
+        ("keypoints_coco_2014_val", "coco/annotations/person_keypoints_val2014.json",
+         "coco/val2014"),
+        ("voc_2007_test_cocostyle", "voc/VOC2007/Annotations/pascal_test2007.json",
+         "voc/VOC2007/JPEGImages"),
+        ("voc_2012_train_cocostyle", "voc/VOC2012/Annotations/pascal_train2012.json",
+         "voc/VOC2012/JPEGImages"),
+        ("cityscapes_fine_instanceonly_seg_val_cocostyle",
+         "cityscapes/annotations/instancesonly_filtered_gtFine_val.json", "cityscapes/images"),
+    ],
+)  # fmt: skip
+def test_maskrcnn_benchmark_dataset_names(tmp_path, name, ann_file, image_dir):
+    """maskrcnn_benchmark's catalog names, in its folder layout under DATASETS.ROOT: a missing
+    file names the path it expects; a file there loads."""
+    import json
+
+    cfg = merge_opts(get_cfg(), ["DATASETS.ROOT", str(tmp_path)])
+    with pytest.raises(DatasetError, match=str(tmp_path / ann_file)):
+        get_dataset(name, cfg)
+    (tmp_path / image_dir).mkdir(parents=True)
+    Image.new("RGB", (40, 30)).save(tmp_path / image_dir / "a.jpg")
+    (tmp_path / ann_file).parent.mkdir(parents=True, exist_ok=True)
+    coco = {
+        "images": [{"id": 7, "file_name": "a.jpg", "width": 40, "height": 30}],
+        "annotations": [
+            {"id": 1, "image_id": 7, "category_id": 1, "bbox": [2, 3, 10, 12], "area": 120,
+             "iscrowd": 0},
+        ],
+        "categories": [{"id": 1, "name": "person"}],
+    }  # fmt: skip
+    (tmp_path / ann_file).write_text(json.dumps(coco))
+    dataset = get_dataset(name, cfg)
+    assert isinstance(dataset, COCODataset) and len(dataset) == 1
+    assert dataset.class_names[1:] == ["person"]
+
+
 def test_shared_root_from_key_then_environment(monkeypatch, shared_data):
     monkeypatch.delenv("DETECTOR_SHARED_DATA", raising=False)
     assert shared_data_root(get_cfg()) == Path("../shared/data")
