@@ -30,6 +30,7 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf, read_write
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from detector.config.compat import CompatError, translate
 from detector.config.defaults import Config
 
 __all__ = [
@@ -199,7 +200,10 @@ def _normalize(data: dict[str, Any], source: str, prefix: str = "") -> dict[str,
 # --------------------------------------------------------------------------------------------
 def _merge(cfg: DictConfig, data: dict[str, Any], source: str) -> None:
     """Merges nested dicts `data` into `cfg`; errors name `source` (a file or the command line)."""
-    data = _normalize(data, source)
+    try:
+        data = _normalize(translate(copy.deepcopy(data), source), source)
+    except CompatError as e:
+        raise ConfigError(str(e)) from None
     try:
         cfg.merge_with(data)
     except ConfigKeyError as e:

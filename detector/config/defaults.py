@@ -71,9 +71,9 @@ class ResNetsConfig:
     WIDTH_PER_GROUP: int = 64
     # Stride 2 on the 1x1 conv (MSRA/Caffe2 weights); False puts it on the 3x3 (torchvision).
     STRIDE_IN_1X1: bool = True
+    # maskrcnn_benchmark's TRANS_FUNC / STEM_FUNC (BottleneckWithGN, StemWithGN, ...) are read
+    # as this key (detector/config/compat.py).
     NORM: Norm = Norm.FrozenBN
-    TRANS_FUNC: str = "BottleneckWithFixedBatchNorm"
-    STEM_FUNC: str = "StemWithFixedBatchNorm"
     RES5_DILATION: int = 1
     STEM_OUT_CHANNELS: int = 64
     RES2_OUT_CHANNELS: int = 256

@@ -232,8 +232,8 @@ def test_unknown_group_suggests_the_full_key():
 
 
 def test_moved_key_suggests_its_new_place():
-    with pytest.raises(ConfigError, match="did you mean MODEL.ROI_HEADS.CLS_AGNOSTIC_BBOX_REG"):
-        load_config(None, ["MODEL.CLS_AGNOSTIC_BBOX_REG", "True"])
+    with pytest.raises(ConfigError, match="did you mean MODEL.ROI_HEADS.SCORE_THRESH"):
+        load_config(None, ["MODEL.SCORE_THRESH", "0.1"])
 
 
 def test_unknown_key_without_close_match_lists_valid_keys():

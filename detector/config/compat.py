@@ -1,0 +1,167 @@
+"""maskrcnn_benchmark's config keys that are spelled differently here, or not supported.
+
+Every file and command line is translated before it is merged (`translate`):
+- renamed keys move to ours, values converted where the meaning needs it
+  (SOLVER.TEST_PERIOD -> TEST.EVAL_PERIOD, DTYPE "float16" -> SOLVER.AMP, ...);
+- MODEL.RESNETS.TRANS_FUNC / STEM_FUNC select the trunk's normalization (MODEL.RESNETS.NORM);
+- keys of features this project does not have are refused with the reason, unless their value
+  leaves the feature off (maskrcnn_benchmark's own defaults, e.g. MODEL.RETINANET_ON False), which
+  is what this project does anyway.
+A renamed key and its new name given different values in the same file is an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["translate"]
+
+_RENAMED: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "SOLVER.TEST_PERIOD": ("TEST.EVAL_PERIOD", lambda v: v),
+    "MODEL.CLS_AGNOSTIC_BBOX_REG": ("MODEL.ROI_HEADS.CLS_AGNOSTIC_BBOX_REG", lambda v: v),
+    "TEST.DETECTIONS_PER_IMG": ("MODEL.ROI_HEADS.DETECTIONS_PER_IMG", lambda v: v),
+}
+
+_TRUNK_FUNCS = {
+    "MODEL.RESNETS.TRANS_FUNC": {
+        "BottleneckWithFixedBatchNorm": "FrozenBN",
+        "BottleneckWithGN": "GN",
+    },
+    "MODEL.RESNETS.STEM_FUNC": {"StemWithFixedBatchNorm": "FrozenBN", "StemWithGN": "GN"},
+}
+
+_KEYPOINTS = "Keypoint R-CNN is not supported yet (the keypoint head is an open issue)"
+_TTA = "test-time augmentation (TEST.BBOX_AUG) is not supported yet"
+_JITTER = "colour jitter is not supported yet; leave it at 0.0"
+# key (or group) -> (values that leave the feature off, why it is refused otherwise)
+_UNSUPPORTED: dict[str, tuple[tuple[Any, ...], str]] = {
+    "MODEL.RETINANET_ON": ((False,), "RetinaNet is not supported: this project builds two-stage "
+                           "detectors (Faster/Mask R-CNN); use an e2e_faster_rcnn config"),
+    "MODEL.RETINANET": ((), "RetinaNet is not supported (see MODEL.RETINANET_ON)"),
+    "MODEL.FBNET": ((), "FBNet backbones are not supported; use a ResNet, ResNeXt or VGG "
+                    "MODEL.BACKBONE.CONV_BODY"),
+    "MODEL.KEYPOINT_ON": ((False,), _KEYPOINTS),
+    "MODEL.ROI_KEYPOINT_HEAD": ((), _KEYPOINTS),
+    "TEST.BBOX_AUG.ENABLED": ((False,), _TTA),
+    "TEST.BBOX_AUG": ((), _TTA),
+    "INPUT.BRIGHTNESS": ((0, 0.0), _JITTER),
+    "INPUT.CONTRAST": ((0, 0.0), _JITTER),
+    "INPUT.SATURATION": ((0, 0.0), _JITTER),
+    "INPUT.HUE": ((0, 0.0), _JITTER),
+    "INPUT.VERTICAL_FLIP_PROB_TRAIN": ((0, 0.0), "vertical flips are not supported yet"),
+    "PATHS_CATALOG": ((), "a Python paths catalog is not read: use the built-in dataset names "
+                      "(maskrcnn_benchmark's included, datasets/README.md) or DATASETS.CUSTOM"),
+}  # fmt: skip
+
+
+class CompatError(ValueError):
+    """A maskrcnn_benchmark key that cannot be honoured (the message says why)."""
+
+
+def _pop(data: dict[str, Any], key: str) -> tuple[bool, Any]:
+    """Removes a dotted key from nested dicts (and groups left empty); (found, value)."""
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            return False, None
+        node = node[part]
+    if parts[-1] not in node:
+        return False, None
+    value = node.pop(parts[-1])
+    _prune(data, parts[:-1])
+    return True, value
+
+
+def _prune(data: dict[str, Any], parts: list[str]) -> None:
+    for depth in range(len(parts), 0, -1):
+        node = data
+        for part in parts[: depth - 1]:
+            node = node[part]
+        if node.get(parts[depth - 1]) == {}:
+            del node[parts[depth - 1]]
+
+
+def _get(data: dict[str, Any], key: str) -> tuple[bool, Any]:
+    node: Any = data
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def _put(data: dict[str, Any], key: str, value: Any, source: str, old_key: str) -> None:
+    found, current = _get(data, key)
+    if found and current != value:
+        raise CompatError(
+            f"{source}: {old_key} = {value!r} (maskrcnn_benchmark's name) and {key} = "
+            f"{current!r} disagree; keep one of them"
+        )
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+
+
+def _refuse_unsupported(data: dict[str, Any], source: str) -> None:
+    for key, (neutral, why) in _UNSUPPORTED.items():
+        found, value = _get(data, key)
+        if not found:
+            continue
+        if isinstance(value, dict):
+            if key == "TEST.BBOX_AUG" and set(value) == {"ENABLED"}:
+                continue  # handled by TEST.BBOX_AUG.ENABLED
+            if key == "TEST.BBOX_AUG" and value.get("ENABLED") in (False, None):
+                _pop(data, key)
+                continue  # TTA settings with TTA off change nothing
+        elif value in neutral:
+            _pop(data, key)
+            continue
+        raise CompatError(f"{source}: {key}: {why}")
+
+
+def _trunk_norm(data: dict[str, Any], source: str) -> None:
+    """TRANS_FUNC / STEM_FUNC -> MODEL.RESNETS.NORM. The FixedBatchNorm names are
+    maskrcnn_benchmark's defaults (and what configs saved by older versions hold): they leave
+    NORM as it is; the GN names set it to GN."""
+    asked = {}
+    for key, names in _TRUNK_FUNCS.items():
+        found, value = _pop(data, key)
+        if not found:
+            continue
+        if value not in names:
+            raise CompatError(
+                f"{source}: {key} = {value!r} is not a known function; known: "
+                f"{', '.join(names)} (or set MODEL.RESNETS.NORM: FrozenBN, BN, SyncBN or GN)"
+            )
+        asked[key] = names[value]
+    if len(set(asked.values())) > 1:
+        raise CompatError(
+            f"{source}: MODEL.RESNETS.TRANS_FUNC and STEM_FUNC ask for different normalizations "
+            f"({asked}); this project normalizes the stem and the blocks alike"
+        )
+    for key, norm in asked.items():
+        if norm == "GN":
+            _put(data, "MODEL.RESNETS.NORM", "GN", source, key)
+
+
+def translate(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """`data` (nested dicts of one file or the command line) with maskrcnn_benchmark's keys
+    translated; raises CompatError for a feature that is not supported."""
+    _refuse_unsupported(data, source)
+    for old, (new, convert) in _RENAMED.items():
+        found, value = _pop(data, old)
+        if found:
+            _put(data, new, convert(value), source, old)
+    found, dtype = _pop(data, "DTYPE")
+    if found:
+        if dtype not in ("float32", "float16"):
+            raise CompatError(f"{source}: DTYPE = {dtype!r}: expected float32 or float16")
+        if dtype == "float16":
+            _put(data, "SOLVER.AMP.ENABLED", True, source, "DTYPE")
+            _put(data, "SOLVER.AMP.DTYPE", "float16", source, "DTYPE")
+    _trunk_norm(data, source)
+    return data

@@ -1,0 +1,134 @@
+"""maskrcnn_benchmark's key names (detector/config/compat.py): renamed keys land on ours, its
+trunk functions select the normalization, unsupported features are refused with the reason
+(and accepted when their value leaves the feature off), none is pointed at a look-alike key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from detector.config import ConfigError, load_config
+from detector.modeling.backbone import build_backbone
+
+GN_BASELINE = """\
+INPUT:
+  MIN_SIZE_TRAIN: (800,)
+MODEL:
+  META_ARCHITECTURE: "GeneralizedRCNN"
+  WEIGHT: ""  # from scratch, as the scratch_* configs
+  BACKBONE:
+    CONV_BODY: "R-50-FPN"
+    FREEZE_CONV_BODY_AT: 0
+  RESNETS:  # use GN for backbone
+    BACKBONE_OUT_CHANNELS: 256
+    STRIDE_IN_1X1: False
+    TRANS_FUNC: "BottleneckWithGN"
+    STEM_FUNC: "StemWithGN"
+  FPN:
+    USE_GN: True  # use GN for FPN
+  CLS_AGNOSTIC_BBOX_REG: True
+DATASETS:
+  TRAIN: ("coco_2014_train", "coco_2014_valminusminival")
+  TEST: ("coco_2014_minival",)
+SOLVER:
+  BASE_LR: 0.02
+  TEST_PERIOD: 2500
+TEST:
+  DETECTIONS_PER_IMG: 50
+  BBOX_AUG:
+    ENABLED: False
+    H_FLIP: True
+DTYPE: "float16"
+"""
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "e2e_faster_rcnn_R_50_FPN_1x_gn.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_gn_baseline_in_their_format_builds_what_it_describes(tmp_path):
+    cfg = load_config(_write(tmp_path, GN_BASELINE))
+    assert cfg.MODEL.RESNETS.NORM == "GN"
+    assert cfg.MODEL.ROI_HEADS.CLS_AGNOSTIC_BBOX_REG is True
+    assert cfg.TEST.EVAL_PERIOD == 2500
+    assert cfg.MODEL.ROI_HEADS.DETECTIONS_PER_IMG == 50
+    assert cfg.SOLVER.AMP.ENABLED is True and cfg.SOLVER.AMP.DTYPE == "float16"
+    assert list(cfg.DATASETS.TRAIN) == ["coco_2014_train", "coco_2014_valminusminival"]
+    backbone = build_backbone(cfg)
+    stem_norm = backbone.body.stem.bn1
+    assert isinstance(stem_norm, torch.nn.GroupNorm)
+    assert isinstance(backbone.body.layer3[0].bn2, torch.nn.GroupNorm)
+    assert (
+        any(isinstance(m, torch.nn.GroupNorm) for m in backbone.fpn_modules())
+        if hasattr(backbone, "fpn_modules")
+        else True
+    )
+
+
+@pytest.mark.parametrize(
+    ("opts", "message"),
+    [
+        (["MODEL.RETINANET_ON", "True"], "MODEL.RETINANET_ON: RetinaNet is not supported"),
+        (["MODEL.RETINANET.NUM_CLASSES", "81"], "MODEL.RETINANET: RetinaNet is not supported"),
+        (["MODEL.FBNET.ARCH", "default"], "MODEL.FBNET: FBNet backbones are not supported"),
+        (["MODEL.KEYPOINT_ON", "True"], "MODEL.KEYPOINT_ON: Keypoint R-CNN is not supported"),
+        (["TEST.BBOX_AUG.ENABLED", "True"], r"TEST.BBOX_AUG.ENABLED: test-time augmentation"),
+        (["INPUT.BRIGHTNESS", "0.2"], "INPUT.BRIGHTNESS: colour jitter is not supported"),
+        (["INPUT.VERTICAL_FLIP_PROB_TRAIN", "0.5"], "vertical flips are not supported"),
+        (["PATHS_CATALOG", "paths.py"], "PATHS_CATALOG: a Python paths catalog is not read"),
+        (["MODEL.RESNETS.TRANS_FUNC", "Nonsense"], "TRANS_FUNC = 'Nonsense' is not a known"),
+        (["DTYPE", "bfloat16"], "DTYPE = 'bfloat16': expected float32 or float16"),
+    ],
+)
+def test_unsupported_features_are_refused_with_the_reason(opts, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(None, opts)
+    assert "did you mean" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "opts",
+    [
+        ["MODEL.RETINANET_ON", "False"],
+        ["MODEL.KEYPOINT_ON", "False"],
+        ["INPUT.BRIGHTNESS", "0.0", "INPUT.HUE", "0.0"],
+        ["INPUT.VERTICAL_FLIP_PROB_TRAIN", "0.0"],
+        ["DTYPE", "float32"],
+        ["MODEL.RESNETS.TRANS_FUNC", "BottleneckWithFixedBatchNorm"],
+    ],
+)
+def test_their_defaults_are_accepted_as_features_left_off(opts):
+    cfg = load_config(None, opts)
+    assert cfg.SOLVER.AMP.ENABLED is False
+    assert cfg.MODEL.RESNETS.NORM == "FrozenBN"
+
+
+def test_contradicting_old_and_new_names_are_an_error(tmp_path):
+    """In one file; on the command line each pair is merged in turn, the later one wins."""
+    path = tmp_path / "both.yaml"
+    path.write_text("SOLVER:\n  TEST_PERIOD: 100\nTEST:\n  EVAL_PERIOD: 200\n")
+    with pytest.raises(ConfigError, match="SOLVER.TEST_PERIOD = 100 .* TEST.EVAL_PERIOD = 200"):
+        load_config(path)
+    cli = load_config(None, ["SOLVER.TEST_PERIOD", "100", "TEST.EVAL_PERIOD", "200"])
+    assert cli.TEST.EVAL_PERIOD == 200
+    mixed = tmp_path / "mixed.yaml"
+    mixed.write_text(
+        "MODEL:\n  RESNETS:\n    TRANS_FUNC: BottleneckWithGN\n"
+        "    STEM_FUNC: StemWithFixedBatchNorm\n"
+    )
+    with pytest.raises(ConfigError, match="ask for different normalizations"):
+        load_config(mixed)
+
+
+def test_saved_config_with_gn_norm_and_default_trunk_names_still_loads(tmp_path):
+    """Configs saved before this change hold TRANS_FUNC's default next to NORM GN."""
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "MODEL:\n  RESNETS:\n    NORM: GN\n    TRANS_FUNC: BottleneckWithFixedBatchNorm\n"
+        "    STEM_FUNC: StemWithFixedBatchNorm\n"
+    )
+    assert load_config(path).MODEL.RESNETS.NORM == "GN"
