@@ -1,8 +1,10 @@
 """Shipping trained models: slim checkpoints (`slim`), ONNX and torch.export programs (`onnx`)."""
 
 from detector.export.onnx import (
+    FixedShapeError,
     InferenceModel,
     UnsupportedOpError,
+    check_dynamic_outputs,
     check_exportable,
     check_onnx,
     export_onnx,
@@ -18,9 +20,11 @@ from detector.export.slim import (
 )
 
 __all__ = [
+    "FixedShapeError",
     "InferenceModel",
     "SlimCheckpointError",
     "UnsupportedOpError",
+    "check_dynamic_outputs",
     "check_exportable",
     "check_onnx",
     "class_names_from_config",
