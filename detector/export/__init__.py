@@ -1,4 +1,5 @@
-"""Shipping trained models: slim checkpoints (`slim`), ONNX and torch.export programs (`onnx`)."""
+"""Shipping trained models: slim checkpoints (`slim`), ONNX and torch.export programs (`onnx`),
+TorchScript (`torchscript`), and `load` for .pt2 / TorchScript files."""
 
 from detector.export.onnx import (
     FixedShapeError,
@@ -18,6 +19,7 @@ from detector.export.slim import (
     make_slim,
     metrics_from_log,
 )
+from detector.export.torchscript import export_torchscript, load
 
 __all__ = [
     "FixedShapeError",
@@ -31,7 +33,9 @@ __all__ = [
     "export_onnx",
     "export_program",
     "export_slim",
+    "export_torchscript",
     "is_slim",
+    "load",
     "make_slim",
     "metrics_from_log",
 ]
