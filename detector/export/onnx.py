@@ -488,6 +488,7 @@ def export_onnx(
     except FixedShapeError:
         output.unlink()
         raise
+    write_runner_metadata(output, cfg)
     logger.info("wrote %s (traced on %s)", output, tuple(image.shape))
     described = f"input {image.dtype} (3, height, width), dynamic; detections dynamic"
     if not check:
@@ -500,43 +501,87 @@ def export_onnx(
     )
 
 
-def _inferred_output_dims(path: str | Path) -> dict[str, list[int | str] | None]:
-    """Each output's dimensions as ONNX shape inference derives them from the graph, a number
-    or "?" each (None: rank unknown). The declared output shapes are dropped first: they name
-    the first dimension 'detections' whatever the graph computes."""
+def runner_metadata(cfg: Any) -> dict[str, str]:
+    """What tools/onnx_infer.py needs besides the graph: the test resize and the mask
+    binarization threshold (stored as the ONNX file's metadata_props)."""
+    inp = cfg.INPUT
+    return {
+        "min_size_test": str(int(inp.MIN_SIZE_TEST)),
+        "max_size_test": str(int(inp.MAX_SIZE_TEST)),
+        "resize_mode": str(inp.RESIZE_MODE),
+        "mask_threshold": str(float(cfg.MODEL.ROI_MASK_HEAD.POSTPROCESS_MASKS_THRESHOLD)),
+    }
+
+
+def write_runner_metadata(path: str | Path, cfg: Any) -> None:
+    """Stores `runner_metadata(cfg)` in the ONNX file."""
+    import onnx
+
+    model = onnx.load(str(path))
+    onnx.helper.set_model_props(model, runner_metadata(cfg))
+    onnx.save(model, str(path))
+
+
+def _dims(value: Any) -> list[int | str] | None:
+    """A value's dimensions from shape inference, a number or "?" each (None: rank unknown)."""
+    tensor_type = value.type.tensor_type
+    if not tensor_type.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else "?" for d in tensor_type.shape.dim]
+
+
+def _inferred_graph(path: str | Path) -> Any:
+    """The graph with every value's shape as ONNX shape inference derives it. The declared
+    output shapes are dropped first: they name the first dimension 'detections' whatever the
+    graph computes."""
     import onnx
 
     model = onnx.load(str(path))
     for value in model.graph.output:
         value.type.tensor_type.ClearField("shape")
-    inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    dims: dict[str, list[int | str] | None] = {}
-    for value in inferred.graph.output:
-        tensor_type = value.type.tensor_type
-        shape = tensor_type.shape.dim if tensor_type.HasField("shape") else None
-        dims[value.name] = (
-            None
-            if shape is None
-            else [d.dim_value if d.HasField("dim_value") else "?" for d in shape]
-        )
-    return dims
+    return onnx.shape_inference.infer_shapes(model, data_prop=True).graph
+
+
+def _fixed_meets_dynamic(graph: Any) -> list[str]:
+    """Concat nodes joining a fixed size with an unknown one along a dimension that must agree
+    (the RoIs' batch indices of the sample's count next to the dynamic boxes, issue 18): the
+    graph then fails on any other count."""
+    from onnx import helper
+
+    dims = {v.name: _dims(v) for v in [*graph.value_info, *graph.input, *graph.output]}
+    found = []
+    for node in graph.node:
+        if node.op_type != "Concat":
+            continue
+        axis = next(helper.get_attribute_value(a) for a in node.attribute if a.name == "axis")
+        shapes = [dims.get(name) for name in node.input]
+        if any(shape is None for shape in shapes) or len({len(x) for x in shapes}) != 1:
+            continue
+        for position in range(len(shapes[0])):
+            values = {shape[position] for shape in shapes}
+            if position != axis % len(shapes[0]) and "?" in values and len(values) > 1:
+                found.append(f"{node.name} {shapes}")
+    return found
 
 
 def check_dynamic_outputs(path: str | Path) -> None:
     """Raises FixedShapeError when the graph fixes the detection count: every output's first
-    dimension (N) must stay unknown to ONNX shape inference. (The input's height and width are
-    declared dynamic; `check_onnx` on another size tests them.)"""
-    fixed = {
-        name: dims
-        for name, dims in _inferred_output_dims(path).items()
-        if dims is not None and (not dims or isinstance(dims[0], int))
-    }
-    if fixed:
-        shapes = ", ".join(f"{name} {dims}" for name, dims in fixed.items())
+    dimension (N) must stay unknown to ONNX shape inference, and no Concat may join a fixed
+    size with an unknown one. (The input's height and width are declared dynamic; `check_onnx`
+    on another size tests them.)"""
+    graph = _inferred_graph(path)
+    problems = [
+        f"output {value.name} {_dims(value)}"
+        for value in graph.output
+        if _dims(value) is not None and (not _dims(value) or isinstance(_dims(value)[0], int))
+    ]
+    problems += _fixed_meets_dynamic(graph)
+    if problems:
         raise FixedShapeError(
-            f"{path}: the detection count is a fixed number in the ONNX graph ({shapes}): a size "
-            "was read as a Python int while tracing (use detector.structures.as_size); the "
-            "graph would fail on images with another number of detections"
+            f"{path}: the detection count is a fixed number in the ONNX graph "
+            f"({'; '.join(problems)}): a size was read as a Python int while tracing (use "
+            "detector.structures.as_size); the graph would fail on images with another number "
+            "of detections"
         )
 
 
