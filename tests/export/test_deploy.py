@@ -226,3 +226,20 @@ def test_program_in_a_fresh_process_matches_eager(
         expected = eager_result(model, network_input, size)
         counts.append(assert_same(got, expected, f"{model.kind} {fmt} {file.name}"))
     _check_counts(counts)
+
+
+def test_runner_resize_is_within_one_gray_level(shared_data: Path, tmp_path: Path) -> None:
+    """The runner's Pillow resize (antialias mode) against detector's test transform."""
+    from PIL import Image
+
+    runner = load_tool("onnx_infer")
+    config_file = tmp_path / "tiny.yaml"
+    config_file.write_text(_yaml("mask"))
+    cfg = load_config(config_file, OPTS)
+    meta = {"min_size_test": "96", "max_size_test": "160", "resize_mode": "antialias"}
+    for file in _images(shared_data):
+        with Image.open(file) as opened:
+            ours = runner.network_input(opened.convert("RGB"), meta)
+        expected = prepare_image(cfg, read_image(file)).numpy()
+        assert ours.shape == expected.shape, file.name
+        assert np.abs(ours.astype(int) - expected.astype(int)).max() <= 1, file.name
