@@ -1,4 +1,4 @@
-"""Export a trained detector: a slim checkpoint (default), an ONNX model or a torch.export program.
+"""Export a trained detector: a slim checkpoint (default), ONNX, torch.export or TorchScript.
 
     python tools/export.py --config-file X.yaml MODEL.WEIGHT output/model_final.pth \
         --output model_final_slim.pth [--fp16]
@@ -6,6 +6,8 @@
         --format onnx --output model.onnx [--sample-image img.jpg]
     python tools/export.py --config-file X.yaml MODEL.WEIGHT model_final.pth \
         --format torch-export --output model.pt2 [--sample-image img.jpg] [--fixed-size]
+    python tools/export.py --config-file X.yaml MODEL.WEIGHT model_final.pth \
+        --format torchscript --output model.ts [--sample-image img.jpg]
 
 The slim checkpoint keeps the weights (float16 with --fp16), the resolved config, the class names
 and the training iteration and metrics; `detector.Predictor` and tools/demo.py load it.
@@ -28,16 +30,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", required=True, metavar="FILE", help="the file to write")
     parser.add_argument(
         "--format",
-        choices=("slim", "onnx", "torch-export"),
+        choices=("slim", "onnx", "torch-export", "torchscript"),
         default="slim",
-        help="slim checkpoint (default), ONNX model, or torch.export program (.pt2)",
+        help="slim checkpoint (default), ONNX model, torch.export program (.pt2) or TorchScript",
     )
     parser.add_argument("--fp16", action="store_true", help="slim: store weights as float16")
     parser.add_argument(
         "--sample-image",
         metavar="FILE",
-        help="onnx / torch-export: the image traced and checked (onnxruntime / the loaded "
-        "program against PyTorch); "
+        help="onnx / torch-export / torchscript: the image traced and checked (onnxruntime / "
+        "the loaded program against PyTorch); "
         "default: a random image of INPUT.MIN_SIZE_TEST",
     )
     parser.add_argument(
@@ -84,6 +86,11 @@ def _export(args: argparse.Namespace) -> str:
 
     if args.format == "onnx":
         report = export_onnx(cfg, weights, output, sample_image=args.sample_image)
+        return f"wrote {output}; {report}"
+    if args.format == "torchscript":
+        from detector.export.torchscript import export_torchscript
+
+        report = export_torchscript(cfg, weights, output, sample_image=args.sample_image)
         return f"wrote {output}; {report}"
     report = export_program(
         cfg, weights, output, sample_image=args.sample_image, dynamic=not args.fixed_size

@@ -1,8 +1,11 @@
-"""Shipping trained models: slim checkpoints (`slim`), ONNX and torch.export programs (`onnx`)."""
+"""Shipping trained models: slim checkpoints (`slim`), ONNX and torch.export programs (`onnx`),
+TorchScript (`torchscript`), and `load` for .pt2 / TorchScript files."""
 
 from detector.export.onnx import (
+    FixedShapeError,
     InferenceModel,
     UnsupportedOpError,
+    check_dynamic_outputs,
     check_exportable,
     check_onnx,
     export_onnx,
@@ -16,18 +19,23 @@ from detector.export.slim import (
     make_slim,
     metrics_from_log,
 )
+from detector.export.torchscript import export_torchscript, load
 
 __all__ = [
+    "FixedShapeError",
     "InferenceModel",
     "SlimCheckpointError",
     "UnsupportedOpError",
+    "check_dynamic_outputs",
     "check_exportable",
     "check_onnx",
     "class_names_from_config",
     "export_onnx",
     "export_program",
     "export_slim",
+    "export_torchscript",
     "is_slim",
+    "load",
     "make_slim",
     "metrics_from_log",
 ]

@@ -18,15 +18,16 @@ The exported graph takes one image, uint8 Tensor[3, h, w] (float32 0..255 with
 INPUT.RESIZE_MODE torchvision), already resized by the test transform (INPUT.MIN_SIZE_TEST /
 MAX_SIZE_TEST), and returns boxes (N, 4) in that image's pixels, scores (N,), labels (N,) int64
 and, for Mask R-CNN, mask probabilities (N, 1, M, M) in box coordinates
-(paste them with detector.modeling.roi_heads.mask_head.paste_masks_in_image).
+(paste them with detector.modeling.roi_heads.mask_head.paste_masks_in_image, or run the whole
+pipeline with tools/onnx_infer.py).
 
-Limits of the traced graph: it is traced on one sample image, so sizes that Python code reads
-from tensors become constants of the graph. The input size is fixed (onnxruntime refuses another
-size: export with a sample image of the size you will feed, after the test resize), and so are
-counts the Python code branches on. On the tiny test models and a random R-50-FPN Mask R-CNN
-(480 x 640 input) the graph matches PyTorch on other images of the same size within 2e-4; check
-new data with `check_onnx` before trusting it. The TorchScript-based exporter is deprecated in
-recent PyTorch.
+Dynamic: the image's height and width and the number of detections N (zero included). The graph
+is recorded by torch.jit.trace, which follows sizes read from tensor shapes (`as_size` keeps them
+as traced tensors), so counts after thresholds, NMS and top-k stay data-dependent in the graph.
+`check_dynamic_outputs` runs ONNX shape inference on the written file and fails the export when
+an output's detection dimension is a fixed number; `check_onnx` compares onnxruntime with
+PyTorch on the sample image and on the sample transposed (another height and width).
+The TorchScript-based exporter is deprecated in recent PyTorch.
 
 torch.export (`export_program`, tools/export.py --format torch-export): the same inference model
 as a program saved with torch.export.save (`torch.export.load(path).module()(image)`), with the
@@ -50,8 +51,11 @@ Shapes: N detections, h x w the network input, M the mask side.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +68,9 @@ from detector.structures import ImageList, as_size
 __all__ = [
     "ONNX_OPSET",
     "InferenceModel",
+    "FixedShapeError",
     "UnsupportedOpError",
+    "check_dynamic_outputs",
     "check_onnx",
     "check_exportable",
     "check_program",
@@ -72,7 +78,9 @@ __all__ = [
     "export_onnx",
     "export_program",
     "input_side_range",
+    "other_size",
     "prepare_image",
+    "quiet_tracing",
     "register_onnx_symbolics",
     "trace_program",
 ]
@@ -84,6 +92,11 @@ ONNX_OPSET = 19  # DeformConv needs 19; RoiAlign's coordinate_transformation_mod
 
 class UnsupportedOpError(NotImplementedError):
     """A model uses an operator that has no ONNX equivalent."""
+
+
+class FixedShapeError(NotImplementedError):
+    """An output dimension that depends on the detections or the image size is a constant of
+    the exported graph (a size read as a Python int while tracing)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -410,6 +423,25 @@ def _load(cfg: Any, weights: str | Path) -> tuple[nn.Module, Any]:
     return load_model(cfg, weights, data), cfg
 
 
+@contextlib.contextmanager
+def quiet_tracing() -> Iterator[None]:
+    """torch.jit.trace without its TracerWarnings: the model's argument checks (shapes, NaN
+    boxes) read tensors as Python values while tracing; they test the sample only, and the
+    exported graph is checked on other sizes (`check_onnx`) and by `check_dynamic_outputs`."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=".*torch.jit.trace. is deprecated")
+        yield
+
+
+def other_size(image: Tensor) -> Tensor:
+    """The sample image with another height and width: transposed, or (square) cropped by a
+    quarter of its width. Checks on it catch sizes that a trace fixed to the sample's."""
+    if image.shape[-2] != image.shape[-1]:
+        return image.transpose(-2, -1).contiguous()
+    return image[..., : image.shape[-1] - image.shape[-1] // 4].contiguous()
+
+
 def export_onnx(
     cfg: Any,
     weights: str | Path,
@@ -420,11 +452,14 @@ def export_onnx(
     atol: float = 1e-3,
 ) -> str:
     """Exports the detector of `cfg` with `weights` to an ONNX file, traced on `sample_image`
-    (resized by the test transform); with `check`, runs it with onnxruntime on that image and
-    compares with PyTorch. Returns a line describing the check.
+    (resized by the test transform). The graph's image height and width and its detection count
+    are dynamic (`check_dynamic_outputs` verifies the file). With `check`, runs it with
+    onnxruntime on the sample image and on `other_size(sample)` and compares with PyTorch.
+    Returns a line describing the check.
 
     Raises:
         UnsupportedOpError: an op without an ONNX equivalent (the message names the config key).
+        FixedShapeError: an output's detection dimension is fixed in the graph (file removed).
         AssertionError: onnxruntime's outputs differ from PyTorch's by more than `atol`.
     """
     model, cfg = _load(cfg, weights)
@@ -434,7 +469,7 @@ def export_onnx(
     image = prepare_image(cfg, sample_image)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
+    with torch.no_grad(), quiet_tracing():
         torch.onnx.export(
             wrapper,
             (image,),
@@ -443,16 +478,111 @@ def export_onnx(
             opset_version=ONNX_OPSET,
             input_names=["image"],
             output_names=wrapper.output_names,
-            dynamic_axes={name: {0: "detections"} for name in wrapper.output_names},
+            dynamic_axes={
+                "image": {1: "height", 2: "width"},
+                **{name: {0: "detections"} for name in wrapper.output_names},
+            },
         )
-    logger.info("wrote %s (input %s)", output, tuple(image.shape))
+    try:
+        check_dynamic_outputs(output)
+    except FixedShapeError:
+        output.unlink()
+        raise
+    write_runner_metadata(output, cfg)
+    logger.info("wrote %s (traced on %s)", output, tuple(image.shape))
+    described = f"input {image.dtype} (3, height, width), dynamic; detections dynamic"
     if not check:
-        return f"input {image.dtype} {tuple(image.shape)}"
-    error = check_onnx(output, wrapper, image, atol=atol)
+        return described
+    second = other_size(image)
+    error = max(check_onnx(output, wrapper, x, atol=atol) for x in (image, second))
     return (
-        f"input {image.dtype} {tuple(image.shape)}; onnxruntime matches PyTorch on the sample "
-        f"image (max abs difference {error:.2e}, tolerance {atol})"
+        f"{described}; onnxruntime matches PyTorch on the sample image {tuple(image.shape)} and "
+        f"on {tuple(second.shape)} (max abs difference {error:.2e}, tolerance {atol})"
     )
+
+
+def runner_metadata(cfg: Any) -> dict[str, str]:
+    """What tools/onnx_infer.py needs besides the graph: the test resize and the mask
+    binarization threshold (stored as the ONNX file's metadata_props)."""
+    inp = cfg.INPUT
+    return {
+        "min_size_test": str(int(inp.MIN_SIZE_TEST)),
+        "max_size_test": str(int(inp.MAX_SIZE_TEST)),
+        "resize_mode": str(inp.RESIZE_MODE),
+        "mask_threshold": str(float(cfg.MODEL.ROI_MASK_HEAD.POSTPROCESS_MASKS_THRESHOLD)),
+    }
+
+
+def write_runner_metadata(path: str | Path, cfg: Any) -> None:
+    """Stores `runner_metadata(cfg)` in the ONNX file."""
+    import onnx
+
+    model = onnx.load(str(path))
+    onnx.helper.set_model_props(model, runner_metadata(cfg))
+    onnx.save(model, str(path))
+
+
+def _dims(value: Any) -> list[int | str] | None:
+    """A value's dimensions from shape inference, a number or "?" each (None: rank unknown)."""
+    tensor_type = value.type.tensor_type
+    if not tensor_type.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else "?" for d in tensor_type.shape.dim]
+
+
+def _inferred_graph(path: str | Path) -> Any:
+    """The graph with every value's shape as ONNX shape inference derives it. The declared
+    output shapes are dropped first: they name the first dimension 'detections' whatever the
+    graph computes."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for value in model.graph.output:
+        value.type.tensor_type.ClearField("shape")
+    return onnx.shape_inference.infer_shapes(model, data_prop=True).graph
+
+
+def _fixed_meets_dynamic(graph: Any) -> list[str]:
+    """Concat nodes joining a fixed size with an unknown one along a dimension that must agree
+    (the RoIs' batch indices of the sample's count next to the dynamic boxes, issue 18): the
+    graph then fails on any other count."""
+    from onnx import helper
+
+    dims = {v.name: _dims(v) for v in [*graph.value_info, *graph.input, *graph.output]}
+    found = []
+    for node in graph.node:
+        if node.op_type != "Concat":
+            continue
+        axis = next(helper.get_attribute_value(a) for a in node.attribute if a.name == "axis")
+        shapes = [dims.get(name) for name in node.input]
+        if any(shape is None for shape in shapes) or len({len(x) for x in shapes}) != 1:
+            continue
+        for position in range(len(shapes[0])):
+            values = {shape[position] for shape in shapes}
+            if position != axis % len(shapes[0]) and "?" in values and len(values) > 1:
+                found.append(f"{node.name} {shapes}")
+    return found
+
+
+def check_dynamic_outputs(path: str | Path) -> None:
+    """Raises FixedShapeError when the graph fixes the detection count: every output's first
+    dimension (N) must stay unknown to ONNX shape inference, and no Concat may join a fixed
+    size with an unknown one. (The input's height and width are declared dynamic; `check_onnx`
+    on another size tests them.)"""
+    graph = _inferred_graph(path)
+    problems = [
+        f"output {value.name} {_dims(value)}"
+        for value in graph.output
+        if _dims(value) is not None and (not _dims(value) or isinstance(_dims(value)[0], int))
+    ]
+    problems += _fixed_meets_dynamic(graph)
+    if problems:
+        raise FixedShapeError(
+            f"{path}: the detection count is a fixed number in the ONNX graph "
+            f"({'; '.join(problems)}): a size was read as a Python int while tracing (use "
+            "detector.structures.as_size); the graph would fail on images with another number "
+            "of detections"
+        )
 
 
 def check_onnx(

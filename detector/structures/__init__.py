@@ -4,7 +4,7 @@ from detector.structures.boxes import Boxes, pairwise_iou
 from detector.structures.image_list import ImageList
 from detector.structures.instances import Instances
 from detector.structures.masks import BitMasks, PolygonMasks, polygons_to_bitmask
-from detector.structures.sizes import as_size, known_equal, known_greater
+from detector.structures.sizes import as_size, known_equal, known_greater, size_min
 
 __all__ = [
     "BitMasks",
@@ -17,4 +17,5 @@ __all__ = [
     "known_greater",
     "pairwise_iou",
     "polygons_to_bitmask",
+    "size_min",
 ]

@@ -70,6 +70,8 @@ class Instances:
             if other == name:
                 continue
             other_length = _num_entries(value)
+            if isinstance(length, Tensor) or isinstance(other_length, Tensor):
+                continue  # sizes recorded by torch.jit.trace: a check would fix them
             if isinstance(length, int) and isinstance(other_length, int):
                 if length != other_length:
                     raise ValueError(_length_message(name, length, other, other_length))

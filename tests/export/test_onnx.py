@@ -1,6 +1,7 @@
 """ONNX export: onnxruntime's outputs match PyTorch's on real images (BCCD blood cells from
 ../shared/data) for Faster R-CNN, Mask R-CNN, and a model with DCN v2 and RoIPool; ops without an
-ONNX equivalent are refused with the config key named."""
+ONNX equivalent are refused with the config key named; a graph whose detection count is fixed
+is refused by the exporter's shape check."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ from detector.config import merge_opts
 from detector.data import read_image
 from detector.engine.checkpoint import Checkpointer
 from detector.export.onnx import (
+    FixedShapeError,
     InferenceModel,
     UnsupportedOpError,
+    check_dynamic_outputs,
     check_exportable,
     check_onnx,
     export_onnx,
@@ -109,3 +112,28 @@ def test_export_tool_refuses_an_unsupported_model(
     assert export.main([*argv, "--output", str(tmp_path / "m.onnx")]) == 1
     assert "PSRoIAlign" in capsys.readouterr().err
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_export_fails_when_the_detection_count_is_fixed(
+    tiny_run: TinyRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bug of issue 18 brought back (the pooler reading RoI counts as Python ints): the
+    exporter's shape check refuses the graph and removes the file."""
+    import detector.modeling.roi_heads.poolers as poolers
+
+    monkeypatch.setattr(poolers, "as_size", int)
+    output = tmp_path / "fixed.onnx"
+    with pytest.raises(FixedShapeError, match=r"mask_head/pooler/Concat_1 \[\[10, 1\]"):
+        export_onnx(tiny_run.config_file, tiny_run.checkpoint, output, check=False)
+    assert not output.exists()
+
+
+def test_exported_outputs_have_a_dynamic_detection_count(tiny_run: TinyRun, tmp_path: Path) -> None:
+    output = tmp_path / "dynamic.onnx"
+    export_onnx(tiny_run.config_file, tiny_run.checkpoint, output, check=False)
+    check_dynamic_outputs(output)  # raises FixedShapeError otherwise
+    import onnx
+
+    graph = onnx.load(str(output)).graph
+    image_dims = [d.dim_param or d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
+    assert image_dims == [3, "height", "width"]

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from detector.modeling.box_coder import BoxCoder
 from detector.ops import nms
-from detector.structures import Boxes, Instances, as_size
+from detector.structures import Boxes, Instances, as_size, size_min
 
 
 class ProposalCreator:
@@ -74,7 +74,7 @@ class ProposalCreator:
     def _select_level(
         self, anchors: Tensor, logits: Tensor, deltas: Tensor, image_sizes: list[tuple[int, int]]
     ) -> list[Instances]:
-        k = torch.sym_min(self.pre_nms_top_n, as_size(logits.shape[1]))  # no guard on a traced A_l
+        k = size_min(self.pre_nms_top_n, as_size(logits.shape[1]))  # no guard on a traced A_l
         top_logits, top_idx = logits.topk(k, dim=1, sorted=True)  # (N, k)
         results = []
         for i, image_size in enumerate(image_sizes):
@@ -95,7 +95,7 @@ class ProposalCreator:
     @staticmethod
     def _top_n(proposals: Instances, n: int) -> Instances:
         """The `n` proposals of highest objectness, sorted."""
-        n = torch.sym_min(n, proposals.num_instances)  # stays symbolic when traced
+        n = size_min(n, proposals.num_instances)  # stays symbolic when traced
         return proposals[proposals.objectness_logits.topk(n, sorted=True).indices]
 
     def _top_n_over_batch(self, proposals: list[Instances]) -> list[Instances]:
