@@ -33,7 +33,6 @@ _TRUNK_FUNCS = {
 
 _KEYPOINTS = "Keypoint R-CNN is not supported yet (the keypoint head is an open issue)"
 _TTA = "test-time augmentation (TEST.BBOX_AUG) is not supported yet"
-_JITTER = "colour jitter is not supported yet; leave it at 0.0"
 # key (or group) -> (values that leave the feature off, why it is refused otherwise)
 _UNSUPPORTED: dict[str, tuple[tuple[Any, ...], str]] = {
     "MODEL.RETINANET_ON": ((False,), "RetinaNet is not supported: this project builds two-stage "
@@ -45,11 +44,6 @@ _UNSUPPORTED: dict[str, tuple[tuple[Any, ...], str]] = {
     "MODEL.ROI_KEYPOINT_HEAD": ((), _KEYPOINTS),
     "TEST.BBOX_AUG.ENABLED": ((False,), _TTA),
     "TEST.BBOX_AUG": ((), _TTA),
-    "INPUT.BRIGHTNESS": ((0, 0.0), _JITTER),
-    "INPUT.CONTRAST": ((0, 0.0), _JITTER),
-    "INPUT.SATURATION": ((0, 0.0), _JITTER),
-    "INPUT.HUE": ((0, 0.0), _JITTER),
-    "INPUT.VERTICAL_FLIP_PROB_TRAIN": ((0, 0.0), "vertical flips are not supported yet"),
     "PATHS_CATALOG": ((), "a Python paths catalog is not read: use the built-in dataset names "
                       "(maskrcnn_benchmark's included, datasets/README.md) or DATASETS.CUSTOM"),
 }  # fmt: skip

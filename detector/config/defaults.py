@@ -243,6 +243,12 @@ class InputConfig:
     PIXEL_STD: list[float] = _list(1.0, 1.0, 1.0)
     TO_BGR255: bool = True
     HORIZONTAL_FLIP_PROB_TRAIN: float = 0.5
+    VERTICAL_FLIP_PROB_TRAIN: float = 0.0
+    # Colour jitter of training images (torchvision's ColorJitter amounts; 0: off).
+    BRIGHTNESS: float = 0.0
+    CONTRAST: float = 0.0
+    SATURATION: float = 0.0
+    HUE: float = 0.0
     # antialias: our resize (uint8 images, sides rounded to the nearest pixel, antialiased);
     # torchvision: torchvision detection models' resize, for identical results with their weights.
     RESIZE_MODE: ResizeMode = ResizeMode.antialias

@@ -29,8 +29,10 @@ from detector.data.samplers import (
     get_rank_and_world_size,
 )
 from detector.data.transforms import (
+    ColorJitter,
     Compose,
     RandomHorizontalFlip,
+    RandomVerticalFlip,
     ResizeShortestEdge,
     clip_and_drop_empty,
 )
@@ -52,18 +54,23 @@ Batch = tuple[list[Tensor], list[Instances], list[dict[str, Any]]]
 
 
 def build_transforms(cfg: DictConfig, is_train: bool) -> Compose:
-    """Training: resize (a random INPUT.MIN_SIZE_TRAIN, within MAX_SIZE_TRAIN) and flip with
-    INPUT.HORIZONTAL_FLIP_PROB_TRAIN; test: resize to MIN_SIZE_TEST within MAX_SIZE_TEST. Both
-    resize as INPUT.RESIZE_MODE says."""
+    """Training: colour jitter (INPUT.BRIGHTNESS, CONTRAST, SATURATION, HUE; off at 0), resize
+    (a random INPUT.MIN_SIZE_TRAIN, within MAX_SIZE_TRAIN), then flips with
+    INPUT.HORIZONTAL_FLIP_PROB_TRAIN and VERTICAL_FLIP_PROB_TRAIN; test: resize to MIN_SIZE_TEST
+    within MAX_SIZE_TEST. Both resize as INPUT.RESIZE_MODE says."""
     inp = cfg.INPUT
     mode = str(inp.RESIZE_MODE)
     if is_train:
+        jitter = ColorJitter(inp.BRIGHTNESS, inp.CONTRAST, inp.SATURATION, inp.HUE)
         return Compose(
             [
+                *([jitter] if max(*jitter.amounts.values(), jitter.hue) > 0 else []),
                 ResizeShortestEdge(list(inp.MIN_SIZE_TRAIN), inp.MAX_SIZE_TRAIN, mode),
                 RandomHorizontalFlip(inp.HORIZONTAL_FLIP_PROB_TRAIN),
+                *([RandomVerticalFlip(inp.VERTICAL_FLIP_PROB_TRAIN)]
+                  if inp.VERTICAL_FLIP_PROB_TRAIN > 0 else []),
             ]
-        )
+        )  # fmt: skip
     return Compose([ResizeShortestEdge([inp.MIN_SIZE_TEST], inp.MAX_SIZE_TEST, mode)])
 
 

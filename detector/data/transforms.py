@@ -1,4 +1,4 @@
-"""Transforms of an (image, target) pair: shortest-edge resize and horizontal flip.
+"""Transforms of an (image, target) pair: colour jitter, shortest-edge resize, flips.
 
 Each transform maps `(image Tensor[3, H, W], target Instances) -> (image, target)` and moves the
 boxes and masks with the image. Images are uint8, except after a resize in the "torchvision" mode
@@ -19,8 +19,10 @@ from torch import Tensor
 from detector.structures import BitMasks, Instances
 
 __all__ = [
+    "ColorJitter",
     "Compose",
     "RandomHorizontalFlip",
+    "RandomVerticalFlip",
     "ResizeShortestEdge",
     "clip_and_drop_empty",
     "get_output_size",
@@ -84,14 +86,14 @@ def resize_target(target: Instances, new_size: tuple[int, int]) -> Instances:
     return Instances(new_size, **fields)
 
 
-def flip_target(target: Instances) -> Instances:
-    """The target of the horizontally flipped image."""
-    width = target.image_size[1]
+def flip_target(target: Instances, vertical: bool = False) -> Instances:
+    """The target of the horizontally (or vertically) flipped image."""
+    height, width = target.image_size
     fields = target.fields()
-    if target.gt_boxes is not None:
-        fields["gt_boxes"] = target.gt_boxes.flip(width)
-    if target.gt_masks is not None:
-        fields["gt_masks"] = target.gt_masks.flip(width)
+    for name in ("gt_boxes", "gt_masks"):
+        value = fields.get(name)
+        if value is not None:
+            fields[name] = value.flip_vertical(height) if vertical else value.flip(width)
     return Instances(target.image_size, **fields)
 
 
@@ -156,6 +158,8 @@ class ResizeShortestEdge:
 class RandomHorizontalFlip:
     """Flips the image, boxes and masks left-right with probability `prob`."""
 
+    vertical = False
+
     def __init__(self, prob: float = 0.5) -> None:
         self.prob = prob
 
@@ -164,13 +168,72 @@ class RandomHorizontalFlip:
     ) -> tuple[Tensor, Instances]:
         if self.prob <= 0 or float(torch.rand((), generator=generator)) >= self.prob:
             return image, target
-        return image.flip(-1), flip_target(target)
+        return image.flip(-2 if self.vertical else -1), flip_target(target, self.vertical)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(prob={self.prob})"
+
+
+class RandomVerticalFlip(RandomHorizontalFlip):
+    """Flips the image, boxes and masks upside down with probability `prob`."""
+
+    vertical = True
+
+
+class ColorJitter:
+    """torchvision's ColorJitter with our generator: brightness, contrast and saturation factors
+    drawn from [max(0, 1 - v), 1 + v], a hue shift from [-hue, hue], applied in a random order
+    (maskrcnn_benchmark's INPUT.BRIGHTNESS / CONTRAST / SATURATION / HUE). Targets are unchanged.
+    uint8 images stay uint8; float images are taken as 0..255."""
+
+    def __init__(
+        self, brightness: float = 0.0, contrast: float = 0.0, saturation: float = 0.0,
+        hue: float = 0.0,
+    ) -> None:  # fmt: skip
+        for name, value in (("brightness", brightness), ("contrast", contrast),
+                            ("saturation", saturation)):  # fmt: skip
+            if value < 0:
+                raise ValueError(f"ColorJitter: {name} must be >= 0, got {value}")
+        if not 0 <= hue <= 0.5:
+            raise ValueError(f"ColorJitter: hue must lie in [0, 0.5], got {hue}")
+        self.amounts = {"brightness": brightness, "contrast": contrast, "saturation": saturation}
+        self.hue = hue
+
+    def __call__(
+        self, image: Tensor, target: Instances, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Instances]:
+        steps = [name for name, v in self.amounts.items() if v > 0] + (["hue"] if self.hue else [])
+        if not steps:
+            return image, target
+        is_float = image.is_floating_point()
+        out = image / 255.0 if is_float else image
+        for k in torch.randperm(len(steps), generator=generator).tolist():
+            out = self._apply(steps[k], out, generator)
+        return (out * 255.0 if is_float else out), target
+
+    def _apply(self, step: str, image: Tensor, generator: torch.Generator | None) -> Tensor:
+        u = float(torch.rand((), generator=generator))
+        if step == "hue":
+            return TF.adjust_hue(image, (2 * u - 1) * self.hue)
+        amount = self.amounts[step]
+        factor = max(0.0, 1 - amount) + u * (1 + amount - max(0.0, 1 - amount))
+        adjust = {
+            "brightness": TF.adjust_brightness,
+            "contrast": TF.adjust_contrast,
+            "saturation": TF.adjust_saturation,
+        }[step]
+        return adjust(image, factor)
+
+    def __repr__(self) -> str:
+        return f"ColorJitter({self.amounts}, hue={self.hue})"
 
 
 class Compose:
     """Applies transforms in order, sharing one generator."""
 
-    def __init__(self, transforms: Sequence[ResizeShortestEdge | RandomHorizontalFlip]) -> None:
+    def __init__(
+        self, transforms: Sequence[ColorJitter | ResizeShortestEdge | RandomHorizontalFlip]
+    ) -> None:
         self.transforms = list(transforms)
 
     def __call__(

@@ -127,6 +127,11 @@ class Boxes:
         x1, y1, x2, y2 = self.tensor.unbind(dim=1)
         return Boxes(torch.stack((image_width - x2, y1, image_width - x1, y2), dim=1))
 
+    def flip_vertical(self, image_height: float) -> Boxes:
+        """Boxes of the vertically flipped image: y -> image_height - y."""
+        x1, y1, x2, y2 = self.tensor.unbind(dim=1)
+        return Boxes(torch.stack((x1, image_height - y2, x2, image_height - y1), dim=1))
+
 
 def _as_tensor(boxes: Boxes | Tensor) -> Tensor:
     return boxes.tensor if isinstance(boxes, Boxes) else boxes

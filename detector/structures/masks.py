@@ -164,6 +164,10 @@ class PolygonMasks:
         """Masks of the horizontally flipped image: x -> image_width - x."""
         return self._map_xy(lambda x, y: (image_width - x, y))
 
+    def flip_vertical(self, image_height: float) -> PolygonMasks:
+        """Masks of the vertically flipped image: y -> image_height - y."""
+        return self._map_xy(lambda x, y: (x, image_height - y))
+
     # ----------------------------------------------------------------------------------------
     # Rasterization
     # ----------------------------------------------------------------------------------------
@@ -329,6 +333,15 @@ class BitMasks:
                 f"{self.image_size[1]}"
             )
         return BitMasks(self.tensor.flip(-1))
+
+    def flip_vertical(self, image_height: int | None = None) -> BitMasks:
+        """Masks of the vertically flipped image (`image_height`, if given, must be H)."""
+        if image_height is not None and image_height != self.image_size[0]:
+            raise ValueError(
+                f"BitMasks.flip_vertical: image_height {image_height} differs from the masks' "
+                f"height {self.image_size[0]}"
+            )
+        return BitMasks(self.tensor.flip(-2))
 
     # ----------------------------------------------------------------------------------------
     # Mask targets

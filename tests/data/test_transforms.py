@@ -1,11 +1,15 @@
-"""Resize and flip of images, boxes and masks."""
+"""Resize, flips and colour jitter of images, boxes and masks."""
 
 import numpy as np
 import pytest
 import torch
 
+from detector.config import load_config
+from detector.data.build import build_transforms
 from detector.data.transforms import (
+    ColorJitter,
     RandomHorizontalFlip,
+    RandomVerticalFlip,
     ResizeShortestEdge,
     clip_and_drop_empty,
     flip_target,
@@ -113,3 +117,51 @@ def test_clip_and_drop_empty_counts():
     assert dropped == 2
     assert kept.gt_classes.tolist() == [1, 1]
     torch.testing.assert_close(kept.gt_boxes.tensor, torch.tensor([[0.0, 2, 10, 8], [1, 1, 2, 2]]))
+
+
+def test_vertical_flip_moves_boxes_bitmasks_and_polygons_together():
+    image = torch.arange(3 * 20 * 30, dtype=torch.int64).reshape(3, 20, 30).to(torch.uint8)
+    flipped, target = RandomVerticalFlip(1.0)(image, _target())
+    assert torch.equal(flipped, image.flip(-2))
+    torch.testing.assert_close(
+        target.gt_boxes.tensor, torch.tensor([[3.0, 12.0, 13.0, 18.0], [20.0, 0.0, 30.0, 10.0]])
+    )
+    assert torch.equal(target.gt_masks.get_bounding_boxes().tensor, target.gt_boxes.tensor)
+    polygons = PolygonMasks([[np.array([2.0, 1.0, 12.0, 3.0, 6.0, 15.0])]])
+    poly_target = Instances((20, 30), gt_boxes=polygons.get_bounding_boxes(), gt_masks=polygons)
+    poly_flipped = flip_target(poly_target, vertical=True)
+    expected = polygons.to_bitmasks(20, 30).tensor.flip(-2)
+    differing = (poly_flipped.gt_masks.to_bitmasks(20, 30).tensor != expected).sum()
+    assert differing <= 3  # of ~65 pixels: the rasterizer breaks ties on edges one way only
+    torch.testing.assert_close(poly_flipped.gt_boxes.tensor, torch.tensor([[2.0, 5.0, 12.0, 19.0]]))
+
+
+def test_color_jitter_changes_pixels_not_targets_and_follows_the_generator():
+    image = torch.randint(
+        0, 256, (3, 20, 30), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    jitter = ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1)
+    out, target = jitter(image, _target(), torch.Generator().manual_seed(3))
+    again, _ = jitter(image, _target(), torch.Generator().manual_seed(3))
+    other, _ = jitter(image, _target(), torch.Generator().manual_seed(4))
+    assert out.dtype == torch.uint8 and out.shape == image.shape
+    assert torch.equal(out, again) and not torch.equal(out, image) and not torch.equal(out, other)
+    assert torch.equal(target.gt_boxes.tensor, _target().gt_boxes.tensor)
+    brighter, _ = ColorJitter(brightness=0.5)(image, _target(), torch.Generator().manual_seed(0))
+    factor = brighter.float().sum() / image.float().sum()
+    assert 0.5 - 1e-6 <= factor <= 1.5  # a brightness factor from [0.5, 1.5] (clamped at 255)
+    with pytest.raises(ValueError, match="hue must lie in"):
+        ColorJitter(hue=0.6)
+
+
+def test_config_keys_build_the_jitter_and_vertical_flip():
+    cfg = load_config(None, ["INPUT.BRIGHTNESS", "0.2", "INPUT.VERTICAL_FLIP_PROB_TRAIN", "0.5"])
+    names = [type(t).__name__ for t in build_transforms(cfg, True).transforms]
+    assert names == [
+        "ColorJitter",
+        "ResizeShortestEdge",
+        "RandomHorizontalFlip",
+        "RandomVerticalFlip",
+    ]
+    plain = [type(t).__name__ for t in build_transforms(load_config(None), True).transforms]
+    assert plain == ["ResizeShortestEdge", "RandomHorizontalFlip"]
