@@ -32,7 +32,6 @@ _TRUNK_FUNCS = {
 }
 
 _KEYPOINTS = "Keypoint R-CNN is not supported yet (the keypoint head is an open issue)"
-_TTA = "test-time augmentation (TEST.BBOX_AUG) is not supported yet"
 # key (or group) -> (values that leave the feature off, why it is refused otherwise)
 _UNSUPPORTED: dict[str, tuple[tuple[Any, ...], str]] = {
     "MODEL.RETINANET_ON": ((False,), "RetinaNet is not supported: this project builds two-stage "
@@ -42,8 +41,6 @@ _UNSUPPORTED: dict[str, tuple[tuple[Any, ...], str]] = {
                     "MODEL.BACKBONE.CONV_BODY"),
     "MODEL.KEYPOINT_ON": ((False,), _KEYPOINTS),
     "MODEL.ROI_KEYPOINT_HEAD": ((), _KEYPOINTS),
-    "TEST.BBOX_AUG.ENABLED": ((False,), _TTA),
-    "TEST.BBOX_AUG": ((), _TTA),
     "PATHS_CATALOG": ((), "a Python paths catalog is not read: use the built-in dataset names "
                       "(maskrcnn_benchmark's included, datasets/README.md) or DATASETS.CUSTOM"),
 }  # fmt: skip
@@ -105,13 +102,7 @@ def _refuse_unsupported(data: dict[str, Any], source: str) -> None:
         found, value = _get(data, key)
         if not found:
             continue
-        if isinstance(value, dict):
-            if key == "TEST.BBOX_AUG" and set(value) == {"ENABLED"}:
-                continue  # handled by TEST.BBOX_AUG.ENABLED
-            if key == "TEST.BBOX_AUG" and value.get("ENABLED") in (False, None):
-                _pop(data, key)
-                continue  # TTA settings with TTA off change nothing
-        elif value in neutral:
+        if not isinstance(value, dict) and value in neutral:
             _pop(data, key)
             continue
         raise CompatError(f"{source}: {key}: {why}")

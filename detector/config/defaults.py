@@ -367,6 +367,20 @@ class SolverConfig:
 
 
 @dataclass
+class BBoxAugConfig:
+    """Test-time augmentation (detector/modeling/test_time_augmentation.py)."""
+
+    ENABLED: bool = False
+    # Also run the horizontally flipped test-size image.
+    H_FLIP: bool = False
+    # Shorter sides of extra runs, their longer side within MAX_SIZE; each flipped too with
+    # SCALE_H_FLIP.
+    SCALES: list[int] = _list()
+    MAX_SIZE: int = 4000
+    SCALE_H_FLIP: bool = False
+
+
+@dataclass
 class EvalConfig:
     # Images per batch over all processes.
     IMS_PER_BATCH: int = 8
@@ -378,6 +392,7 @@ class EvalConfig:
     # Checked after testing: [[task, metric, expected, tolerance], ...], e.g. [["bbox", "AP",
     # 0.37, 0.01]].
     EXPECTED_RESULTS: list[Any] = _list()
+    BBOX_AUG: BBoxAugConfig = field(default_factory=BBoxAugConfig)
     EXPECTED_RESULTS_SIGMA_TOL: int = 4
 
 

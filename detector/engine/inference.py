@@ -385,6 +385,7 @@ def test(
     from detector.data import build_test_loader, get_dataset
     from detector.engine.launch import resolve_device
     from detector.evaluation.build import build_evaluator
+    from detector.modeling.test_time_augmentation import maybe_with_tta
 
     names = list(cfg.DATASETS.TEST)
     if not names:
@@ -415,7 +416,9 @@ def test(
             cfg, name, out_dir if comm.is_main_process() else None, dataset=loader.dataset.dataset
         )
         logger.info("testing on %s (%d images)", name, len(loader.dataset))
-        metrics = inference_on_dataset(model, loader, evaluator, progress=progress)
+        metrics = inference_on_dataset(
+            maybe_with_tta(model, cfg), loader, evaluator, progress=progress
+        )
         if comm.is_main_process():
             results[name] = metrics
             _finish(cfg, name, out_dir, metrics)

@@ -267,6 +267,7 @@ def make_evaluate_fn(cfg: Any) -> Callable[[nn.Module], dict[str, float]]:
     def evaluate_fn(model: nn.Module) -> dict[str, float]:
         from detector.data import build_test_loader
         from detector.engine.inference import inference_on_dataset
+        from detector.modeling.test_time_augmentation import maybe_with_tta
         from detector.utils import comm
 
         results: dict[str, float] = {}
@@ -279,7 +280,9 @@ def make_evaluate_fn(cfg: Any) -> Callable[[nn.Module], dict[str, float]]:
                 )
                 built[name] = (loader, evaluator)
             loader, evaluator = built[name]
-            metrics = inference_on_dataset(model, loader, evaluator, progress=False)
+            metrics = inference_on_dataset(
+                maybe_with_tta(model, cfg), loader, evaluator, progress=False
+            )
             prefix = f"{name}/" if len(names) > 1 else ""
             results.update({f"{prefix}{key}": value for key, value in metrics.items()})
         return results

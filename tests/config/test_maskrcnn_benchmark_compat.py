@@ -76,7 +76,6 @@ def test_gn_baseline_in_their_format_builds_what_it_describes(tmp_path):
         (["MODEL.RETINANET.NUM_CLASSES", "81"], "MODEL.RETINANET: RetinaNet is not supported"),
         (["MODEL.FBNET.ARCH", "default"], "MODEL.FBNET: FBNet backbones are not supported"),
         (["MODEL.KEYPOINT_ON", "True"], "MODEL.KEYPOINT_ON: Keypoint R-CNN is not supported"),
-        (["TEST.BBOX_AUG.ENABLED", "True"], r"TEST.BBOX_AUG.ENABLED: test-time augmentation"),
         (["INPUT.HUE", "0.7"], r"INPUT.HUE = 0.7: must lie in \[0, 0.5\]"),
         (["INPUT.VERTICAL_FLIP_PROB_TRAIN", "1.5"], "VERTICAL_FLIP_PROB_TRAIN = 1.5: must lie"),
         (["PATHS_CATALOG", "paths.py"], "PATHS_CATALOG: a Python paths catalog is not read"),

@@ -67,6 +67,18 @@ class BoxPostProcessor:
             proposal_boxes: per image the R_i RoIs, in the order of the rows.
             image_sizes: per image (height, width) to clip to.
         """
+        return [
+            self._detections(image_boxes, image_scores, image_size)
+            for (image_boxes, image_scores), image_size in zip(
+                self.candidates(class_logits, box_deltas, proposal_boxes), image_sizes, strict=True
+            )
+        ]
+
+    def candidates(
+        self, class_logits: Tensor, box_deltas: Tensor, proposal_boxes: Sequence[Boxes]
+    ) -> list[tuple[Tensor, Tensor]]:
+        """Per image, before any filtering: the decoded boxes of every class ``(R_i, 4*K)``
+        (not clipped) and the class probabilities ``(R_i, K)``."""
         num_classes = class_logits.size(1)
         class_logits, box_deltas = class_logits.float(), box_deltas.float()
         if self.cls_agnostic_bbox_reg:
@@ -75,12 +87,7 @@ class BoxPostProcessor:
         pred_boxes = self.box_coder.decode(box_deltas, rois)  # (R, 4*K)
         scores = F.softmax(class_logits, dim=-1)  # (R, K)
         counts = [as_size(b.tensor.shape[0]) for b in proposal_boxes]  # R_i, maybe symbolic
-        return [
-            self._detections(image_boxes, image_scores, image_size)
-            for image_boxes, image_scores, image_size in zip(
-                pred_boxes.split(counts), scores.split(counts), image_sizes, strict=True
-            )
-        ]
+        return list(zip(pred_boxes.split(counts), scores.split(counts), strict=True))
 
     def _detections(self, boxes: Tensor, scores: Tensor, image_size: tuple[int, int]) -> Instances:
         """One image: boxes ``(R_i, 4*K)``, scores ``(R_i, K)`` -> kept detections."""
