@@ -129,9 +129,10 @@ class RPNConfig:
     # With FPN: proposals kept after merging all levels.
     FPN_POST_NMS_TOP_N_TRAIN: int = 2000
     FPN_POST_NMS_TOP_N_TEST: int = 2000
-    # True: keep FPN_POST_NMS_TOP_N over the whole batch (maskrcnn_benchmark's old behaviour);
-    # False: per image (Detectron's).
-    FPN_POST_NMS_PER_BATCH: bool = False
+    # True: in training, keep FPN_POST_NMS_TOP_N_TRAIN over the whole batch (maskrcnn_benchmark's
+    # default, kept for its configs); False: per image (Detectron's, torchvision's; what
+    # configs/Base-RCNN-FPN.yaml sets for ours).
+    FPN_POST_NMS_PER_BATCH: bool = True
     NMS_THRESH: float = 0.7
     # Proposals with a side shorter than this (in input pixels) are dropped.
     MIN_SIZE: float = 0.0
@@ -193,8 +194,9 @@ class ROIMaskHeadConfig:
     DEFORM_GAMMA: float = 0.1
     MLP_HEAD_DIM: int = 1024
     CONV_LAYERS: list[int] = _list(256, 256, 256, 256)
-    # Side of the predicted masks (and of the mask targets).
-    RESOLUTION: int = 28
+    # Side of the predicted masks (and of the mask targets): maskrcnn_benchmark's 14 suits the C4
+    # head (14x14 pooled -> res5 -> 7x7 -> deconv 14x14); FPN configs set 28.
+    RESOLUTION: int = 14
     SHARE_BOX_FEATURE_EXTRACTOR: bool = True
     # Paste the masks into the image at inference, binarized at POSTPROCESS_MASKS_THRESHOLD.
     POSTPROCESS_MASKS: bool = False

@@ -38,7 +38,7 @@ def test_defaults_follow_maskrcnn_benchmark():
     assert list(cfg.MODEL.RESNETS.STAGE_WITH_DCN) == [False] * 4
     assert list(cfg.MODEL.RPN.ANCHOR_SIZES) == [32, 64, 128, 256, 512]
     assert list(cfg.MODEL.RPN.ANCHOR_STRIDE) == [16]
-    assert cfg.MODEL.RPN.FPN_POST_NMS_PER_BATCH is False
+    assert cfg.MODEL.RPN.FPN_POST_NMS_PER_BATCH is True
     assert cfg.MODEL.RPN.SMOOTH_L1_BETA == pytest.approx(1 / 9)
     assert cfg.MODEL.RPN.PRE_NMS_TOP_N_TRAIN == 12000
     heads = cfg.MODEL.ROI_HEADS
@@ -53,7 +53,7 @@ def test_defaults_follow_maskrcnn_benchmark():
     box = cfg.MODEL.ROI_BOX_HEAD
     assert (box.POOLER_TYPE, box.NUM_CLASSES, box.MLP_HEAD_DIM) == ("ROIAlign", 81, 1024)
     assert (box.SMOOTH_L1_BETA, box.DEFORM_GAMMA) == (1.0, 0.1)
-    assert cfg.MODEL.ROI_MASK_HEAD.RESOLUTION == 28
+    assert cfg.MODEL.ROI_MASK_HEAD.RESOLUTION == 14
     assert cfg.MODEL.ROI_MASK_HEAD.POSTPROCESS_MASKS_THRESHOLD == 0.5
     assert list(cfg.INPUT.MIN_SIZE_TRAIN) == [800]
     assert cfg.SOLVER.LR_SCHEDULER == "WarmupMultiStepLR"

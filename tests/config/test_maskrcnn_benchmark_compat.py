@@ -132,3 +132,42 @@ def test_saved_config_with_gn_norm_and_default_trunk_names_still_loads(tmp_path)
         "    STEM_FUNC: StemWithFixedBatchNorm\n"
     )
     assert load_config(path).MODEL.RESNETS.NORM == "GN"
+
+
+MASK_C4 = """\
+MODEL:
+  META_ARCHITECTURE: "GeneralizedRCNN"
+  WEIGHT: "catalog://ImageNetPretrained/MSRA/R-50"
+  RPN:
+    PRE_NMS_TOP_N_TEST: 6000
+    POST_NMS_TOP_N_TEST: 1000
+  ROI_MASK_HEAD:
+    PREDICTOR: "MaskRCNNC4Predictor"
+    SHARE_BOX_FEATURE_EXTRACTOR: True
+  MASK_ON: True
+DATASETS:
+  TRAIN: ("coco_2014_train", "coco_2014_valminusminival")
+  TEST: ("coco_2014_minival",)
+SOLVER:
+  BASE_LR: 0.01
+  WEIGHT_DECAY: 0.0001
+  STEPS: (120000, 160000)
+  MAX_ITER: 180000
+  IMS_PER_BATCH: 8
+"""
+
+
+def test_their_c4_mask_config_builds_with_their_defaults(tmp_path):
+    """maskrcnn_benchmark's e2e_mask_rcnn_R_50_C4_1x relies on its defaults: 14x14 masks from the
+    shared res5 head, per-batch FPN proposal selection (no FPN here), the catalog weights."""
+    from detector.modeling.detector import GeneralizedRCNN
+
+    path = tmp_path / "e2e_mask_rcnn_R_50_C4_1x.yaml"
+    path.write_text(MASK_C4)
+    cfg = load_config(path)
+    assert cfg.MODEL.ROI_MASK_HEAD.RESOLUTION == 14 and cfg.MODEL.RPN.FPN_POST_NMS_PER_BATCH
+    assert cfg.MODEL.WEIGHT == "catalog://ImageNetPretrained/MSRA/R-50"
+    model = GeneralizedRCNN.from_config(cfg)
+    mask_head = model.roi_heads.mask_head
+    assert mask_head.mask_size == 14 and mask_head.share_box_features
+    assert model.roi_heads.box_predictor.cls_score.out_features == 81

@@ -282,6 +282,7 @@ FPN_OPTS = [
     "MODEL.ROI_MASK_HEAD.POOLER_SCALES", "[0.25, 0.125, 0.0625, 0.03125]",
     "MODEL.ROI_MASK_HEAD.SHARE_BOX_FEATURE_EXTRACTOR", "False",
     "MODEL.ROI_BOX_HEAD.FEATURE_EXTRACTOR", "FPN2MLPFeatureExtractor",
+    "MODEL.ROI_MASK_HEAD.RESOLUTION", "28",
 ]  # fmt: skip
 
 
@@ -347,9 +348,11 @@ def test_build_shared_c4_head():
     assert head.predictor.conv5_mask.in_channels == 512
     with pytest.raises(ValueError, match="needs the box feature extractor"):
         build_mask_head(cfg, 256, None)
-    # The default RESOLUTION 28 does not fit a C4 head (14 -> res5 -> 7 -> deconv -> 14).
+    # RESOLUTION 28 does not fit a C4 head (14 -> res5 -> 7 -> deconv -> 14); the default does.
+    too_fine = merge_opts(get_cfg(), [*C4_OPTS[:2], "MODEL.ROI_MASK_HEAD.RESOLUTION", "28"])
     with pytest.raises(ValueError, match="set MODEL.ROI_MASK_HEAD.RESOLUTION 14"):
-        build_mask_head(merge_opts(get_cfg(), C4_OPTS[:2]), 256, box_extractor)
+        build_mask_head(too_fine, 256, box_extractor)
+    assert build_mask_head(merge_opts(get_cfg(), C4_OPTS[:2]), 256, box_extractor).mask_size == 14
     mismatched = merge_opts(cfg, ["MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION", "7"])
     with pytest.raises(ValueError, match="POOLER_RESOLUTION"):
         build_mask_head(mismatched, 256, box_extractor)
