@@ -210,7 +210,7 @@ def build_train_loader(cfg: DictConfig, start_iter: int = 0) -> DataLoader:
         start_iter=start_iter * steps,
         group_ids=group_ids,
     )
-    return _loader(mapped, batch_sampler, cfg.DATALOADER.NUM_WORKERS)
+    return _loader(mapped, batch_sampler, cfg.DATALOADER.NUM_WORKERS, data_seed(cfg))
 
 
 def build_test_loader(cfg: DictConfig, dataset_name: str) -> DataLoader:
@@ -221,14 +221,21 @@ def build_test_loader(cfg: DictConfig, dataset_name: str) -> DataLoader:
     mapped = MappedDataset(dataset, build_transforms(cfg, False))
     batch_size = _per_rank(cfg.TEST.IMS_PER_BATCH, "TEST.IMS_PER_BATCH")
     batch_sampler = BatchSampler(InferenceSampler(len(mapped)), batch_size, drop_last=False)
-    return _loader(mapped, batch_sampler, cfg.DATALOADER.NUM_WORKERS)
+    return _loader(mapped, batch_sampler, cfg.DATALOADER.NUM_WORKERS, data_seed(cfg))
 
 
-def _loader(dataset: MappedDataset, batch_sampler: Any, num_workers: int) -> DataLoader:
+def _loader(
+    dataset: MappedDataset, batch_sampler: Any, num_workers: int, seed: int
+) -> DataLoader:
+    """A DataLoader with a generator of its own: building its iterator draws the workers' base
+    seed from that generator, never from torch's global one, so starting (or resuming) the data
+    stream leaves the training random streams (RPN and RoI samplers, ...) where the checkpoint
+    put them."""
     return DataLoader(
         dataset,
         batch_sampler=batch_sampler,
         num_workers=num_workers,
         collate_fn=collate,
         persistent_workers=False,
+        generator=torch.Generator().manual_seed(seed),
     )
