@@ -35,6 +35,7 @@ from detector.data.transforms import (
     clip_and_drop_empty,
 )
 from detector.structures import Instances
+from detector.utils.signals import ignore_stop_signals
 
 __all__ = [
     "ConcatDetectionDataset",
@@ -224,13 +225,11 @@ def build_test_loader(cfg: DictConfig, dataset_name: str) -> DataLoader:
     return _loader(mapped, batch_sampler, cfg.DATALOADER.NUM_WORKERS, data_seed(cfg))
 
 
-def _loader(
-    dataset: MappedDataset, batch_sampler: Any, num_workers: int, seed: int
-) -> DataLoader:
+def _loader(dataset: MappedDataset, batch_sampler: Any, num_workers: int, seed: int) -> DataLoader:
     """A DataLoader with a generator of its own: building its iterator draws the workers' base
     seed from that generator, never from torch's global one, so starting (or resuming) the data
     stream leaves the training random streams (RPN and RoI samplers, ...) where the checkpoint
-    put them."""
+    put them. Workers ignore stop signals: the main process stops them in order."""
     return DataLoader(
         dataset,
         batch_sampler=batch_sampler,
@@ -238,4 +237,5 @@ def _loader(
         collate_fn=collate,
         persistent_workers=False,
         generator=torch.Generator().manual_seed(seed),
+        worker_init_fn=ignore_stop_signals,
     )

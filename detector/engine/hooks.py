@@ -56,7 +56,7 @@ class PeriodicCheckpointer(HookBase):
     def after_step(self, trainer: Trainer) -> None:
         it = trainer.iter
         if self.period > 0 and it % self.period == 0 and it < trainer.max_iter:
-            trainer.checkpointer.save(f"model_{it:07d}", iteration=it)
+            trainer.checkpointer.save_iteration(it)
 
     def after_train(self, trainer: Trainer) -> None:
         trainer.checkpointer.save("model_final", iteration=trainer.iter)

@@ -38,6 +38,7 @@ from detector.engine.checkpoint import Checkpointer, unwrap_model
 from detector.engine.hooks import EvalHook, HookBase, MetricsHook, PeriodicCheckpointer, ProgressBar
 from detector.utils import comm
 from detector.utils.metrics import MetricsWriter
+from detector.utils.signals import Interrupted, StopRequests
 
 __all__ = ["Trainer", "TrainingDivergedError"]
 
@@ -211,21 +212,37 @@ class Trainer:
         self.iter = self.start_iter
         self._data_iter = iter(self.data_loader(self.start_iter))
         try:
-            for hook in self.hooks:
-                hook.before_train(self)
-            while self.iter < self.max_iter:
-                self.last_metrics = self.run_step()
-                self.iter += 1
+            with StopRequests() as stop:
                 for hook in self.hooks:
-                    hook.after_step(self)
-            for hook in self.hooks:
-                hook.after_train(self)
+                    hook.before_train(self)
+                while self.iter < self.max_iter:
+                    self.last_metrics = self.run_step()
+                    self.iter += 1
+                    for hook in self.hooks:
+                        hook.after_step(self)
+                    self._stop_if_requested(stop)
+                for hook in self.hooks:
+                    hook.after_train(self)
         finally:
             self._close_data_iter()
             for hook in self.hooks:
                 hook.close()
         logger.info("training done: outputs in %s", self.output_dir)
         return self.last_metrics
+
+    def _stop_if_requested(self, stop: StopRequests) -> None:
+        """After a complete iteration: when a stop signal arrived (on any rank), writes a
+        checkpoint of this iteration (unless the periodic one just did) and raises Interrupted."""
+        signum = stop.signum
+        if comm.get_world_size() > 1:  # every rank stops at the same iteration
+            signum = next((s for s in comm.all_gather(signum) if s is not None), None)
+        if signum is None or self.iter >= self.max_iter:
+            return
+        path = self.checkpointer.save_iteration(self.iter)
+        raise Interrupted(
+            signum,
+            f"after iteration {self.iter}: checkpoint {path} written; continue with --resume",
+        )
 
     def _close_data_iter(self) -> None:
         """Stops the data iterator now (DataLoader workers and their threads, or a generator's

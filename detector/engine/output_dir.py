@@ -1,0 +1,68 @@
+"""One training run per OUTPUT_DIR: an exclusive `fcntl.flock` on OUTPUT_DIR/.lock.
+
+The lock is held for the whole run and released by the operating system when the process ends,
+however it ends (even kill -9), so a stale lock never blocks a later run. The file holds the
+owner's pid, which a refused run names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = ["LOCK_NAME", "OutputDirError", "lock_output_dir"]
+
+LOCK_NAME = ".lock"
+
+
+class OutputDirError(RuntimeError):
+    """An OUTPUT_DIR that cannot be used: not writable, or in use by another run."""
+
+
+def _open_lock_file(directory: Path) -> int:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        return os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise OutputDirError(
+            f"OUTPUT_DIR {directory} is not writable ({e.strerror or e}); set OUTPUT_DIR to a "
+            "folder this user can write to"
+        ) from None
+
+
+def _holder(fd: int) -> str:
+    """The pid written by the run that holds the lock ('unknown pid' if it wrote none yet)."""
+    text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+    return f"pid {text}" if text.isdigit() else "unknown pid"
+
+
+@contextlib.contextmanager
+def lock_output_dir(directory: str | Path) -> Iterator[None]:
+    """Creates `directory` and holds its lock for the duration of the block.
+
+    Raises:
+        OutputDirError: the folder cannot be created or written, or another process (named by its
+            pid) holds the lock.
+    """
+    directory = Path(directory)
+    fd = _open_lock_file(directory)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+                raise
+            raise OutputDirError(
+                f"OUTPUT_DIR {directory} is in use by another training run ({_holder(fd)}, "
+                f"lock file {directory / LOCK_NAME}); wait for it to end or set OUTPUT_DIR "
+                "elsewhere"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
