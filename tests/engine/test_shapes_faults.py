@@ -129,3 +129,74 @@ def test_kill9_at_random_points_and_in_checkpoint_writes_then_resume_is_bit_iden
     assert f"removed {stale[0]}, left by a stopped run" in log
     assert not list(out.glob(".*.tmp-*"))
     assert_same_run(reference, out)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGUSR1])
+def test_stop_signal_writes_a_checkpoint_and_resumes_bit_identical(reference, tmp_path, signum):
+    out = tmp_path / "run"
+    run = start(out)
+    wait_for(run, lambda: len(metric_lines(out)) >= 4, "iteration 4")
+    run.send_signal(signum)
+    err = finish(run, 128 + signum)
+    stopped = metric_lines(out)[-1]["iteration"]
+    assert 4 <= stopped < MAX_ITER
+    name = signal.Signals(signum).name
+    message = (
+        f"error: stopped by {name} after iteration {stopped}: checkpoint "
+        f"{out / f'model_{stopped:07d}.pth'} written; continue with --resume"
+    )
+    assert err.splitlines()[-1] == message
+    assert "Traceback" not in err
+    assert (out / "last_checkpoint").read_text() == f"model_{stopped:07d}.pth"
+    assert [r["iteration"] for r in metric_lines(out)] == list(range(1, stopped + 1))
+    finish(start(out, resume=True))
+    assert f"resuming at iteration {stopped}" in (out / "log.txt").read_text()
+    assert_same_run(reference, out)
+
+
+def test_second_ctrl_c_stops_at_once_without_a_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    run = start(out, faults=("--pause-after", "4"))  # the 5th iteration never ends by itself
+    wait_for(run, (out / "paused").is_file, "iteration 4")
+    run.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    assert run.poll() is None, "the first Ctrl-C must wait for the end of the iteration"
+    run.send_signal(signal.SIGINT)
+    err = finish(run, 130)
+    assert (
+        err.splitlines()[-1]
+        == "error: stopped by SIGINT again: stopped at once, without a checkpoint"
+    )
+    assert "Traceback" not in err
+    assert (out / "last_checkpoint").read_text() == "model_0000003.pth"
+
+
+def test_second_run_in_the_same_output_dir_is_refused_naming_the_pid(tmp_path):
+    out = tmp_path / "run"
+    first = start(out, faults=("--pause-after", "1"))
+    wait_for(first, (out / "paused").is_file, "iteration 1")
+    second = start(out)
+    err = finish(second, 1)
+    assert err.splitlines() == [
+        f"error: OUTPUT_DIR {out} is in use by another training run (pid {first.pid}, lock file "
+        f"{out / '.lock'}); wait for it to end or set OUTPUT_DIR elsewhere"
+    ]
+    assert [r["iteration"] for r in metric_lines(out)] == [1]  # nothing of the second run
+    kill9(first)  # the OS releases the lock: a new run may use the folder
+    finish(start(out, resume=True))
+    assert (out / "model_final.pth").is_file()
+
+
+def test_full_disk_during_a_checkpoint_is_a_one_line_error_keeping_the_previous_one(tmp_path):
+    out = tmp_path / "run"
+    err = finish(start(out, faults=("--dev-full", "6")), 1)  # real ENOSPC inside torch.save
+    assert err.splitlines()[-1] == (
+        f"error: could not save checkpoint {out / 'model_0000006.pth'}: No space left on device "
+        f"(the previous checkpoint {out / 'model_0000003.pth'} is intact); free disk space in "
+        f"{out} or set OUTPUT_DIR elsewhere, then resume"
+    )
+    assert "Traceback" not in err and "unexpected pos" not in err
+    assert (out / "last_checkpoint").read_text() == "model_0000003.pth"
+    assert not list(out.glob(".*.tmp-*")) and not (out / "model_0000006.pth").exists()
+    load = torch.load(out / "model_0000003.pth", weights_only=True)
+    assert load["iteration"] == 3
