@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["LOCK_NAME", "OutputDirError", "lock_output_dir"]
+__all__ = ["LOCK_NAME", "OutputDirError", "lock_output_dir", "make_output_dir"]
 
 LOCK_NAME = ".lock"
 
@@ -23,15 +23,30 @@ class OutputDirError(RuntimeError):
     """An OUTPUT_DIR that cannot be used: not writable, or in use by another run."""
 
 
-def _open_lock_file(directory: Path) -> int:
+def _not_writable(directory: Path, error: OSError) -> OutputDirError:
+    return OutputDirError(
+        f"OUTPUT_DIR folder {directory} is not writable ({error.strerror or error}); set "
+        "OUTPUT_DIR to a folder this user can write to"
+    )
+
+
+def make_output_dir(directory: str | Path) -> Path:
+    """Creates `directory` (and its parents); OutputDirError naming it when that fails (a
+    read-only file system, no permission, a file in the way)."""
+    directory = Path(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _not_writable(directory, e) from None
+    return directory
+
+
+def _open_lock_file(directory: Path) -> int:
+    make_output_dir(directory)
+    try:
         return os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
-        raise OutputDirError(
-            f"OUTPUT_DIR {directory} is not writable ({e.strerror or e}); set OUTPUT_DIR to a "
-            "folder this user can write to"
-        ) from None
+        raise _not_writable(directory, e) from None
 
 
 def _holder(fd: int) -> str:

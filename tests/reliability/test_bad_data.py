@@ -174,3 +174,15 @@ def test_voc_degenerate_or_outside_box_is_skipped_and_counted(tmp_path, box):
     dataset = VOCDataset(_voc(tmp_path, _voc_xml(box)), "train", ["a"])
     assert dataset.num_skipped == 1
     assert dataset.num_instances(0) == 0
+
+
+def test_worker_error_keeps_the_one_line_message(tmp_path):
+    """torch re-raises a worker's error with its traceback in the message; DatasetError keeps
+    the one line (tools print it as their `error:` line) and the traceback aside."""
+    dataset = _coco(tmp_path, b"")
+    loader = DataLoader(dataset, batch_size=1, num_workers=1, collate_fn=list)
+    with pytest.raises(DatasetError) as info:
+        next(iter(loader))
+    message = str(info.value)
+    assert "\n" not in message and "img.jpg" in message and "Caught" not in message
+    assert "Traceback" in info.value.worker_traceback
