@@ -200,6 +200,12 @@ def build_train_loader(cfg: DictConfig, start_iter: int = 0) -> DataLoader:
     dataset, indices, drop_difficult = _train_dataset(cfg)
     mapped = MappedDataset(dataset, build_transforms(cfg, True), indices, drop_difficult)
     batch_size = _per_rank(cfg.SOLVER.IMS_PER_BATCH, "SOLVER.IMS_PER_BATCH")
+    if batch_size > len(mapped):
+        raise DatasetError(
+            f"SOLVER.IMS_PER_BATCH = {cfg.SOLVER.IMS_PER_BATCH} asks for {batch_size} images per "
+            f"batch and process, more than the {len(mapped)} training images of "
+            f"{list(cfg.DATASETS.TRAIN)}; lower SOLVER.IMS_PER_BATCH"
+        )
     group_ids = None
     if cfg.DATALOADER.ASPECT_RATIO_GROUPING:
         group_ids = [int(mapped.get_aspect_ratio(k) >= 1.0) for k in range(len(mapped))]
