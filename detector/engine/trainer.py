@@ -16,6 +16,10 @@ uninterrupted run would see.
 
 In a multi-process run (torchrun) the model is wrapped in DistributedDataParallel; every rank
 trains on its own batches and rank 0 alone writes logs, metrics and checkpoints.
+
+SIGINT, SIGTERM and SIGUSR1 (detector.utils.signals.StopRequests) stop training between two
+iterations: the current one finishes, a checkpoint of it is written, and `Interrupted` is raised
+(tools/train.py exits 128 + the signal's number); a second signal stops at once.
 """
 
 from __future__ import annotations
