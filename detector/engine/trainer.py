@@ -224,9 +224,11 @@ class Trainer:
                     self.iter += 1
                     for hook in self.hooks:
                         hook.after_step(self)
-                    self._stop_if_requested(stop)
+                    if self.iter < self.max_iter:
+                        self._stop_if_requested(stop)
                 for hook in self.hooks:
                     hook.after_train(self)
+                self._stop_if_requested(stop)
         finally:
             self._close_data_iter()
             for hook in self.hooks:
@@ -236,12 +238,15 @@ class Trainer:
 
     def _stop_if_requested(self, stop: StopRequests) -> None:
         """After a complete iteration: when a stop signal arrived (on any rank), writes a
-        checkpoint of this iteration (unless the periodic one just did) and raises Interrupted."""
+        checkpoint of this iteration (unless the periodic one just did) and raises Interrupted.
+        After the last one (final evaluation and checkpoint done) it only raises."""
         signum = stop.signum
         if comm.get_world_size() > 1:  # every rank stops at the same iteration
             signum = next((s for s in comm.all_gather(signum) if s is not None), None)
-        if signum is None or self.iter >= self.max_iter:
+        if signum is None:
             return
+        if self.iter >= self.max_iter:
+            raise Interrupted(signum, f"after the last iteration ({self.iter}); training is done")
         path = self.checkpointer.save_iteration(self.iter)
         raise Interrupted(
             signum,
