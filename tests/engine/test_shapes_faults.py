@@ -125,7 +125,8 @@ def test_kill9_at_random_points_and_in_checkpoint_writes_then_resume_is_bit_iden
     # 4: resumed to the end.
     finish(start(out, resume=True))
     log = (out / "log.txt").read_text()
-    assert log.count("resuming at iteration") == 3
+    # run 1 may have died before its first checkpoint: then run 2 started from scratch
+    assert log.count("resuming at iteration") + log.count("starting from scratch") == 3
     assert f"removed {stale[0]}, left by a stopped run" in log
     assert not list(out.glob(".*.tmp-*"))
     assert_same_run(reference, out)
