@@ -111,8 +111,7 @@ class MetricsHook(HookBase):
         metrics = trainer.last_metrics
         for key, value in metrics.items():
             self.smoothed.setdefault(key, SmoothedValue(self.log_period)).update(value)
-        if self.writer is not None:
-            self.writer.write(trainer.iter, metrics)
+        trainer.write_metrics(metrics)
         it = trainer.iter
         if it % self.log_period == 0 or it == trainer.max_iter:
             self._log_line(trainer)

@@ -40,6 +40,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from detector.engine.checkpoint import Checkpointer, unwrap_model
 from detector.engine.hooks import EvalHook, HookBase, MetricsHook, PeriodicCheckpointer, ProgressBar
+from detector.engine.output_dir import OutputDirError
 from detector.utils import comm
 from detector.utils.metrics import MetricsWriter
 from detector.utils.signals import Interrupted, StopRequests
@@ -351,9 +352,18 @@ class Trainer:
         return float(norm)
 
     def write_metrics(self, scalars: dict[str, float]) -> None:
-        """Writes extra scalars (e.g. evaluation results) at the current iteration (rank 0)."""
-        if self.metrics_writer is not None and scalars:
+        """Writes scalars (losses, evaluation results) at the current iteration (rank 0).
+
+        Raises OutputDirError when they cannot be written (e.g. a full disk)."""
+        if self.metrics_writer is None or not scalars:
+            return
+        try:
             self.metrics_writer.write(self.iter, scalars)
+        except OSError as e:
+            raise OutputDirError(
+                f"cannot write the metrics of iteration {self.iter} to {self.output_dir}: "
+                f"{e.strerror or e}; free disk space (or fix the folder), then --resume"
+            ) from None
 
     # -- from the config ----------------------------------------------------------------------
     @classmethod

@@ -1,6 +1,7 @@
 """Trainer on a toy model: metrics files, schedule, accumulation, clipping, AMP, NaN stop, hooks,
 and an in-process interrupted-and-resumed run."""
 
+import errno
 import json
 import math
 import os
@@ -266,3 +267,19 @@ def test_signal_during_the_final_evaluation_keeps_the_final_checkpoint(tmp_path)
     with pytest.raises(Interrupted, match=r"^SIGINT after the last iteration \(6\)"):
         _launch(tmp_path / "run", hooks=[_Signal(signal.SIGINT)])
     assert torch.load(tmp_path / "run" / "model_final.pth", weights_only=True)["iteration"] == 6
+
+
+def test_metrics_that_cannot_be_written_stop_with_a_one_line_error(tmp_path, monkeypatch):
+    from detector.engine.output_dir import OutputDirError
+    from detector.utils.metrics import JSONWriter
+
+    def full(self, iteration, scalars):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(JSONWriter, "write", full)
+    with pytest.raises(OutputDirError) as info:
+        _launch(tmp_path / "run")
+    assert str(info.value) == (
+        f"cannot write the metrics of iteration 1 to {tmp_path / 'run'}: No space left on device; "
+        "free disk space (or fix the folder), then --resume"
+    )
