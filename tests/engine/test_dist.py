@@ -2,6 +2,7 @@
 with the same weights, equal to a one-process run on the same total batch."""
 
 import os
+import signal
 import socket
 from pathlib import Path
 
@@ -9,8 +10,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from detector.engine import Trainer, train
+from detector.engine import HookBase, Trainer, train
 from detector.utils import comm
+from detector.utils.signals import Interrupted
 from tests.engine.toy import ToyModel, toy_cfg, toy_loader
 
 
@@ -63,3 +65,43 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 6
     assert (tmp_path / "run" / "model_final.pth").is_file()
+
+
+class _SignalOnRank1(HookBase):
+    """Rank 1 alone receives SIGTERM after iteration 3."""
+
+    def after_step(self, trainer) -> None:
+        if comm.get_rank() == 1 and trainer.iter == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _stopped_worker(rank: int, world_size: int, port: int, out: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+        WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
+    )  # fmt: skip
+    torch.set_num_threads(1)
+    cfg = toy_cfg(Path(out) / "run")
+    try:
+        train(
+            cfg, model=ToyModel(dropout=0.0, jitter=False), hooks=[_SignalOnRank1()],
+            data_loader=toy_loader(4, rank=rank, world_size=world_size), tensorboard=False,
+            progress_bar=False,
+        )  # fmt: skip
+        outcome = "finished"
+    except Interrupted as e:
+        outcome = str(e)
+    (Path(out) / f"rank{rank}.txt").write_text(outcome)
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_a_signal_on_one_rank_stops_every_rank_at_the_same_iteration(tmp_path):
+    mp.spawn(_stopped_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    checkpoint = tmp_path / "run" / "model_0000003.pth"
+    expected = f"SIGTERM after iteration 3: checkpoint {checkpoint} written; continue with --resume"
+    assert (tmp_path / "rank0.txt").read_text() == expected
+    assert (tmp_path / "rank1.txt").read_text() == expected
+    assert torch.load(checkpoint, weights_only=True)["iteration"] == 3
+    assert len(torch.load(checkpoint, weights_only=True)["rng"]) == 2  # both ranks' RNG states
