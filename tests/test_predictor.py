@@ -182,3 +182,11 @@ def test_boxes_without_area_in_the_original_image_are_dropped(predictor: Predict
     widths = one_pixel["boxes"][:, 2] - one_pixel["boxes"][:, 0]
     heights = one_pixel["boxes"][:, 3] - one_pixel["boxes"][:, 1]
     assert ((widths > 0) & (heights > 0)).all()
+
+
+@pytest.mark.parametrize("shape", [(3, 20, 20000), (3, 20000, 20)])
+def test_very_elongated_images_run_end_to_end(predictor: Predictor, shape) -> None:
+    """Resized with a one-pixel short side, they go through the whole network."""
+    result = predictor(torch.full(shape, 100, dtype=torch.uint8))
+    assert result["image_size"] == shape[1:]
+    assert result["masks"].shape[1:] == shape[1:]

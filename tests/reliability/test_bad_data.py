@@ -239,7 +239,8 @@ def _png16(path: Path, values: list[int]) -> None:
 
 
 def test_16_bit_png_is_scaled_to_8_bits(tmp_path):
-    """It used to come back as uint16 0..65535 (257 times too bright for the model)."""
+    """It used to come back as uint16 0..65535 (257 times too bright for the model); 1-bit
+    images come back as 0 / 255."""
     _png16(tmp_path / "deep.png", [0, 128, 129, 257, 32768, 65535])
     image = read_image(tmp_path / "deep.png")
     assert image.dtype == torch.uint8 and image.shape == (3, 1, 6)
@@ -247,3 +248,6 @@ def test_16_bit_png_is_scaled_to_8_bits(tmp_path):
     gray = tmp_path / "gray16.png"
     Image.fromarray(np.array([[0, 65535]], dtype=np.uint16)).save(gray)
     assert read_image(gray)[:, 0].tolist() == [[0, 255]] * 3
+    one_bit = tmp_path / "bits.png"
+    Image.fromarray(np.array([[0, 1, 0, 1]], dtype=bool)).save(one_bit)  # mode "1": 1 bit/pixel
+    assert read_image(one_bit)[:, 0].tolist() == [[0, 255, 0, 255]] * 3
