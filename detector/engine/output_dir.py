@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,8 @@ from pathlib import Path
 __all__ = ["LOCK_NAME", "OutputDirError", "lock_output_dir", "make_output_dir"]
 
 LOCK_NAME = ".lock"
+
+logger = logging.getLogger(__name__)
 
 
 class OutputDirError(RuntimeError):
@@ -66,18 +69,31 @@ def lock_output_dir(directory: str | Path) -> Iterator[None]:
     directory = Path(directory)
     fd = _open_lock_file(directory)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
-                raise
-            raise OutputDirError(
-                f"OUTPUT_DIR {directory} is in use by another training run ({_holder(fd)}, "
-                f"lock file {directory / LOCK_NAME}); wait for it to end or set OUTPUT_DIR "
-                "elsewhere"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        if _lock(fd, directory):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+def _lock(fd: int, directory: Path) -> bool:
+    """Takes the lock; False (with a warning) on a file system without locks."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP):
+            logger.warning(
+                "cannot lock OUTPUT_DIR %s (%s): nothing stops another run from using it",
+                directory,
+                e.strerror,
+            )
+            return False
+        if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+            raise
+        raise OutputDirError(
+            f"OUTPUT_DIR {directory} is in use by another training run ({_holder(fd)}, "
+            f"lock file {directory / LOCK_NAME}); wait for it to end or set OUTPUT_DIR "
+            "elsewhere"
+        ) from None
+    return True

@@ -4,6 +4,7 @@ one-line errors of tools/train.py and tools/test.py for the run's own faults."""
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import subprocess
 import sys
@@ -116,3 +117,21 @@ def test_stale_temporaries_are_removed_but_not_a_live_process_s(tmp_path):
         p.write_bytes(b"x")
     assert remove_stale_temporaries(tmp_path) == [stale]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name])
+
+
+def test_a_file_system_without_locks_warns_and_goes_on(tmp_path, monkeypatch, caplog):
+    import errno
+    import fcntl
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    logger = logging.getLogger("detector.engine.output_dir")
+    logger.addHandler(caplog.handler)  # whatever the 'detector' logger's propagation
+    try:
+        with lock_output_dir(tmp_path / "run"):
+            pass
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert f"cannot lock OUTPUT_DIR {tmp_path / 'run'} (No locks available)" in caplog.text
