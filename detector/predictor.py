@@ -190,7 +190,16 @@ class Predictor:
 
     # -- inputs --------------------------------------------------------------------------------
     def _to_tensor(self, image: ImageInput, index: int) -> Tensor:
-        """An input as uint8 Tensor[3, H, W] RGB on the CPU."""
+        """An input as uint8 Tensor[3, H, W] RGB on the CPU, H and W > 0."""
+        tensor = self._convert(image, index)
+        if tensor.shape[1] == 0 or tensor.shape[2] == 0:
+            raise ValueError(
+                f"Predictor: image {index} is empty ({' x '.join(map(str, tensor.shape))}); "
+                "expected at least one pixel"
+            )
+        return tensor
+
+    def _convert(self, image: ImageInput, index: int) -> Tensor:
         if isinstance(image, (str, Path)):
             return read_image(image, max_pixels=int(self.cfg.INPUT.MAX_IMAGE_PIXELS))
         if isinstance(image, PILImage.Image):
@@ -229,6 +238,10 @@ class Predictor:
         boxes = boxes * scale
         boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+        # A box left with no area inside the original image (e.g. of a 1 x 1 image) is dropped
+        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # (N,)
+        if not bool(keep.all()):
+            dets, boxes = dets[keep], boxes[keep]
         labels = dets.pred_classes.long()
         result: dict[str, Any] = {
             "boxes": boxes.cpu(),

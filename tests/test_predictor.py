@@ -152,3 +152,41 @@ def test_cuda_predictor_matches_cpu(tiny_run: TinyRun, predictor: Predictor, rgb
     assert result["boxes"].device.type == "cpu"  # results come back on the CPU
     torch.testing.assert_close(result["scores"][:3], reference["scores"][:3], atol=1e-4, rtol=0)
     torch.testing.assert_close(result["boxes"][:3], reference["boxes"][:3], atol=1e-2, rtol=0)
+
+
+def test_empty_inputs(predictor: Predictor, rgb: np.ndarray) -> None:
+    """A 3 x 0 x 0 tensor used to give ZeroDivisionError in the resize."""
+    assert predictor([]) == []
+    with pytest.raises(ValueError, match=r"image 0 is empty \(3 x 0 x 0\)"):
+        predictor(torch.zeros(3, 0, 0, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"image 1 is empty \(3 x 5 x 0\)"):
+        predictor([rgb, np.zeros((5, 0, 3), np.uint8)])
+
+
+def test_boxes_without_area_in_the_original_image_are_dropped(predictor: Predictor) -> None:
+    """A box clipped to nothing (e.g. in the padding of a 1 x 1 image) is not a detection."""
+    from detector.structures import Boxes
+
+    boxes = [[128.0, 0.0, 128.0, 50.0], [10.0, 10.0, 60.0, 60.0], [5.0, 7.0, 5.0, 7.0]]
+    dets = Instances(
+        (128, 128),
+        pred_boxes=Boxes(torch.tensor(boxes)),
+        scores=torch.tensor([0.9, 0.8, 0.7]),
+        pred_classes=torch.tensor([1, 2, 3]),
+        pred_masks=torch.ones(3, 1, 28, 28),
+    )
+    result = predictor._postprocess(dets, (1, 1))
+    assert result["scores"].tolist() == [pytest.approx(0.8)]
+    assert result["labels"].tolist() == [2] and result["masks"].shape == (1, 1, 1)
+    one_pixel = predictor(torch.full((3, 1, 1), 128, dtype=torch.uint8))
+    widths = one_pixel["boxes"][:, 2] - one_pixel["boxes"][:, 0]
+    heights = one_pixel["boxes"][:, 3] - one_pixel["boxes"][:, 1]
+    assert ((widths > 0) & (heights > 0)).all()
+
+
+@pytest.mark.parametrize("shape", [(3, 20, 20000), (3, 20000, 20)])
+def test_very_elongated_images_run_end_to_end(predictor: Predictor, shape) -> None:
+    """Resized with a one-pixel short side, they go through the whole network."""
+    result = predictor(torch.full(shape, 100, dtype=torch.uint8))
+    assert result["image_size"] == shape[1:]
+    assert result["masks"].shape[1:] == shape[1:]

@@ -120,7 +120,7 @@ def run_demo(args: argparse.Namespace) -> Path:
     records, used = [], set()
     for start in range(0, len(files), predictor.batch_size):
         batch = files[start : start + predictor.batch_size]
-        images = [read_image(f) for f in batch]
+        images = [read_image(f, int(predictor.cfg.INPUT.MAX_IMAGE_PIXELS)) for f in batch]
         for path, image, result in zip(batch, images, predictor(images), strict=True):
             result = select(result, args.score_thresh)
             name = _output_name(path, used)

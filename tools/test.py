@@ -16,6 +16,7 @@ from pathlib import Path
 from detector.engine.checkpoint import CheckpointError
 from detector.engine.inference import format_metrics, test
 from detector.engine.launch import default_argument_parser, load_config_from_args, run_tool
+from detector.engine.output_dir import OutputDirError, make_output_dir
 from detector.utils import comm
 from detector.utils.logger import setup_logger
 
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         comm.init_distributed()
+        make_output_dir(Path(cfg.OUTPUT_DIR) / "inference")
         setup_logger(Path(cfg.OUTPUT_DIR) / "inference", rank=comm.get_rank())
         results = test(cfg, saved_predictions=args.eval_only_saved, progress=not args.no_progress)
         if comm.is_main_process():
@@ -53,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  outputs: {Path(cfg.OUTPUT_DIR) / 'inference' / name}")
         return 0
 
-    return run_tool(body, (CheckpointError, FileNotFoundError, KeyError, ValueError))
+    user_errors = (CheckpointError, OutputDirError, FileNotFoundError, KeyError, ValueError)
+    return run_tool(body, user_errors)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ from detector.engine.launch import (
     run_tool,
     train,
 )
+from detector.engine.output_dir import OutputDirError
+from detector.engine.trainer import TrainingDivergedError
 from detector.utils import comm
 
 
@@ -57,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{outputs}: {result.output_dir}")
         return 0
 
-    return run_tool(body, (CheckpointError, ValueError))
+    return run_tool(body, (CheckpointError, OutputDirError, TrainingDivergedError, ValueError))
 
 
 if __name__ == "__main__":

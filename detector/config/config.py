@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import typing
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -336,25 +337,87 @@ def _opts_to_dicts(opts: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
 # --------------------------------------------------------------------------------------------
 # Consistency checks that types alone cannot express
 # --------------------------------------------------------------------------------------------
+# Ranges of the numeric keys (list items included). Every number must be finite and >= 0, except
+# those listed under ANY_SIGN or AT_LEAST_MINUS_ONE (-1 meaning "off" / "auto"); POSITIVE ones
+# must be > 0 and UNIT ones lie in [0, 1].
+_ANY_SIGN = {"INPUT.PIXEL_MEAN"}
+_AT_LEAST_MINUS_ONE = {"SEED", "MODEL.RPN.STRADDLE_THRESH", "MODEL.GROUP_NORM.DIM_PER_GP"}
+_POSITIVE = {
+    "MODEL.RESNETS.NUM_GROUPS", "MODEL.RESNETS.WIDTH_PER_GROUP", "MODEL.RESNETS.RES5_DILATION",
+    "MODEL.RESNETS.STEM_OUT_CHANNELS", "MODEL.RESNETS.RES2_OUT_CHANNELS",
+    "MODEL.RESNETS.BACKBONE_OUT_CHANNELS", "MODEL.RESNETS.DEFORMABLE_GROUPS",
+    "MODEL.GROUP_NORM.NUM_GROUPS", "MODEL.GROUP_NORM.EPSILON", "MODEL.RPN.ANCHOR_SIZES",
+    "MODEL.RPN.ANCHOR_STRIDE", "MODEL.RPN.ASPECT_RATIOS", "MODEL.RPN.BATCH_SIZE_PER_IMAGE",
+    "MODEL.RPN.PRE_NMS_TOP_N_TRAIN", "MODEL.RPN.PRE_NMS_TOP_N_TEST",
+    "MODEL.RPN.POST_NMS_TOP_N_TRAIN", "MODEL.RPN.POST_NMS_TOP_N_TEST",
+    "MODEL.RPN.FPN_POST_NMS_TOP_N_TRAIN", "MODEL.RPN.FPN_POST_NMS_TOP_N_TEST",
+    "MODEL.ROI_HEADS.BBOX_REG_WEIGHTS", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
+    "MODEL.ROI_HEADS.DETECTIONS_PER_IMG", "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION",
+    "MODEL.ROI_BOX_HEAD.POOLER_SCALES", "MODEL.ROI_BOX_HEAD.MLP_HEAD_DIM",
+    "MODEL.ROI_BOX_HEAD.DILATION", "MODEL.ROI_BOX_HEAD.CONV_HEAD_DIM",
+    "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION", "MODEL.ROI_MASK_HEAD.POOLER_SCALES",
+    "MODEL.ROI_MASK_HEAD.MLP_HEAD_DIM", "MODEL.ROI_MASK_HEAD.CONV_LAYERS",
+    "MODEL.ROI_MASK_HEAD.RESOLUTION", "MODEL.ROI_MASK_HEAD.DILATION", "INPUT.MIN_SIZE_TRAIN",
+    "INPUT.MAX_SIZE_TRAIN", "INPUT.MIN_SIZE_TEST", "INPUT.MAX_SIZE_TEST", "INPUT.PIXEL_STD",
+    "INPUT.MAX_IMAGE_PIXELS", "SOLVER.MAX_ITER", "SOLVER.BASE_LR", "SOLVER.IMS_PER_BATCH",
+    "SOLVER.CLIP_GRADIENTS.MAX_NORM", "SOLVER.ACCUMULATE_GRAD_STEPS", "TEST.IMS_PER_BATCH",
+}  # fmt: skip
+_UNIT = {
+    "MODEL.RPN.FG_IOU_THRESHOLD", "MODEL.RPN.BG_IOU_THRESHOLD", "MODEL.RPN.POSITIVE_FRACTION",
+    "MODEL.RPN.NMS_THRESH", "MODEL.ROI_HEADS.FG_IOU_THRESHOLD",
+    "MODEL.ROI_HEADS.BG_IOU_THRESHOLD", "MODEL.ROI_HEADS.BG_IOU_THRESHOLD_LO",
+    "MODEL.ROI_HEADS.POSITIVE_FRACTION", "MODEL.ROI_HEADS.SCORE_THRESH", "MODEL.ROI_HEADS.NMS",
+    "MODEL.ROI_MASK_HEAD.POSTPROCESS_MASKS_THRESHOLD", "INPUT.HORIZONTAL_FLIP_PROB_TRAIN",
+    "INPUT.VERTICAL_FLIP_PROB_TRAIN", "SOLVER.WARMUP_FACTOR", "SOLVER.MOMENTUM",
+}  # fmt: skip
+
+
+def _numbers(node: Any, prefix: str = "") -> Iterator[tuple[str, str, float]]:
+    """(schema key, key as written with a list index, value) of every number in the config."""
+    if isinstance(node, (DictConfig, dict)):
+        for name, child in node.items():
+            yield from _numbers(child, f"{prefix}{name}.")
+    elif isinstance(node, (ListConfig, list)):
+        for i, item in enumerate(node):
+            if isinstance(item, (int, float)) and not isinstance(item, bool):
+                yield prefix[:-1], f"{prefix[:-1]}[{i}]", item
+    elif isinstance(node, (int, float)) and not isinstance(node, bool):
+        yield prefix[:-1], prefix[:-1], node
+
+
+def _range_requirement(key: str, value: float) -> str | None:
+    """What `value` of `key` violates, or None."""
+    if not math.isfinite(value):
+        return "must be a finite number"
+    if key in _POSITIVE and value <= 0:
+        return "must be > 0"
+    if key in _UNIT and not 0 <= value <= 1:
+        return "must lie in [0, 1]"
+    if key in _AT_LEAST_MINUS_ONE and value < -1:
+        return "must be >= -1 (-1: off / automatic)"
+    if key not in _ANY_SIGN | _AT_LEAST_MINUS_ONE and value < 0:
+        return "must be >= 0"
+    return None
+
+
+def _check_ranges(cfg: DictConfig) -> None:
+    for key, written, value in _numbers(cfg):
+        requirement = _range_requirement(key, value)
+        if requirement is not None:
+            raise ConfigError(f"{written} = {value!r}: {requirement}")
+
+
 def validate(cfg: DictConfig) -> None:
-    """Checks values against each other (lengths, ranges, orders); raises ConfigError."""
+    """Checks every number's range, then values against each other (lengths, orders); raises
+    ConfigError naming the key."""
+    _check_ranges(cfg)
     m, solver = cfg.MODEL, cfg.SOLVER
     rpn, heads = m.RPN, m.ROI_HEADS
-    unit = "must lie in [0, 1]"
     checks = [
         ("MODEL.RESNETS.STAGE_WITH_DCN", len(m.RESNETS.STAGE_WITH_DCN) == 4,
          "needs 4 booleans, one per stage res2..res5"),
         ("MODEL.ROI_HEADS.BBOX_REG_WEIGHTS", len(heads.BBOX_REG_WEIGHTS) == 4,
          "needs 4 weights (wx, wy, ww, wh)"),
-        ("MODEL.RPN.POSITIVE_FRACTION", 0 <= rpn.POSITIVE_FRACTION <= 1, unit),
-        ("MODEL.ROI_HEADS.POSITIVE_FRACTION", 0 <= heads.POSITIVE_FRACTION <= 1, unit),
-        ("INPUT.HORIZONTAL_FLIP_PROB_TRAIN", 0 <= cfg.INPUT.HORIZONTAL_FLIP_PROB_TRAIN <= 1, unit),
-        ("INPUT.VERTICAL_FLIP_PROB_TRAIN", 0 <= cfg.INPUT.VERTICAL_FLIP_PROB_TRAIN <= 1, unit),
-        ("INPUT.BRIGHTNESS", cfg.INPUT.BRIGHTNESS >= 0, "must be >= 0 (0: off)"),
-        ("INPUT.CONTRAST", cfg.INPUT.CONTRAST >= 0, "must be >= 0 (0: off)"),
-        ("INPUT.SATURATION", cfg.INPUT.SATURATION >= 0, "must be >= 0 (0: off)"),
-        ("INPUT.HUE", 0 <= cfg.INPUT.HUE <= 0.5, "must lie in [0, 0.5] (0: off)"),
-        ("SOLVER.WARMUP_FACTOR", 0 <= solver.WARMUP_FACTOR <= 1, unit),
         ("MODEL.RPN.BG_IOU_THRESHOLD", rpn.BG_IOU_THRESHOLD <= rpn.FG_IOU_THRESHOLD,
          f"must not exceed MODEL.RPN.FG_IOU_THRESHOLD ({rpn.FG_IOU_THRESHOLD})"),
         ("MODEL.ROI_HEADS.BG_IOU_THRESHOLD",
@@ -363,12 +426,9 @@ def validate(cfg: DictConfig) -> None:
          f"FG_IOU_THRESHOLD ({heads.FG_IOU_THRESHOLD})"),
         ("INPUT.MIN_SIZE_TRAIN", len(cfg.INPUT.MIN_SIZE_TRAIN) > 0, "needs at least one size"),
         ("INPUT.PIXEL_MEAN", len(cfg.INPUT.PIXEL_MEAN) == 3, "needs 3 values, one per channel"),
-        ("INPUT.PIXEL_STD", len(cfg.INPUT.PIXEL_STD) == 3 and min(cfg.INPUT.PIXEL_STD) > 0,
-         "needs 3 positive values, one per channel"),
+        ("INPUT.PIXEL_STD", len(cfg.INPUT.PIXEL_STD) == 3, "needs 3 values, one per channel"),
         ("SOLVER.STEPS", list(solver.STEPS) == sorted(solver.STEPS), "must be increasing"),
-        ("SOLVER.ACCUMULATE_GRAD_STEPS", solver.ACCUMULATE_GRAD_STEPS >= 1, "must be at least 1"),
-        ("DATALOADER.SIZE_DIVISIBILITY", cfg.DATALOADER.SIZE_DIVISIBILITY >= 0,
-         "must be 0 (no padding constraint) or positive"),
+        ("INPUT.HUE", cfg.INPUT.HUE <= 0.5, "must lie in [0, 0.5] (0: off)"),
     ]  # fmt: skip
     for key, ok, requirement in checks:
         if not ok:

@@ -37,6 +37,7 @@ from detector.data.transforms import (
     clip_and_drop_empty,
 )
 from detector.structures import Instances
+from detector.utils.signals import ignore_stop_signals
 
 __all__ = [
     "ConcatDetectionDataset",
@@ -206,6 +207,12 @@ def build_train_loader(cfg: DictConfig, start_iter: int = 0) -> DataLoader:
     dataset, indices, drop_difficult = _train_dataset(cfg)
     mapped = MappedDataset(dataset, build_transforms(cfg, True), indices, drop_difficult)
     batch_size = _per_rank(cfg.SOLVER.IMS_PER_BATCH, "SOLVER.IMS_PER_BATCH")
+    if batch_size > len(mapped):
+        raise DatasetError(
+            f"SOLVER.IMS_PER_BATCH = {cfg.SOLVER.IMS_PER_BATCH} asks for {batch_size} images per "
+            f"batch and process, more than the {len(mapped)} training images of "
+            f"{list(cfg.DATASETS.TRAIN)}; lower SOLVER.IMS_PER_BATCH"
+        )
     group_ids = None
     if cfg.DATALOADER.ASPECT_RATIO_GROUPING:
         group_ids = [int(mapped.get_aspect_ratio(k) >= 1.0) for k in range(len(mapped))]
@@ -217,7 +224,7 @@ def build_train_loader(cfg: DictConfig, start_iter: int = 0) -> DataLoader:
         start_iter=start_iter * steps,
         group_ids=group_ids,
     )
-    return _loader(mapped, batch_sampler, cfg.DATALOADER.NUM_WORKERS)
+    return _loader(mapped, batch_sampler, cfg.DATALOADER.NUM_WORKERS, data_seed(cfg))
 
 
 def build_test_loader(cfg: DictConfig, dataset_name: str) -> DataLoader:
@@ -228,14 +235,20 @@ def build_test_loader(cfg: DictConfig, dataset_name: str) -> DataLoader:
     mapped = MappedDataset(dataset, build_transforms(cfg, False))
     batch_size = _per_rank(cfg.TEST.IMS_PER_BATCH, "TEST.IMS_PER_BATCH")
     batch_sampler = BatchSampler(InferenceSampler(len(mapped)), batch_size, drop_last=False)
-    return _loader(mapped, batch_sampler, cfg.DATALOADER.NUM_WORKERS)
+    return _loader(mapped, batch_sampler, cfg.DATALOADER.NUM_WORKERS, data_seed(cfg))
 
 
-def _loader(dataset: MappedDataset, batch_sampler: Any, num_workers: int) -> DataLoader:
+def _loader(dataset: MappedDataset, batch_sampler: Any, num_workers: int, seed: int) -> DataLoader:
+    """A DataLoader with a generator of its own: building its iterator draws the workers' base
+    seed from that generator, never from torch's global one, so starting (or resuming) the data
+    stream leaves the training random streams (RPN and RoI samplers, ...) where the checkpoint
+    put them. Workers ignore stop signals: the main process stops them in order."""
     return DataLoader(
         dataset,
         batch_sampler=batch_sampler,
         num_workers=num_workers,
         collate_fn=collate,
         persistent_workers=False,
+        generator=torch.Generator().manual_seed(seed),
+        worker_init_fn=ignore_stop_signals,
     )

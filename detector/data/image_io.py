@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from PIL import Image
 from torch import Tensor
 from torchvision.io import ImageReadMode, decode_image, read_file
@@ -23,7 +24,7 @@ def read_image(path: str | Path, max_pixels: int | None = None) -> Tensor:
             checked on the header before decoding.
 
     Returns:
-        uint8 Tensor[3, H, W].
+        uint8 Tensor[3, H, W] (16-bit images scaled to 8 bits).
     """
     path = Path(path)
     if not path.is_file():
@@ -37,9 +38,20 @@ def read_image(path: str | Path, max_pixels: int | None = None) -> Tensor:
             )
     try:
         data = read_file(str(path))
-        return decode_image(data, mode=ImageReadMode.RGB, apply_exif_orientation=True)
+        image = decode_image(data, mode=ImageReadMode.RGB, apply_exif_orientation=True)
     except RuntimeError as e:
         raise DatasetError(f"cannot decode image {path}: {e}") from None
+    return _to_uint8(image, path)
+
+
+def _to_uint8(image: Tensor, path: Path) -> Tensor:
+    """8 bits per channel: 16-bit images (PNG) are scaled by 255 / 65535 with rounding; lower bit
+    depths are already scaled up to 0..255 by the decoder."""
+    if image.dtype == torch.uint8:
+        return image
+    if image.dtype == torch.uint16:
+        return ((image.to(torch.int32) + 128) // 257).to(torch.uint8)
+    raise DatasetError(f"{path}: decoded as {image.dtype}; only 8- and 16-bit images are read")
 
 
 def read_image_size(path: str | Path) -> tuple[int, int]:
@@ -52,6 +64,11 @@ def read_image_size(path: str | Path) -> tuple[int, int]:
             orientation = _exif_orientation(image)
     except FileNotFoundError:
         raise DatasetError(f"image file not found: {path}") from None
+    except Image.DecompressionBombError as e:  # PIL refuses to open more than 2x its limit
+        raise DatasetError(
+            f"{path}: refused before decoding, a possible decompression bomb ({e}); "
+            "INPUT.MAX_IMAGE_PIXELS cannot admit images past PIL's limit"
+        ) from None
     except OSError as e:
         raise DatasetError(f"cannot read image header of {path}: {e}") from None
     if orientation in (5, 6, 7, 8):  # rotated by 90 or 270 degrees

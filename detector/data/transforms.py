@@ -33,11 +33,12 @@ __all__ = [
 def get_output_size(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
     """(new_height, new_width): the shorter side scaled to `min_size`, unless the longer side
     would then exceed `max_size` (> 0), in which case the longer side is scaled to `max_size`.
-    Sides are rounded to the nearest pixel."""
+    Sides are rounded to the nearest pixel, and are at least 1 (a very elongated image keeps a
+    one-pixel short side instead of vanishing)."""
     scale = min_size / min(height, width)
     if max_size > 0 and max(height, width) * scale > max_size:
         scale = max_size / max(height, width)
-    return int(height * scale + 0.5), int(width * scale + 0.5)
+    return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
 
 
 def resize_like_torchvision(image: Tensor, min_size: int, max_size: int) -> Tensor:
@@ -57,6 +58,9 @@ def resize_like_torchvision(image: Tensor, min_size: int, max_size: int) -> Tens
     image = image.float()
     if new_size == (height, width):
         return image
+    if min(new_size) < 1:  # a very elongated image: keep a one-pixel short side
+        size = [max(1, side) for side in new_size]
+        return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
     # recompute_scale_factor=True: the sizes above, sampled at in_size / out_size (as torchvision)
     resized = F.interpolate(
         image[None],  # (1, 3, H, W)

@@ -19,6 +19,7 @@ import os
 import pickle
 import random
 import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -36,6 +37,7 @@ __all__ = [
     "UnsafeCheckpointError",
     "get_rng_state",
     "load_checkpoint_file",
+    "remove_stale_temporaries",
     "set_rng_state",
     "unwrap_model",
 ]
@@ -123,14 +125,49 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _temporary_path(path: Path) -> Path:
+    """Where `atomic_write` writes `path` first: `.NAME.tmp-PID` in the same folder."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+_TEMPORARY = re.compile(r"^\..+\.tmp-(\d+)$")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
+
+
+def remove_stale_temporaries(directory: str | Path) -> list[Path]:
+    """Deletes the temporary files (`.NAME.tmp-PID`) that `atomic_write` left in `directory` when
+    its process was killed; files of a process that is still alive are kept. Returns the deleted
+    files."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    removed = []
+    for p in sorted(directory.iterdir()):
+        match = _TEMPORARY.match(p.name)
+        if match and p.is_file() and not _pid_alive(int(match.group(1))):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+            logger.info("removed %s, left by a stopped run (pid %s)", p, match.group(1))
+    return removed
+
+
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     """Calls `write(file)` on a temporary file next to `path`, fsyncs it and renames it to `path`.
 
     On any error the temporary file is removed and `path` is untouched; the error propagates.
     """
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = _temporary_path(path)
     try:
-        with tmp.open("wb") as f:
+        with tmp.open("wb", buffering=0) as f:  # unbuffered: a full disk raises OSError(ENOSPC)
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -197,6 +234,54 @@ def _unsafe_detail(message: str) -> str:
     return f" ({match.group(1)})" if match else ""
 
 
+_TORCH_WRITE_FAILURES = ("unexpected pos", "PytorchStreamWriter failed", "file write failed")
+
+
+def _state_bytes(obj: Any) -> int:
+    """The bytes of the tensors in a (nested) state dict: a lower bound of the file's size."""
+    if isinstance(obj, torch.Tensor):
+        return obj.untyped_storage().nbytes()
+    if isinstance(obj, dict):
+        return sum(_state_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_state_bytes(v) for v in obj)
+    return 0
+
+
+def _free_bytes(directory: Path) -> int:
+    return shutil.disk_usage(directory).free
+
+
+def _no_space(directory: Path, needed: int) -> OSError:
+    free = _free_bytes(directory)
+    return OSError(
+        errno.ENOSPC,
+        f"No space left on device ({needed / 2**20:.1f} MB needed, {free / 2**20:.1f} MB free)",
+    )
+
+
+def _check_free_space(directory: Path, needed: int) -> None:
+    """Raises OSError(ENOSPC) before writing when the file system cannot hold `needed` bytes."""
+    if _free_bytes(directory) < needed:
+        raise _no_space(directory, needed)
+
+
+def _save_state(state: dict[str, Any], f: IO[bytes], needed: int) -> None:
+    """torch.save, with the write failure it reports as a RuntimeError ('unexpected pos ...' when
+    a buffered write hit a full disk) turned back into an OSError: ENOSPC when the disk is now
+    too full for the file, else EIO."""
+    try:
+        torch.save(state, f)
+    except RuntimeError as e:
+        if not any(marker in str(e) for marker in _TORCH_WRITE_FAILURES):
+            raise
+        directory = Path(getattr(f, "name", ".")).parent
+        if _free_bytes(directory) < needed:
+            raise _no_space(directory, needed) from e
+        first = str(e).splitlines()[0]
+        raise OSError(errno.EIO, f"write failed ({first})") from e
+
+
 # --------------------------------------------------------------------------------------------
 # Checkpointer
 # --------------------------------------------------------------------------------------------
@@ -231,6 +316,7 @@ class Checkpointer:
         self.scheduler = scheduler
         self.scaler = scaler
         self.max_to_keep = max_to_keep
+        self._last_saved: Path | None = None
 
     # -- saving ---------------------------------------------------------------------------
     def _state(self, extra: dict[str, Any], rng: list[dict[str, Any]]) -> dict[str, Any]:
@@ -261,13 +347,24 @@ class Checkpointer:
         errors = [e for e in comm.all_gather(error) if e is not None]
         if errors:
             raise CheckpointError(errors[0])
+        self._last_saved = path
         return path
+
+    def save_iteration(self, iteration: int) -> Path:
+        """The periodic checkpoint `model_<iteration>.pth` (with iteration=...), unless this
+        Checkpointer saved that very file last (same decision on every rank)."""
+        path = self.save_dir / f"model_{iteration:07d}.pth"
+        if self._last_saved == path:
+            return path
+        return self.save(path.stem, iteration=iteration)
 
     def _write(self, path: Path, state: dict[str, Any]) -> None:
         self.save_dir.mkdir(parents=True, exist_ok=True)
         previous = self.last_checkpoint()
         try:
-            atomic_write(path, lambda f: torch.save(state, f))
+            needed = _state_bytes(state)
+            _check_free_space(self.save_dir, needed)
+            atomic_write(path, lambda f: _save_state(state, f, needed))
             atomic_write(self.save_dir / POINTER, lambda f: f.write(path.name.encode()))
         except OSError as e:
             kept = (

@@ -56,7 +56,7 @@ class PeriodicCheckpointer(HookBase):
     def after_step(self, trainer: Trainer) -> None:
         it = trainer.iter
         if self.period > 0 and it % self.period == 0 and it < trainer.max_iter:
-            trainer.checkpointer.save(f"model_{it:07d}", iteration=it)
+            trainer.checkpointer.save_iteration(it)
 
     def after_train(self, trainer: Trainer) -> None:
         trainer.checkpointer.save("model_final", iteration=trainer.iter)
@@ -111,8 +111,7 @@ class MetricsHook(HookBase):
         metrics = trainer.last_metrics
         for key, value in metrics.items():
             self.smoothed.setdefault(key, SmoothedValue(self.log_period)).update(value)
-        if self.writer is not None:
-            self.writer.write(trainer.iter, metrics)
+        trainer.write_metrics(metrics)
         it = trainer.iter
         if it % self.log_period == 0 or it == trainer.max_iter:
             self._log_line(trainer)

@@ -13,7 +13,6 @@ import contextlib
 import logging
 import os
 import random
-import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -25,14 +24,18 @@ import torch
 from torch import nn
 
 from detector.config import ConfigError, load_config, save_config
+from detector.engine.checkpoint import remove_stale_temporaries
 from detector.engine.hooks import HookBase
+from detector.engine.output_dir import OutputDirError, lock_output_dir
 from detector.engine.trainer import DataLoaderFactory, Trainer
 from detector.utils import comm
 from detector.utils.logger import setup_logger
+from detector.utils.signals import Interrupted, signals_as_exceptions
 
 __all__ = [
     "Interrupted",
     "TrainResult",
+    "claim_output_dir",
     "default_argument_parser",
     "default_setup",
     "load_config_from_args",
@@ -83,31 +86,6 @@ def load_config_from_args(args: argparse.Namespace) -> Any | None:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return None
-
-
-class Interrupted(BaseException):
-    """A termination signal turned into an exception, so that `finally` blocks run (data loader
-    workers stopped, files flushed, the process group shut down) before the process exits."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-@contextlib.contextmanager
-def signals_as_exceptions(signums: Sequence[int] = (signal.SIGTERM,)) -> Iterator[None]:
-    """Within the block, `signums` (SIGTERM: what torchrun and schedulers send) raise
-    `Interrupted` in the main thread; the previous handlers come back afterwards."""
-
-    def handler(signum: int, frame: object) -> None:
-        raise Interrupted(signum)
-
-    previous = {s: signal.signal(s, handler) for s in signums}
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
 
 
 def run_tool(body: Callable[[], int], user_errors: tuple[type[Exception], ...]) -> int:
@@ -198,6 +176,24 @@ def default_setup(cfg: Any) -> torch.device:
     return device
 
 
+@contextlib.contextmanager
+def claim_output_dir(output_dir: str | Path) -> Iterator[None]:
+    """Rank 0 locks `output_dir` for the block (one training run per folder, see
+    detector.engine.output_dir); when it cannot, every rank raises the same OutputDirError."""
+    comm.init_distributed()
+    with contextlib.ExitStack() as stack:
+        error = None
+        if comm.is_main_process():
+            try:
+                stack.enter_context(lock_output_dir(output_dir))
+            except OutputDirError as e:
+                error = str(e)
+        errors = [e for e in comm.all_gather(error) if e is not None]
+        if errors:
+            raise OutputDirError(errors[0])
+        yield
+
+
 def _default_data_loader(cfg: Any) -> DataLoaderFactory:
     def factory(start_iter: int) -> Any:
         from detector.data import build_train_loader  # not needed by injected loaders
@@ -235,24 +231,27 @@ def train(
     Returns:
         TrainResult with the output folder, model_final.pth and the last iteration's metrics.
     """
-    device = default_setup(cfg)
-    if model is None:
-        from detector.modeling.detector import GeneralizedRCNN
+    with claim_output_dir(cfg.OUTPUT_DIR):
+        device = default_setup(cfg)
+        if comm.is_main_process():
+            remove_stale_temporaries(cfg.OUTPUT_DIR)
+        if model is None:
+            from detector.modeling.detector import GeneralizedRCNN
 
-        model = GeneralizedRCNN.from_config(cfg)
-    model.to(device)
-    trainer = Trainer.from_config(
-        cfg,
-        model=model,
-        data_loader=data_loader or _default_data_loader(cfg),
-        evaluate_fn=evaluate_fn,
-        device=device,
-        hooks=hooks,
-        **trainer_overrides,
-    )
-    trainer.resume_or_load(resume, weights=cfg.MODEL.WEIGHT)
-    metrics = trainer.train()
-    final = Path(cfg.OUTPUT_DIR) / "model_final.pth"
-    logger.info("final weights: %s; metrics: %s", final, Path(cfg.OUTPUT_DIR) / "metrics.jsonl")
-    comm.synchronize()
-    return TrainResult(Path(cfg.OUTPUT_DIR), final, metrics, trainer.unwrapped_model)
+            model = GeneralizedRCNN.from_config(cfg)
+        model.to(device)
+        trainer = Trainer.from_config(
+            cfg,
+            model=model,
+            data_loader=data_loader or _default_data_loader(cfg),
+            evaluate_fn=evaluate_fn,
+            device=device,
+            hooks=hooks,
+            **trainer_overrides,
+        )
+        trainer.resume_or_load(resume, weights=cfg.MODEL.WEIGHT)
+        metrics = trainer.train()
+        final = Path(cfg.OUTPUT_DIR) / "model_final.pth"
+        logger.info("final weights: %s; metrics: %s", final, Path(cfg.OUTPUT_DIR) / "metrics.jsonl")
+        comm.synchronize()
+        return TrainResult(Path(cfg.OUTPUT_DIR), final, metrics, trainer.unwrapped_model)

@@ -16,6 +16,10 @@ uninterrupted run would see.
 
 In a multi-process run (torchrun) the model is wrapped in DistributedDataParallel; every rank
 trains on its own batches and rank 0 alone writes logs, metrics and checkpoints.
+
+SIGINT, SIGTERM and SIGUSR1 (detector.utils.signals.StopRequests) stop training between two
+iterations: the current one finishes, a checkpoint of it is written, and `Interrupted` is raised
+(tools/train.py exits 128 + the signal's number); a second signal stops at once.
 """
 
 from __future__ import annotations
@@ -36,8 +40,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from detector.engine.checkpoint import Checkpointer, unwrap_model
 from detector.engine.hooks import EvalHook, HookBase, MetricsHook, PeriodicCheckpointer, ProgressBar
+from detector.engine.output_dir import OutputDirError
 from detector.utils import comm
 from detector.utils.metrics import MetricsWriter
+from detector.utils.signals import Interrupted, StopRequests
 
 __all__ = ["Trainer", "TrainingDivergedError"]
 
@@ -211,21 +217,42 @@ class Trainer:
         self.iter = self.start_iter
         self._data_iter = iter(self.data_loader(self.start_iter))
         try:
-            for hook in self.hooks:
-                hook.before_train(self)
-            while self.iter < self.max_iter:
-                self.last_metrics = self.run_step()
-                self.iter += 1
+            with StopRequests() as stop:
                 for hook in self.hooks:
-                    hook.after_step(self)
-            for hook in self.hooks:
-                hook.after_train(self)
+                    hook.before_train(self)
+                while self.iter < self.max_iter:
+                    self.last_metrics = self.run_step()
+                    self.iter += 1
+                    for hook in self.hooks:
+                        hook.after_step(self)
+                    if self.iter < self.max_iter:
+                        self._stop_if_requested(stop)
+                for hook in self.hooks:
+                    hook.after_train(self)
+                self._stop_if_requested(stop)
         finally:
             self._close_data_iter()
             for hook in self.hooks:
                 hook.close()
         logger.info("training done: outputs in %s", self.output_dir)
         return self.last_metrics
+
+    def _stop_if_requested(self, stop: StopRequests) -> None:
+        """After a complete iteration: when a stop signal arrived (on any rank), writes a
+        checkpoint of this iteration (unless the periodic one just did) and raises Interrupted.
+        After the last one (final evaluation and checkpoint done) it only raises."""
+        signum = stop.signum
+        if comm.get_world_size() > 1:  # every rank stops at the same iteration
+            signum = next((s for s in comm.all_gather(signum) if s is not None), None)
+        if signum is None:
+            return
+        if self.iter >= self.max_iter:
+            raise Interrupted(signum, f"after the last iteration ({self.iter}); training is done")
+        path = self.checkpointer.save_iteration(self.iter)
+        raise Interrupted(
+            signum,
+            f"after iteration {self.iter}: checkpoint {path} written; continue with --resume",
+        )
 
     def _close_data_iter(self) -> None:
         """Stops the data iterator now (DataLoader workers and their threads, or a generator's
@@ -325,9 +352,18 @@ class Trainer:
         return float(norm)
 
     def write_metrics(self, scalars: dict[str, float]) -> None:
-        """Writes extra scalars (e.g. evaluation results) at the current iteration (rank 0)."""
-        if self.metrics_writer is not None and scalars:
+        """Writes scalars (losses, evaluation results) at the current iteration (rank 0).
+
+        Raises OutputDirError when they cannot be written (e.g. a full disk)."""
+        if self.metrics_writer is None or not scalars:
+            return
+        try:
             self.metrics_writer.write(self.iter, scalars)
+        except OSError as e:
+            raise OutputDirError(
+                f"cannot write the metrics of iteration {self.iter} to {self.output_dir}: "
+                f"{e.strerror or e}; free disk space (or fix the folder), then --resume"
+            ) from None
 
     # -- from the config ----------------------------------------------------------------------
     @classmethod

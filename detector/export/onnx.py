@@ -408,7 +408,7 @@ def prepare_image(cfg: Any, sample_image: str | Path | Tensor | None) -> Tensor:
     elif isinstance(sample_image, Tensor):
         image = sample_image
     else:
-        image = read_image(sample_image)
+        image = read_image(sample_image, int(cfg.INPUT.MAX_IMAGE_PIXELS))
     resized, _ = build_transforms(cfg, is_train=False)(image, Instances(tuple(image.shape[-2:])))
     return resized
 

@@ -380,3 +380,33 @@ def test_defaults_dump_loads_back_unchanged(tmp_path):
 def test_unknown_top_level_group_lists_top_level_keys():
     with pytest.raises(ConfigError, match="valid keys under the top level: DATALOADER, DATASETS"):
         load_config(None, ["XYZZYQWERTY.ABCDEFG", "1"])
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("SOLVER.BASE_LR", "nan", "SOLVER.BASE_LR = nan: must be a finite number"),
+        ("SOLVER.BASE_LR", "-0.1", "SOLVER.BASE_LR = -0.1: must be > 0"),
+        ("SOLVER.MAX_ITER", "-5", "SOLVER.MAX_ITER = -5: must be > 0"),
+        ("SOLVER.IMS_PER_BATCH", "0", "SOLVER.IMS_PER_BATCH = 0: must be > 0"),
+        ("INPUT.MIN_SIZE_TRAIN", "(0,)", "INPUT.MIN_SIZE_TRAIN[0] = 0: must be > 0"),
+        ("INPUT.MIN_SIZE_TRAIN", "(640, -800)", "INPUT.MIN_SIZE_TRAIN[1] = -800: must be > 0"),
+        ("MODEL.RPN.ANCHOR_SIZES", "(32, inf)", "MODEL.RPN.ANCHOR_SIZES[1] = inf: must be a fin"),
+        ("SOLVER.MOMENTUM", "1.5", "SOLVER.MOMENTUM = 1.5: must lie in [0, 1]"),
+        ("MODEL.ROI_HEADS.NMS", "-0.5", "MODEL.ROI_HEADS.NMS = -0.5: must lie in [0, 1]"),
+        ("SOLVER.WEIGHT_DECAY", "-1.0", "SOLVER.WEIGHT_DECAY = -1.0: must be >= 0"),
+        ("DATALOADER.NUM_WORKERS", "-2", "DATALOADER.NUM_WORKERS = -2: must be >= 0"),
+        ("SEED", "-2", "SEED = -2: must be >= -1"),
+    ],
+)
+def test_numeric_ranges_are_checked_when_loading(key, value, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [key, value])
+    assert str(info.value).startswith(message)
+
+
+def test_special_minus_one_values_and_every_shipped_config_load():
+    load_config(None, ["SEED", "-1", "MODEL.RPN.STRADDLE_THRESH", "-1"])
+    root = Path(__file__).resolve().parents[2] / "configs"
+    for path in sorted(root.rglob("*.yaml")):
+        load_config(path)

@@ -186,3 +186,29 @@ def test_image_entry_and_rle_size_errors_name_the_ids(tmp_path):
     rle = {"size": [10, 30], "counts": [300]}
     with pytest.raises(DatasetError, match=r"annotation id 11.*RLE size"):
         COCODataset(_write(tmp_path, [_ann(11, segmentation=rle)]), tmp_path)
+
+
+def test_duplicate_ids_name_the_id_and_both_entries(tmp_path):
+    """A duplicated image id used to give a misleading "is not in 'images'" (or merge the two
+    images' annotations); duplicated annotation ids were accepted silently."""
+    image = {"id": 7, "file_name": "a.jpg", "height": 20, "width": 30}
+    other = {**image, "file_name": "b.jpg"}
+    path = _write(tmp_path, [_ann(11)], images=[image, other])
+    with pytest.raises(DatasetError) as info:
+        COCODataset(path, tmp_path)
+    assert str(info.value) == (
+        f"{path}: images[0] and images[1] have the same id 7; ids must be unique"
+    )
+    path = _write(tmp_path, [_ann(11), _ann(12), _ann(11)])
+    with pytest.raises(
+        DatasetError, match=r"annotations\[0\] and annotations\[2\] have the same id 11"
+    ):
+        COCODataset(path, tmp_path)
+    data = json.loads(path.read_text())
+    data["categories"].append({"id": 5, "name": "lion"})
+    data["annotations"] = [_ann(11)]
+    path.write_text(json.dumps(data))
+    with pytest.raises(
+        DatasetError, match=r"categories\[0\] and categories\[2\] have the same id 5"
+    ):
+        COCODataset(path, tmp_path)

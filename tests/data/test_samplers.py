@@ -8,6 +8,7 @@ from torchvision.io import write_jpeg
 
 from detector.config import get_cfg, merge_opts
 from detector.data import build_test_loader, build_train_loader
+from detector.data.errors import DatasetError
 from detector.data.samplers import (
     GroupedBatchSampler,
     InferenceSampler,
@@ -192,3 +193,9 @@ def test_coco_sample_grouped_batches_share_orientation(shared_data):
         assert {image.shape[2] >= image.shape[1] for image in images} == landscape
         orientations |= landscape
     assert orientations == {True, False}
+
+
+def test_batch_larger_than_the_dataset_is_refused():
+    """SOLVER.IMS_PER_BATCH 100000 used to hang, filling one batch from an endless stream."""
+    with pytest.raises(DatasetError, match=r"SOLVER.IMS_PER_BATCH = 100000 asks for 100000 "):
+        build_train_loader(_shapes_cfg("SOLVER.IMS_PER_BATCH", "100000"))

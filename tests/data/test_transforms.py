@@ -165,3 +165,16 @@ def test_config_keys_build_the_jitter_and_vertical_flip():
     ]
     plain = [type(t).__name__ for t in build_transforms(load_config(None), True).transforms]
     assert plain == ["ResizeShortestEdge", "RandomHorizontalFlip"]
+
+
+@pytest.mark.parametrize("mode", ResizeShortestEdge.MODES)
+@pytest.mark.parametrize(("height", "width"), [(20, 20000), (20000, 20), (3, 9000)])
+def test_very_elongated_images_keep_a_one_pixel_side(mode, height, width):
+    """A 20000x20 image at MAX_SIZE 128 used to give a 0-pixel side ('Input and output sizes
+    should be greater than 0')."""
+    image = torch.zeros(3, height, width, dtype=torch.uint8)
+    target = Instances((height, width), gt_boxes=Boxes(torch.tensor([[0.0, 0.0, 2.0, 2.0]])))
+    resized, new_target = ResizeShortestEdge([128], 128, mode)(image, target)
+    long_side = 128
+    expected = (1, long_side) if height < width else (long_side, 1)
+    assert tuple(resized.shape[-2:]) == expected == new_target.image_size

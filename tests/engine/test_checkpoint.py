@@ -1,5 +1,6 @@
 """Checkpointer: round trip with RNG states, keep-last-K, pointer, unsafe, corrupt, full disk."""
 
+import contextlib
 import errno
 import logging
 import random
@@ -187,3 +188,49 @@ def test_load_weights_skips_other_shapes(tmp_path, caplog):
 def test_load_weights_missing_file(tmp_path):
     with pytest.raises(CheckpointError, match="MODEL.WEIGHT file not found"):
         Checkpointer(tmp_path, model=nn.Linear(1, 1)).load_weights(tmp_path / "nope.pth")
+
+
+def test_too_little_free_space_is_refused_before_writing(tmp_path, monkeypatch):
+    from detector.engine import checkpoint
+
+    _, _, _, ckpt = _setup(tmp_path)
+    ckpt.save("model_0000001", iteration=1)
+    monkeypatch.setattr(checkpoint, "_free_bytes", lambda directory: 10)
+    written = []
+    monkeypatch.setattr(torch, "save", lambda *args, **kwargs: written.append(args))
+    with pytest.raises(CheckpointError) as info:
+        ckpt.save("model_0000002", iteration=2)
+    assert not written  # nothing was attempted
+    message = str(info.value)
+    assert "model_0000002.pth: No space left on device (" in message
+    assert "MB needed, 0.0 MB free)" in message and "model_0000001.pth is intact" in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint", "model_0000001.pth"]
+
+
+@contextlib.contextmanager
+def _buffered_dev_full():
+    """A buffered file on /dev/full (its close, flushing the buffer, fails too)."""
+    f = open("/dev/full", "wb")  # noqa: SIM115
+    try:
+        yield f
+    finally:
+        with contextlib.suppress(OSError):
+            f.close()
+
+
+def test_torch_save_write_failure_on_a_buffered_file_becomes_enospc(tmp_path, monkeypatch):
+    """Through a buffered file torch.save reports a full disk as RuntimeError('unexpected pos');
+    the checkpointer turns it back into ENOSPC when the disk has no room left."""
+    from detector.engine import checkpoint
+
+    state = {"w": torch.zeros(100_000)}
+    with _buffered_dev_full() as f, pytest.raises(RuntimeError, match="unexpected pos"):
+        torch.save(state, f)  # what happened before
+    monkeypatch.setattr(checkpoint, "_free_bytes", lambda directory: 0)
+    with _buffered_dev_full() as f, pytest.raises(OSError) as info:
+        checkpoint._save_state(state, f, checkpoint._state_bytes(state))
+    assert info.value.errno == errno.ENOSPC
+    monkeypatch.setattr(checkpoint, "_free_bytes", lambda directory: 2**40)
+    with _buffered_dev_full() as f, pytest.raises(OSError) as info:
+        checkpoint._save_state(state, f, checkpoint._state_bytes(state))
+    assert info.value.errno == errno.EIO and "write failed (" in str(info.value)

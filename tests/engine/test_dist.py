@@ -4,6 +4,7 @@ return only once gloo's worker threads have let go of their tensors (the exit ab
 detector/utils/comm.py)."""
 
 import os
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -12,8 +13,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from detector.engine import Trainer, train
+from detector.engine import HookBase, Trainer, train
 from detector.utils import comm
+from detector.utils.signals import Interrupted
 from tests.engine.toy import ToyModel, toy_cfg, toy_loader
 
 
@@ -97,3 +99,43 @@ def test_collectives_return_after_gloo_released_their_tensors(tmp_path):
         result = torch.load(tmp_path / f"released{rank}.pt", weights_only=True)
         assert result["held"] == [0] * 200
         assert result["gathered"] == [[{"rank": 0, "i": i}, {"rank": 1, "i": i}] for i in range(20)]
+
+
+class _SignalOnRank1(HookBase):
+    """Rank 1 alone receives SIGTERM after iteration 3."""
+
+    def after_step(self, trainer) -> None:
+        if comm.get_rank() == 1 and trainer.iter == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _stopped_worker(rank: int, world_size: int, port: int, out: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+        WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
+    )  # fmt: skip
+    torch.set_num_threads(1)
+    cfg = toy_cfg(Path(out) / "run")
+    try:
+        train(
+            cfg, model=ToyModel(dropout=0.0, jitter=False), hooks=[_SignalOnRank1()],
+            data_loader=toy_loader(4, rank=rank, world_size=world_size), tensorboard=False,
+            progress_bar=False,
+        )  # fmt: skip
+        outcome = "finished"
+    except Interrupted as e:
+        outcome = str(e)
+    (Path(out) / f"rank{rank}.txt").write_text(outcome)
+    comm.shutdown(failed=outcome != "finished")
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_a_signal_on_one_rank_stops_every_rank_at_the_same_iteration(tmp_path):
+    mp.spawn(_stopped_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    checkpoint = tmp_path / "run" / "model_0000003.pth"
+    expected = f"SIGTERM after iteration 3: checkpoint {checkpoint} written; continue with --resume"
+    assert (tmp_path / "rank0.txt").read_text() == expected
+    assert (tmp_path / "rank1.txt").read_text() == expected
+    assert torch.load(checkpoint, weights_only=True)["iteration"] == 3
+    assert len(torch.load(checkpoint, weights_only=True)["rng"]) == 2  # both ranks' RNG states

@@ -72,7 +72,7 @@ def test_cli_run_with_rpn_only_model(tool, tmp_path, capsys, monkeypatch):
     assert f"final weights: {out / 'model_final.pth'}" in printed
     names = sorted(p.name for p in out.iterdir())
     assert names == [
-        "config.yaml", "last_checkpoint", "log.txt", "metrics.jsonl", "model_0000001.pth",
+        ".lock", "config.yaml", "last_checkpoint", "log.txt", "metrics.jsonl", "model_0000001.pth",
         "model_final.pth", "tensorboard",
     ]  # fmt: skip
     assert "OUTPUT_DIR: " + str(out) in (out / "config.yaml").read_text()

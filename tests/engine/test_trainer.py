@@ -1,8 +1,11 @@
 """Trainer on a toy model: metrics files, schedule, accumulation, clipping, AMP, NaN stop, hooks,
 and an in-process interrupted-and-resumed run."""
 
+import errno
 import json
 import math
+import os
+import signal
 
 import pytest
 import torch
@@ -11,6 +14,7 @@ from detector.config import unlocked
 from detector.engine import HookBase, Trainer, TrainingDivergedError, train
 from detector.engine.launch import seed_all
 from detector.utils.logger import setup_logger
+from detector.utils.signals import Interrupted
 from tests.engine.toy import ToyModel, toy_cfg, toy_loader
 
 
@@ -228,3 +232,54 @@ def test_resume_asks_the_loader_for_the_iteration(tmp_path):
     resumed.train()
     assert calls == [2]  # iterations, like detector.data.build_train_loader(cfg, start_iter)
     assert resumed.unwrapped_model.calls == 8
+
+
+class _Signal(HookBase):
+    """Sends `signum` to this process after iteration `at` (0: during after_train)."""
+
+    def __init__(self, signum: int, at: int = 0) -> None:
+        self.signum, self.at = signum, at
+
+    def after_step(self, trainer) -> None:
+        if trainer.iter == self.at:
+            os.kill(os.getpid(), self.signum)
+
+    def after_train(self, trainer) -> None:
+        if self.at == 0:
+            os.kill(os.getpid(), self.signum)
+
+
+def test_signal_stops_after_the_iteration_with_a_checkpoint(tmp_path):
+    """In-process: the signal is honoured at the end of the iteration it arrived in."""
+    with pytest.raises(Interrupted) as info:
+        _launch(tmp_path / "run", hooks=[_Signal(signal.SIGTERM, at=3)])
+    assert info.value.signum == signal.SIGTERM
+    path = tmp_path / "run" / "model_0000003.pth"
+    assert str(info.value) == (
+        f"SIGTERM after iteration 3: checkpoint {path} written; continue with --resume"
+    )
+    assert torch.load(path, weights_only=True)["iteration"] == 3
+    assert not (tmp_path / "run" / "model_final.pth").exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+
+
+def test_signal_during_the_final_evaluation_keeps_the_final_checkpoint(tmp_path):
+    with pytest.raises(Interrupted, match=r"^SIGINT after the last iteration \(6\)"):
+        _launch(tmp_path / "run", hooks=[_Signal(signal.SIGINT)])
+    assert torch.load(tmp_path / "run" / "model_final.pth", weights_only=True)["iteration"] == 6
+
+
+def test_metrics_that_cannot_be_written_stop_with_a_one_line_error(tmp_path, monkeypatch):
+    from detector.engine.output_dir import OutputDirError
+    from detector.utils.metrics import JSONWriter
+
+    def full(self, iteration, scalars):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(JSONWriter, "write", full)
+    with pytest.raises(OutputDirError) as info:
+        _launch(tmp_path / "run")
+    assert str(info.value) == (
+        f"cannot write the metrics of iteration 1 to {tmp_path / 'run'}: No space left on device; "
+        "free disk space (or fix the folder), then --resume"
+    )

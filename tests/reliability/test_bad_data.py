@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 import json
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from detector.data import DatasetError
+from detector.data import DatasetError, read_image
 from detector.data.datasets.coco import COCODataset
 from detector.data.datasets.voc import VOCDataset
 
@@ -174,3 +176,78 @@ def test_voc_degenerate_or_outside_box_is_skipped_and_counted(tmp_path, box):
     dataset = VOCDataset(_voc(tmp_path, _voc_xml(box)), "train", ["a"])
     assert dataset.num_skipped == 1
     assert dataset.num_instances(0) == 0
+
+
+def test_worker_error_keeps_the_one_line_message(tmp_path):
+    """torch re-raises a worker's error with its traceback in the message; DatasetError keeps
+    the one line (tools print it as their `error:` line) and the traceback aside."""
+    dataset = _coco(tmp_path, b"")
+    loader = DataLoader(dataset, batch_size=1, num_workers=1, collate_fn=list)
+    with pytest.raises(DatasetError) as info:
+        next(iter(loader))
+    message = str(info.value)
+    assert "\n" not in message and "img.jpg" in message and "Caught" not in message
+    assert "Traceback" in info.value.worker_traceback
+
+
+def _png_header_only(path: Path, width: int, height: int) -> None:
+    """A PNG whose header announces width x height (8-bit gray) and whose pixels are 1 row: what
+    a decompression bomb looks like to a header reader."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    pixels = zlib.compress(b"\x00" * (width + 1))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels))
+
+
+def test_bomb_past_pil_limit_names_the_file_and_key(tmp_path):
+    """16000 x 16000 used to raise PIL's DecompressionBombError naming neither file nor key."""
+    _png_header_only(tmp_path / "bomb.png", 16000, 16000)
+    with pytest.raises(DatasetError, match=r"bomb\.png: refused before decoding.*MAX_IMAGE_PIX"):
+        read_image(tmp_path / "bomb.png", max_pixels=10**12)
+
+
+def test_demo_refuses_a_bomb_naming_the_file_and_key(tmp_path, capsys):
+    from tests.export.tiny_model import load_tool, make_tiny_run
+
+    run = make_tiny_run(tmp_path / "tiny")
+    _png_header_only(tmp_path / "big.png", 12000, 12000)  # under PIL's limit, over the config's
+    argv = ["--config-file", str(run.config_file), "--weights", str(run.checkpoint)]
+    argv += ["--input", str(tmp_path / "big.png"), "--output", str(tmp_path / "out")]
+    argv += ["--opts", "INPUT.MAX_IMAGE_PIXELS", "1000000"]
+    assert load_tool("demo").main(argv) == 1
+    err = capsys.readouterr().err
+    assert "big.png: 12000x12000 = 144000000 pixels exceeds INPUT.MAX_IMAGE_PIXELS" in err
+
+
+def _png16(path: Path, values: list[int]) -> None:
+    """A 16-bit RGB PNG of one row of gray pixels."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", len(values), 1, 16, 2, 0, 0, 0)
+    row = b"\x00" + b"".join(struct.pack(">HHH", v, v, v) for v in values)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(row))
+        + chunk(b"IEND", b"")
+    )  # fmt: skip
+
+
+def test_16_bit_png_is_scaled_to_8_bits(tmp_path):
+    """It used to come back as uint16 0..65535 (257 times too bright for the model); 1-bit
+    images come back as 0 / 255."""
+    _png16(tmp_path / "deep.png", [0, 128, 129, 257, 32768, 65535])
+    image = read_image(tmp_path / "deep.png")
+    assert image.dtype == torch.uint8 and image.shape == (3, 1, 6)
+    assert image[0, 0].tolist() == [0, 0, 1, 1, 128, 255]
+    gray = tmp_path / "gray16.png"
+    Image.fromarray(np.array([[0, 65535]], dtype=np.uint16)).save(gray)
+    assert read_image(gray)[:, 0].tolist() == [[0, 255]] * 3
+    one_bit = tmp_path / "bits.png"
+    Image.fromarray(np.array([[0, 1, 0, 1]], dtype=bool)).save(one_bit)  # mode "1": 1 bit/pixel
+    assert read_image(one_bit)[:, 0].tolist() == [[0, 255, 0, 255]] * 3

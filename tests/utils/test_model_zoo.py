@@ -126,7 +126,9 @@ def test_unreachable_host_names_the_url_and_where_to_put_the_file(cache):
 
 
 def test_missing_file_on_the_server_is_a_clear_error(server, cache):
-    with pytest.raises(WeightsError, match="could not download .*/nope.pth: the server answered HTTP 404"):
+    with pytest.raises(
+        WeightsError, match="could not download .*/nope.pth: the server answered HTTP 404"
+    ):
         cached_download(f"{server.url}/nope.pth")
 
 

@@ -89,6 +89,21 @@ def _read_json(json_file: Path) -> dict[str, Any]:
     return data
 
 
+def _check_unique(json_file: Path, key: str, ids: list[Any]) -> None:
+    """Raises a DatasetError naming the first id that two entries of `key` share (ids that are
+    neither int nor str, e.g. a missing one, are not compared)."""
+    first: dict[Any, int] = {}
+    for i, entry_id in enumerate(ids):
+        if not isinstance(entry_id, (int, str)):
+            continue
+        if entry_id in first:
+            raise DatasetError(
+                f"{json_file}: {key}[{first[entry_id]}] and {key}[{i}] have the same id "
+                f"{entry_id!r}; ids must be unique"
+            )
+        first[entry_id] = i
+
+
 def load_coco_json(
     json_file: str | Path, image_dir: str | Path
 ) -> tuple[list[ImageRecord], list[dict[str, Any]], int]:
@@ -103,10 +118,9 @@ def load_coco_json(
     data = _read_json(json_file)
     for i, c in enumerate(data["categories"]):
         _require(c, {"id": int, "name": str}, f"{json_file}: categories[{i}]")
+    _check_unique(json_file, "categories", [c["id"] for c in data["categories"]])
     categories = sorted(data["categories"], key=lambda c: c["id"])
     label_of = {c["id"]: i + 1 for i, c in enumerate(categories)}
-    if len(label_of) != len(categories):
-        raise DatasetError(f"{json_file}: duplicate category ids")
     images = {}
     for i, image in enumerate(data["images"]):
         image_id = image.get("id", "?") if isinstance(image, dict) else "?"
@@ -116,8 +130,12 @@ def load_coco_json(
             f"{json_file}: images[{i}] (image id {image_id})",
         )
         images[image["id"]] = image
+    _check_unique(json_file, "images", [image["id"] for image in data["images"]])
+    annotations = data.get("annotations", [])
+    _check_unique(json_file, "annotations", [a.get("id") if isinstance(a, dict) else None
+                                             for a in annotations])  # fmt: skip
     by_image: dict[Any, list[dict[str, Any]]] = defaultdict(list)
-    for i, ann in enumerate(data.get("annotations", [])):
+    for i, ann in enumerate(annotations):
         ann_id = ann.get("id", f"#{i}") if isinstance(ann, dict) else f"#{i}"
         where = f"{json_file}: annotation id {ann_id}"
         _require(ann, {"image_id": (int, str), "category_id": int, "bbox": list}, where)
