@@ -130,8 +130,8 @@ _MASKRCNN_BENCHMARK_RULES: list[Rule] = [
     (r"backbone\.body\.(layer\d\..*)", r"backbone.body.\1"),
     (r"backbone\.fpn\.fpn_(inner|layer)(\d)\.(weight|bias)", "FPN"),
     (r"rpn\.head\.(conv|cls_logits|bbox_pred)\.(weight|bias)", r"rpn.head.\1.\2"),
-    (
-        r"roi_heads\.box\.feature_extractor\.(fc6|fc7)\.(weight|bias)",
+    (  # fc6.weight, or fc6.0.weight / fc6.1.{weight,bias} with GroupNorm (ROI_BOX_HEAD.USE_GN)
+        r"roi_heads\.box\.feature_extractor\.(fc6|fc7)\.((?:[01]\.)?(?:weight|bias))",
         r"roi_heads.box_feature_extractor.\1.\2",
     ),
     (

@@ -163,6 +163,27 @@ def test_mlp_extractor_and_fpn_predictor() -> None:
     assert isinstance(predictor, FPNPredictor)
 
 
+def test_mlp_extractor_with_group_norm_as_maskrcnn_benchmark() -> None:
+    """ROI_BOX_HEAD.USE_GN with the 2-MLP head: fc6/fc7 without bias, each followed by
+    GroupNorm over its outputs (keys fc6.0 / fc6.1, as maskrcnn_benchmark's make_fc)."""
+    cfg = _box_cfg("FPN2MLPFeatureExtractor", USE_GN=True)
+    cfg.MODEL.GROUP_NORM.NUM_GROUPS = 4
+    extractor = build_box_feature_extractor(cfg, in_channels=8)
+    assert sorted(extractor.state_dict()) == [
+        "fc6.0.weight", "fc6.1.bias", "fc6.1.weight", "fc7.0.weight", "fc7.1.bias", "fc7.1.weight",
+    ]  # fmt: skip
+    assert extractor.fc6[1].num_groups == 4
+    x = torch.randn(5, 8, 7, 7)
+    features = extractor(x)
+    manual = torch.relu(extractor.fc7(torch.relu(extractor.fc6(x.flatten(1)))))
+    torch.testing.assert_close(features, manual)
+    group = features.new_tensor(0)
+    pre = extractor.fc6(x.flatten(1)).view(5, 4, 4)  # (R, groups, channels per group)
+    torch.testing.assert_close(pre.mean(-1), group.expand(5, 4), atol=1e-5, rtol=0)
+    cfg.MODEL.GROUP_NORM.DIM_PER_GP = 8
+    assert build_box_feature_extractor(cfg, in_channels=8).fc6[1].num_groups == 2
+
+
 def test_xconv_extractor_with_group_norm() -> None:
     cfg = _box_cfg("FPNXconv1fcFeatureExtractor", USE_GN=True, NUM_STACKED_CONVS=2,
                    CONV_HEAD_DIM=8)  # fmt: skip

@@ -5,7 +5,7 @@ Shape glossary: R RoIs, C channels of the pooled maps, S = POOLER_RESOLUTION, D 
 Registered in ROI_BOX_FEATURE_EXTRACTORS (MODEL.ROI_BOX_HEAD.FEATURE_EXTRACTOR); each is built by
 ``from_config(cfg, in_channels)`` and exposes `out_channels`:
 
-    FPN2MLPFeatureExtractor          (R, C, S, S) -> (R, D)          fc6, fc7 (+ ReLU)
+    FPN2MLPFeatureExtractor          (R, C, S, S) -> (R, D)          fc6, fc7 (+ GN, + ReLU)
     FPNXconv1fcFeatureExtractor      (R, C, S, S) -> (R, D)          convs (+ GN), fc6
     ResNet50Conv5ROIFeatureExtractor (R, C, S, S) -> (R, 2048, S/2, S/2)  res5 (C4 detectors)
     VGG16FC67FeatureExtractor        (R, 512, 7, 7) -> (R, D)        VGG-16's fc6, fc7
@@ -38,27 +38,61 @@ def make_fc(in_features: int, out_features: int) -> nn.Linear:
     return fc
 
 
+def make_fc_gn(in_features: int, out_features: int, groups: int, eps: float) -> nn.Sequential:
+    """maskrcnn_benchmark's fc with GroupNorm: Linear without bias (same init), then GroupNorm
+    over the `out_features` channels of each ``(R, out_features)`` row."""
+    fc = nn.Linear(in_features, out_features, bias=False)
+    nn.init.kaiming_uniform_(fc.weight, a=1)
+    return nn.Sequential(fc, get_norm("GN", out_features, num_groups=groups, eps=eps))
+
+
+def gn_groups(cfg: Any, channels: int) -> int:
+    """MODEL.GROUP_NORM's group count for `channels` (DIM_PER_GP > 0 wins over NUM_GROUPS)."""
+    group_norm = cfg.MODEL.GROUP_NORM
+    if int(group_norm.DIM_PER_GP) > 0:
+        return channels // int(group_norm.DIM_PER_GP)
+    return int(group_norm.NUM_GROUPS)
+
+
 @ROI_BOX_FEATURE_EXTRACTORS.register("FPN2MLPFeatureExtractor")
 class FPN2MLPFeatureExtractor(nn.Module):
     """Two fully connected layers: ``(R, C, S, S) -> flatten -> fc6 -> ReLU -> fc7 -> ReLU``.
 
-    The layers are named as torchvision's TwoMLPHead (fc6, fc7), so its weights load.
+    The layers are named as torchvision's TwoMLPHead (fc6, fc7), so its weights load. With
+    `use_gn` (maskrcnn_benchmark's ROI_BOX_HEAD.USE_GN) each fc has no bias and is followed by
+    GroupNorm (`fc6.0`, `fc6.1`, as maskrcnn_benchmark names them).
     """
 
-    def __init__(self, *, in_channels: int, resolution: int, hidden_dim: int = 1024) -> None:
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        resolution: int,
+        hidden_dim: int = 1024,
+        use_gn: bool = False,
+        gn_groups: int = 32,
+        gn_eps: float = 1e-5,
+    ) -> None:
         super().__init__()
-        self.fc6 = make_fc(in_channels * resolution * resolution, hidden_dim)
-        self.fc7 = make_fc(hidden_dim, hidden_dim)
+        dims = [(in_channels * resolution * resolution, hidden_dim), (hidden_dim, hidden_dim)]
+        fc6, fc7 = (
+            make_fc_gn(i, o, gn_groups, gn_eps) if use_gn else make_fc(i, o) for i, o in dims
+        )
+        self.fc6, self.fc7 = fc6, fc7
         self.out_channels = hidden_dim
 
     @classmethod
     def from_config(cls, cfg: Any, in_channels: int) -> FPN2MLPFeatureExtractor:
-        """Reads MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION and MLP_HEAD_DIM."""
+        """Reads MODEL.ROI_BOX_HEAD (POOLER_RESOLUTION, MLP_HEAD_DIM, USE_GN), MODEL.GROUP_NORM."""
         head = cfg.MODEL.ROI_BOX_HEAD
+        hidden = int(head.MLP_HEAD_DIM)
         return cls(
             in_channels=in_channels,
             resolution=int(head.POOLER_RESOLUTION),
-            hidden_dim=int(head.MLP_HEAD_DIM),
+            hidden_dim=hidden,
+            use_gn=bool(head.USE_GN),
+            gn_groups=gn_groups(cfg, hidden),
+            gn_eps=float(cfg.MODEL.GROUP_NORM.EPSILON),
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -111,9 +145,6 @@ class FPNXconv1fcFeatureExtractor(nn.Module):
         DILATION, POOLER_RESOLUTION) and MODEL.GROUP_NORM."""
         head, group_norm = cfg.MODEL.ROI_BOX_HEAD, cfg.MODEL.GROUP_NORM
         conv_dim = int(head.CONV_HEAD_DIM)
-        groups = int(group_norm.NUM_GROUPS)
-        if int(group_norm.DIM_PER_GP) > 0:
-            groups = conv_dim // int(group_norm.DIM_PER_GP)
         return cls(
             in_channels=in_channels,
             resolution=int(head.POOLER_RESOLUTION),
@@ -122,7 +153,7 @@ class FPNXconv1fcFeatureExtractor(nn.Module):
             hidden_dim=int(head.MLP_HEAD_DIM),
             use_gn=bool(head.USE_GN),
             dilation=int(head.DILATION),
-            gn_groups=groups,
+            gn_groups=gn_groups(cfg, conv_dim),
             gn_eps=float(group_norm.EPSILON),
         )
 
