@@ -413,6 +413,7 @@ def validate(cfg: DictConfig) -> None:
     _check_ranges(cfg)
     m, solver = cfg.MODEL, cfg.SOLVER
     rpn, heads = m.RPN, m.ROI_HEADS
+    fpn = str(m.BACKBONE.CONV_BODY).endswith("-FPN")  # USE_FPN keys only confirm this
     checks = [
         ("MODEL.RESNETS.STAGE_WITH_DCN", len(m.RESNETS.STAGE_WITH_DCN) == 4,
          "needs 4 booleans, one per stage res2..res5"),
@@ -429,6 +430,14 @@ def validate(cfg: DictConfig) -> None:
         ("INPUT.PIXEL_STD", len(cfg.INPUT.PIXEL_STD) == 3, "needs 3 values, one per channel"),
         ("SOLVER.STEPS", list(solver.STEPS) == sorted(solver.STEPS), "must be increasing"),
         ("INPUT.HUE", cfg.INPUT.HUE <= 0.5, "must lie in [0, 0.5] (0: off)"),
+        ("MODEL.META_ARCHITECTURE", m.META_ARCHITECTURE == "GeneralizedRCNN",
+         "the only architecture is GeneralizedRCNN (two-stage detectors)"),
+        ("MODEL.RPN.USE_FPN", not rpn.USE_FPN or fpn,
+         f"is True but MODEL.BACKBONE.CONV_BODY {m.BACKBONE.CONV_BODY!r} has no FPN (the FPN "
+         "comes with the backbone: choose a *-FPN CONV_BODY)"),
+        ("MODEL.ROI_HEADS.USE_FPN", not heads.USE_FPN or fpn,
+         f"is True but MODEL.BACKBONE.CONV_BODY {m.BACKBONE.CONV_BODY!r} has no FPN (the FPN "
+         "comes with the backbone: choose a *-FPN CONV_BODY)"),
     ]  # fmt: skip
     for key, ok, requirement in checks:
         if not ok:

@@ -171,3 +171,210 @@ def test_their_c4_mask_config_builds_with_their_defaults(tmp_path):
     mask_head = model.roi_heads.mask_head
     assert mask_head.mask_size == 14 and mask_head.share_box_features
     assert model.roi_heads.box_predictor.cls_score.out_features == 81
+
+
+# One config per family of maskrcnn_benchmark's configs/ folder, written in its format (these
+# are written for this test from its key names and conventions, not copied).
+FAMILIES = {
+    "dcn/e2e_faster_rcnn_dconv_R_50_FPN_1x": """\
+MODEL:
+  META_ARCHITECTURE: "GeneralizedRCNN"
+  WEIGHT: "catalog://ImageNetPretrained/MSRA/R-50"
+  BACKBONE:
+    CONV_BODY: "R-50-FPN"
+  RESNETS:
+    BACKBONE_OUT_CHANNELS: 256
+    STAGE_WITH_DCN: (False, True, True, True)
+    WITH_MODULATED_DCN: False
+    DEFORMABLE_GROUPS: 1
+  RPN:
+    USE_FPN: True
+    ANCHOR_STRIDE: (4, 8, 16, 32, 64)
+  ROI_HEADS:
+    USE_FPN: True
+  ROI_BOX_HEAD:
+    POOLER_RESOLUTION: 7
+    POOLER_SCALES: (0.25, 0.125, 0.0625, 0.03125)
+    POOLER_SAMPLING_RATIO: 2
+    FEATURE_EXTRACTOR: "FPN2MLPFeatureExtractor"
+    PREDICTOR: "FPNPredictor"
+DATASETS:
+  TRAIN: ("coco_2014_train", "coco_2014_valminusminival")
+  TEST: ("coco_2014_minival",)
+DATALOADER:
+  SIZE_DIVISIBILITY: 32
+""",
+    "pascal_voc/e2e_faster_rcnn_R_50_C4_1x_1_gpu_voc": """\
+MODEL:
+  META_ARCHITECTURE: "GeneralizedRCNN"
+  WEIGHT: "catalog://ImageNetPretrained/MSRA/R-50"
+  RPN:
+    PRE_NMS_TOP_N_TEST: 6000
+    POST_NMS_TOP_N_TEST: 300
+    ANCHOR_SIZES: (128, 256, 512)
+  ROI_BOX_HEAD:
+    NUM_CLASSES: 21
+DATASETS:
+  TRAIN: ("voc_2007_train", "voc_2007_val")
+  TEST: ("voc_2007_test",)
+SOLVER:
+  BASE_LR: 0.001
+  WEIGHT_DECAY: 0.0001
+  STEPS: (50000, )
+  MAX_ITER: 70000
+  IMS_PER_BATCH: 1
+TEST:
+  IMS_PER_BATCH: 1
+""",
+    "cityscapes/e2e_mask_rcnn_R_50_FPN_1x_cocostyle": """\
+MODEL:
+  META_ARCHITECTURE: "GeneralizedRCNN"
+  WEIGHT: "catalog://ImageNetPretrained/MSRA/R-50"
+  BACKBONE:
+    CONV_BODY: "R-50-FPN"
+  RESNETS:
+    BACKBONE_OUT_CHANNELS: 256
+  RPN:
+    USE_FPN: True
+    ANCHOR_STRIDE: (4, 8, 16, 32, 64)
+    PRE_NMS_TOP_N_TRAIN: 2000
+    PRE_NMS_TOP_N_TEST: 1000
+    POST_NMS_TOP_N_TEST: 1000
+    FPN_POST_NMS_TOP_N_TEST: 1000
+  ROI_HEADS:
+    USE_FPN: True
+  ROI_BOX_HEAD:
+    POOLER_RESOLUTION: 7
+    POOLER_SCALES: (0.25, 0.125, 0.0625, 0.03125)
+    POOLER_SAMPLING_RATIO: 2
+    FEATURE_EXTRACTOR: "FPN2MLPFeatureExtractor"
+    PREDICTOR: "FPNPredictor"
+    NUM_CLASSES: 9
+  ROI_MASK_HEAD:
+    POOLER_SCALES: (0.25, 0.125, 0.0625, 0.03125)
+    FEATURE_EXTRACTOR: "MaskRCNNFPNFeatureExtractor"
+    PREDICTOR: "MaskRCNNC4Predictor"
+    POOLER_RESOLUTION: 14
+    POOLER_SAMPLING_RATIO: 2
+    RESOLUTION: 28
+    SHARE_BOX_FEATURE_EXTRACTOR: False
+  MASK_ON: True
+DATASETS:
+  TRAIN: ("cityscapes_fine_instanceonly_seg_train_cocostyle",)
+  TEST: ("cityscapes_fine_instanceonly_seg_val_cocostyle",)
+DATALOADER:
+  SIZE_DIVISIBILITY: 32
+INPUT:
+  MIN_SIZE_TRAIN: (800, 832, 864, 896, 928, 960, 992, 1024)
+  MAX_SIZE_TRAIN: 2048
+  MIN_SIZE_TEST: 1024
+  MAX_SIZE_TEST: 2048
+""",
+    "test_time_aug/e2e_faster_rcnn_R_50_C4_1x": """\
+INPUT:
+  MIN_SIZE_TRAIN: (800,)
+  MAX_SIZE_TRAIN: 1333
+  MIN_SIZE_TEST: 800
+  MAX_SIZE_TEST: 1333
+MODEL:
+  META_ARCHITECTURE: "GeneralizedRCNN"
+  WEIGHT: "catalog://ImageNetPretrained/MSRA/R-50"
+  RPN:
+    PRE_NMS_TOP_N_TEST: 6000
+    POST_NMS_TOP_N_TEST: 1000
+DATASETS:
+  TEST: ("coco_2014_minival",)
+TEST:
+  IMS_PER_BATCH: 8
+  BBOX_AUG:
+    ENABLED: True
+    H_FLIP: True
+    SCALES: (400, 500, 600, 700, 900, 1000, 1100, 1200)
+    MAX_SIZE: 2000
+    SCALE_H_FLIP: True
+""",
+    "quick_schedules/e2e_mask_rcnn_R_50_FPN_quick": """\
+MODEL:
+  META_ARCHITECTURE: "GeneralizedRCNN"
+  WEIGHT: "catalog://ImageNetPretrained/MSRA/R-50"
+  BACKBONE:
+    CONV_BODY: "R-50-FPN"
+  RESNETS:
+    BACKBONE_OUT_CHANNELS: 256
+  RPN:
+    USE_FPN: True
+    ANCHOR_STRIDE: (4, 8, 16, 32, 64)
+    PRE_NMS_TOP_N_TRAIN: 2000
+    PRE_NMS_TOP_N_TEST: 1000
+    POST_NMS_TOP_N_TEST: 1000
+    FPN_POST_NMS_TOP_N_TEST: 1000
+  ROI_HEADS:
+    USE_FPN: True
+    BATCH_SIZE_PER_IMAGE: 256
+  ROI_BOX_HEAD:
+    POOLER_RESOLUTION: 7
+    POOLER_SCALES: (0.25, 0.125, 0.0625, 0.03125)
+    POOLER_SAMPLING_RATIO: 2
+    FEATURE_EXTRACTOR: "FPN2MLPFeatureExtractor"
+    PREDICTOR: "FPNPredictor"
+  ROI_MASK_HEAD:
+    POOLER_SCALES: (0.25, 0.125, 0.0625, 0.03125)
+    FEATURE_EXTRACTOR: "MaskRCNNFPNFeatureExtractor"
+    PREDICTOR: "MaskRCNNC4Predictor"
+    POOLER_RESOLUTION: 14
+    POOLER_SAMPLING_RATIO: 2
+    RESOLUTION: 28
+    SHARE_BOX_FEATURE_EXTRACTOR: False
+  MASK_ON: True
+DATASETS:
+  TRAIN: ("coco_2014_minival",)
+  TEST: ("coco_2014_minival",)
+INPUT:
+  MIN_SIZE_TRAIN: (600,)
+  MAX_SIZE_TRAIN: 1000
+  MIN_SIZE_TEST: 800
+  MAX_SIZE_TEST: 1000
+DATALOADER:
+  SIZE_DIVISIBILITY: 32
+SOLVER:
+  BASE_LR: 0.005
+  WEIGHT_DECAY: 0.0001
+  STEPS: (1500,)
+  MAX_ITER: 2000
+  IMS_PER_BATCH: 4
+TEST:
+  IMS_PER_BATCH: 2
+""",
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_each_family_builds_what_it_describes(family, tmp_path):
+    from detector.data.catalog import get_dataset_spec
+    from detector.modeling.detector import GeneralizedRCNN
+    from detector.modeling.test_time_augmentation import maybe_with_tta
+
+    path = tmp_path / f"{family.replace('/', '_')}.yaml"
+    path.write_text(FAMILIES[family])
+    cfg = load_config(path)
+    for name in [*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST]:
+        get_dataset_spec(name, cfg)  # every dataset name is known
+    model = GeneralizedRCNN.from_config(cfg)
+    heads = model.roi_heads
+    assert heads.box_predictor.cls_score.out_features == cfg.MODEL.ROI_BOX_HEAD.NUM_CLASSES
+    assert (heads.mask_head is not None) == cfg.MODEL.MASK_ON
+    if cfg.MODEL.MASK_ON:
+        assert heads.mask_head.mask_size == cfg.MODEL.ROI_MASK_HEAD.RESOLUTION
+    dcn = [n for n, m in model.named_modules() if type(m).__name__ == "DeformConv2d"]
+    assert bool(dcn) == any(cfg.MODEL.RESNETS.STAGE_WITH_DCN)
+    if family.startswith("dcn/"):  # res3..res5 deformable, res2 not
+        assert not any(".layer1." in n for n in dcn) and any(".layer4." in n for n in dcn)
+    wrapped = maybe_with_tta(model, cfg)
+    assert (wrapped is not model) == cfg.TEST.BBOX_AUG.ENABLED
+
+
+def test_contradicting_fpn_keys_and_other_architectures_are_refused():
+    with pytest.raises(ConfigError, match="MODEL.RPN.USE_FPN = True: is True but .*'R-50-C4'"):
+        load_config(None, ["MODEL.RPN.USE_FPN", "True"])
+    with pytest.raises(ConfigError, match="MODEL.META_ARCHITECTURE = 'RetinaNet': the only"):
+        load_config(None, ["MODEL.META_ARCHITECTURE", "RetinaNet"])
