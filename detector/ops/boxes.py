@@ -132,7 +132,9 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
         gives an empty result whatever the other arguments are (None included), as in
         torchvision.
     """
-    if isinstance(boxes, Tensor) and boxes.numel() == 0:
+    # Not while compiling or exporting: there the box count may be data-dependent (unbacked),
+    # and the op itself returns an empty result for empty (well-formed) inputs.
+    if not torch.compiler.is_compiling() and isinstance(boxes, Tensor) and boxes.numel() == 0:
         return torch.empty((0,), dtype=torch.int64, device=boxes.device)
     _check_boxes_and_scores("batched_nms", boxes, scores)
     _check_idxs("batched_nms", boxes, idxs)
