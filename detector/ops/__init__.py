@@ -3,7 +3,10 @@
 Signatures match torchvision.ops where torchvision has the op, so one can replace the other.
 """
 
-from detector.ops import _library  # noqa: F401  (registers torch.ops.detector.*)
+from detector.ops import (
+    _autocast,  # noqa: F401  (registers the autocast kernels)
+    _library,  # noqa: F401  (registers torch.ops.detector.*)
+)
 from detector.ops.boxes import batched_nms, nms
 from detector.ops.deform_conv import deform_conv2d
 from detector.ops.deform_roi_pool import deform_ps_roi_pool, deform_roi_pool

@@ -18,91 +18,9 @@ from torch import Tensor, nn
 
 from detector import layers, ops
 from detector.ops import boxes as box_ops
+from tests.ops.op_cases import OP_CASES, deform_conv_inputs, features, nms_inputs, per_bin, rois
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
-
-
-def _features(channels: int = 8, seed: int = 0) -> Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(2, channels, 10, 11, generator=g)
-
-
-def _rois() -> Tensor:
-    """Tensor[4, 5] RoIs on both images, one partly outside the map."""
-    return torch.tensor(
-        [[0, 1.0, 2.0, 9.0, 8.0], [1, 0.5, 0.5, 6.0, 9.5], [1, -2.0, 3.0, 5.0, 12.0],
-         [0, 3.0, 3.0, 4.5, 4.0]]
-    )  # fmt: skip
-
-
-def _per_bin(channels: int, seed: int) -> Tensor:
-    """Tensor[4, channels, 2, 2]: an offset (2 channels) or mask (1 channel) per RoI bin."""
-    return torch.rand(4, channels, 2, 2, generator=torch.Generator().manual_seed(seed)) * 0.5
-
-
-def _nms_inputs() -> tuple[Tensor, Tensor, Tensor]:
-    g = torch.Generator().manual_seed(3)
-    xy = torch.rand(40, 2, generator=g) * 50
-    boxes = torch.cat([xy, xy + torch.rand(40, 2, generator=g) * 20 + 1], dim=1)
-    return boxes, torch.rand(40, generator=g), torch.randint(0, 3, (40,), generator=g)
-
-
-def _deform_conv_inputs() -> tuple[Tensor, ...]:
-    g = torch.Generator().manual_seed(4)
-    x = torch.randn(2, 4, 7, 8, generator=g)
-    offset = torch.randn(2, 2 * 9, 7, 8, generator=g)
-    weight = torch.randn(6, 4, 3, 3, generator=g)
-    mask = torch.rand(2, 9, 7, 8, generator=g)
-    return x, offset, weight, torch.randn(6, generator=g), mask
-
-
-@dataclass(frozen=True)
-class OpCase:
-    """An op function and a call of it; `args()` builds fresh positional arguments."""
-
-    fn: Callable[..., Tensor]
-    args: Callable[[], tuple]
-
-
-def _levels() -> Tensor:
-    return torch.tensor([0, 1, 1, 0])
-
-
-OP_CASES = {
-    "roi_align": OpCase(ops.roi_align, lambda: (_features(), _rois(), (3, 2), 0.5, 2, True)),
-    "roi_align_max": OpCase(
-        ops.roi_align, lambda: (_features(), _rois(), 3, 0.5, -1, False, "max")
-    ),
-    "roi_align_list": OpCase(
-        ops.roi_align, lambda: (_features(), [_rois()[:2, 1:], _rois()[2:, 1:]], 2, 0.5, 2)
-    ),
-    "roi_pool": OpCase(ops.roi_pool, lambda: (_features(), _rois(), [2, 3], 0.5)),
-    "ps_roi_align": OpCase(ops.ps_roi_align, lambda: (_features(), _rois(), 2, 0.5, 2)),
-    "ps_roi_pool": OpCase(ops.ps_roi_pool, lambda: (_features(), _rois(), 2, 0.5)),
-    "deform_roi_pool": OpCase(
-        ops.deform_roi_pool,
-        lambda: (_features(), _rois(), _per_bin(2, 1), 2, 0.5, 2, 0.1, _per_bin(1, 2)),
-    ),
-    "deform_ps_roi_pool": OpCase(
-        ops.deform_ps_roi_pool, lambda: (_features(), _rois(), _per_bin(2, 1), 2, 0.5, 2)
-    ),
-    "deform_conv2d": OpCase(
-        ops.deform_conv2d,
-        lambda: (*_deform_conv_inputs()[:4], 1, 1, 1, _deform_conv_inputs()[4]),
-    ),
-    "nms": OpCase(ops.nms, lambda: (*_nms_inputs()[:2], 0.5)),
-    "batched_nms": OpCase(ops.batched_nms, lambda: (*_nms_inputs(), 0.5)),
-    "multi_scale_roi_align": OpCase(
-        ops.multi_scale_roi_align,
-        lambda: (
-            [_features(), _features(seed=1)[:, :, :5, :6]],
-            _rois(),
-            _levels(),
-            2,
-            [0.5, 0.25],
-        ),
-    ),
-}
 
 
 @pytest.mark.parametrize("name", list(OP_CASES))
@@ -149,13 +67,13 @@ def test_exported_op_gives_the_eager_result(name: str) -> None:
 def test_scripted_op_keeps_the_argument_checks() -> None:
     scripted = torch.jit.script(ops.roi_align)
     with pytest.raises(torch.jit.Error, match=r"roi_align: `input` must be 4-D .* \(8, 10, 11\)"):
-        scripted(_features()[0], _rois(), 2)
+        scripted(features()[0], rois(), 2)
     with pytest.raises(torch.jit.Error, match="roi_align: `mode` must be 'avg' or 'max', got 'x'"):
-        scripted(_features(), _rois(), 2, 1.0, -1, False, "x")
+        scripted(features(), rois(), 2, 1.0, -1, False, "x")
     with pytest.raises(torch.jit.Error, match=r"roi_align: `output_size` must be an int or a pair"):
-        scripted(_features(), _rois(), [1, 2, 3])
+        scripted(features(), rois(), [1, 2, 3])
     scripted_nms = torch.jit.script(ops.nms)
-    boxes, scores, _ = _nms_inputs()
+    boxes, scores, _ = nms_inputs()
     with pytest.raises(torch.jit.Error, match=r"nms: `scores` contains NaN values"):
         scripted_nms(boxes, torch.full_like(scores, float("nan")), 0.5)
 
@@ -184,42 +102,42 @@ class LayerCase:
 LAYER_CASES = {
     "RoIAlign": LayerCase(
         lambda: layers.RoIAlign(3, 0.5, 2, aligned=True),
-        lambda: (_features(), _rois()),
+        lambda: (features(), rois()),
         ops.roi_align,
     ),
     "RoIAlign_max": LayerCase(
         lambda: layers.RoIAlign((2, 3), 0.5, -1, mode="max"),
-        lambda: (_features(), [_rois()[:2, 1:], _rois()[2:, 1:]]),
+        lambda: (features(), [rois()[:2, 1:], rois()[2:, 1:]]),
         ops.roi_align,
     ),
     "RoIPool": LayerCase(
-        lambda: layers.RoIPool(2, 0.5), lambda: (_features(), _rois()), ops.roi_pool
+        lambda: layers.RoIPool(2, 0.5), lambda: (features(), rois()), ops.roi_pool
     ),
     "PSRoIAlign": LayerCase(
-        lambda: layers.PSRoIAlign(2, 0.5, 2), lambda: (_features(), _rois()), ops.ps_roi_align
+        lambda: layers.PSRoIAlign(2, 0.5, 2), lambda: (features(), rois()), ops.ps_roi_align
     ),
     "PSRoIPool": LayerCase(
-        lambda: layers.PSRoIPool(2, 0.5), lambda: (_features(), _rois()), ops.ps_roi_pool
+        lambda: layers.PSRoIPool(2, 0.5), lambda: (features(), rois()), ops.ps_roi_pool
     ),
     "DeformRoIPool": LayerCase(
         lambda: layers.DeformRoIPool(2, 0.5),
-        lambda: (_features(), _rois(), _per_bin(2, 1), _per_bin(1, 2)),
+        lambda: (features(), rois(), per_bin(2, 1), per_bin(1, 2)),
         ops.deform_roi_pool,
     ),
     "DeformPSRoIPool": LayerCase(
         lambda: layers.DeformPSRoIPool(2, 0.5),
-        lambda: (_features(), _rois(), _per_bin(2, 1)),
+        lambda: (features(), rois(), per_bin(2, 1)),
         ops.deform_ps_roi_pool,
     ),
     "DeformConv2d": LayerCase(
         lambda: layers.DeformConv2d(4, 6, 3, padding=1),
-        lambda: (_deform_conv_inputs()[0], _deform_conv_inputs()[1], _deform_conv_inputs()[4]),
+        lambda: (deform_conv_inputs()[0], deform_conv_inputs()[1], deform_conv_inputs()[4]),
         ops.deform_conv2d,
     ),
     "FrozenBatchNorm2d": LayerCase(
-        lambda: layers.FrozenBatchNorm2d(8), lambda: (_features(),), None
+        lambda: layers.FrozenBatchNorm2d(8), lambda: (features(),), None
     ),
-    "Conv2d": LayerCase(lambda: layers.Conv2d(8, 8, 3, padding=1), lambda: (_features(),), None),
+    "Conv2d": LayerCase(lambda: layers.Conv2d(8, 8, 3, padding=1), lambda: (features(),), None),
 }
 
 
@@ -258,5 +176,5 @@ def test_fx_keeps_nms_and_batched_nms_as_leaves() -> None:
     traced = torch.fx.symbolic_trace(_NmsUser())
     targets = [node.target for node in traced.graph.nodes if node.op == "call_function"]
     assert targets == [box_ops.nms, box_ops.batched_nms]
-    for actual, expected in zip(traced(*_nms_inputs()), _NmsUser()(*_nms_inputs()), strict=True):
+    for actual, expected in zip(traced(*nms_inputs()), _NmsUser()(*nms_inputs()), strict=True):
         torch.testing.assert_close(actual, expected, rtol=0, atol=0)
