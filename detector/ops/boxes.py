@@ -102,7 +102,8 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     """Greedy non-maximum suppression (torchvision.ops.nms).
 
     Args:
-        boxes: Tensor[N, 4] boxes (x1, y1, x2, y2), float32 or float64 (CUDA: also half/bfloat16).
+        boxes: Tensor[N, 4] boxes (x1, y1, x2, y2), float32 or float64, or float16/bfloat16 (IoUs
+            computed in float32 from their values).
         scores: Tensor[N] scores, same dtype and device as `boxes`.
         iou_threshold: boxes with IoU > iou_threshold with a kept box of higher score are dropped.
 

@@ -50,7 +50,8 @@ def roi_align(
     """Pools every RoI into a (ph, pw) grid of bilinearly sampled values.
 
     Args:
-        input: features (N, C, H, W), float32 or float64, NCHW or channels-last.
+        input: features (N, C, H, W): float32, float64, or float16/bfloat16 (computed in float32),
+            NCHW or channels-last.
         boxes: RoIs Tensor[K, 5] (batch_index, x1, y1, x2, y2) in image coordinates, or a list of
             Tensor[K_i, 4] boxes, one per image.
         output_size: (ph, pw), or an int for a square output.

@@ -40,13 +40,14 @@ void store_fence();
 
 // dst[hw][j] = src[j * channel_stride + hw * pixel_stride] for j < cw, 0 for cw <= j < 16: the
 // general (any dtype, partial block) copy of `plane` pixels into a channel block.
-template <typename T>
-void copy_to_block(const T* src, int64_t channel_stride, int64_t pixel_stride, int64_t plane,
+// A source of another dtype S (float16/bfloat16 features) is converted to T on the way.
+template <typename S, typename T>
+void copy_to_block(const S* src, int64_t channel_stride, int64_t pixel_stride, int64_t plane,
                    int64_t cw, T* dst) {
   for (int64_t hw = 0; hw < plane; ++hw) {
     T* d = dst + hw * kChannelBlock;
     for (int64_t j = 0; j < cw; ++j) {
-      d[j] = src[j * channel_stride + hw * pixel_stride];
+      d[j] = static_cast<T>(src[j * channel_stride + hw * pixel_stride]);
     }
     for (int64_t j = cw; j < kChannelBlock; ++j) {
       d[j] = T(0);
@@ -55,19 +56,20 @@ void copy_to_block(const T* src, int64_t channel_stride, int64_t pixel_stride, i
 }
 
 // buf[n * H * W + pixel][j] = input[n, c0 + j, h, w] for j < cw, 0 for cw <= j < 16, from an
-// NCHW- or NHWC-contiguous `input` (N, C, H, W).
-template <typename T>
+// NCHW- or NHWC-contiguous `input` (N, C, H, W) of dtype S (converted to T: float16 and bfloat16
+// features are pooled from a float32 block).
+template <typename T, typename S = T>
 void load_channel_block(const at::Tensor& input, int64_t c0, int64_t cw, T* buf) {
   constexpr int64_t kBlock = kChannelBlock;
   const int64_t batch = input.size(0), channels = input.size(1);
   const int64_t plane = input.size(2) * input.size(3);
-  const T* in = input.const_data_ptr<T>();
+  const S* in = input.const_data_ptr<S>();
   const bool nchw = input.is_contiguous();
   for (int64_t n = 0; n < batch; ++n) {
     T* dst = buf + n * plane * kBlock;
     if (nchw) {
-      const T* src = in + (n * channels + c0) * plane;
-      if constexpr (std::is_same_v<T, float>) {
+      const S* src = in + (n * channels + c0) * plane;
+      if constexpr (std::is_same_v<T, float> && std::is_same_v<S, float>) {
         if (cw == kBlock) {
           planes_to_block(src, plane, dst);
           continue;
@@ -75,8 +77,8 @@ void load_channel_block(const at::Tensor& input, int64_t c0, int64_t cw, T* buf)
       }
       copy_to_block(src, plane, 1, plane, cw, dst);
     } else {
-      const T* src = in + n * plane * channels + c0;
-      if (cw == kBlock) {  // whole rows of B channels: one vector copy per pixel
+      const S* src = in + n * plane * channels + c0;
+      if (std::is_same_v<S, T> && cw == kBlock) {  // whole rows of B channels: one vector copy
         for (int64_t hw = 0; hw < plane; ++hw) {
           __builtin_prefetch(src + (hw + 16) * channels, 0, 0);
           std::memcpy(dst + hw * kBlock, src + hw * channels, kBlock * sizeof(T));
