@@ -54,7 +54,8 @@ def deform_roi_pool(
     """Deformable RoI pooling (DCN v1), or modulated deformable RoI pooling (DCN v2) with `mask`.
 
     Args:
-        input: Tensor[N, C, H, W] features (float32/float64 on CPU; also half/bfloat16 on CUDA).
+        input: Tensor[N, C, H, W] features: float32, float64, or float16/bfloat16 (computed in
+            float32).
         rois: Tensor[K, 5] (batch_index, x1, y1, x2, y2) in image coordinates, or a list of
             Tensor[K_i, 4] boxes, one per image.
         offset: Tensor[K, 2, ph, pw] normalized learned offsets, channel 0 = x, 1 = y (mmcv's

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from detector import ops
+from tests.ops.op_cases import OP_CASES
 from tests.ops.utils import random_rois
 
 #: torchvision's test_ops tolerances (rtol = atol) for RoI op values of each dtype.
@@ -78,3 +79,38 @@ def test_nms_keeps_what_float32_keeps_on_the_same_values(dtype, iou_threshold) -
     assert torch.equal(ops.nms(boxes, scores, iou_threshold), expected)
     expected_batched = ops.batched_nms(boxes.float(), scores.float(), idxs, iou_threshold)
     assert torch.equal(ops.batched_nms(boxes, scores, idxs, iou_threshold), expected_batched)
+
+
+def _cast_floating(value: object, dtype: torch.dtype) -> object:
+    if isinstance(value, Tensor) and value.is_floating_point():
+        return value.detach().to(dtype)
+    if isinstance(value, list):
+        return [_cast_floating(v, dtype) for v in value]
+    return value
+
+
+# The other ops compute float16/bfloat16 in float32 copies (cpu/float32_compute.h).
+OTHER_OPS = [n for n in OP_CASES if not n.startswith(("roi_align", "nms", "batched_nms", "multi"))]
+
+
+@pytest.mark.parametrize("dtype", REDUCED)
+@pytest.mark.parametrize("name", OTHER_OPS)
+def test_other_ops_values_and_input_gradients(dtype: torch.dtype, name: str) -> None:
+    case = OP_CASES[name]
+    args = [_cast_floating(a, dtype) for a in case.args()]
+    args[0].requires_grad_()
+    out = case.fn(*args)
+    assert out.dtype == dtype
+    args64 = [_cast_floating(a, torch.float64) for a in args]
+    args64[0].requires_grad_()
+    expected = case.fn(*args64)
+    scale = float(expected.detach().abs().max().clamp(min=1))  # deform_conv2d: C * kh * kw terms
+    _close(out, expected, TOLERANCE[dtype] * scale)
+    out.sum().backward()
+    expected.sum().backward()
+    assert args[0].grad.dtype == dtype
+    _close(
+        args[0].grad,
+        args64[0].grad,
+        TOLERANCE[dtype] * float(args64[0].grad.abs().max().clamp(min=1)),
+    )
