@@ -110,6 +110,9 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     Returns:
         Tensor[K] int64 indices of the kept boxes, in decreasing score order.
     """
+    if not torch.jit.is_scripting():
+        if isinstance(boxes, Tensor) and boxes.is_quantized:  # quint8, as torchvision's qnms
+            return nms(boxes.dequantize(), scores.dequantize(), iou_threshold)
     _check_boxes_and_scores("nms", boxes, scores)
     threshold = _check_values("nms", boxes, scores, iou_threshold)
     return torch.ops.detector.nms(boxes, scores, threshold)

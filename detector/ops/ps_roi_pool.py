@@ -28,8 +28,7 @@ def ps_roi_pool(
 
     Args:
         input: Tensor[N, C_out * PH * PW, H, W]: float32, float64, or float16/bfloat16 (computed in
-            float32);
-            any memory format).
+            float32), in any memory format.
         boxes: Tensor[K, 5] of (batch_index, x1, y1, x2, y2), or a list of Tensor[K_i, 4].
         output_size: (PH, PW), or an int for both.
         spatial_scale: feature-map pixels per box unit (e.g. 1/16 for a stride-16 map).

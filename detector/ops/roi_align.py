@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 from torch.jit.annotations import BroadcastingList2
 
+from detector.ops._quantized import dequantized_rois, requantize_like
 from detector.ops._utils import (
     check_device,
     check_input,
@@ -51,7 +52,7 @@ def roi_align(
 
     Args:
         input: features (N, C, H, W): float32, float64, or float16/bfloat16 (computed in float32),
-            NCHW or channels-last.
+            NCHW or channels-last; or quint8 (then `boxes` quantized too, as in torchvision).
         boxes: RoIs Tensor[K, 5] (batch_index, x1, y1, x2, y2) in image coordinates, or a list of
             Tensor[K_i, 4] boxes, one per image.
         output_size: (ph, pw), or an int for a square output.
@@ -67,6 +68,14 @@ def roi_align(
         Tensor[K, C, ph, pw], contiguous.
     """
     op = "roi_align"
+    if not torch.jit.is_scripting():
+        if isinstance(input, Tensor) and input.is_quantized:
+            rois_float = dequantized_rois(op, boxes)
+            output = roi_align(
+                input.dequantize(), rois_float, output_size, spatial_scale, sampling_ratio,
+                aligned, mode,
+            )  # fmt: skip
+            return requantize_like(output, input)
     check_input(op, input)
     _check_mode(op, mode)
     pooled_height, pooled_width = pair(op, output_size)
