@@ -5,6 +5,8 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
+
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -55,6 +57,26 @@ void copy_to_block(const S* src, int64_t channel_stride, int64_t pixel_stride, i
   }
 }
 
+// planes_to_block for a source of another dtype S (float16/bfloat16): dst[hw][j] =
+// float(src[j * plane + hw]) for a whole block of 16 channels, converted 64 pixels at a time
+// through a stack tile (contiguous conversions, then a transposition the compiler vectorizes).
+template <typename S>
+void planes_to_block_converted(const S* src, int64_t plane, float* dst) {
+  constexpr int64_t kTile = 64;
+  float tile[kChannelBlock][kTile];
+  for (int64_t hw0 = 0; hw0 < plane; hw0 += kTile) {
+    const int64_t count = std::min(kTile, plane - hw0);
+    for (int64_t j = 0; j < kChannelBlock; ++j) {
+      const S* s = src + j * plane + hw0;
+      for (int64_t t = 0; t < count; ++t) tile[j][t] = static_cast<float>(s[t]);
+    }
+    for (int64_t t = 0; t < count; ++t) {
+      float* d = dst + (hw0 + t) * kChannelBlock;
+      for (int64_t j = 0; j < kChannelBlock; ++j) d[j] = tile[j][t];
+    }
+  }
+}
+
 // buf[n * H * W + pixel][j] = input[n, c0 + j, h, w] for j < cw, 0 for cw <= j < 16, from an
 // NCHW- or NHWC-contiguous `input` (N, C, H, W) of dtype S (converted to T: float16 and bfloat16
 // features are pooled from a float32 block).
@@ -69,9 +91,13 @@ void load_channel_block(const at::Tensor& input, int64_t c0, int64_t cw, T* buf)
     T* dst = buf + n * plane * kBlock;
     if (nchw) {
       const S* src = in + (n * channels + c0) * plane;
-      if constexpr (std::is_same_v<T, float> && std::is_same_v<S, float>) {
+      if constexpr (std::is_same_v<T, float>) {
         if (cw == kBlock) {
-          planes_to_block(src, plane, dst);
+          if constexpr (std::is_same_v<S, float>) {
+            planes_to_block(src, plane, dst);
+          } else {
+            planes_to_block_converted(src, plane, dst);
+          }
           continue;
         }
       }

@@ -696,13 +696,17 @@ void forward_blocks(const RoiSet<T>& set, const SampleTable<T>& table,
         // [bins][B] -> out[k, c0:c0+cw, bins], a contiguous run of cw * bins values; the 26 MB
         // output would otherwise push the block buffer out of L3.
         S* o = out + (k * channels + c0) * bins;
-        constexpr bool kFloat = std::is_same_v<T, float> && std::is_same_v<S, float>;
-        if constexpr (kFloat) {
+        if constexpr (std::is_same_v<T, float>) {
           if (cw == kBlock) {
-            block_to_planes_streaming(local.data(), bins, staging.data(), o);
+            if constexpr (std::is_same_v<S, float>) {
+              block_to_planes_streaming(local.data(), bins, staging.data(), o);
+            } else {  // float16/bfloat16: transpose in float32, then one contiguous conversion
+              block_to_planes(local.data(), bins, staging.data());
+              for (int64_t i = 0; i < kBlock * bins; ++i) o[i] = S(staging[i]);
+            }
           }
         }
-        if (!kFloat || cw != kBlock) {
+        if (!std::is_same_v<T, float> || cw != kBlock) {
           for (int64_t j = 0; j < cw; ++j) {
             for (int64_t p = 0; p < bins; ++p) o[j * bins + p] = S(local[p * kBlock + j]);
           }
