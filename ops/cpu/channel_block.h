@@ -19,6 +19,12 @@ constexpr int64_t kChannelBlock = 16;  // channels per block
 // dst[hw][j] = src[j * plane + hw] for 16 channel planes (j < 16) of `plane` floats.
 void planes_to_block(const float* src, int64_t plane, float* dst);
 
+// planes_to_block for bfloat16 planes given as their 16-bit patterns (converted to float).
+void planes_to_block_bf16(const uint16_t* src, int64_t plane, float* dst);
+
+// dst[i] = bfloat16 bits of src[i] (round to nearest even, as c10::BFloat16), i < count.
+void floats_to_bf16(const float* src, int64_t count, uint16_t* dst);
+
 // dst[j * plane + hw] = src[hw][j], the inverse of planes_to_block.
 void block_to_planes(const float* src, int64_t plane, float* dst);
 
@@ -57,11 +63,19 @@ void copy_to_block(const S* src, int64_t channel_stride, int64_t pixel_stride, i
   }
 }
 
-// planes_to_block for a source of another dtype S (float16/bfloat16): dst[hw][j] =
+// planes_to_block for a source of any dtype S (float32, float16, bfloat16): dst[hw][j] =
 // float(src[j * plane + hw]) for a whole block of 16 channels, converted 64 pixels at a time
-// through a stack tile (contiguous conversions, then a transposition the compiler vectorizes).
+// through a stack tile (contiguous conversions, then a transposition the compiler vectorizes);
+// bfloat16 through the vectorized planes_to_block_bf16.
 template <typename S>
 void planes_to_block_converted(const S* src, int64_t plane, float* dst) {
+  if constexpr (std::is_same_v<S, float>) {
+    planes_to_block(src, plane, dst);
+    return;
+  } else if constexpr (std::is_same_v<S, c10::BFloat16>) {
+    planes_to_block_bf16(reinterpret_cast<const uint16_t*>(src), plane, dst);
+    return;
+  }
   constexpr int64_t kTile = 64;
   float tile[kChannelBlock][kTile];
   for (int64_t hw0 = 0; hw0 < plane; hw0 += kTile) {

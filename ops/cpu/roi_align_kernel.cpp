@@ -600,6 +600,20 @@ inline void put(S& dst, T value, bool accumulate) {
   dst = static_cast<S>(accumulate ? static_cast<T>(dst) + value : value);
 }
 
+// dst[j * plane + hw] = bfloat16(src[hw][j]) for a whole block, 64 pixels at a time through a
+// stack tile (a float32 transposition, then vectorized conversions).
+void block_to_planes_bf16(const float* src, int64_t plane, c10::BFloat16* dst) {
+  constexpr int64_t kTile = 64;
+  float tile[kBlock * kTile];
+  for (int64_t hw0 = 0; hw0 < plane; hw0 += kTile) {
+    const int64_t count = std::min(kTile, plane - hw0);
+    block_to_planes(src + hw0 * kBlock, count, tile);  // tile[j * count + t]
+    for (int64_t j = 0; j < kBlock; ++j) {
+      floats_to_bf16(tile + j * count, count, reinterpret_cast<uint16_t*>(dst + j * plane + hw0));
+    }
+  }
+}
+
 // Writes a block buffer of T into `grad` (dtype S: T, or float16/bfloat16 with T = float).
 template <typename T, typename S>
 void store_block(const T* buf, int64_t c0, int64_t cw, bool accumulate, at::Tensor& grad) {
@@ -612,10 +626,15 @@ void store_block(const T* buf, int64_t c0, int64_t cw, bool accumulate, at::Tens
     const T* src = buf + n * plane * kBlock;
     if (nchw) {
       S* dst = out + (n * channels + c0) * plane;
-      if constexpr (std::is_same_v<T, float> && std::is_same_v<S, float>) {
+      if constexpr (std::is_same_v<T, float>) {
         if (cw == kBlock && !accumulate) {
-          block_to_planes(src, plane, dst);
-          continue;
+          if constexpr (std::is_same_v<S, float>) {
+            block_to_planes(src, plane, dst);
+            continue;
+          } else if constexpr (std::is_same_v<S, c10::BFloat16>) {
+            block_to_planes_bf16(src, plane, dst);
+            continue;
+          }
         }
       }
       for (int64_t hw0 = 0; hw0 < plane; hw0 += kTile) {
@@ -702,7 +721,11 @@ void forward_blocks(const RoiSet<T>& set, const SampleTable<T>& table,
               block_to_planes_streaming(local.data(), bins, staging.data(), o);
             } else {  // float16/bfloat16: transpose in float32, then one contiguous conversion
               block_to_planes(local.data(), bins, staging.data());
-              for (int64_t i = 0; i < kBlock * bins; ++i) o[i] = S(staging[i]);
+              if constexpr (std::is_same_v<S, c10::BFloat16>) {
+                floats_to_bf16(staging.data(), kBlock * bins, reinterpret_cast<uint16_t*>(o));
+              } else {
+                for (int64_t i = 0; i < kBlock * bins; ++i) o[i] = S(staging[i]);
+              }
             }
           }
         }
@@ -831,13 +854,14 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& grad, const at::Tensor& 
         for (const int64_t k : table.order) {
           // grad[k, c0:c0+cw, bins] -> [bins][B]
           const S* gk = g + (k * channels + c0) * bins;
-          constexpr bool kFloat = std::is_same_v<T, float> && std::is_same_v<S, float>;
-          if constexpr (kFloat) {
+          constexpr bool kBlockCopy = std::is_same_v<T, float> && (std::is_same_v<S, float> ||
+                                                                   std::is_same_v<S, c10::BFloat16>);
+          if constexpr (kBlockCopy) {
             if (cw == kBlock) {
-              planes_to_block(gk, bins, local.data());
+              planes_to_block_converted(gk, bins, local.data());
             }
           }
-          if (!kFloat || cw != kBlock) {
+          if (!kBlockCopy || cw != kBlock) {
             std::fill(local.begin(), local.end(), T(0));
             for (int64_t j = 0; j < cw; ++j) {
               for (int64_t p = 0; p < bins; ++p) local[p * kBlock + j] = T(gk[j * bins + p]);
