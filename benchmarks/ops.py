@@ -2,7 +2,9 @@
 
     python benchmarks/ops.py [--device cpu|cuda] [--threads N] [--op roi_align ...]
 
-Prints a Markdown table with our time, torchvision's time and the ratio (ours / torchvision).
+Prints a Markdown table with our time, the peer's time and the ratio (ours / peer); the peer is
+torchvision at the same dtype, or our float32 kernel where torchvision has none for the dtype
+(the float16/bfloat16 rows of `--op reduced_precision`).
 Shapes follow DESIGN.md's baseline table. Nothing here is asserted: speed goals live in the table.
 """
 
@@ -29,6 +31,7 @@ CASE_MODULES = [
     "nms",
     "conv3x3",
     "paste_masks",
+    "reduced_precision",
 ]
 
 

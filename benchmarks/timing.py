@@ -34,7 +34,9 @@ def wall_seconds(fn: Callable[[], object], device: str = "cpu") -> float:
 class Case:
     """One benchmark row: our callable and the peer's (torchvision's) on the same inputs.
 
-    `goal` is the ratio ours/peer we aim for (printed, never asserted).
+    `goal` is the ratio ours/peer we aim for (printed, never asserted). `dtype` is the dtype of
+    our call; `peer_name` says what the peer is when it is not torchvision at that dtype (e.g.
+    "ours float32" where torchvision has no kernel for the dtype).
     """
 
     op: str
@@ -43,15 +45,18 @@ class Case:
     ours: Callable[[], object]
     peer: Callable[[], object] | None
     goal: float | None = None
+    dtype: str = "float32"
+    peer_name: str = "torchvision"
 
 
 def print_table(rows: list[tuple[Case, float, float | None]]) -> None:
-    """Prints a Markdown table: op, direction, shape, ours, peer, ratio, goal."""
-    print("| op | dir | shape | ours (ms) | torchvision (ms) | ratio | goal |")
-    print("|---|---|---|---:|---:|---:|---:|")
+    """Prints a Markdown table: op, direction, dtype, shape, ours, peer, ratio, goal."""
+    print("| op | dir | dtype | shape | ours (ms) | peer | peer (ms) | ratio | goal |")
+    print("|---|---|---|---|---:|---|---:|---:|---:|")
     for case, ours, peer in rows:
         peer_s = f"{peer:.2f}" if peer is not None else "-"
         ratio = f"{ours / peer:.3f}" if peer else "-"
         goal = f"<= {case.goal}" if case.goal is not None else "-"
-        cells = (case.op, case.direction, case.shape, f"{ours:.2f}", peer_s, ratio, goal)
+        cells = (case.op, case.direction, case.dtype, case.shape, f"{ours:.2f}", case.peer_name,
+                 peer_s, ratio, goal)  # fmt: skip
         print("| " + " | ".join(cells) + " |")

@@ -99,7 +99,13 @@ class Conv2d(nn.Conv2d):
         return tiles >= MIN_TILES and self.weight.dtype == input.dtype
 
     def forward(self, input: Tensor) -> Tensor:
-        """(N, C, H, W) -> (N, K, H, W) for the 3x3 same-size case; nn.Conv2d otherwise."""
-        if self.uses_winograd(input):
-            return winograd_conv3x3(input, self.weight, self.bias)
-        return super().forward(input)
+        """(N, C, H, W) -> (N, K, H, W) for the 3x3 same-size case; nn.Conv2d otherwise.
+
+        TorchScript compiles only the first branch (nn.Conv2d's computation).
+        """
+        if torch.jit.is_scripting():
+            return self._conv_forward(input, self.weight, self.bias)
+        else:  # the `else` keeps TorchScript out of the Winograd path
+            if self.uses_winograd(input):
+                return winograd_conv3x3(input, self.weight, self.bias)
+            return self._conv_forward(input, self.weight, self.bias)

@@ -11,6 +11,8 @@ from torch.nn.modules.utils import _pair
 
 from detector.ops.deform_conv import deform_conv2d
 
+torch.fx.wrap("deform_conv2d")  # a leaf of FX graphs traced through this module
+
 
 class DeformConv2d(nn.Module):
     """Deformable convolution layer (DCN v1, or v2 when `forward` gets a mask).

@@ -6,21 +6,26 @@ plainly pooled features) belongs to the pooler that uses these layers.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
+from torch.jit.annotations import BroadcastingList2
 
 from detector.ops._utils import pair
 from detector.ops.deform_roi_pool import deform_ps_roi_pool, deform_roi_pool
+
+# leaves of FX graphs traced through this module
+torch.fx.wrap("deform_roi_pool")
+torch.fx.wrap("deform_ps_roi_pool")
 
 
 class _DeformPoolBase(nn.Module):
     """Holds the arguments shared by both forms and prints them."""
 
     _op_name = ""
-    _pool = None  # the op function of the form: deform_roi_pool or deform_ps_roi_pool
 
     def __init__(
         self,
-        output_size: int | tuple[int, int],
+        output_size: BroadcastingList2[int],
         spatial_scale: float,
         sampling_ratio: int = -1,
         gamma: float = 0.1,
@@ -38,6 +43,17 @@ class _DeformPoolBase(nn.Module):
             f"gamma={self.gamma})"
         )
 
+
+class DeformRoIPool(_DeformPoolBase):
+    """Deformable RoI pooling; see `detector.ops.deform_roi_pool`.
+
+    forward(input: Tensor[N, C, H, W], rois: Tensor[K, 5] | list[Tensor[K_i, 4]],
+            offset: Tensor[K, 2, ph, pw] | None, mask: Tensor[K, 1, ph, pw] | None)
+        -> Tensor[K, C, ph, pw]
+    """
+
+    _op_name = "DeformRoIPool"
+
     def forward(
         self,
         input: Tensor,
@@ -45,7 +61,7 @@ class _DeformPoolBase(nn.Module):
         offset: Tensor | None = None,
         mask: Tensor | None = None,
     ) -> Tensor:
-        return self._pool(
+        return deform_roi_pool(
             input,
             rois,
             offset,
@@ -57,18 +73,6 @@ class _DeformPoolBase(nn.Module):
         )
 
 
-class DeformRoIPool(_DeformPoolBase):
-    """Deformable RoI pooling; see `detector.ops.deform_roi_pool`.
-
-    forward(input: Tensor[N, C, H, W], rois: Tensor[K, 5] | list[Tensor[K_i, 4]],
-            offset: Tensor[K, 2, ph, pw] | None, mask: Tensor[K, 1, ph, pw] | None)
-        -> Tensor[K, C, ph, pw]
-    """
-
-    _op_name = "DeformRoIPool"
-    _pool = staticmethod(deform_roi_pool)
-
-
 class DeformPSRoIPool(_DeformPoolBase):
     """Deformable position-sensitive RoI pooling; see `detector.ops.deform_ps_roi_pool`.
 
@@ -78,4 +82,21 @@ class DeformPSRoIPool(_DeformPoolBase):
     """
 
     _op_name = "DeformPSRoIPool"
-    _pool = staticmethod(deform_ps_roi_pool)
+
+    def forward(
+        self,
+        input: Tensor,
+        rois: Tensor | list[Tensor],
+        offset: Tensor | None = None,
+        mask: Tensor | None = None,
+    ) -> Tensor:
+        return deform_ps_roi_pool(
+            input,
+            rois,
+            offset,
+            self.output_size,
+            self.spatial_scale,
+            self.sampling_ratio,
+            self.gamma,
+            mask,
+        )

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from detector.ops.ps_roi_align import ps_roi_align
+
+torch.fx.wrap("ps_roi_align")  # a leaf of FX graphs traced through this module
 
 
 class PSRoIAlign(nn.Module):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from detector.ops.ps_roi_pool import ps_roi_pool
+
+torch.fx.wrap("ps_roi_pool")  # a leaf of FX graphs traced through this module
 
 
 class PSRoIPool(nn.Module):

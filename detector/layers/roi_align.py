@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
+from torch.jit.annotations import BroadcastingList2
 
 from detector.ops.roi_align import roi_align
+
+torch.fx.wrap("roi_align")  # a leaf of FX graphs traced through this module, as in torchvision
 
 
 class RoIAlign(nn.Module):
@@ -20,7 +24,7 @@ class RoIAlign(nn.Module):
 
     def __init__(
         self,
-        output_size: int | tuple[int, int],
+        output_size: BroadcastingList2[int],
         spatial_scale: float,
         sampling_ratio: int,
         aligned: bool = False,
@@ -28,7 +32,7 @@ class RoIAlign(nn.Module):
     ) -> None:
         super().__init__()
         if mode not in ("avg", "max"):
-            raise ValueError(f"RoIAlign: `mode` must be 'avg' or 'max', got {mode!r}")
+            raise ValueError(f"RoIAlign: `mode` must be 'avg' or 'max', got '{mode}'")
         self.output_size = output_size
         self.spatial_scale = spatial_scale
         self.sampling_ratio = sampling_ratio
@@ -44,7 +48,7 @@ class RoIAlign(nn.Module):
             self.spatial_scale,
             self.sampling_ratio,
             self.aligned,
-            mode=self.mode,
+            self.mode,
         )
 
     def __repr__(self) -> str:

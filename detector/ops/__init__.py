@@ -3,10 +3,14 @@
 Signatures match torchvision.ops where torchvision has the op, so one can replace the other.
 """
 
-from detector.ops import _library  # noqa: F401  (registers torch.ops.detector.*)
+from detector.ops import (
+    _autocast,  # noqa: F401  (registers the autocast kernels)
+    _library,  # noqa: F401  (registers torch.ops.detector.*)
+)
 from detector.ops.boxes import batched_nms, nms
 from detector.ops.deform_conv import deform_conv2d
 from detector.ops.deform_roi_pool import deform_ps_roi_pool, deform_roi_pool
+from detector.ops.poolers import MultiScaleRoIAlign
 from detector.ops.ps_roi_align import ps_roi_align
 from detector.ops.ps_roi_pool import ps_roi_pool
 from detector.ops.roi_align import multi_scale_roi_align, roi_align
@@ -14,6 +18,7 @@ from detector.ops.roi_pool import roi_pool
 from detector.ops.winograd import winograd_conv3x3
 
 __all__ = [
+    "MultiScaleRoIAlign",
     "batched_nms",
     "deform_conv2d",
     "deform_ps_roi_pool",

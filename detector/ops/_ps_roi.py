@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.jit.annotations import BroadcastingList2
 
 from detector.ops._utils import (
     check_input,
     check_rois_dtype,
     convert_boxes_to_roi_format,
-    pair,
+    positive_pair,
 )
 
 
@@ -23,16 +24,14 @@ def prepare_ps_roi_args(
     op: str,
     input: Tensor,
     boxes: Tensor | list[Tensor],
-    output_size: int | tuple[int, int] | list[int],
+    output_size: BroadcastingList2[int],
 ) -> tuple[Tensor, int, int]:
     """Checks the arguments shared by the position-sensitive ops.
 
     Returns (rois Tensor[K, 5] in input's dtype, PH, PW). Errors name `op` and the argument.
     """
     check_input(op, input)
-    pooled_height, pooled_width = pair(op, output_size)
-    if pooled_height <= 0 or pooled_width <= 0:
-        raise ValueError(f"{op}: `output_size` must be positive, got {output_size!r}")
+    pooled_height, pooled_width = positive_pair(op, output_size)
     bins = pooled_height * pooled_width
     if input.shape[1] % bins != 0:
         raise ValueError(
@@ -40,8 +39,7 @@ def prepare_ps_roi_args(
             f"output_size[0] * output_size[1] = {bins}; position-sensitive pooling needs "
             "C_out * PH * PW input channels"
         )
-    rois = convert_boxes_to_roi_format(op, boxes)
-    rois = check_rois_dtype(op, input, rois)
+    rois = check_rois_dtype(op, input, convert_boxes_to_roi_format(op, boxes))
     return rois, pooled_height, pooled_width
 
 

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from detector.ops import _library  # noqa: F401  (registers torch.ops.detector.*)
-from detector.ops._utils import check_device
+from detector.ops._utils import check_device, check_same_device, shape_str
 
 __all__ = ["batched_nms", "nms"]
 
@@ -45,10 +45,10 @@ def _check_boxes_and_scores(op: str, boxes: Tensor, scores: Tensor) -> None:
         raise TypeError(f"{op}: `scores` must be a Tensor[N], got {type(scores).__name__}")
     if boxes.dim() != 2 or boxes.size(1) != 4:
         raise ValueError(
-            f"{op}: `boxes` must be a Tensor[N, 4] (x1, y1, x2, y2), got shape {tuple(boxes.shape)}"
+            f"{op}: `boxes` must be a Tensor[N, 4] (x1, y1, x2, y2), got shape {shape_str(boxes)}"
         )
     if scores.dim() != 1:
-        raise ValueError(f"{op}: `scores` must be a Tensor[N], got shape {tuple(scores.shape)}")
+        raise ValueError(f"{op}: `scores` must be a Tensor[N], got shape {shape_str(scores)}")
     if boxes.size(0) != scores.size(0):
         raise ValueError(
             f"{op}: `boxes` has {boxes.size(0)} boxes but `scores` has {scores.size(0)} elements; "
@@ -60,11 +60,7 @@ def _check_boxes_and_scores(op: str, boxes: Tensor, scores: Tensor) -> None:
         raise TypeError(
             f"{op}: `scores` ({scores.dtype}) must have the dtype of `boxes` ({boxes.dtype})"
         )
-    if scores.device != boxes.device:
-        raise ValueError(
-            f"{op}: `scores` is on {scores.device} but `boxes` is on {boxes.device}; "
-            "move them to the same device"
-        )
+    check_same_device(op, "scores", scores, boxes, "boxes")
     check_device(op, boxes)
 
 
@@ -75,15 +71,15 @@ def _check_values(op: str, boxes: Tensor, scores: Tensor, iou_threshold: float) 
     """
     threshold = float(iou_threshold)
     if math.isnan(threshold):
-        raise ValueError(f"{op}: `iou_threshold` must be a number in [0, 1], got {iou_threshold!r}")
+        raise ValueError(f"{op}: `iou_threshold` must be a number in [0, 1], got {iou_threshold}")
     if torch.compiler.is_compiling() or boxes.numel() == 0:
         return threshold
     if not bool(torch.isfinite(boxes).all()):
-        bad = (~torch.isfinite(boxes)).any(dim=1).nonzero().flatten()[:5].tolist()
+        bad: list[int] = (~torch.isfinite(boxes)).any(dim=1).nonzero().flatten()[:5].tolist()
         raise ValueError(f"{op}: `boxes` contains NaN or infinite values (first bad rows: {bad})")
     if bool(torch.isnan(scores).any()):
-        bad = torch.isnan(scores).nonzero().flatten()[:5].tolist()
-        raise ValueError(f"{op}: `scores` contains NaN values (first bad indices: {bad})")
+        bad_scores: list[int] = torch.isnan(scores).nonzero().flatten()[:5].tolist()
+        raise ValueError(f"{op}: `scores` contains NaN values (first bad indices: {bad_scores})")
     return threshold
 
 
@@ -94,33 +90,35 @@ def _check_idxs(op: str, boxes: Tensor, idxs: Tensor) -> None:
     if idxs.dim() != 1 or idxs.size(0) != boxes.size(0):
         raise ValueError(
             f"{op}: `idxs` must be a Tensor[N] with N = {boxes.size(0)} (one category per box), "
-            f"got shape {tuple(idxs.shape)}"
+            f"got shape {shape_str(idxs)}"
         )
     if idxs.is_floating_point() or idxs.is_complex() or idxs.dtype == torch.bool:
         raise TypeError(f"{op}: `idxs` must be an integer tensor, got {idxs.dtype}")
-    if idxs.device != boxes.device:
-        raise ValueError(
-            f"{op}: `idxs` is on {idxs.device} but `boxes` is on {boxes.device}; "
-            "move them to the same device"
-        )
+    check_same_device(op, "idxs", idxs, boxes, "boxes")
 
 
+@torch.fx.wrap
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     """Greedy non-maximum suppression (torchvision.ops.nms).
 
     Args:
-        boxes: Tensor[N, 4] boxes (x1, y1, x2, y2), float32 or float64 (CUDA: also half/bfloat16).
+        boxes: Tensor[N, 4] boxes (x1, y1, x2, y2), float32 or float64, or float16/bfloat16 (IoUs
+            computed in float32 from their values).
         scores: Tensor[N] scores, same dtype and device as `boxes`.
         iou_threshold: boxes with IoU > iou_threshold with a kept box of higher score are dropped.
 
     Returns:
         Tensor[K] int64 indices of the kept boxes, in decreasing score order.
     """
+    if not torch.jit.is_scripting():
+        if isinstance(boxes, Tensor) and boxes.is_quantized:  # quint8, as torchvision's qnms
+            return nms(boxes.dequantize(), scores.dequantize(), iou_threshold)
     _check_boxes_and_scores("nms", boxes, scores)
     threshold = _check_values("nms", boxes, scores, iou_threshold)
     return torch.ops.detector.nms(boxes, scores, threshold)
 
 
+@torch.fx.wrap
 def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
     """Non-maximum suppression per category (torchvision.ops.batched_nms).
 
@@ -134,8 +132,14 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
         iou_threshold: IoU above which a box is dropped by a kept box of its category.
 
     Returns:
-        Tensor[K] int64 indices of the kept boxes, in decreasing score order.
+        Tensor[K] int64 indices of the kept boxes, in decreasing score order. An empty `boxes`
+        gives an empty result whatever the other arguments are (None included), as in
+        torchvision.
     """
+    # Not while compiling or exporting: there the box count may be data-dependent (unbacked),
+    # and the op itself returns an empty result for empty (well-formed) inputs.
+    if not torch.compiler.is_compiling() and isinstance(boxes, Tensor) and boxes.numel() == 0:
+        return torch.empty((0,), dtype=torch.int64, device=boxes.device)
     _check_boxes_and_scores("batched_nms", boxes, scores)
     _check_idxs("batched_nms", boxes, idxs)
     threshold = _check_values("batched_nms", boxes, scores, iou_threshold)

@@ -17,21 +17,61 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.jit.annotations import BroadcastingList2
 
 from detector.ops._library import CUDA_VERSION  # noqa: F401  (loads torch.ops.detector)
-from detector.ops._utils import check_device, check_input, pair
-
-_OP = "deform_conv2d"
+from detector.ops._utils import check_device, check_input, pair, shape_str
 
 
+def _check_weight_and_mask(op: str, weight: Tensor, mask: Tensor | None) -> None:
+    """Checks that `weight` and (when given) `mask` are 4-D tensors."""
+    if not isinstance(weight, Tensor):
+        raise ValueError(
+            f"{op}: `weight` must be 4-D (O, C / groups, kh, kw), got {type(weight).__name__}"
+        )
+    if weight.dim() != 4:
+        raise ValueError(
+            f"{op}: `weight` must be 4-D (O, C / groups, kh, kw), got {shape_str(weight)}"
+        )
+    if mask is None:
+        return
+    if not isinstance(mask, Tensor):
+        raise ValueError(f"{op}: `mask` must be 4-D, got {type(mask).__name__}")
+    if mask.dim() != 4:
+        raise ValueError(
+            f"{op}: `mask` must be 4-D (N, offset_groups * kh * kw, H_out, W_out), got "
+            f"{shape_str(mask)}"
+        )
+
+
+def _groups(op: str, input: Tensor, offset: Tensor, weight: Tensor) -> tuple[int, int]:
+    """Returns (weight groups, offset groups) inferred from the channel counts, checked."""
+    kernel_h, kernel_w = weight.shape[2], weight.shape[3]
+    in_channels, weight_channels = input.shape[1], weight.shape[1]
+    if weight_channels == 0 or in_channels % weight_channels != 0:
+        raise RuntimeError(
+            f"{op}: `weight`.shape[1] = {weight_channels} must divide the input channels "
+            f"{in_channels} (weight groups = C / weight.shape[1])"
+        )
+    taps = 2 * kernel_h * kernel_w
+    offset_groups = offset.shape[1] // taps
+    if offset_groups == 0 or offset.shape[1] != offset_groups * taps:
+        raise RuntimeError(
+            f"{op}: `offset`.shape[1] = {offset.shape[1]} must be a positive multiple of "
+            f"2 * kh * kw = {taps} (2 * offset_groups * kh * kw)"
+        )
+    return in_channels // weight_channels, offset_groups
+
+
+@torch.fx.wrap
 def deform_conv2d(
     input: Tensor,
     offset: Tensor,
     weight: Tensor,
     bias: Tensor | None = None,
-    stride: int | tuple[int, int] = 1,
-    padding: int | tuple[int, int] = 0,
-    dilation: int | tuple[int, int] = 1,
+    stride: BroadcastingList2[int] = 1,
+    padding: BroadcastingList2[int] = 0,
+    dilation: BroadcastingList2[int] = 1,
     mask: Tensor | None = None,
 ) -> Tensor:
     """Deformable convolution (v1 without `mask`, v2 with it); torchvision.ops.deform_conv2d's API.
@@ -48,34 +88,17 @@ def deform_conv2d(
     Returns:
         (N, O, H_out, W_out) output.
     """
-    check_input(_OP, input)
-    check_input(_OP, offset, name="offset")
-    if not isinstance(weight, Tensor) or weight.dim() != 4:
-        shape = tuple(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__
-        raise ValueError(f"{_OP}: `weight` must be 4-D (O, C / groups, kh, kw), got {shape}")
-    if mask is not None and (not isinstance(mask, Tensor) or mask.dim() != 4):
-        shape = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
-        raise ValueError(
-            f"{_OP}: `mask` must be 4-D (N, offset_groups * kh * kw, H_out, W_out), got {shape}"
-        )
-    check_device(_OP, weight, bias, mask)
-    stride_h, stride_w = pair(_OP, stride, "stride")
-    pad_h, pad_w = pair(_OP, padding, "padding")
-    dil_h, dil_w = pair(_OP, dilation, "dilation")
-    kernel_h, kernel_w = weight.shape[-2:]
-    in_channels, weight_channels = input.shape[1], weight.shape[1]
-    if weight_channels == 0 or in_channels % weight_channels != 0:
-        raise RuntimeError(
-            f"{_OP}: `weight`.shape[1] = {weight_channels} must divide the input channels "
-            f"{in_channels} (weight groups = C / weight.shape[1])"
-        )
-    groups = in_channels // weight_channels
-    offset_groups = offset.shape[1] // (2 * kernel_h * kernel_w)
-    if offset_groups == 0 or offset.shape[1] != 2 * offset_groups * kernel_h * kernel_w:
-        raise RuntimeError(
-            f"{_OP}: `offset`.shape[1] = {offset.shape[1]} must be a positive multiple of "
-            f"2 * kh * kw = {2 * kernel_h * kernel_w} (2 * offset_groups * kh * kw)"
-        )
+    op = "deform_conv2d"
+    check_input(op, input)
+    check_input(op, offset, name="offset")
+    _check_weight_and_mask(op, weight, mask)
+    check_device(op, weight)
+    check_device(op, bias)
+    check_device(op, mask)
+    stride_h, stride_w = pair(op, stride, "stride")
+    pad_h, pad_w = pair(op, padding, "padding")
+    dil_h, dil_w = pair(op, dilation, "dilation")
+    groups, offset_groups = _groups(op, input, offset, weight)
     return torch.ops.detector.deform_conv2d(
         input, offset, weight, mask, bias,
         stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups, offset_groups,

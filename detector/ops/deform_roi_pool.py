@@ -23,57 +23,39 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.jit.annotations import BroadcastingList2
 
 from detector.ops._utils import (
     check_device,
     check_input,
     check_rois_dtype,
+    check_same_device,
     check_spatial_scale,
     convert_boxes_to_roi_format,
-    pair,
+    positive_pair,
+    shape_str,
+    sizes_str,
 )
 
 __all__ = ["deform_roi_pool", "deform_ps_roi_pool"]
 
 
-def _deform_pool_function(op: str, position_sensitive: bool, doc: str):
-    """Makes the public function of one form (`op`), with the signature shared by both."""
-
-    def pool(
-        input: Tensor,
-        rois: Tensor | list[Tensor],
-        offset: Tensor | None,
-        output_size: int | tuple[int, int],
-        spatial_scale: float = 1.0,
-        sampling_ratio: int = -1,
-        gamma: float = 0.1,
-        mask: Tensor | None = None,
-    ) -> Tensor:
-        return _deform_pool(
-            op,
-            input,
-            rois,
-            offset,
-            output_size,
-            spatial_scale,
-            sampling_ratio,
-            gamma,
-            mask,
-            position_sensitive=position_sensitive,
-        )
-
-    pool.__name__ = pool.__qualname__ = op
-    pool.__doc__ = doc
-    return pool
-
-
-deform_roi_pool = _deform_pool_function(
-    "deform_roi_pool",
-    False,
+@torch.fx.wrap
+def deform_roi_pool(
+    input: Tensor,
+    rois: Tensor | list[Tensor],
+    offset: Tensor | None,
+    output_size: BroadcastingList2[int],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    gamma: float = 0.1,
+    mask: Tensor | None = None,
+) -> Tensor:
     """Deformable RoI pooling (DCN v1), or modulated deformable RoI pooling (DCN v2) with `mask`.
 
     Args:
-        input: Tensor[N, C, H, W] features (float32/float64 on CPU; also half/bfloat16 on CUDA).
+        input: Tensor[N, C, H, W] features: float32, float64, or float16/bfloat16 (computed in
+            float32).
         rois: Tensor[K, 5] (batch_index, x1, y1, x2, y2) in image coordinates, or a list of
             Tensor[K_i, 4] boxes, one per image.
         offset: Tensor[K, 2, ph, pw] normalized learned offsets, channel 0 = x, 1 = y (mmcv's
@@ -88,12 +70,34 @@ deform_roi_pool = _deform_pool_function(
 
     Returns:
         Tensor[K, C, ph, pw]. Gradients flow to input, offset and mask.
-    """,
-)
+    """
+    op = "deform_roi_pool"
+    args = _deform_pool_args(op, input, rois, offset, output_size, spatial_scale, mask, False)
+    roi_tensor, offset, mask, scale, pooled_height, pooled_width = args
+    return torch.ops.detector.deform_roi_pool(
+        input,
+        roi_tensor,
+        offset,
+        mask,
+        scale,
+        pooled_height,
+        pooled_width,
+        int(sampling_ratio),
+        float(gamma),
+    )
 
-deform_ps_roi_pool = _deform_pool_function(
-    "deform_ps_roi_pool",
-    True,
+
+@torch.fx.wrap
+def deform_ps_roi_pool(
+    input: Tensor,
+    rois: Tensor | list[Tensor],
+    offset: Tensor | None,
+    output_size: BroadcastingList2[int],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    gamma: float = 0.1,
+    mask: Tensor | None = None,
+) -> Tensor:
     """Deformable position-sensitive RoI pooling (R-FCN with deformable PS RoI pooling).
 
     Bin (i, j) of output channel c pools input channel c * ph * pw + i * pw + j (the layout of
@@ -114,45 +118,13 @@ deform_ps_roi_pool = _deform_pool_function(
 
     Returns:
         Tensor[K, C_out, ph, pw].
-    """,
-)
-
-
-def _deform_pool(
-    op: str,
-    input: Tensor,
-    rois: Tensor | list[Tensor],
-    offset: Tensor | None,
-    output_size: int | tuple[int, int],
-    spatial_scale: float,
-    sampling_ratio: int,
-    gamma: float,
-    mask: Tensor | None,
-    position_sensitive: bool,
-) -> Tensor:
-    """Checks the arguments of either form and calls its operator."""
-    check_input(op, input)
-    pooled_height, pooled_width = pair(op, output_size)
-    if pooled_height <= 0 or pooled_width <= 0:
-        raise ValueError(f"{op}: `output_size` must be positive, got {output_size!r}")
-    rois = check_rois_dtype(op, input, convert_boxes_to_roi_format(op, rois))
-    if position_sensitive and input.size(1) % (pooled_height * pooled_width) != 0:
-        raise ValueError(
-            f"{op}: `input` must have C_out * ph * pw channels; {input.size(1)} channels are not "
-            f"divisible by ph * pw = {pooled_height * pooled_width}"
-        )
-    expected = (rois.size(0), pooled_height, pooled_width)
-    offset = _check_per_bin(op, "offset", offset, input, expected, 2)
-    mask = _check_per_bin(op, "mask", mask, input, expected, 1)
-    forward = (
-        torch.ops.detector.deform_ps_roi_pool
-        if position_sensitive
-        else torch.ops.detector.deform_roi_pool
-    )
-    scale = check_spatial_scale(op, spatial_scale)
-    return forward(
+    """
+    op = "deform_ps_roi_pool"
+    args = _deform_pool_args(op, input, rois, offset, output_size, spatial_scale, mask, True)
+    roi_tensor, offset, mask, scale, pooled_height, pooled_width = args
+    return torch.ops.detector.deform_ps_roi_pool(
         input,
-        rois,
+        roi_tensor,
         offset,
         mask,
         scale,
@@ -161,6 +133,33 @@ def _deform_pool(
         int(sampling_ratio),
         float(gamma),
     )
+
+
+def _deform_pool_args(
+    op: str,
+    input: Tensor,
+    rois: Tensor | list[Tensor],
+    offset: Tensor | None,
+    output_size: BroadcastingList2[int],
+    spatial_scale: float,
+    mask: Tensor | None,
+    position_sensitive: bool,
+) -> tuple[Tensor, Tensor | None, Tensor | None, float, int, int]:
+    """Checks the arguments of either form; returns (rois, offset, mask, scale, ph, pw) with the
+    RoIs as Tensor[K, 5] and rois, offset and mask in `input`'s dtype."""
+    check_input(op, input)
+    pooled_height, pooled_width = positive_pair(op, output_size)
+    roi_tensor = check_rois_dtype(op, input, convert_boxes_to_roi_format(op, rois))
+    if position_sensitive and input.size(1) % (pooled_height * pooled_width) != 0:
+        raise ValueError(
+            f"{op}: `input` must have C_out * ph * pw channels; {input.size(1)} channels are not "
+            f"divisible by ph * pw = {pooled_height * pooled_width}"
+        )
+    expected = (roi_tensor.size(0), pooled_height, pooled_width)
+    offset = _check_per_bin(op, "offset", offset, input, expected, 2)
+    mask = _check_per_bin(op, "mask", mask, input, expected, 1)
+    scale = check_spatial_scale(op, spatial_scale)
+    return roi_tensor, offset, mask, scale, pooled_height, pooled_width
 
 
 def _check_per_bin(
@@ -175,18 +174,17 @@ def _check_per_bin(
     if value is None:
         return None
     num_rois, pooled_height, pooled_width = expected
-    shape = (num_rois, channels, pooled_height, pooled_width)
+    shape = [num_rois, channels, pooled_height, pooled_width]
     if not isinstance(value, Tensor):
-        raise TypeError(f"{op}: `{name}` must be a Tensor{list(shape)} or None")
-    if tuple(value.shape) != shape:
+        raise TypeError(f"{op}: `{name}` must be a Tensor{shape} or None")
+    if list(value.shape) != shape:
         raise ValueError(
-            f"{op}: `{name}` must have shape (K, {channels}, ph, pw) = {shape}, got "
-            f"{tuple(value.shape)}"
+            f"{op}: `{name}` must have shape (K, {channels}, ph, pw) = {sizes_str(shape)}, got "
+            f"{shape_str(value)}"
         )
     if not value.is_floating_point():
         raise TypeError(f"{op}: `{name}` must be a floating point tensor, got {value.dtype}")
-    if value.device != input.device:
-        raise ValueError(f"{op}: `{name}` is on {value.device} but `input` is on {input.device}")
+    check_same_device(op, name, value, input, "input")
     check_device(op, value)
     return value.to(input.dtype)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.jit.annotations import BroadcastingList2
 
 from detector.ops._ps_roi import prepare_ps_roi_args, register_ps_roi_op
 from detector.ops._utils import check_spatial_scale
@@ -16,16 +17,18 @@ from detector.ops._utils import check_spatial_scale
 _OP = "ps_roi_pool"
 
 
+@torch.fx.wrap
 def ps_roi_pool(
     input: Tensor,
     boxes: Tensor | list[Tensor],
-    output_size: int | tuple[int, int],
+    output_size: BroadcastingList2[int],
     spatial_scale: float = 1.0,
 ) -> Tensor:
     """Position-sensitive RoI pooling.
 
     Args:
-        input: Tensor[N, C_out * PH * PW, H, W] (float32 or float64; any memory format).
+        input: Tensor[N, C_out * PH * PW, H, W]: float32, float64, or float16/bfloat16 (computed in
+            float32), in any memory format.
         boxes: Tensor[K, 5] of (batch_index, x1, y1, x2, y2), or a list of Tensor[K_i, 4].
         output_size: (PH, PW), or an int for both.
         spatial_scale: feature-map pixels per box unit (e.g. 1/16 for a stride-16 map).
@@ -34,9 +37,10 @@ def ps_roi_pool(
         Tensor[K, C_out, PH, PW]. As in torchvision, the box is rounded to whole pixels, bins
         are clipped to [0, H - 1] x [0, W - 1] and an empty bin gives 0.
     """
-    rois, pooled_height, pooled_width = prepare_ps_roi_args(_OP, input, boxes, output_size)
+    op = "ps_roi_pool"
+    rois, pooled_height, pooled_width = prepare_ps_roi_args(op, input, boxes, output_size)
     return torch.ops.detector.ps_roi_pool(
-        input, rois, check_spatial_scale(_OP, spatial_scale), pooled_height, pooled_width
+        input, rois, check_spatial_scale(op, spatial_scale), pooled_height, pooled_width
     )
 
 

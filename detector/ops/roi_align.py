@@ -6,13 +6,16 @@ Shapes: N images, C channels, (H, W) a feature map, L feature levels, K RoIs,
 `roi_align` matches torchvision.ops.roi_align (mode="avg") and adds mode="max", the maximum over a
 bin's bilinear sample points (its gradient goes to the 4 neighbours of the arg-max point).
 `multi_scale_roi_align` pools each RoI from its own level of a feature pyramid in one op call.
+Both script with TorchScript and are leaves for torch.fx (`torch.fx.wrap`), as torchvision's.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.jit.annotations import BroadcastingList2
 
+from detector.ops._quantized import dequantized_rois, requantize_like
 from detector.ops._utils import (
     check_device,
     check_input,
@@ -24,12 +27,10 @@ from detector.ops._utils import (
 
 __all__ = ["multi_scale_roi_align", "roi_align"]
 
-_MODES = ("avg", "max")
-
 
 def _check_mode(op: str, mode: str) -> None:
-    if mode not in _MODES:
-        raise ValueError(f"{op}: `mode` must be 'avg' or 'max', got {mode!r}")
+    if mode != "avg" and mode != "max":
+        raise ValueError(f"{op}: `mode` must be 'avg' or 'max', got '{mode}'")
 
 
 def _is_channels_last(x: Tensor) -> bool:
@@ -37,20 +38,21 @@ def _is_channels_last(x: Tensor) -> bool:
     return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
+@torch.fx.wrap
 def roi_align(
     input: Tensor,
     boxes: Tensor | list[Tensor],
-    output_size: int | tuple[int, int],
+    output_size: BroadcastingList2[int],
     spatial_scale: float = 1.0,
     sampling_ratio: int = -1,
     aligned: bool = False,
-    *,
     mode: str = "avg",
 ) -> Tensor:
     """Pools every RoI into a (ph, pw) grid of bilinearly sampled values.
 
     Args:
-        input: features (N, C, H, W), float32 or float64, NCHW or channels-last.
+        input: features (N, C, H, W): float32, float64, or float16/bfloat16 (computed in float32),
+            NCHW or channels-last; or quint8 (then `boxes` quantized too, as in torchvision).
         boxes: RoIs Tensor[K, 5] (batch_index, x1, y1, x2, y2) in image coordinates, or a list of
             Tensor[K_i, 4] boxes, one per image.
         output_size: (ph, pw), or an int for a square output.
@@ -58,12 +60,22 @@ def roi_align(
         sampling_ratio: sample points per bin along each axis; <= 0 takes ceil(roi_size / ph)
             (and / pw) points, adaptively per RoI.
         aligned: shift boxes by -0.5 pixel (ROIAlignV2); else RoIs are at least 1x1 pixel.
-        mode: "avg" (the mean of a bin's sample points) or "max" (their maximum).
+        mode: "avg" (the mean of a bin's sample points) or "max" (their maximum). Positional
+            after `aligned` (torchvision's six arguments come first) so that TorchScript,
+            which has no keyword-only arguments, scripts the function.
 
     Returns:
         Tensor[K, C, ph, pw], contiguous.
     """
     op = "roi_align"
+    if not torch.jit.is_scripting():
+        if isinstance(input, Tensor) and input.is_quantized:
+            rois_float = dequantized_rois(op, boxes)
+            output = roi_align(
+                input.dequantize(), rois_float, output_size, spatial_scale, sampling_ratio,
+                aligned, mode,
+            )  # fmt: skip
+            return requantize_like(output, input)
     check_input(op, input)
     _check_mode(op, mode)
     pooled_height, pooled_width = pair(op, output_size)
@@ -82,15 +94,30 @@ def roi_align(
     return output
 
 
+def _check_levels(op: str, features: list[Tensor], spatial_scales: list[float]) -> list[float]:
+    """Checks the pyramid's feature maps and returns their checked spatial scales."""
+    if not isinstance(features, (list, tuple)) or len(features) == 0:
+        raise ValueError(f"{op}: `features` must be a non-empty list of (N, C, H, W) tensors")
+    for i, feature in enumerate(features):
+        check_input(op, feature, name=f"features[{i}]")
+    if len(spatial_scales) != len(features):
+        raise ValueError(
+            f"{op}: `spatial_scales` has {len(spatial_scales)} entries for {len(features)} levels"
+        )
+    return [
+        check_spatial_scale(op, s, f"spatial_scales[{i}]") for i, s in enumerate(spatial_scales)
+    ]
+
+
+@torch.fx.wrap
 def multi_scale_roi_align(
     features: list[Tensor],
     rois: Tensor,
     levels: Tensor,
-    output_size: int | tuple[int, int],
+    output_size: BroadcastingList2[int],
     spatial_scales: list[float],
     sampling_ratio: int = -1,
     aligned: bool = False,
-    *,
     mode: str = "avg",
 ) -> Tensor:
     """RoI Align over a feature pyramid: RoI k is pooled from level `levels[k]`, in one op call.
@@ -110,23 +137,13 @@ def multi_scale_roi_align(
         Tensor[K, C, ph, pw], contiguous.
     """
     op = "multi_scale_roi_align"
-    if not isinstance(features, (list, tuple)) or len(features) == 0:
-        raise ValueError(f"{op}: `features` must be a non-empty list of (N, C, H, W) tensors")
-    for i, feature in enumerate(features):
-        check_input(op, feature, name=f"features[{i}]")
-    if len(spatial_scales) != len(features):
-        raise ValueError(
-            f"{op}: `spatial_scales` has {len(spatial_scales)} entries for {len(features)} levels"
-        )
+    scales = _check_levels(op, features, spatial_scales)
     _check_mode(op, mode)
     pooled_height, pooled_width = pair(op, output_size)
     rois = check_rois_dtype(op, features[0], convert_boxes_to_roi_format(op, rois))
     if not isinstance(levels, Tensor) or levels.dim() != 1 or levels.dtype != torch.int64:
         raise ValueError(f"{op}: `levels` must be a Tensor[K] of int64 level indices")
     check_device(op, levels)
-    scales = [
-        check_spatial_scale(op, s, f"spatial_scales[{i}]") for i, s in enumerate(spatial_scales)
-    ]
     if features[0].is_cuda:
         return _multi_scale_by_level(
             list(features),
@@ -164,11 +181,17 @@ def _multi_scale_by_level(
 ) -> Tensor:
     """CUDA path: one `roi_align` call per level (the fused op has CPU kernels only)."""
     num_rois, channels = rois.size(0), features[0].size(1)
-    output = features[0].new_zeros((num_rois, channels, *output_size))
-    for level, (feature, scale) in enumerate(zip(features, scales, strict=True)):
+    output = features[0].new_zeros((num_rois, channels, output_size[0], output_size[1]))
+    for level in range(len(features)):
         index = torch.nonzero(levels == level).squeeze(1)
         pooled = roi_align(
-            feature, rois[index], output_size, scale, sampling_ratio, aligned, mode=mode
+            features[level],
+            rois[index],
+            output_size,
+            scales[level],
+            sampling_ratio,
+            aligned,
+            mode,
         )
         output = output.index_copy(0, index, pooled)
     return output

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.jit.annotations import BroadcastingList2
 
 from detector.ops import _library  # noqa: F401  (registers torch.ops.detector.*)
 from detector.ops._utils import (
@@ -20,16 +21,17 @@ from detector.ops._utils import (
     check_rois_dtype,
     check_spatial_scale,
     convert_boxes_to_roi_format,
-    pair,
+    positive_pair,
 )
 
 _OP = "roi_pool"
 
 
+@torch.fx.wrap
 def roi_pool(
     input: Tensor,
     boxes: Tensor | list[Tensor],
-    output_size: int | tuple[int, int] | list[int],
+    output_size: BroadcastingList2[int],
     spatial_scale: float = 1.0,
 ) -> Tensor:
     """Max-pools each RoI of `input` into an `output_size` grid (torchvision.ops.roi_pool).
@@ -44,15 +46,14 @@ def roi_pool(
     Returns:
         (K, C, PH, PW) pooled features.
     """
-    check_input(_OP, input)
-    rois = convert_boxes_to_roi_format(_OP, boxes)
-    check_device(_OP, rois)
-    rois = check_rois_dtype(_OP, input, rois)
-    pooled_height, pooled_width = pair(_OP, output_size)
-    if pooled_height <= 0 or pooled_width <= 0:
-        raise ValueError(f"{_OP}: `output_size` must be positive, got {output_size!r}")
+    op = "roi_pool"
+    check_input(op, input)
+    rois = convert_boxes_to_roi_format(op, boxes)
+    check_device(op, rois)
+    rois = check_rois_dtype(op, input, rois)
+    pooled_height, pooled_width = positive_pair(op, output_size)
     output, _ = torch.ops.detector.roi_pool(
-        input, rois, check_spatial_scale(_OP, spatial_scale), pooled_height, pooled_width
+        input, rois, check_spatial_scale(op, spatial_scale), pooled_height, pooled_width
     )
     return output
 

@@ -18,6 +18,7 @@ namespace {
 
 typedef float VecF8 __attribute__((vector_size(32)));
 typedef int32_t VecI32x8 __attribute__((vector_size(32)));
+typedef uint16_t VecU16x8 __attribute__((vector_size(16)));
 
 inline __attribute__((always_inline)) VecF8 load8(const float* p) {
   VecF8 v;
@@ -55,19 +56,61 @@ inline __attribute__((always_inline)) void transpose8x8(const VecF8 (&r)[8], Vec
 
 static_assert(kChannelBlock == 16, "the block copies transpose 2 x 8 channels");
 
-DETECTOR_SIMD_CLONES void planes_to_block(const float* src, int64_t plane, float* dst) {
+// A float of float32 or bfloat16 storage (bfloat16: the high 16 bits of a float32).
+inline __attribute__((always_inline)) float to_float(float value) { return value; }
+
+inline __attribute__((always_inline)) float to_float(uint16_t bf16_bits) {
+  const uint32_t bits = uint32_t(bf16_bits) << 16;
+  float value;
+  std::memcpy(&value, &bits, sizeof(value));
+  return value;
+}
+
+inline __attribute__((always_inline)) VecF8 load8_float(const float* p) { return load8(p); }
+
+inline __attribute__((always_inline)) VecF8 load8_float(const uint16_t* bf16_bits) {
+  VecU16x8 h;
+  std::memcpy(&h, bf16_bits, sizeof(h));
+  const VecI32x8 bits = __builtin_convertvector(h, VecI32x8) << 16;
+  VecF8 value;
+  std::memcpy(&value, &bits, sizeof(value));
+  return value;
+}
+
+// dst[hw][j] = float(src[j * plane + hw]) for float32 or bfloat16 (bits) planes.
+template <typename S>
+inline __attribute__((always_inline)) void planes_to_block_impl(const S* src, int64_t plane,
+                                                                float* dst) {
   constexpr int64_t kBlock = kChannelBlock;
   int64_t hw = 0;
   for (; hw + 8 <= plane; hw += 8) {
     for (int64_t half = 0; half < 2; ++half) {
       VecF8 r[8], c[8];
-      for (int i = 0; i < 8; ++i) r[i] = load8(src + (8 * half + i) * plane + hw);
+      for (int i = 0; i < 8; ++i) r[i] = load8_float(src + (8 * half + i) * plane + hw);
       transpose8x8(r, c);
       for (int i = 0; i < 8; ++i) store8(dst + (hw + i) * kBlock + 8 * half, c[i]);
     }
   }
   for (; hw < plane; ++hw) {
-    for (int64_t j = 0; j < kBlock; ++j) dst[hw * kBlock + j] = src[j * plane + hw];
+    for (int64_t j = 0; j < kBlock; ++j) dst[hw * kBlock + j] = to_float(src[j * plane + hw]);
+  }
+}
+
+DETECTOR_SIMD_CLONES void planes_to_block(const float* src, int64_t plane, float* dst) {
+  planes_to_block_impl(src, plane, dst);
+}
+
+DETECTOR_SIMD_CLONES void planes_to_block_bf16(const uint16_t* src, int64_t plane, float* dst) {
+  planes_to_block_impl(src, plane, dst);
+}
+
+// Round to nearest even, NaN to a quiet NaN: c10::BFloat16's rounding, in a loop GCC vectorizes.
+DETECTOR_SIMD_CLONES void floats_to_bf16(const float* src, int64_t count, uint16_t* dst) {
+  for (int64_t i = 0; i < count; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, src + i, sizeof(bits));
+    const uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+    dst[i] = src[i] != src[i] ? uint16_t(0x7fc0) : uint16_t(rounded);
   }
 }
 

@@ -25,6 +25,7 @@
 
 #include "common/bilinear.h"
 #include "cpu/cpu_utils.h"
+#include "cpu/float32_compute.h"
 #include "deform_conv2d.h"
 
 namespace detector {
@@ -407,8 +408,8 @@ deform_conv2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& inpu
 }  // namespace
 
 TORCH_LIBRARY_IMPL(detector, CPU, m) {
-  m.impl("deform_conv2d", &deform_conv2d_forward_cpu);
-  m.impl("_deform_conv2d_backward", &deform_conv2d_backward_cpu);
+  m.impl("deform_conv2d", &ComputeInFloat32<&deform_conv2d_forward_cpu>::run);
+  m.impl("_deform_conv2d_backward", &ComputeInFloat32<&deform_conv2d_backward_cpu>::run);
 }
 
 }  // namespace detector

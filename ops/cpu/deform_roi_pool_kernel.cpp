@@ -28,6 +28,7 @@
 
 #include "common/bilinear.h"
 #include "cpu/cpu_utils.h"
+#include "cpu/float32_compute.h"
 
 namespace detector {
 namespace {
@@ -612,10 +613,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> deform_ps_roi_pool_backward_cpu(
 }  // namespace
 
 TORCH_LIBRARY_IMPL(detector, CPU, m) {
-  m.impl("deform_roi_pool", &deform_roi_pool_cpu);
-  m.impl("_deform_roi_pool_backward", &deform_roi_pool_backward_cpu);
-  m.impl("deform_ps_roi_pool", &deform_ps_roi_pool_cpu);
-  m.impl("_deform_ps_roi_pool_backward", &deform_ps_roi_pool_backward_cpu);
+  m.impl("deform_roi_pool", &ComputeInFloat32<&deform_roi_pool_cpu>::run);
+  m.impl("_deform_roi_pool_backward", &ComputeInFloat32<&deform_roi_pool_backward_cpu>::run);
+  m.impl("deform_ps_roi_pool", &ComputeInFloat32<&deform_ps_roi_pool_cpu>::run);
+  m.impl("_deform_ps_roi_pool_backward",
+         &ComputeInFloat32<&deform_ps_roi_pool_backward_cpu>::run);
 }
 
 }  // namespace detector

@@ -20,6 +20,7 @@
 // with fused multiply-adds disabled, and compared with the threshold as torchvision does, a float
 // IoU against a double threshold (see `threshold_for`).
 #include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -257,11 +258,14 @@ std::vector<uint8_t> keep_flags(const at::Tensor& boxes, const int64_t* order,
   return keep;
 }
 
-at::Tensor nms_impl(const char* op, const at::Tensor& boxes, const at::Tensor& scores,
+at::Tensor nms_impl(const char* op, const at::Tensor& boxes_in, const at::Tensor& scores,
                     const at::Tensor* idxs, double iou_threshold) {
-  check_nms_inputs(op, boxes, scores, idxs);
-  TORCH_CHECK(boxes.scalar_type() == at::kFloat || boxes.scalar_type() == at::kDouble, op,
-              ": `boxes` must be float32 or float64 on the CPU, got ", boxes.scalar_type());
+  check_nms_inputs(op, boxes_in, scores, idxs);
+  TORCH_CHECK(at::isFloatingType(boxes_in.scalar_type()), op,
+              ": `boxes` must be float16, bfloat16, float32 or float64 on the CPU, got ",
+              boxes_in.scalar_type());
+  // float16/bfloat16 boxes: IoUs in float32 from the same values (N x 4 values: a cheap cast).
+  const at::Tensor boxes = boxes_in.to(at::toOpMathType(boxes_in.scalar_type()));
   const int64_t n = boxes.size(0);
   if (n == 0) {
     return at::empty({0}, boxes.options().dtype(at::kLong));

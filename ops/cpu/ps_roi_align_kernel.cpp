@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include "common/bilinear.h"
+#include "cpu/float32_compute.h"
 #include "cpu/ps_roi_common.h"
 
 namespace detector {
@@ -106,8 +107,8 @@ at::Tensor ps_roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& r
 }  // namespace
 
 TORCH_LIBRARY_IMPL(detector, CPU, m) {
-  m.impl("ps_roi_align", &ps_roi_align_forward_cpu);
-  m.impl("_ps_roi_align_backward", &ps_roi_align_backward_cpu);
+  m.impl("ps_roi_align", &ComputeInFloat32<&ps_roi_align_forward_cpu>::run);
+  m.impl("_ps_roi_align_backward", &ComputeInFloat32<&ps_roi_align_backward_cpu>::run);
 }
 
 }  // namespace detector

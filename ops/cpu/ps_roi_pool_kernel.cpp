@@ -8,6 +8,7 @@
 // (torchvision's backward clips to H and W instead, and disagrees with its forward at the border).
 #include <torch/library.h>
 
+#include "cpu/float32_compute.h"
 #include "cpu/ps_roi_common.h"
 
 namespace detector {
@@ -102,8 +103,8 @@ at::Tensor ps_roi_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& ro
 }  // namespace
 
 TORCH_LIBRARY_IMPL(detector, CPU, m) {
-  m.impl("ps_roi_pool", &ps_roi_pool_forward_cpu);
-  m.impl("_ps_roi_pool_backward", &ps_roi_pool_backward_cpu);
+  m.impl("ps_roi_pool", &ComputeInFloat32<&ps_roi_pool_forward_cpu>::run);
+  m.impl("_ps_roi_pool_backward", &ComputeInFloat32<&ps_roi_pool_backward_cpu>::run);
 }
 
 }  // namespace detector

@@ -23,6 +23,7 @@
 // Threads take channel blocks from a shared counter (so a thread slowed down by other processes
 // does not hold up the others); what a block computes does not depend on the thread running it.
 #include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <c10/util/string_view.h>
 #include <torch/library.h>
@@ -593,44 +594,62 @@ DETECTOR_SIMD_CLONES void scatter_block(double* buf, const RoiSamples<double>& r
 // Block copies between a level tensor (NCHW or NHWC contiguous) and a block buffer [pixels][B].
 
 // grad[n, c0 + j, h, w] (=|+=) buf[pixel][j] for j < cw; `grad` is NCHW or NHWC contiguous.
-template <typename T>
+// Adds (accumulate) or writes a computed value into a gradient of storage dtype S.
+template <typename S, typename T>
+inline void put(S& dst, T value, bool accumulate) {
+  dst = static_cast<S>(accumulate ? static_cast<T>(dst) + value : value);
+}
+
+// dst[j * plane + hw] = bfloat16(src[hw][j]) for a whole block, 64 pixels at a time through a
+// stack tile (a float32 transposition, then vectorized conversions).
+void block_to_planes_bf16(const float* src, int64_t plane, c10::BFloat16* dst) {
+  constexpr int64_t kTile = 64;
+  float tile[kBlock * kTile];
+  for (int64_t hw0 = 0; hw0 < plane; hw0 += kTile) {
+    const int64_t count = std::min(kTile, plane - hw0);
+    block_to_planes(src + hw0 * kBlock, count, tile);  // tile[j * count + t]
+    for (int64_t j = 0; j < kBlock; ++j) {
+      floats_to_bf16(tile + j * count, count, reinterpret_cast<uint16_t*>(dst + j * plane + hw0));
+    }
+  }
+}
+
+// Writes a block buffer of T into `grad` (dtype S: T, or float16/bfloat16 with T = float).
+template <typename T, typename S>
 void store_block(const T* buf, int64_t c0, int64_t cw, bool accumulate, at::Tensor& grad) {
   const int64_t batch = grad.size(0), channels = grad.size(1);
   const int64_t plane = grad.size(2) * grad.size(3);
-  T* out = grad.mutable_data_ptr<T>();
+  S* out = grad.mutable_data_ptr<S>();
   const bool nchw = grad.is_contiguous();
   constexpr int64_t kTile = 64;
   for (int64_t n = 0; n < batch; ++n) {
     const T* src = buf + n * plane * kBlock;
     if (nchw) {
-      T* dst = out + (n * channels + c0) * plane;
+      S* dst = out + (n * channels + c0) * plane;
       if constexpr (std::is_same_v<T, float>) {
         if (cw == kBlock && !accumulate) {
-          block_to_planes(src, plane, dst);
-          continue;
+          if constexpr (std::is_same_v<S, float>) {
+            block_to_planes(src, plane, dst);
+            continue;
+          } else if constexpr (std::is_same_v<S, c10::BFloat16>) {
+            block_to_planes_bf16(src, plane, dst);
+            continue;
+          }
         }
       }
       for (int64_t hw0 = 0; hw0 < plane; hw0 += kTile) {
         const int64_t hw1 = std::min(plane, hw0 + kTile);
         for (int64_t j = 0; j < cw; ++j) {
-          T* d = dst + j * plane;
-          if (accumulate) {
-            for (int64_t hw = hw0; hw < hw1; ++hw) d[hw] += src[hw * kBlock + j];
-          } else {
-            for (int64_t hw = hw0; hw < hw1; ++hw) d[hw] = src[hw * kBlock + j];
-          }
+          S* d = dst + j * plane;
+          for (int64_t hw = hw0; hw < hw1; ++hw) put(d[hw], src[hw * kBlock + j], accumulate);
         }
       }
     } else {
-      T* dst = out + n * plane * channels + c0;
+      S* dst = out + n * plane * channels + c0;
       for (int64_t hw = 0; hw < plane; ++hw) {
-        T* d = dst + hw * channels;
+        S* d = dst + hw * channels;
         const T* s = src + hw * kBlock;
-        if (accumulate) {
-          for (int64_t j = 0; j < cw; ++j) d[j] += s[j];
-        } else {
-          for (int64_t j = 0; j < cw; ++j) d[j] = s[j];
-        }
+        for (int64_t j = 0; j < cw; ++j) put(d[j], s[j], accumulate);
       }
     }
   }
@@ -663,9 +682,10 @@ int64_t block_workers(const SampleTable<T>& table, int64_t num_blocks) {
 }
 
 // Pools RoIs [table.first, table.last) from any-layout levels: parallel over channel blocks.
-template <typename T>
+// Levels and output are of dtype S (T, or float16/bfloat16 computed in T = float).
+template <typename T, typename S>
 void forward_blocks(const RoiSet<T>& set, const SampleTable<T>& table,
-                    const std::vector<at::Tensor>& levels, T* out, int32_t* argmax) {
+                    const std::vector<at::Tensor>& levels, S* out, int32_t* argmax) {
   const int64_t channels = levels[0].size(1), bins = set.pool.bins();
   const int64_t num_blocks = (channels + kBlock - 1) / kBlock;
   int64_t pixels = 0;
@@ -682,7 +702,8 @@ void forward_blocks(const RoiSet<T>& set, const SampleTable<T>& table,
     for (int64_t b = next_block++; b < num_blocks; b = next_block++) {
       const int64_t c0 = b * kBlock, cw = std::min(kBlock, channels - c0);
       for (size_t l = 0; l < levels.size(); ++l) {
-        load_channel_block(levels[l], c0, cw, buf.get() + set.level_info[l].pixel_base * kBlock);
+        load_channel_block<T, S>(levels[l], c0, cw,
+                                 buf.get() + set.level_info[l].pixel_base * kBlock);
       }
       for (const int64_t k : table.order) {
         const T* base = buf.get() + set.level_of(k).pixel_base * kBlock;
@@ -693,15 +714,24 @@ void forward_blocks(const RoiSet<T>& set, const SampleTable<T>& table,
         }
         // [bins][B] -> out[k, c0:c0+cw, bins], a contiguous run of cw * bins values; the 26 MB
         // output would otherwise push the block buffer out of L3.
-        T* o = out + (k * channels + c0) * bins;
+        S* o = out + (k * channels + c0) * bins;
         if constexpr (std::is_same_v<T, float>) {
           if (cw == kBlock) {
-            block_to_planes_streaming(local.data(), bins, staging.data(), o);
+            if constexpr (std::is_same_v<S, float>) {
+              block_to_planes_streaming(local.data(), bins, staging.data(), o);
+            } else {  // float16/bfloat16: transpose in float32, then one contiguous conversion
+              block_to_planes(local.data(), bins, staging.data());
+              if constexpr (std::is_same_v<S, c10::BFloat16>) {
+                floats_to_bf16(staging.data(), kBlock * bins, reinterpret_cast<uint16_t*>(o));
+              } else {
+                for (int64_t i = 0; i < kBlock * bins; ++i) o[i] = S(staging[i]);
+              }
+            }
           }
         }
         if (!std::is_same_v<T, float> || cw != kBlock) {
           for (int64_t j = 0; j < cw; ++j) {
-            for (int64_t p = 0; p < bins; ++p) o[j * bins + p] = local[p * kBlock + j];
+            for (int64_t p = 0; p < bins; ++p) o[j * bins + p] = S(local[p * kBlock + j]);
           }
         }
         if (argmax) {
@@ -741,7 +771,7 @@ std::vector<Level> level_info(const std::vector<int64_t>& heights,
   return info;
 }
 
-template <typename T>
+template <typename T, typename S>
 std::tuple<at::Tensor, at::Tensor> forward_impl(const std::vector<at::Tensor>& features,
                                                 const at::Tensor& rois, const int64_t* roi_levels,
                                                 at::ArrayRef<double> scales, const Pooling& pool) {
@@ -764,7 +794,7 @@ std::tuple<at::Tensor, at::Tensor> forward_impl(const std::vector<at::Tensor>& f
   }
   RoiSet<T> set{rois.const_data_ptr<T>(), roi_levels,
                 level_info<T>(heights, widths, scales, levels[0].size(0)), pool, num_rois};
-  T* out = output.mutable_data_ptr<T>();
+  S* out = output.mutable_data_ptr<S>();
   int32_t* arg = pool.mode == Mode::kMax ? argmax.mutable_data_ptr<int32_t>() : nullptr;
   const std::vector<int64_t> bounds = chunk_bounds(set);
   SampleTable<T> table;
@@ -776,7 +806,7 @@ std::tuple<at::Tensor, at::Tensor> forward_impl(const std::vector<at::Tensor>& f
 }
 
 // Gradients of the levels (batch, channels, heights[l], widths[l]) in their memory formats.
-template <typename T>
+template <typename T, typename S>
 std::vector<at::Tensor> backward_impl(const at::Tensor& grad, const at::Tensor& rois,
                                       const int64_t* roi_levels, const at::Tensor& argmax,
                                       at::ArrayRef<double> scales, const Pooling& pool,
@@ -806,7 +836,7 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& grad, const at::Tensor& 
   if (accumulate) {
     for (at::Tensor& g : grads) g.zero_();
   }
-  const T* g = grad.const_data_ptr<T>();
+  const S* g = grad.const_data_ptr<S>();
   const int32_t* arg = pool.mode == Mode::kMax ? argmax.const_data_ptr<int32_t>() : nullptr;
   const int64_t num_blocks = (channels + kBlock - 1) / kBlock;
   SampleTable<T> table;
@@ -823,16 +853,18 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& grad, const at::Tensor& 
         std::fill(buf.get(), buf.get() + pixels * kBlock, T(0));
         for (const int64_t k : table.order) {
           // grad[k, c0:c0+cw, bins] -> [bins][B]
-          const T* gk = g + (k * channels + c0) * bins;
-          if constexpr (std::is_same_v<T, float>) {
+          const S* gk = g + (k * channels + c0) * bins;
+          constexpr bool kBlockCopy = std::is_same_v<T, float> && (std::is_same_v<S, float> ||
+                                                                   std::is_same_v<S, c10::BFloat16>);
+          if constexpr (kBlockCopy) {
             if (cw == kBlock) {
-              planes_to_block(gk, bins, local.data());
+              planes_to_block_converted(gk, bins, local.data());
             }
           }
-          if (!std::is_same_v<T, float> || cw != kBlock) {
+          if (!kBlockCopy || cw != kBlock) {
             std::fill(local.begin(), local.end(), T(0));
             for (int64_t j = 0; j < cw; ++j) {
-              for (int64_t p = 0; p < bins; ++p) local[p * kBlock + j] = gk[j * bins + p];
+              for (int64_t p = 0; p < bins; ++p) local[p * kBlock + j] = T(gk[j * bins + p]);
             }
           }
           if (arg) {
@@ -846,8 +878,8 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& grad, const at::Tensor& 
                         local.data(), arg ? local_arg.data() : nullptr);
         }
         for (size_t l = 0; l < grads.size(); ++l) {
-          store_block(buf.get() + set.level_info[l].pixel_base * kBlock, c0, cw, accumulate,
-                      grads[l]);
+          store_block<T, S>(buf.get() + set.level_info[l].pixel_base * kBlock, c0, cw,
+                            accumulate, grads[l]);
         }
       }
     });
@@ -859,8 +891,23 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& grad, const at::Tensor& 
 // Operator entry points.
 
 void check_dtype(const char* op, const at::Tensor& input) {
-  TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble, op,
-              ": CPU kernels support float32 and float64 `input`, got ", input.scalar_type());
+  TORCH_CHECK(at::isFloatingType(input.scalar_type()), op,
+              ": CPU kernels support float16, bfloat16, float32 and float64 `input`, got ",
+              input.scalar_type());
+}
+
+// Calls f(T{}, S{}) for storage dtype `type` (S) and its compute type T: float for float16 and
+// bfloat16 (loaded into float32 blocks, accumulated in float32), else S itself.
+template <typename F>
+auto dispatch_storage(at::ScalarType type, F&& f) {
+  return AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, type, "roi_align_cpu", [&] {
+    return f(at::opmath_type<scalar_t>{}, scalar_t{});
+  });
+}
+
+// RoIs in the compute type of features of dtype `type`, contiguous.
+at::Tensor compute_rois(const at::Tensor& rois, at::ScalarType type) {
+  return rois.to(at::toOpMathType(type)).contiguous();
 }
 
 void check_pooling(const char* op, int64_t pooled_height, int64_t pooled_width) {
@@ -881,10 +928,10 @@ std::tuple<at::Tensor, at::Tensor> roi_align_forward(const at::Tensor& input,
   check_dtype(op, input);
   check_pooling(op, pooled_height, pooled_width);
   check_rois(op, rois, input.size(0));
-  const at::Tensor r = rois.to(input.scalar_type()).contiguous();
+  const at::Tensor r = compute_rois(rois, input.scalar_type());
   const double scales[] = {spatial_scale};
-  return AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "roi_align_forward", [&] {
-    return forward_impl<scalar_t>({input}, r, nullptr, scales, pool);
+  return dispatch_storage(input.scalar_type(), [&](auto t, auto s) {
+    return forward_impl<decltype(t), decltype(s)>({input}, r, nullptr, scales, pool);
   });
 }
 
@@ -903,12 +950,13 @@ at::Tensor roi_align_backward(const at::Tensor& grad, const at::Tensor& rois,
               op, ": `grad` must have shape (K, C, ph, pw), got ", grad.sizes());
   TORCH_CHECK(pool.mode == Mode::kAvg || argmax.sizes() == grad.sizes(), op,
               ": `argmax` must have the shape of `grad` for mode \"max\"");
-  const at::Tensor r = rois.to(grad.scalar_type()).contiguous();
+  const at::Tensor r = compute_rois(rois, grad.scalar_type());
   const double scales[] = {spatial_scale};
-  return AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "roi_align_backward", [&] {
-    return backward_impl<scalar_t>(grad.contiguous(), r, nullptr, argmax.contiguous(), scales,
-                                   pool, batch_size, channels, {height}, {width},
-                                   {channels_last})[0];
+  return dispatch_storage(grad.scalar_type(), [&](auto t, auto s) {
+    return backward_impl<decltype(t), decltype(s)>(grad.contiguous(), r, nullptr,
+                                                   argmax.contiguous(), scales, pool, batch_size,
+                                                   channels, {height}, {width},
+                                                   {channels_last})[0];
   });
 }
 
@@ -952,10 +1000,10 @@ std::tuple<at::Tensor, at::Tensor> multi_scale_forward(at::TensorList features,
   check_pooling(op, pooled_height, pooled_width);
   check_rois(op, rois, features[0].size(0));
   const at::Tensor lv = checked_levels(op, levels, rois.size(0), features.size());
-  const at::Tensor r = rois.to(features[0].scalar_type()).contiguous();
-  return AT_DISPATCH_FLOATING_TYPES(features[0].scalar_type(), "multi_scale_roi_align", [&] {
-    return forward_impl<scalar_t>(features.vec(), r, lv.const_data_ptr<int64_t>(),
-                                  spatial_scales, pool);
+  const at::Tensor r = compute_rois(rois, features[0].scalar_type());
+  return dispatch_storage(features[0].scalar_type(), [&](auto t, auto s) {
+    return forward_impl<decltype(t), decltype(s)>(features.vec(), r, lv.const_data_ptr<int64_t>(),
+                                                  spatial_scales, pool);
   });
 }
 
@@ -989,11 +1037,12 @@ std::vector<at::Tensor> multi_scale_backward(const at::Tensor& grad, const at::T
   for (const bool cl : channels_last) {
     formats.push_back(cl);
   }
-  const at::Tensor r = rois.to(grad.scalar_type()).contiguous();
-  return AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "multi_scale_roi_align_backward", [&] {
-    return backward_impl<scalar_t>(grad.contiguous(), r, lv.const_data_ptr<int64_t>(),
-                                   argmax.contiguous(), spatial_scales, pool, batch, channels,
-                                   heights, widths, formats);
+  const at::Tensor r = compute_rois(rois, grad.scalar_type());
+  return dispatch_storage(grad.scalar_type(), [&](auto t, auto s) {
+    return backward_impl<decltype(t), decltype(s)>(grad.contiguous(), r,
+                                                   lv.const_data_ptr<int64_t>(),
+                                                   argmax.contiguous(), spatial_scales, pool,
+                                                   batch, channels, heights, widths, formats);
   });
 }
 

@@ -272,3 +272,20 @@ def test_compiled_op_misuse_names_op_and_argument():
 def test_batched_nms_misuse(idxs: Tensor, match: str):
     with pytest.raises((ValueError, TypeError), match=match):
         batched_nms(torch.zeros(5, 4), torch.zeros(5), idxs, 0.5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_empty_inputs_give_empty_results_as_torchvision(device: str) -> None:
+    boxes, scores = torch.empty(0, 4, device=device), torch.empty(0, device=device)
+    idxs = torch.empty(0, dtype=torch.int64, device=device)
+    for kept in (
+        nms(boxes, scores, 0.5),
+        batched_nms(boxes, scores, idxs, 0.5),
+        batched_nms(boxes, None, None, 0.5),  # torchvision looks at nothing but `boxes` then
+        batched_nms(torch.empty(0, 5, device=device), scores[:0], None, 0.5),
+    ):
+        assert kept.dtype == torch.int64 and kept.shape == (0,) and kept.device == boxes.device
+    expected = torchvision.ops.batched_nms(boxes.cpu(), None, None, 0.5)
+    assert torch.equal(batched_nms(boxes, None, None, 0.5).cpu(), expected)
+    with pytest.raises(TypeError, match="nms: `scores` must be a Tensor"):
+        nms(boxes, None, 0.5)  # torchvision fails here too (a RuntimeError from its kernel)

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from detector import ops
 from detector.modeling.registry import POOLERS
+from detector.ops.poolers import assign_fpn_levels
 from detector.structures import Boxes, as_size
 
 __all__ = [
@@ -54,40 +55,8 @@ _REDUCED_PRECISION = (torch.float16, torch.bfloat16)
 
 
 # --------------------------------------------------------------------------------------------
-# FPN level assignment
+# FPN levels (assign_fpn_levels, FPN eq. 1, is shared with detector.ops.MultiScaleRoIAlign)
 # --------------------------------------------------------------------------------------------
-def assign_fpn_levels(
-    boxes: Tensor,
-    min_level: int,
-    max_level: int,
-    canonical_scale: float = 224.0,
-    canonical_level: int = 4,
-    eps: float = 1e-6,
-) -> Tensor:
-    """The pyramid level of each box, FPN paper eq. 1: k = floor(k0 + log2(sqrt(wh) / 224)).
-
-    Computed as torchvision's LevelMapper (including its eps), so both pick the same level for
-    every box.
-
-    Args:
-        boxes: ``(R, 4)`` xyxy boxes in image pixels.
-        min_level, max_level: the first and last pooled levels (2 and 5 for P2..P5).
-
-    Returns:
-        ``(R,)`` int64 indices into the pooled levels, in ``[0, max_level - min_level]``.
-    """
-    widths = boxes[:, 2] - boxes[:, 0]
-    heights = boxes[:, 3] - boxes[:, 1]
-    sizes = torch.sqrt(widths * heights)
-    levels = torch.floor(
-        canonical_level
-        + torch.log2(sizes / canonical_scale)
-        + torch.tensor(eps, dtype=sizes.dtype, device=sizes.device)
-    )
-    levels = torch.clamp(levels, min=min_level, max=max_level)
-    return levels.to(torch.int64) - min_level
-
-
 def _level_of_scale(scale: float) -> int:
     """The pyramid level of a feature map of spatial scale 2^-level (1/4 -> 2)."""
     level = -math.log2(scale)

@@ -1,0 +1,80 @@
+"""Autocast kernels of the ops, for CPU and CUDA autocast (torchvision registers the same rule).
+
+Under `torch.autocast(device, dtype=torch.bfloat16 or torch.float16)`, an op's float16 and
+bfloat16 tensor arguments (lists of tensors too) are cast to float32, the op runs in float32
+(its autograd formula included: gradients flow back through the casts), and its floating outputs
+are cast back to the dtype of its first tensor argument (the features or the boxes), as
+torchvision's autocast kernels return `.to(input.scalar_type())`. float64 arguments are left as
+they are (as `at::autocast::cached_cast`). Index outputs (nms, argmax) keep their integer dtype.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from detector.ops import _library  # noqa: F401  (registers torch.ops.detector.*)
+
+#: The public operators with an autocast kernel (their backward ops run inside their autograd).
+AUTOCAST_OPS = (
+    "roi_align",
+    "multi_scale_roi_align",
+    "roi_pool",
+    "ps_roi_align",
+    "ps_roi_pool",
+    "deform_roi_pool",
+    "deform_ps_roi_pool",
+    "deform_conv2d",
+    "nms",
+    "batched_nms",
+)
+
+_REDUCED = (torch.float16, torch.bfloat16)
+_DispatchKey = torch._C.DispatchKey
+_AUTOCAST_KEYS = torch._C.DispatchKeySet(_DispatchKey.AutocastCPU) | torch._C.DispatchKeySet(
+    _DispatchKey.AutocastCUDA
+)
+
+
+def _to_float32(value: Any) -> Any:
+    """A float16/bfloat16 tensor (or each one of a list) as float32; anything else unchanged."""
+    if isinstance(value, Tensor):
+        return value.float() if value.dtype in _REDUCED else value
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_float32(v) for v in value)
+    return value
+
+
+def _first_dtype(args: tuple) -> torch.dtype:
+    """The dtype of the first tensor argument (the first of a list of tensors)."""
+    first = args[0][0] if isinstance(args[0], (list, tuple)) else args[0]
+    return first.dtype
+
+
+def _cast_outputs(value: Any, dtype: torch.dtype) -> Any:
+    """Floating tensors of an op's output (a tensor, a tuple or a list of them) cast to `dtype`."""
+    if isinstance(value, Tensor):
+        return value.to(dtype) if value.is_floating_point() else value
+    return type(value)(_cast_outputs(v, dtype) for v in value)
+
+
+def _autocast_kernel(name: str) -> Callable[..., Any]:
+    op = getattr(torch.ops.detector, name).default
+
+    def kernel(*args: Any) -> Any:
+        dtype = _first_dtype(args)
+        with torch._C._ExcludeDispatchKeyGuard(_AUTOCAST_KEYS):
+            output = op(*(_to_float32(a) for a in args))
+        return _cast_outputs(output, dtype)
+
+    kernel.__name__ = f"{name}_autocast"
+    return kernel
+
+
+_LIBRARY = torch.library.Library("detector", "IMPL")
+for _name in AUTOCAST_OPS:
+    for _key in ("AutocastCPU", "AutocastCUDA"):
+        _LIBRARY.impl(_name, _autocast_kernel(_name), _key)

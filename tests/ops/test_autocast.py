@@ -1,0 +1,88 @@
+"""Every op under CPU autocast (bfloat16 and float16), with no casts by the caller: float16 and
+bfloat16 arguments are computed in float32 and floating results come back in the dtype of the
+first argument, as torchvision's autocast kernels (which exist on the CPU for roi_align and nms)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+import torchvision
+from torch import Tensor
+
+from detector import ops
+from detector.layers import DeformConv2d
+from tests.ops.op_cases import OP_CASES, features, nms_inputs, rois
+
+REDUCED = [torch.bfloat16, torch.float16]
+
+
+def _cast(value: Any, dtype: torch.dtype) -> Any:
+    """Floating tensors (also inside lists) cast to `dtype`; anything else unchanged."""
+    if isinstance(value, Tensor):
+        return value.to(dtype) if value.is_floating_point() else value
+    if isinstance(value, list):
+        return [_cast(v, dtype) for v in value]
+    return value
+
+
+@pytest.mark.parametrize("name", list(OP_CASES))
+@pytest.mark.parametrize("dtype", REDUCED)
+def test_op_under_cpu_autocast_computes_in_float32(name: str, dtype: torch.dtype) -> None:
+    case = OP_CASES[name]
+    reduced_args = [_cast(a, dtype) for a in case.args()]
+    with torch.autocast("cpu", dtype=dtype):
+        actual = case.fn(*reduced_args)
+    expected = case.fn(*[_cast(a, torch.float32) for a in reduced_args])
+    expected = _cast(expected, dtype)
+    assert actual.dtype == expected.dtype
+    torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", REDUCED)
+def test_float32_inputs_are_unchanged_by_autocast(dtype: torch.dtype) -> None:
+    with torch.autocast("cpu", dtype=dtype):
+        actual = ops.roi_align(features(), rois(), 3, 0.5, 2)
+    assert actual.dtype == torch.float32
+    torch.testing.assert_close(actual, ops.roi_align(features(), rois(), 3, 0.5, 2), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", REDUCED)
+@pytest.mark.parametrize("aligned", [False, True])
+def test_roi_align_and_nms_match_torchvision_under_autocast(
+    dtype: torch.dtype, aligned: bool
+) -> None:
+    x, boxes = features().to(dtype), rois()
+    nms_boxes, scores, _ = nms_inputs()
+    with torch.autocast("cpu", dtype=dtype):
+        ours = ops.roi_align(x, boxes, 3, 0.5, 2, aligned)
+        theirs = torchvision.ops.roi_align(x, boxes, 3, 0.5, 2, aligned)
+        kept = ops.nms(nms_boxes.to(dtype), scores.to(dtype), 0.5)
+        expected_kept = torchvision.ops.nms(nms_boxes.to(dtype), scores.to(dtype), 0.5)
+    assert ours.dtype == theirs.dtype == dtype
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+    assert torch.equal(kept, expected_kept)
+
+
+@pytest.mark.parametrize("dtype", REDUCED)
+def test_gradients_flow_back_through_the_casts(dtype: torch.dtype) -> None:
+    reduced = features().to(dtype).requires_grad_()
+    with torch.autocast("cpu", dtype=dtype):
+        ops.roi_align(reduced, rois(), 3, 0.5, 2, True).float().square().sum().backward()
+    full = reduced.detach().float().requires_grad_()
+    ops.roi_align(full, rois(), 3, 0.5, 2, True).to(dtype).float().square().sum().backward()
+    assert reduced.grad is not None and reduced.grad.dtype == dtype
+    torch.testing.assert_close(reduced.grad, full.grad.to(dtype), rtol=0, atol=0)
+
+
+def test_deform_conv2d_layer_under_autocast_takes_reduced_precision_activations() -> None:
+    torch.manual_seed(0)
+    layer = DeformConv2d(8, 4, 3, padding=1)
+    x = features().bfloat16()
+    offset = torch.zeros(2, 18, 10, 11, dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x, offset)
+    assert out.dtype == torch.bfloat16
+    expected = torch.nn.functional.conv2d(x.float(), layer.weight, layer.bias, padding=1)
+    torch.testing.assert_close(out, expected.bfloat16())

@@ -1,0 +1,116 @@
+"""float16 and bfloat16 CPU kernels (roi_align in both modes, multi_scale_roi_align, nms and
+batched_nms): values and gradients within torchvision's per-dtype test tolerances of a float64
+computation on the same (rounded) inputs, accumulated in float32, in the input's dtype."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor
+
+from detector import ops
+from tests.ops.op_cases import OP_CASES
+from tests.ops.utils import random_rois
+
+#: torchvision's test_ops tolerances (rtol = atol) for RoI op values of each dtype.
+TOLERANCE = {torch.float16: 4e-3, torch.bfloat16: 5e-3}
+REDUCED = list(TOLERANCE)
+
+
+def _inputs(dtype: torch.dtype, channels_last: bool) -> tuple[Tensor, Tensor]:
+    """Features (2, 50, 10, 10) in [0, 1) and 40 RoIs, both in `dtype`."""
+    x = torch.rand(2, 50, 10, 10, generator=torch.Generator().manual_seed(0)).to(dtype)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    return x, random_rois(40, 2, 10, 10, dtype=dtype, seed=1)
+
+
+def _close(actual: Tensor, expected: Tensor, tol: float) -> None:
+    assert actual.dtype != torch.float64
+    torch.testing.assert_close(actual.double(), expected, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", REDUCED)
+@pytest.mark.parametrize("mode", ["avg", "max"])
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_roi_align_values_and_gradients(dtype, mode, aligned, channels_last) -> None:
+    x, rois = _inputs(dtype, channels_last)
+    x.requires_grad_()
+    out = ops.roi_align(x, rois, 5, 1.0, -1, aligned, mode)
+    assert out.dtype == dtype
+    x64 = x.detach().double().requires_grad_()
+    expected = ops.roi_align(x64, rois.double(), 5, 1.0, -1, aligned, mode)
+    _close(out, expected, TOLERANCE[dtype])
+    grad_out = torch.rand(out.shape, generator=torch.Generator().manual_seed(2))
+    out.backward(grad_out.to(dtype))
+    expected.backward(grad_out.to(dtype).double())
+    assert x.grad is not None and x.grad.dtype == dtype
+    # A pixel's gradient sums up to a few dozen bin gradients: the tolerance scales with it.
+    _close(x.grad, x64.grad, TOLERANCE[dtype] * float(x64.grad.abs().max().clamp(min=1)))
+
+
+@pytest.mark.parametrize("dtype", REDUCED)
+def test_multi_scale_roi_align_values_and_gradients(dtype) -> None:
+    x, rois = _inputs(dtype, False)
+    coarse = x[:, :, ::2, ::2].contiguous().requires_grad_()
+    x.requires_grad_()
+    levels = torch.arange(40) % 2
+    out = ops.multi_scale_roi_align([x, coarse], rois, levels, 3, [1.0, 0.5], 2)
+    assert out.dtype == dtype
+    x64, coarse64 = (t.detach().double().requires_grad_() for t in (x, coarse))
+    expected = ops.multi_scale_roi_align([x64, coarse64], rois.double(), levels, 3, [1.0, 0.5], 2)
+    _close(out, expected, TOLERANCE[dtype])
+    out.sum().backward()
+    expected.sum().backward()
+    for grad, grad64 in ((x.grad, x64.grad), (coarse.grad, coarse64.grad)):
+        _close(grad, grad64, TOLERANCE[dtype] * float(grad64.abs().max().clamp(min=1)))
+
+
+@pytest.mark.parametrize("dtype", REDUCED)
+@pytest.mark.parametrize("iou_threshold", [0.3, 0.5, 0.7])
+def test_nms_keeps_what_float32_keeps_on_the_same_values(dtype, iou_threshold) -> None:
+    g = torch.Generator().manual_seed(3)
+    xy = torch.rand(300, 2, generator=g) * 100
+    boxes = torch.cat([xy, xy + torch.rand(300, 2, generator=g) * 40 + 1], dim=1).to(dtype)
+    scores = torch.rand(300, generator=g).to(dtype)
+    idxs = torch.randint(0, 4, (300,), generator=g)
+    expected = ops.nms(boxes.float(), scores.float(), iou_threshold)
+    assert torch.equal(ops.nms(boxes, scores, iou_threshold), expected)
+    expected_batched = ops.batched_nms(boxes.float(), scores.float(), idxs, iou_threshold)
+    assert torch.equal(ops.batched_nms(boxes, scores, idxs, iou_threshold), expected_batched)
+
+
+def _cast_floating(value: object, dtype: torch.dtype) -> object:
+    if isinstance(value, Tensor) and value.is_floating_point():
+        return value.detach().to(dtype)
+    if isinstance(value, list):
+        return [_cast_floating(v, dtype) for v in value]
+    return value
+
+
+# The other ops compute float16/bfloat16 in float32 copies (cpu/float32_compute.h).
+OTHER_OPS = [n for n in OP_CASES if not n.startswith(("roi_align", "nms", "batched_nms", "multi"))]
+
+
+@pytest.mark.parametrize("dtype", REDUCED)
+@pytest.mark.parametrize("name", OTHER_OPS)
+def test_other_ops_values_and_input_gradients(dtype: torch.dtype, name: str) -> None:
+    case = OP_CASES[name]
+    args = [_cast_floating(a, dtype) for a in case.args()]
+    args[0].requires_grad_()
+    out = case.fn(*args)
+    assert out.dtype == dtype
+    args64 = [_cast_floating(a, torch.float64) for a in args]
+    args64[0].requires_grad_()
+    expected = case.fn(*args64)
+    scale = float(expected.detach().abs().max().clamp(min=1))  # deform_conv2d: C * kh * kw terms
+    _close(out, expected, TOLERANCE[dtype] * scale)
+    out.sum().backward()
+    expected.sum().backward()
+    assert args[0].grad.dtype == dtype
+    _close(
+        args[0].grad,
+        args64[0].grad,
+        TOLERANCE[dtype] * float(args64[0].grad.abs().max().clamp(min=1)),
+    )
