@@ -35,6 +35,59 @@ namespace {
 // are still in cache when the GEMM reads them, and the GEMM is still large.
 constexpr int64_t kChunkElements = int64_t{1} << 20;
 
+// MKL splits a GEMM's reduction over its threads when the other dimensions are small (a few
+// output channels per group), so the bits of a product would depend on the thread count. The
+// GEMMs here split their output into column blocks of a fixed width instead, each computed by one
+// thread with MKL held to that thread: every output element is reduced in the same order
+// whatever the thread count.
+constexpr int64_t kGemmColumns = 64;
+
+}  // namespace
+}  // namespace detector
+
+// MKL's per-thread thread count, C interface (exported by PyTorch's MKL builds; the lower-case
+// `mkl_set_num_threads_local` symbol is the Fortran one, taking a pointer). Weak, so that builds
+// of PyTorch without MKL load this library too (their BLAS is then left as it is).
+extern "C" int MKL_Set_Num_Threads_Local(int num_threads) __attribute__((weak));
+
+namespace detector {
+namespace {
+
+// Within its scope, MKL calls of this thread use one thread.
+class OneBlasThread {
+ public:
+  OneBlasThread() : previous_(MKL_Set_Num_Threads_Local ? MKL_Set_Num_Threads_Local(1) : 0) {}
+  ~OneBlasThread() {
+    if (MKL_Set_Num_Threads_Local) {
+      MKL_Set_Num_Threads_Local(previous_);  // 0 restores the global setting
+    }
+  }
+  OneBlasThread(const OneBlasThread&) = delete;
+  OneBlasThread& operator=(const OneBlasThread&) = delete;
+
+ private:
+  int previous_;
+};
+
+// out (M, N) = a (M, R) x b (R, N), or out += a x b with `accumulate`.
+void gemm_in_column_blocks(at::Tensor out, const at::Tensor& a, const at::Tensor& b,
+                           bool accumulate) {
+  const int64_t n = out.size(1);
+  const int64_t blocks = (n + kGemmColumns - 1) / kGemmColumns;
+  at::parallel_for(0, blocks, 1, [&](int64_t first_block, int64_t last_block) {
+    const OneBlasThread one_thread;
+    for (int64_t k = first_block; k < last_block; ++k) {
+      const int64_t first = k * kGemmColumns, width = std::min(kGemmColumns, n - first);
+      at::Tensor block = out.narrow(1, first, width);
+      if (accumulate) {
+        block.addmm_(a, b.narrow(1, first, width));
+      } else {
+        at::mm_out(block, a, b.narrow(1, first, width));
+      }
+    }
+  });
+}
+
 // Channels [begin, end) that share one offset group and one weight group: their column entries
 // are contiguous. A channel c of the run sits at column `column + tap * Cw + (c - begin)`.
 struct ChannelRun {
@@ -299,8 +352,8 @@ at::Tensor deform_conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& 
         for (int64_t wg = 0; wg < g.groups; ++wg) {
           // (O/groups, L) slice of this image's output
           at::Tensor out = output_flat[n].narrow(0, wg * group_o, group_o).narrow(1, first, rows);
-          at::mm_out(out, w_matrix.narrow(0, wg * group_o, group_o),
-                     cols.narrow(1, wg * group_k, group_k).t());
+          gemm_in_column_blocks(out, w_matrix.narrow(0, wg * group_o, group_o),
+                                cols.narrow(1, wg * group_k, group_k).t(), false);
         }
       }
     }
@@ -382,9 +435,11 @@ deform_conv2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& inpu
             const at::Tensor grad_out =
                 grad_out_flat[n].narrow(0, wg * group_o, group_o).narrow(1, first, rows);
             at::Tensor grad_cols_group = grad_cols.narrow(1, wg * group_k, group_k);
-            at::mm_out(grad_cols_group, grad_out.t(), w_matrix.narrow(0, wg * group_o, group_o));
-            grad_w_matrix.narrow(0, wg * group_o, group_o)
-                .addmm_(grad_out, cols.narrow(1, wg * group_k, group_k));
+            const at::Tensor w_group = w_matrix.narrow(0, wg * group_o, group_o);
+            // grad_cols_group (L, K/g) = grad_out^T x w_group, computed as its transpose
+            gemm_in_column_blocks(grad_cols_group.t(), w_group.t(), grad_out, false);
+            gemm_in_column_blocks(grad_w_matrix.narrow(0, wg * group_o, group_o), grad_out,
+                                  cols.narrow(1, wg * group_k, group_k), true);
           }
           at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
             coordinate_grad_rows(args, begin, end);
