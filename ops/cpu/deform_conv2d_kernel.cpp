@@ -75,6 +75,8 @@ void gemm_in_column_blocks(at::Tensor out, const at::Tensor& a, const at::Tensor
   const int64_t n = out.size(1);
   const int64_t blocks = (n + kGemmColumns - 1) / kGemmColumns;
   at::parallel_for(0, blocks, 1, [&](int64_t first_block, int64_t last_block) {
+    // Thread-local: the worker threads need the caller's "below autograd" dispatch too.
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
     const OneBlasThread one_thread;
     for (int64_t k = first_block; k < last_block; ++k) {
       const int64_t first = k * kGemmColumns, width = std::min(kGemmColumns, n - first);
