@@ -28,7 +28,7 @@ def test_export_tool_writes_a_slim_checkpoint(tiny_run: TinyRun, tmp_path: Path,
 def test_export_tool_errors(tiny_run: TinyRun, tmp_path: Path, capsys) -> None:
     export = _tool("export")
     out = str(tmp_path / "x.pth")
-    assert export.main(["--config-file", str(tiny_run.config_file), "--output", out]) == 1
+    assert export.main(["--config-file", str(tiny_run.config_file), "--output", out]) == 2
     assert "MODEL.WEIGHT is empty" in capsys.readouterr().err
     missing = ["MODEL.WEIGHT", str(tmp_path / "nope.pth")]
     assert export.main(["--config-file", str(tiny_run.config_file), *missing, "--output", out]) == 1
