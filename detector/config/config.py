@@ -144,7 +144,11 @@ def _parse_tuple(text: str) -> Any:
 
 def _parse_cli_value(text: str) -> Any:
     """A command-line value read as a YAML literal: '0.6' -> 0.6, 'true' -> True,
-    '[1, 2]' and '(1, 2)' -> [1, 2]; text that is not valid YAML stays a string."""
+    '[1, 2]' and '(1, 2)' -> [1, 2]; text that is not valid YAML stays a string. An empty
+    value (`MODEL.WEIGHT ''`) is the empty string (YAML would read null), an empty list for a
+    list key."""
+    if not text.strip():
+        return ""
     parsed = _parse_tuple(text)
     if parsed is not text:
         return parsed
@@ -181,7 +185,7 @@ def _normalize(data: dict[str, Any], source: str, prefix: str = "") -> dict[str,
             value = _normalize(value, source, full_key + ".")
         elif _is_list(full_key):
             if isinstance(value, str):
-                value = _parse_tuple(value)
+                value = _parse_tuple(value) if value.strip() else []
             if isinstance(value, tuple):
                 value = list(value)
             elif not isinstance(value, (list, dict)) and value is not None:

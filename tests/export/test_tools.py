@@ -82,3 +82,21 @@ def test_demo_score_threshold(tiny_run: TinyRun, tmp_path: Path, threshold: floa
     assert demo.main([*argv, "--score-thresh", str(threshold)]) == 0
     (record,) = json.loads((tmp_path / "o" / "predictions.json").read_text())
     assert (len(record["detections"]) == 0) == (threshold > 1)
+
+
+def test_demo_takes_bare_overrides_for_a_slim_checkpoint(tiny_run: TinyRun, tmp_path: Path):
+    """Was: `--opts KEY VALUE` (unlike every other tool), refused without --config-file."""
+    slim = tmp_path / "slim.pth"
+    argv = ["--config-file", str(tiny_run.config_file), "MODEL.WEIGHT", str(tiny_run.checkpoint)]
+    assert _tool("export").main([*argv, "--output", str(slim)]) == 0
+    rng = np.random.RandomState(1)
+    Image.fromarray(rng.randint(0, 256, (90, 120, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    demo = _tool("demo")
+    counts = []
+    for opts in ([], ["MODEL.ROI_HEADS.DETECTIONS_PER_IMG", "1"]):
+        out = tmp_path / f"out{len(opts)}"
+        argv = ["--weights", str(slim), *opts, "--input", str(tmp_path / "a.png")]
+        assert demo.main([*argv, "--output", str(out), "--score-thresh", "0"]) == 0
+        (record,) = json.loads((out / "predictions.json").read_text())
+        counts.append(len(record["detections"]))
+    assert counts[0] > 1 and counts[1] == 1
