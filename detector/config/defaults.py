@@ -267,12 +267,18 @@ class CustomDatasetConfig:
     FORMAT: DatasetFormat = DatasetFormat.coco
     # coco: the instances JSON and the folder its file_names are relative to.
     ANN_FILE: str = ""
+    # coco: see ANN_FILE; voc: the images' folder, relative to ROOT ("": JPEGImages).
     IMAGE_DIR: str = ""
-    # voc: the devkit folder (Annotations/, JPEGImages/, ImageSets/Main/); dsb2018: the folder
-    # holding stage1_train/.
+    # voc: the folder of the XML files, relative to ROOT ("": Annotations).
+    ANN_DIR: str = ""
+    # voc: the devkit folder (Annotations/, JPEGImages/, ImageSets/Main/) or any folder holding
+    # IMAGE_DIR and ANN_DIR; dsb2018: the folder holding stage1_train/.
     ROOT: str = ""
-    # voc: ImageSets/Main/<SPLIT>.txt ("": every XML in Annotations/); dsb2018: train, val, all.
+    # voc: ImageSets/Main/<SPLIT>.txt ("": every XML in ANN_DIR); dsb2018: train, val, all.
     SPLIT: str = ""
+    # voc: the split as a list of images instead of SPLIT, relative to ROOT: a text file (one
+    # image id or file name per line) or a .csv file (the first column, after a header row).
+    SPLIT_FILE: str = ""
     # voc: class names without the background ([]: DATASETS.CLASS_NAMES, else the 20 VOC ones).
     CLASS_NAMES: list[str] = _list()
     # voc: instance masks from SegmentationObject/<id>.png; the split is then read from

@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, Dataset
 
-from detector.data.catalog import get_dataset
+from detector.data.catalog import ROLES, get_dataset
 from detector.data.datasets import DetectionDataset
 from detector.data.errors import DatasetError
 from detector.data.samplers import (
@@ -42,6 +42,7 @@ __all__ = [
     "build_test_loader",
     "build_train_loader",
     "build_transforms",
+    "check_num_classes",
     "collate",
     "data_seed",
 ]
@@ -158,12 +159,27 @@ def data_seed(cfg: DictConfig) -> int:
     return cfg.SEED if cfg.SEED >= 0 else 0
 
 
+def check_num_classes(cfg: DictConfig, dataset: DetectionDataset, name: str, role: str) -> None:
+    """Raises a DatasetError when MODEL.ROI_BOX_HEAD.NUM_CLASSES (background included) differs
+    from the classes of `dataset` (a "train" or "test" dataset); RPN-only models have none."""
+    expected = cfg.MODEL.ROI_BOX_HEAD.NUM_CLASSES
+    if cfg.MODEL.RPN_ONLY or dataset.num_classes == expected:
+        return
+    raise DatasetError(
+        f"MODEL.ROI_BOX_HEAD.NUM_CLASSES = {expected}, but the {ROLES[role]} '{name}' "
+        f"(DATASETS.{role.upper()}) has {dataset.num_classes} classes ({dataset.num_classes - 1} "
+        f"and the background): set MODEL.ROI_BOX_HEAD.NUM_CLASSES {dataset.num_classes}, or use "
+        "a config made for this dataset"
+    )
+
+
 def _train_dataset(cfg: DictConfig) -> tuple[DetectionDataset, list[int], bool]:
     names = list(cfg.DATASETS.TRAIN)
     if not names:
         raise DatasetError("DATASETS.TRAIN is empty: name at least one training dataset")
-    datasets = [get_dataset(name, cfg) for name in names]
+    datasets = [get_dataset(name, cfg, "train") for name in names]
     dataset = datasets[0] if len(datasets) == 1 else ConcatDetectionDataset(datasets, names)
+    check_num_classes(cfg, dataset, names[0], "train")  # all have the same classes
     use_difficult = cfg.DATASETS.TRAIN_USE_DIFFICULT
     indices = list(range(len(dataset)))
     if cfg.DATASETS.FILTER_EMPTY:
@@ -217,7 +233,8 @@ def build_test_loader(cfg: DictConfig, dataset_name: str) -> DataLoader:
     """One pass over `dataset_name` (this rank's contiguous shard), resized for testing,
     TEST.IMS_PER_BATCH / world_size images per batch; no image or instance is removed (difficult
     objects stay, flagged). `loader.dataset.dataset` is the raw dataset."""
-    dataset = get_dataset(dataset_name, cfg)
+    dataset = get_dataset(dataset_name, cfg, "test")
+    check_num_classes(cfg, dataset, dataset_name, "test")
     mapped = MappedDataset(dataset, build_transforms(cfg, False))
     batch_size = _per_rank(cfg.TEST.IMS_PER_BATCH, "TEST.IMS_PER_BATCH")
     batch_sampler = BatchSampler(InferenceSampler(len(mapped)), batch_size, drop_last=False)

@@ -396,7 +396,7 @@ def test(
             out_dir = _inference_dir(cfg, name)
             if not comm.is_main_process():
                 continue
-            evaluator = build_evaluator(cfg, name, out_dir, dataset=get_dataset(name, cfg))
+            evaluator = build_evaluator(cfg, name, out_dir, dataset=get_dataset(name, cfg, "test"))
             where = _saved_location(Path(saved_predictions), name, len(names))
             results[name] = reevaluate_saved(evaluator, where)
             _finish(cfg, name, out_dir, results[name])
