@@ -362,6 +362,7 @@ def validate(cfg: DictConfig) -> None:
          "needs 3 positive values, one per channel"),
         ("SOLVER.STEPS", list(solver.STEPS) == sorted(solver.STEPS), "must be increasing"),
         ("SOLVER.ACCUMULATE_GRAD_STEPS", solver.ACCUMULATE_GRAD_STEPS >= 1, "must be at least 1"),
+        ("SOLVER.LOG_PERIOD", solver.LOG_PERIOD >= 1, "must be at least 1"),
         ("DATALOADER.SIZE_DIVISIBILITY", cfg.DATALOADER.SIZE_DIVISIBILITY >= 0,
          "must be 0 (no padding constraint) or positive"),
     ]  # fmt: skip

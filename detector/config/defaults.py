@@ -356,6 +356,9 @@ class SolverConfig:
     WARMUP_ITERS: int = 500
     WARMUP_METHOD: WarmupMethod = WarmupMethod.linear
     CHECKPOINT_PERIOD: int = 2500
+    # Iterations between training log lines (metrics.jsonl gets every iteration); iterations 1,
+    # 2, 5 and 10 and the last are logged too.
+    LOG_PERIOD: int = 20
     # Keep only the newest checkpoints (0: keep all).
     MAX_CHECKPOINTS_KEPT: int = 0
     # Images per batch over all processes.

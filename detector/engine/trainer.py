@@ -342,9 +342,9 @@ class Trainer:
         **overrides: Any,
     ) -> Trainer:
         """Builds the optimizer and LR schedule (detector.solver) and reads SOLVER.MAX_ITER,
-        CHECKPOINT_PERIOD, MAX_CHECKPOINTS_KEPT, AMP, CLIP_GRADIENTS, ACCUMULATE_GRAD_STEPS,
-        TEST.EVAL_PERIOD and OUTPUT_DIR. `model` must already be on `device`; keyword
-        `overrides` replace any constructor argument."""
+        CHECKPOINT_PERIOD, MAX_CHECKPOINTS_KEPT, LOG_PERIOD, AMP, CLIP_GRADIENTS,
+        ACCUMULATE_GRAD_STEPS, TEST.EVAL_PERIOD and OUTPUT_DIR. `model` must already be on
+        `device`; keyword `overrides` replace any constructor argument."""
         from detector.solver import build_lr_scheduler, build_optimizer
 
         s = cfg.SOLVER
@@ -365,6 +365,7 @@ class Trainer:
             amp_dtype=str(s.AMP.DTYPE),
             clip_grad_norm=s.CLIP_GRADIENTS.MAX_NORM if s.CLIP_GRADIENTS.ENABLED else None,
             accumulate_steps=s.ACCUMULATE_GRAD_STEPS,
+            log_period=s.LOG_PERIOD,
         )
         kwargs.update(overrides)
         return cls(**kwargs)

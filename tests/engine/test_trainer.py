@@ -2,7 +2,9 @@
 and an in-process interrupted-and-resumed run."""
 
 import json
+import logging
 import math
+import re
 
 import pytest
 import torch
@@ -228,3 +230,13 @@ def test_resume_asks_the_loader_for_the_iteration(tmp_path):
     resumed.train()
     assert calls == [2]  # iterations, like detector.data.build_train_loader(cfg, start_iter)
     assert resumed.unwrapped_model.calls == 8
+
+
+def test_log_period_is_a_config_key_and_the_first_iterations_are_logged(tmp_path, caplog):
+    """Was: a line every 20 iterations only, so a slow run without a terminal stayed silent for
+    minutes. SOLVER.LOG_PERIOD sets the period; iterations 1, 2, 5, 10 and the last always log."""
+    solver = {"MAX_ITER": 16, "STEPS": [100], "LOG_PERIOD": 7, "CHECKPOINT_PERIOD": 0}
+    with caplog.at_level(logging.INFO, logger="detector.engine.hooks"):
+        _trainer(tmp_path, solver=solver).train()
+    logged = [int(m.group(1)) for m in re.finditer(r"iter: (\d+)/16", caplog.text)]
+    assert logged == [1, 2, 5, 7, 10, 14, 16]
