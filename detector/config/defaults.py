@@ -319,6 +319,10 @@ class DataLoaderConfig:
     SIZE_DIVISIBILITY: int = 0
     # Batch landscape images with landscape images and portrait with portrait.
     ASPECT_RATIO_GROUPING: bool = True
+    # Training: an image that cannot be read (truncated, missing, of another size than its
+    # annotation) is skipped, counted and logged, and the next one taken, instead of stopping
+    # the run (tools/check_dataset.py lists them all up front).
+    SKIP_BAD_IMAGES: bool = False
 
 
 # --------------------------------------------------------------------------------------------

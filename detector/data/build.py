@@ -122,6 +122,8 @@ class MappedDataset(Dataset):
         transforms: applied to (image, target) after the difficult objects are dropped.
         indices: the images used (None: all).
         drop_difficult: remove instances flagged difficult from the targets.
+        skip_bad_images: an image whose reading raises a DatasetError is replaced by the next
+            readable one (logged; `skipped` holds the positions found bad in this process).
     """
 
     def __init__(
@@ -130,12 +132,15 @@ class MappedDataset(Dataset):
         transforms: Compose,
         indices: list[int] | None = None,
         drop_difficult: bool = False,
+        skip_bad_images: bool = False,
     ) -> None:
         self.dataset = dataset
         self.transforms = transforms
         self.indices = list(range(len(dataset))) if indices is None else indices
         self.drop_difficult = drop_difficult
         self.class_names = dataset.class_names
+        self.skip_bad_images = skip_bad_images
+        self.skipped: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -145,13 +150,35 @@ class MappedDataset(Dataset):
 
     def __getitem__(self, item: int | tuple[int, int]) -> tuple[Tensor, Instances, dict[str, Any]]:
         k, seed = item if isinstance(item, tuple) else (item, None)
-        image, target, meta = self.dataset[self.indices[k]]
+        image, target, meta = self._read(k)
         if self.drop_difficult and target.difficult is not None and target.difficult.any():
             target = target[~target.difficult]
         generator = None if seed is None else torch.Generator().manual_seed(seed)
         image, target = self.transforms(image, target, generator)
         target, dropped = clip_and_drop_empty(target)
         return image, target, {**meta, "num_dropped_boxes": dropped}
+
+    def _read(self, k: int) -> tuple[Tensor, Instances, dict[str, Any]]:
+        """dataset[indices[k]]; with skip_bad_images, the first readable from k on."""
+        if not self.skip_bad_images:
+            return self.dataset[self.indices[k]]
+        for step in range(len(self.indices)):
+            position = (k + step) % len(self.indices)
+            if position in self.skipped:
+                continue
+            try:
+                return self.dataset[self.indices[position]]
+            except DatasetError as e:
+                self.skipped.add(position)
+                logger.warning(
+                    "DATALOADER.SKIP_BAD_IMAGES: skipped image %d (%d skipped by this process): %s",
+                    self.indices[position],
+                    len(self.skipped),
+                    e,
+                )
+        raise DatasetError(
+            f"DATALOADER.SKIP_BAD_IMAGES: none of the {len(self)} images is readable"
+        )
 
 
 def data_seed(cfg: DictConfig) -> int:
@@ -213,7 +240,13 @@ def build_train_loader(cfg: DictConfig, start_iter: int = 0) -> DataLoader:
         A DataLoader of (images, targets, metas); `loader.dataset` is a MappedDataset.
     """
     dataset, indices, drop_difficult = _train_dataset(cfg)
-    mapped = MappedDataset(dataset, build_transforms(cfg, True), indices, drop_difficult)
+    mapped = MappedDataset(
+        dataset,
+        build_transforms(cfg, True),
+        indices,
+        drop_difficult,
+        skip_bad_images=cfg.DATALOADER.SKIP_BAD_IMAGES,
+    )
     batch_size = _per_rank(cfg.SOLVER.IMS_PER_BATCH, "SOLVER.IMS_PER_BATCH")
     group_ids = None
     if cfg.DATALOADER.ASPECT_RATIO_GROUPING:

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from detector.engine.checkpoint import Checkpointer, unwrap_model
+from detector.engine.checkpoint import Checkpointer, CheckpointError, unwrap_model
 from detector.engine.hooks import EvalHook, HookBase, MetricsHook, PeriodicCheckpointer, ProgressBar
 from detector.utils import comm
 from detector.utils.metrics import MetricsWriter
@@ -220,12 +220,37 @@ class Trainer:
                     hook.after_step(self)
             for hook in self.hooks:
                 hook.after_train(self)
+        except Exception as error:
+            self._save_after_error(error)
+            raise
         finally:
             self._close_data_iter()
             for hook in self.hooks:
                 hook.close()
         logger.info("training done: outputs in %s", self.output_dir)
         return self.last_metrics
+
+    def _save_after_error(self, error: Exception) -> None:
+        """Saves the last completed iteration when an error (a bad image, a full disk, a bug)
+        ends a run that has made progress, so that --resume continues from it. Not after a
+        divergence (those weights produced the NaN), nor in a multi-process run (saving is
+        collective and the other ranks may never get here)."""
+        if (
+            self.iter <= self.start_iter
+            or isinstance(error, TrainingDivergedError)
+            or comm.get_world_size() > 1
+        ):
+            return
+        try:
+            path = self.checkpointer.save(f"model_{self.iter:07d}", iteration=self.iter)
+        except CheckpointError as e:
+            logger.error("no checkpoint saved after the error: %s", e)
+            return
+        logger.error(
+            "training stopped by an error at iteration %d; saved %s (--resume continues from it)",
+            self.iter,
+            path,
+        )
 
     def _close_data_iter(self) -> None:
         """Stops the data iterator now (DataLoader workers and their threads, or a generator's

@@ -240,3 +240,30 @@ def test_log_period_is_a_config_key_and_the_first_iterations_are_logged(tmp_path
         _trainer(tmp_path, solver=solver).train()
     logged = [int(m.group(1)) for m in re.finditer(r"iter: (\d+)/16", caplog.text)]
     assert logged == [1, 2, 5, 7, 10, 14, 16]
+
+
+def _failing_loader(fail_at: int):
+    """toy_loader's batches, then a DatasetError (a truncated image) at iteration `fail_at`."""
+    from detector.data import DatasetError
+
+    def factory(start_iter: int):
+        batches = toy_loader()(start_iter)
+        for _ in range(start_iter + 1, fail_at):
+            yield next(batches)
+        raise DatasetError("cannot decode image x.jpg: Image is incomplete or truncated")
+
+    return factory
+
+
+@pytest.mark.parametrize(("fail_at", "saved"), [(5, ["model_0000004.pth"]), (1, [])])
+def test_an_error_after_the_first_iteration_saves_a_checkpoint(tmp_path, fail_at, saved):
+    """Was: a truncated JPEG stopped a run at iteration 33 of 40 with no checkpoint written."""
+    from detector.data import DatasetError
+
+    solver = {"MAX_ITER": 8, "CHECKPOINT_PERIOD": 0}
+    with pytest.raises(DatasetError, match="truncated"):
+        _trainer(tmp_path, loader=_failing_loader(fail_at), solver=solver).train()
+    assert sorted(p.name for p in tmp_path.glob("model_*.pth")) == saved
+    if saved:
+        resumed = _trainer(tmp_path, solver=solver)
+        assert resumed.resume_or_load(True) == fail_at - 1

@@ -16,7 +16,7 @@ from detector.modeling.registry import BACKBONES, POOLERS
 from tests.tools.cli import assert_user_error, run_tool
 
 SHAPES = "configs/shapes/mask_rcnn_R_18_FPN_shapes.yaml"
-TOOLS = ("train", "test", "demo", "export", "convert_weights", "run_main_job")
+TOOLS = ("train", "test", "demo", "export", "convert_weights", "run_main_job", "check_dataset")
 
 
 def _known(registry) -> str:
