@@ -4,7 +4,8 @@ MODEL.WEIGHT path.pth names the weights (default: OUTPUT_DIR's last checkpoint).
 every DATASETS.TEST set and OUTPUT_DIR/inference/<dataset>/ receives the predictions
 (coco_instances_results.json, voc_detections_results.json, ...) and the metrics (metrics.json).
 `--eval-only-saved OUTPUT_DIR/inference` scores saved predictions again without running the
-model. Multi-GPU: torchrun --nproc_per_node=8 tools/test.py ... (rank 0 evaluates).
+model, and writes the metrics beside them. Multi-GPU: torchrun --nproc_per_node=8 tools/test.py
+... (rank 0 evaluates).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from detector.engine.inference import format_metrics, test
+from detector.engine.inference import format_metrics, results_dir, test
 from detector.engine.launch import (
     USER_ERRORS,
     default_argument_parser,
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     if comm.is_main_process():
         for name, metrics in results.items():
             print(f"{name}: {format_metrics(metrics)}")
-            print(f"  outputs: {Path(cfg.OUTPUT_DIR) / 'inference' / name}")
+            print(f"  outputs: {results_dir(cfg, name, args.eval_only_saved)}")
     return 0
 
 
