@@ -52,6 +52,7 @@ __all__ = [
     "signals_as_exceptions",
     "split_overrides",
     "train",
+    "warn_frozen_norm_without_weights",
 ]
 
 logger = logging.getLogger(__name__)
@@ -321,6 +322,23 @@ def default_setup(cfg: Any) -> torch.device:
     return device
 
 
+def warn_frozen_norm_without_weights(model: nn.Module) -> bool:
+    """Warns (and returns True) when a model that starts from random weights has frozen batch
+    norm layers: their statistics never adapt, so the losses start high and usually diverge."""
+    from detector.layers.batch_norm import FrozenBatchNorm2d
+
+    frozen = sum(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
+    if frozen:
+        logger.warning(
+            "MODEL.WEIGHT is empty, so %d FrozenBatchNorm2d layers keep random statistics: "
+            "training usually diverges. Give MODEL.WEIGHT (e.g. converted ImageNet weights), or "
+            "train from scratch with MODEL.RESNETS.NORM GN, MODEL.FPN.USE_GN true and "
+            "MODEL.BACKBONE.FREEZE_CONV_BODY_AT 0 (as configs/shapes/*.yaml do)",
+            frozen,
+        )
+    return bool(frozen)
+
+
 def _default_data_loader(cfg: Any) -> DataLoaderFactory:
     def factory(start_iter: int) -> Any:
         from detector.data import build_train_loader  # not needed by injected loaders
@@ -373,7 +391,8 @@ def train(
         hooks=hooks,
         **trainer_overrides,
     )
-    trainer.resume_or_load(resume, weights=cfg.MODEL.WEIGHT)
+    if trainer.resume_or_load(resume, weights=cfg.MODEL.WEIGHT) == 0 and not cfg.MODEL.WEIGHT:
+        warn_frozen_norm_without_weights(model)
     metrics = trainer.train()
     final = Path(cfg.OUTPUT_DIR) / "model_final.pth"
     logger.info("final weights: %s; metrics: %s", final, Path(cfg.OUTPUT_DIR) / "metrics.jsonl")

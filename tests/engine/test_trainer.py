@@ -267,3 +267,25 @@ def test_an_error_after_the_first_iteration_saves_a_checkpoint(tmp_path, fail_at
     if saved:
         resumed = _trainer(tmp_path, solver=solver)
         assert resumed.resume_or_load(True) == fail_at - 1
+
+
+@pytest.mark.parametrize(("weight", "warned"), [("", True), ("given", False)])
+def test_frozen_batch_norm_without_weights_warns(tmp_path, restore_detector_logger, weight, warned):
+    """Was: random weights with FrozenBatchNorm started at losses of 44-268 and diverged,
+    without a word. Now a warning names the keys for training from scratch."""
+    from detector.layers.batch_norm import FrozenBatchNorm2d
+
+    model = ToyModel(dropout=0.0)
+    model.norm = FrozenBatchNorm2d(4)
+    if weight:
+        weight = str(tmp_path / "w.pth")
+        torch.save({"model": model.state_dict()}, weight)
+    cfg = toy_cfg(tmp_path / "run", MAX_ITER=1)
+    with unlocked(cfg):
+        cfg.MODEL.WEIGHT = weight
+    train(cfg, model=model, data_loader=toy_loader(), tensorboard=False, progress_bar=False)
+    log = (tmp_path / "run" / "log.txt").read_text().splitlines()
+    messages = [line for line in log if "WARNING" in line and "FrozenBatchNorm2d" in line]
+    assert len(messages) == int(warned)
+    if warned:
+        assert "MODEL.RESNETS.NORM GN" in messages[0]
