@@ -4,6 +4,7 @@ errors that name the bad input."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -152,3 +153,14 @@ def test_cuda_predictor_matches_cpu(tiny_run: TinyRun, predictor: Predictor, rgb
     assert result["boxes"].device.type == "cpu"  # results come back on the CPU
     torch.testing.assert_close(result["scores"][:3], reference["scores"][:3], atol=1e-4, rtol=0)
     torch.testing.assert_close(result["boxes"][:3], reference["boxes"][:3], atol=1e-2, rtol=0)
+
+
+def test_read_only_images_give_no_warning(predictor: Predictor, rgb: np.ndarray) -> None:
+    """Was: a PIL image triggered PyTorch's "The given NumPy array is not writable" warning."""
+    frozen = rgb.copy()
+    frozen.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        results = predictor([Image.fromarray(rgb), frozen])
+    assert torch.equal(results[0]["boxes"], results[1]["boxes"])
+    assert not frozen.flags.writeable  # the caller's array is left as it was
