@@ -425,6 +425,7 @@ def export_onnx(
 
     Raises:
         UnsupportedOpError: an op without an ONNX equivalent (the message names the config key).
+        ValueError: no detection on the sample image (the exporter cannot trace that).
         AssertionError: onnxruntime's outputs differ from PyTorch's by more than `atol`.
     """
     model, cfg = _load(cfg, weights)
@@ -432,6 +433,7 @@ def export_onnx(
     register_onnx_symbolics()
     wrapper = InferenceModel(model).eval()
     image = prepare_image(cfg, sample_image)
+    _require_detections(wrapper, image)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
@@ -453,6 +455,19 @@ def export_onnx(
         f"input {image.dtype} {tuple(image.shape)}; onnxruntime matches PyTorch on the sample "
         f"image (max abs difference {error:.2e}, tolerance {atol})"
     )
+
+
+def _require_detections(wrapper: nn.Module, image: Tensor) -> None:
+    """The TorchScript-based exporter cannot trace the heads on zero detections (it stops in
+    its shape inference); refuse that sample image with the fix instead."""
+    with torch.no_grad():
+        boxes = wrapper(image)[0]
+    if len(boxes) == 0:
+        raise ValueError(
+            "the model detects nothing on the sample image, and ONNX export needs a sample "
+            "with detections: pass --sample-image with an image the model finds objects in "
+            "(or lower MODEL.ROI_HEADS.SCORE_THRESH for the export)"
+        )
 
 
 def check_onnx(
