@@ -56,9 +56,10 @@ def _strip_comment(line: str) -> str:
 COMMANDS = readme_commands((ROOT / "README.md").read_text())
 
 
-def test_readme_has_commands() -> None:
-    assert any(c.startswith("python tools/train.py") for c in COMMANDS)
-    assert "source .venv/bin/activate" in COMMANDS
+def test_readme_activates_the_venv_before_any_python_command() -> None:
+    """Was: `python tools/train.py` straight after `make`: "No module named 'torch'"."""
+    python = [i for i, c in enumerate(COMMANDS) if re.match(r"(python|torchrun)\b", c)]
+    assert python and COMMANDS.index("source .venv/bin/activate") < python[0]
 
 
 @pytest.mark.parametrize("command", [c for c in COMMANDS if TOOL.search(c)])
