@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from detector.engine.launch import default_argument_parser, run_tool_main
+from detector.engine.launch import check_device, default_argument_parser, run_tool_main
 from detector.utils.visualization import draw, select
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
@@ -129,6 +129,7 @@ def run_demo(args: argparse.Namespace) -> Path:
     from detector import Predictor
     from detector.data import read_image
 
+    check_device(args.device, "--device")
     config = demo_config(args)
     files = collect_images(args.input)
     predictor = Predictor(config, args.weights, args.device, batch_size=args.batch_size)

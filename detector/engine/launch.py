@@ -38,6 +38,7 @@ from detector.utils.logger import setup_logger
 
 __all__ = [
     "USER_ERRORS",
+    "check_device",
     "Interrupted",
     "ToolArgumentParser",
     "TrainResult",
@@ -266,17 +267,22 @@ def resolve_device(cfg: Any) -> torch.device:
 
     Raises ValueError when MODEL.DEVICE asks for CUDA and no GPU is visible.
     """
-    name = str(cfg.MODEL.DEVICE)
-    device = torch.device(name)
+    device = check_device(str(cfg.MODEL.DEVICE), "MODEL.DEVICE")
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(
-                f"MODEL.DEVICE is {name!r} but no CUDA GPU is visible; "
-                "set MODEL.DEVICE cpu to train on the CPU"
-            )
         if device.index is None:
             device = torch.device("cuda", comm.get_local_rank())
         torch.cuda.set_device(device)
+    return device
+
+
+def check_device(name: str, setting: str) -> torch.device:
+    """`torch.device(name)`; a ValueError naming `setting` (the config key or flag that gave
+    it) when it asks for CUDA and no GPU is visible."""
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"{setting} is {name!r} but no CUDA GPU is visible; use {setting} cpu to run on the CPU"
+        )
     return device
 
 

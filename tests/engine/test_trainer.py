@@ -212,7 +212,7 @@ def test_cuda_device_without_gpu_is_a_clear_error(tmp_path):
     cfg = toy_cfg(tmp_path)
     with unlocked(cfg):
         cfg.MODEL.DEVICE = "cuda"
-    with pytest.raises(ValueError, match="no CUDA GPU is visible; set MODEL.DEVICE cpu"):
+    with pytest.raises(ValueError, match="no CUDA GPU is visible; use MODEL.DEVICE cpu"):
         resolve_device(cfg)
 
 

@@ -100,3 +100,16 @@ def test_demo_takes_bare_overrides_for_a_slim_checkpoint(tiny_run: TinyRun, tmp_
         (record,) = json.loads((out / "predictions.json").read_text())
         counts.append(len(record["detections"]))
     assert counts[0] > 1 and counts[1] == 1
+
+
+def test_demo_on_a_missing_gpu_is_one_error_line(tiny_run: TinyRun, tmp_path: Path) -> None:
+    """A sibling of issue 19's item 2: `--device cuda` without a GPU was a raw traceback."""
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    from tests.tools.cli import assert_user_error, run_tool
+
+    Image.fromarray(np.zeros((40, 60, 3), dtype=np.uint8)).save(tmp_path / "z.png")
+    argv = ["--config-file", tiny_run.config_file, "--weights", tiny_run.checkpoint]
+    argv += ["--input", tmp_path / "z.png", "--output", tmp_path / "o", "--device", "cuda"]
+    message = "error: --device is 'cuda' but no CUDA GPU is visible; use --device cpu to run on "
+    assert_user_error(run_tool("demo", *argv), message + "the CPU")
