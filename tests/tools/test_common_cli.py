@@ -29,8 +29,8 @@ def _known(registry) -> str:
         (
             "MODEL.ROI_BOX_HEAD.POOLER_TYPE",
             "ROIAlgn",
-            "POOLER_TYPE registry: unknown name 'ROIAlgn'. Did you mean 'ROIAlign'? "
-            f"Known names: {_known(POOLERS)}",
+            "MODEL.ROI_BOX_HEAD/ROI_MASK_HEAD.POOLER_TYPE registry: unknown name 'ROIAlgn'. "
+            f"Did you mean 'ROIAlign'? Known names: {_known(POOLERS)}",
         ),
         (
             "MODEL.BACKBONE.CONV_BODY",
@@ -53,7 +53,9 @@ def test_debug_shows_the_traceback(tmp_path: Path, env: dict[str, str]) -> None:
     run = run_tool("train", *argv, *debug_flag, "OUTPUT_DIR", tmp_path, env=env)
     assert run.returncode == 1
     assert "Traceback" in run.stderr and "UnknownNameError" in run.stderr
-    assert run.stderr.splitlines()[-1].startswith("error: POOLER_TYPE registry: unknown name")
+    assert run.stderr.splitlines()[-1].startswith(
+        "error: MODEL.ROI_BOX_HEAD/ROI_MASK_HEAD.POOLER_TYPE registry: unknown name"
+    )
 
 
 def test_config_error_exits_2(tmp_path: Path) -> None:
