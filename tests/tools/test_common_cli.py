@@ -91,6 +91,7 @@ def test_num_threads_is_applied(tmp_path: Path) -> None:
     try:
         status = load_tool("test").main(
             ["--config-file", SHAPES, "--num-threads", "1", "DATASETS.TEST", "()"]
+            + ["OUTPUT_DIR", str(tmp_path)]
         )
         assert status == 1 and torch.get_num_threads() == 1
     finally:
@@ -118,3 +119,17 @@ def test_overrides_stand_anywhere() -> None:
     typo = ["--output", "x", "MODLE.WEIGHT", "m"]
     assert split_overrides(typo) == ([], typo)
     assert parser.parse_args(["MODLE.WEIGHT", "m"]).opts == ["MODLE.WEIGHT", "m"]  # load_config
+
+
+def test_weights_and_dataset_errors_are_one_line(tmp_path: Path) -> None:
+    """The other kinds of user error the tools detect: a weights file, a dataset name."""
+    missing = tmp_path / "nope.pth"
+    out = ["OUTPUT_DIR", tmp_path]
+    run = run_tool("test", "--config-file", SHAPES, "MODEL.WEIGHT", missing, *out)
+    assert_user_error(run, f"error: weights file not found: {missing} (MODEL.WEIGHT)")
+    run = run_tool("train", "--config-file", SHAPES, "DATASETS.TEST", "[shapes_vall]", *out)
+    assert run.error_lines[0].startswith(
+        "error: test dataset 'shapes_vall' (DATASETS.TEST): unknown dataset 'shapes_vall'. "
+        "Did you mean 'shapes_val'?"
+    )
+    assert_user_error(run, run.error_lines[0])
