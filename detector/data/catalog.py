@@ -231,10 +231,14 @@ def get_dataset(name: str, cfg: DictConfig, role: str = "") -> DetectionDataset:
             ("training dataset 'x' (DATASETS.TRAIN): ..."); "" for none.
 
     Raises:
-        DatasetError: an unknown name, a missing path key, a missing or malformed file.
+        DatasetError: an unknown name, a missing path key, a missing or malformed file, no
+            image.
     """
     try:
-        return _build_dataset(name, cfg)
+        dataset = _build_dataset(name, cfg)
+        if len(dataset) == 0:
+            raise DatasetError("the dataset holds no image")
+        return dataset
     except DatasetError as e:
         if not role:
             raise

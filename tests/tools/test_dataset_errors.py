@@ -4,6 +4,7 @@ dataset (training or test), the keys to change and the folders looked in (issue 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 from PIL import Image
 
 from detector.config import get_cfg, merge_opts
-from detector.data import DatasetError, get_dataset
+from detector.data import DatasetError, build_test_loader, get_dataset
 from tests.tools.cli import assert_user_error, run_tool
 
 SHAPES = "configs/shapes/mask_rcnn_R_18_FPN_shapes.yaml"
@@ -128,3 +129,14 @@ def test_voc_empty_split_file_is_an_error(tmp_path: Path) -> None:
     keys = {"ROOT": str(root), "ANN_DIR": "annotations", "SPLIT_FILE": "empty.txt"}
     with pytest.raises(DatasetError, match=f"^{root}/empty.txt lists no image$"):
         get_dataset("mine", merge_opts(get_cfg(), _custom("mine", **keys)))
+
+
+def test_an_empty_test_set_is_an_error(tmp_path: Path) -> None:
+    """Was: a test set of 0 images, silently (any format)."""
+    ann = tmp_path / "empty.json"
+    ann.write_text('{"images": [], "annotations": [], "categories": [{"id": 1, "name": "cat"}]}')
+    spec = f"{{empty: {{FORMAT: coco, ANN_FILE: '{ann}', IMAGE_DIR: '{tmp_path}'}}}}"
+    cfg = merge_opts(get_cfg(), ["DATASETS.CUSTOM", spec, "MODEL.ROI_BOX_HEAD.NUM_CLASSES", "2"])
+    message = "test dataset 'empty' (DATASETS.TEST): the dataset holds no image"
+    with pytest.raises(DatasetError, match=f"^{re.escape(message)}$"):
+        build_test_loader(cfg, "empty")
