@@ -169,7 +169,8 @@ def _to_float(value: Any) -> Any:
 
 
 def _normalize(data: dict[str, Any], source: str, prefix: str = "") -> dict[str, Any]:
-    """Reads tuple strings and single values given for list keys as lists, recursively.
+    """Reads tuple strings and single values given for list keys as lists, and an empty (null)
+    value as "" (text keys) or [] (list keys), recursively.
 
     Unknown keys are passed through unchanged: merging reports them."""
     out: dict[str, Any] = {}
@@ -184,8 +185,10 @@ def _normalize(data: dict[str, Any], source: str, prefix: str = "") -> dict[str,
                 )
             value = _normalize(value, source, full_key + ".")
         elif _is_list(full_key):
-            if isinstance(value, str):
-                value = _parse_tuple(value) if value.strip() else []
+            if value is None or (isinstance(value, str) and not value.strip()):
+                value = []  # left empty: no items
+            elif isinstance(value, str):
+                value = _parse_tuple(value)
             if isinstance(value, tuple):
                 value = list(value)
             elif not isinstance(value, (list, dict)) and value is not None:
@@ -194,6 +197,8 @@ def _normalize(data: dict[str, Any], source: str, prefix: str = "") -> dict[str,
                 value = [_to_float(v) for v in value]
         elif _FIELDS.get(full_key) is float:
             value = _to_float(value)
+        elif _FIELDS.get(full_key) is str and value is None:
+            value = ""  # `WEIGHT:` with nothing after it in a file: none, as the docs say
         out[key] = value
     return out
 

@@ -380,3 +380,14 @@ def test_defaults_dump_loads_back_unchanged(tmp_path):
 def test_unknown_top_level_group_lists_top_level_keys():
     with pytest.raises(ConfigError, match="valid keys under the top level: DATALOADER, DATASETS"):
         load_config(None, ["XYZZYQWERTY.ABCDEFG", "1"])
+
+
+def test_an_empty_value_means_none(tmp_path):
+    """Issue 19, item 3: `MODEL.WEIGHT ''` on the command line was 'MODEL.WEIGHT = null has the
+    wrong type: expected str' (only '""' worked); a key left empty in a file did the same."""
+    path = tmp_path / "c.yaml"
+    path.write_text("MODEL:\n  WEIGHT:\nDATASETS:\n  TEST:\n")
+    cfg = load_config(path, ["OUTPUT_DIR", "", "DATASETS.TRAIN", ""])
+    assert cfg.MODEL.WEIGHT == "" and cfg.OUTPUT_DIR == ""
+    assert list(cfg.DATASETS.TRAIN) == [] and list(cfg.DATASETS.TEST) == []
+    assert load_config(None, ["MODEL.WEIGHT", "''"]).MODEL.WEIGHT == ""
