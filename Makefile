@@ -48,7 +48,8 @@ test: build
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # The README's main job: train Mask R-CNN on the built-in shapes on the CPU, evaluate box/mask AP
-# on shapes_val, export the weights, draw predictions (tools/run_main_job.py; ~10 min on 2 cores).
+# on shapes_val, export the weights, draw predictions (tools/run_main_job.py; 3 to 8 min on 2
+# cores, README).
 # On a machine busy with other jobs, TRAIN_ARGS="--num-threads 1" is faster.
 TRAIN_CONFIG ?= configs/shapes/mask_rcnn_R_18_FPN_shapes.yaml
 TRAIN_OUTPUT ?= output/shapes/mask_rcnn_R_18_FPN

@@ -210,7 +210,9 @@ class Predictor:
                     f"Predictor: image {index} is a numpy array of shape {image.shape} and dtype "
                     f"{image.dtype}; expected an RGB H x W x 3 uint8 array"
                 )
-            return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)  # HWC -> CHW
+            # A copy when read-only (PIL images, frozen arrays): torch warns on those.
+            image = np.require(image, requirements=("C", "W"))
+            return torch.from_numpy(image).permute(2, 0, 1)  # HWC -> CHW
         if isinstance(image, Tensor):
             if image.dim() != 3 or image.shape[0] != 3 or image.dtype != torch.uint8:
                 raise ValueError(

@@ -4,6 +4,7 @@ errors that name the bad input."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -190,3 +191,14 @@ def test_very_elongated_images_run_end_to_end(predictor: Predictor, shape) -> No
     result = predictor(torch.full(shape, 100, dtype=torch.uint8))
     assert result["image_size"] == shape[1:]
     assert result["masks"].shape[1:] == shape[1:]
+
+
+def test_read_only_images_give_no_warning(predictor: Predictor, rgb: np.ndarray) -> None:
+    """Was: a PIL image triggered PyTorch's "The given NumPy array is not writable" warning."""
+    frozen = rgb.copy()
+    frozen.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        results = predictor([Image.fromarray(rgb), frozen])
+    assert torch.equal(results[0]["boxes"], results[1]["boxes"])
+    assert not frozen.flags.writeable  # the caller's array is left as it was

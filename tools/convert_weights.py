@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from detector.config import load_config
+from detector.engine.launch import default_argument_parser, run_tool_main
 from detector.export.convert import SOURCES, convert_state_dict, load_source_file
 from detector.modeling.detector import GeneralizedRCNN
 
@@ -29,24 +30,25 @@ TORCHVISION_CONFIGS = {
 }
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = default_argument_parser(
+        __doc__.split("\n\n")[0],
+        "MODEL.MASK_ON true (applied to the config the keys are checked against)",
+        config_required=False,
+    )
     parser.add_argument("--source", required=True, choices=sorted(SOURCES))
     parser.add_argument("input", type=Path, help="the source weights (.pth, .pt or .pkl)")
     parser.add_argument("output", type=Path, help="where to write our checkpoint (.pth)")
-    parser.add_argument(
-        "--config-file",
-        default="",
-        help="the config the weights are for; checks the converted keys against its model "
-        "(required for torchvision-classification; torchvision: configs/torchvision/*)",
-    )
     parser.add_argument(
         "--allow-incomplete",
         action="store_true",
         help="write the output even when keys are missing, unmatched or of another shape",
     )
-    parser.add_argument("opts", nargs="*", help="config overrides: KEY VALUE ...")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def _config_path(args: argparse.Namespace, state_dict: dict) -> str:
@@ -58,12 +60,11 @@ def _config_path(args: argparse.Namespace, state_dict: dict) -> str:
         has_mask = any(k.startswith("roi_heads.mask_") for k in state_dict)
         return TORCHVISION_CONFIGS[has_mask]
     if args.source == "torchvision-classification":
-        raise SystemExit("--source torchvision-classification needs --config-file")
+        raise ValueError("--source torchvision-classification needs --config-file")
     return ""
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run(args: argparse.Namespace) -> int:
     state_dict = load_source_file(args.input)
     config_path = _config_path(args, state_dict)
     model = None
@@ -73,16 +74,18 @@ def main(argv: list[str] | None = None) -> int:
     converted, report = convert_state_dict(args.source, state_dict, model)
     print(report.summary())
     if not report.complete and not args.allow_incomplete:
-        print(
-            f"not written: the conversion is incomplete for {config_path or 'the source'}; "
-            "pass --allow-incomplete to write it anyway",
-            file=sys.stderr,
+        raise ValueError(
+            f"not written: the conversion is incomplete for {config_path or 'the source'} "
+            "(see above); pass --allow-incomplete to write it anyway"
         )
-        return 1
     args.output.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": converted}, args.output)
     print(f"wrote {len(converted)} tensors to {args.output}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_tool_main(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
 """Run a detector on images and draw its detections.
 
     python tools/demo.py --config-file X.yaml --weights model_final_slim.pth \
-        --input street.jpg photos/ --output demo_out [--score-thresh 0.5]
+        --input street.jpg photos/ --output demo_out [--score-thresh 0.5] [KEY VALUE ...]
 
 Writes one picture per input (boxes, class names, scores and translucent masks) and
 predictions.json into the output folder. --config-file may be left out when the weights are a
-slim checkpoint (tools/export.py), which embeds its config.
+slim checkpoint (tools/export.py), which embeds its config; KEY VALUE overrides then apply to
+that config.
 """
 
 from __future__ import annotations
@@ -21,14 +22,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from detector.engine.launch import check_device, default_argument_parser, run_tool_main
 from detector.utils.visualization import draw, select
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config-file", metavar="FILE", help="YAML config (optional for slim)")
+def build_parser() -> argparse.ArgumentParser:
+    parser = default_argument_parser(
+        __doc__.splitlines()[0],
+        "MODEL.ROI_HEADS.NMS 0.4 (applied to the slim checkpoint's config without --config-file)",
+        config_required=False,
+    )
     parser.add_argument("--weights", required=True, metavar="FILE", help="slim/training checkpoint")
     parser.add_argument(
         "--input", required=True, nargs="+", metavar="PATH", help="image files and/or folders"
@@ -39,10 +44,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--batch-size", type=int, default=None, help="images per forward pass")
-    parser.add_argument(
-        "--opts", nargs="*", default=[], metavar="KEY VALUE", help="config overrides"
-    )
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
@@ -100,19 +106,31 @@ def _output_name(path: Path, used: set[str]) -> str:
     return name
 
 
+def demo_config(args: argparse.Namespace) -> Any:
+    """--config-file with the overrides; without it, the overrides applied to the checkpoint's
+    own config (None when there are none: Predictor then reads that config itself)."""
+    from detector.config import load_config, merge_opts
+
+    if args.config_file:
+        return load_config(args.config_file, args.opts)
+    if not args.opts:
+        return None
+    from detector.engine.checkpoint import load_checkpoint_file
+    from detector.predictor import resolve_config
+
+    weights = Path(args.weights)
+    return merge_opts(resolve_config(None, weights, load_checkpoint_file(weights)), args.opts)
+
+
 def run_demo(args: argparse.Namespace) -> Path:
     """Predicts, draws and writes; returns the predictions.json path."""
     from torchvision.io import write_jpeg, write_png
 
     from detector import Predictor
-    from detector.config import load_config
     from detector.data import read_image
 
-    config: Any = None
-    if args.config_file:
-        config = load_config(args.config_file, args.opts)
-    elif args.opts:
-        raise ValueError("--opts needs --config-file")
+    check_device(args.device, "--device")
+    config = demo_config(args)
     files = collect_images(args.input)
     predictor = Predictor(config, args.weights, args.device, batch_size=args.batch_size)
     output = Path(args.output)
@@ -138,17 +156,16 @@ def run_demo(args: argparse.Namespace) -> Path:
     return json_path
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        with torch.no_grad():  # scoped: tests call main() in-process
-            json_path = run_demo(args)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    with torch.no_grad():  # scoped: tests call main() in-process
+        json_path = run_demo(args)
     print(f"wrote {json_path} and the drawn images next to it")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_tool_main(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -20,13 +20,14 @@ import logging
 import sys
 from pathlib import Path
 
-from detector.config import ConfigError, load_config
-from detector.engine.checkpoint import CheckpointError
+from detector.config import ConfigError
+from detector.engine.launch import default_argument_parser, load_config_from_args, run_tool_main
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config-file", required=True, metavar="FILE", help="YAML config")
+def build_parser() -> argparse.ArgumentParser:
+    parser = default_argument_parser(
+        __doc__.splitlines()[0], "MODEL.WEIGHT output/model_final.pth (the checkpoint to export)"
+    )
     parser.add_argument("--output", required=True, metavar="FILE", help="the file to write")
     parser.add_argument(
         "--format",
@@ -48,23 +49,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="torch-export: a program for the sample image's size only (default: any height "
         "and width from the largest anchor stride + 1 to INPUT.MAX_SIZE_TEST)",
     )
-    parser.add_argument(
-        "opts",
-        nargs="*",
-        metavar="KEY VALUE",
-        help="config overrides (before or after the options); MODEL.WEIGHT names the checkpoint "
-        "to export",
-    )
-    args, extra = parser.parse_known_args(argv)
-    unknown = [a for a in extra if a.startswith("--")]
-    if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    args.opts = [*args.opts, *extra]
-    return args
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def _export(args: argparse.Namespace) -> str:
-    cfg = load_config(args.config_file, args.opts)
+    cfg = load_config_from_args(args)
     weights = str(cfg.MODEL.WEIGHT)
     if not weights:
         raise ConfigError(
@@ -98,16 +91,14 @@ def _export(args: argparse.Namespace) -> str:
     return f"wrote {output}; {report}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        message = _export(args)
-    except (ConfigError, CheckpointError, FileNotFoundError, ValueError, NotImplementedError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(message)
+    print(_export(args))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_tool_main(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

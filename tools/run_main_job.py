@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
-from detector.config import ConfigError, load_config
+from detector.config import load_config
 from detector.data import build_test_loader, get_dataset
-from detector.engine.checkpoint import CheckpointError
+from detector.engine.launch import default_argument_parser, run_tool_main
 
 DEFAULT_CONFIG = "configs/shapes/mask_rcnn_R_18_FPN_shapes.yaml"
 NUM_PREDICTION_IMAGES = 4
@@ -68,20 +68,19 @@ def draw_predictions(
     return paths
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config-file", default=DEFAULT_CONFIG, metavar="FILE")
+def build_parser() -> argparse.ArgumentParser:
+    parser = default_argument_parser(
+        __doc__.splitlines()[0], "SOLVER.MAX_ITER 200", config_required=False
+    )
+    parser.set_defaults(config_file=DEFAULT_CONFIG)
     parser.add_argument("--output-dir", default="", help="OUTPUT_DIR (default: the config's)")
     parser.add_argument("--eval-only", action="store_true", help="skip training; use --weights")
     parser.add_argument("--weights", default="", help="training checkpoint for --eval-only")
-    parser.add_argument(
-        "--num-threads",
-        type=int,
-        default=0,
-        help="torch CPU threads (0: torch's default; 1 is faster on a machine shared by jobs)",
-    )
-    parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def _trained_model(cfg: DictConfig, args: argparse.Namespace) -> tuple[nn.Module, Path]:
@@ -107,8 +106,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from detector.export.slim import export_slim
 
     start = time.perf_counter()
-    if args.num_threads > 0:
-        torch.set_num_threads(args.num_threads)
     opts = list(args.opts) + (["OUTPUT_DIR", args.output_dir] if args.output_dir else [])
     cfg = load_config(args.config_file, opts)
     output_dir = Path(cfg.OUTPUT_DIR)
@@ -155,16 +152,14 @@ def print_summary(summary: dict[str, Any]) -> None:
     print("\n".join(["=" * 72, *lines, "=" * 72]))
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def main_job(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO)
-    try:
-        summary = run(args)
-    except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print_summary(summary)
+    print_summary(run(args))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_tool_main(build_parser(), main_job, argv)
 
 
 if __name__ == "__main__":

@@ -11,19 +11,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from detector.engine.checkpoint import CheckpointError
 from detector.engine.launch import (
     default_argument_parser,
     load_config_from_args,
-    run_tool,
+    run_tool_main,
     train,
 )
-from detector.engine.output_dir import OutputDirError
-from detector.engine.trainer import TrainingDivergedError
 from detector.utils import comm
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = default_argument_parser(
         __doc__.splitlines()[0], "SOLVER.BASE_LR 0.01 OUTPUT_DIR runs/x"
     )
@@ -37,29 +34,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="do not evaluate on DATASETS.TEST (neither periodically nor at the end)",
     )
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_config_from_args(args)
+    evaluate_fn = None
+    if cfg.DATASETS.TEST and not args.skip_test:
+        from detector.evaluation.build import make_evaluate_fn
+
+        evaluate_fn = make_evaluate_fn(cfg)
+    result = train(cfg, resume=args.resume, evaluate_fn=evaluate_fn)
+    if comm.is_main_process():
+        print(f"final weights: {result.final_checkpoint}")
+        outputs = "outputs (log.txt, metrics.jsonl, tensorboard/, config.yaml)"
+        print(f"{outputs}: {result.output_dir}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    cfg = load_config_from_args(args)
-    if cfg is None:
-        return 2
-
-    def body() -> int:
-        evaluate_fn = None
-        if cfg.DATASETS.TEST and not args.skip_test:
-            from detector.evaluation.build import make_evaluate_fn
-
-            evaluate_fn = make_evaluate_fn(cfg)
-        result = train(cfg, resume=args.resume, evaluate_fn=evaluate_fn)
-        if comm.is_main_process():
-            print(f"final weights: {result.final_checkpoint}")
-            outputs = "outputs (log.txt, metrics.jsonl, tensorboard/, config.yaml)"
-            print(f"{outputs}: {result.output_dir}")
-        return 0
-
-    return run_tool(body, (CheckpointError, OutputDirError, TrainingDivergedError, ValueError))
+    return run_tool_main(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -146,7 +146,11 @@ def _parse_tuple(text: str) -> Any:
 
 def _parse_cli_value(text: str) -> Any:
     """A command-line value read as a YAML literal: '0.6' -> 0.6, 'true' -> True,
-    '[1, 2]' and '(1, 2)' -> [1, 2]; text that is not valid YAML stays a string."""
+    '[1, 2]' and '(1, 2)' -> [1, 2]; text that is not valid YAML stays a string. An empty
+    value (`MODEL.WEIGHT ''`) is the empty string (YAML would read null), an empty list for a
+    list key."""
+    if not text.strip():
+        return ""
     parsed = _parse_tuple(text)
     if parsed is not text:
         return parsed
@@ -167,7 +171,8 @@ def _to_float(value: Any) -> Any:
 
 
 def _normalize(data: dict[str, Any], source: str, prefix: str = "") -> dict[str, Any]:
-    """Reads tuple strings and single values given for list keys as lists, recursively.
+    """Reads tuple strings and single values given for list keys as lists, and an empty (null)
+    value as "" (text keys) or [] (list keys), recursively.
 
     Unknown keys are passed through unchanged: merging reports them."""
     out: dict[str, Any] = {}
@@ -182,7 +187,9 @@ def _normalize(data: dict[str, Any], source: str, prefix: str = "") -> dict[str,
                 )
             value = _normalize(value, source, full_key + ".")
         elif _is_list(full_key):
-            if isinstance(value, str):
+            if value is None or (isinstance(value, str) and not value.strip()):
+                value = []  # left empty: no items
+            elif isinstance(value, str):
                 value = _parse_tuple(value)
             if isinstance(value, tuple):
                 value = list(value)
@@ -192,6 +199,8 @@ def _normalize(data: dict[str, Any], source: str, prefix: str = "") -> dict[str,
                 value = [_to_float(v) for v in value]
         elif _FIELDS.get(full_key) is float:
             value = _to_float(value)
+        elif _FIELDS.get(full_key) is str and value is None:
+            value = ""  # `WEIGHT:` with nothing after it in a file: none, as the docs say
         out[key] = value
     return out
 
@@ -438,6 +447,7 @@ def validate(cfg: DictConfig) -> None:
         ("MODEL.ROI_HEADS.USE_FPN", not heads.USE_FPN or fpn,
          f"is True but MODEL.BACKBONE.CONV_BODY {m.BACKBONE.CONV_BODY!r} has no FPN (the FPN "
          "comes with the backbone: choose a *-FPN CONV_BODY)"),
+        ("SOLVER.LOG_PERIOD", solver.LOG_PERIOD >= 1, "must be at least 1"),
     ]  # fmt: skip
     for key, ok, requirement in checks:
         if not ok:

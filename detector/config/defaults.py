@@ -275,12 +275,18 @@ class CustomDatasetConfig:
     FORMAT: DatasetFormat = DatasetFormat.coco
     # coco: the instances JSON and the folder its file_names are relative to.
     ANN_FILE: str = ""
+    # coco: see ANN_FILE; voc: the images' folder, relative to ROOT ("": JPEGImages).
     IMAGE_DIR: str = ""
-    # voc: the devkit folder (Annotations/, JPEGImages/, ImageSets/Main/); dsb2018: the folder
-    # holding stage1_train/.
+    # voc: the folder of the XML files, relative to ROOT ("": Annotations).
+    ANN_DIR: str = ""
+    # voc: the devkit folder (Annotations/, JPEGImages/, ImageSets/Main/) or any folder holding
+    # IMAGE_DIR and ANN_DIR; dsb2018: the folder holding stage1_train/.
     ROOT: str = ""
-    # voc: ImageSets/Main/<SPLIT>.txt ("": every XML in Annotations/); dsb2018: train, val, all.
+    # voc: ImageSets/Main/<SPLIT>.txt ("": every XML in ANN_DIR); dsb2018: train, val, all.
     SPLIT: str = ""
+    # voc: the split as a list of images instead of SPLIT, relative to ROOT: a text file (one
+    # image id or file name per line) or a .csv file (the first column, after a header row).
+    SPLIT_FILE: str = ""
     # voc: class names without the background ([]: DATASETS.CLASS_NAMES, else the 20 VOC ones).
     CLASS_NAMES: list[str] = _list()
     # voc: instance masks from SegmentationObject/<id>.png; the split is then read from
@@ -321,6 +327,10 @@ class DataLoaderConfig:
     SIZE_DIVISIBILITY: int = 0
     # Batch landscape images with landscape images and portrait with portrait.
     ASPECT_RATIO_GROUPING: bool = True
+    # Training: an image that cannot be read (truncated, missing, of another size than its
+    # annotation) is skipped, counted and logged, and the next one taken, instead of stopping
+    # the run (tools/check_dataset.py lists them all up front).
+    SKIP_BAD_IMAGES: bool = False
 
 
 # --------------------------------------------------------------------------------------------
@@ -358,6 +368,9 @@ class SolverConfig:
     WARMUP_ITERS: int = 500
     WARMUP_METHOD: WarmupMethod = WarmupMethod.linear
     CHECKPOINT_PERIOD: int = 2500
+    # Iterations between training log lines (metrics.jsonl gets every iteration); iterations 1,
+    # 2, 5 and 10 and the last are logged too.
+    LOG_PERIOD: int = 20
     # Keep only the newest checkpoints (0: keep all).
     MAX_CHECKPOINTS_KEPT: int = 0
     # Images per batch over all processes.

@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, Dataset
 
-from detector.data.catalog import get_dataset
+from detector.data.catalog import ROLES, get_dataset
 from detector.data.datasets import DetectionDataset
 from detector.data.errors import DatasetError
 from detector.data.samplers import (
@@ -45,6 +45,7 @@ __all__ = [
     "build_test_loader",
     "build_train_loader",
     "build_transforms",
+    "check_num_classes",
     "collate",
     "data_seed",
 ]
@@ -129,6 +130,8 @@ class MappedDataset(Dataset):
         transforms: applied to (image, target) after the difficult objects are dropped.
         indices: the images used (None: all).
         drop_difficult: remove instances flagged difficult from the targets.
+        skip_bad_images: an image whose reading raises a DatasetError is replaced by the next
+            readable one (logged; `skipped` holds the positions found bad in this process).
     """
 
     def __init__(
@@ -137,12 +140,15 @@ class MappedDataset(Dataset):
         transforms: Compose,
         indices: list[int] | None = None,
         drop_difficult: bool = False,
+        skip_bad_images: bool = False,
     ) -> None:
         self.dataset = dataset
         self.transforms = transforms
         self.indices = list(range(len(dataset))) if indices is None else indices
         self.drop_difficult = drop_difficult
         self.class_names = dataset.class_names
+        self.skip_bad_images = skip_bad_images
+        self.skipped: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -152,7 +158,7 @@ class MappedDataset(Dataset):
 
     def __getitem__(self, item: int | tuple[int, int]) -> tuple[Tensor, Instances, dict[str, Any]]:
         k, seed = item if isinstance(item, tuple) else (item, None)
-        image, target, meta = self.dataset[self.indices[k]]
+        image, target, meta = self._read(k)
         if self.drop_difficult and target.difficult is not None and target.difficult.any():
             target = target[~target.difficult]
         generator = None if seed is None else torch.Generator().manual_seed(seed)
@@ -160,18 +166,55 @@ class MappedDataset(Dataset):
         target, dropped = clip_and_drop_empty(target)
         return image, target, {**meta, "num_dropped_boxes": dropped}
 
+    def _read(self, k: int) -> tuple[Tensor, Instances, dict[str, Any]]:
+        """dataset[indices[k]]; with skip_bad_images, the first readable from k on."""
+        if not self.skip_bad_images:
+            return self.dataset[self.indices[k]]
+        for step in range(len(self.indices)):
+            position = (k + step) % len(self.indices)
+            if position in self.skipped:
+                continue
+            try:
+                return self.dataset[self.indices[position]]
+            except DatasetError as e:
+                self.skipped.add(position)
+                logger.warning(
+                    "DATALOADER.SKIP_BAD_IMAGES: skipped image %d (%d skipped by this process): %s",
+                    self.indices[position],
+                    len(self.skipped),
+                    e,
+                )
+        raise DatasetError(
+            f"DATALOADER.SKIP_BAD_IMAGES: none of the {len(self)} images is readable"
+        )
+
 
 def data_seed(cfg: DictConfig) -> int:
     """The seed of the training data order: cfg.SEED, or 0 when it is -1 (unset)."""
     return cfg.SEED if cfg.SEED >= 0 else 0
 
 
+def check_num_classes(cfg: DictConfig, dataset: DetectionDataset, name: str, role: str) -> None:
+    """Raises a DatasetError when MODEL.ROI_BOX_HEAD.NUM_CLASSES (background included) differs
+    from the classes of `dataset` (a "train" or "test" dataset); RPN-only models have none."""
+    expected = cfg.MODEL.ROI_BOX_HEAD.NUM_CLASSES
+    if cfg.MODEL.RPN_ONLY or dataset.num_classes == expected:
+        return
+    raise DatasetError(
+        f"MODEL.ROI_BOX_HEAD.NUM_CLASSES = {expected}, but the {ROLES[role]} '{name}' "
+        f"(DATASETS.{role.upper()}) has {dataset.num_classes} classes ({dataset.num_classes - 1} "
+        f"and the background): set MODEL.ROI_BOX_HEAD.NUM_CLASSES {dataset.num_classes}, or use "
+        "a config made for this dataset"
+    )
+
+
 def _train_dataset(cfg: DictConfig) -> tuple[DetectionDataset, list[int], bool]:
     names = list(cfg.DATASETS.TRAIN)
     if not names:
         raise DatasetError("DATASETS.TRAIN is empty: name at least one training dataset")
-    datasets = [get_dataset(name, cfg) for name in names]
+    datasets = [get_dataset(name, cfg, "train") for name in names]
     dataset = datasets[0] if len(datasets) == 1 else ConcatDetectionDataset(datasets, names)
+    check_num_classes(cfg, dataset, names[0], "train")  # all have the same classes
     use_difficult = cfg.DATASETS.TRAIN_USE_DIFFICULT
     indices = list(range(len(dataset)))
     if cfg.DATASETS.FILTER_EMPTY:
@@ -205,7 +248,13 @@ def build_train_loader(cfg: DictConfig, start_iter: int = 0) -> DataLoader:
         A DataLoader of (images, targets, metas); `loader.dataset` is a MappedDataset.
     """
     dataset, indices, drop_difficult = _train_dataset(cfg)
-    mapped = MappedDataset(dataset, build_transforms(cfg, True), indices, drop_difficult)
+    mapped = MappedDataset(
+        dataset,
+        build_transforms(cfg, True),
+        indices,
+        drop_difficult,
+        skip_bad_images=cfg.DATALOADER.SKIP_BAD_IMAGES,
+    )
     batch_size = _per_rank(cfg.SOLVER.IMS_PER_BATCH, "SOLVER.IMS_PER_BATCH")
     if batch_size > len(mapped):
         raise DatasetError(
@@ -231,7 +280,8 @@ def build_test_loader(cfg: DictConfig, dataset_name: str) -> DataLoader:
     """One pass over `dataset_name` (this rank's contiguous shard), resized for testing,
     TEST.IMS_PER_BATCH / world_size images per batch; no image or instance is removed (difficult
     objects stay, flagged). `loader.dataset.dataset` is the raw dataset."""
-    dataset = get_dataset(dataset_name, cfg)
+    dataset = get_dataset(dataset_name, cfg, "test")
+    check_num_classes(cfg, dataset, dataset_name, "test")
     mapped = MappedDataset(dataset, build_transforms(cfg, False))
     batch_size = _per_rank(cfg.TEST.IMS_PER_BATCH, "TEST.IMS_PER_BATCH")
     batch_sampler = BatchSampler(InferenceSampler(len(mapped)), batch_size, drop_last=False)

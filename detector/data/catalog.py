@@ -77,6 +77,8 @@ class DatasetSpec:
     image_dir: str = ""
     root: str = ""
     split: str = ""
+    ann_dir: str = ""
+    split_file: str = ""
     class_names: tuple[str, ...] = ()
     num_images: int = 0
     seed: int = 0
@@ -206,6 +208,8 @@ def _spec_from_config(node: Any) -> DatasetSpec:
         image_dir=node.IMAGE_DIR,
         root=node.ROOT,
         split=node.SPLIT,
+        ann_dir=node.ANN_DIR,
+        split_file=node.SPLIT_FILE,
         class_names=tuple(node.CLASS_NAMES),
         num_images=node.NUM_IMAGES,
         seed=node.SEED,
@@ -231,9 +235,58 @@ def get_dataset_spec(name: str, cfg: DictConfig) -> DatasetSpec:
     )
 
 
-def _resolve(path: str, spec: DatasetSpec, cfg: DictConfig) -> Path:
+def _base_folder(spec: DatasetSpec, cfg: DictConfig) -> Path:
     bases = {"datasets": Path(cfg.DATASETS.ROOT), "shared": shared_data_root(cfg), "cwd": Path()}
-    return bases[spec.base] / Path(path).expanduser()
+    return bases[spec.base]
+
+
+def _resolve(path: str, spec: DatasetSpec, cfg: DictConfig) -> Path:
+    return _base_folder(spec, cfg) / Path(path).expanduser()
+
+
+# What moves the folder a built-in dataset is read from, by DatasetSpec.base.
+_BASE_SETTINGS = {
+    "shared": f"DATASETS.SHARED_ROOT (or the environment variable {SHARED_DATA_ENV})",
+    "datasets": "DATASETS.ROOT",
+}
+
+
+def _check_base(name: str, spec: DatasetSpec, cfg: DictConfig) -> None:
+    """A built-in dataset whose file or folder is missing: say which setting moves its base
+    folder (the shared-data root or DATASETS.ROOT)."""
+    main_path = _resolve(spec.ann_file or spec.root, spec, cfg)
+    if spec.base not in _BASE_SETTINGS or main_path.exists():
+        return
+    raise DatasetError(
+        f"{main_path} not found: dataset '{name}' is read from {_base_folder(spec, cfg)}; set "
+        f"{_BASE_SETTINGS[spec.base]} to the folder that holds "
+        f"{Path(spec.ann_file or spec.root).parts[0]}/"
+    )
+
+
+ROLES = {"train": "training dataset", "test": "test dataset"}
+
+
+def get_dataset(name: str, cfg: DictConfig, role: str = "") -> DetectionDataset:
+    """Builds the dataset called `name` (raw: no transforms, no filtering).
+
+    Args:
+        role: "train" or "test" to start error messages with which dataset they are about
+            ("training dataset 'x' (DATASETS.TRAIN): ..."); "" for none.
+
+    Raises:
+        DatasetError: an unknown name, a missing path key, a missing or malformed file, no
+            image.
+    """
+    try:
+        dataset = _build_dataset(name, cfg)
+        if len(dataset) == 0:
+            raise DatasetError("the dataset holds no image")
+        return dataset
+    except DatasetError as e:
+        if not role:
+            raise
+        raise DatasetError(f"{ROLES[role]} '{name}' (DATASETS.{role.upper()}): {e}") from None
 
 
 def _require_paths(name: str, spec: DatasetSpec, keys: tuple[str, ...]) -> None:
@@ -245,15 +298,11 @@ def _require_paths(name: str, spec: DatasetSpec, keys: tuple[str, ...]) -> None:
             )
 
 
-def get_dataset(name: str, cfg: DictConfig) -> DetectionDataset:
-    """Builds the dataset called `name` (raw: no transforms, no filtering).
-
-    Raises:
-        DatasetError: an unknown name, a missing path key, a missing or malformed file.
-    """
+def _build_dataset(name: str, cfg: DictConfig) -> DetectionDataset:
     if name in _FACTORIES and name not in cfg.DATASETS.CUSTOM:
         return _FACTORIES[name](cfg)
     spec = get_dataset_spec(name, cfg)
+    _check_base(name, spec, cfg)
     max_pixels = cfg.INPUT.MAX_IMAGE_PIXELS
     if spec.format == "coco":
         _require_paths(name, spec, ("ann_file", "image_dir"))
@@ -263,7 +312,16 @@ def get_dataset(name: str, cfg: DictConfig) -> DetectionDataset:
         _require_paths(name, spec, ("root",))
         class_names = list(spec.class_names) or list(cfg.DATASETS.CLASS_NAMES) or None
         root = _resolve(spec.root, spec, cfg)
-        return VOCDataset(root, spec.split, class_names, max_pixels, with_masks=spec.masks)
+        return VOCDataset(
+            root,
+            spec.split,
+            class_names,
+            max_pixels,
+            with_masks=spec.masks,
+            image_dir=spec.image_dir or "JPEGImages",
+            ann_dir=spec.ann_dir or "Annotations",
+            split_file=spec.split_file or None,
+        )
     if spec.format == "dsb2018":
         _require_paths(name, spec, ("root",))
         return DSB2018Dataset(_resolve(spec.root, spec, cfg), spec.split or "all", max_pixels)

@@ -100,7 +100,11 @@ class EvalHook(HookBase):
 
 class MetricsHook(HookBase):
     """Writes every iteration's metrics (losses, lr, time, data_time, memory) to metrics.jsonl and
-    TensorBoard, and logs a summary line with the ETA every `log_period` iterations (rank 0)."""
+    TensorBoard, and logs a summary line with the ETA every `log_period` iterations, at the
+    first iterations (EARLY_LOG_ITERS: a slow run shows signs of life at once) and at the end
+    (rank 0)."""
+
+    EARLY_LOG_ITERS = (1, 2, 5, 10)
 
     def __init__(self, writer: MetricsWriter | None, log_period: int = 20) -> None:
         self.writer = writer
@@ -113,7 +117,7 @@ class MetricsHook(HookBase):
             self.smoothed.setdefault(key, SmoothedValue(self.log_period)).update(value)
         trainer.write_metrics(metrics)
         it = trainer.iter
-        if it % self.log_period == 0 or it == trainer.max_iter:
+        if it % self.log_period == 0 or it == trainer.max_iter or it in self.EARLY_LOG_ITERS:
             self._log_line(trainer)
 
     def _log_line(self, trainer: Trainer) -> None:

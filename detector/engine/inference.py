@@ -40,6 +40,7 @@ __all__ = [
     "load_test_weights",
     "postprocess_to_original",
     "reevaluate_saved",
+    "results_dir",
     "test",
 ]
 
@@ -312,6 +313,15 @@ def _inference_dir(cfg: Any, dataset_name: str) -> Path:
     return Path(cfg.OUTPUT_DIR) / "inference" / dataset_name
 
 
+def results_dir(cfg: Any, dataset_name: str, saved_predictions: str | Path | None = None) -> Path:
+    """Where `test` writes the metrics of `dataset_name`: OUTPUT_DIR/inference/<dataset>, or,
+    when re-scoring saved predictions, the folder that holds them."""
+    if saved_predictions is None:
+        return _inference_dir(cfg, dataset_name)
+    where = _saved_location(Path(saved_predictions), dataset_name, len(cfg.DATASETS.TEST))
+    return where if where.is_dir() else where.parent
+
+
 def _write_metrics(directory: Path, metrics: dict[str, float]) -> Path:
     path = directory / "metrics.json"
     clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
@@ -376,7 +386,7 @@ def test(
         model: a model to use as it is (no weights loaded); default built from cfg.
         saved_predictions: re-evaluate predictions saved by an earlier run, without running any
             model: OUTPUT_DIR/inference (one sub-folder per dataset), a dataset's folder, or a
-            predictions JSON file (one dataset).
+            predictions JSON file (one dataset). The metrics are written beside them.
         progress: tqdm bars on rank 0 when attached to a terminal.
 
     Returns:
@@ -394,10 +404,10 @@ def test(
     results: dict[str, dict[str, float]] = {}
     if saved_predictions is not None:
         for name in names:
-            out_dir = _inference_dir(cfg, name)
             if not comm.is_main_process():
                 continue
-            evaluator = build_evaluator(cfg, name, out_dir, dataset=get_dataset(name, cfg))
+            out_dir = results_dir(cfg, name, saved_predictions)
+            evaluator = build_evaluator(cfg, name, out_dir, dataset=get_dataset(name, cfg, "test"))
             where = _saved_location(Path(saved_predictions), name, len(names))
             results[name] = reevaluate_saved(evaluator, where)
             _finish(cfg, name, out_dir, results[name])

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from detector.engine.checkpoint import Checkpointer, unwrap_model
+from detector.engine.checkpoint import Checkpointer, CheckpointError, unwrap_model
 from detector.engine.hooks import EvalHook, HookBase, MetricsHook, PeriodicCheckpointer, ProgressBar
 from detector.engine.output_dir import OutputDirError
 from detector.utils import comm
@@ -230,6 +230,9 @@ class Trainer:
                 for hook in self.hooks:
                     hook.after_train(self)
                 self._stop_if_requested(stop)
+        except Exception as error:
+            self._save_after_error(error)
+            raise
         finally:
             self._close_data_iter()
             for hook in self.hooks:
@@ -252,6 +255,28 @@ class Trainer:
         raise Interrupted(
             signum,
             f"after iteration {self.iter}: checkpoint {path} written; continue with --resume",
+        )
+
+    def _save_after_error(self, error: Exception) -> None:
+        """Saves the last completed iteration when an error (a bad image, a full disk, a bug)
+        ends a run that has made progress, so that --resume continues from it. Not after a
+        divergence (those weights produced the NaN), nor in a multi-process run (saving is
+        collective and the other ranks may never get here)."""
+        if (
+            self.iter <= self.start_iter
+            or isinstance(error, TrainingDivergedError)
+            or comm.get_world_size() > 1
+        ):
+            return
+        try:
+            path = self.checkpointer.save_iteration(self.iter)
+        except (CheckpointError, OSError) as e:
+            logger.error("no checkpoint saved after the error: %s", e)
+            return
+        logger.error(
+            "training stopped by an error at iteration %d; saved %s (--resume continues from it)",
+            self.iter,
+            path,
         )
 
     def _close_data_iter(self) -> None:
@@ -378,9 +403,9 @@ class Trainer:
         **overrides: Any,
     ) -> Trainer:
         """Builds the optimizer and LR schedule (detector.solver) and reads SOLVER.MAX_ITER,
-        CHECKPOINT_PERIOD, MAX_CHECKPOINTS_KEPT, AMP, CLIP_GRADIENTS, ACCUMULATE_GRAD_STEPS,
-        TEST.EVAL_PERIOD and OUTPUT_DIR. `model` must already be on `device`; keyword
-        `overrides` replace any constructor argument."""
+        CHECKPOINT_PERIOD, MAX_CHECKPOINTS_KEPT, LOG_PERIOD, AMP, CLIP_GRADIENTS,
+        ACCUMULATE_GRAD_STEPS, TEST.EVAL_PERIOD and OUTPUT_DIR. `model` must already be on
+        `device`; keyword `overrides` replace any constructor argument."""
         from detector.solver import build_lr_scheduler, build_optimizer
 
         s = cfg.SOLVER
@@ -401,6 +426,7 @@ class Trainer:
             amp_dtype=str(s.AMP.DTYPE),
             clip_grad_norm=s.CLIP_GRADIENTS.MAX_NORM if s.CLIP_GRADIENTS.ENABLED else None,
             accumulate_steps=s.ACCUMULATE_GRAD_STEPS,
+            log_period=s.LOG_PERIOD,
         )
         kwargs.update(overrides)
         return cls(**kwargs)

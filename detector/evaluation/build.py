@@ -179,7 +179,7 @@ def _coco_tasks(cfg: Any, has_masks: bool) -> tuple[str, ...]:
 
 def _voc_split_file(dataset: Any) -> Path | None:
     """ImageSets/Main/<split>.txt when VOCEvaluator can use it (boxes only, a named split)."""
-    if dataset.has_masks or not dataset.split:
+    if dataset.has_masks or not dataset.split or dataset.ann_dir != dataset.root / "Annotations":
         return None
     path = Path(dataset.root) / "ImageSets" / "Main" / f"{dataset.split}.txt"
     return path if path.is_file() else None
@@ -259,9 +259,12 @@ def make_evaluate_fn(cfg: Any) -> Callable[[nn.Module], dict[str, float]]:
     it; the loaders and evaluators are built at the first call (the process group exists then).
     """
     from detector.data import get_dataset
+    from detector.data.build import check_num_classes
 
     names = list(cfg.DATASETS.TEST)
-    datasets = {name: get_dataset(name, cfg) for name in names}
+    datasets = {name: get_dataset(name, cfg, "test") for name in names}
+    for name, dataset in datasets.items():
+        check_num_classes(cfg, dataset, name, "test")
     built: dict[str, tuple[Any, DatasetEvaluator]] = {}
 
     def evaluate_fn(model: nn.Module) -> dict[str, float]:

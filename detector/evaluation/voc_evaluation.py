@@ -194,7 +194,8 @@ class VOCEvaluator(DatasetEvaluator):
         split: the image set, a file stem of ImageSets/Main ("test", "val", ...).
         class_names: the class of each contiguous label: label k is class_names[k - 1].
         use_07_metric: the headline metric ("bbox/mAP", "bbox/AP-<class>") is the VOC2007
-            11-point AP if True, else the VOC2010+ area AP; both are always reported.
+            11-point AP if True, else the VOC2010+ area AP; the other one is reported too, as
+            "bbox/mAP_area" / "bbox/AP_area-<class>" (or "bbox/mAP_07" / "bbox/AP_07-<class>").
         output_dir: where predictions, metrics and PR curves are written (None: nowhere).
         """
         self.voc_root = Path(voc_root)
@@ -346,18 +347,19 @@ class VOCEvaluator(DatasetEvaluator):
 
         ap07 = {name: v[0] for name, v in aps.items()}
         ap_area = {name: v[1] for name, v in aps.items()}
-        headline = ap07 if self.use_07_metric else ap_area
+        # The headline AP under its plain name, the other one with its suffix (once each).
+        headline, other, suffix = (
+            (ap07, ap_area, "_area") if self.use_07_metric else (ap_area, ap07, "_07")
+        )
         metrics = {
             "bbox/mAP": mean(list(headline.values())),
-            "bbox/mAP_07": mean(list(ap07.values())),
-            "bbox/mAP_area": mean(list(ap_area.values())),
+            f"bbox/mAP{suffix}": mean(list(other.values())),
         }
         for name in self.class_names:
             metrics[f"bbox/AP-{name}"] = headline[name]
-            metrics[f"bbox/AP_07-{name}"] = ap07[name]
-            metrics[f"bbox/AP_area-{name}"] = ap_area[name]
+            metrics[f"bbox/AP{suffix}-{name}"] = other[name]
         rows = [(name, v[2], v[0], v[1]) for name, v in aps.items()]
-        rows.append(("mAP", "", metrics["bbox/mAP_07"], metrics["bbox/mAP_area"]))
+        rows.append(("mAP", "", mean(list(ap07.values())), mean(list(ap_area.values()))))
         table = format_table(["class", "positives", "AP (VOC07 11-point)", "AP (area)"], rows)
         self.tables = {"AP per class": table}
         logger.info("VOC %s AP per class (IoU > 0.5):\n%s", self.split, table)

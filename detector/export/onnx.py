@@ -460,6 +460,7 @@ def export_onnx(
     Raises:
         UnsupportedOpError: an op without an ONNX equivalent (the message names the config key).
         FixedShapeError: an output's detection dimension is fixed in the graph (file removed).
+        ValueError: no detection on the sample image (the exporter cannot trace that).
         AssertionError: onnxruntime's outputs differ from PyTorch's by more than `atol`.
     """
     model, cfg = _load(cfg, weights)
@@ -467,6 +468,7 @@ def export_onnx(
     register_onnx_symbolics()
     wrapper = InferenceModel(model).eval()
     image = prepare_image(cfg, sample_image)
+    _require_detections(wrapper, image)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad(), quiet_tracing():
@@ -582,6 +584,19 @@ def check_dynamic_outputs(path: str | Path) -> None:
             f"({'; '.join(problems)}): a size was read as a Python int while tracing (use "
             "detector.structures.as_size); the graph would fail on images with another number "
             "of detections"
+        )
+
+
+def _require_detections(wrapper: nn.Module, image: Tensor) -> None:
+    """The TorchScript-based exporter cannot trace the heads on zero detections (it stops in
+    its shape inference); refuse that sample image with the fix instead."""
+    with torch.no_grad():
+        boxes = wrapper(image)[0]
+    if len(boxes) == 0:
+        raise ValueError(
+            "the model detects nothing on the sample image, and ONNX export needs a sample "
+            "with detections: pass --sample-image with an image the model finds objects in "
+            "(or lower MODEL.ROI_HEADS.SCORE_THRESH for the export)"
         )
 
 

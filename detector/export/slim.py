@@ -169,21 +169,40 @@ def make_slim(
 
 
 def class_names_from_config(cfg: Any) -> list[str]:
-    """The class names (index 0 the background) of DATASETS.CLASS_NAMES, else of the first
-    DATASETS.TEST or DATASETS.TRAIN dataset that can be opened; [] when none can."""
+    """The class names (index 0 the background): DATASETS.CLASS_NAMES; else the built-in COCO
+    names for a model of COCO categories (91 classes: torchvision's layout by category id; 81
+    with a built-in coco_* dataset); else those of the first DATASETS.TEST or DATASETS.TRAIN
+    dataset that can be opened; [] when none can (one warning)."""
     if len(cfg.DATASETS.CLASS_NAMES):
         return ["__background__", *map(str, cfg.DATASETS.CLASS_NAMES)]
-    names = [*cfg.DATASETS.TEST, *cfg.DATASETS.TRAIN]
-    if not names:
-        return []
+    names = [str(n) for n in (*cfg.DATASETS.TEST, *cfg.DATASETS.TRAIN)]
+    coco = _coco_names(cfg, names)
+    if coco:
+        return coco
     from detector.data import DatasetError, get_dataset
 
+    failures = []
     for name in names:
         try:
-            return [str(c) for c in get_dataset(str(name), cfg).class_names]
+            return [str(c) for c in get_dataset(name, cfg).class_names]
         except (DatasetError, OSError) as e:
-            logger.warning("class names: cannot open dataset '%s' (%s)", name, e)
+            failures.append(f"'{name}' ({e})")
+    if failures:
+        logger.warning("class names: cannot open dataset %s", "; ".join(failures))
     return []
+
+
+def _coco_names(cfg: Any, dataset_names: list[str]) -> list[str] | None:
+    """COCO's names when the model predicts COCO categories (see class_names_from_config)."""
+    from detector.data.datasets.coco_categories import coco_class_names
+
+    num_classes = int(cfg.MODEL.ROI_BOX_HEAD.NUM_CLASSES)
+    builtin_coco = any(
+        n.startswith("coco_") and n not in cfg.DATASETS.CUSTOM for n in dataset_names
+    )
+    if num_classes == 91 or (num_classes == 81 and builtin_coco):
+        return coco_class_names(num_classes)
+    return None
 
 
 def export_slim(

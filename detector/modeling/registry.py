@@ -16,6 +16,14 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 
+class UnknownNameError(KeyError):
+    """A name that no entry of a registry has (a typo in a config value); str() is the message
+    itself, without the quotes a KeyError adds."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 class Registry:
     """A name -> object map whose unknown-name error lists the known names."""
 
@@ -36,13 +44,16 @@ class Registry:
         return decorator
 
     def get(self, name: str) -> Any:
-        """Returns the object registered under `name`, or raises a KeyError listing known names."""
+        """Returns the object registered under `name`, or raises an UnknownNameError (a
+        KeyError) listing the known names."""
         if name in self._entries:
             return self._entries[name]
         known = ", ".join(sorted(self._entries)) or "(none registered)"
         close = difflib.get_close_matches(name, list(self._entries), n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise KeyError(f"{self.name} registry: unknown name '{name}'.{hint} Known names: {known}")
+        raise UnknownNameError(
+            f"{self.name} registry: unknown name '{name}'.{hint} Known names: {known}"
+        )
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries
@@ -62,4 +73,4 @@ RPN_HEADS = Registry("MODEL.RPN.RPN_HEAD")
 ROI_BOX_FEATURE_EXTRACTORS = Registry("MODEL.ROI_BOX_HEAD.FEATURE_EXTRACTOR")
 ROI_BOX_PREDICTORS = Registry("MODEL.ROI_BOX_HEAD.PREDICTOR")
 ROI_MASK_HEADS = Registry("MODEL.ROI_MASK_HEAD.FEATURE_EXTRACTOR")
-POOLERS = Registry("POOLER_TYPE")
+POOLERS = Registry("MODEL.ROI_BOX_HEAD/ROI_MASK_HEAD.POOLER_TYPE")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from torch import Tensor
@@ -22,8 +23,28 @@ def select(result: dict[str, Any], score_thresh: float) -> dict[str, Any]:
     return out
 
 
+def label_font_size(height: int, width: int) -> int:
+    """The label text height in pixels: 1/25 of the image's shorter side, at least 10."""
+    return max(10, round(min(height, width) / 25))
+
+
+def label_origin(
+    box: Sequence[float], text_size: tuple[int, int], image_size: tuple[int, int]
+) -> tuple[int, int]:
+    """Top-left corner (x, y) of a label of `text_size` (w, h) for `box` (x1, y1, x2, y2): above
+    the box's top-left corner, or just inside it when there is no room above, moved left and up
+    as needed so that the whole label lies inside the (H, W) image."""
+    (text_w, text_h), (height, width) = text_size, image_size
+    x1, y1 = box[0], box[1]
+    y = y1 - text_h if y1 - text_h >= 0 else y1
+    x = min(max(x1, 0), max(width - text_w, 0))
+    y = min(max(y, 0), max(height - text_h, 0))
+    return round(x), round(y)
+
+
 def draw(image: Tensor, result: dict[str, Any]) -> Tensor:
-    """uint8 Tensor[3, H, W] with translucent masks, boxes and "name score" labels drawn."""
+    """uint8 Tensor[3, H, W] with translucent masks, boxes and "name score" labels drawn; the
+    labels lie inside the picture, their size follows the image's (label_font_size)."""
     from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
     colors = [PALETTE[int(k) % len(PALETTE)] for k in result["labels"].tolist()]
@@ -31,9 +52,31 @@ def draw(image: Tensor, result: dict[str, Any]) -> Tensor:
         return image
     if "masks" in result:
         image = draw_segmentation_masks(image, result["masks"], alpha=0.4, colors=colors)
+    width = max(1, round(max(image.shape[-2:]) / 400))
+    image = draw_bounding_boxes(image, result["boxes"], colors=colors, width=width)
     labels = [
         f"{name} {score:.2f}"
         for name, score in zip(result["class_names"], result["scores"].tolist(), strict=True)
     ]
-    width = max(1, round(max(image.shape[-2:]) / 400))
-    return draw_bounding_boxes(image, result["boxes"], labels=labels, colors=colors, width=width)
+    return _draw_labels(image, result["boxes"].tolist(), labels, colors)
+
+
+def _draw_labels(
+    image: Tensor, boxes: list[list[float]], labels: list[str], colors: list[tuple[int, ...]]
+) -> Tensor:
+    """White text on the class colour, one label per box, placed by label_origin."""
+    import numpy as np
+    import torch
+    from PIL import Image, ImageDraw, ImageFont
+
+    height, width = image.shape[-2:]
+    picture = Image.fromarray(image.permute(1, 2, 0).numpy())
+    canvas = ImageDraw.Draw(picture)
+    font = ImageFont.load_default(size=label_font_size(height, width))
+    for box, label, color in zip(boxes, labels, colors, strict=True):
+        left, top, right, bottom = canvas.textbbox((0, 0), label, font=font)
+        text_size = (right + 2, bottom + 2)  # a 1-pixel margin around the glyphs
+        x, y = label_origin(box, text_size, (height, width))
+        canvas.rectangle((x, y, x + text_size[0] - 1, y + text_size[1] - 1), fill=color)
+        canvas.text((x + 1, y + 1), label, fill=(255, 255, 255), font=font)
+    return torch.from_numpy(np.array(picture)).permute(2, 0, 1).contiguous()

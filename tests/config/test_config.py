@@ -410,3 +410,14 @@ def test_special_minus_one_values_and_every_shipped_config_load():
     root = Path(__file__).resolve().parents[2] / "configs"
     for path in sorted(root.rglob("*.yaml")):
         load_config(path)
+
+
+def test_an_empty_value_means_none(tmp_path):
+    """Issue 19, item 3: `MODEL.WEIGHT ''` on the command line was 'MODEL.WEIGHT = null has the
+    wrong type: expected str' (only '""' worked); a key left empty in a file did the same."""
+    path = tmp_path / "c.yaml"
+    path.write_text("MODEL:\n  WEIGHT:\nDATASETS:\n  TEST:\n")
+    cfg = load_config(path, ["OUTPUT_DIR", "", "DATASETS.TRAIN", ""])
+    assert cfg.MODEL.WEIGHT == "" and cfg.OUTPUT_DIR == ""
+    assert list(cfg.DATASETS.TRAIN) == [] and list(cfg.DATASETS.TEST) == []
+    assert load_config(None, ["MODEL.WEIGHT", "''"]).MODEL.WEIGHT == ""

@@ -162,7 +162,8 @@ def test_custom_dataset_errors(tmp_path):
 def test_training_on_two_datasets_concatenates_them(shared_data):
     opts = ["DATASETS.CUSTOM", "{tiny: {FORMAT: shapes, NUM_IMAGES: 3, SEED: 5, IMAGE_SIZE: 64}}",
             "DATASETS.TRAIN", "[tiny, shapes_val]", "DATALOADER.NUM_WORKERS", "0",
-            "SOLVER.IMS_PER_BATCH", "1", "SOLVER.MAX_ITER", "1"]  # fmt: skip
+            "SOLVER.IMS_PER_BATCH", "1", "SOLVER.MAX_ITER", "1",
+            "MODEL.ROI_BOX_HEAD.NUM_CLASSES", "4"]  # fmt: skip
     loader = build_train_loader(merge_opts(get_cfg(), opts))
     dataset = loader.dataset.dataset
     assert len(dataset) == 67 and dataset.class_names[1:] == ["square", "circle", "triangle"]

@@ -77,6 +77,7 @@ def _shapes_cfg(*opts):
         get_cfg(),
         [
             "DATASETS.TRAIN", "[shapes_train]", "SOLVER.IMS_PER_BATCH", "2",
+            "MODEL.ROI_BOX_HEAD.NUM_CLASSES", "4",
             "SOLVER.MAX_ITER", "6", "DATALOADER.NUM_WORKERS", "0", "SEED", "7",
             "INPUT.MIN_SIZE_TRAIN", "(96, 128, 160)", "INPUT.MAX_SIZE_TRAIN", "400",
             *opts,
@@ -152,7 +153,8 @@ def test_train_loader_drops_difficult_unless_asked(tmp_path):
     opts = ["DATASETS.CUSTOM", f"{{mine: {{FORMAT: voc, ROOT: '{root}', SPLIT: train}}}}",
             "DATASETS.CLASS_NAMES", "[cat]", "DATASETS.TRAIN", "[mine]", "SOLVER.IMS_PER_BATCH",
             "1", "SOLVER.MAX_ITER", "2", "DATALOADER.NUM_WORKERS", "0", "INPUT.MIN_SIZE_TRAIN",
-            "(12,)", "DATALOADER.ASPECT_RATIO_GROUPING", "false"]  # fmt: skip
+            "(12,)", "DATALOADER.ASPECT_RATIO_GROUPING", "false",
+            "MODEL.ROI_BOX_HEAD.NUM_CLASSES", "2"]  # fmt: skip
     loader = build_train_loader(merge_opts(get_cfg(), opts))
     assert len(loader.dataset) == 1  # "b" has only a difficult object
     for _, targets, _ in loader:
@@ -170,7 +172,8 @@ def test_train_loader_drops_difficult_unless_asked(tmp_path):
 def test_test_loader_resizes_and_keeps_order(shared_data):
     cfg = merge_opts(get_cfg(), ["DATASETS.SHARED_ROOT", str(shared_data), "TEST.IMS_PER_BATCH",
                                  "4", "DATALOADER.NUM_WORKERS", "0", "INPUT.MIN_SIZE_TEST", "240",
-                                 "INPUT.MAX_SIZE_TEST", "1000"])  # fmt: skip
+                                 "INPUT.MAX_SIZE_TEST", "1000",
+                                 "MODEL.ROI_BOX_HEAD.NUM_CLASSES", "4"])  # fmt: skip
     loader = build_test_loader(cfg, "bccd_test")
     assert len(loader) == 18 and len(loader.dataset) == 72
     images, targets, metas = next(iter(loader))

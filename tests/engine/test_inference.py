@@ -274,7 +274,7 @@ def test_oracle_on_shapes_scores_ap_1(tmp_path):
         get_cfg(),
         [
             "MODEL.MASK_ON", "true", "INPUT.MIN_SIZE_TEST", "256", "TEST.IMS_PER_BATCH", "2",
-            "DATALOADER.NUM_WORKERS", "0",
+            "DATALOADER.NUM_WORKERS", "0", "MODEL.ROI_BOX_HEAD.NUM_CLASSES", "4",
             "DATASETS.CUSTOM", "{tiny_shapes: {FORMAT: shapes, NUM_IMAGES: 4, SEED: 5}}",
         ],
     )  # fmt: skip

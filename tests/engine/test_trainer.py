@@ -3,8 +3,10 @@ and an in-process interrupted-and-resumed run."""
 
 import errno
 import json
+import logging
 import math
 import os
+import re
 import signal
 
 import pytest
@@ -214,7 +216,7 @@ def test_cuda_device_without_gpu_is_a_clear_error(tmp_path):
     cfg = toy_cfg(tmp_path)
     with unlocked(cfg):
         cfg.MODEL.DEVICE = "cuda"
-    with pytest.raises(ValueError, match="no CUDA GPU is visible; set MODEL.DEVICE cpu"):
+    with pytest.raises(ValueError, match="no CUDA GPU is visible; use MODEL.DEVICE cpu"):
         resolve_device(cfg)
 
 
@@ -283,3 +285,62 @@ def test_metrics_that_cannot_be_written_stop_with_a_one_line_error(tmp_path, mon
         f"cannot write the metrics of iteration 1 to {tmp_path / 'run'}: No space left on device; "
         "free disk space (or fix the folder), then --resume"
     )
+
+
+def test_log_period_is_a_config_key_and_the_first_iterations_are_logged(tmp_path, caplog):
+    """Was: a line every 20 iterations only, so a slow run without a terminal stayed silent for
+    minutes. SOLVER.LOG_PERIOD sets the period; iterations 1, 2, 5, 10 and the last always log."""
+    solver = {"MAX_ITER": 16, "STEPS": [100], "LOG_PERIOD": 7, "CHECKPOINT_PERIOD": 0}
+    with caplog.at_level(logging.INFO, logger="detector.engine.hooks"):
+        _trainer(tmp_path, solver=solver).train()
+    logged = [int(m.group(1)) for m in re.finditer(r"iter: (\d+)/16", caplog.text)]
+    assert logged == [1, 2, 5, 7, 10, 14, 16]
+
+
+def _failing_loader(fail_at: int):
+    """toy_loader's batches, then a DatasetError (a truncated image) at iteration `fail_at`."""
+    from detector.data import DatasetError
+
+    def factory(start_iter: int):
+        batches = toy_loader()(start_iter)
+        for _ in range(start_iter + 1, fail_at):
+            yield next(batches)
+        raise DatasetError("cannot decode image x.jpg: Image is incomplete or truncated")
+
+    return factory
+
+
+@pytest.mark.parametrize(("fail_at", "saved"), [(5, ["model_0000004.pth"]), (1, [])])
+def test_an_error_after_the_first_iteration_saves_a_checkpoint(tmp_path, fail_at, saved):
+    """Was: a truncated JPEG stopped a run at iteration 33 of 40 with no checkpoint written."""
+    from detector.data import DatasetError
+
+    solver = {"MAX_ITER": 8, "CHECKPOINT_PERIOD": 0}
+    with pytest.raises(DatasetError, match="truncated"):
+        _trainer(tmp_path, loader=_failing_loader(fail_at), solver=solver).train()
+    assert sorted(p.name for p in tmp_path.glob("model_*.pth")) == saved
+    if saved:
+        resumed = _trainer(tmp_path, solver=solver)
+        assert resumed.resume_or_load(True) == fail_at - 1
+
+
+@pytest.mark.parametrize(("weight", "warned"), [("", True), ("given", False)])
+def test_frozen_batch_norm_without_weights_warns(tmp_path, restore_detector_logger, weight, warned):
+    """Was: random weights with FrozenBatchNorm started at losses of 44-268 and diverged,
+    without a word. Now a warning names the keys for training from scratch."""
+    from detector.layers.batch_norm import FrozenBatchNorm2d
+
+    model = ToyModel(dropout=0.0)
+    model.norm = FrozenBatchNorm2d(4)
+    if weight:
+        weight = str(tmp_path / "w.pth")
+        torch.save({"model": model.state_dict()}, weight)
+    cfg = toy_cfg(tmp_path / "run", MAX_ITER=1)
+    with unlocked(cfg):
+        cfg.MODEL.WEIGHT = weight
+    train(cfg, model=model, data_loader=toy_loader(), tensorboard=False, progress_bar=False)
+    log = (tmp_path / "run" / "log.txt").read_text().splitlines()
+    messages = [line for line in log if "WARNING" in line and "FrozenBatchNorm2d" in line]
+    assert len(messages) == int(warned)
+    if warned:
+        assert "MODEL.RESNETS.NORM GN" in messages[0]

@@ -197,7 +197,7 @@ def test_make_evaluate_fn_prefixes_each_dataset(tmp_path):
             "DATALOADER.NUM_WORKERS", "0",
             "DATASETS.CUSTOM", "{a: {FORMAT: shapes, NUM_IMAGES: 2, SEED: 1},"
             " b: {FORMAT: shapes, NUM_IMAGES: 3, SEED: 2}}",
-            "DATASETS.TEST", "(a, b)",
+            "DATASETS.TEST", "(a, b)", "MODEL.ROI_BOX_HEAD.NUM_CLASSES", "4",
         ],
     )  # fmt: skip
     evaluate_fn = make_evaluate_fn(cfg)

@@ -105,17 +105,18 @@ def test_hand_computed_case(hand_root: Path, tmp_path: Path) -> None:
     # recall .5 .5 .5 1, precision 1 .5 .33 .5.
     # 11-point: recall >= 0..0.5 (6 points) -> 1, >= 0.6..1 (5 points) -> .5: 8.5 / 11.
     # area: 0.5 * 1 + 0.5 * 0.5 = 0.75.
-    assert metrics["bbox/AP_07-cat"] == pytest.approx(8.5 / 11)
+    # The headline (here VOC07) AP is logged once, under its plain name (was: twice, as mAP and
+    # mAP_07); the other one has its suffix.
+    assert metrics["bbox/AP-cat"] == pytest.approx(8.5 / 11)
     assert metrics["bbox/AP_area-cat"] == pytest.approx(0.75)
     # bird: 1 positive; FP (IoU exactly 0.5 is not > 0.5) then TP: precision .5 at recall 1.
-    assert metrics["bbox/AP_07-bird"] == pytest.approx(0.5)
+    assert metrics["bbox/AP-bird"] == pytest.approx(0.5)
     assert metrics["bbox/AP_area-bird"] == pytest.approx(0.5)
     # dog: no ground truth -> NaN, left out of mAP.
     assert math.isnan(metrics["bbox/AP-dog"])
-    assert metrics["bbox/mAP_07"] == pytest.approx((8.5 / 11 + 0.5) / 2)
+    assert metrics["bbox/mAP"] == pytest.approx((8.5 / 11 + 0.5) / 2)
     assert metrics["bbox/mAP_area"] == pytest.approx((0.75 + 0.5) / 2)
-    assert metrics["bbox/mAP"] == metrics["bbox/mAP_07"]
-    assert metrics["bbox/AP-cat"] == metrics["bbox/AP_07-cat"]
+    assert not any("_07" in key for key in metrics)
     assert "cat" in evaluator.tables["AP per class"]
 
     assert (tmp_path / "voc_pr_curves.png").stat().st_size > 0
@@ -125,8 +126,11 @@ def test_hand_computed_case(hand_root: Path, tmp_path: Path) -> None:
     area = VOCEvaluator(hand_root, "test", CLASSES, use_07_metric=False)
     _process_hand_case(area)
     area_metrics = area.evaluate()
-    assert area_metrics["bbox/mAP"] == area_metrics["bbox/mAP_area"]
+    assert area_metrics["bbox/mAP"] == pytest.approx((0.75 + 0.5) / 2)
+    assert area_metrics["bbox/mAP_07"] == pytest.approx((8.5 / 11 + 0.5) / 2)
     assert area_metrics["bbox/AP-cat"] == pytest.approx(0.75)
+    assert area_metrics["bbox/AP_07-cat"] == pytest.approx(8.5 / 11)
+    assert not any("_area" in key for key in area_metrics)
 
     again = area.evaluate_saved(tmp_path / "voc_detections_results.json")
     assert again.keys() == area_metrics.keys()
@@ -139,7 +143,7 @@ def test_difficult_detections_do_not_count(tmp_path: Path) -> None:
     # The difficult box found first and alone: nothing is penalized, the real one is found.
     evaluator.process(["a"], [_detections([_continuous(FAR), _continuous(G)], [0.9, 0.1], [1, 1])])
     metrics = evaluator.evaluate()
-    assert metrics["bbox/AP_07-cat"] == 1.0 and metrics["bbox/AP_area-cat"] == 1.0
+    assert metrics["bbox/AP-cat"] == 1.0 and metrics["bbox/AP_area-cat"] == 1.0
 
 
 def test_voc_ap_and_iou_by_hand() -> None:
@@ -297,7 +301,7 @@ def test_bccd_ground_truth_scores_one(bccd_root: Path) -> None:
     assert any(box[0] + 1 == box[2] for objs in gt.values() for _, box, _ in objs)  # 1-px box
     metrics = _run_bccd(bccd_root, _bccd_detections(gt, perturb=False), use_07_metric=True)
     for name in BCCD_CLASSES:
-        assert metrics[f"bbox/AP_07-{name}"] == pytest.approx(1.0, abs=1e-12)
+        assert metrics[f"bbox/AP-{name}"] == pytest.approx(1.0, abs=1e-12)  # VOC07
         assert metrics[f"bbox/AP_area-{name}"] == pytest.approx(1.0, abs=1e-12)
     assert metrics["bbox/mAP"] == pytest.approx(1.0, abs=1e-12)
 
@@ -310,8 +314,7 @@ def test_bccd_perturbed_matches_plain_computation(bccd_root: Path) -> None:
     for name, (ap07, ap_area) in expected.items():
         assert 0.2 < ap_area < 0.98, name  # a real, imperfect score
         assert metrics[f"bbox/AP_07-{name}"] == pytest.approx(ap07, abs=1e-9)
-        assert metrics[f"bbox/AP_area-{name}"] == pytest.approx(ap_area, abs=1e-9)
-        assert metrics[f"bbox/AP-{name}"] == metrics[f"bbox/AP_area-{name}"]
+        assert metrics[f"bbox/AP-{name}"] == pytest.approx(ap_area, abs=1e-9)
     assert metrics["bbox/mAP"] == pytest.approx(np.mean([v[1] for v in expected.values()]))
 
 

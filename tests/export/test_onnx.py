@@ -137,3 +137,19 @@ def test_exported_outputs_have_a_dynamic_detection_count(tiny_run: TinyRun, tmp_
     graph = onnx.load(str(output)).graph
     image_dims = [d.dim_param or d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
     assert image_dims == [3, "height", "width"]
+
+
+def test_onnx_export_without_detections_says_how_to_fix(
+    tiny_run: TinyRun, tmp_path: Path, capsys
+) -> None:
+    """Was (the README's ONNX command on a briefly trained model): a PyTorch INTERNAL ASSERT
+    traceback from the exporter's shape inference, traced on zero detections."""
+    export = load_tool("export")
+    argv = ["--config-file", str(tiny_run.config_file), "MODEL.WEIGHT", str(tiny_run.checkpoint)]
+    argv += ["MODEL.ROI_HEADS.SCORE_THRESH", "1.0", "--format", "onnx"]
+    assert export.main([*argv, "--output", str(tmp_path / "m.onnx")]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "error: the model detects nothing on the sample image, and ONNX export needs a sample "
+        "with detections: pass --sample-image with an image the model finds objects in (or "
+        "lower MODEL.ROI_HEADS.SCORE_THRESH for the export)"
+    ]

@@ -3,6 +3,7 @@ training checkpoint they come from."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -11,9 +12,17 @@ from torch import nn
 
 from detector.config import load_config, merge_opts
 from detector.engine.checkpoint import UnsafeCheckpointError, load_checkpoint_file
-from detector.export.slim import SlimCheckpointError, check_plain, export_slim, is_slim
+from detector.export.slim import (
+    SlimCheckpointError,
+    check_plain,
+    class_names_from_config,
+    export_slim,
+    is_slim,
+)
 from detector.predictor import Predictor
 from tests.export.tiny_model import TinyRun
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _image(seed: int, height: int, width: int) -> torch.Tensor:
@@ -153,3 +162,29 @@ def test_metrics_come_from_the_runs_log(tiny_run: TinyRun, tmp_path: Path) -> No
     slim = export_slim(tmp_path / "model_0000200.pth", tmp_path / "slim.pth", tiny_run.cfg)
     assert slim["meta"]["iteration"] == 200
     assert slim["meta"]["metrics"] == {"bbox/AP": 0.2}
+
+
+@pytest.mark.parametrize(
+    ("config", "person", "twelve"),
+    [("configs/torchvision/faster_rcnn_R_50_FPN.yaml", 1, "N/A"),  # by COCO category id
+     ("configs/e2e_faster_rcnn_R_50_FPN_1x.yaml", 1, "stop sign")],  # contiguous, 1..80
+)  # fmt: skip
+def test_coco_models_get_coco_names_without_the_dataset(tmp_path, caplog, config, person, twelve):
+    """Was: class_75-style names and "cannot open dataset 'coco_2017_val'" (twice) when COCO
+    is not on the machine."""
+    cfg = load_config(ROOT / config, ["DATASETS.ROOT", str(tmp_path / "no_coco_here")])
+    with caplog.at_level(logging.WARNING):
+        names = class_names_from_config(cfg)
+    assert len(names) == cfg.MODEL.ROI_BOX_HEAD.NUM_CLASSES
+    assert names[0] == "__background__" and names[person] == "person"
+    assert names[12] == twelve and names[-1] == "toothbrush"
+    assert not caplog.records
+
+
+def test_unopenable_datasets_give_one_warning(tmp_path, caplog):
+    opts = ["DATASETS.TRAIN", "[bccd_train]", "DATASETS.TEST", "[bccd_test]"]
+    cfg = load_config(None, [*opts, "DATASETS.SHARED_ROOT", str(tmp_path / "none")])
+    with caplog.at_level(logging.WARNING):
+        assert class_names_from_config(cfg) == []
+    (record,) = caplog.records
+    assert "'bccd_test'" in record.getMessage() and "'bccd_train'" in record.getMessage()

@@ -28,7 +28,7 @@ def test_export_tool_writes_a_slim_checkpoint(tiny_run: TinyRun, tmp_path: Path,
 def test_export_tool_errors(tiny_run: TinyRun, tmp_path: Path, capsys) -> None:
     export = _tool("export")
     out = str(tmp_path / "x.pth")
-    assert export.main(["--config-file", str(tiny_run.config_file), "--output", out]) == 1
+    assert export.main(["--config-file", str(tiny_run.config_file), "--output", out]) == 2
     assert "MODEL.WEIGHT is empty" in capsys.readouterr().err
     missing = ["MODEL.WEIGHT", str(tmp_path / "nope.pth")]
     assert export.main(["--config-file", str(tiny_run.config_file), *missing, "--output", out]) == 1
@@ -82,3 +82,34 @@ def test_demo_score_threshold(tiny_run: TinyRun, tmp_path: Path, threshold: floa
     assert demo.main([*argv, "--score-thresh", str(threshold)]) == 0
     (record,) = json.loads((tmp_path / "o" / "predictions.json").read_text())
     assert (len(record["detections"]) == 0) == (threshold > 1)
+
+
+def test_demo_takes_bare_overrides_for_a_slim_checkpoint(tiny_run: TinyRun, tmp_path: Path):
+    """Was: `--opts KEY VALUE` (unlike every other tool), refused without --config-file."""
+    slim = tmp_path / "slim.pth"
+    argv = ["--config-file", str(tiny_run.config_file), "MODEL.WEIGHT", str(tiny_run.checkpoint)]
+    assert _tool("export").main([*argv, "--output", str(slim)]) == 0
+    rng = np.random.RandomState(1)
+    Image.fromarray(rng.randint(0, 256, (90, 120, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    demo = _tool("demo")
+    counts = []
+    for opts in ([], ["MODEL.ROI_HEADS.DETECTIONS_PER_IMG", "1"]):
+        out = tmp_path / f"out{len(opts)}"
+        argv = ["--weights", str(slim), *opts, "--input", str(tmp_path / "a.png")]
+        assert demo.main([*argv, "--output", str(out), "--score-thresh", "0"]) == 0
+        (record,) = json.loads((out / "predictions.json").read_text())
+        counts.append(len(record["detections"]))
+    assert counts[0] > 1 and counts[1] == 1
+
+
+def test_demo_on_a_missing_gpu_is_one_error_line(tiny_run: TinyRun, tmp_path: Path) -> None:
+    """A sibling of issue 19's item 2: `--device cuda` without a GPU was a raw traceback."""
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    from tests.tools.cli import assert_user_error, run_tool
+
+    Image.fromarray(np.zeros((40, 60, 3), dtype=np.uint8)).save(tmp_path / "z.png")
+    argv = ["--config-file", tiny_run.config_file, "--weights", tiny_run.checkpoint]
+    argv += ["--input", tmp_path / "z.png", "--output", tmp_path / "o", "--device", "cuda"]
+    message = "error: --device is 'cuda' but no CUDA GPU is visible; use --device cpu to run on "
+    assert_user_error(run_tool("demo", *argv), message + "the CPU")

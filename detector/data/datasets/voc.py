@@ -1,5 +1,6 @@
 """Pascal VOC (VOC2007/VOC2012 devkit layout): Annotations/<id>.xml, JPEGImages/<id>.jpg and
-ImageSets/Main/<split>.txt.
+ImageSets/Main/<split>.txt; or VOC XML files as datasets are often published: other folder names
+(`images/`, `annotations/`), images of any type, and the split as a list of files (text or CSV).
 
 Boxes: VOC's 1-based pixel indices become continuous coordinates, [xmin - 1, ymin - 1, xmax,
 ymax] (as in Detectron and detectron2). Coordinates are parsed as floats (some files have
@@ -28,6 +29,8 @@ from detector.structures import BitMasks
 __all__ = ["VOC_CLASS_NAMES", "VOCDataset", "load_voc_xml"]
 
 logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG", ".bmp", ".webp")
 
 VOC_CLASS_NAMES: tuple[str, ...] = (
     "aeroplane",
@@ -60,10 +63,14 @@ class VOCDataset(RecordDataset):
         root: the folder holding Annotations/, JPEGImages/ and ImageSets/ (e.g.
             datasets/voc/VOC2007).
         split: the split file's name, ImageSets/Main/<split>.txt (ImageSets/Segmentation/ with
-            masks); "" for every XML in Annotations/.
+            masks); "" for every XML in the annotation folder.
         class_names: the object classes without the background (default: the 20 VOC classes).
         with_masks: read instance masks from SegmentationObject/<id>.png, whose value k + 1 is
             the k-th <object> of the XML (255, the void border, belongs to no instance).
+        image_dir, ann_dir: the image and XML folders, relative to `root` (or absolute).
+        split_file: a list of the split's images instead of `split` (relative to `root`): a
+            text file (one per line) or a .csv file (its first column, after a header row),
+            of image ids or file names (their extension is dropped).
     """
 
     def __init__(
@@ -73,15 +80,29 @@ class VOCDataset(RecordDataset):
         class_names: list[str] | None = None,
         max_pixels: int | None = None,
         with_masks: bool = False,
+        *,
+        image_dir: str | Path = "JPEGImages",
+        ann_dir: str | Path = "Annotations",
+        split_file: str | Path | None = None,
     ) -> None:
         self.root = Path(root)
         self.split = split
+        self.image_dir = self.root / image_dir
+        self.ann_dir = self.root / ann_dir
         names = list(class_names) if class_names else list(VOC_CLASS_NAMES)
         label_of = {name: i + 1 for i, name in enumerate(names)}
         records, skipped = [], 0
-        folder = "Segmentation" if with_masks else "Main"
-        for image_id in _read_split(self.root, split, folder):
-            record, n = load_voc_xml(self.root, image_id, label_of)
+        if split_file:
+            image_ids = _read_file_list(self.root / split_file)
+        else:
+            folder = "Segmentation" if with_masks else "Main"
+            image_ids = _read_split(self.root, split, folder, self.ann_dir)
+        if not image_ids:
+            raise DatasetError(self._empty_message(split_file))
+        for image_id in image_ids:
+            record, n = load_voc_xml(
+                self.root, image_id, label_of, ann_dir=self.ann_dir, image_dir=self.image_dir
+            )
             records.append(record)
             skipped += n
         if skipped:
@@ -89,6 +110,17 @@ class VOCDataset(RecordDataset):
         super().__init__(records, [BACKGROUND, *names], max_pixels)
         self.num_skipped = skipped
         self.has_masks = with_masks
+
+    def _empty_message(self, split_file: str | Path | None) -> str:
+        if split_file:
+            return f"{self.root / split_file} lists no image"
+        if self.split:
+            return f"{self.root}: split '{self.split}' lists no image"
+        found = ", ".join(sorted(p.name + "/" for p in self.root.iterdir() if p.is_dir()))
+        return (
+            f"no annotation: {self.ann_dir} holds no .xml file (folders in {self.root}: "
+            f"{found or 'none'}); name the XML folder with ANN_DIR and the images' with IMAGE_DIR"
+        )
 
     def load_masks(self, index: int) -> BitMasks:
         """BitMasks from SegmentationObject/<id>.png (a palette PNG of instance ids)."""
@@ -107,13 +139,13 @@ class VOCDataset(RecordDataset):
         return BitMasks(torch.from_numpy(ids[None] == wanted))  # (N, H, W)
 
 
-def _read_split(root: Path, split: str, folder: str = "Main") -> list[str]:
-    """Image ids of ImageSets/<folder>/<split>.txt, or of every Annotations/*.xml if split is
+def _read_split(root: Path, split: str, folder: str, ann_dir: Path) -> list[str]:
+    """Image ids of ImageSets/<folder>/<split>.txt, or of every `ann_dir`/*.xml if split is
     ""."""
     if not root.is_dir():
         raise DatasetError(f"VOC root not found: {root}")
     if not split:
-        return sorted(p.stem for p in (root / "Annotations").glob("*.xml"))
+        return sorted(p.stem for p in ann_dir.glob("*.xml"))
     split_file = root / "ImageSets" / folder / f"{split}.txt"
     if not split_file.is_file():
         available = sorted(p.stem for p in (root / "ImageSets" / folder).glob("*.txt"))
@@ -122,6 +154,29 @@ def _read_split(root: Path, split: str, folder: str = "Main") -> list[str]:
             f"{', '.join(available) or 'none'})"
         )
     return [line.split()[0] for line in split_file.read_text().splitlines() if line.strip()]
+
+
+def _read_file_list(path: Path) -> list[str]:
+    """The image ids a split file lists: one per line, or a CSV's first column after its header
+    row; file names lose their folder and extension ('img/a.jpg' -> 'a')."""
+    if not path.is_file():
+        raise DatasetError(f"split file not found: {path} (SPLIT_FILE)")
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    if path.suffix.lower() == ".csv":
+        lines = [line.split(",")[0].strip().strip('"') for line in lines[1:]]
+    names = [line.split()[0] for line in lines if line.strip()]
+    return [Path(name).stem if Path(name).suffix else name for name in names]
+
+
+def _image_file(image_dir: Path, image_id: str, xml_name: str | None) -> Path:
+    """<image_dir>/<id>.jpg, else the XML's <filename>, else <id> with another image suffix
+    (the first that exists); <id>.jpg when none does (reading it reports the missing file)."""
+    default = image_dir / f"{image_id}.jpg"
+    if default.is_file():
+        return default
+    candidates = [image_dir / xml_name] if xml_name else []
+    candidates += [image_dir / f"{image_id}{suffix}" for suffix in IMAGE_SUFFIXES]
+    return next((c for c in candidates if c.is_file()), default)
 
 
 def _text(node: ET.Element, path: str, xml_file: Path) -> str:
@@ -142,9 +197,19 @@ def _number(node: ET.Element, path: str, xml_file: Path) -> float:
     return value
 
 
-def load_voc_xml(root: Path, image_id: str, label_of: dict[str, int]) -> tuple[ImageRecord, int]:
-    """Parses Annotations/<image_id>.xml; returns the record and the number of skipped boxes."""
-    xml_file = root / "Annotations" / f"{image_id}.xml"
+def load_voc_xml(
+    root: Path,
+    image_id: str,
+    label_of: dict[str, int],
+    *,
+    ann_dir: Path | None = None,
+    image_dir: Path | None = None,
+) -> tuple[ImageRecord, int]:
+    """Parses `ann_dir`/<image_id>.xml (default root/Annotations, images in root/JPEGImages);
+    returns the record and the number of skipped boxes."""
+    ann_dir = root / "Annotations" if ann_dir is None else ann_dir
+    image_dir = root / "JPEGImages" if image_dir is None else image_dir
+    xml_file = ann_dir / f"{image_id}.xml"
     if not xml_file.is_file():
         raise DatasetError(f"VOC annotation file not found: {xml_file} (listed in the split)")
     try:
@@ -176,7 +241,7 @@ def load_voc_xml(root: Path, image_id: str, label_of: dict[str, int]) -> tuple[I
         instance_ids.append(position)
     record = ImageRecord(
         image_id=image_id,
-        file_name=str(root / "JPEGImages" / f"{image_id}.jpg"),
+        file_name=str(_image_file(image_dir, image_id, (tree.findtext("filename") or "").strip())),
         height=height,
         width=width,
         boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
