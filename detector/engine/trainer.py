@@ -258,13 +258,14 @@ class Trainer:
         )
 
     def _save_after_error(self, error: Exception) -> None:
-        """Saves the last completed iteration when an error (a bad image, a full disk, a bug)
-        ends a run that has made progress, so that --resume continues from it. Not after a
-        divergence (those weights produced the NaN), nor in a multi-process run (saving is
-        collective and the other ranks may never get here)."""
+        """Saves the last completed iteration when an error (a bad image, a bug) ends a run that
+        has made progress, so that --resume continues from it. Not after a divergence (those
+        weights produced the NaN), nor when writing was what failed (a full disk: the previous
+        checkpoint stays the last one), nor in a multi-process run (saving is collective and the
+        other ranks may never get here)."""
         if (
             self.iter <= self.start_iter
-            or isinstance(error, TrainingDivergedError)
+            or isinstance(error, (TrainingDivergedError, CheckpointError, OutputDirError))
             or comm.get_world_size() > 1
         ):
             return

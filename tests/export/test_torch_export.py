@@ -117,7 +117,7 @@ def test_program_refuses_a_size_outside_its_range(exported: Exported) -> None:
 
 def test_fixed_size_program_without_detections(tiny_run: TinyRun, tmp_path: Path) -> None:
     """A score threshold above 1 keeps nothing: the program returns empty outputs, as PyTorch."""
-    opts = [*SIZES, "MODEL.ROI_HEADS.SCORE_THRESH", "1.1"]
+    opts = [*SIZES, "MODEL.ROI_HEADS.SCORE_THRESH", "1.0"]  # kept: scores > 1.0, i.e. none
     cfg = merge_opts(tiny_run.cfg, opts)
     output = tmp_path / "empty.pt2"
     report = export_program(cfg, tiny_run.checkpoint, output, dynamic=False)
