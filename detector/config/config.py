@@ -422,7 +422,7 @@ def validate(cfg: DictConfig) -> None:
     _check_ranges(cfg)
     m, solver = cfg.MODEL, cfg.SOLVER
     rpn, heads = m.RPN, m.ROI_HEADS
-    fpn = str(m.BACKBONE.CONV_BODY).endswith("-FPN")  # USE_FPN keys only confirm this
+    fpn = "FPN" in str(m.BACKBONE.CONV_BODY)  # USE_FPN keys only confirm this (typos: registry)
     checks = [
         ("MODEL.RESNETS.STAGE_WITH_DCN", len(m.RESNETS.STAGE_WITH_DCN) == 4,
          "needs 4 booleans, one per stage res2..res5"),

@@ -217,7 +217,7 @@ def test_demo_refuses_a_bomb_naming_the_file_and_key(tmp_path, capsys):
     _png_header_only(tmp_path / "big.png", 12000, 12000)  # under PIL's limit, over the config's
     argv = ["--config-file", str(run.config_file), "--weights", str(run.checkpoint)]
     argv += ["--input", str(tmp_path / "big.png"), "--output", str(tmp_path / "out")]
-    argv += ["--opts", "INPUT.MAX_IMAGE_PIXELS", "1000000"]
+    argv += ["INPUT.MAX_IMAGE_PIXELS", "1000000"]  # bare KEY VALUE, as every tool
     assert load_tool("demo").main(argv) == 1
     err = capsys.readouterr().err
     assert "big.png: 12000x12000 = 144000000 pixels exceeds INPUT.MAX_IMAGE_PIXELS" in err
