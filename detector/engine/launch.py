@@ -26,11 +26,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from detector.config import Config, ConfigError, load_config, save_config
+from detector.config import Config, ConfigError, dump_config, load_config
 from detector.data.errors import DatasetError
 from detector.engine.checkpoint import CheckpointError, remove_stale_temporaries
 from detector.engine.hooks import HookBase
-from detector.engine.output_dir import OutputDirError, lock_output_dir
+from detector.engine.output_dir import OutputDirError, lock_output_dir, write_text_file
 from detector.engine.trainer import DataLoaderFactory, Trainer, TrainingDivergedError
 from detector.modeling.registry import UnknownNameError
 from detector.utils import comm
@@ -302,7 +302,7 @@ def default_setup(cfg: Any) -> torch.device:
         torch.__version__,
     )
     if rank == 0:
-        save_config(cfg, output_dir / "config.yaml")
+        write_text_file(output_dir / "config.yaml", dump_config(cfg))
         logger.info("resolved config written to %s", output_dir / "config.yaml")
     return device
 

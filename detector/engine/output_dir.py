@@ -33,6 +33,20 @@ def _not_writable(directory: Path, error: OSError) -> OutputDirError:
     )
 
 
+def write_text_file(path: str | Path, text: str) -> None:
+    """Writes an output file (config.yaml, ...); OutputDirError naming it when that fails (a full
+    disk, a read-only folder), and no half-written file is left."""
+    path = Path(path)
+    try:
+        path.write_text(text)
+    except OSError as e:
+        path.unlink(missing_ok=True)
+        raise OutputDirError(
+            f"cannot write {path} ({e.strerror or e}); free disk space or set OUTPUT_DIR to a "
+            "writable folder"
+        ) from None
+
+
 def make_output_dir(directory: str | Path) -> Path:
     """Creates `directory` (and its parents); OutputDirError naming it when that fails (a
     read-only file system, no permission, a file in the way)."""

@@ -14,7 +14,7 @@ import pytest
 
 from detector.data.errors import DatasetError
 from detector.engine.checkpoint import CheckpointError, remove_stale_temporaries
-from detector.engine.output_dir import LOCK_NAME, OutputDirError, lock_output_dir
+from detector.engine.output_dir import LOCK_NAME, OutputDirError, lock_output_dir, write_text_file
 from detector.engine.trainer import TrainingDivergedError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -135,3 +135,16 @@ def test_a_file_system_without_locks_warns_and_goes_on(tmp_path, monkeypatch, ca
     finally:
         logger.removeHandler(caplog.handler)
     assert f"cannot lock OUTPUT_DIR {tmp_path / 'run'} (No locks available)" in caplog.text
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_full_disk_while_writing_the_config_is_a_one_line_error(tmp_path):
+    """The first file a run writes (OUTPUT_DIR/config.yaml) on a full disk: OutputDirError naming
+    it, no traceback into yaml or pathlib (the disk-full sibling of checkpoint writes)."""
+    target = tmp_path / "config.yaml"
+    target.symlink_to("/dev/full")  # every write to it fails with ENOSPC
+    with pytest.raises(OutputDirError, match=r"cannot write .*config.yaml \(No space left"):
+        write_text_file(target, "MODEL: {}\n")
+    ok = tmp_path / "other.yaml"
+    write_text_file(ok, "MODEL: {}\n")
+    assert ok.read_text() == "MODEL: {}\n"
