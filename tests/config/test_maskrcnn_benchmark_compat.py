@@ -175,6 +175,40 @@ def test_their_c4_mask_config_builds_with_their_defaults(tmp_path):
 
 # One config per family of maskrcnn_benchmark's configs/ folder, written in its format (these
 # are written for this test from its key names and conventions, not copied).
+FPN_MASK_MODEL = """\
+MODEL:
+  META_ARCHITECTURE: "GeneralizedRCNN"
+  WEIGHT: "catalog://ImageNetPretrained/MSRA/R-50"
+  BACKBONE:
+    CONV_BODY: "R-50-FPN"
+  RESNETS:
+    BACKBONE_OUT_CHANNELS: 256
+  RPN:
+    USE_FPN: True
+    ANCHOR_STRIDE: (4, 8, 16, 32, 64)
+    PRE_NMS_TOP_N_TRAIN: 2000
+    PRE_NMS_TOP_N_TEST: 1000
+    POST_NMS_TOP_N_TEST: 1000
+    FPN_POST_NMS_TOP_N_TEST: 1000
+  ROI_HEADS:
+    USE_FPN: True
+{roi_heads}  ROI_BOX_HEAD:
+    POOLER_RESOLUTION: 7
+    POOLER_SCALES: (0.25, 0.125, 0.0625, 0.03125)
+    POOLER_SAMPLING_RATIO: 2
+    FEATURE_EXTRACTOR: "FPN2MLPFeatureExtractor"
+    PREDICTOR: "FPNPredictor"
+{box_head}  ROI_MASK_HEAD:
+    POOLER_SCALES: (0.25, 0.125, 0.0625, 0.03125)
+    FEATURE_EXTRACTOR: "MaskRCNNFPNFeatureExtractor"
+    PREDICTOR: "MaskRCNNC4Predictor"
+    POOLER_RESOLUTION: 14
+    POOLER_SAMPLING_RATIO: 2
+    RESOLUTION: 28
+    SHARE_BOX_FEATURE_EXTRACTOR: False
+  MASK_ON: True
+"""  # the MODEL block of their FPN Mask R-CNN configs
+
 FAMILIES = {
     "dcn/e2e_faster_rcnn_dconv_R_50_FPN_1x": """\
 MODEL:
@@ -227,38 +261,9 @@ TEST:
   IMS_PER_BATCH: 1
 """,
     "cityscapes/e2e_mask_rcnn_R_50_FPN_1x_cocostyle": """\
-MODEL:
-  META_ARCHITECTURE: "GeneralizedRCNN"
-  WEIGHT: "catalog://ImageNetPretrained/MSRA/R-50"
-  BACKBONE:
-    CONV_BODY: "R-50-FPN"
-  RESNETS:
-    BACKBONE_OUT_CHANNELS: 256
-  RPN:
-    USE_FPN: True
-    ANCHOR_STRIDE: (4, 8, 16, 32, 64)
-    PRE_NMS_TOP_N_TRAIN: 2000
-    PRE_NMS_TOP_N_TEST: 1000
-    POST_NMS_TOP_N_TEST: 1000
-    FPN_POST_NMS_TOP_N_TEST: 1000
-  ROI_HEADS:
-    USE_FPN: True
-  ROI_BOX_HEAD:
-    POOLER_RESOLUTION: 7
-    POOLER_SCALES: (0.25, 0.125, 0.0625, 0.03125)
-    POOLER_SAMPLING_RATIO: 2
-    FEATURE_EXTRACTOR: "FPN2MLPFeatureExtractor"
-    PREDICTOR: "FPNPredictor"
-    NUM_CLASSES: 9
-  ROI_MASK_HEAD:
-    POOLER_SCALES: (0.25, 0.125, 0.0625, 0.03125)
-    FEATURE_EXTRACTOR: "MaskRCNNFPNFeatureExtractor"
-    PREDICTOR: "MaskRCNNC4Predictor"
-    POOLER_RESOLUTION: 14
-    POOLER_SAMPLING_RATIO: 2
-    RESOLUTION: 28
-    SHARE_BOX_FEATURE_EXTRACTOR: False
-  MASK_ON: True
+"""
+    + FPN_MASK_MODEL.format(roi_heads="", box_head="    NUM_CLASSES: 9\n")
+    + """\
 DATASETS:
   TRAIN: ("cityscapes_fine_instanceonly_seg_train_cocostyle",)
   TEST: ("cityscapes_fine_instanceonly_seg_val_cocostyle",)
@@ -294,38 +299,9 @@ TEST:
     SCALE_H_FLIP: True
 """,
     "quick_schedules/e2e_mask_rcnn_R_50_FPN_quick": """\
-MODEL:
-  META_ARCHITECTURE: "GeneralizedRCNN"
-  WEIGHT: "catalog://ImageNetPretrained/MSRA/R-50"
-  BACKBONE:
-    CONV_BODY: "R-50-FPN"
-  RESNETS:
-    BACKBONE_OUT_CHANNELS: 256
-  RPN:
-    USE_FPN: True
-    ANCHOR_STRIDE: (4, 8, 16, 32, 64)
-    PRE_NMS_TOP_N_TRAIN: 2000
-    PRE_NMS_TOP_N_TEST: 1000
-    POST_NMS_TOP_N_TEST: 1000
-    FPN_POST_NMS_TOP_N_TEST: 1000
-  ROI_HEADS:
-    USE_FPN: True
-    BATCH_SIZE_PER_IMAGE: 256
-  ROI_BOX_HEAD:
-    POOLER_RESOLUTION: 7
-    POOLER_SCALES: (0.25, 0.125, 0.0625, 0.03125)
-    POOLER_SAMPLING_RATIO: 2
-    FEATURE_EXTRACTOR: "FPN2MLPFeatureExtractor"
-    PREDICTOR: "FPNPredictor"
-  ROI_MASK_HEAD:
-    POOLER_SCALES: (0.25, 0.125, 0.0625, 0.03125)
-    FEATURE_EXTRACTOR: "MaskRCNNFPNFeatureExtractor"
-    PREDICTOR: "MaskRCNNC4Predictor"
-    POOLER_RESOLUTION: 14
-    POOLER_SAMPLING_RATIO: 2
-    RESOLUTION: 28
-    SHARE_BOX_FEATURE_EXTRACTOR: False
-  MASK_ON: True
+"""
+    + FPN_MASK_MODEL.format(roi_heads="    BATCH_SIZE_PER_IMAGE: 256\n", box_head="")
+    + """\
 DATASETS:
   TRAIN: ("coco_2014_minival",)
   TEST: ("coco_2014_minival",)
