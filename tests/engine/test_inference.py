@@ -328,7 +328,7 @@ def _central_box_cfg(output_dir: str):
             "OUTPUT_DIR", output_dir, "TEST.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0",
             "INPUT.MIN_SIZE_TEST", "96",
             "DATASETS.CUSTOM", "{four: {FORMAT: shapes, NUM_IMAGES: 5, SEED: 2}}",
-            "DATASETS.TEST", "(four,)",
+            "DATASETS.TEST", "(four,)", "MODEL.ROI_BOX_HEAD.NUM_CLASSES", "4",
         ],
     )  # fmt: skip
 
