@@ -61,7 +61,7 @@ DATASETS: dict[str, dict[str, Any]] = {
     ),
     # frame-filling white blood cells cropped from BCCD (benchmarks/wbc_crops.py), one class
     "wbc": dict(
-        train="wbc_train", test="wbc_test", mask=False, classes=2, size=(384, 640),
+        train="wbc_train", test="wbc_test", mask=False, classes=2, size=(256, 416),
         anchors=(32, 64, 128, 256, 512), mean=(0.66, 0.62, 0.68), std=(0.2, 0.2, 0.2),
     ),
 }  # fmt: skip

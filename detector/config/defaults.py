@@ -394,6 +394,10 @@ class BBoxAugConfig:
     SCALES: list[int] = _list()
     MAX_SIZE: int = 4000
     SCALE_H_FLIP: bool = False
+    # Box voting (Detectron's TEST.BBOX_VOTE; not in maskrcnn_benchmark): each merged box becomes
+    # the score-weighted mean of the candidates of its class, from every run, that overlap it
+    # with IoU >= this; 0: off.
+    VOTE_IOU: float = 0.0
 
 
 @dataclass

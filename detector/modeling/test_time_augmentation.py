@@ -5,8 +5,10 @@ side, the longer one within MAX_SIZE), each of those flipped too with SCALE_H_FL
 gives the box head's candidates before any filtering: all R proposals with the boxes and scores
 of all K classes. They are mapped back to the test-size image (unflipped, rescaled) and merged
 as maskrcnn_benchmark's `im_detect_bbox_aug` does: concatenated, then one score threshold,
-per-class NMS and DETECTIONS_PER_IMG pass over the union. A Mask R-CNN then predicts the masks
-of the merged boxes from the test-size image's features (maskrcnn_benchmark has no mask TTA).
+per-class NMS and DETECTIONS_PER_IMG pass over the union. With VOTE_IOU > 0 each kept box is then
+replaced by the score-weighted mean of the candidates of its class that overlap it that much
+(Detectron's box voting; scores unchanged). A Mask R-CNN then predicts the masks of the merged
+boxes from the test-size image's features (maskrcnn_benchmark has no mask TTA).
 
 Other scales are resampled from the test-size image the inference loop gives (antialiased
 bilinear), not from the original file.
@@ -22,9 +24,9 @@ import torchvision.transforms.v2.functional as TF
 from torch import Tensor, nn
 
 from detector.data.transforms import get_output_size
-from detector.structures import Instances
+from detector.structures import Boxes, Instances, pairwise_iou
 
-__all__ = ["DetectorWithTTA", "maybe_with_tta"]
+__all__ = ["DetectorWithTTA", "maybe_with_tta", "vote_boxes"]
 
 
 class DetectorWithTTA(nn.Module):
@@ -35,6 +37,7 @@ class DetectorWithTTA(nn.Module):
         h_flip: also run the horizontally flipped test-size image.
         scales: shorter sides of extra runs; `max_size` caps their longer side.
         scale_h_flip: also run each extra scale flipped.
+        vote_iou: box voting's IoU threshold (0: no voting).
     """
 
     def __init__(
@@ -45,6 +48,7 @@ class DetectorWithTTA(nn.Module):
         scales: Sequence[int] = (),
         max_size: int = 4000,
         scale_h_flip: bool = False,
+        vote_iou: float = 0.0,
     ) -> None:
         super().__init__()
         if getattr(model, "roi_heads", None) is None:
@@ -58,6 +62,7 @@ class DetectorWithTTA(nn.Module):
             if scale_h_flip:
                 self.runs.append((int(scale), True))
         self.max_size = int(max_size)
+        self.vote_iou = float(vote_iou)
 
     def forward(self, images: list[Tensor]) -> list[Instances]:
         if self.training:
@@ -74,7 +79,11 @@ class DetectorWithTTA(nn.Module):
             boxes.append(run_boxes)
             scores.append(run_scores)
         heads = self.model.roi_heads
-        merged = heads.post_processor._detections(torch.cat(boxes), torch.cat(scores), size)
+        all_boxes, all_scores = torch.cat(boxes), torch.cat(scores)  # (N, 4K), (N, K)
+        merged = heads.post_processor._detections(all_boxes, all_scores, size)
+        if self.vote_iou > 0:
+            threshold = heads.post_processor.score_thresh
+            merged = vote_boxes(merged, all_boxes, all_scores, self.vote_iou, threshold)
         if heads.mask_head is not None:
             assert reference_features is not None
             (merged,), _ = heads.mask_head(reference_features, [merged])
@@ -108,6 +117,30 @@ class DetectorWithTTA(nn.Module):
         return features, (boxes * factors).reshape(boxes.shape[0], -1), scores
 
 
+def vote_boxes(
+    kept: Instances, boxes: Tensor, scores: Tensor, iou: float, score_thresh: float
+) -> Instances:
+    """Box voting: each kept box (class c) becomes the score-weighted mean of the candidate boxes
+    of class c (`boxes` (N, 4K), `scores` (N, K), those scoring above `score_thresh`, clipped
+    to the image) whose IoU with it is >= `iou`; it is one of them, so it keeps its place when
+    alone. Scores and classes are unchanged."""
+    if len(kept) == 0:
+        return kept
+    size = kept.image_size
+    num_classes = scores.shape[1]
+    candidates = Boxes(boxes.reshape(-1, 4)).clip(size).tensor.view(-1, num_classes, 4)
+    voted = kept.pred_boxes.tensor.clone()  # (D, 4)
+    for label in kept.pred_classes.unique().tolist():
+        rows = torch.nonzero(kept.pred_classes == label).squeeze(1)
+        above = scores[:, label] > score_thresh
+        pool, weights = candidates[above, label], scores[above, label]  # (M, 4), (M,)
+        overlap = (pairwise_iou(Boxes(voted[rows]), Boxes(pool)) >= iou).to(weights.dtype)
+        weighted = overlap * weights  # (d, M)
+        voted[rows] = (weighted @ pool) / weighted.sum(1, keepdim=True).clamp(min=1e-12)
+    kept.pred_boxes = Boxes(voted)
+    return kept
+
+
 def maybe_with_tta(model: nn.Module, cfg: Any) -> nn.Module:
     """`model` wrapped in DetectorWithTTA when TEST.BBOX_AUG.ENABLED, else `model` itself."""
     aug = cfg.TEST.BBOX_AUG
@@ -119,4 +152,5 @@ def maybe_with_tta(model: nn.Module, cfg: Any) -> nn.Module:
         scales=list(aug.SCALES),
         max_size=int(aug.MAX_SIZE),
         scale_h_flip=bool(aug.SCALE_H_FLIP),
+        vote_iou=float(aug.VOTE_IOU),
     )

@@ -9,8 +9,8 @@ import torch
 
 from detector.config import load_config
 from detector.modeling.detector import GeneralizedRCNN
-from detector.modeling.test_time_augmentation import DetectorWithTTA, maybe_with_tta
-from detector.structures import Instances
+from detector.modeling.test_time_augmentation import DetectorWithTTA, maybe_with_tta, vote_boxes
+from detector.structures import Boxes, Instances
 
 SHAPES = "configs/shapes/mask_rcnn_R_18_FPN_shapes.yaml"
 
@@ -97,10 +97,11 @@ def test_config_builds_the_wrapper(model):
     cfg = load_config(
         SHAPES,
         ["TEST.BBOX_AUG.ENABLED", "True", "TEST.BBOX_AUG.H_FLIP", "True",
-         "TEST.BBOX_AUG.SCALES", "(64, 160)", "TEST.BBOX_AUG.SCALE_H_FLIP", "True"],
+         "TEST.BBOX_AUG.SCALES", "(64, 160)", "TEST.BBOX_AUG.SCALE_H_FLIP", "True",
+         "TEST.BBOX_AUG.VOTE_IOU", "0.8"],
     )  # fmt: skip
     wrapped = maybe_with_tta(model, cfg)
-    assert isinstance(wrapped, DetectorWithTTA)
+    assert isinstance(wrapped, DetectorWithTTA) and wrapped.vote_iou == 0.8
     assert wrapped.runs == [
         (None, False),
         (None, True),
@@ -110,3 +111,27 @@ def test_config_builds_the_wrapper(model):
         (160, True),
     ]
     assert maybe_with_tta(model, load_config(SHAPES)) is model
+
+
+def test_box_voting_by_hand():
+    """Class 1's kept box averages, weighted by score, the class-1 candidates with IoU >= 0.8
+    (itself and a wider box, IoU 0.83), not a shifted one (IoU 0.68), nor class 2's or those
+    under the score threshold; class 2's box is alone and stays."""
+    zero = [0.0, 0.0, 0.0, 0.0]
+    candidates = torch.tensor([  # (N, 4K) for K = 3: background, class 1, class 2
+        zero + [0.0, 0.0, 10.0, 10.0] + [50.0, 50.0, 60.0, 60.0],
+        zero + [0.0, 0.0, 12.0, 10.0] + [0.0, 0.0, 12.0, 10.0],
+        zero + [1.0, 1.0, 11.0, 11.0] + zero,
+        zero + [0.0, 0.0, 10.0, 14.0] + zero,
+    ])  # fmt: skip
+    scores = torch.tensor([[0.0, 0.9, 0.7], [0.0, 0.6, 0.01], [0.0, 0.3, 0.0], [0.0, 0.04, 0.0]])
+    kept = Instances(
+        (100, 100),
+        pred_boxes=Boxes(torch.tensor([[0.0, 0.0, 10.0, 10.0], [50.0, 50.0, 60.0, 60.0]])),
+        scores=torch.tensor([0.9, 0.7]),
+        pred_classes=torch.tensor([1, 2]),
+    )
+    voted = vote_boxes(kept, candidates, scores, iou=0.8, score_thresh=0.05)
+    expected = torch.tensor([[0.0, 0.0, (0.9 * 10 + 0.6 * 12) / 1.5, 10.0], [50, 50, 60, 60]])
+    torch.testing.assert_close(voted.pred_boxes.tensor, expected)
+    torch.testing.assert_close(voted.scores, torch.tensor([0.9, 0.7]))
