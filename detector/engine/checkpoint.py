@@ -514,7 +514,7 @@ class Checkpointer:
             )
         model = unwrap_model(self.model)
         own = model.state_dict()
-        state = _read_weights(file)
+        state = _read_weights(file, model)
         if own and not set(own) & set(state):
             from detector.modeling.backbone.weights import load_torchvision_weights
 
@@ -536,19 +536,27 @@ class Checkpointer:
         logger.info("initialized the model from %s", file)
 
 
-def _read_weights(file: Path) -> dict[str, Any]:
+def _read_weights(file: Path, model: nn.Module) -> dict[str, Any]:
     """The state dict in a weights file, in our layout where its source is recognised: a
-    Caffe2 ImageNet .pkl -> torchvision's classifier layout; torchvision or detectron2 detection
-    models -> ours. Anything else is returned as stored (a checkpoint's "model" entry)."""
+    Detectron (Caffe2) detection .pkl -> ours (for `model`); a Caffe2 ImageNet .pkl ->
+    torchvision's classifier layout; torchvision or detectron2 detection models -> ours.
+    Anything else is returned as stored (a checkpoint's "model" entry)."""
+    from detector.export.convert import (
+        convert_caffe2_detectron,
+        is_caffe2_detectron,
+        load_source_file,
+    )
     from detector.modeling.backbone.weights import caffe2_to_torchvision, is_caffe2_imagenet
 
     if file.suffix == ".pkl":
-        from detector.export.convert import load_source_file
-
         state: dict[str, Any] = load_source_file(file)
     else:
         data = load_checkpoint_file(file)
         state = data.get("model", data)
+    if is_caffe2_detectron(state):
+        converted, report = convert_caffe2_detectron(state, model)
+        logger.info("%s: converted from Detectron's layout (%d keys)", file, len(report.renamed))
+        return converted
     if is_caffe2_imagenet(state):
         return caffe2_to_torchvision(state)
     source = _detection_source(state)

@@ -20,6 +20,11 @@ Sources and the configs their weights need:
                     class moves from last to first (cls_score) and gets zero box deltas / mask
                     logits (bbox_pred, mask predictor)
                     -> its settings: ROIAlignV2 poolers, STRIDE_IN_1X1 True, BGR 0..255 input
+    caffe2-detectron
+                    Detectron's (Caffe2) Faster/Mask R-CNN .pkl ({"blobs": ...}, what
+                    catalog://Caffe2Detectron/COCO/... names), FPN or C4: the trunk by the
+                    Caffe2 ImageNet rules (needs the target model), FPN, RPN and heads by name
+                    -> maskrcnn_benchmark's caffe2/ configs (their defaults: BGR 0..255 input)
 
 Shapes: K classes with the background, D the box head's input dimension (fc7 width).
 """
@@ -38,18 +43,24 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from detector.modeling.backbone.weights import load_torchvision_weights
+from detector.modeling.backbone.weights import (
+    caffe2_to_torchvision,
+    is_caffe2_trunk_key,
+    load_torchvision_weights,
+)
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "SOURCES",
     "ConversionReport",
+    "convert_caffe2_detectron",
     "convert_detectron2",
     "convert_maskrcnn_benchmark",
     "convert_state_dict",
     "convert_torchvision_classification",
     "convert_torchvision_detection",
+    "is_caffe2_detectron",
     "load_source_file",
 ]
 
@@ -181,9 +192,33 @@ _DETECTRON2_RULES: list[Rule] = [
 ]
 
 
+# Detectron (Caffe2) detection blobs past the trunk, after `_w` / `_b` became `.weight` / `.bias`:
+# fpn_inner_res5_2_sum (C5's lateral), fpn_inner_res{2,3,4}_*_sum_lateral, fpn_res{2..5}_*_sum
+# (outputs); the RPN's FPN convs are shared by every level and stored once, under fpn2.
+_CAFFE2_DETECTRON_RULES: list[Rule] = [
+    (r"fpn_inner_res(\d)_\d+_sum(?:_lateral)?\.(weight|bias)", "C2_FPN_INNER"),
+    (r"fpn_res(\d)_\d+_sum\.(weight|bias)", "C2_FPN_OUTPUT"),
+    (r"conv_rpn(?:_fpn2)?\.(weight|bias)", r"rpn.head.conv.\1"),
+    (r"rpn_cls_logits(?:_fpn2)?\.(weight|bias)", r"rpn.head.cls_logits.\1"),
+    (r"rpn_bbox_pred(?:_fpn2)?\.(weight|bias)", r"rpn.head.bbox_pred.\1"),
+    (r"(fc6|fc7)\.(weight|bias)", r"roi_heads.box_feature_extractor.\1.\2"),
+    (r"(cls_score|bbox_pred)\.(weight|bias)", r"roi_heads.box_predictor.\1.\2"),
+    (r"_\[mask\]_fcn(\d)\.(weight|bias)", r"roi_heads.mask_head.feature_extractor.mask_fcn\1.\2"),
+    (r"(conv5_mask|mask_fcn_logits)\.(weight|bias)", r"roi_heads.mask_head.predictor.\1.\2"),
+]
+# Training state and the shared RPN convs' copies of the other levels, if a file has them.
+_CAFFE2_DETECTRON_IGNORED = (
+    r".*_momentum",
+    r"(conv_rpn|rpn_cls_logits|rpn_bbox_pred)_fpn[3-6]_[wb]",
+)
+
+
 def _special_target(kind: str, match: re.Match[str]) -> str:
     """Targets that need arithmetic on the matched numbers."""
     groups = match.groups()
+    if kind in ("C2_FPN_INNER", "C2_FPN_OUTPUT"):  # res2..res5 -> blocks 0..3
+        block = "inner" if kind == "C2_FPN_INNER" else "layer"
+        return f"backbone.{block}_blocks.{int(groups[0]) - 2}.0.{groups[1]}"
     if kind == "FPN" and groups[0] in ("inner", "layer"):  # maskrcnn_benchmark: 1..4 -> 0..3
         return f"backbone.{groups[0]}_blocks.{int(groups[1]) - 1}.0.{groups[2]}"
     if kind == "FPN":  # detectron2: fpn_lateral2..5 / fpn_output2..5 -> 0..3
@@ -361,6 +396,54 @@ def convert_torchvision_classification(
     return converted, report
 
 
+def is_caffe2_detectron(state: Mapping[str, Any]) -> bool:
+    """Whether a state dict is a Detectron (Caffe2) detection model: a Caffe2 trunk and RPN or
+    box-head blobs."""
+    heads = ("conv_rpn", "rpn_cls_logits", "fpn_inner_", "fc6_w", "cls_score_w")
+    return "conv1_w" in state and any(k.startswith(heads) for k in state)
+
+
+def _caffe2_param(key: str) -> str:
+    """Caffe2 blob name -> a parameter-style name: `fc6_w` -> `fc6.weight`, `_b` -> `.bias`."""
+    for suffix, name in (("_w", ".weight"), ("_b", ".bias")):
+        if key.endswith(suffix):
+            return key[: -len(suffix)] + name
+    return key
+
+
+def convert_caffe2_detectron(
+    state_dict: Mapping[str, Any], model: nn.Module
+) -> tuple[dict[str, Tensor], ConversionReport]:
+    """Detectron's Faster/Mask R-CNN blobs (numpy arrays) in the layout of `model`, built from
+    the config they are meant for (an FPN or a C4 model: the trunk goes wherever `model` keeps
+    it, res5 in a C4 box head included). Detectron's classes already have the background first.
+
+    The trunk is converted as a Caffe2 ImageNet model (folded batch norm -> FrozenBN with mean 0
+    and variance 1), the rest by `_CAFFE2_DETECTRON_RULES`; `model` receives the trunk as a side
+    effect (as `convert_torchvision_classification`).
+    """
+    trunk = {k: v for k, v in state_dict.items() if is_caffe2_trunk_key(k)}
+    converted, trunk_report = convert_torchvision_classification(
+        caffe2_to_torchvision(trunk), model
+    )
+    rest = {
+        _caffe2_param(k): v
+        for k, v in state_dict.items()
+        if not is_caffe2_trunk_key(k) and isinstance(v, (np.ndarray, Tensor))
+    }
+    heads, report = _convert(rest, _CAFFE2_DETECTRON_RULES, "caffe2-detectron", None)
+    for name in list(report.unmatched):
+        if any(re.fullmatch(p, name.replace(".weight", "_w").replace(".bias", "_b"))
+               for p in _CAFFE2_DETECTRON_IGNORED):  # fmt: skip
+            report.unmatched.remove(name)
+            report.ignored.append(name)
+    report.renamed = {**trunk_report.renamed, **report.renamed}
+    report.unmatched += [k for k in trunk_report.unmatched if not k.startswith("fc")]
+    converted.update(heads)
+    _check_against(converted, model, report)
+    return converted, report
+
+
 Converter = Callable[..., tuple[dict[str, Tensor], ConversionReport]]
 
 SOURCES: dict[str, Converter] = {
@@ -368,6 +451,7 @@ SOURCES: dict[str, Converter] = {
     "torchvision-classification": convert_torchvision_classification,
     "maskrcnn_benchmark": convert_maskrcnn_benchmark,
     "detectron2": convert_detectron2,
+    "caffe2-detectron": convert_caffe2_detectron,
 }
 
 
@@ -378,10 +462,10 @@ def convert_state_dict(
     (required for "torchvision-classification", optional otherwise: it enables the checks)."""
     if source not in SOURCES:
         raise ValueError(f"unknown source '{source}'; known: {', '.join(SOURCES)}")
-    if source == "torchvision-classification":
+    if source in ("torchvision-classification", "caffe2-detectron"):
         if model is None:
-            raise ValueError("source 'torchvision-classification' needs the target model")
-        return convert_torchvision_classification(state_dict, model)
+            raise ValueError(f"source '{source}' needs the target model")
+        return SOURCES[source](state_dict, model)
     return SOURCES[source](state_dict, model)
 
 

@@ -68,6 +68,11 @@ def is_caffe2_imagenet(state: Mapping[str, object]) -> bool:
     return "conv1_w" in state and any(k.startswith("res2_0_branch2a") for k in state)
 
 
+def is_caffe2_trunk_key(key: str) -> bool:
+    """Whether a Caffe2 blob name belongs to the ResNet trunk (stem, res2..res5)."""
+    return _caffe2_name(key) is not None
+
+
 def _caffe2_name(key: str) -> str | None:
     for pattern, template in _CAFFE2_RULES:
         match = pattern.fullmatch(key)
