@@ -298,6 +298,18 @@ TEST:
     MAX_SIZE: 2000
     SCALE_H_FLIP: True
 """,
+    "caffe2/e2e_mask_rcnn_R_50_FPN_1x_caffe2": """\
+"""
+    + FPN_MASK_MODEL.format(roi_heads="", box_head="").replace(
+        "catalog://ImageNetPretrained/MSRA/R-50",
+        "catalog://Caffe2Detectron/COCO/35858933/e2e_mask_rcnn_R-50-FPN_1x",
+    )
+    + """\
+DATASETS:
+  TEST: ("coco_2014_minival",)
+DATALOADER:
+  SIZE_DIVISIBILITY: 32
+""",
     "quick_schedules/e2e_mask_rcnn_R_50_FPN_quick": """\
 """
     + FPN_MASK_MODEL.format(roi_heads="    BATCH_SIZE_PER_IMAGE: 256\n", box_head="")
@@ -329,6 +341,7 @@ def test_each_family_builds_what_it_describes(family, tmp_path):
     from detector.data.catalog import get_dataset_spec
     from detector.modeling.detector import GeneralizedRCNN
     from detector.modeling.test_time_augmentation import maybe_with_tta
+    from detector.utils.model_zoo import catalog_url
 
     path = tmp_path / f"{family.replace('/', '_')}.yaml"
     path.write_text(FAMILIES[family])
@@ -347,6 +360,8 @@ def test_each_family_builds_what_it_describes(family, tmp_path):
         assert not any(".layer1." in n for n in dcn) and any(".layer4." in n for n in dcn)
     wrapped = maybe_with_tta(model, cfg)
     assert (wrapped is not model) == cfg.TEST.BBOX_AUG.ENABLED
+    if cfg.MODEL.WEIGHT.startswith("catalog://"):  # a name the catalog knows (no download here)
+        assert catalog_url(cfg.MODEL.WEIGHT[len("catalog://") :]).startswith("https://")
 
 
 def test_contradicting_fpn_keys_and_other_architectures_are_refused():
