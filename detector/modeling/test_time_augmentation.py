@@ -15,12 +15,12 @@ bilinear), not from the original file.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 import torchvision.transforms.v2.functional as TF
 from torch import Tensor, nn
 
+from detector.config import Config
 from detector.data.transforms import get_output_size
 from detector.structures import Instances
 
@@ -74,7 +74,7 @@ class DetectorWithTTA(nn.Module):
             boxes.append(run_boxes)
             scores.append(run_scores)
         heads = self.model.roi_heads
-        merged = heads.post_processor._detections(torch.cat(boxes), torch.cat(scores), size)
+        merged = heads.post_processor.detections(torch.cat(boxes), torch.cat(scores), size)
         if heads.mask_head is not None:
             assert reference_features is not None
             (merged,), _ = heads.mask_head(reference_features, [merged])
@@ -90,14 +90,7 @@ class DetectorWithTTA(nn.Module):
             run_image = TF.resize(image, list(run_size), antialias=True)
         if flipped:
             run_image = run_image.flip(-1)
-        model = self.model
-        image_list = model.preprocess([run_image])
-        features = list(model.backbone(image_list.tensor).values())
-        proposals, _ = model.rpn(image_list, features, None)
-        heads = model.roi_heads
-        rois = [p.proposal_boxes for p in proposals]
-        _, class_logits, box_deltas = heads._box_outputs(features, rois)
-        ((boxes, scores),) = heads.post_processor.candidates(class_logits, box_deltas, rois)
+        features, ((boxes, scores),) = self.model.box_candidates([run_image])
         boxes = boxes.view(boxes.shape[0], -1, 4)  # (R, K, 4) in the run image's pixels
         run_h, run_w = run_image.shape[-2:]
         if flipped:
@@ -108,7 +101,7 @@ class DetectorWithTTA(nn.Module):
         return features, (boxes * factors).reshape(boxes.shape[0], -1), scores
 
 
-def maybe_with_tta(model: nn.Module, cfg: Any) -> nn.Module:
+def maybe_with_tta(model: nn.Module, cfg: Config) -> nn.Module:
     """`model` wrapped in DetectorWithTTA when TEST.BBOX_AUG.ENABLED, else `model` itself."""
     aug = cfg.TEST.BBOX_AUG
     if not aug.ENABLED:
