@@ -239,7 +239,7 @@ class TorchvisionAsOurs(nn.Module):
 def evaluate(model: nn.Module, cfg: Any, out: Path) -> dict[str, float]:
     """pycocotools on the converted ground truth of DATASETS.TEST[0], our inference loop."""
     from detector.data import build_test_loader
-    from detector.engine.inference import inference_on_dataset
+    from detector.evaluation import inference_on_dataset
     from detector.evaluation.build import _converted_evaluator
 
     loader = build_test_loader(cfg, cfg.DATASETS.TEST[0])

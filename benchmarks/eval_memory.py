@@ -1,5 +1,5 @@
 """Host memory of a COCO evaluation over thousands of images: everything after the network, as
-tools/test.py runs it (detector.engine.inference.inference_on_dataset -> postprocess_to_original
+tools/test.py runs it (detector.evaluation.inference_on_dataset -> detector_postprocess
 -> COCOEvaluator, bbox and segm), on a generated COCO annotation file.
 
 The network is replaced by a stub that returns, per image, `--dets` detections with 28x28 mask
@@ -28,8 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from detector.engine.inference import inference_on_dataset
-from detector.evaluation import COCOEvaluator
+from detector.evaluation import COCOEvaluator, inference_on_dataset
 from detector.structures import Boxes, Instances
 
 NUM_CATEGORIES = 80

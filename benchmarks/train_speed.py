@@ -48,7 +48,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from benchmarks.timing import wall_seconds
 from detector.config import load_config, merge_opts
-from detector.export.convert import convert_torchvision_detection
+from detector.modeling.conversion import convert_torchvision_detection
 from detector.modeling.detector import GeneralizedRCNN
 from detector.structures import Boxes, Instances
 from detector.structures.masks import BitMasks

@@ -24,7 +24,6 @@ M the mask head's side.
 from __future__ import annotations
 
 import logging
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,75 +33,23 @@ import torch
 from PIL import Image as PILImage
 from torch import Tensor
 
-from detector.config import load_config
+from detector.config import Config
 from detector.data import build_transforms, read_image
 from detector.engine.checkpoint import load_checkpoint_file
-from detector.export.slim import is_slim
-from detector.modeling.detector import GeneralizedRCNN
-from detector.modeling.roi_heads.mask_head.paste import paste_masks_in_image
-from detector.structures import Instances
+from detector.engine.trained_model import (
+    class_names_from_config,
+    is_slim,
+    load_model,
+    resolve_config,
+)
+from detector.modeling.postprocessing import detector_postprocess
+from detector.structures import Boxes, Instances
 
-__all__ = ["ImageInput", "Predictor", "load_model", "resolve_config"]
+__all__ = ["ImageInput", "Predictor"]
 
 logger = logging.getLogger(__name__)
 
 ImageInput = str | Path | np.ndarray | Tensor | PILImage.Image
-
-
-def _config_from_yaml_text(text: str, source: str) -> Any:
-    """A config from YAML text (as embedded in a slim checkpoint), through `load_config`."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "config.yaml"
-        path.write_text(text)
-        try:
-            return load_config(path)
-        except ValueError as e:
-            raise ValueError(f"the config embedded in {source} does not load: {e}") from None
-
-
-def resolve_config(config: Any, weights: Path, data: dict[str, Any]) -> Any:
-    """The config: a YAML path, a config object, or (None) the one the checkpoint embeds, else
-    the config.yaml that training wrote next to the checkpoint."""
-    if config is not None:
-        return load_config(config) if isinstance(config, (str, Path)) else config
-    if isinstance(data.get("config"), str):
-        return _config_from_yaml_text(data["config"], str(weights))
-    beside = weights.parent / "config.yaml"
-    if beside.is_file():
-        logger.info("using %s, written by the training run next to %s", beside, weights)
-        return load_config(beside)
-    raise ValueError(
-        f"Predictor: {weights} embeds no config and there is no config.yaml next to it; pass "
-        "config= (a YAML file or a config object), or export a slim checkpoint with "
-        "tools/export.py, which embeds it"
-    )
-
-
-def load_model(cfg: Any, weights: str | Path, data: dict[str, Any] | None = None) -> Any:
-    """Builds GeneralizedRCNN from `cfg` and loads `weights` strictly (float16 slim weights are
-    cast to the model's dtype). Returns the model in eval mode on the CPU."""
-    weights = Path(weights)
-    if data is None:
-        data = load_checkpoint_file(weights)
-    state = data.get("model", data)
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(
-            f"Predictor: {weights} holds no model weights (expected a 'model' state dict; "
-            f"keys: {', '.join(map(str, data))})"
-        )
-    model = GeneralizedRCNN.from_config(cfg)
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        missing = ", ".join(result.missing_keys[:5]) or "none"
-        unused = ", ".join(result.unexpected_keys[:5]) or "none"
-        raise ValueError(
-            f"Predictor: {weights} does not match the model of this config "
-            f"(MODEL.BACKBONE.CONV_BODY {cfg.MODEL.BACKBONE.CONV_BODY}, MODEL.MASK_ON "
-            f"{cfg.MODEL.MASK_ON}): {len(result.missing_keys)} keys missing (e.g. {missing}), "
-            f"{len(result.unexpected_keys)} unused (e.g. {unused}); pass the config it was "
-            "trained with"
-        )
-    return model.eval()
 
 
 class Predictor:
@@ -121,7 +68,7 @@ class Predictor:
 
     def __init__(
         self,
-        config: str | Path | Any | None = None,
+        config: str | Path | Config | None = None,
         weights: str | Path | None = None,
         device: str | torch.device = "cpu",
         *,
@@ -140,11 +87,7 @@ class Predictor:
             )
         self.device = torch.device(device)
         self.model = load_model(self.cfg, weights, data).to(self.device)
-        mask_head = getattr(self.model.roi_heads, "mask_head", None)
-        self.mask_on = mask_head is not None
-        if mask_head is not None:
-            mask_head.postprocess_masks = False  # pasted here, at the original size
-        self.mask_threshold = float(self.cfg.MODEL.ROI_MASK_HEAD.POSTPROCESS_MASKS_THRESHOLD)
+        self.mask_threshold = self.cfg.MODEL.ROI_MASK_HEAD.POSTPROCESS_MASKS_THRESHOLD
         self.transforms = build_transforms(self.cfg, is_train=False)
         self.batch_size = int(batch_size or self.cfg.TEST.IMS_PER_BATCH or 1)
         self.meta: dict[str, Any] = dict(data.get("meta", {})) if is_slim(data) else {}
@@ -167,8 +110,6 @@ class Predictor:
     def class_names(self) -> list[str]:
         """Index 0 the background, then one name per class (read lazily from the dataset)."""
         if self._class_names is None:
-            from detector.export.slim import class_names_from_config
-
             names = class_names_from_config(self.cfg)
             if names and len(names) != self.num_classes:
                 logger.warning(
@@ -234,28 +175,20 @@ class Predictor:
     def _postprocess(self, dets: Instances, original_size: tuple[int, int]) -> dict[str, Any]:
         """Detections in the resized input's pixels -> the result dict at the original size."""
         height, width = original_size
-        in_height, in_width = dets.image_size
-        boxes = dets.pred_boxes.tensor.float()  # (N, 4) in the resized input
-        scale = boxes.new_tensor([width / in_width, height / in_height] * 2)
-        boxes = boxes * scale
-        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
-        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+        dets.pred_boxes = Boxes(dets.pred_boxes.tensor.float())
+        out = detector_postprocess(dets, height, width, self.mask_threshold)
         # A box left with no area inside the original image (e.g. of a 1 x 1 image) is dropped
-        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # (N,)
+        keep = out.pred_boxes.nonempty()  # (N,)
         if not bool(keep.all()):
-            dets, boxes = dets[keep], boxes[keep]
-        labels = dets.pred_classes.long()
+            out = out[keep]
+        labels = out.pred_classes.long()
         result: dict[str, Any] = {
-            "boxes": boxes.cpu(),
-            "scores": dets.scores.float().cpu(),
+            "boxes": out.pred_boxes.tensor.cpu(),
+            "scores": out.scores.float().cpu(),
             "labels": labels.cpu(),
         }
-        if self.mask_on:
-            probabilities = dets.pred_masks  # (N, 1, M, M)
-            masks = paste_masks_in_image(
-                probabilities, boxes, (height, width), threshold=self.mask_threshold
-            )
-            result["masks"] = masks.cpu()  # (N, H, W) bool
+        if out.has("pred_masks"):
+            result["masks"] = out.pred_masks.cpu()  # (N, H, W) bool
         result["class_names"] = [self._name(int(k)) for k in labels.tolist()]
         result["image_size"] = (height, width)
         return result

@@ -12,8 +12,8 @@ import pytest
 
 from detector.config import load_config, merge_opts
 from detector.data import get_dataset
+from detector.engine.evaluate import make_evaluate_fn
 from detector.engine.launch import train
-from detector.evaluation.build import make_evaluate_fn
 
 ROOT = Path(__file__).resolve().parents[1]
 BCCD = ROOT / "configs" / "bccd" / "faster_rcnn_R_18_FPN_bccd.yaml"

@@ -21,7 +21,7 @@ import torch
 
 from detector.config import load_config
 from detector.engine.launch import default_argument_parser, run_tool_main
-from detector.export.convert import SOURCES, convert_state_dict, load_source_file
+from detector.modeling.conversion import SOURCES, convert_state_dict, load_source_file
 from detector.modeling.detector import GeneralizedRCNN
 
 TORCHVISION_CONFIGS = {

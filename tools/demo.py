@@ -116,7 +116,7 @@ def demo_config(args: argparse.Namespace) -> Any:
     if not args.opts:
         return None
     from detector.engine.checkpoint import load_checkpoint_file
-    from detector.predictor import resolve_config
+    from detector.engine.trained_model import resolve_config
 
     weights = Path(args.weights)
     return merge_opts(resolve_config(None, weights, load_checkpoint_file(weights)), args.opts)

@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from detector.config import load_config
-from detector.data import build_test_loader, get_dataset
+from detector.data import get_dataset
 from detector.engine.launch import default_argument_parser, run_tool_main
 
 DEFAULT_CONFIG = "configs/shapes/mask_rcnn_R_18_FPN_shapes.yaml"
@@ -36,11 +36,10 @@ DRAW_SCALE = 3  # the 128 px shapes are upscaled before prediction so the pictur
 
 def evaluate(model: nn.Module, cfg: DictConfig, dataset_name: str, output_dir: Path) -> dict:
     """Box (and mask) AP of `model` on `dataset_name`, through the shared evaluation code."""
-    from detector.engine.inference import inference_on_dataset
-    from detector.evaluation import build_evaluator
+    from detector.engine.evaluate import build_dataset_evaluation, run_evaluation
 
-    evaluator = build_evaluator(cfg, dataset_name, output_dir)
-    return inference_on_dataset(model, build_test_loader(cfg, dataset_name), evaluator)
+    loader, evaluator = build_dataset_evaluation(cfg, dataset_name, output_dir)
+    return run_evaluation(cfg, model, loader, evaluator)
 
 
 def draw_predictions(
@@ -86,7 +85,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def _trained_model(cfg: DictConfig, args: argparse.Namespace) -> tuple[nn.Module, Path]:
     """Trains (or, with --eval-only, loads --weights); returns the model and its checkpoint."""
     if args.eval_only:
-        from detector.engine.inference import load_test_weights
+        from detector.engine.evaluate import load_test_weights
         from detector.modeling.detector import GeneralizedRCNN
 
         if not args.weights:

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from detector.engine.inference import format_metrics, results_dir, test
+from detector.engine.evaluate import inference_dir, results_dir, test
 from detector.engine.launch import (
     USER_ERRORS,
     default_argument_parser,
@@ -22,6 +21,7 @@ from detector.engine.launch import (
     run_tool_main,
 )
 from detector.engine.output_dir import make_output_dir
+from detector.evaluation import format_metrics
 from detector.utils import comm
 from detector.utils.logger import setup_logger
 
@@ -50,8 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> int:
     cfg = load_config_from_args(args)
     comm.init_distributed()
-    make_output_dir(Path(cfg.OUTPUT_DIR) / "inference")
-    setup_logger(Path(cfg.OUTPUT_DIR) / "inference", rank=comm.get_rank())
+    make_output_dir(inference_dir(cfg))
+    setup_logger(inference_dir(cfg), rank=comm.get_rank())
     results = test(cfg, saved_predictions=args.eval_only_saved, progress=not args.no_progress)
     if comm.is_main_process():
         for name, metrics in results.items():

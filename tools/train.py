@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config_from_args(args)
     evaluate_fn = None
     if cfg.DATASETS.TEST and not args.skip_test:
-        from detector.evaluation.build import make_evaluate_fn
+        from detector.engine.evaluate import make_evaluate_fn
 
         evaluate_fn = make_evaluate_fn(cfg)
     result = train(cfg, resume=args.resume, evaluate_fn=evaluate_fn)

@@ -13,7 +13,7 @@ from torch import Tensor
 from torchvision.models.detection.roi_heads import paste_masks_in_image as tv_paste
 
 from benchmarks.timing import Case
-from detector.modeling.roi_heads.mask_head import paste_masks_in_image
+from detector.ops import paste_masks_in_image
 
 SIZES = [(512, 683), (800, 1088)]
 NUM_MASKS = 100

@@ -4,6 +4,7 @@ Every file and command line is translated before it is merged (`translate`):
 - renamed keys move to ours, values converted where the meaning needs it
   (SOLVER.TEST_PERIOD -> TEST.EVAL_PERIOD, DTYPE "float16" -> SOLVER.AMP, ...);
 - MODEL.RESNETS.TRANS_FUNC / STEM_FUNC select the trunk's normalization (MODEL.RESNETS.NORM);
+- keys whose job is done elsewhere here are dropped (`_DROPPED`);
 - keys of features this project does not have are refused with the reason, unless their value
   leaves the feature off (maskrcnn_benchmark's own defaults, e.g. MODEL.RETINANET_ON False), which
   is what this project does anyway.
@@ -42,6 +43,13 @@ _RENAMED: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "MODEL.CLS_AGNOSTIC_BBOX_REG": ("MODEL.ROI_HEADS.CLS_AGNOSTIC_BBOX_REG", lambda v: v),
     "TEST.DETECTIONS_PER_IMG": ("MODEL.ROI_HEADS.DETECTIONS_PER_IMG", lambda v: v),
 }
+
+# Keys accepted and dropped: what they switch on always happens here.
+_DROPPED = (
+    # detector_postprocess always pastes the masks into the original image (mask-paste
+    # threshold: MODEL.ROI_MASK_HEAD.POSTPROCESS_MASKS_THRESHOLD).
+    "MODEL.ROI_MASK_HEAD.POSTPROCESS_MASKS",
+)
 
 _TRUNK_FUNCS = {
     "MODEL.RESNETS.TRANS_FUNC": {
@@ -157,6 +165,8 @@ def translate(data: dict[str, Any], source: str) -> dict[str, Any]:
     """`data` (nested dicts of one file or the command line) with maskrcnn_benchmark's keys
     translated; raises CompatError for a feature that is not supported."""
     _refuse_unsupported(data, source)
+    for key in _DROPPED:
+        _pop(data, key)
     for old, (new, convert) in _RENAMED.items():
         found, value = _pop(data, old)
         if found:

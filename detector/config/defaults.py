@@ -199,8 +199,7 @@ class ROIMaskHeadConfig:
     # head (14x14 pooled -> res5 -> 7x7 -> deconv 14x14); FPN configs set 28.
     RESOLUTION: int = 14
     SHARE_BOX_FEATURE_EXTRACTOR: bool = True
-    # Paste the masks into the image at inference, binarized at POSTPROCESS_MASKS_THRESHOLD.
-    POSTPROCESS_MASKS: bool = False
+    # detector_postprocess's mask binarization: a pasted pixel is on above this probability.
     POSTPROCESS_MASKS_THRESHOLD: float = 0.5
     DILATION: int = 1
     USE_GN: bool = False

@@ -20,7 +20,8 @@ import pickle
 import random
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -35,8 +36,11 @@ __all__ = [
     "Checkpointer",
     "CorruptCheckpointError",
     "UnsafeCheckpointError",
+    "WeightsMismatchError",
+    "WeightsReport",
     "get_rng_state",
     "load_checkpoint_file",
+    "load_model_weights",
     "remove_stale_temporaries",
     "set_rng_state",
     "unwrap_model",
@@ -60,11 +64,97 @@ class UnsafeCheckpointError(CheckpointError):
     """A checkpoint holding pickled Python objects that weights-only loading refuses."""
 
 
+class WeightsMismatchError(CheckpointError, ValueError):
+    """Weights that do not fit the model (strict loading)."""
+
+
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The module inside DistributedDataParallel / DataParallel wrappers."""
     while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
         model = model.module
     return model
+
+
+# --------------------------------------------------------------------------------------------
+# Loading weights into a model: the one comparison of state dicts
+# --------------------------------------------------------------------------------------------
+@dataclass
+class WeightsReport:
+    """How a state dict fits a model, by key: `missing` model keys absent from the weights,
+    `unexpected` weight keys the model lacks, `mismatched` "key (weights shape) vs (model
+    shape)" for keys of both with other shapes."""
+
+    source: str
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
+
+    @property
+    def fits(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def describe(self) -> str:
+        """One line: 'N keys missing from the file (e.g. a, b, c); ...'."""
+        parts = [
+            f"{len(keys)} keys {title} (e.g. {', '.join(keys[:3])})"
+            for title, keys in (
+                ("missing from the file", self.missing),
+                ("not in the model", self.unexpected),
+                ("with another shape", self.mismatched),
+            )
+            if keys
+        ]
+        return "; ".join(parts) or "all keys fit"
+
+
+def compare_weights(own: Mapping[str, Any], state: Mapping[str, Any], source: str) -> WeightsReport:
+    """The WeightsReport of `state` against a model's state dict `own`."""
+    shared = sorted(set(own) & set(state))
+    return WeightsReport(
+        source=source,
+        missing=sorted(set(own) - set(state)),
+        unexpected=sorted(set(state) - set(own)),
+        mismatched=[
+            f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+            for k in shared
+            if hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)
+        ],
+    )
+
+
+def load_model_weights(
+    model: nn.Module,
+    state: Mapping[str, Any],
+    *,
+    strict: bool,
+    source: str,
+    model_name: str = "the model built from the config",
+) -> WeightsReport:
+    """Loads `state` into `model` (a DDP wrapper is unwrapped) and returns how it fit.
+
+    strict: any missing, unexpected or mismatched key raises WeightsMismatchError naming them
+    (testing or predicting with half-loaded weights would give meaningless results). Lenient
+    (initialization from MODEL.WEIGHT): keys of another shape are skipped (those parameters keep
+    their fresh initialization) and the report is logged as warnings.
+    """
+    model = unwrap_model(model)
+    report = compare_weights(model.state_dict(), state, source)
+    if strict and not report.fits:
+        raise WeightsMismatchError(
+            f"weights {source} do not fit {model_name}: {report.describe()}. Use the config "
+            "the weights were trained with"
+        )
+    skipped = {line.split(" ")[0] for line in report.mismatched}
+    model.load_state_dict({k: v for k, v in state.items() if k not in skipped}, strict=False)
+    for title, keys in (
+        ("skipped keys of another shape", report.mismatched),
+        ("keys not in the file", report.missing),
+        ("unused keys", report.unexpected),
+    ):
+        if keys:
+            logger.warning("%s: %s: %s", source, title, ", ".join(keys))
+    logger.info("loaded weights %s", source)
+    return report
 
 
 # --------------------------------------------------------------------------------------------
@@ -513,65 +603,26 @@ class Checkpointer:
                 "torchvision://ResNet50_Weights.IMAGENET1K_V1), or set MODEL.WEIGHT to '' for none"
             )
         model = unwrap_model(self.model)
-        own = model.state_dict()
-        state = _read_weights(file, model)
+        state, own = _read_weights(file, model), model.state_dict()
         if own and not set(own) & set(state):
             from detector.modeling.backbone.weights import load_torchvision_weights
 
             load_torchvision_weights(model, state)
             return
-        mismatched = [
-            f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
-            for k, v in state.items()
-            if k in own and hasattr(v, "shape") and v.shape != own[k].shape
-        ]
-        state = {k: v for k, v in state.items() if k not in own or v.shape == own[k].shape}
-        result = model.load_state_dict(state, strict=False)
-        if mismatched:
-            logger.warning("%s: skipped keys of another shape: %s", file, ", ".join(mismatched))
-        if result.missing_keys:
-            logger.warning("%s: keys not in the file: %s", file, ", ".join(result.missing_keys))
-        if result.unexpected_keys:
-            logger.warning("%s: unused keys: %s", file, ", ".join(result.unexpected_keys))
-        logger.info("initialized the model from %s", file)
+        load_model_weights(model, state, strict=False, source=str(file))
 
 
 def _read_weights(file: Path, model: nn.Module) -> dict[str, Any]:
-    """The state dict in a weights file, in our layout where its source is recognised: a
-    Detectron (Caffe2) detection .pkl -> ours (for `model`); a Caffe2 ImageNet .pkl ->
-    torchvision's classifier layout; torchvision or detectron2 detection models -> ours.
-    Anything else is returned as stored (a checkpoint's "model" entry)."""
-    from detector.export.convert import (
-        convert_caffe2_detectron,
-        is_caffe2_detectron,
-        load_source_file,
-    )
-    from detector.modeling.backbone.weights import caffe2_to_torchvision, is_caffe2_imagenet
+    """The state dict in a weights file (a .pkl of arrays, a checkpoint's "model" entry or a bare
+    state dict), in our layout where its source is recognised (`to_our_layout`)."""
+    from detector.modeling.conversion import load_source_file, to_our_layout
 
     if file.suffix == ".pkl":
         state: dict[str, Any] = load_source_file(file)
     else:
         data = load_checkpoint_file(file)
         state = data.get("model", data)
-    if is_caffe2_detectron(state):
-        converted, report = convert_caffe2_detectron(state, model)
-        logger.info("%s: converted from Detectron's layout (%d keys)", file, len(report.renamed))
-        return converted
-    if is_caffe2_imagenet(state):
-        return caffe2_to_torchvision(state)
-    source = _detection_source(state)
+    converted, source = to_our_layout(state, model)
     if source is not None:
-        from detector.export.convert import convert_state_dict
-
-        converted, report = convert_state_dict(source, state)
-        logger.info("%s: converted from %s's layout (%d keys)", file, source, len(report.renamed))
-        return converted
-    return state
-
-
-def _detection_source(state: dict[str, Any]) -> str | None:
-    if any(k.startswith("backbone.bottom_up.") for k in state):
-        return "detectron2"
-    if any(k.startswith(("roi_heads.box_head.fc6.", "rpn.head.conv.0.")) for k in state):
-        return "torchvision"
-    return None
+        logger.info("%s: converted from %s's layout (%d keys)", file, source, len(converted))
+    return converted

@@ -371,8 +371,8 @@ def train(
         data_loader: `factory(start_iter)` -> the batches from iteration start_iter on
             (see Trainer); defaults to detector.data.build_train_loader(cfg, start_iter).
         evaluate_fn: `evaluate_fn(model) -> dict` called every TEST.EVAL_PERIOD iterations and at
-            the end (none by default); `detector.evaluation.make_evaluate_fn(cfg)` evaluates on
-            DATASETS.TEST (what tools/train.py passes).
+            the end (none by default); `detector.engine.evaluate.make_evaluate_fn(cfg)`
+            evaluates on DATASETS.TEST (what tools/train.py passes).
         hooks: extra trainer hooks.
         trainer_overrides: keyword arguments replacing what Trainer.from_config reads from cfg.
 

@@ -1,4 +1,4 @@
-"""The evaluator of a named dataset, from the config, and the trainer's `evaluate_fn`.
+"""The evaluator of a named dataset, from the config.
 
     COCODataset                     -> COCOEvaluator on its JSON (bbox, + segm with MODEL.MASK_ON)
     VOCDataset (ImageSets/Main)     -> VOCEvaluator (TEST.VOC_USE_07_METRIC: 11-point or area AP)
@@ -15,14 +15,13 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Hashable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pycocotools.mask as mask_util
 import torch
-from torch import nn
 
 from detector.evaluation.coco_evaluation import COCOEvaluator
 from detector.evaluation.evaluator import DatasetEvaluator
@@ -33,7 +32,6 @@ __all__ = [
     "build_evaluator",
     "dataset_to_coco_dict",
     "dataset_to_coco_json",
-    "make_evaluate_fn",
 ]
 
 logger = logging.getLogger(__name__)
@@ -243,51 +241,3 @@ def _converted_evaluator(
         path = Path(directory) / GROUND_TRUTH_JSON
         id_map = dataset_to_coco_json(dataset, path)
         return DatasetCOCOEvaluator(path, id_map, tasks=tasks)
-
-
-# --------------------------------------------------------------------------------------------
-# The trainer's evaluate_fn
-# --------------------------------------------------------------------------------------------
-def make_evaluate_fn(cfg: Any) -> Callable[[nn.Module], dict[str, float]]:
-    """`evaluate_fn(model) -> metrics` on every DATASETS.TEST set, for the trainer's EvalHook
-    (every TEST.EVAL_PERIOD iterations and at the end).
-
-    Predictions and metrics go to OUTPUT_DIR/inference/<dataset>/. With one test dataset the
-    keys are the evaluator's ("bbox/AP", ...); with several they are prefixed by the dataset name
-    ("coco_2017_val/bbox/AP"). Rank 0 returns the metrics, other ranks {}. The datasets are
-    read here, so that a wrong name or a missing file fails before training rather than after
-    it; the loaders and evaluators are built at the first call (the process group exists then).
-    """
-    from detector.data import get_dataset
-    from detector.data.build import check_num_classes
-
-    names = list(cfg.DATASETS.TEST)
-    datasets = {name: get_dataset(name, cfg, "test") for name in names}
-    for name, dataset in datasets.items():
-        check_num_classes(cfg, dataset, name, "test")
-    built: dict[str, tuple[Any, DatasetEvaluator]] = {}
-
-    def evaluate_fn(model: nn.Module) -> dict[str, float]:
-        from detector.data import build_test_loader
-        from detector.engine.inference import inference_on_dataset
-        from detector.modeling.test_time_augmentation import maybe_with_tta
-        from detector.utils import comm
-
-        results: dict[str, float] = {}
-        for name in names:
-            if name not in built:
-                loader = build_test_loader(cfg, name)
-                out_dir = Path(cfg.OUTPUT_DIR) / "inference" / name
-                evaluator = build_evaluator(
-                    cfg, name, out_dir if comm.is_main_process() else None, dataset=datasets[name]
-                )
-                built[name] = (loader, evaluator)
-            loader, evaluator = built[name]
-            metrics = inference_on_dataset(
-                maybe_with_tta(model, cfg), loader, evaluator, progress=False
-            )
-            prefix = f"{name}/" if len(names) > 1 else ""
-            results.update({f"{prefix}{key}": value for key, value in metrics.items()})
-        return results
-
-    return evaluate_fn

@@ -17,8 +17,8 @@ RoIAlign's "max" mode) stop the export with an error naming the op and the confi
 The exported graph takes one image, uint8 Tensor[3, h, w] (float32 0..255 with
 INPUT.RESIZE_MODE torchvision), already resized by the test transform (INPUT.MIN_SIZE_TEST /
 MAX_SIZE_TEST), and returns boxes (N, 4) in that image's pixels, scores (N,), labels (N,) int64
-and, for Mask R-CNN, mask probabilities (N, 1, M, M) in box coordinates
-(paste them with detector.modeling.roi_heads.mask_head.paste_masks_in_image, or run the whole
+and, for Mask R-CNN, mask probabilities (N, 1, M, M) in box coordinates (map them to the
+original image with detector.modeling.postprocessing.detector_postprocess, or run the whole
 pipeline with tools/onnx_infer.py).
 
 Dynamic: the image's height and width and the number of detections N (zero included). The graph
@@ -356,10 +356,7 @@ class InferenceModel(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model.eval()
-        mask_head = getattr(model.roi_heads, "mask_head", None)
-        self.mask_on = mask_head is not None
-        if mask_head is not None:
-            mask_head.postprocess_masks = False
+        self.mask_on = getattr(model.roi_heads, "mask_head", None) is not None
 
     def preprocess(self, image: Tensor) -> Tensor:
         """GeneralizedRCNN.preprocess for one image, with the padding done by F.pad (a traced
@@ -415,12 +412,10 @@ def prepare_image(cfg: Any, sample_image: str | Path | Tensor | None) -> Tensor:
 
 def _load(cfg: Any, weights: str | Path) -> tuple[nn.Module, Any]:
     """(model in eval mode, resolved config) of a config (or None) and a checkpoint."""
-    from detector.engine.checkpoint import load_checkpoint_file
-    from detector.predictor import load_model, resolve_config
+    from detector.engine.trained_model import load_trained
 
-    data = load_checkpoint_file(weights)
-    cfg = resolve_config(cfg, Path(weights), data)
-    return load_model(cfg, weights, data), cfg
+    model, cfg, _ = load_trained(cfg, weights)
+    return model, cfg
 
 
 @contextlib.contextmanager

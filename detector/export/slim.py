@@ -27,6 +27,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from detector.engine.checkpoint import atomic_write, load_checkpoint_file
+from detector.engine.trained_model import (
+    SLIM_FORMAT,
+    SLIM_FORMAT_VERSION,
+    class_names_from_config,
+    is_slim,
+)
+
 __all__ = [
     "SLIM_FORMAT",
     "SlimCheckpointError",
@@ -40,18 +48,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SLIM_FORMAT = "detector-slim"
-SLIM_FORMAT_VERSION = 1
-
 
 class SlimCheckpointError(ValueError):
     """A checkpoint that cannot be turned into (or read as) a slim checkpoint."""
-
-
-def is_slim(data: Mapping[str, Any]) -> bool:
-    """Whether a loaded checkpoint dict is a slim checkpoint."""
-    meta = data.get("meta")
-    return isinstance(meta, Mapping) and meta.get("format") == SLIM_FORMAT
 
 
 def check_plain(value: Any, where: str = "checkpoint") -> None:
@@ -168,43 +167,6 @@ def make_slim(
     return data
 
 
-def class_names_from_config(cfg: Any) -> list[str]:
-    """The class names (index 0 the background): DATASETS.CLASS_NAMES; else the built-in COCO
-    names for a model of COCO categories (91 classes: torchvision's layout by category id; 81
-    with a built-in coco_* dataset); else those of the first DATASETS.TEST or DATASETS.TRAIN
-    dataset that can be opened; [] when none can (one warning)."""
-    if len(cfg.DATASETS.CLASS_NAMES):
-        return ["__background__", *map(str, cfg.DATASETS.CLASS_NAMES)]
-    names = [str(n) for n in (*cfg.DATASETS.TEST, *cfg.DATASETS.TRAIN)]
-    coco = _coco_names(cfg, names)
-    if coco:
-        return coco
-    from detector.data import DatasetError, get_dataset
-
-    failures = []
-    for name in names:
-        try:
-            return [str(c) for c in get_dataset(name, cfg).class_names]
-        except (DatasetError, OSError) as e:
-            failures.append(f"'{name}' ({e})")
-    if failures:
-        logger.warning("class names: cannot open dataset %s", "; ".join(failures))
-    return []
-
-
-def _coco_names(cfg: Any, dataset_names: list[str]) -> list[str] | None:
-    """COCO's names when the model predicts COCO categories (see class_names_from_config)."""
-    from detector.data.datasets.coco_categories import coco_class_names
-
-    num_classes = int(cfg.MODEL.ROI_BOX_HEAD.NUM_CLASSES)
-    builtin_coco = any(
-        n.startswith("coco_") and n not in cfg.DATASETS.CUSTOM for n in dataset_names
-    )
-    if num_classes == 91 or (num_classes == 81 and builtin_coco):
-        return coco_class_names(num_classes)
-    return None
-
-
 def export_slim(
     checkpoint: str | Path,
     output: str | Path,
@@ -235,7 +197,6 @@ def export_slim(
         SlimCheckpointError: a file without model weights.
     """
     from detector.config import dump_config
-    from detector.engine.checkpoint import atomic_write, load_checkpoint_file
 
     checkpoint, output = Path(checkpoint), Path(output)
     data = load_checkpoint_file(checkpoint)

@@ -88,12 +88,31 @@ class GeneralizedRCNN(nn.Module):
     ) -> dict[str, Tensor] | list[Instances]:
         if self.training and targets is None:
             raise ValueError("GeneralizedRCNN: `targets` are needed in training mode")
-        image_list = self.preprocess(images)
-        features = list(self.backbone(image_list.tensor).values())
-        proposals, losses = self.rpn(image_list, features, targets)
+        image_list, features, proposals, losses = self._propose(images, targets)
         if self.roi_heads is None:
             return losses if self.training else proposals
         detections, head_losses = self.roi_heads(
             features, proposals, image_list.image_sizes, targets
         )
         return {**losses, **head_losses} if self.training else detections
+
+    def _propose(
+        self, images: list[Tensor], targets: list[Instances] | None
+    ) -> tuple[ImageList, list[Tensor], list[Instances], dict[str, Tensor]]:
+        """preprocess -> backbone -> RPN: (image list, feature maps finest first, proposals
+        per image, RPN losses (training))."""
+        image_list = self.preprocess(images)
+        features = list(self.backbone(image_list.tensor).values())
+        proposals, losses = self.rpn(image_list, features, targets)
+        return image_list, features, proposals, losses
+
+    def box_candidates(
+        self, images: list[Tensor]
+    ) -> tuple[list[Tensor], list[tuple[Tensor, Tensor]]]:
+        """Inference up to the box head, before any filtering (test-time augmentation merges
+        these): (feature maps, per image (boxes (R_i, 4*K) in the image's pixels, class
+        probabilities (R_i, K)))."""
+        if self.roi_heads is None:
+            raise ValueError("GeneralizedRCNN.box_candidates: an RPN-only model has no box head")
+        _, features, proposals, _ = self._propose(images, None)
+        return features, self.roi_heads.candidates(features, [p.proposal_boxes for p in proposals])

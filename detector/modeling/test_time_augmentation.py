@@ -17,12 +17,12 @@ bilinear), not from the original file.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 import torchvision.transforms.v2.functional as TF
 from torch import Tensor, nn
 
+from detector.config import Config
 from detector.data.transforms import get_output_size
 from detector.structures import Boxes, Instances, pairwise_iou
 
@@ -80,7 +80,7 @@ class DetectorWithTTA(nn.Module):
             scores.append(run_scores)
         heads = self.model.roi_heads
         all_boxes, all_scores = torch.cat(boxes), torch.cat(scores)  # (N, 4K), (N, K)
-        merged = heads.post_processor._detections(all_boxes, all_scores, size)
+        merged = heads.post_processor.detections(all_boxes, all_scores, size)
         if self.vote_iou > 0:
             threshold = heads.post_processor.score_thresh
             merged = vote_boxes(merged, all_boxes, all_scores, self.vote_iou, threshold)
@@ -99,14 +99,7 @@ class DetectorWithTTA(nn.Module):
             run_image = TF.resize(image, list(run_size), antialias=True)
         if flipped:
             run_image = run_image.flip(-1)
-        model = self.model
-        image_list = model.preprocess([run_image])
-        features = list(model.backbone(image_list.tensor).values())
-        proposals, _ = model.rpn(image_list, features, None)
-        heads = model.roi_heads
-        rois = [p.proposal_boxes for p in proposals]
-        _, class_logits, box_deltas = heads._box_outputs(features, rois)
-        ((boxes, scores),) = heads.post_processor.candidates(class_logits, box_deltas, rois)
+        features, ((boxes, scores),) = self.model.box_candidates([run_image])
         boxes = boxes.view(boxes.shape[0], -1, 4)  # (R, K, 4) in the run image's pixels
         run_h, run_w = run_image.shape[-2:]
         if flipped:
@@ -141,7 +134,7 @@ def vote_boxes(
     return kept
 
 
-def maybe_with_tta(model: nn.Module, cfg: Any) -> nn.Module:
+def maybe_with_tta(model: nn.Module, cfg: Config) -> nn.Module:
     """`model` wrapped in DetectorWithTTA when TEST.BBOX_AUG.ENABLED, else `model` itself."""
     aug = cfg.TEST.BBOX_AUG
     if not aug.ENABLED:

@@ -10,6 +10,7 @@ from detector.ops import (
 from detector.ops.boxes import batched_nms, nms
 from detector.ops.deform_conv import deform_conv2d
 from detector.ops.deform_roi_pool import deform_ps_roi_pool, deform_roi_pool
+from detector.ops.paste_masks import paste_masks_in_image
 from detector.ops.poolers import MultiScaleRoIAlign
 from detector.ops.ps_roi_align import ps_roi_align
 from detector.ops.ps_roi_pool import ps_roi_pool
@@ -25,6 +26,7 @@ __all__ = [
     "deform_roi_pool",
     "multi_scale_roi_align",
     "nms",
+    "paste_masks_in_image",
     "ps_roi_align",
     "ps_roi_pool",
     "roi_align",

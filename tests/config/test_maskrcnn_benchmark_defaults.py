@@ -4,7 +4,8 @@ THEIRS is maskrcnn_benchmark's `maskrcnn_benchmark/config/defaults.py` (frozen m
 out here by hand for every key both projects have (under our name where it is spelled
 differently: SOLVER.TEST_PERIOD -> TEST.EVAL_PERIOD, MODEL.CLS_AGNOSTIC_BBOX_REG and
 TEST.DETECTIONS_PER_IMG -> MODEL.ROI_HEADS.*, DTYPE float32 -> SOLVER.AMP.ENABLED False), plus
-the two loss betas their code hard-codes (RPN 1/9, box head 1). Where this project's own
+the two loss betas their code hard-codes (RPN 1/9, box head 1). ROI_MASK_HEAD.POSTPROCESS_MASKS
+is accepted and dropped (masks are always pasted into the image here). Where this project's own
 defaults differ on purpose, the second test lists them.
 """
 
@@ -61,7 +62,6 @@ THEIRS: dict[str, Any] = {
     "MODEL.ROI_MASK_HEAD.POOLER_SCALES": [1 / 16], "MODEL.ROI_MASK_HEAD.MLP_HEAD_DIM": 1024,
     "MODEL.ROI_MASK_HEAD.CONV_LAYERS": [256, 256, 256, 256], "MODEL.ROI_MASK_HEAD.RESOLUTION": 14,
     "MODEL.ROI_MASK_HEAD.SHARE_BOX_FEATURE_EXTRACTOR": True,
-    "MODEL.ROI_MASK_HEAD.POSTPROCESS_MASKS": False,
     "MODEL.ROI_MASK_HEAD.POSTPROCESS_MASKS_THRESHOLD": 0.5, "MODEL.ROI_MASK_HEAD.DILATION": 1,
     "MODEL.ROI_MASK_HEAD.USE_GN": False,
     "MODEL.RESNETS.NUM_GROUPS": 1, "MODEL.RESNETS.WIDTH_PER_GROUP": 64,

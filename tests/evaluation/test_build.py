@@ -14,6 +14,7 @@ from torch import nn
 
 from detector.config import get_cfg, merge_opts
 from detector.data import DatasetError, DetectionDataset, ShapesDataset, get_dataset
+from detector.engine.evaluate import make_evaluate_fn
 from detector.evaluation import (
     COCOEvaluator,
     DatasetCOCOEvaluator,
@@ -21,7 +22,6 @@ from detector.evaluation import (
     build_evaluator,
     dataset_to_coco_dict,
     dataset_to_coco_json,
-    make_evaluate_fn,
 )
 from detector.structures import Boxes, Instances
 

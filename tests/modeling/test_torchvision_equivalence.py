@@ -10,7 +10,7 @@ Two kinds of checks. Most tests resize a real image once with `resize_like_torch
 INPUT.RESIZE_MODE "torchvision" does) and give both models that image, torchvision's with its
 transform's min_size set to the image's short side so it does not resize again: the model
 computations are compared on bit-identical inputs. The end-to-end tests give torchvision the
-original image and ours the same image through our test transform and `postprocess_to_original`
+original image and ours the same image through our test transform and `detector_postprocess`
 (the tools/test.py path) or `Predictor`: preprocessing and the mapping back to the original image
 are compared too. (torchvision normalizes before resizing and we after; both are linear per
 channel, so the order only changes float rounding.)
@@ -35,12 +35,12 @@ from torchvision.ops.misc import FrozenBatchNorm2d as TorchvisionFrozenBN
 from detector.config import load_config, unlocked
 from detector.data.build import build_transforms
 from detector.data.transforms import resize_like_torchvision
-from detector.engine.inference import postprocess_to_original
-from detector.export.convert import convert_torchvision_detection
 from detector.layers import conv as conv_layers
 from detector.layers.conv import winograd
+from detector.modeling.conversion import convert_torchvision_detection
 from detector.modeling.detector import GeneralizedRCNN
-from detector.modeling.roi_heads.mask_head import paste_masks_in_image
+from detector.modeling.postprocessing import detector_postprocess
+from detector.ops import paste_masks_in_image
 from detector.structures import Boxes, ImageList, Instances
 from tests.conftest import SHARED_DATA
 
@@ -126,7 +126,8 @@ def assert_same_detections(torchvision_out: dict, ours, tol: float = 1e-4) -> to
 
 def assert_same_masks(torchvision_out: dict, ours, index: torch.Tensor, tol: float = 1e-4):
     """torchvision's pasted probabilities (R, 1, H, W) vs ours: (R, 1, M, M) probabilities
-    pasted here, or (R, H, W) bool pasted by the model (compared away from the 0.5 border)."""
+    pasted here, or (R, H, W) bool pasted by detector_postprocess (compared away from the 0.5
+    border)."""
     expected = torchvision_out["masks"][:, 0]
     masks = ours.pred_masks[index]
     if masks.dtype == torch.bool:
@@ -235,10 +236,11 @@ def test_proposals_are_equal(faster_pair, small_image):
 @pytest.mark.slow  # about 10 s on an idle 2-core machine
 def test_mask_rcnn_small_image(small_image):
     torchvision_model = random_torchvision_detector(mask=True, seed=1)
-    ours = converted_detector(torchvision_model, mask=True)  # POSTPROCESS_MASKS: bool masks
+    ours = converted_detector(torchvision_model, mask=True)
     torchvision_out = run_torchvision_without_resize(torchvision_model, small_image)
     with torch.no_grad():
-        detections = ours([small_image])[0]
+        output = ours([small_image])[0]
+    detections = detector_postprocess(output, *small_image.shape[-2:])  # pasted, bool masks
     index = assert_same_detections(torchvision_out, detections)
     assert detections.pred_masks.shape == (len(detections), *small_image.shape[-2:])
     assert_same_masks(torchvision_out, detections, index)
@@ -265,8 +267,7 @@ def test_mask_rcnn_800px_equals_torchvision(shared_data):
     image = _coco_image(shared_data, "000000404249.jpg")  # 640 x 427 -> 1199 x 800
     resized = resize_like_torchvision(image, 800, 1333)
     torchvision_model = random_torchvision_detector(mask=True, seed=1)
-    opts = ("MODEL.ROI_MASK_HEAD.POSTPROCESS_MASKS", "False")
-    ours = converted_detector(torchvision_model, mask=True, opts=opts)
+    ours = converted_detector(torchvision_model, mask=True)
     torchvision_out = run_torchvision_without_resize(torchvision_model, resized)
     with torch.no_grad():
         detections = ours([resized])[0]
@@ -305,7 +306,7 @@ def _through_our_test_pipeline(model: GeneralizedRCNN, cfg, image: torch.Tensor)
     resized, _ = build_transforms(cfg, is_train=False)(image, Instances((height, width)))
     with torch.no_grad():
         detections = model([resized])[0]
-    return postprocess_to_original(detections, height, width)
+    return detector_postprocess(detections, height, width)
 
 
 @pytest.mark.slow

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from detector.config import load_config
-from detector.engine import inference
+from detector.engine import evaluate
+from detector.engine.evaluate import make_evaluate_fn
 from detector.engine.launch import train
-from detector.evaluation import make_evaluate_fn
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOL = ROOT / "tools" / "test.py"
@@ -252,7 +252,7 @@ def test_end_to_end_on_the_coco_sample_with_masks(tmp_path, shared_data, capsys)
 
     assert (out / "last_checkpoint").read_text().strip() == weights.name
     cfg = load_config(config, ["OUTPUT_DIR", str(out), "TEST.IMS_PER_BATCH", "3"])
-    results = inference.test(cfg, progress=False)  # no MODEL.WEIGHT: OUTPUT_DIR's last one
+    results = evaluate.test(cfg, progress=False)  # no MODEL.WEIGHT: OUTPUT_DIR's last one
     metrics = results["coco_sample6"]
     folder = out / "inference" / "coco_sample6"
     saved = json.loads((folder / "metrics.json").read_text())
@@ -269,7 +269,7 @@ def test_end_to_end_on_the_coco_sample_with_masks(tmp_path, shared_data, capsys)
     }
     assert {tuple(r["segmentation"]["size"]) for r in records} <= sizes  # original sizes
 
-    again = inference.test(cfg, saved_predictions=folder)
+    again = evaluate.test(cfg, saved_predictions=folder)
     np.testing.assert_equal(again["coco_sample6"], metrics)
 
 

@@ -143,6 +143,12 @@ class RoIHeads(nn.Module):
             losses.update(mask_losses)
         return instances, losses
 
+    def candidates(self, features: list[Tensor], boxes: list[Boxes]) -> list[tuple[Tensor, Tensor]]:
+        """Inference before any filtering: per image, the decoded boxes of every class
+        (R_i, 4*K) and the class probabilities (R_i, K) of its RoIs `boxes`."""
+        _, class_logits, box_deltas = self._box_outputs(features, boxes)
+        return self.post_processor.candidates(class_logits, box_deltas, boxes)
+
     def _box_outputs(
         self, features: list[Tensor], boxes: list[Boxes]
     ) -> tuple[Tensor | None, Tensor, Tensor]:

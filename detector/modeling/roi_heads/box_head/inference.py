@@ -68,7 +68,7 @@ class BoxPostProcessor:
             image_sizes: per image (height, width) to clip to.
         """
         return [
-            self._detections(image_boxes, image_scores, image_size)
+            self.detections(image_boxes, image_scores, image_size)
             for (image_boxes, image_scores), image_size in zip(
                 self.candidates(class_logits, box_deltas, proposal_boxes), image_sizes, strict=True
             )
@@ -89,7 +89,7 @@ class BoxPostProcessor:
         counts = [as_size(b.tensor.shape[0]) for b in proposal_boxes]  # R_i, maybe symbolic
         return list(zip(pred_boxes.split(counts), scores.split(counts), strict=True))
 
-    def _detections(self, boxes: Tensor, scores: Tensor, image_size: tuple[int, int]) -> Instances:
+    def detections(self, boxes: Tensor, scores: Tensor, image_size: tuple[int, int]) -> Instances:
         """One image: boxes ``(R_i, 4*K)``, scores ``(R_i, K)`` -> kept detections."""
         num_rois, num_classes = scores.shape
         boxes = Boxes(boxes.reshape(-1, 4)).clip(image_size).tensor  # (R_i*K, 4)

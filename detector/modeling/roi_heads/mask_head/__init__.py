@@ -1,4 +1,4 @@
-"""Mask R-CNN's mask head: feature extractors, predictors, targets and loss, mask pasting."""
+"""Mask R-CNN's mask head: feature extractors, predictors, targets and loss."""
 
 from detector.modeling.roi_heads.mask_head.feature_extractors import (
     MaskRCNNC4FeatureExtractor,
@@ -11,7 +11,6 @@ from detector.modeling.roi_heads.mask_head.mask_head import (
     mask_probabilities,
     shares_box_features,
 )
-from detector.modeling.roi_heads.mask_head.paste import paste_masks_in_image
 from detector.modeling.roi_heads.mask_head.predictors import (
     ROI_MASK_PREDICTORS,
     MaskRCNNC4Predictor,
@@ -29,6 +28,5 @@ __all__ = [
     "mask_probabilities",
     "mask_rcnn_loss",
     "mask_rcnn_targets",
-    "paste_masks_in_image",
     "shares_box_features",
 ]

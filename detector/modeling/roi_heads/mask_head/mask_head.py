@@ -8,12 +8,9 @@ Training runs on the foreground sampled RoIs (gt_classes > 0) and returns {"loss
 C4 box head shared with the mask head (MODEL.ROI_MASK_HEAD.SHARE_BOX_FEATURE_EXTRACTOR, as in
 maskrcnn_benchmark) the box head's res5 features of those RoIs are reused instead of pooling again.
 
-Inference adds `pred_masks` to every detection:
-- by default, Tensor[R, 1, M, M] float: the sigmoid probabilities of the predicted class's mask,
-  in box coordinates (paste them with `paste_masks_in_image` once the boxes are in their final
-  image's coordinates);
-- with MODEL.ROI_MASK_HEAD.POSTPROCESS_MASKS, Tensor[R, H, W] bool: those masks pasted into the
-  detections' image (`image_size`) and thresholded at POSTPROCESS_MASKS_THRESHOLD (> threshold).
+Inference adds `pred_masks` to every detection: Tensor[R, 1, M, M] float, the sigmoid
+probabilities of the predicted class's mask in box coordinates.
+`detector.modeling.postprocessing.detector_postprocess` pastes them into the original image.
 
 Shapes: N images, R RoIs (all images), P positive RoIs, C channels, K classes including the
 background, M the mask side, (H, W) an image.
@@ -34,7 +31,6 @@ from detector.modeling.roi_heads.mask_head.feature_extractors import (
     res5_stride,
 )
 from detector.modeling.roi_heads.mask_head.loss import mask_rcnn_loss, mask_rcnn_targets
-from detector.modeling.roi_heads.mask_head.paste import paste_masks_in_image
 from detector.modeling.roi_heads.mask_head.predictors import ROI_MASK_PREDICTORS
 from detector.structures.boxes import Boxes
 from detector.structures.instances import Instances
@@ -77,8 +73,6 @@ class MaskHead(nn.Module):
         share_box_features: in training, take the positive RoIs' features from the
             `box_features` given to `forward` (the box head's res5 output on all sampled RoIs,
             a C4 head shared with this one) instead of pooling and extracting again.
-        postprocess_masks: at inference, paste the masks into the image (see the module doc).
-        postprocess_threshold: the binarization threshold of the pasted masks.
     """
 
     def __init__(
@@ -89,8 +83,6 @@ class MaskHead(nn.Module):
         predictor: nn.Module,
         mask_size: int,
         share_box_features: bool = False,
-        postprocess_masks: bool = False,
-        postprocess_threshold: float = 0.5,
     ) -> None:
         super().__init__()
         self.pooler = pooler
@@ -98,8 +90,6 @@ class MaskHead(nn.Module):
         self.predictor = predictor
         self.mask_size = mask_size
         self.share_box_features = share_box_features
-        self.postprocess_masks = postprocess_masks
-        self.postprocess_threshold = postprocess_threshold
 
     def forward(
         self,
@@ -187,13 +177,7 @@ class MaskHead(nn.Module):
             mask_logits = self._predict(mask_features, classes)  # (R, K or 1, M, M)
             probabilities = mask_probabilities(mask_logits, classes)
         results = []
-        for dets, image_probs in zip(detections, probabilities.split(counts), strict=True):
-            masks = image_probs
-            if self.postprocess_masks:
-                boxes = self._pred_boxes(dets, features)
-                masks = paste_masks_in_image(
-                    image_probs[:, 0], boxes, dets.image_size, self.postprocess_threshold
-                )
+        for dets, masks in zip(detections, probabilities.split(counts), strict=True):
             results.append(Instances(dets.image_size, **{**dets.fields(), "pred_masks": masks}))
         return results
 
@@ -332,6 +316,4 @@ def build_mask_head(
         predictor=predictor,
         mask_size=predicted,
         share_box_features=share,
-        postprocess_masks=bool(head_cfg.POSTPROCESS_MASKS),
-        postprocess_threshold=float(head_cfg.POSTPROCESS_MASKS_THRESHOLD),
     )

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from detector.config import get_cfg, merge_opts
 from detector.modeling.backbone.resnet import ResNetHead
+from detector.modeling.postprocessing import detector_postprocess
 from detector.modeling.roi_heads.mask_head import (
     MaskHead,
     MaskRCNNC4FeatureExtractor,
@@ -16,9 +17,8 @@ from detector.modeling.roi_heads.mask_head import (
     MaskRCNNFPNFeatureExtractor,
     build_mask_head,
     mask_probabilities,
-    paste_masks_in_image,
 )
-from detector.ops import multi_scale_roi_align, roi_align
+from detector.ops import multi_scale_roi_align, paste_masks_in_image, roi_align
 from detector.structures import Boxes, Instances, PolygonMasks
 
 IMAGE_SIZE = (64, 64)
@@ -245,18 +245,16 @@ def test_mask_probabilities():
     torch.testing.assert_close(agnostic, logits[:, :1].sigmoid())
 
 
-def test_inference_pasted_masks():
+def test_detector_postprocess_pastes_the_probabilities():
     head, features = fpn_head().eval(), fpn_features()
     with torch.no_grad():
-        probabilities = head(features, detections())[0][0].pred_masks
-        head.postprocess_masks, head.postprocess_threshold = True, 0.4
         results, _ = head(features, detections())
-    expected = paste_masks_in_image(
-        probabilities[:, 0], detections()[0].pred_boxes, IMAGE_SIZE, 0.4
-    )
-    assert results[0].pred_masks.dtype == torch.bool
-    assert torch.equal(results[0].pred_masks, expected)
-    assert results[1].pred_masks.shape == (0, 48, 40)
+    pasted = [detector_postprocess(r, *IMAGE_SIZE, mask_threshold=0.4) for r in results]
+    boxes = detections()[0].pred_boxes.clip(IMAGE_SIZE).tensor
+    expected = paste_masks_in_image(results[0].pred_masks[:, 0], boxes, IMAGE_SIZE, 0.4)
+    assert pasted[0].pred_masks.dtype == torch.bool
+    assert torch.equal(pasted[0].pred_masks, expected)
+    assert pasted[1].pred_masks.shape == (0, *IMAGE_SIZE)
 
 
 def test_inference_without_detections_skips_the_pooler():

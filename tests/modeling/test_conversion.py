@@ -17,7 +17,7 @@ import torch
 import torchvision
 
 from detector.config import load_config
-from detector.export.convert import (
+from detector.modeling.conversion import (
     convert_detectron2,
     convert_maskrcnn_benchmark,
     convert_state_dict,

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torchvision.models.detection.roi_heads import paste_masks_in_image as tv_paste
 
-from detector.modeling.roi_heads.mask_head import paste, paste_masks_in_image
-from detector.modeling.roi_heads.mask_head.paste import _bytes_per_window_pixel, _chunks
-from detector.structures import Boxes
+from detector.ops import paste_masks as paste
+from detector.ops import paste_masks_in_image
+from detector.ops.paste_masks import _bytes_per_window_pixel, _chunks
 
 
 @pytest.fixture(autouse=True, params=["compiled", "pytorch"])
@@ -137,9 +137,9 @@ def test_chunks_respect_the_memory_budget():
 def test_input_forms_and_empty():
     masks = torch.rand(3, 1, 10, 10, generator=torch.Generator().manual_seed(0))
     boxes = torch.tensor([[1.0, 1, 8, 8], [0, 0, 3, 9], [4, 2, 9, 5]])
-    as_tensor = paste_masks_in_image(masks[:, 0], boxes, (12, 10), None)
-    as_boxes = paste_masks_in_image(masks, Boxes(boxes), (12, 10), None)
-    assert torch.equal(as_tensor, as_boxes)
+    three_dims = paste_masks_in_image(masks[:, 0], boxes, (12, 10), None)
+    four_dims = paste_masks_in_image(masks, boxes, (12, 10), None)
+    assert torch.equal(three_dims, four_dims)
     empty = paste_masks_in_image(torch.zeros(0, 28, 28), torch.zeros(0, 4), (5, 6))
     assert empty.shape == (0, 5, 6) and empty.dtype == torch.bool
     with pytest.raises(ValueError, match=r"boxes must be \(3, 4\)"):

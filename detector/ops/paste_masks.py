@@ -35,7 +35,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from detector.ops import _library  # noqa: F401  (registers torch.ops.detector.paste_masks)
-from detector.structures.boxes import Boxes
 
 __all__ = ["paste_masks_in_image"]
 
@@ -158,7 +157,7 @@ def _chunks(
 
 def paste_masks_in_image(
     masks: Tensor,
-    boxes: Tensor | Boxes,
+    boxes: Tensor,
     image_size: tuple[int, int],
     threshold: float | None = 0.5,
     *,
@@ -174,7 +173,7 @@ def paste_masks_in_image(
 
     Args:
         masks: Tensor[R, M, M] (or [R, 1, M, M]) mask probabilities, in box coordinates.
-        boxes: R boxes (x1, y1, x2, y2) in image pixels, Boxes or Tensor[R, 4].
+        boxes: Tensor[R, 4], boxes (x1, y1, x2, y2) in image pixels.
         image_size: (H, W).
         threshold: None to return the pasted probabilities (in the masks' dtype); a float to
             return bool masks, True where the probability is > threshold (maskrcnn_benchmark's
@@ -194,7 +193,7 @@ def paste_masks_in_image(
             f"paste_masks_in_image: masks must be (R, M, M) or (R, 1, M, M), got "
             f"{tuple(masks.shape)}"
         )
-    box_tensor = boxes.tensor if isinstance(boxes, Boxes) else boxes
+    box_tensor = boxes
     if box_tensor.dim() != 2 or box_tensor.shape != (masks.shape[0], 4):
         raise ValueError(
             f"paste_masks_in_image: boxes must be ({masks.shape[0]}, 4) for {masks.shape[0]} "

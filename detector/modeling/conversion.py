@@ -1,5 +1,10 @@
 """Weight converters: other projects' checkpoints into our GeneralizedRCNN's state-dict layout.
 
+The one place for format conversion: `to_our_layout` recognises a state dict's source and
+converts it (used by `Checkpointer.load_weights` for MODEL.WEIGHT and by
+tools/convert_weights.py); the Caffe2 ImageNet rules live beside the torchvision ImageNet loader
+in `detector.modeling.backbone.weights`.
+
 Each converter renames keys with a table of regular-expression rules, one rule per module, and
 returns ``(our_state_dict, ConversionReport)``. The report names every source key it renamed, the
 keys it ignored on purpose (BatchNorm's ``num_batches_tracked``, stored anchors), the source keys
@@ -45,6 +50,7 @@ from torch import Tensor, nn
 
 from detector.modeling.backbone.weights import (
     caffe2_to_torchvision,
+    is_caffe2_imagenet,
     is_caffe2_trunk_key,
     load_torchvision_weights,
 )
@@ -60,8 +66,10 @@ __all__ = [
     "convert_state_dict",
     "convert_torchvision_classification",
     "convert_torchvision_detection",
+    "detection_source",
     "is_caffe2_detectron",
     "load_source_file",
+    "to_our_layout",
 ]
 
 Rule = tuple[str, str]
@@ -510,3 +518,31 @@ def load_source_file(path: str | Path) -> dict[str, Any]:
         if entry in data and isinstance(data[entry], Mapping):
             return dict(data[entry])
     return dict(data)
+
+
+# --------------------------------------------------------------------------------------------
+# Recognising a source
+# --------------------------------------------------------------------------------------------
+def detection_source(state: Mapping[str, Any]) -> str | None:
+    """ "detectron2" or "torchvision" when `state` is that project's detection model, else None."""
+    if any(k.startswith("backbone.bottom_up.") for k in state):
+        return "detectron2"
+    if any(k.startswith(("roi_heads.box_head.fc6.", "rpn.head.conv.0.")) for k in state):
+        return "torchvision"
+    return None
+
+
+def to_our_layout(state: dict[str, Any], model: nn.Module) -> tuple[dict[str, Any], str | None]:
+    """`state` in our layout where its source is recognised: a Detectron (Caffe2) detection
+    model -> ours (for `model`, which receives its trunk); a Caffe2 ImageNet ResNet ->
+    torchvision's classifier layout (which `load_torchvision_weights` reads); torchvision or
+    detectron2 detection models -> ours. Returns (state, the source converted or None)."""
+    if is_caffe2_detectron(state):
+        return convert_caffe2_detectron(state, model)[0], "caffe2-detectron"
+    if is_caffe2_imagenet(state):
+        return caffe2_to_torchvision(state), "caffe2-imagenet"
+    source = detection_source(state)
+    if source is None:
+        return state, None
+    converted, _ = convert_state_dict(source, state)
+    return converted, source

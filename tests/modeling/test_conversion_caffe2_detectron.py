@@ -16,7 +16,7 @@ import torch
 
 from detector.config import load_config
 from detector.engine.checkpoint import Checkpointer
-from detector.export.convert import convert_caffe2_detectron, is_caffe2_detectron
+from detector.modeling.conversion import convert_caffe2_detectron, is_caffe2_detectron
 from detector.modeling.detector import GeneralizedRCNN
 
 REPO = Path(__file__).resolve().parents[2]
