@@ -60,6 +60,7 @@ def postprocess_to_original(
     the original image. pred_masks given as (R, 1, M, M) probabilities are pasted into the
     original image at the scaled boxes and cut at `mask_threshold`; masks already pasted at the
     input size, (R, h, w), are resized (nearest) to (H, W). Either way they become (R, H, W) bool.
+    pred_keypoints (R, K, 3) have their x and y scaled (not clipped), their scores kept.
 
     Returns:
         A new Instances of image_size (height, width) with the same fields.
@@ -75,6 +76,10 @@ def postprocess_to_original(
     for name in ("scores", "pred_classes", "objectness_logits"):
         if result.has(name):
             setattr(out, name, getattr(result, name))
+    if result.has("pred_keypoints"):  # (R, K, 3): x, y scaled, scores kept
+        out.pred_keypoints = result.pred_keypoints * result.pred_keypoints.new_tensor(
+            [scale_x, scale_y, 1.0]
+        )
     if result.has("pred_masks"):
         boxes = out.pred_boxes if out.has("pred_boxes") else None
         out.pred_masks = _masks_to_original(result.pred_masks, boxes, size, mask_threshold)
