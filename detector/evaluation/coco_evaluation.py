@@ -5,8 +5,10 @@ Predictions become records in COCO's results format as they are processed:
     {"image_id": int, "category_id": int, "bbox": [x, y, w, h], "score": float,
      "segmentation": {"size": [H, W], "counts": str},   (segmentation only with pred_masks)
      "keypoints": [x1, y1, s1, ..., xK, yK, sK]}        (keypoints only with pred_keypoints)
-Keypoints are scored by OKS (iouType "keypoints") with the dataset's per-keypoint sigmas; the
-record's score is the detection's, and s_k the keypoint's heatmap score (COCOeval reads x, y).
+Keypoints are scored by OKS (iouType "keypoints") with the dataset's per-keypoint sigmas, on
+COCO's keypoint results format (the records without bbox and segmentation: COCOeval derives a
+detection's box and area from its keypoints); the record's score is the detection's, and s_k
+the keypoint's heatmap score (COCOeval reads x, y only).
 and proposals (RPN-only models, no category) become {"image_id", "bbox": [x, y, w, h], "score"}.
 
 Shapes: R predictions of one image, H x W the original image size, K categories.
@@ -285,7 +287,9 @@ class COCOEvaluator(DatasetEvaluator):
                 if not (with_keypoints and (detections or self._keypoints_seen)):
                     logger.warning("COCOEvaluator: skipping keypoints, predictions have none")
                     continue
-                results = detections
+                # COCO's keypoint results format: COCOeval takes the box from the keypoints
+                drop = ("bbox", "segmentation")
+                results = [{k: v for k, v in r.items() if k not in drop} for r in detections]
             else:
                 results = [{k: v for k, v in r.items() if k != "keypoints"} for r in detections]
             metrics.update(self._evaluate_task(task, results, image_ids))
