@@ -59,7 +59,26 @@ DATASETS: dict[str, dict[str, Any]] = {
         train="dsb2018_train", test="dsb2018_val", mask=True, classes=2, size=(256, 384),
         anchors=(8, 16, 32, 64, 128), mean=(0.17, 0.16, 0.18), std=(0.25, 0.25, 0.25),
     ),
+    # frame-filling white blood cells cropped from BCCD (benchmarks/wbc_crops.py), one class
+    "wbc": dict(
+        train="wbc_train", test="wbc_test", mask=False, classes=2, size=(384, 640),
+        anchors=(32, 64, 128, 256, 512), mean=(0.66, 0.62, 0.68), std=(0.2, 0.2, 0.2),
+    ),
 }  # fmt: skip
+# Where the WBC crops are written (once) by the driver: generated data, never in the repository.
+CROPS_ROOT = ROOT / "output" / "accuracy-data" / "wbc"
+
+
+def _custom_opts(dataset: str) -> list[str]:
+    """DATASETS.CUSTOM declarations of the generated datasets (the WBC crops)."""
+    if dataset != "wbc":
+        return []
+    opts = []
+    for split in ("train", "test"):
+        key = f"DATASETS.CUSTOM.wbc_{split}"
+        opts += [f"{key}.FORMAT", "coco", f"{key}.ANN_FILE", str(CROPS_ROOT / f"{split}.json")]
+        opts += [f"{key}.IMAGE_DIR", str(CROPS_ROOT / split)]
+    return opts
 
 
 def _tuple(values: Any) -> str:
@@ -91,7 +110,7 @@ def config_opts(dataset: str, seed: int, iters: int, out: Path) -> list[str]:
         "SOLVER.CHECKPOINT_PERIOD", "0", "SOLVER.CLIP_GRADIENTS.ENABLED", "True",
         "SOLVER.CLIP_GRADIENTS.MAX_NORM", "10.0",
         "TEST.IMS_PER_BATCH", "2", "SEED", str(seed), "OUTPUT_DIR", str(out),
-    ]  # fmt: skip
+    ] + _custom_opts(dataset)  # fmt: skip
 
 
 def load_cfg(dataset: str, seed: int, iters: int, out: Path, ours_opts: list[str]) -> Any:
@@ -349,6 +368,12 @@ def main(argv: list[str] | None = None) -> int:
         args.side = args.child
         run_child(args)
         return 0
+    if args.dataset == "wbc":
+        from benchmarks.wbc_crops import make_wbc_crops
+        from detector.data.catalog import shared_data_root
+
+        cfg = load_cfg("bccd", 0, 1, Path(args.out), [])
+        make_wbc_crops(shared_data_root(cfg) / "bccd" / "BCCD", CROPS_ROOT)
     records = []
     for seed in args.seeds:
         folder = Path(args.out) / args.dataset / f"seed{seed}"

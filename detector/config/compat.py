@@ -8,6 +8,11 @@ Every file and command line is translated before it is merged (`translate`):
   leaves the feature off (maskrcnn_benchmark's own defaults, e.g. MODEL.RETINANET_ON False), which
   is what this project does anyway.
 A renamed key and its new name given different values in the same file is an error.
+
+Defaults: where this project's defaults differ from maskrcnn_benchmark's (because another value
+measured better on real data, docs/accuracy.md), a file chain that sets no top-level VERSION
+(maskrcnn_benchmark's files never do) is read with maskrcnn_benchmark's values
+(`MASKRCNN_BENCHMARK_DEFAULTS`, merged before the files); this project's configs set VERSION: 2.
 """
 
 from __future__ import annotations
@@ -15,7 +20,22 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["translate"]
+__all__ = [
+    "CURRENT_VERSION",
+    "MASKRCNN_BENCHMARK_DEFAULTS",
+    "MASKRCNN_BENCHMARK_VERSION",
+    "translate",
+]
+
+CURRENT_VERSION = 2  # this project's defaults (detector.config.defaults)
+MASKRCNN_BENCHMARK_VERSION = 1
+#: maskrcnn_benchmark's defaults where ours differ (ours, and why, in detector.config.defaults)
+MASKRCNN_BENCHMARK_DEFAULTS: dict[str, Any] = {
+    "MODEL": {
+        "RPN": {"STRADDLE_THRESH": 0, "FPN_POST_NMS_PER_BATCH": True},
+        "ROI_BOX_HEAD": {"SMOOTH_L1_BETA": 1.0},
+    },
+}
 
 _RENAMED: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "SOLVER.TEST_PERIOD": ("TEST.EVAL_PERIOD", lambda v: v),

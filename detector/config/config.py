@@ -31,7 +31,13 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf, read_write
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from detector.config.compat import CompatError, translate
+from detector.config.compat import (
+    CURRENT_VERSION,
+    MASKRCNN_BENCHMARK_DEFAULTS,
+    MASKRCNN_BENCHMARK_VERSION,
+    CompatError,
+    translate,
+)
 from detector.config.defaults import Config
 
 __all__ = [
@@ -481,17 +487,39 @@ def load_config(path: str | Path | None, opts: Sequence[str] | None = None) -> D
             an odd number of opts, or inconsistent values.
     """
     cfg = get_cfg()
+    chain: list[tuple[Path, dict[str, Any]]] = []
     if path is not None:
         path = Path(path).expanduser()
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        for source, data in _file_chain(path):
-            _merge(cfg, data, str(source))
-    for key, nested in _opts_to_dicts(opts or []):
-        _merge(cfg, nested, f"{COMMAND_LINE} ({key})")
+        chain = _file_chain(path)
+    command_line = [
+        (f"{COMMAND_LINE} ({key})", nested) for key, nested in _opts_to_dicts(opts or [])
+    ]
+    sources = [(str(source), data) for source, data in chain] + command_line
+    if _version(sources, default=CURRENT_VERSION if path is None else None) == 1:
+        defaults = {"VERSION": MASKRCNN_BENCHMARK_VERSION, **MASKRCNN_BENCHMARK_DEFAULTS}
+        _merge(cfg, defaults, "maskrcnn_benchmark's defaults (VERSION 1)")
+    for source, data in sources:
+        _merge(cfg, data, source)
     validate(cfg)
     OmegaConf.set_readonly(cfg, True)
     return cfg
+
+
+def _version(sources: list[tuple[str, dict[str, Any]]], default: int | None) -> int:
+    """The config's VERSION: the last one a file or option sets; a file chain that sets none is
+    maskrcnn_benchmark's (1); no file at all: `default`."""
+    version = default if default is not None else MASKRCNN_BENCHMARK_VERSION
+    for source, data in sources:
+        if "VERSION" in data:
+            version = data["VERSION"]
+            if version not in (MASKRCNN_BENCHMARK_VERSION, CURRENT_VERSION):
+                raise ConfigError(
+                    f"{source}: VERSION = {version!r}: expected {CURRENT_VERSION} (this "
+                    f"project's defaults) or {MASKRCNN_BENCHMARK_VERSION} (maskrcnn_benchmark's)"
+                )
+    return version
 
 
 def merge_opts(cfg: DictConfig, opts: Sequence[str]) -> DictConfig:

@@ -113,8 +113,10 @@ class RPNConfig:
     # torchvision's anchors: each level's stride is the padded input size // the level's size
     # (61, not 64, on P6 of an 800-pixel side); False: ANCHOR_STRIDE.
     ANCHOR_STRIDE_FROM_INPUT_SIZE: bool = False
-    # Drop anchors reaching more than this many pixels outside the image (-1: keep all).
-    STRADDLE_THRESH: int = 0
+    # Drop anchors reaching more than this many pixels outside the image (-1: keep all, as
+    # torchvision and detectron2 do; maskrcnn_benchmark's 0 leaves frame-filling objects without
+    # a positive anchor: docs/accuracy.md).
+    STRADDLE_THRESH: int = -1
     # IoU >= FG_IOU_THRESHOLD: positive anchor; IoU < BG_IOU_THRESHOLD: negative anchor.
     FG_IOU_THRESHOLD: float = 0.7
     BG_IOU_THRESHOLD: float = 0.3
@@ -130,9 +132,8 @@ class RPNConfig:
     FPN_POST_NMS_TOP_N_TRAIN: int = 2000
     FPN_POST_NMS_TOP_N_TEST: int = 2000
     # True: in training, keep FPN_POST_NMS_TOP_N_TRAIN over the whole batch (maskrcnn_benchmark's
-    # default, kept for its configs); False: per image (Detectron's, torchvision's; what
-    # configs/Base-RCNN-FPN.yaml sets for ours).
-    FPN_POST_NMS_PER_BATCH: bool = True
+    # default, which its files still get: VERSION); False: per image (Detectron's, torchvision's).
+    FPN_POST_NMS_PER_BATCH: bool = False
     NMS_THRESH: float = 0.7
     # Proposals with a side shorter than this (in input pixels) are dropped.
     MIN_SIZE: float = 0.0
@@ -451,6 +452,10 @@ class EvalConfig:
 # --------------------------------------------------------------------------------------------
 @dataclass
 class Config:
+    # 2: this project's defaults. A config file chain that sets no VERSION is read as
+    # maskrcnn_benchmark's (its files have none) and gets its defaults where ours differ
+    # (detector.config.compat.MASKRCNN_BENCHMARK_DEFAULTS); VERSION 1 asks for them explicitly.
+    VERSION: int = 2
     MODEL: ModelConfig = field(default_factory=ModelConfig)
     INPUT: InputConfig = field(default_factory=InputConfig)
     DATASETS: DatasetsConfig = field(default_factory=DatasetsConfig)
