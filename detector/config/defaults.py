@@ -223,9 +223,10 @@ class ROIKeypointHeadConfig:
     RESOLUTION: int = 14
     # Keypoints per instance (maskrcnn_benchmark's name; 17 COCO person keypoints).
     NUM_CLASSES: int = 17
-    # maskrcnn_benchmark's key; the keypoint head always has its own convs here (True, which
-    # would hand it an FPN box head's MLP, is refused).
-    SHARE_BOX_FEATURE_EXTRACTOR: bool = False
+    # maskrcnn_benchmark's key and default; the keypoint head has its own convs here, so every
+    # keypoint config sets False (as maskrcnn_benchmark's do: True would hand it the box head's
+    # MLP); True with MODEL.KEYPOINT_ON is refused.
+    SHARE_BOX_FEATURE_EXTRACTOR: bool = True
 
 
 @dataclass

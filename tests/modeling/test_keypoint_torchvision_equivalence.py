@@ -17,7 +17,7 @@ import pytest
 import torch
 import torchvision
 
-from detector.config import load_config, unlocked
+from detector.config import load_config
 from detector.data.build import build_transforms
 from detector.engine.inference import postprocess_to_original
 from detector.export.convert import convert_torchvision_detection

@@ -115,6 +115,7 @@ def _cfg(*opts: str):
         get_cfg(),
         [
             "MODEL.KEYPOINT_ON", "True",
+            "MODEL.ROI_KEYPOINT_HEAD.SHARE_BOX_FEATURE_EXTRACTOR", "False",
             "MODEL.ROI_KEYPOINT_HEAD.POOLER_SCALES", "(0.25,)",
             "MODEL.ROI_KEYPOINT_HEAD.CONV_LAYERS", "(8, 8)",
             "MODEL.ROI_KEYPOINT_HEAD.RESOLUTION", "56",
