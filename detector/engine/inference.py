@@ -28,6 +28,7 @@ from torch import nn
 from tqdm import tqdm
 
 from detector.evaluation.evaluator import DatasetEvaluator
+from detector.modeling.roi_heads.keypoint_head.inference import scale_keypoints
 from detector.modeling.roi_heads.mask_head.paste import paste_masks_in_image
 from detector.structures import Boxes, Instances
 from detector.utils import comm
@@ -77,9 +78,7 @@ def postprocess_to_original(
         if result.has(name):
             setattr(out, name, getattr(result, name))
     if result.has("pred_keypoints"):  # (R, K, 3): x, y scaled, scores kept
-        out.pred_keypoints = result.pred_keypoints * result.pred_keypoints.new_tensor(
-            [scale_x, scale_y, 1.0]
-        )
+        out.pred_keypoints = scale_keypoints(result.pred_keypoints, scale_x, scale_y)
     if result.has("pred_masks"):
         boxes = out.pred_boxes if out.has("pred_boxes") else None
         out.pred_masks = _masks_to_original(result.pred_masks, boxes, size, mask_threshold)

@@ -6,6 +6,8 @@ A slim checkpoint is a dict saved with `torch.save` that `torch.load(weights_onl
     {"model": state_dict (floating tensors optionally float16),
      "config": the resolved config as YAML text (detector.config.dump_config),
      "class_names": ["__background__", "person", ...] ([] when unknown),
+     "keypoints": {"names": ["nose", ...], "skeleton": [[0, 1], ...]}   (keypoint models only;
+                  the skeleton as 0-based index pairs),
      "meta": {"format": "detector-slim", "format_version": 1, "framework_version": "0.1.0",
               "iteration": 90000, "dtype": "float32" | "float16", "source": "model_final.pth",
               "metrics": {"bbox/AP": 0.37, ...}}}
@@ -34,6 +36,7 @@ __all__ = [
     "class_names_from_config",
     "export_slim",
     "is_slim",
+    "keypoint_info_from_config",
     "make_slim",
     "metrics_from_log",
 ]
@@ -136,6 +139,7 @@ def make_slim(
     metrics: Mapping[str, Any] | None = None,
     fp16: bool = False,
     source: str = "",
+    keypoints: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The slim checkpoint dict (see the module docstring) of a model's `state_dict`.
 
@@ -147,6 +151,7 @@ def make_slim(
         metrics: evaluation results (nested dicts are flattened with "/").
         fp16: store floating tensors as float16 (the Predictor casts them back on load).
         source: the training checkpoint's file name, for the record.
+        keypoints: {"names", "skeleton"} of a keypoint model (keypoint_info_from_config).
     """
     from detector import __version__
 
@@ -164,6 +169,11 @@ def make_slim(
             "metrics": _plain_metrics(metrics or {}),
         },
     }
+    if keypoints is not None:
+        data["keypoints"] = {
+            "names": [str(n) for n in keypoints["names"]],
+            "skeleton": [[int(a), int(b)] for a, b in keypoints["skeleton"]],
+        }
     check_plain(data)
     return data
 
@@ -190,6 +200,25 @@ def class_names_from_config(cfg: Any) -> list[str]:
     if failures:
         logger.warning("class names: cannot open dataset %s", "; ".join(failures))
     return []
+
+
+def keypoint_info_from_config(cfg: Any) -> dict[str, Any] | None:
+    """{"names", "skeleton" (0-based pairs)} of a keypoint model (MODEL.KEYPOINT_ON): those of
+    the first DATASETS.TEST or DATASETS.TRAIN dataset that opens and has keypoints; else
+    "keypoint_<k>" names and no skeleton. None for other models."""
+    if not cfg.MODEL.KEYPOINT_ON:
+        return None
+    from detector.data import DatasetError, get_dataset
+
+    for name in (*cfg.DATASETS.TEST, *cfg.DATASETS.TRAIN):
+        try:
+            meta = get_dataset(str(name), cfg).keypoint_meta
+        except (DatasetError, OSError):
+            continue
+        if meta is not None:
+            return {"names": list(meta.names), "skeleton": meta.skeleton_indices}
+    count = int(cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_CLASSES)
+    return {"names": [f"keypoint_{k}" for k in range(count)], "skeleton": []}
 
 
 def _coco_names(cfg: Any, dataset_names: list[str]) -> list[str] | None:
@@ -268,6 +297,7 @@ def export_slim(
         metrics=metrics,
         fp16=fp16,
         source=checkpoint.name,
+        keypoints=keypoint_info_from_config(cfg),
     )
     output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(output, lambda f: torch.save(slim, f))

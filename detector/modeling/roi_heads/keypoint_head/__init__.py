@@ -3,7 +3,10 @@
 from detector.modeling.roi_heads.keypoint_head.feature_extractors import (
     KeypointRCNNFeatureExtractor,
 )
-from detector.modeling.roi_heads.keypoint_head.inference import heatmaps_to_keypoints
+from detector.modeling.roi_heads.keypoint_head.inference import (
+    heatmaps_to_keypoints,
+    scale_keypoints,
+)
 from detector.modeling.roi_heads.keypoint_head.keypoint_head import (
     KeypointHead,
     build_keypoint_head,
@@ -24,4 +27,5 @@ __all__ = [
     "keypoint_rcnn_loss",
     "keypoint_rcnn_targets",
     "keypoints_to_heatmap_cells",
+    "scale_keypoints",
 ]

@@ -14,7 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["heatmaps_to_keypoints"]
+__all__ = ["heatmaps_to_keypoints", "scale_keypoints"]
+
+
+def scale_keypoints(keypoints: Tensor, scale_x: float, scale_y: float) -> Tensor:
+    """Predicted keypoints Tensor[R, K, 3] (x, y, score) of a resized image mapped back: x and y
+    scaled (not clipped, as torchvision does), scores kept."""
+    return keypoints * keypoints.new_tensor([scale_x, scale_y, 1.0])
 
 
 def _roi_keypoints(heatmaps: Tensor, box: Tensor) -> Tensor:
