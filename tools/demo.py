@@ -4,8 +4,7 @@
         --input street.jpg photos/ --output demo_out [--score-thresh 0.5] [KEY VALUE ...]
 
 Writes one picture per input (boxes, class names, scores, translucent masks, keypoints and their
-skeleton) and
-predictions.json into the output folder. --config-file may be left out when the weights are a
+skeleton) and predictions.json into the output folder. --config-file may be left out when the weights are a
 slim checkpoint (tools/export.py), which embeds its config; KEY VALUE overrides then apply to
 that config.
 """
