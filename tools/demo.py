@@ -4,9 +4,9 @@
         --input street.jpg photos/ --output demo_out [--score-thresh 0.5] [KEY VALUE ...]
 
 Writes one picture per input (boxes, class names, scores, translucent masks, keypoints and their
-skeleton) and predictions.json into the output folder. --config-file may be left out when the weights are a
-slim checkpoint (tools/export.py), which embeds its config; KEY VALUE overrides then apply to
-that config.
+skeleton) and predictions.json into the output folder. --config-file may be left out when the
+weights are a slim checkpoint (tools/export.py), which embeds its config; KEY VALUE overrides
+then apply to that config.
 """
 
 from __future__ import annotations
