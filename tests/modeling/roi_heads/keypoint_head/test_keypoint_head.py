@@ -138,7 +138,8 @@ def test_head_trains_and_infers_with_every_plain_pooler(pooler_type: str, one_th
     head.train()
     _, losses = head(features, rois, targets)
     losses["loss_keypoint"].backward()
-    assert torch.isfinite(losses["loss_keypoint"]) and float(losses["loss_keypoint"]) > 0
+    loss = losses["loss_keypoint"].detach()
+    assert torch.isfinite(loss) and float(loss) > 0
     assert head.predictor.kps_score_lowres.weight.grad.abs().sum() > 0
     head.eval()
     detections = [
@@ -167,7 +168,7 @@ def test_head_background_rois_do_not_count() -> None:
         for r in rois
     ]
     _, losses = head([torch.randn(3, 4, 16, 16)], background, targets)
-    assert float(losses["loss_keypoint"]) == 0.0
+    assert float(losses["loss_keypoint"].detach()) == 0.0
 
 
 def test_head_heatmaps_when_not_decoding() -> None:
