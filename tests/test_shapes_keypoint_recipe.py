@@ -6,6 +6,7 @@ from scratch (docs/benchmarks.md has the measured figures and times)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -35,8 +36,11 @@ def test_keypoint_recipe_is_consistent() -> None:
 
 
 def _run(*args: str) -> str:
+    """A tool of this checkout (PYTHONPATH: the venv may point at another checkout)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("DETECTOR_DEBUG", None)
     done = subprocess.run(
-        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=1500
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=1500, env=env
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout

@@ -24,7 +24,7 @@ from detector.export.onnx import (
 from detector.export.slim import export_slim
 from detector.layers.conv import winograd
 from detector.modeling.roi_heads.keypoint_head import heatmaps_to_keypoints
-from tests.export.tiny_model import TinyRun, make_tiny_run
+from tests.export.tiny_model import TinyRun, load_tool, make_tiny_run
 
 COCO_IMAGES = "coco-val2017-sample6/images"
 K = 5  # the tiny model's keypoints
@@ -69,6 +69,15 @@ def test_onnx_keypoint_model_matches_pytorch(
         with torch.no_grad():
             boxes, *_, heatmaps = wrapper(image)
         assert len(boxes) > 0 and heatmaps.shape == (len(boxes), K, 28, 28)
+    # tools/onnx_infer.py hands the heatmaps on by name (no masks: this model has none)
+    from PIL import Image
+
+    tool = load_tool("onnx_infer")
+    session, meta = tool.load_session(path)
+    with Image.open(first) as opened:
+        result = tool.predict(session, meta, opened.convert("RGB"))
+    assert "masks" not in result
+    assert result["keypoint_heatmaps"].shape == (len(result["boxes"]), K, 28, 28)
 
 
 def test_program_keypoints_decode_to_the_eager_keypoints(

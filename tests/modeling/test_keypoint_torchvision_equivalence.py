@@ -23,12 +23,14 @@ from detector.engine.inference import postprocess_to_original
 from detector.export.convert import convert_torchvision_detection
 from detector.layers.conv import winograd
 from detector.modeling.detector import GeneralizedRCNN
+from detector.data.transforms import resize_like_torchvision
 from detector.structures import Instances
 from tests.modeling.test_torchvision_equivalence import (
     SCORE_THRESH,
     _coco_image,
     _freeze_with_random_statistics,
     assert_same_detections,
+    run_torchvision_without_resize,
 )
 
 CONFIG = "configs/torchvision/keypoint_rcnn_R_50_FPN.yaml"
@@ -64,15 +66,34 @@ def _direct_convolutions():
         yield
 
 
-def assert_same_keypoints(torchvision_out: dict, ours: Instances, index: torch.Tensor) -> None:
-    """Keypoint (x, y) within KEYPOINT_TOL px, keypoint scores within 1e-4."""
+def assert_same_keypoints(
+    torchvision_out: dict, ours: Instances, index: torch.Tensor, score_rtol: float
+) -> None:
+    """Keypoint (x, y) within KEYPOINT_TOL px; keypoint scores (heatmap logits, 5..40 here)
+    within `score_rtol` relative."""
     keypoints = ours.pred_keypoints[index]  # (R, 17, 3)
     torch.testing.assert_close(
         keypoints[..., :2], torchvision_out["keypoints"][..., :2], rtol=0, atol=KEYPOINT_TOL
     )
     torch.testing.assert_close(
-        keypoints[..., 2], torchvision_out["keypoints_scores"], rtol=0, atol=1e-4
+        keypoints[..., 2], torchvision_out["keypoints_scores"], rtol=score_rtol, atol=1e-4
     )
+
+
+@pytest.mark.slow  # about 40 s on a busy 2-core machine
+def test_keypoint_rcnn_800px_equals_torchvision(shared_data):
+    """Bit-identical inputs (the image resized once, torchvision's transform then keeps it):
+    the model computations alone are compared."""
+    image = _coco_image(shared_data, "000000128372.jpg")  # 427 x 640 -> 800 x 1199
+    resized = resize_like_torchvision(image, 800, 1333)
+    torchvision_model = random_torchvision_keypoint_rcnn(seed=0)
+    ours = converted_keypoint_rcnn(torchvision_model)
+    torchvision_out = run_torchvision_without_resize(torchvision_model, resized)
+    with torch.no_grad():
+        detections = ours([resized])[0]
+    assert len(detections) >= 20
+    index = assert_same_detections(torchvision_out, detections)
+    assert_same_keypoints(torchvision_out, detections, index, score_rtol=1e-5)
 
 
 @pytest.mark.slow  # about 40 s per image on a busy 2-core machine
@@ -92,5 +113,8 @@ def test_keypoint_rcnn_on_original_image_equals_torchvision(shared_data, name):
     assert float(scores.max()) > 0.9 and float(scores.min()) < 0.5  # confident and varied
     spread = torchvision_out["keypoints"][..., :2].std(dim=0).mean()
     assert float(spread) > 10  # keypoints vary from detection to detection (px)
+    # 1e-3 for boxes and scores, as the Mask R-CNN test on original images: the two inputs
+    # differ in float rounding (normalize-then-resize against resize-then-normalize). The
+    # keypoint scores moved by up to 2.4e-3 (1e-3 relative) in the run that set this.
     index = assert_same_detections(torchvision_out, detections, tol=1e-3)
-    assert_same_keypoints(torchvision_out, detections, index)
+    assert_same_keypoints(torchvision_out, detections, index, score_rtol=2e-3)
