@@ -19,11 +19,11 @@ import torchvision
 
 from detector.config import load_config
 from detector.data.build import build_transforms
+from detector.data.transforms import resize_like_torchvision
 from detector.engine.inference import postprocess_to_original
 from detector.export.convert import convert_torchvision_detection
 from detector.layers.conv import winograd
 from detector.modeling.detector import GeneralizedRCNN
-from detector.data.transforms import resize_like_torchvision
 from detector.structures import Instances
 from tests.modeling.test_torchvision_equivalence import (
     SCORE_THRESH,
