@@ -75,17 +75,24 @@ def _draw_keypoints(
     colors: list[tuple[int, ...]],
     width: int,
 ) -> Tensor:
-    """Each instance's keypoints (N, K, 3) as dots joined by the skeleton, in its colour."""
-    from torchvision.utils import draw_keypoints
+    """Each instance's keypoints (N, K, 3) as dots in its colour, joined by skeleton lines in
+    its colour (only between keypoints that are drawn)."""
+    import numpy as np
+    import torch
+    from PIL import Image, ImageDraw
 
-    connectivity = [(int(a), int(b)) for a, b in skeleton] or None
-    for points, color in zip(keypoints, colors, strict=True):
-        visible = points[None, :, 2] >= KEYPOINT_DRAW_THRESH  # (1, K)
-        image = draw_keypoints(
-            image, points[None, :, :2], connectivity=connectivity, colors=color,
-            radius=width + 1, width=width, visibility=visible,
-        )  # fmt: skip
-    return image
+    picture = Image.fromarray(image.permute(1, 2, 0).numpy())
+    canvas = ImageDraw.Draw(picture)
+    radius = width + 1
+    for points, color in zip(keypoints.tolist(), colors, strict=True):
+        shown = [score >= KEYPOINT_DRAW_THRESH for _, _, score in points]
+        for a, b in skeleton:
+            if shown[a] and shown[b]:
+                canvas.line([tuple(points[a][:2]), tuple(points[b][:2])], fill=color, width=width)
+        for (x, y, _), visible in zip(points, shown, strict=True):
+            if visible:
+                canvas.ellipse((x - radius, y - radius, x + radius, y + radius), fill=color)
+    return torch.from_numpy(np.array(picture)).permute(2, 0, 1).contiguous()
 
 
 def _draw_labels(

@@ -236,3 +236,28 @@ def test_shapes_keypoints_flip_like_the_image() -> None:
     original, mirrored = target.gt_keypoints.tensor, flipped.gt_keypoints.tensor
     torch.testing.assert_close(mirrored[squares, 0, 0], 128 - original[squares, 1, 0])
     assert bool((mirrored[squares, 0, 0] < mirrored[squares, 1, 0]).all())  # left stays left
+
+
+def test_keypoint_evaluation_needs_the_datasets_sigmas(tmp_path) -> None:
+    """A custom keypoint dataset without KEYPOINT_OKS_SIGMAS trains, but is not evaluated on
+    made-up sigmas: the evaluator says which key to set."""
+    from detector.evaluation.build import build_evaluator
+
+    cfg = _custom_cfg(
+        tmp_path,
+        "DATASETS.CUSTOM.hands.KEYPOINT_NAMES", '["left_hand", "right_hand", "head"]',
+        "MODEL.KEYPOINT_ON", "True", "MODEL.ROI_KEYPOINT_HEAD.NUM_CLASSES", "3",
+        "MODEL.ROI_BOX_HEAD.NUM_CLASSES", "2",
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="DATASETS.CUSTOM.hands: evaluating keypoints needs"):
+        build_evaluator(cfg, "hands")
+    cfg = merge_opts(cfg, ["DATASETS.CUSTOM.hands.KEYPOINT_OKS_SIGMAS", "[0.1, 0.1, 0.1]"])
+    assert build_evaluator(cfg, "hands").tasks == ("bbox", "keypoints")
+
+
+def test_coco_2017_keypoint_names() -> None:
+    from detector.data.catalog import get_dataset_spec
+
+    spec = get_dataset_spec("keypoints_coco_2017_val", get_cfg())
+    assert spec.ann_file == "coco/annotations/person_keypoints_val2017.json"
+    assert spec.image_dir == "coco/val2017"
