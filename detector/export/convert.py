@@ -365,8 +365,12 @@ def _move_background_first(state: dict[str, Tensor]) -> None:
 
 
 def _is_class_agnostic(state: Mapping[str, Tensor]) -> bool:
-    """Whether detectron2's bbox_pred regresses one box for all classes (4 rows)."""
-    return state["roi_heads.box_predictor.bbox_pred.weight"].shape[0] == 4
+    """Whether detectron2's bbox_pred regresses one box for all classes (4 rows while there are
+    several foreground classes; with one, e.g. Keypoint R-CNN's person, its 4 rows are that
+    class's)."""
+    rows = state["roi_heads.box_predictor.bbox_pred.weight"].shape[0]
+    classes = state.get("roi_heads.box_predictor.cls_score.weight")
+    return rows == 4 and (classes is None or classes.shape[0] != 2)
 
 
 def convert_torchvision_classification(
