@@ -5,8 +5,9 @@ side, the longer one within MAX_SIZE), each of those flipped too with SCALE_H_FL
 gives the box head's candidates before any filtering: all R proposals with the boxes and scores
 of all K classes. They are mapped back to the test-size image (unflipped, rescaled) and merged
 as maskrcnn_benchmark's `im_detect_bbox_aug` does: concatenated, then one score threshold,
-per-class NMS and DETECTIONS_PER_IMG pass over the union. A Mask R-CNN then predicts the masks
-of the merged boxes from the test-size image's features (maskrcnn_benchmark has no mask TTA).
+per-class NMS and DETECTIONS_PER_IMG pass over the union. A Mask (Keypoint) R-CNN then predicts
+the masks (keypoints) of the merged boxes from the test-size image's features (maskrcnn_benchmark
+has no mask or keypoint TTA).
 
 Other scales are resampled from the test-size image the inference loop gives (antialiased
 bilinear), not from the original file.
@@ -75,9 +76,11 @@ class DetectorWithTTA(nn.Module):
             scores.append(run_scores)
         heads = self.model.roi_heads
         merged = heads.post_processor._detections(torch.cat(boxes), torch.cat(scores), size)
+        assert reference_features is not None
         if heads.mask_head is not None:
-            assert reference_features is not None
             (merged,), _ = heads.mask_head(reference_features, [merged])
+        if heads.keypoint_head is not None:
+            (merged,), _ = heads.keypoint_head(reference_features, [merged])
         return merged
 
     def _candidates(
