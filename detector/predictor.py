@@ -8,7 +8,12 @@
     result["scores"]       # Tensor[N] float32
     result["labels"]       # Tensor[N] int64, 1..K-1 (0 is the background)
     result["masks"]        # Tensor[N, H, W] bool at the original size (models with a mask head)
+    result["keypoints"]    # Tensor[N, K, 3] float32 (x, y, score) in the original image's
+                           # pixels (keypoint models); score: the heatmap logit
     result["class_names"]  # list[str], one per detection
+
+`predictor.keypoint_names` and `predictor.keypoint_skeleton` (0-based index pairs) describe the
+keypoints, from the slim checkpoint, else the config's dataset.
 
 Images may be file paths, RGB H x W x 3 uint8 numpy arrays, 3 x H x W uint8 tensors or PIL
 images, alone or in a list (then a list of results comes back).
@@ -94,6 +99,8 @@ class Predictor:
         if "iteration" in data and isinstance(data["iteration"], int):
             self.meta.setdefault("iteration", data["iteration"])
         embedded = data.get("class_names") if is_slim(data) else None
+        self.keypoint_on = getattr(self.model.roi_heads, "keypoint_head", None) is not None
+        self._keypoint_info = data.get("keypoints") if is_slim(data) else None
         self._class_names: list[str] | None = None
         if class_names is not None:
             self._class_names = [str(c) for c in class_names]
@@ -124,6 +131,23 @@ class Predictor:
                 *(f"class_{k}" for k in range(1, self.num_classes)),
             ]
         return self._class_names
+
+    @property
+    def keypoint_names(self) -> list[str]:
+        """The K keypoint names of a keypoint model ([] otherwise)."""
+        return list(self._keypoints()["names"]) if self.keypoint_on else []
+
+    @property
+    def keypoint_skeleton(self) -> list[tuple[int, int]]:
+        """The keypoint pairs to join when drawing (0-based indices; [] without keypoints)."""
+        return [(a, b) for a, b in self._keypoints()["skeleton"]] if self.keypoint_on else []
+
+    def _keypoints(self) -> dict[str, Any]:
+        if self._keypoint_info is None:
+            from detector.engine.trained_model import keypoint_info_from_config
+
+            self._keypoint_info = keypoint_info_from_config(self.cfg)
+        return self._keypoint_info
 
     def _name(self, label: int) -> str:
         names = self.class_names
@@ -189,6 +213,8 @@ class Predictor:
         }
         if out.has("pred_masks"):
             result["masks"] = out.pred_masks.cpu()  # (N, H, W) bool
+        if out.has("pred_keypoints"):  # (N, K, 3) in the original image
+            result["keypoints"] = out.pred_keypoints.float().cpu()
         result["class_names"] = [self._name(int(k)) for k in labels.tolist()]
         result["image_size"] = (height, width)
         return result

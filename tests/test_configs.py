@@ -11,7 +11,7 @@ import torch
 
 from detector.config import dump_config, load_config
 from detector.modeling.detector import GeneralizedRCNN
-from detector.structures import Boxes, Instances, PolygonMasks
+from detector.structures import Boxes, Instances, Keypoints, PolygonMasks
 from tests.modeling.small_models import SMALL_FPN_OPTS
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -38,6 +38,9 @@ def test_every_documented_config_exists() -> None:
         "rfcn_R_101_C5_1x.yaml",
         "torchvision/faster_rcnn_R_50_FPN.yaml",
         "torchvision/mask_rcnn_R_50_FPN.yaml",
+        "e2e_keypoint_rcnn_R_50_FPN_1x.yaml",
+        "torchvision/keypoint_rcnn_R_50_FPN.yaml",
+        "shapes/keypoint_rcnn_R_18_FPN_shapes.yaml",
     }
     assert expected <= set(CONFIGS)
 
@@ -50,7 +53,9 @@ def test_config_round_trips(name: str, tmp_path: Path) -> None:
     assert load_config(dumped) == cfg
 
 
-def _tiny_batch(mask_on: bool, num_classes: int = 81) -> tuple[list[torch.Tensor], list[Instances]]:
+def _tiny_batch(
+    mask_on: bool, num_classes: int = 81, num_keypoints: int = 0
+) -> tuple[list[torch.Tensor], list[Instances]]:
     generator = torch.Generator().manual_seed(0)
     images = [
         torch.randint(0, 256, (3, height, width), generator=generator, dtype=torch.uint8)
@@ -67,6 +72,13 @@ def _tiny_batch(mask_on: bool, num_classes: int = 81) -> tuple[list[torch.Tensor
     if mask_on:
         with_boxes.gt_masks = PolygonMasks([[b[[0, 1, 2, 1, 2, 3, 0, 3]].tolist()] for b in boxes])
         empty.gt_masks = PolygonMasks([])
+    if num_keypoints:  # keypoints spread over each box, the last one unlabeled
+        fractions = torch.linspace(0.1, 0.9, num_keypoints)[:, None]  # (K, 1)
+        xy = boxes[:, None, :2] + fractions * (boxes[:, None, 2:] - boxes[:, None, :2])
+        visible = torch.full((2, num_keypoints, 1), 2.0)
+        visible[:, -1] = 0
+        with_boxes.gt_keypoints = Keypoints(torch.cat([xy, visible], 2))
+        empty.gt_keypoints = Keypoints(torch.zeros(0, num_keypoints, 3))
     return images, [with_boxes, empty]
 
 
@@ -75,10 +87,14 @@ def test_config_trains_and_predicts(name: str) -> None:
     torch.manual_seed(0)
     cfg = load_config(CONFIG_DIR / name, TINY_INPUT)
     model = GeneralizedRCNN.from_config(cfg).train()
-    images, targets = _tiny_batch(cfg.MODEL.MASK_ON, cfg.MODEL.ROI_BOX_HEAD.NUM_CLASSES)
+    num_keypoints = cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_CLASSES if cfg.MODEL.KEYPOINT_ON else 0
+    images, targets = _tiny_batch(
+        cfg.MODEL.MASK_ON, cfg.MODEL.ROI_BOX_HEAD.NUM_CLASSES, num_keypoints
+    )
     losses = model(images, targets)
     expected = {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"}
     expected |= {"loss_mask"} if cfg.MODEL.MASK_ON else set()
+    expected |= {"loss_keypoint"} if cfg.MODEL.KEYPOINT_ON else set()
     assert set(losses) == expected
     assert all(math.isfinite(v.item()) for v in losses.values()), losses
     sum(losses.values()).backward()
@@ -92,6 +108,8 @@ def test_config_trains_and_predicts(name: str) -> None:
         assert len(result.scores) == len(result.pred_classes) == len(result.pred_boxes)
         if cfg.MODEL.MASK_ON:
             assert len(result.pred_masks) == len(result.pred_boxes)
+        if cfg.MODEL.KEYPOINT_ON:
+            assert result.pred_keypoints.shape == (len(result.pred_boxes), num_keypoints, 3)
 
 
 POOLER_TYPES = ["ROIPool", "ROIAlign", "ROIAlignV2", "ROIAlignMax", "DeformRoIPool",

@@ -6,9 +6,10 @@
     tools/convert_weights.py --source detectron2 model_final.pkl OUT.pth --config-file X.yaml
 
 The output is {"model": state_dict} (torch.save). With a config (for torchvision detection
-weights, configs/torchvision/{faster,mask}_rcnn_R_50_FPN.yaml by default) the converted keys are
-checked against the model it builds: missing keys, unmatched keys and shape mismatches are
-printed by name, and the exit status is 1 when any exists (unless --allow-incomplete).
+weights, configs/torchvision/{faster,mask,keypoint}_rcnn_R_50_FPN.yaml by default) the
+converted keys are checked against the model it builds: missing keys, unmatched keys and shape
+mismatches are printed by name, and the exit status is 1 when any exists (unless
+--allow-incomplete).
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from detector.modeling.conversion import SOURCES, convert_state_dict, load_sourc
 from detector.modeling.detector import GeneralizedRCNN
 
 TORCHVISION_CONFIGS = {
-    False: "configs/torchvision/faster_rcnn_R_50_FPN.yaml",
-    True: "configs/torchvision/mask_rcnn_R_50_FPN.yaml",
+    "faster": "configs/torchvision/faster_rcnn_R_50_FPN.yaml",
+    "mask": "configs/torchvision/mask_rcnn_R_50_FPN.yaml",
+    "keypoint": "configs/torchvision/keypoint_rcnn_R_50_FPN.yaml",
 }
 
 
@@ -53,12 +55,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _config_path(args: argparse.Namespace, state_dict: dict) -> str:
     """The config to check against: --config-file, or torchvision's by the presence of a mask
-    head; "" for none."""
+    or keypoint head; "" for none."""
     if args.config_file:
         return args.config_file
     if args.source == "torchvision":
+        if any(k.startswith("roi_heads.keypoint_") for k in state_dict):
+            return TORCHVISION_CONFIGS["keypoint"]
         has_mask = any(k.startswith("roi_heads.mask_") for k in state_dict)
-        return TORCHVISION_CONFIGS[has_mask]
+        return TORCHVISION_CONFIGS["mask" if has_mask else "faster"]
     if args.source == "torchvision-classification":
         raise ValueError("--source torchvision-classification needs --config-file")
     return ""

@@ -3,10 +3,10 @@
     python tools/demo.py --config-file X.yaml --weights model_final_slim.pth \
         --input street.jpg photos/ --output demo_out [--score-thresh 0.5] [KEY VALUE ...]
 
-Writes one picture per input (boxes, class names, scores and translucent masks) and
-predictions.json into the output folder. --config-file may be left out when the weights are a
-slim checkpoint (tools/export.py), which embeds its config; KEY VALUE overrides then apply to
-that config.
+Writes one picture per input (boxes, class names, scores, translucent masks, keypoints and their
+skeleton) and predictions.json into the output folder. --config-file may be left out when the
+weights are a slim checkpoint (tools/export.py), which embeds its config; KEY VALUE overrides
+then apply to that config.
 """
 
 from __future__ import annotations
@@ -67,7 +67,8 @@ def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
 
 
 def to_json(file_name: str, result: dict[str, Any]) -> dict[str, Any]:
-    """One image's record: size and detections (box xyxy, score, label, class name, mask RLE)."""
+    """One image's record: size and detections (box xyxy, score, label, class name, mask RLE,
+    keypoints [[x, y, score], ...])."""
     height, width = result["image_size"]
     detections = []
     rles = _encode_masks(result["masks"]) if "masks" in result else None
@@ -80,6 +81,9 @@ def to_json(file_name: str, result: dict[str, Any]) -> dict[str, Any]:
         }
         if rles is not None:
             detection["segmentation"] = rles[i]
+        if "keypoints" in result:
+            detection["keypoints"] = [[round(v, 2) for v in point]
+                                      for point in result["keypoints"][i].tolist()]  # fmt: skip
         detections.append(detection)
     return {"file_name": file_name, "height": height, "width": width, "detections": detections}
 
@@ -142,7 +146,7 @@ def run_demo(args: argparse.Namespace) -> Path:
         for path, image, result in zip(batch, images, predictor(images), strict=True):
             result = select(result, args.score_thresh)
             name = _output_name(path, used)
-            picture = draw(image, result)
+            picture = draw(image, result, predictor.keypoint_skeleton)
             if name.endswith(".png"):
                 write_png(picture, str(output / name))
             else:

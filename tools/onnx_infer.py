@@ -7,7 +7,10 @@ For each image: resize as the model's test transform (INPUT.MIN_SIZE_TEST / MAX_
 from the file's metadata), run the graph (it normalizes and pads), then scale the boxes to the
 original image and paste the masks into it. Prints one line per detection; --save writes an
 .npz with, per image i, i/input (the network input), i/boxes (N, 4) float32 xyxy in original
-pixels, i/scores (N,), i/labels (N,) int64 and, for Mask R-CNN, i/masks (N, H, W) bool.
+pixels, i/scores (N,), i/labels (N,) int64, for Mask R-CNN i/masks (N, H, W) bool and, for
+Keypoint R-CNN, i/keypoint_heatmaps (N, K, S, S): the graph's heatmap logits in box coordinates,
+not decoded here (decoding resizes each detection's maps bicubically to its box: use
+detector.modeling.roi_heads.keypoint_head.heatmaps_to_keypoints, or detector.Predictor).
 
 The resize uses Pillow (INPUT.RESIZE_MODE antialias: antialiased bilinear, within 1 gray level
 of detector's torchvision resize) or numpy (torchvision mode: plain bilinear on floats), so the
@@ -126,19 +129,24 @@ def paste_masks(
 
 def postprocess(
     outputs: list[np.ndarray], input_size: tuple[int, int], image_size: tuple[int, int],
-    meta: dict[str, str],
+    meta: dict[str, str], names: list[str] | None = None,
 ) -> dict[str, np.ndarray]:  # fmt: skip
-    """The graph's outputs (boxes in the network input's pixels) -> boxes in the original
-    image's pixels, clipped to it, scores, labels [, full-image bool masks]."""
+    """The graph's outputs (boxes in the network input's pixels; `names` the graph's output
+    names) -> boxes in the original image's pixels, clipped to it, scores, labels [, full-image
+    bool masks] [, keypoint heatmaps as the graph gives them]."""
+    names = names or ["boxes", "scores", "labels", "mask_probs"][: len(outputs)]
+    by_name = dict(zip(names, outputs, strict=True))
     (height, width), (in_height, in_width) = image_size, input_size
     scale = np.array([width / in_width, height / in_height] * 2, dtype=np.float32)
     boxes = outputs[0].astype(np.float32) * scale
     boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
     boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
     result = {"boxes": boxes, "scores": outputs[1], "labels": outputs[2]}
-    if len(outputs) > 3:
+    if "mask_probs" in by_name:
         threshold = float(meta["mask_threshold"])
-        result["masks"] = paste_masks(outputs[3], boxes, image_size, threshold)
+        result["masks"] = paste_masks(by_name["mask_probs"], boxes, image_size, threshold)
+    if "keypoint_heatmaps" in by_name:
+        result["keypoint_heatmaps"] = by_name["keypoint_heatmaps"]
     return result
 
 
@@ -157,7 +165,8 @@ def predict(
     """Detections of one RGB image (see the module docstring); "input" is the network input."""
     pixels = network_input(image, meta)
     outputs = session.run(None, {session.get_inputs()[0].name: pixels})
-    result = postprocess(outputs, pixels.shape[-2:], (image.height, image.width), meta)
+    names = [output.name for output in session.get_outputs()]
+    result = postprocess(outputs, pixels.shape[-2:], (image.height, image.width), meta, names)
     return {"input": pixels, **result}
 
 

@@ -59,7 +59,6 @@ _TRUNK_FUNCS = {
     "MODEL.RESNETS.STEM_FUNC": {"StemWithFixedBatchNorm": "FrozenBN", "StemWithGN": "GN"},
 }
 
-_KEYPOINTS = "Keypoint R-CNN is not supported yet (the keypoint head is an open issue)"
 # key (or group) -> (values that leave the feature off, why it is refused otherwise)
 _UNSUPPORTED: dict[str, tuple[tuple[Any, ...], str]] = {
     "MODEL.RETINANET_ON": ((False,), "RetinaNet is not supported: this project builds two-stage "
@@ -67,8 +66,6 @@ _UNSUPPORTED: dict[str, tuple[tuple[Any, ...], str]] = {
     "MODEL.RETINANET": ((), "RetinaNet is not supported (see MODEL.RETINANET_ON)"),
     "MODEL.FBNET": ((), "FBNet backbones are not supported; use a ResNet, ResNeXt or VGG "
                     "MODEL.BACKBONE.CONV_BODY"),
-    "MODEL.KEYPOINT_ON": ((False,), _KEYPOINTS),
-    "MODEL.ROI_KEYPOINT_HEAD": ((), _KEYPOINTS),
     "PATHS_CATALOG": ((), "a Python paths catalog is not read: use the built-in dataset names "
                       "(maskrcnn_benchmark's included, datasets/README.md) or DATASETS.CUSTOM"),
 }  # fmt: skip

@@ -206,11 +206,35 @@ class ROIMaskHeadConfig:
 
 
 @dataclass
+class ROIKeypointHeadConfig:
+    FEATURE_EXTRACTOR: str = "KeypointRCNNFeatureExtractor"
+    PREDICTOR: str = "KeypointRCNNPredictor"
+    POOLER_TYPE: str = "ROIAlign"
+    POOLER_RESOLUTION: int = 14
+    POOLER_SAMPLING_RATIO: int = 0
+    POOLER_SCALES: list[float] = _list(1.0 / 16)
+    # Scale of the learned offsets in deformable RoI pooling.
+    DEFORM_GAMMA: float = 0.1
+    MLP_HEAD_DIM: int = 1024
+    CONV_LAYERS: list[int] = _list(*([512] * 8))
+    # Side of the predicted heatmaps (and of the targets' grid): 4 x POOLER_RESOLUTION with
+    # KeypointRCNNPredictor (deconv x2, bilinear x2); maskrcnn_benchmark's configs set 56.
+    RESOLUTION: int = 14
+    # Keypoints per instance (maskrcnn_benchmark's name; 17 COCO person keypoints).
+    NUM_CLASSES: int = 17
+    # maskrcnn_benchmark's key and default; the keypoint head has its own convs here, so every
+    # keypoint config sets False (as maskrcnn_benchmark's do: True would hand it the box head's
+    # MLP); True with MODEL.KEYPOINT_ON is refused.
+    SHARE_BOX_FEATURE_EXTRACTOR: bool = True
+
+
+@dataclass
 class ModelConfig:
     META_ARCHITECTURE: str = "GeneralizedRCNN"
     # Path of a local checkpoint to start from ("" for none); nothing is downloaded.
     WEIGHT: str = ""
     MASK_ON: bool = False
+    KEYPOINT_ON: bool = False
     RPN_ONLY: bool = False
     DEVICE: str = "cuda"
     BACKBONE: BackboneConfig = field(default_factory=BackboneConfig)
@@ -221,6 +245,7 @@ class ModelConfig:
     ROI_HEADS: ROIHeadsConfig = field(default_factory=ROIHeadsConfig)
     ROI_BOX_HEAD: ROIBoxHeadConfig = field(default_factory=ROIBoxHeadConfig)
     ROI_MASK_HEAD: ROIMaskHeadConfig = field(default_factory=ROIMaskHeadConfig)
+    ROI_KEYPOINT_HEAD: ROIKeypointHeadConfig = field(default_factory=ROIKeypointHeadConfig)
 
 
 # --------------------------------------------------------------------------------------------
@@ -296,6 +321,17 @@ class CustomDatasetConfig:
     NUM_IMAGES: int = 0
     SEED: int = 0
     IMAGE_SIZE: int = 128
+    # shapes: the keypoint variant (corners of squares and triangles, centres of circles).
+    KEYPOINTS: bool = False
+    # coco: the keypoints of the annotations' "keypoints" lists ([]: the names in the file's
+    # category); KEYPOINT_FLIP_MAP: [[left, right], ...] pairs swapped by horizontal flips
+    # ([]: left_*/right_* names pair up); KEYPOINT_SKELETON: [[a, b], ...] joined in drawings;
+    # KEYPOINT_OKS_SIGMAS: one per keypoint, for COCO's OKS (needed to evaluate keypoints
+    # other than COCO's 17 person keypoints).
+    KEYPOINT_NAMES: list[str] = _list()
+    KEYPOINT_FLIP_MAP: list[list[str]] = _list()
+    KEYPOINT_SKELETON: list[list[str]] = _list()
+    KEYPOINT_OKS_SIGMAS: list[float] = _list()
 
 
 @dataclass

@@ -96,6 +96,13 @@ class ConcatDetectionDataset(DetectionDataset):
         self.datasets = datasets
         self.class_names = datasets[0].class_names
         self.has_masks = all(d.has_masks for d in datasets)
+        self.keypoint_meta = datasets[0].keypoint_meta
+        for dataset, name in zip(datasets[1:], names[1:], strict=True):
+            if dataset.keypoint_meta != self.keypoint_meta:
+                raise DatasetError(
+                    f"datasets '{names[0]}' and '{name}' have different keypoints; they cannot "
+                    "be trained on together"
+                )
         self._ends = list(itertools.accumulate(len(d) for d in datasets))
 
     def __len__(self) -> int:
@@ -197,6 +204,7 @@ def data_seed(cfg: DictConfig) -> int:
 def check_num_classes(cfg: DictConfig, dataset: DetectionDataset, name: str, role: str) -> None:
     """Raises a DatasetError when MODEL.ROI_BOX_HEAD.NUM_CLASSES (background included) differs
     from the classes of `dataset` (a "train" or "test" dataset); RPN-only models have none."""
+    _check_keypoints(cfg, dataset, name, role)
     expected = cfg.MODEL.ROI_BOX_HEAD.NUM_CLASSES
     if cfg.MODEL.RPN_ONLY or dataset.num_classes == expected:
         return
@@ -206,6 +214,29 @@ def check_num_classes(cfg: DictConfig, dataset: DetectionDataset, name: str, rol
         f"and the background): set MODEL.ROI_BOX_HEAD.NUM_CLASSES {dataset.num_classes}, or use "
         "a config made for this dataset"
     )
+
+
+def _check_keypoints(cfg: DictConfig, dataset: DetectionDataset, name: str, role: str) -> None:
+    """MODEL.KEYPOINT_ON: a training dataset must have keypoints, as many as
+    MODEL.ROI_KEYPOINT_HEAD.NUM_CLASSES, and cannot be flipped vertically."""
+    meta = dataset.keypoint_meta
+    if not cfg.MODEL.KEYPOINT_ON or (meta is None and role == "test"):
+        return
+    where = f"the {ROLES[role]} '{name}' (DATASETS.{role.upper()})"
+    if meta is None:
+        raise DatasetError(f"MODEL.KEYPOINT_ON, but {where} has no keypoints")
+    expected = int(cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_CLASSES)
+    if meta.num_keypoints != expected:
+        raise DatasetError(
+            f"MODEL.ROI_KEYPOINT_HEAD.NUM_CLASSES = {expected}, but {where} has "
+            f"{meta.num_keypoints} keypoints ({', '.join(meta.names)}): set it to "
+            f"{meta.num_keypoints}"
+        )
+    if role == "train" and cfg.INPUT.VERTICAL_FLIP_PROB_TRAIN > 0:
+        raise DatasetError(
+            f"INPUT.VERTICAL_FLIP_PROB_TRAIN > 0 with {where}: keypoints have no top/bottom "
+            "map; set it to 0"
+        )
 
 
 def _train_dataset(cfg: DictConfig) -> tuple[DetectionDataset, list[int], bool]:

@@ -10,6 +10,9 @@ benchmarks; the shared-data root for the small real datasets, see `shared_data_r
                                       ROOT/coco/{train,val}2014/ (minival: val2014 images)
     keypoints_coco_2014_{train,val,minival,valminusminival}
                                       ROOT/coco/annotations/person_keypoints_<split>2014.json
+    keypoints_coco_2017_{train,val}   ROOT/coco/annotations/person_keypoints_{train,val}2017.json
+                                      (keypoint files give person boxes, masks and the 17
+                                      keypoints, with COCO's flip map, skeleton and sigmas)
     voc_2007_{train,val,trainval,test} ROOT/voc/VOC2007 (ImageSets/Main/<split>.txt)
     voc_2012_{train,val,trainval}     ROOT/voc/VOC2012
     voc_{2007_train,2007_val,2007_test,2012_train,2012_val}_cocostyle
@@ -21,6 +24,7 @@ benchmarks; the shared-data root for the small real datasets, see `shared_data_r
                                       ROOT/cityscapes/images/
     voc_2012_seg_{train,val}          ROOT/voc/VOC2012 (ImageSets/Segmentation, instance masks)
     shapes_train / shapes_val         synthetic, 512 / 64 images of 128 px (seeds 0 / 1)
+    shapes_kp_train / shapes_kp_val   the same images with keypoints (corners and centres)
     coco_sample6                      SHARED/coco-val2017-sample6
     bccd_{train,val,trainval,test}    SHARED/bccd/BCCD (classes RBC, WBC, Platelets)
     chess_{valid,test}                SHARED/chess-pieces/<split>
@@ -48,6 +52,7 @@ from detector.data.datasets import (
     ShapesDataset,
     VOCDataset,
 )
+from detector.data.datasets.keypoints import KeypointMeta
 from detector.data.errors import DatasetError
 
 __all__ = [
@@ -85,6 +90,11 @@ class DatasetSpec:
     image_size: int = 128
     masks: bool = False
     base: str = "cwd"
+    keypoints: bool = False
+    keypoint_names: tuple[str, ...] = ()
+    keypoint_flip_map: tuple[tuple[str, ...], ...] = ()
+    keypoint_skeleton: tuple[tuple[str, ...], ...] = ()
+    keypoint_oks_sigmas: tuple[float, ...] = ()
 
 
 _BCCD_CLASSES = ("RBC", "WBC", "Platelets")
@@ -112,6 +122,8 @@ def _builtin_catalog() -> dict[str, DatasetSpec]:
         )
     catalog["shapes_train"] = DatasetSpec("shapes", num_images=512, seed=0, base="cwd")
     catalog["shapes_val"] = DatasetSpec("shapes", num_images=64, seed=1, base="cwd")
+    catalog["shapes_kp_train"] = DatasetSpec("shapes", num_images=512, seed=0, keypoints=True)
+    catalog["shapes_kp_val"] = DatasetSpec("shapes", num_images=64, seed=1, keypoints=True)
     catalog["coco_sample6"] = DatasetSpec(
         "coco",
         ann_file="coco-val2017-sample6/annotations.json",
@@ -143,7 +155,7 @@ def _coco_spec(ann_file: str, image_dir: str) -> DatasetSpec:
 
 def _maskrcnn_benchmark_names() -> dict[str, DatasetSpec]:
     """The COCO-format names of maskrcnn_benchmark's paths catalog, with its folder layout under
-    DATASETS.ROOT (keypoint files load as person boxes and masks)."""
+    DATASETS.ROOT (keypoint files give person boxes, masks and keypoints)."""
     out: dict[str, DatasetSpec] = {}
     for split in ("train", "val", "minival", "valminusminival"):
         images = "coco/train2014" if split == "train" else "coco/val2014"
@@ -152,6 +164,10 @@ def _maskrcnn_benchmark_names() -> dict[str, DatasetSpec]:
         )
         out[f"keypoints_coco_2014_{split}"] = _coco_spec(
             f"coco/annotations/person_keypoints_{split}2014.json", images
+        )
+    for split in ("train", "val"):
+        out[f"keypoints_coco_2017_{split}"] = _coco_spec(
+            f"coco/annotations/person_keypoints_{split}2017.json", f"coco/{split}2017"
         )
     for year, split in (("2007", "train"), ("2007", "val"), ("2007", "test"), ("2012", "train"),
                         ("2012", "val")):  # fmt: skip
@@ -216,7 +232,41 @@ def _spec_from_config(node: Any) -> DatasetSpec:
         image_size=node.IMAGE_SIZE,
         masks=node.MASKS,
         base="cwd",
+        keypoints=node.KEYPOINTS,
+        keypoint_names=tuple(node.KEYPOINT_NAMES),
+        keypoint_flip_map=tuple(tuple(pair) for pair in node.KEYPOINT_FLIP_MAP),
+        keypoint_skeleton=tuple(tuple(pair) for pair in node.KEYPOINT_SKELETON),
+        keypoint_oks_sigmas=tuple(float(s) for s in node.KEYPOINT_OKS_SIGMAS),
     )
+
+
+def _declared_keypoints(
+    name: str, spec: DatasetSpec, found: KeypointMeta | None
+) -> KeypointMeta | None:
+    """The KeypointMeta of DATASETS.CUSTOM.<name>: its KEYPOINT_* keys over what the data
+    itself declares (`found`, e.g. a COCO file's category); None when neither declares any."""
+    where = f"DATASETS.CUSTOM.{name}"
+    names = spec.keypoint_names or (found.names if found else ())
+    declared = (spec.keypoint_flip_map, spec.keypoint_skeleton, spec.keypoint_oks_sigmas)
+    if not names:
+        if any(declared):
+            raise DatasetError(
+                f"{where}: KEYPOINT_FLIP_MAP, KEYPOINT_SKELETON or KEYPOINT_OKS_SIGMAS given but "
+                "no keypoint names (KEYPOINT_NAMES, or a COCO category's 'keypoints')"
+            )
+        return None
+    if not spec.keypoint_names and not any(declared):
+        return found
+    try:
+        return KeypointMeta(
+            names=tuple(names),
+            flip_map=spec.keypoint_flip_map or (found.flip_map if found else ()),
+            skeleton=spec.keypoint_skeleton or (found.skeleton if found else ()),
+            oks_sigmas=spec.keypoint_oks_sigmas or (found.oks_sigmas if found else ()),
+            where=where,
+        )
+    except ValueError as e:
+        raise DatasetError(str(e)) from None
 
 
 def get_dataset_spec(name: str, cfg: DictConfig) -> DatasetSpec:
@@ -307,7 +357,10 @@ def _build_dataset(name: str, cfg: DictConfig) -> DetectionDataset:
     if spec.format == "coco":
         _require_paths(name, spec, ("ann_file", "image_dir"))
         ann_file = _resolve(spec.ann_file, spec, cfg)
-        return COCODataset(ann_file, _resolve(spec.image_dir, spec, cfg), max_pixels)
+        declared = _declared_keypoints(name, spec, None) if spec.keypoint_names else None
+        dataset = COCODataset(ann_file, _resolve(spec.image_dir, spec, cfg), max_pixels, declared)
+        dataset.keypoint_meta = _declared_keypoints(name, spec, dataset.keypoint_meta)
+        return dataset
     if spec.format == "voc":
         _require_paths(name, spec, ("root",))
         class_names = list(spec.class_names) or list(cfg.DATASETS.CLASS_NAMES) or None
@@ -328,5 +381,5 @@ def _build_dataset(name: str, cfg: DictConfig) -> DetectionDataset:
     if spec.format == "shapes":
         if spec.num_images <= 0:
             raise DatasetError(f"dataset '{name}' (format shapes) needs NUM_IMAGES > 0")
-        return ShapesDataset(spec.num_images, spec.seed, spec.image_size)
+        return ShapesDataset(spec.num_images, spec.seed, spec.image_size, spec.keypoints)
     raise DatasetError(f"dataset '{name}': unknown format '{spec.format}' (one of {FORMATS})")

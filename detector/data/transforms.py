@@ -1,8 +1,8 @@
 """Transforms of an (image, target) pair: colour jitter, shortest-edge resize, flips.
 
 Each transform maps `(image Tensor[3, H, W], target Instances) -> (image, target)` and moves the
-boxes and masks with the image. Images are uint8, except after a resize in the "torchvision" mode
-(float32, 0..255). Randomness comes from an explicit `torch.Generator`, so a
+boxes, masks and keypoints with the image. Images are uint8, except after a resize in the
+"torchvision" mode (float32, 0..255). Randomness comes from an explicit `torch.Generator`, so a
 sample's augmentation is a pure function of its seed (see detector.data.samplers).
 """
 
@@ -87,14 +87,17 @@ def resize_target(target: Instances, new_size: tuple[int, int]) -> Instances:
             fields["gt_masks"] = masks.resize(*new_size)
         else:
             fields["gt_masks"] = masks.scale(scale_x, scale_y)
+    if target.gt_keypoints is not None:
+        fields["gt_keypoints"] = target.gt_keypoints.scale(scale_x, scale_y)
     return Instances(new_size, **fields)
 
 
 def flip_target(target: Instances, vertical: bool = False) -> Instances:
-    """The target of the horizontally (or vertically) flipped image."""
+    """The target of the horizontally (or vertically) flipped image; keypoints are mirrored
+    and their left/right partners swapped (their flip map)."""
     height, width = target.image_size
     fields = target.fields()
-    for name in ("gt_boxes", "gt_masks"):
+    for name in ("gt_boxes", "gt_masks", "gt_keypoints"):
         value = fields.get(name)
         if value is not None:
             fields[name] = value.flip_vertical(height) if vertical else value.flip(width)
@@ -160,7 +163,7 @@ class ResizeShortestEdge:
 
 
 class RandomHorizontalFlip:
-    """Flips the image, boxes and masks left-right with probability `prob`."""
+    """Flips the image, boxes, masks and keypoints (flip map) left-right with probability `prob`."""
 
     vertical = False
 

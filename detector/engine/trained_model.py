@@ -25,6 +25,7 @@ __all__ = [
     "SLIM_FORMAT_VERSION",
     "class_names_from_config",
     "is_slim",
+    "keypoint_info_from_config",
     "load_model",
     "load_trained",
     "resolve_config",
@@ -142,3 +143,22 @@ def _coco_names(cfg: Config, dataset_names: list[str]) -> list[str] | None:
     if num_classes == 91 or (num_classes == 81 and builtin_coco):
         return coco_class_names(num_classes)
     return None
+
+
+def keypoint_info_from_config(cfg: Config) -> dict[str, Any] | None:
+    """{"names", "skeleton" (0-based pairs)} of a keypoint model (MODEL.KEYPOINT_ON): those of
+    the first DATASETS.TEST or DATASETS.TRAIN dataset that opens and has keypoints; else
+    "keypoint_<k>" names and no skeleton. None for other models."""
+    if not cfg.MODEL.KEYPOINT_ON:
+        return None
+    from detector.data import DatasetError, get_dataset
+
+    for name in (*cfg.DATASETS.TEST, *cfg.DATASETS.TRAIN):
+        try:
+            meta = get_dataset(str(name), cfg).keypoint_meta
+        except (DatasetError, OSError):
+            continue
+        if meta is not None:
+            return {"names": list(meta.names), "skeleton": meta.skeleton_indices}
+    count = int(cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_CLASSES)
+    return {"names": [f"keypoint_{k}" for k in range(count)], "skeleton": []}

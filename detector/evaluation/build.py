@@ -1,6 +1,8 @@
 """The evaluator of a named dataset, from the config.
 
-    COCODataset                     -> COCOEvaluator on its JSON (bbox, + segm with MODEL.MASK_ON)
+    COCODataset                     -> COCOEvaluator on its JSON (bbox, + segm with MODEL.MASK_ON,
+                                       + keypoints with MODEL.KEYPOINT_ON, OKS sigmas of the
+                                       dataset's KeypointMeta)
     VOCDataset (ImageSets/Main)     -> VOCEvaluator (TEST.VOC_USE_07_METRIC: 11-point or area AP)
     anything else (shapes, dsb2018, VOC with instance masks or without a split file), and
     RPN-only models on VOC          -> its ground truth written as a COCO JSON, COCOEvaluator
@@ -72,8 +74,10 @@ def dataset_to_coco_dict(dataset: Any) -> tuple[dict[str, Any], dict[Hashable, i
     Images: id = meta image_id (or 1..N when the ids are not integers), file_name, height,
     width. Categories: id = the contiguous label 1..K, name = class_names[k]. Annotations: bbox
     [x, y, w, h] of gt_boxes, area (mask pixels with masks, else box area), iscrowd 1 for
-    `difficult` objects (COCOeval ignores them, as VOC does) else 0, and segmentation as an RLE
-    of the instance mask when the dataset has masks.
+    `difficult` objects (COCOeval ignores them, as VOC does) else 0, segmentation as an RLE
+    of the instance mask when the dataset has masks, and keypoints [x1, y1, v1, ...] with
+    num_keypoints (the v > 0 ones) when it has keypoints (the categories then name them and
+    their skeleton, 1-based, as COCO's person category does).
 
     Returns:
         (the COCO dict, meta image_id -> COCO image id).
@@ -96,12 +100,31 @@ def dataset_to_coco_dict(dataset: Any) -> tuple[dict[str, Any], dict[Hashable, i
         annotations += _annotations(dataset.load_target(index), image_id, height, width,
                                     with_masks, first_id=len(annotations) + 1)  # fmt: skip
     categories = [
-        {"id": label, "name": name, "supercategory": "none"}
+        {"id": label, "name": name, "supercategory": "none", **_keypoint_fields(dataset)}
         for label, name in enumerate(dataset.class_names)
         if label > 0
     ]
     coco = {"images": images, "annotations": annotations, "categories": categories}
     return coco, id_map
+
+
+def _keypoint_fields(dataset: Any) -> dict[str, Any]:
+    """A category's "keypoints" (names) and "skeleton" (1-based pairs); {} without keypoints."""
+    meta = getattr(dataset, "keypoint_meta", None)
+    if meta is None:
+        return {}
+    skeleton = [[a + 1, b + 1] for a, b in meta.skeleton_indices]
+    return {"keypoints": list(meta.names), "skeleton": skeleton}
+
+
+def _keypoint_records(target: Any) -> list[dict[str, Any]]:
+    """Per instance {"keypoints": [x1, y1, v1, ...], "num_keypoints": labeled count}."""
+    keypoints = target.gt_keypoints.tensor  # (N, K, 3)
+    labeled = (keypoints[..., 2] > 0).sum(dim=1).tolist()  # (N,)
+    return [
+        {"keypoints": points.reshape(-1).tolist(), "num_keypoints": int(count)}
+        for points, count in zip(keypoints, labeled, strict=True)
+    ]
 
 
 def _annotations(
@@ -127,6 +150,9 @@ def _annotations(
             record["segmentation"] = rle
             record["area"] = float(mask_util.area(rle))
         records.append(record)
+    if target.gt_keypoints is not None:
+        for record, keypoints in zip(records, _keypoint_records(target), strict=True):
+            record.update(keypoints)
     return records
 
 
@@ -169,10 +195,40 @@ class DatasetCOCOEvaluator(COCOEvaluator):
 # --------------------------------------------------------------------------------------------
 # build_evaluator
 # --------------------------------------------------------------------------------------------
-def _coco_tasks(cfg: Any, has_masks: bool) -> tuple[str, ...]:
+def _coco_tasks(cfg: Any, dataset: Any) -> tuple[str, ...]:
+    """bbox, + segm (MODEL.MASK_ON, a dataset with masks), + keypoints (MODEL.KEYPOINT_ON, a
+    dataset with keypoints)."""
+    has_masks = bool(getattr(dataset, "has_masks", False))
+    has_keypoints = getattr(dataset, "keypoint_meta", None) is not None
     if cfg.MODEL.MASK_ON and not has_masks:
-        logger.warning("MODEL.MASK_ON but the test dataset has no masks: evaluating boxes only")
-    return ("bbox", "segm") if cfg.MODEL.MASK_ON and has_masks else ("bbox",)
+        logger.warning("MODEL.MASK_ON but the test dataset has no masks: not evaluating masks")
+    if cfg.MODEL.KEYPOINT_ON and not has_keypoints:
+        logger.warning("MODEL.KEYPOINT_ON but the test dataset has no keypoints: not evaluated")
+    tasks = ["bbox"]
+    if cfg.MODEL.MASK_ON and has_masks:
+        tasks.append("segm")
+    if cfg.MODEL.KEYPOINT_ON and has_keypoints:
+        tasks.append("keypoints")
+    return tuple(tasks)
+
+
+def _keypoint_sigmas(cfg: Any, dataset: Any, tasks: tuple[str, ...]) -> list[float] | None:
+    """The dataset's OKS sigmas when keypoints are evaluated (an error when it has none)."""
+    if "keypoints" not in tasks:
+        return None
+    meta = dataset.keypoint_meta
+    if not meta.oks_sigmas:
+        raise ValueError(
+            f"{meta.where}: evaluating keypoints needs one OKS sigma per keypoint; declare "
+            f"KEYPOINT_OKS_SIGMAS (e.g. [0.05] * {meta.num_keypoints}) for the dataset in "
+            "DATASETS.CUSTOM.<name>"
+        )
+    if meta.num_keypoints != int(cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_CLASSES):
+        raise ValueError(
+            f"MODEL.ROI_KEYPOINT_HEAD.NUM_CLASSES = {cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_CLASSES} "
+            f"but {meta.where} has {meta.num_keypoints} keypoints"
+        )
+    return list(meta.oks_sigmas)
 
 
 def _voc_split_file(dataset: Any) -> Path | None:
@@ -205,12 +261,14 @@ def build_evaluator(
     if dataset is None:
         dataset = get_dataset(dataset_name, cfg)
     has_masks = bool(getattr(dataset, "has_masks", False))
+    tasks = _coco_tasks(cfg, dataset)
     if isinstance(dataset, COCODataset):
         return COCOEvaluator(
             dataset.json_file,
             output_dir=output_dir,
-            tasks=_coco_tasks(cfg, has_masks),
+            tasks=tasks,
             label_to_category_id=dataset.contiguous_to_category_id,
+            keypoint_oks_sigmas=_keypoint_sigmas(cfg, dataset, tasks),
         )
     if isinstance(dataset, VOCDataset) and not cfg.MODEL.RPN_ONLY:
         if _voc_split_file(dataset) is not None and not (cfg.MODEL.MASK_ON and has_masks):
@@ -226,18 +284,18 @@ def build_evaluator(
             "COCO metrics on its converted ground truth",
             dataset_name,
         )
-    return _converted_evaluator(cfg, dataset, output_dir, has_masks)
+    return _converted_evaluator(cfg, dataset, output_dir, tasks)
 
 
 def _converted_evaluator(
-    cfg: Any, dataset: Any, output_dir: str | Path | None, has_masks: bool
+    cfg: Any, dataset: Any, output_dir: str | Path | None, tasks: tuple[str, ...]
 ) -> DatasetCOCOEvaluator:
-    tasks = _coco_tasks(cfg, has_masks)
+    kwargs = {"tasks": tasks, "keypoint_oks_sigmas": _keypoint_sigmas(cfg, dataset, tasks)}
     if output_dir is not None:
         path = Path(output_dir) / GROUND_TRUTH_JSON
         id_map = dataset_to_coco_json(dataset, path)
-        return DatasetCOCOEvaluator(path, id_map, output_dir=output_dir, tasks=tasks)
+        return DatasetCOCOEvaluator(path, id_map, output_dir=output_dir, **kwargs)
     with tempfile.TemporaryDirectory() as directory:  # read at construction, then removed
         path = Path(directory) / GROUND_TRUTH_JSON
         id_map = dataset_to_coco_json(dataset, path)
-        return DatasetCOCOEvaluator(path, id_map, tasks=tasks)
+        return DatasetCOCOEvaluator(path, id_map, **kwargs)

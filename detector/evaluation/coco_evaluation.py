@@ -1,8 +1,14 @@
-"""COCO-style evaluation with pycocotools: box and mask AP (COCOeval) and proposal recall.
+"""COCO-style evaluation with pycocotools: box, mask and keypoint AP (COCOeval) and proposal
+recall.
 
 Predictions become records in COCO's results format as they are processed:
     {"image_id": int, "category_id": int, "bbox": [x, y, w, h], "score": float,
-     "segmentation": {"size": [H, W], "counts": str}}   (segmentation only with pred_masks)
+     "segmentation": {"size": [H, W], "counts": str},   (segmentation only with pred_masks)
+     "keypoints": [x1, y1, s1, ..., xK, yK, sK]}        (keypoints only with pred_keypoints)
+Keypoints are scored by OKS (iouType "keypoints") with the dataset's per-keypoint sigmas, on
+COCO's keypoint results format (the records without bbox and segmentation: COCOeval derives a
+detection's box and area from its keypoints); the record's score is the detection's, and s_k
+the keypoint's heatmap score (COCOeval reads x, y only).
 and proposals (RPN-only models, no category) become {"image_id", "bbox": [x, y, w, h], "score"}.
 
 Shapes: R predictions of one image, H x W the original image size, K categories.
@@ -36,16 +42,19 @@ _SUMMARY_KEYS = (
     "AP", "AP50", "AP75", "APs", "APm", "APl",
     "AR@1", "AR@10", "AR@100", "ARs@100", "ARm@100", "ARl@100",
 )  # fmt: skip
+# ... and for keypoints (20 detections per image, no small area range).
+_KEYPOINT_SUMMARY_KEYS = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 _PROPOSAL_MAX_DETS = (100, 1000)
 _AREA_NAMES = ("", "s", "m", "l")  # COCOeval's area ranges: all, small, medium, large
-_TASKS = ("bbox", "segm")
+_TASKS = ("bbox", "segm", "keypoints")
 
 
 class COCOEvaluator(DatasetEvaluator):
-    """Evaluates detections (bbox, segm) and proposals on a COCO-format annotation file.
+    """Evaluates detections (bbox, segm, keypoints) and proposals on a COCO-format annotation
+    file.
 
-    Detections are scored by COCOeval (iouType "bbox" and "segm"). Proposals are scored by
-    COCOeval with useCats=0 and maxDets (100, 1000): AR@N is COCO's average recall over
+    Detections are scored by COCOeval (iouType "bbox", "segm" and "keypoints"). Proposals are
+    scored by COCOeval with useCats=0 and maxDets (100, 1000): AR@N is COCO's average recall over
     IoU 0.50:0.05:0.95 with the top N proposals of each image, crowd regions ignored.
     """
 
@@ -55,16 +64,18 @@ class COCOEvaluator(DatasetEvaluator):
         self,
         annotation_json: str | Path,
         output_dir: str | Path | None = None,
-        tasks: Sequence[str] = _TASKS,
+        tasks: Sequence[str] = ("bbox", "segm"),
         label_to_category_id: Mapping[int, int] | None = None,
+        keypoint_oks_sigmas: Sequence[float] | None = None,
     ) -> None:
         """Args:
         annotation_json: COCO instances JSON with the ground truth.
         output_dir: where results, metrics and PR curves are written (None: nowhere).
-        tasks: a subset of ("bbox", "segm"); "segm" is skipped, with a warning, when no
-            prediction has pred_masks.
+        tasks: a subset of ("bbox", "segm", "keypoints"); "segm" ("keypoints") is skipped,
+            with a warning, when no prediction has pred_masks (pred_keypoints).
         label_to_category_id: contiguous label (1..K) -> category id of the file; None maps
             the sorted category ids of the file to 1..K.
+        keypoint_oks_sigmas: the OKS sigma of each keypoint (needed with "keypoints").
         """
         path = Path(annotation_json)
         if not path.is_file():
@@ -73,6 +84,9 @@ class COCOEvaluator(DatasetEvaluator):
         if unknown:
             raise ValueError(f"COCOEvaluator: unknown tasks {unknown}; known tasks: {_TASKS}")
         self.tasks = tuple(tasks)
+        if "keypoints" in self.tasks and not keypoint_oks_sigmas:
+            raise ValueError("COCOEvaluator: the keypoints task needs keypoint_oks_sigmas")
+        self.keypoint_oks_sigmas = np.asarray(keypoint_oks_sigmas or [], dtype=np.float64)
         with contextlib.redirect_stdout(io.StringIO()):  # COCO() prints progress
             self.coco_gt = COCO(str(path))
         self.annotation_json = path
@@ -83,13 +97,19 @@ class COCOEvaluator(DatasetEvaluator):
     def reset(self) -> None:
         super().reset()
         self._masks_seen = False  # whether a processed Instances had pred_masks
+        self._keypoints_seen = False  # ... pred_keypoints
 
     def state(self) -> dict:
-        return {**super().state(), "masks_seen": self._masks_seen}
+        return {
+            **super().state(),
+            "masks_seen": self._masks_seen,
+            "keypoints_seen": self._keypoints_seen,
+        }
 
     def merge_state(self, state: dict) -> None:
         super().merge_state(state)
         self._masks_seen = self._masks_seen or bool(state.get("masks_seen", False))
+        self._keypoints_seen = self._keypoints_seen or bool(state.get("keypoints_seen", False))
 
     def _check_mapping(self, mapping: Mapping[int, int] | None) -> dict[int, int]:
         category_ids = sorted(self.coco_gt.getCatIds())
@@ -163,6 +183,11 @@ class COCOEvaluator(DatasetEvaluator):
             rles = self._encode_masks(image_id, instances.pred_masks)
             for record, rle in zip(records, rles, strict=True):
                 record["segmentation"] = rle
+        if instances.has("pred_keypoints") and "keypoints" in self.tasks:
+            self._keypoints_seen = True
+            keypoints = instances.pred_keypoints.detach().cpu().float()  # (R, K, 3)
+            for record, points in zip(records, keypoints.reshape(len(records), -1), strict=True):
+                record["keypoints"] = points.tolist()
         return records
 
     def _category_id(self, label: torch.Tensor | int, image_id: Hashable) -> int:
@@ -257,22 +282,31 @@ class COCOEvaluator(DatasetEvaluator):
                     logger.warning("COCOEvaluator: skipping segm, predictions have no masks")
                     continue
                 results = [{k: v for k, v in r.items() if k != "bbox"} for r in detections]
+            elif task == "keypoints":
+                with_keypoints = all("keypoints" in r for r in detections)
+                if not (with_keypoints and (detections or self._keypoints_seen)):
+                    logger.warning("COCOEvaluator: skipping keypoints, predictions have none")
+                    continue
+                # COCO's keypoint results format: COCOeval takes the box from the keypoints
+                drop = ("bbox", "segmentation")
+                results = [{k: v for k, v in r.items() if k not in drop} for r in detections]
             else:
-                results = detections
+                results = [{k: v for k, v in r.items() if k != "keypoints"} for r in detections]
             metrics.update(self._evaluate_task(task, results, image_ids))
         return metrics
 
     def _evaluate_task(
         self, task: str, results: list[Record], image_ids: list[Hashable]
     ) -> dict[str, float]:
-        coco_eval = _run_cocoeval(self.coco_gt, results, task, image_ids)
+        sigmas = self.keypoint_oks_sigmas if task == "keypoints" else None
+        coco_eval = _run_cocoeval(self.coco_gt, results, task, image_ids, oks_sigmas=sigmas)
         summary = io.StringIO()
         with contextlib.redirect_stdout(summary):
             coco_eval.summarize()
         logger.info("COCO %s:\n%s", task, summary.getvalue().rstrip())
+        keys = _KEYPOINT_SUMMARY_KEYS if task == "keypoints" else _SUMMARY_KEYS
         metrics = {
-            f"{task}/{key}": _stat(value)
-            for key, value in zip(_SUMMARY_KEYS, coco_eval.stats, strict=True)
+            f"{task}/{key}": _stat(value) for key, value in zip(keys, coco_eval.stats, strict=True)
         }
         per_category = self._per_category_ap(coco_eval)
         metrics.update({f"{task}/AP-{name}": ap for name, ap in per_category.items()})
@@ -287,7 +321,7 @@ class COCOEvaluator(DatasetEvaluator):
         return metrics
 
     def _per_category_ap(self, coco_eval: COCOeval) -> dict[str, float]:
-        """AP over IoU 0.50:0.95, all areas, 100 detections, of each category; NaN when a
+        """AP over IoU (OKS) 0.50:0.95, all areas, the most detections, of each category; NaN when a
         category has no ground truth in the evaluated images."""
         # precision: (T IoUs, 101 recall thresholds, K categories, 4 areas, 3 maxDets)
         precision = coco_eval.eval["precision"]
@@ -371,10 +405,14 @@ def _run_cocoeval(
     image_ids: Sequence[Hashable],
     use_cats: bool = True,
     max_dets: Sequence[int] | None = None,
+    oks_sigmas: np.ndarray | None = None,
 ) -> COCOeval:
-    """COCOeval evaluated and accumulated on `image_ids` (not summarized)."""
+    """COCOeval evaluated and accumulated on `image_ids` (not summarized); `oks_sigmas` for
+    iou_type "keypoints"."""
     coco_dt = _load_results(coco_gt, results)
     coco_eval = COCOeval(coco_gt, coco_dt, iou_type)
+    if oks_sigmas is not None:
+        coco_eval.params.kpt_oks_sigmas = np.asarray(oks_sigmas, dtype=np.float64)
     coco_eval.params.imgIds = sorted(image_ids)
     coco_eval.params.useCats = int(use_cats)
     if max_dets is not None:

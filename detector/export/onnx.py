@@ -19,7 +19,11 @@ INPUT.RESIZE_MODE torchvision), already resized by the test transform (INPUT.MIN
 MAX_SIZE_TEST), and returns boxes (N, 4) in that image's pixels, scores (N,), labels (N,) int64
 and, for Mask R-CNN, mask probabilities (N, 1, M, M) in box coordinates (map them to the
 original image with detector.modeling.postprocessing.detector_postprocess, or run the whole
-pipeline with tools/onnx_infer.py).
+pipeline with tools/onnx_infer.py), and for Keypoint R-CNN keypoint heatmap logits (N, K, S, S)
+in box coordinates
+(output "keypoint_heatmaps"; decode them with
+detector.modeling.roi_heads.keypoint_head.heatmaps_to_keypoints(heatmaps, boxes), which resizes
+each detection's maps to its box: a per-detection loop kept out of the graph).
 
 Dynamic: the image's height and width and the number of detections N (zero included). The graph
 is recorded by torch.jit.trace, which follows sizes read from tensor shapes (`as_size` keeps them
@@ -46,7 +50,8 @@ exactly (difference 0) on every image tried. R-FCN and the deformable RoI pooler
 kernels for all their ops but were not checked. The program, like the ONNX graph, returns
 M x M mask probabilities (paste them in PyTorch).
 
-Shapes: N detections, h x w the network input, M the mask side.
+Shapes: N detections, h x w the network input, M the mask side, K keypoints, S the heatmap
+side.
 """
 
 from __future__ import annotations
@@ -118,6 +123,8 @@ def check_exportable(cfg: Any) -> None:
     heads = [("MODEL.ROI_BOX_HEAD", cfg.MODEL.ROI_BOX_HEAD)]
     if cfg.MODEL.MASK_ON:
         heads.append(("MODEL.ROI_MASK_HEAD", cfg.MODEL.ROI_MASK_HEAD))
+    if cfg.MODEL.KEYPOINT_ON:
+        heads.append(("MODEL.ROI_KEYPOINT_HEAD", cfg.MODEL.ROI_KEYPOINT_HEAD))
     for key, head in heads:
         pooler = str(head.POOLER_TYPE)
         if pooler in _UNSUPPORTED_POOLERS:
@@ -351,12 +358,18 @@ def register_onnx_symbolics() -> None:
 # --------------------------------------------------------------------------------------------
 class InferenceModel(nn.Module):
     """GeneralizedRCNN on one resized uint8 image (3, h, w), returning plain tensors:
-    boxes (N, 4), scores (N,), labels (N,) int64 [, mask probabilities (N, 1, M, M)]."""
+    boxes (N, 4), scores (N,), labels (N,) int64 [, mask probabilities (N, 1, M, M)]
+    [, keypoint heatmap logits (N, K, S, S) in box coordinates: decode them with
+    detector.modeling.roi_heads.keypoint_head.heatmaps_to_keypoints(heatmaps, boxes)]."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model.eval()
         self.mask_on = getattr(model.roi_heads, "mask_head", None) is not None
+        keypoint_head = getattr(model.roi_heads, "keypoint_head", None)
+        self.keypoint_on = keypoint_head is not None
+        if keypoint_head is not None:  # decoding loops over detections: done outside
+            keypoint_head.decode = False
 
     def preprocess(self, image: Tensor) -> Tensor:
         """GeneralizedRCNN.preprocess for one image, with the padding done by F.pad (a traced
@@ -384,11 +397,14 @@ class InferenceModel(nn.Module):
         outputs = (dets.pred_boxes.tensor, dets.scores, dets.pred_classes)
         if self.mask_on:
             outputs += (dets.pred_masks,)
+        if self.keypoint_on:
+            outputs += (dets.pred_keypoint_heatmaps,)
         return outputs
 
     @property
     def output_names(self) -> list[str]:
-        return ["boxes", "scores", "labels"] + (["mask_probs"] if self.mask_on else [])
+        names = ["boxes", "scores", "labels"] + (["mask_probs"] if self.mask_on else [])
+        return names + (["keypoint_heatmaps"] if self.keypoint_on else [])
 
 
 def prepare_image(cfg: Any, sample_image: str | Path | Tensor | None) -> Tensor:

@@ -6,6 +6,8 @@ A slim checkpoint is a dict saved with `torch.save` that `torch.load(weights_onl
     {"model": state_dict (floating tensors optionally float16),
      "config": the resolved config as YAML text (detector.config.dump_config),
      "class_names": ["__background__", "person", ...] ([] when unknown),
+     "keypoints": {"names": ["nose", ...], "skeleton": [[0, 1], ...]}   (keypoint models only;
+                  the skeleton as 0-based index pairs),
      "meta": {"format": "detector-slim", "format_version": 1, "framework_version": "0.1.0",
               "iteration": 90000, "dtype": "float32" | "float16", "source": "model_final.pth",
               "metrics": {"bbox/AP": 0.37, ...}}}
@@ -33,6 +35,7 @@ from detector.engine.trained_model import (
     SLIM_FORMAT_VERSION,
     class_names_from_config,
     is_slim,
+    keypoint_info_from_config,
 )
 
 __all__ = [
@@ -135,6 +138,7 @@ def make_slim(
     metrics: Mapping[str, Any] | None = None,
     fp16: bool = False,
     source: str = "",
+    keypoints: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The slim checkpoint dict (see the module docstring) of a model's `state_dict`.
 
@@ -146,6 +150,7 @@ def make_slim(
         metrics: evaluation results (nested dicts are flattened with "/").
         fp16: store floating tensors as float16 (the Predictor casts them back on load).
         source: the training checkpoint's file name, for the record.
+        keypoints: {"names", "skeleton"} of a keypoint model (keypoint_info_from_config).
     """
     from detector import __version__
 
@@ -163,6 +168,11 @@ def make_slim(
             "metrics": _plain_metrics(metrics or {}),
         },
     }
+    if keypoints is not None:
+        data["keypoints"] = {
+            "names": [str(n) for n in keypoints["names"]],
+            "skeleton": [[int(a), int(b)] for a, b in keypoints["skeleton"]],
+        }
     check_plain(data)
     return data
 
@@ -229,6 +239,7 @@ def export_slim(
         metrics=metrics,
         fp16=fp16,
         source=checkpoint.name,
+        keypoints=keypoint_info_from_config(cfg),
     )
     output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(output, lambda f: torch.save(slim, f))

@@ -13,17 +13,18 @@ received nothing (``missing``) and keys whose shapes disagree (``shape_mismatch`
 
 Sources and the configs their weights need:
 
-    torchvision     fasterrcnn_resnet50_fpn / maskrcnn_resnet50_fpn state dicts
-                    -> configs/torchvision/{faster,mask}_rcnn_R_50_FPN.yaml (91 classes)
+    torchvision     fasterrcnn_resnet50_fpn / maskrcnn_resnet50_fpn / keypointrcnn_resnet50_fpn
+                    state dicts -> configs/torchvision/{faster,mask,keypoint}_rcnn_R_50_FPN.yaml
+                    (91 classes; 2 for keypoints)
     torchvision-classification
                     ImageNet resnet*/resnext*/vgg16 -> our backbone bodies
                     (`load_torchvision_weights`); any config with that backbone
     maskrcnn_benchmark
-                    its R-50-FPN Faster/Mask R-CNN .pth ({"model": ...}, "module." prefixes)
+                    its R-50-FPN Faster/Mask/Keypoint R-CNN .pth ({"model": ...}, "module.")
                     -> its settings: STRIDE_IN_1X1 True, TO_BGR255 True, Caffe2 pixel means
-    detectron2      its R-50-FPN Faster/Mask R-CNN .pkl (numpy arrays) or .pth; the background
-                    class moves from last to first (cls_score) and gets zero box deltas / mask
-                    logits (bbox_pred, mask predictor)
+    detectron2      its R-50-FPN Faster/Mask/Keypoint R-CNN .pkl (numpy arrays) or .pth; the
+                    background class moves from last to first (cls_score) and gets zero box
+                    deltas / mask logits (bbox_pred, mask predictor)
                     -> its settings: ROIAlignV2 poolers, STRIDE_IN_1X1 True, BGR 0..255 input
     caffe2-detectron
                     Detectron's (Caffe2) Faster/Mask R-CNN .pkl ({"blobs": ...}, what
@@ -141,6 +142,11 @@ _TORCHVISION_RULES: list[Rule] = [
         r"roi_heads\.mask_predictor\.(conv5_mask|mask_fcn_logits)\.(weight|bias)",
         r"roi_heads.mask_head.predictor.\1.\2",
     ),
+    (r"roi_heads\.keypoint_head\.(\d+)\.(weight|bias)", "KEYPOINT_FCN"),
+    (
+        r"roi_heads\.keypoint_predictor\.kps_score_lowres\.(weight|bias)",
+        r"roi_heads.keypoint_head.predictor.kps_score_lowres.\1",
+    ),
 ]
 
 # maskrcnn_benchmark (its FPN convs are fpn_inner{1..4} / fpn_layer{1..4} for c2..c5).
@@ -164,6 +170,14 @@ _MASKRCNN_BENCHMARK_RULES: list[Rule] = [
     (
         r"roi_heads\.mask\.predictor\.(conv5_mask|mask_fcn_logits)\.(weight|bias)",
         r"roi_heads.mask_head.predictor.\1.\2",
+    ),
+    (
+        r"roi_heads\.keypoint\.feature_extractor\.(conv_fcn\d+)\.(weight|bias)",
+        r"roi_heads.keypoint_head.feature_extractor.\1.\2",
+    ),
+    (
+        r"roi_heads\.keypoint\.predictor\.kps_score_lowres\.(weight|bias)",
+        r"roi_heads.keypoint_head.predictor.kps_score_lowres.\1",
     ),
 ]
 
@@ -196,6 +210,14 @@ _DETECTRON2_RULES: list[Rule] = [
     (
         r"roi_heads\.mask_head\.predictor\.(weight|bias)",
         r"roi_heads.mask_head.predictor.mask_fcn_logits.\1",
+    ),
+    (
+        r"roi_heads\.keypoint_head\.(conv_fcn\d+)\.(weight|bias)",
+        r"roi_heads.keypoint_head.feature_extractor.\1.\2",
+    ),
+    (
+        r"roi_heads\.keypoint_head\.score_lowres\.(weight|bias)",
+        r"roi_heads.keypoint_head.predictor.kps_score_lowres.\1",
     ),
 ]
 
@@ -234,6 +256,9 @@ def _special_target(kind: str, match: re.Match[str]) -> str:
         return f"backbone.{block}_blocks.{int(groups[1]) - 2}.0.{groups[2]}"
     if kind == "MASK_FCN":  # torchvision 0.13+: mask_head.{0..3}.0 -> mask_fcn{1..4}
         return f"roi_heads.mask_head.feature_extractor.mask_fcn{int(groups[0]) + 1}.{groups[1]}"
+    if kind == "KEYPOINT_FCN":  # torchvision: Sequential(conv, relu, ...) .0, .2, .. -> 1, 2, ..
+        layer = int(groups[0]) // 2 + 1
+        return f"roi_heads.keypoint_head.feature_extractor.conv_fcn{layer}.{groups[1]}"
     layer = f"backbone.body.layer{int(groups[0]) - 1}.{groups[1]}"
     if kind == "RES_CONV":
         return f"{layer}.{groups[2]}.weight"
@@ -329,11 +354,13 @@ def _check_against(
 def convert_torchvision_detection(
     state_dict: Mapping[str, Tensor], target: Mapping[str, Tensor] | nn.Module | None = None
 ) -> tuple[dict[str, Tensor], ConversionReport]:
-    """torchvision's fasterrcnn_resnet50_fpn / maskrcnn_resnet50_fpn weights in our layout.
+    """torchvision's fasterrcnn_resnet50_fpn / maskrcnn_resnet50_fpn / keypointrcnn_resnet50_fpn
+    weights in our layout.
 
     The converted model needs configs/torchvision/faster_rcnn_R_50_FPN.yaml (or
-    mask_rcnn_R_50_FPN.yaml): torchvision's 91 COCO labels, its input normalization and RPN
-    settings. Pass `target` (our model or its state dict) to get missing keys and shape checks.
+    mask_rcnn_R_50_FPN.yaml, keypoint_rcnn_R_50_FPN.yaml): torchvision's 91 COCO labels (2 for
+    keypoints), its input normalization and RPN settings. Pass `target` (our model or its state
+    dict) to get missing keys and shape checks.
     """
     return _convert(state_dict, _TORCHVISION_RULES, "torchvision", target)
 
@@ -341,8 +368,8 @@ def convert_torchvision_detection(
 def convert_maskrcnn_benchmark(
     state_dict: Mapping[str, Tensor], target: Mapping[str, Tensor] | nn.Module | None = None
 ) -> tuple[dict[str, Tensor], ConversionReport]:
-    """maskrcnn_benchmark's R-50-FPN Faster/Mask R-CNN weights (its checkpoint's "model" entry,
-    with or without DistributedDataParallel's "module." prefix) in our layout."""
+    """maskrcnn_benchmark's R-50-FPN Faster/Mask/Keypoint R-CNN weights (its checkpoint's "model"
+    entry, with or without DistributedDataParallel's "module." prefix) in our layout."""
     prefix = "module." if any(k.startswith("module.") for k in state_dict) else ""
     return _convert(state_dict, _MASKRCNN_BENCHMARK_RULES, "maskrcnn_benchmark", target, prefix)
 
@@ -350,7 +377,8 @@ def convert_maskrcnn_benchmark(
 def convert_detectron2(
     state_dict: Mapping[str, Any], target: Mapping[str, Tensor] | nn.Module | None = None
 ) -> tuple[dict[str, Tensor], ConversionReport]:
-    """detectron2's R-50-FPN Faster/Mask R-CNN weights (tensors or numpy arrays) in our layout.
+    """detectron2's R-50-FPN Faster/Mask/Keypoint R-CNN weights (tensors or numpy arrays) in our
+    layout.
 
     detectron2 puts the background class last in cls_score and predicts no box deltas or mask
     for it; ours has it first (class 0). cls_score rows move the last to the front, bbox_pred
@@ -380,8 +408,12 @@ def _move_background_first(state: dict[str, Tensor]) -> None:
 
 
 def _is_class_agnostic(state: Mapping[str, Tensor]) -> bool:
-    """Whether detectron2's bbox_pred regresses one box for all classes (4 rows)."""
-    return state["roi_heads.box_predictor.bbox_pred.weight"].shape[0] == 4
+    """Whether detectron2's bbox_pred regresses one box for all classes (4 rows while there are
+    several foreground classes; with one, e.g. Keypoint R-CNN's person, its 4 rows are that
+    class's)."""
+    rows = state["roi_heads.box_predictor.bbox_pred.weight"].shape[0]
+    classes = state.get("roi_heads.box_predictor.cls_score.weight")
+    return rows == 4 and (classes is None or classes.shape[0] != 2)
 
 
 def convert_torchvision_classification(

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
+from detector.modeling.roi_heads.keypoint_head.inference import scale_keypoints
 from detector.ops.paste_masks import paste_masks_in_image
 from detector.structures import Boxes, Instances
 
@@ -62,6 +63,11 @@ def _paste_masks(probabilities: Tensor, target: _Target) -> Tensor:
     )
 
 
+def _map_keypoints(keypoints: Tensor, target: _Target) -> Tensor:
+    """(R, K, 3) x, y, score: x and y scaled (not clipped, as torchvision), scores kept."""
+    return scale_keypoints(keypoints, target.scale_x, target.scale_y)
+
+
 _FIELD_RULES: dict[str, Callable[..., object]] = {
     "pred_boxes": _map_boxes,
     "proposal_boxes": _map_boxes,
@@ -69,6 +75,7 @@ _FIELD_RULES: dict[str, Callable[..., object]] = {
     "pred_classes": _copy,
     "objectness_logits": _copy,
     "pred_masks": _paste_masks,  # after pred_boxes: it pastes at the mapped boxes
+    "pred_keypoints": _map_keypoints,
 }
 
 
@@ -80,7 +87,8 @@ def detector_postprocess(
 
     Boxes (pred_boxes, proposal_boxes) are scaled by (width / w, height / h) and clipped to the
     original image; pred_masks, (R, 1, M, M) probabilities, are pasted at the mapped boxes and
-    cut at `mask_threshold` into (R, H, W) bool; scores, classes and objectness are copied.
+    cut at `mask_threshold` into (R, H, W) bool; pred_keypoints (R, K, 3) have x and y scaled;
+    scores, classes and objectness are copied.
     Fields without a rule are not carried over.
 
     Returns:

@@ -7,8 +7,9 @@ of all K classes. They are mapped back to the test-size image (unflipped, rescal
 as maskrcnn_benchmark's `im_detect_bbox_aug` does: concatenated, then one score threshold,
 per-class NMS and DETECTIONS_PER_IMG pass over the union. With VOTE_IOU > 0 each kept box is then
 replaced by the score-weighted mean of the candidates of its class that overlap it that much
-(Detectron's box voting; scores unchanged). A Mask R-CNN then predicts the masks of the merged
-boxes from the test-size image's features (maskrcnn_benchmark has no mask TTA).
+(Detectron's box voting; scores unchanged). A Mask (Keypoint) R-CNN then predicts the masks
+(keypoints) of the merged boxes from the test-size image's features (maskrcnn_benchmark has no
+mask or keypoint TTA).
 
 Other scales are resampled from the test-size image the inference loop gives (antialiased
 bilinear), not from the original file.
@@ -84,9 +85,11 @@ class DetectorWithTTA(nn.Module):
         if self.vote_iou > 0:
             threshold = heads.post_processor.score_thresh
             merged = vote_boxes(merged, all_boxes, all_scores, self.vote_iou, threshold)
+        assert reference_features is not None
         if heads.mask_head is not None:
-            assert reference_features is not None
             (merged,), _ = heads.mask_head(reference_features, [merged])
+        if heads.keypoint_head is not None:
+            (merged,), _ = heads.keypoint_head(reference_features, [merged])
         return merged
 
     def _candidates(

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from detector.structures.boxes import Boxes
+from detector.structures.keypoints import Keypoints
 from detector.structures.masks import BitMasks, PolygonMasks
 from detector.structures.sizes import as_size
 
@@ -36,6 +37,7 @@ class Instances:
     gt_classes: Tensor | None = None  # Tensor[N] int64, 1..K (0 is the background)
     gt_masks: PolygonMasks | BitMasks | None = None
     difficult: Tensor | None = None  # Tensor[N] bool (Pascal VOC's "difficult" flag)
+    gt_keypoints: Keypoints | None = None  # N x K keypoints (x, y, v)
     # Proposals (RPN outputs).
     proposal_boxes: Boxes | None = None
     objectness_logits: Tensor | None = None  # Tensor[N] float
@@ -47,6 +49,10 @@ class Instances:
     scores: Tensor | None = None  # Tensor[N] float
     pred_classes: Tensor | None = None  # Tensor[N] int64
     pred_masks: Tensor | None = None  # Tensor[N, 1, M, M] probabilities or Tensor[N, H, W]
+    # Tensor[N, K, 3]: (x, y, score) per keypoint, score the heatmap logit at (x, y).
+    pred_keypoints: Tensor | None = None
+    # Tensor[N, K, S, S]: keypoint heatmap logits in box coordinates (exported models).
+    pred_keypoint_heatmaps: Tensor | None = None
 
     # ----------------------------------------------------------------------------------------
     # Checked fields
@@ -182,6 +188,7 @@ _FIELD_SPECS: dict[str, tuple[tuple[type, ...], Any]] = {
     "gt_classes": ((Tensor,), torch.int64),
     "gt_masks": ((PolygonMasks, BitMasks), None),
     "difficult": ((Tensor,), torch.bool),
+    "gt_keypoints": ((Keypoints,), None),
     "proposal_boxes": ((Boxes,), None),
     "objectness_logits": ((Tensor,), "floating"),
     "matched_gt_idx": ((Tensor,), torch.int64),
@@ -189,6 +196,8 @@ _FIELD_SPECS: dict[str, tuple[tuple[type, ...], Any]] = {
     "scores": ((Tensor,), "floating"),
     "pred_classes": ((Tensor,), torch.int64),
     "pred_masks": ((Tensor,), None),
+    "pred_keypoints": ((Tensor,), "floating"),
+    "pred_keypoint_heatmaps": ((Tensor,), "floating"),
 }
 assert set(_FIELD_SPECS) == set(_INSTANCE_FIELDS)
 
@@ -198,7 +207,7 @@ def _num_entries(value: Any) -> int | torch.SymInt:
     symbolic size stays symbolic)."""
     if isinstance(value, Tensor):
         return as_size(value.shape[0])
-    if isinstance(value, Boxes):
+    if isinstance(value, (Boxes, Keypoints)):
         return as_size(value.tensor.shape[0])
     return len(value)
 

@@ -1,4 +1,5 @@
-"""Pictures of detections: translucent masks, boxes and "class score" labels."""
+"""Pictures of detections: translucent masks, keypoints and their skeleton, boxes and "class
+score" labels."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from typing import Any
 
 from torch import Tensor
 
+# Keypoints scoring (heatmap logit) below this are not drawn (detectron2's threshold).
+KEYPOINT_DRAW_THRESH = 0.05
 # A fixed palette (tab10), one colour per class id.
 PALETTE = [
     (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
@@ -42,9 +45,11 @@ def label_origin(
     return round(x), round(y)
 
 
-def draw(image: Tensor, result: dict[str, Any]) -> Tensor:
-    """uint8 Tensor[3, H, W] with translucent masks, boxes and "name score" labels drawn; the
-    labels lie inside the picture, their size follows the image's (label_font_size)."""
+def draw(image: Tensor, result: dict[str, Any], skeleton: Sequence[tuple[int, int]] = ()) -> Tensor:
+    """uint8 Tensor[3, H, W] with translucent masks, keypoints (result["keypoints"], (N, K, 3)
+    x, y, score: those scoring at least KEYPOINT_DRAW_THRESH, joined by the `skeleton` index
+    pairs), boxes and "name score" labels drawn; the labels lie inside the picture, their size
+    follows the image's (label_font_size)."""
     from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
     colors = [PALETTE[int(k) % len(PALETTE)] for k in result["labels"].tolist()]
@@ -53,12 +58,41 @@ def draw(image: Tensor, result: dict[str, Any]) -> Tensor:
     if "masks" in result:
         image = draw_segmentation_masks(image, result["masks"], alpha=0.4, colors=colors)
     width = max(1, round(max(image.shape[-2:]) / 400))
+    if "keypoints" in result:
+        image = _draw_keypoints(image, result["keypoints"], skeleton, colors, width)
     image = draw_bounding_boxes(image, result["boxes"], colors=colors, width=width)
     labels = [
         f"{name} {score:.2f}"
         for name, score in zip(result["class_names"], result["scores"].tolist(), strict=True)
     ]
     return _draw_labels(image, result["boxes"].tolist(), labels, colors)
+
+
+def _draw_keypoints(
+    image: Tensor,
+    keypoints: Tensor,
+    skeleton: Sequence[tuple[int, int]],
+    colors: list[tuple[int, ...]],
+    width: int,
+) -> Tensor:
+    """Each instance's keypoints (N, K, 3) as dots in its colour, joined by skeleton lines in
+    its colour (only between keypoints that are drawn)."""
+    import numpy as np
+    import torch
+    from PIL import Image, ImageDraw
+
+    picture = Image.fromarray(image.permute(1, 2, 0).numpy())
+    canvas = ImageDraw.Draw(picture)
+    radius = width + 1
+    for points, color in zip(keypoints.tolist(), colors, strict=True):
+        shown = [score >= KEYPOINT_DRAW_THRESH for _, _, score in points]
+        for a, b in skeleton:
+            if shown[a] and shown[b]:
+                canvas.line([tuple(points[a][:2]), tuple(points[b][:2])], fill=color, width=width)
+        for (x, y, _), visible in zip(points, shown, strict=True):
+            if visible:
+                canvas.ellipse((x - radius, y - radius, x + radius, y + radius), fill=color)
+    return torch.from_numpy(np.array(picture)).permute(2, 0, 1).contiguous()
 
 
 def _draw_labels(

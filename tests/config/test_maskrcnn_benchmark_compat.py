@@ -75,7 +75,6 @@ def test_gn_baseline_in_their_format_builds_what_it_describes(tmp_path):
         (["MODEL.RETINANET_ON", "True"], "MODEL.RETINANET_ON: RetinaNet is not supported"),
         (["MODEL.RETINANET.NUM_CLASSES", "81"], "MODEL.RETINANET: RetinaNet is not supported"),
         (["MODEL.FBNET.ARCH", "default"], "MODEL.FBNET: FBNet backbones are not supported"),
-        (["MODEL.KEYPOINT_ON", "True"], "MODEL.KEYPOINT_ON: Keypoint R-CNN is not supported"),
         (["INPUT.HUE", "0.7"], r"INPUT.HUE = 0.7: must lie in \[0, 0.5\]"),
         (["INPUT.VERTICAL_FLIP_PROB_TRAIN", "1.5"], "VERTICAL_FLIP_PROB_TRAIN = 1.5: must lie"),
         (["PATHS_CATALOG", "paths.py"], "PATHS_CATALOG: a Python paths catalog is not read"),
@@ -336,6 +335,55 @@ TEST:
 }
 
 
+# maskrcnn_benchmark's Keypoint R-CNN (e2e_keypoint_rcnn_R_50_FPN_1x), in its format.
+FAMILIES["e2e_keypoint_rcnn_R_50_FPN_1x"] = """\
+MODEL:
+  META_ARCHITECTURE: "GeneralizedRCNN"
+  WEIGHT: "catalog://ImageNetPretrained/MSRA/R-50"
+  BACKBONE:
+    CONV_BODY: "R-50-FPN"
+  RESNETS:
+    BACKBONE_OUT_CHANNELS: 256
+  RPN:
+    USE_FPN: True
+    ANCHOR_STRIDE: (4, 8, 16, 32, 64)
+    PRE_NMS_TOP_N_TRAIN: 2000
+    PRE_NMS_TOP_N_TEST: 1000
+    POST_NMS_TOP_N_TEST: 1000
+    FPN_POST_NMS_TOP_N_TEST: 1000
+  ROI_HEADS:
+    USE_FPN: True
+  ROI_BOX_HEAD:
+    POOLER_RESOLUTION: 7
+    POOLER_SCALES: (0.25, 0.125, 0.0625, 0.03125)
+    POOLER_SAMPLING_RATIO: 2
+    FEATURE_EXTRACTOR: "FPN2MLPFeatureExtractor"
+    PREDICTOR: "FPNPredictor"
+    NUM_CLASSES: 2
+  ROI_KEYPOINT_HEAD:
+    POOLER_SCALES: (0.25, 0.125, 0.0625, 0.03125)
+    FEATURE_EXTRACTOR: "KeypointRCNNFeatureExtractor"
+    PREDICTOR: "KeypointRCNNPredictor"
+    POOLER_RESOLUTION: 14
+    POOLER_SAMPLING_RATIO: 2
+    RESOLUTION: 56
+    SHARE_BOX_FEATURE_EXTRACTOR: False
+  KEYPOINT_ON: True
+DATASETS:
+  TRAIN: ("keypoints_coco_2014_train", "keypoints_coco_2014_valminusminival",)
+  TEST: ("keypoints_coco_2014_minival",)
+INPUT:
+  MIN_SIZE_TRAIN: (640, 672, 704, 736, 768, 800)
+DATALOADER:
+  SIZE_DIVISIBILITY: 32
+SOLVER:
+  BASE_LR: 0.02
+  WEIGHT_DECAY: 0.0001
+  STEPS: (60000, 80000)
+  MAX_ITER: 90000
+"""
+
+
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_each_family_builds_what_it_describes(family, tmp_path):
     from detector.data.catalog import get_dataset_spec
@@ -354,6 +402,9 @@ def test_each_family_builds_what_it_describes(family, tmp_path):
     assert (heads.mask_head is not None) == cfg.MODEL.MASK_ON
     if cfg.MODEL.MASK_ON:
         assert heads.mask_head.mask_size == cfg.MODEL.ROI_MASK_HEAD.RESOLUTION
+    assert (heads.keypoint_head is not None) == cfg.MODEL.KEYPOINT_ON
+    if cfg.MODEL.KEYPOINT_ON:  # 17 keypoints, 56 x 56 heatmaps
+        assert (heads.keypoint_head.num_keypoints, heads.keypoint_head.heatmap_size) == (17, 56)
     dcn = [n for n, m in model.named_modules() if type(m).__name__ == "DeformConv2d"]
     assert bool(dcn) == any(cfg.MODEL.RESNETS.STAGE_WITH_DCN)
     if family.startswith("dcn/"):  # res3..res5 deformable, res2 not

@@ -71,6 +71,22 @@ TEST:
 """
 
 
+# A Keypoint R-CNN variant of TINY_YAML (its _BASE_): 5 keypoints, 28 x 28 heatmaps.
+TINY_KEYPOINT_YAML = """\
+_BASE_: tiny.yaml
+MODEL:
+  KEYPOINT_ON: True
+  ROI_KEYPOINT_HEAD:
+    POOLER_SCALES: (0.25, 0.125, 0.0625, 0.03125)
+    POOLER_RESOLUTION: 7
+    POOLER_SAMPLING_RATIO: 2
+    CONV_LAYERS: (16, 16)
+    RESOLUTION: 28
+    NUM_CLASSES: 5
+    SHARE_BOX_FEATURE_EXTRACTOR: False
+"""
+
+
 @dataclass
 class TinyRun:
     """A saved tiny model: its config file, config, training checkpoint and the model."""
@@ -81,12 +97,16 @@ class TinyRun:
     model: GeneralizedRCNN
 
 
-def make_tiny_run(directory: Path, mask_on: bool = True) -> TinyRun:
-    """Builds the tiny model, gives it an SGD momentum state (one step on zero gradients, so the
-    weights do not move) and saves model_final.pth with Checkpointer."""
+def make_tiny_run(directory: Path, mask_on: bool = True, keypoint_on: bool = False) -> TinyRun:
+    """Builds the tiny model (with a keypoint head: TINY_KEYPOINT_YAML), gives it an SGD
+    momentum state (one step on zero gradients, so the weights do not move) and saves
+    model_final.pth with Checkpointer."""
     directory.mkdir(parents=True, exist_ok=True)
     config_file = directory / "tiny.yaml"
     config_file.write_text(TINY_YAML.format(mask_on=mask_on))
+    if keypoint_on:
+        config_file = directory / "tiny_keypoint.yaml"
+        config_file.write_text(TINY_KEYPOINT_YAML)
     cfg = load_config(config_file)
     torch.manual_seed(0)
     model = GeneralizedRCNN.from_config(cfg)

@@ -135,3 +135,21 @@ def test_box_voting_by_hand():
     expected = torch.tensor([[0.0, 0.0, (0.9 * 10 + 0.6 * 12) / 1.5, 10.0], [50, 50, 60, 60]])
     torch.testing.assert_close(voted.pred_boxes.tensor, expected)
     torch.testing.assert_close(voted.scores, torch.tensor([0.9, 0.7]))
+
+
+def test_keypoint_model_gets_the_keypoints_of_the_merged_boxes():
+    """The keypoint head runs once, on the merged boxes and the test-size image's features."""
+    cfg = load_config(
+        "configs/shapes/keypoint_rcnn_R_18_FPN_shapes.yaml", ["MODEL.ROI_HEADS.SCORE_THRESH", "0.3"]
+    )
+    torch.manual_seed(0)
+    model = GeneralizedRCNN.from_config(cfg).eval()
+    with torch.no_grad():
+        model.roi_heads.box_predictor.cls_score.weight.mul_(40.0)
+        image = _image()
+        result = DetectorWithTTA(model, h_flip=True).eval()([image])[0]
+        features = list(model.backbone(model.preprocess([image]).tensor).values())
+        boxes_only = Instances(result.image_size, pred_boxes=result.pred_boxes)
+        (expected,), _ = model.roi_heads.keypoint_head(features, [boxes_only])
+    assert len(result) > 0 and result.pred_keypoints.shape == (len(result), 6, 3)
+    torch.testing.assert_close(result.pred_keypoints, expected.pred_keypoints)

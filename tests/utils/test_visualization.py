@@ -39,3 +39,21 @@ def _label_pixels(height: int, width: int) -> int:
 
 def test_drawn_label_grows_with_the_image() -> None:
     assert _label_pixels(720, 960) > 4 * _label_pixels(90, 120)  # font 29 px against 10
+
+
+def test_keypoints_and_skeleton_are_drawn_above_the_threshold() -> None:
+    """Dots at the keypoints scoring at least KEYPOINT_DRAW_THRESH, a line along each skeleton
+    edge between two of them, nothing at a low-scoring keypoint."""
+    image = torch.zeros(3, 100, 100, dtype=torch.uint8)
+    result = {
+        "boxes": torch.tensor([[5.0, 5.0, 95.0, 95.0]]),
+        "labels": torch.tensor([2]),
+        "scores": torch.tensor([0.9]),
+        "class_names": ["person"],
+        "keypoints": torch.tensor([[[20.0, 50.0, 3.0], [80.0, 50.0, 2.0], [50.0, 85.0, -1.0]]]),
+    }
+    drawn = draw(image, result, skeleton=[(0, 1), (1, 2)])
+    color = torch.tensor(PALETTE[2], dtype=torch.uint8)
+    painted = (drawn == color[:, None, None]).all(0)  # (H, W)
+    assert painted[50, 20] and painted[50, 80] and painted[50, 50]  # both dots and their line
+    assert not painted[85, 50] and not painted[70, 65]  # the hidden keypoint and its edge

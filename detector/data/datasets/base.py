@@ -21,8 +21,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from detector.data.datasets.keypoints import KeypointMeta
 from detector.data.image_io import check_decoded_size, read_image
-from detector.structures import BitMasks, Boxes, Instances, PolygonMasks
+from detector.structures import BitMasks, Boxes, Instances, Keypoints, PolygonMasks
 
 __all__ = [
     "BACKGROUND",
@@ -42,6 +43,8 @@ class DetectionDataset(Dataset):
     class_names: list[str]
     # Whether the targets carry gt_masks.
     has_masks: bool = False
+    # The keypoints of the targets' gt_keypoints; None: no keypoints.
+    keypoint_meta: KeypointMeta | None = None
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -96,15 +99,22 @@ class ImageRecord:
     segmentations: list[Any] | None = None
     # Per instance: its value in an instance-id PNG (VOC SegmentationObject); None: no PNG.
     instance_ids: np.ndarray | None = None
+    # (N, K, 3) float32 keypoints (x, y, v); None: the dataset has no keypoints.
+    keypoints: np.ndarray | None = None
 
 
 class RecordDataset(DetectionDataset):
     """A dataset over a list of `ImageRecord`s (COCO, Pascal VOC)."""
 
     def __init__(
-        self, records: list[ImageRecord], class_names: list[str], max_pixels: int | None = None
+        self,
+        records: list[ImageRecord],
+        class_names: list[str],
+        max_pixels: int | None = None,
+        keypoint_meta: KeypointMeta | None = None,
     ) -> None:
         self.records = records
+        self.keypoint_meta = keypoint_meta
         self.class_names = list(class_names)
         self.max_pixels = max_pixels
         self.has_masks = any(r.segmentations is not None for r in records)
@@ -148,6 +158,13 @@ class RecordDataset(DetectionDataset):
         )
         if self.has_masks:
             target.gt_masks = self.load_masks(index)
+        if self.keypoint_meta is not None:
+            keypoints = record.keypoints
+            if keypoints is None:
+                keypoints = np.zeros((len(record.classes), self.keypoint_meta.num_keypoints, 3))
+            target.gt_keypoints = Keypoints(
+                torch.from_numpy(keypoints.astype(np.float32)), self.keypoint_meta.flip_indices
+            )
         return target
 
     def load_masks(self, index: int) -> PolygonMasks | BitMasks:

@@ -1,4 +1,4 @@
-"""COCO instances JSON (boxes, polygon and RLE masks).
+"""COCO instances JSON (boxes, polygon and RLE masks, person keypoints).
 
 Category ids (any integers, e.g. COCO's 1..90 with gaps, or Roboflow's 0..13) are mapped to
 contiguous labels 1..K in increasing id order; `contiguous_to_category_id` maps them back for
@@ -7,6 +7,13 @@ regions for COCOeval, which reads them from the JSON. A box with zero or negativ
 height after clipping to the image, or a mask whose polygons all have fewer than 3 points, is
 skipped and counted (`num_skipped`, logged); a malformed annotation (missing key, wrong type,
 unknown category or image id) raises a DatasetError naming the file and the annotation id.
+
+Keypoints: a category with a "keypoints" list of names (COCO's person_keypoints files) makes the
+dataset a keypoint dataset: each annotation's "keypoints" [x1, y1, v1, ..., xK, yK, vK] become
+its gt_keypoints (an annotation without them has none labeled, v = 0), the category's
+"skeleton" (1-based index pairs) is kept for drawing, left_*/right_* names pair up for flips,
+and COCO's person keypoints get COCO's OKS sigmas. A KeypointMeta from the config overrides all
+of that (its names must be as many as the file's).
 """
 
 from __future__ import annotations
@@ -22,6 +29,12 @@ from typing import Any
 import numpy as np
 
 from detector.data.datasets.base import BACKGROUND, ImageRecord, RecordDataset
+from detector.data.datasets.keypoints import (
+    COCO_PERSON_KEYPOINTS,
+    COCO_PERSON_OKS_SIGMAS,
+    KeypointMeta,
+    left_right_pairs,
+)
 from detector.data.errors import DatasetError
 
 __all__ = ["COCODataset", "load_coco_json"]
@@ -40,15 +53,77 @@ class COCODataset(RecordDataset):
     """
 
     def __init__(
-        self, json_file: str | Path, image_dir: str | Path, max_pixels: int | None = None
+        self,
+        json_file: str | Path,
+        image_dir: str | Path,
+        max_pixels: int | None = None,
+        keypoint_meta: KeypointMeta | None = None,
     ) -> None:
         self.json_file = Path(json_file)
-        records, categories, num_skipped = load_coco_json(self.json_file, image_dir)
+        records, categories, num_skipped = load_coco_json(
+            self.json_file, image_dir, keypoint_meta=keypoint_meta
+        )
         class_names = [BACKGROUND] + [c["name"] for c in categories]
-        super().__init__(records, class_names, max_pixels)
+        meta = keypoint_meta or _json_keypoint_meta(categories, self.json_file)
+        super().__init__(records, class_names, max_pixels, meta)
         self.contiguous_to_category_id = {i + 1: c["id"] for i, c in enumerate(categories)}
         self.category_id_to_contiguous = {v: k for k, v in self.contiguous_to_category_id.items()}
         self.num_skipped = num_skipped
+
+
+def _json_keypoint_names(categories: list[dict[str, Any]], json_file: Path) -> list[str]:
+    """The keypoint names of the categories that have them ([] for none); all must agree."""
+    named = [c for c in categories if c.get("keypoints")]
+    for c in named:
+        if not all(isinstance(n, str) for n in c["keypoints"]):
+            raise DatasetError(f"{json_file}: category {c['id']}: 'keypoints' must list names")
+        if list(c["keypoints"]) != list(named[0]["keypoints"]):
+            raise DatasetError(
+                f"{json_file}: categories {named[0]['id']} and {c['id']} name different keypoints"
+            )
+    return list(named[0]["keypoints"]) if named else []
+
+
+def _json_keypoint_meta(categories: list[dict[str, Any]], json_file: Path) -> KeypointMeta | None:
+    """The KeypointMeta a COCO file declares (None when no category has keypoints)."""
+    names = _json_keypoint_names(categories, json_file)
+    if not names:
+        return None
+    category = next(c for c in categories if c.get("keypoints"))
+    skeleton = []
+    for edge in category.get("skeleton") or []:
+        if len(edge) != 2 or not all(isinstance(k, int) and 1 <= k <= len(names) for k in edge):
+            raise DatasetError(
+                f"{json_file}: category {category['id']}: skeleton edge {edge!r} must be two "
+                f"1-based keypoint indices (1..{len(names)})"
+            )
+        skeleton.append((names[edge[0] - 1], names[edge[1] - 1]))
+    sigmas = COCO_PERSON_OKS_SIGMAS if tuple(names) == COCO_PERSON_KEYPOINTS else ()
+    return KeypointMeta(
+        names=tuple(names),
+        flip_map=tuple(left_right_pairs(names)),
+        skeleton=tuple(skeleton),
+        oks_sigmas=sigmas,
+        where=str(json_file),
+    )
+
+
+def _parse_keypoints(ann: dict[str, Any], num_keypoints: int, where: str) -> np.ndarray:
+    """An annotation's keypoints as float32 array[K, 3]; zeros (unlabeled) when it has none."""
+    values = ann.get("keypoints")
+    if values is None:
+        return np.zeros((num_keypoints, 3), dtype=np.float32)
+    if not isinstance(values, list) or len(values) != 3 * num_keypoints:
+        count = len(values) if isinstance(values, list) else type(values).__name__
+        raise DatasetError(
+            f"{where}: 'keypoints' must be {3 * num_keypoints} numbers (x, y, v for each of the "
+            f"{num_keypoints} keypoints), got {count}"
+        )
+    if not all(isinstance(v, Real) and not isinstance(v, bool) for v in values):
+        raise DatasetError(f"{where}: 'keypoints' must be numbers, got {values!r:.80}")
+    if not all(math.isfinite(v) for v in values):
+        raise DatasetError(f"{where}: 'keypoints' has a NaN or infinite value: {values!r:.80}")
+    return np.asarray(values, dtype=np.float32).reshape(num_keypoints, 3)
 
 
 def _require(entry: Any, keys: dict[str, type | tuple[type, ...]], where: str) -> None:
@@ -105,9 +180,10 @@ def _check_unique(json_file: Path, key: str, ids: list[Any]) -> None:
 
 
 def load_coco_json(
-    json_file: str | Path, image_dir: str | Path
+    json_file: str | Path, image_dir: str | Path, keypoint_meta: KeypointMeta | None = None
 ) -> tuple[list[ImageRecord], list[dict[str, Any]], int]:
-    """Parses a COCO instances JSON.
+    """Parses a COCO instances JSON (with keypoints when a category names them or
+    `keypoint_meta` is given).
 
     Returns:
         records: one per image, in the JSON's image order, crowd annotations left out.
@@ -153,11 +229,13 @@ def load_coco_json(
             raise DatasetError(f"{where}: 'bbox' has a NaN or infinite value: {bbox!r}")
         by_image[ann["image_id"]].append(ann)
     has_masks = any(ann.get("segmentation") for anns in by_image.values() for ann in anns)
+    num_keypoints = _num_keypoints(categories, keypoint_meta, json_file)
     records, skipped = [], 0
     for image in data["images"]:
         record, n = _make_record(
-            image, by_image[image["id"]], label_of, image_dir, has_masks, json_file
-        )
+            image, by_image[image["id"]], label_of, image_dir, (has_masks, num_keypoints),
+            json_file,
+        )  # fmt: skip
         records.append(record)
         skipped += n
     if skipped:
@@ -167,17 +245,37 @@ def load_coco_json(
     return records, categories, skipped
 
 
+def _num_keypoints(
+    categories: list[dict[str, Any]], keypoint_meta: KeypointMeta | None, json_file: Path
+) -> int:
+    """K: of the config's KeypointMeta, else of the file's categories (0: no keypoints)."""
+    names = _json_keypoint_names(categories, json_file)
+    if keypoint_meta is None:
+        return len(names)
+    if names and len(names) != keypoint_meta.num_keypoints:
+        raise DatasetError(
+            f"{json_file}: the file names {len(names)} keypoints but {keypoint_meta.where} "
+            f"declares {keypoint_meta.num_keypoints}"
+        )
+    return keypoint_meta.num_keypoints
+
+
 def _make_record(
     image: dict[str, Any],
     anns: list[dict[str, Any]],
     label_of: dict[int, int],
     image_dir: Path,
-    has_masks: bool,
+    contents: tuple[bool, int],
     json_file: Path,
 ) -> tuple[ImageRecord, int]:
-    """One image's record from its annotations; returns it and the number skipped."""
+    """One image's record from its annotations; returns it and the number skipped.
+
+    Args:
+        contents: (whether the file has masks, K keypoints or 0).
+    """
+    has_masks, num_keypoints = contents
     height, width = image["height"], image["width"]
-    boxes, classes, segmentations, skipped = [], [], [], 0
+    boxes, classes, segmentations, keypoints, skipped = [], [], [], [], 0
     for ann in anns:
         if ann.get("iscrowd", 0):
             continue
@@ -193,6 +291,8 @@ def _make_record(
                 skipped += 1
                 continue
             segmentations.append(segmentation)
+        if num_keypoints:
+            keypoints.append(_parse_keypoints(ann, num_keypoints, where))
         boxes.append(box)
         classes.append(label_of[ann["category_id"]])
     record = ImageRecord(
@@ -204,6 +304,9 @@ def _make_record(
         classes=np.asarray(classes, dtype=np.int64),
         difficult=np.zeros(len(classes), dtype=bool),
         segmentations=segmentations if has_masks else None,
+        keypoints=np.asarray(keypoints, np.float32).reshape(-1, num_keypoints, 3)
+        if num_keypoints
+        else None,
     )
     return record, skipped
 

@@ -1,11 +1,12 @@
-"""The RoI heads of Faster R-CNN / R-FCN (and the hook of Mask R-CNN's mask head).
+"""The RoI heads of Faster R-CNN / R-FCN (and the hooks of Mask and Keypoint R-CNN's heads).
 
 Shape glossary: N images, R RoIs over the batch (image order), K classes (background included),
 S the pooled size.
 
 Training: ProposalTargetCreator samples RoIs from the proposals (gt boxes added) ->
-box head -> loss_classifier, loss_box_reg (-> mask head on the same RoIs when MASK_ON).
-Inference: every proposal -> box head -> BoxPostProcessor -> detections (-> masks).
+box head -> loss_classifier, loss_box_reg (-> mask head on the same RoIs when MASK_ON, keypoint
+head when KEYPOINT_ON). Inference: every proposal -> box head -> BoxPostProcessor -> detections
+(-> masks, keypoints).
 
 The box head comes in two shapes:
 
@@ -50,6 +51,8 @@ class RoIHeads(nn.Module):
         cls_agnostic_bbox_reg: one box regressor for all classes.
         mask_head: ``mask_head(features, instances, targets=None, box_features=None)
             -> (list[Instances], dict)``, or None.
+        keypoint_head: ``keypoint_head(features, instances, targets=None)
+            -> (list[Instances], dict)``, or None.
     """
 
     def __init__(
@@ -63,6 +66,7 @@ class RoIHeads(nn.Module):
         smooth_l1_beta: float = 1.0,
         cls_agnostic_bbox_reg: bool = False,
         mask_head: nn.Module | None = None,
+        keypoint_head: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if getattr(box_predictor, "pools_own_maps", False) != (box_pooler is None):
@@ -78,6 +82,7 @@ class RoIHeads(nn.Module):
         self.smooth_l1_beta = smooth_l1_beta
         self.cls_agnostic_bbox_reg = cls_agnostic_bbox_reg
         self.mask_head = mask_head
+        self.keypoint_head = keypoint_head
 
     @classmethod
     def from_config(cls, cfg: Any, in_channels: int) -> RoIHeads:
@@ -107,6 +112,11 @@ class RoIHeads(nn.Module):
             mask_head = build_mask_head(
                 cfg, in_channels=in_channels, box_feature_extractor=box_feature_extractor
             )
+        keypoint_head = None
+        if cfg.MODEL.KEYPOINT_ON:
+            from detector.modeling.roi_heads.keypoint_head import build_keypoint_head
+
+            keypoint_head = build_keypoint_head(cfg, in_channels)
         return cls(
             target_creator=ProposalTargetCreator.from_config(cfg),
             box_pooler=box_pooler,
@@ -116,6 +126,7 @@ class RoIHeads(nn.Module):
             smooth_l1_beta=float(box_head.SMOOTH_L1_BETA),
             cls_agnostic_bbox_reg=agnostic,
             mask_head=mask_head,
+            keypoint_head=keypoint_head,
         )
 
     def forward(
@@ -131,7 +142,8 @@ class RoIHeads(nn.Module):
             features: backbone maps ``(N, C, H_l, W_l)``, finest first.
             proposals: per image Instances with `proposal_boxes`.
             image_sizes: per image (height, width) of the network input.
-            targets: per image `gt_boxes`, `gt_classes` (and `gt_masks`); training only.
+            targets: per image `gt_boxes`, `gt_classes` (and `gt_masks`, `gt_keypoints`);
+                training only.
         """
         if self.training:
             if targets is None:
@@ -141,6 +153,11 @@ class RoIHeads(nn.Module):
         if self.mask_head is not None:
             instances, mask_losses = self._forward_mask(features, instances, targets, box_features)
             losses.update(mask_losses)
+        if self.keypoint_head is not None:
+            instances, keypoint_losses = self.keypoint_head(
+                features, instances, targets if self.training else None
+            )
+            losses.update(keypoint_losses)
         return instances, losses
 
     def candidates(self, features: list[Tensor], boxes: list[Boxes]) -> list[tuple[Tensor, Tensor]]:
