@@ -23,6 +23,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 import torch
 
+from detector.config import Config
 from detector.evaluation.coco_evaluation import COCOEvaluator
 from detector.evaluation.evaluator import DatasetEvaluator
 from detector.evaluation.voc_evaluation import VOCEvaluator
@@ -169,7 +170,7 @@ class DatasetCOCOEvaluator(COCOEvaluator):
 # --------------------------------------------------------------------------------------------
 # build_evaluator
 # --------------------------------------------------------------------------------------------
-def _coco_tasks(cfg: Any, has_masks: bool) -> tuple[str, ...]:
+def _coco_tasks(cfg: Config, has_masks: bool) -> tuple[str, ...]:
     if cfg.MODEL.MASK_ON and not has_masks:
         logger.warning("MODEL.MASK_ON but the test dataset has no masks: evaluating boxes only")
     return ("bbox", "segm") if cfg.MODEL.MASK_ON and has_masks else ("bbox",)
@@ -184,7 +185,7 @@ def _voc_split_file(dataset: Any) -> Path | None:
 
 
 def build_evaluator(
-    cfg: Any,
+    cfg: Config,
     dataset_name: str,
     output_dir: str | Path | None = None,
     *,
@@ -218,7 +219,7 @@ def build_evaluator(
                 dataset.root,
                 dataset.split,
                 dataset.class_names[1:],
-                use_07_metric=bool(cfg.TEST.VOC_USE_07_METRIC),
+                use_07_metric=cfg.TEST.VOC_USE_07_METRIC,
                 output_dir=output_dir,
             )
         logger.info(
@@ -230,7 +231,7 @@ def build_evaluator(
 
 
 def _converted_evaluator(
-    cfg: Any, dataset: Any, output_dir: str | Path | None, has_masks: bool
+    cfg: Config, dataset: Any, output_dir: str | Path | None, has_masks: bool
 ) -> DatasetCOCOEvaluator:
     tasks = _coco_tasks(cfg, has_masks)
     if output_dir is not None:
