@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
+from detector.config import Config
 from detector.data.catalog import get_dataset
 from detector.data.check import find_problems
 from detector.data.errors import DatasetError
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _names(cfg: Any, args: argparse.Namespace) -> list[tuple[str, str]]:
+def _names(cfg: Config, args: argparse.Namespace) -> list[tuple[str, str]]:
     """(name, role) pairs: the --datasets named, else DATASETS.TRAIN then DATASETS.TEST."""
     if args.datasets:
         return [(name, "") for name in args.datasets]
@@ -44,7 +44,7 @@ def _names(cfg: Any, args: argparse.Namespace) -> list[tuple[str, str]]:
     return pairs
 
 
-def check(name: str, role: str, cfg: Any) -> int:
+def check(name: str, role: str, cfg: Config) -> int:
     """Prints the problems of one dataset and a summary line; returns their number."""
     dataset = get_dataset(name, cfg, role)
     count = 0

@@ -21,10 +21,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
 from torch import nn
 
-from detector.config import load_config
+from detector.config import Config, load_config
 from detector.data import get_dataset
 from detector.engine.launch import default_argument_parser, run_tool_main
 
@@ -34,7 +33,7 @@ DRAW_SCORE_THRESH = 0.5
 DRAW_SCALE = 3  # the 128 px shapes are upscaled before prediction so the pictures are legible
 
 
-def evaluate(model: nn.Module, cfg: DictConfig, dataset_name: str, output_dir: Path) -> dict:
+def evaluate(model: nn.Module, cfg: Config, dataset_name: str, output_dir: Path) -> dict:
     """Box (and mask) AP of `model` on `dataset_name`, through the shared evaluation code."""
     from detector.engine.evaluate import build_dataset_evaluation, run_evaluation
 
@@ -42,9 +41,7 @@ def evaluate(model: nn.Module, cfg: DictConfig, dataset_name: str, output_dir: P
     return run_evaluation(cfg, model, loader, evaluator)
 
 
-def draw_predictions(
-    cfg: DictConfig, weights: Path, dataset_name: str, output_dir: Path
-) -> list[Path]:
+def draw_predictions(cfg: Config, weights: Path, dataset_name: str, output_dir: Path) -> list[Path]:
     """PNGs of the first images of `dataset_name` with the slim checkpoint's detections."""
     from torchvision.io import write_png
 
@@ -82,7 +79,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return build_parser().parse_args(argv)
 
 
-def _trained_model(cfg: DictConfig, args: argparse.Namespace) -> tuple[nn.Module, Path]:
+def _trained_model(cfg: Config, args: argparse.Namespace) -> tuple[nn.Module, Path]:
     """Trains (or, with --eval-only, loads --weights); returns the model and its checkpoint."""
     if args.eval_only:
         from detector.engine.evaluate import load_test_weights

@@ -12,6 +12,8 @@ See `detector.config.defaults` for every key and `detector.config.config` for th
 
 from detector.config.config import (
     ConfigError,
+    as_config,
+    as_node,
     dump_config,
     get_cfg,
     load_config,
@@ -26,6 +28,8 @@ __all__ = [
     "AmpDtype",
     "Config",
     "ConfigError",
+    "as_config",
+    "as_node",
     "LRScheduler",
     "Norm",
     "WarmupMethod",

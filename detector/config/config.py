@@ -25,7 +25,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf, read_write
@@ -42,6 +42,8 @@ from detector.config.defaults import Config
 
 __all__ = [
     "ConfigError",
+    "as_config",
+    "as_node",
     "dump_config",
     "get_cfg",
     "load_config",
@@ -415,14 +417,14 @@ def _range_requirement(key: str, value: float) -> str | None:
     return None
 
 
-def _check_ranges(cfg: DictConfig) -> None:
-    for key, written, value in _numbers(cfg):
+def _check_ranges(cfg: Config) -> None:
+    for key, written, value in _numbers(as_node(cfg)):
         requirement = _range_requirement(key, value)
         if requirement is not None:
             raise ConfigError(f"{written} = {value!r}: {requirement}")
 
 
-def validate(cfg: DictConfig) -> None:
+def validate(cfg: Config) -> None:
     """Checks every number's range, then values against each other (lengths, orders); raises
     ConfigError naming the key."""
     _check_ranges(cfg)
@@ -466,12 +468,23 @@ def validate(cfg: DictConfig) -> None:
 # --------------------------------------------------------------------------------------------
 # Public API
 # --------------------------------------------------------------------------------------------
-def get_cfg() -> DictConfig:
+def as_config(node: DictConfig) -> Config:
+    """The typed view of a structured config node: at run time the DictConfig itself, which
+    reads and checks like the `Config` dataclass it was built from (OmegaConf.structured)."""
+    return cast(Config, node)
+
+
+def as_node(cfg: Config) -> DictConfig:
+    """The DictConfig behind a typed config (for OmegaConf's own functions)."""
+    return cast(DictConfig, cfg)
+
+
+def get_cfg() -> Config:
     """A fresh, writable config holding the defaults (type-checked on assignment)."""
-    return OmegaConf.structured(Config)
+    return as_config(OmegaConf.structured(Config))
 
 
-def load_config(path: str | Path | None, opts: Sequence[str] | None = None) -> DictConfig:
+def load_config(path: str | Path | None, opts: Sequence[str] | None = None) -> Config:
     """Defaults, then the YAML file at `path` (with its `_BASE_` files), then `opts`.
 
     Args:
@@ -486,7 +499,7 @@ def load_config(path: str | Path | None, opts: Sequence[str] | None = None) -> D
         ConfigError: a missing or malformed file, an unknown key, a value of the wrong type,
             an odd number of opts, or inconsistent values.
     """
-    cfg = get_cfg()
+    node = as_node(get_cfg())
     chain: list[tuple[Path, dict[str, Any]]] = []
     if path is not None:
         path = Path(path).expanduser()
@@ -499,12 +512,12 @@ def load_config(path: str | Path | None, opts: Sequence[str] | None = None) -> D
     sources = [(str(source), data) for source, data in chain] + command_line
     if _version(sources, default=CURRENT_VERSION if path is None else None) == 1:
         defaults = {"VERSION": MASKRCNN_BENCHMARK_VERSION, **MASKRCNN_BENCHMARK_DEFAULTS}
-        _merge(cfg, defaults, "maskrcnn_benchmark's defaults (VERSION 1)")
+        _merge(node, defaults, "maskrcnn_benchmark's defaults (VERSION 1)")
     for source, data in sources:
-        _merge(cfg, data, source)
-    validate(cfg)
-    OmegaConf.set_readonly(cfg, True)
-    return cfg
+        _merge(node, data, source)
+    validate(as_config(node))
+    OmegaConf.set_readonly(node, True)
+    return as_config(node)
 
 
 def _version(sources: list[tuple[str, dict[str, Any]]], default: int | None) -> int:
@@ -521,31 +534,29 @@ def _version(sources: list[tuple[str, dict[str, Any]]], default: int | None) -> 
                 )
     return version
 
-
-def merge_opts(cfg: DictConfig, opts: Sequence[str]) -> DictConfig:
     """A read-only copy of `cfg` with command-line style `[KEY, VALUE, ...]` overrides."""
-    new = copy.deepcopy(cfg)
+    new = copy.deepcopy(as_node(cfg))
     OmegaConf.set_readonly(new, False)
     for key, nested in _opts_to_dicts(opts):
         _merge(new, nested, f"{COMMAND_LINE} ({key})")
-    validate(new)
+    validate(as_config(new))
     OmegaConf.set_readonly(new, True)
-    return new
+    return as_config(new)
 
 
 @contextmanager
-def unlocked(cfg: DictConfig) -> Iterator[DictConfig]:
+def unlocked(cfg: Config) -> Iterator[Config]:
     """Temporarily makes a read-only config writable (types and keys are still checked)."""
-    with read_write(cfg):
+    with read_write(as_node(cfg)):
         yield cfg
 
 
-def dump_config(cfg: DictConfig) -> str:
+def dump_config(cfg: Config) -> str:
     """The config as YAML; `load_config` reads it back to an equal config."""
-    return OmegaConf.to_yaml(cfg)
+    return OmegaConf.to_yaml(as_node(cfg))
 
 
-def save_config(cfg: DictConfig, path: str | Path) -> None:
+def save_config(cfg: Config, path: str | Path) -> None:
     """Writes `dump_config(cfg)` to `path`, creating its folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

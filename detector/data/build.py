@@ -15,10 +15,10 @@ import logging
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
 from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, Dataset
 
+from detector.config import Config
 from detector.data.catalog import ROLES, get_dataset
 from detector.data.datasets import DetectionDataset
 from detector.data.errors import DatasetError
@@ -55,7 +55,7 @@ logger = logging.getLogger(__name__)
 Batch = tuple[list[Tensor], list[Instances], list[dict[str, Any]]]
 
 
-def build_transforms(cfg: DictConfig, is_train: bool) -> Compose:
+def build_transforms(cfg: Config, is_train: bool) -> Compose:
     """Training: colour jitter (INPUT.BRIGHTNESS, CONTRAST, SATURATION, HUE; off at 0), resize
     (a random INPUT.MIN_SIZE_TRAIN, within MAX_SIZE_TRAIN), then flips with
     INPUT.HORIZONTAL_FLIP_PROB_TRAIN and VERTICAL_FLIP_PROB_TRAIN; test: resize to MIN_SIZE_TEST
@@ -196,12 +196,12 @@ class MappedDataset(Dataset):
         )
 
 
-def data_seed(cfg: DictConfig) -> int:
+def data_seed(cfg: Config) -> int:
     """The seed of the training data order: cfg.SEED, or 0 when it is -1 (unset)."""
     return cfg.SEED if cfg.SEED >= 0 else 0
 
 
-def check_num_classes(cfg: DictConfig, dataset: DetectionDataset, name: str, role: str) -> None:
+def check_num_classes(cfg: Config, dataset: DetectionDataset, name: str, role: str) -> None:
     """Raises a DatasetError when MODEL.ROI_BOX_HEAD.NUM_CLASSES (background included) differs
     from the classes of `dataset` (a "train" or "test" dataset); RPN-only models have none."""
     _check_keypoints(cfg, dataset, name, role)
@@ -216,7 +216,7 @@ def check_num_classes(cfg: DictConfig, dataset: DetectionDataset, name: str, rol
     )
 
 
-def _check_keypoints(cfg: DictConfig, dataset: DetectionDataset, name: str, role: str) -> None:
+def _check_keypoints(cfg: Config, dataset: DetectionDataset, name: str, role: str) -> None:
     """MODEL.KEYPOINT_ON: a training dataset must have keypoints, as many as
     MODEL.ROI_KEYPOINT_HEAD.NUM_CLASSES, and cannot be flipped vertically."""
     meta = dataset.keypoint_meta
@@ -239,7 +239,7 @@ def _check_keypoints(cfg: DictConfig, dataset: DetectionDataset, name: str, role
         )
 
 
-def _train_dataset(cfg: DictConfig) -> tuple[DetectionDataset, list[int], bool]:
+def _train_dataset(cfg: Config) -> tuple[DetectionDataset, list[int], bool]:
     names = list(cfg.DATASETS.TRAIN)
     if not names:
         raise DatasetError("DATASETS.TRAIN is empty: name at least one training dataset")
@@ -268,7 +268,7 @@ def _per_rank(total: int, key: str) -> int:
     return total // world_size
 
 
-def build_train_loader(cfg: DictConfig, start_iter: int = 0) -> DataLoader:
+def build_train_loader(cfg: Config, start_iter: int = 0) -> DataLoader:
     """The training loader of DATASETS.TRAIN: batches `start_iter * A` .. `SOLVER.MAX_ITER * A`
     of the infinite seeded stream, A = SOLVER.ACCUMULATE_GRAD_STEPS (one iteration is one optimizer
     step). Each batch holds SOLVER.IMS_PER_BATCH / world_size images, grouped by orientation
@@ -307,7 +307,7 @@ def build_train_loader(cfg: DictConfig, start_iter: int = 0) -> DataLoader:
     return _loader(mapped, batch_sampler, cfg.DATALOADER.NUM_WORKERS, data_seed(cfg))
 
 
-def build_test_loader(cfg: DictConfig, dataset_name: str) -> DataLoader:
+def build_test_loader(cfg: Config, dataset_name: str) -> DataLoader[Any]:
     """One pass over `dataset_name` (this rank's contiguous shard), resized for testing,
     TEST.IMS_PER_BATCH / world_size images per batch; no image or instance is removed (difficult
     objects stay, flagged). `loader.dataset.dataset` is the raw dataset."""

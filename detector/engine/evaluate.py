@@ -12,12 +12,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 from torch.utils.data import DataLoader
 
 from detector.config import Config
-from detector.data import build_test_loader, get_dataset
+from detector.data import DetectionDataset, build_test_loader, get_dataset
 from detector.data.build import check_num_classes
 from detector.engine.checkpoint import (
     Checkpointer,
@@ -28,6 +29,7 @@ from detector.engine.checkpoint import (
 from detector.engine.launch import resolve_device
 from detector.evaluation import (
     DatasetEvaluator,
+    TestBatch,
     build_evaluator,
     check_expected_results,
     format_metrics,
@@ -52,6 +54,15 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
+TestLoader = DataLoader[TestBatch]
+
+
+def raw_dataset(loader: TestLoader) -> DetectionDataset:
+    """The dataset under build_test_loader's loader (a shard of this rank's images)."""
+    shard: Any = loader.dataset
+    return shard.dataset
+
+
 def inference_dir(cfg: Config, dataset_name: str = "") -> Path:
     """OUTPUT_DIR/inference/<dataset_name>: where the evaluation of a dataset writes (without a
     name: OUTPUT_DIR/inference, tools/test.py's log folder)."""
@@ -62,13 +73,13 @@ def inference_dir(cfg: Config, dataset_name: str = "") -> Path:
 # One dataset
 # --------------------------------------------------------------------------------------------
 def build_dataset_evaluation(
-    cfg: Config, name: str, out_dir: Path | None, dataset: object = None
-) -> tuple[DataLoader, DatasetEvaluator]:
+    cfg: Config, name: str, out_dir: Path | None, dataset: DetectionDataset | None = None
+) -> tuple[TestLoader, DatasetEvaluator]:
     """The test loader of DATASETS.TEST entry `name` and its evaluator, writing to `out_dir`
     on rank 0 (nowhere on the other ranks)."""
-    loader = build_test_loader(cfg, name)
+    loader: TestLoader = build_test_loader(cfg, name)
     if dataset is None:
-        dataset = loader.dataset.dataset
+        dataset = raw_dataset(loader)
     writes_to = out_dir if comm.is_main_process() else None
     return loader, build_evaluator(cfg, name, writes_to, dataset=dataset)
 
@@ -76,7 +87,7 @@ def build_dataset_evaluation(
 def run_evaluation(
     cfg: Config,
     model: nn.Module,
-    loader: DataLoader,
+    loader: TestLoader,
     evaluator: DatasetEvaluator,
     *,
     progress: bool = True,
@@ -109,7 +120,7 @@ def make_evaluate_fn(cfg: Config) -> Callable[[nn.Module], dict[str, float]]:
     datasets = {name: get_dataset(name, cfg, "test") for name in names}
     for name, dataset in datasets.items():
         check_num_classes(cfg, dataset, name, "test")
-    built: dict[str, tuple[DataLoader, DatasetEvaluator]] = {}
+    built: dict[str, tuple[TestLoader, DatasetEvaluator]] = {}
 
     def evaluate_fn(model: nn.Module) -> dict[str, float]:
         results: dict[str, float] = {}
@@ -218,7 +229,7 @@ def test(
     for name in names:
         out_dir = inference_dir(cfg, name)
         loader, evaluator = build_dataset_evaluation(cfg, name, out_dir)
-        logger.info("testing on %s (%d images)", name, len(loader.dataset))
+        logger.info("testing on %s (%d images)", name, len(raw_dataset(loader)))
         metrics = run_evaluation(cfg, model, loader, evaluator, progress=progress)
         if comm.is_main_process():
             results[name] = metrics

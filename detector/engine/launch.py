@@ -241,7 +241,7 @@ def run_tool(
         comm.shutdown(failed=failed)
 
 
-def resolve_device(cfg: Any) -> torch.device:
+def resolve_device(cfg: Config) -> torch.device:
     """MODEL.DEVICE, with the GPU of LOCAL_RANK in a multi-process run.
 
     Raises ValueError when MODEL.DEVICE asks for CUDA and no GPU is visible.
@@ -279,7 +279,7 @@ def seed_all(seed: int) -> int:
     return seed
 
 
-def default_setup(cfg: Any) -> torch.device:
+def default_setup(cfg: Config) -> torch.device:
     """Process group, logging, seeds, determinism flags and the saved config; returns the device."""
     comm.init_distributed()
     output_dir = Path(cfg.OUTPUT_DIR)
@@ -342,7 +342,7 @@ def warn_frozen_norm_without_weights(model: nn.Module) -> bool:
     return bool(frozen)
 
 
-def _default_data_loader(cfg: Any) -> DataLoaderFactory:
+def _default_data_loader(cfg: Config) -> DataLoaderFactory:
     def factory(start_iter: int) -> Any:
         from detector.data import build_train_loader  # not needed by injected loaders
 
@@ -352,7 +352,7 @@ def _default_data_loader(cfg: Any) -> DataLoaderFactory:
 
 
 def train(
-    cfg: Any,
+    cfg: Config,
     resume: bool = False,
     *,
     model: nn.Module | None = None,

@@ -12,7 +12,7 @@ import logging
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from torch import Tensor
 
@@ -39,8 +39,11 @@ SLIM_FORMAT_VERSION = 1
 
 def is_slim(data: Mapping[str, Any]) -> bool:
     """Whether a loaded checkpoint dict is a slim checkpoint."""
-    meta = data.get("meta")
-    return isinstance(meta, Mapping) and meta.get("format") == SLIM_FORMAT
+    meta: object = data.get("meta")
+    return (
+        isinstance(meta, Mapping)
+        and cast("Mapping[str, object]", meta).get("format") == SLIM_FORMAT
+    )
 
 
 def _config_from_yaml_text(text: str, source: str) -> Config:
@@ -82,12 +85,7 @@ def load_model(
     weights = Path(weights)
     if data is None:
         data = load_checkpoint_file(weights)
-    state = data.get("model", data)
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(
-            f"{weights} holds no model weights (expected a 'model' state dict; keys: "
-            f"{', '.join(map(str, data))})"
-        )
+    state = _state_dict(data, weights)
     model = GeneralizedRCNN.from_config(cfg)
     name = (
         f"the model of this config (MODEL.BACKBONE.CONV_BODY {cfg.MODEL.BACKBONE.CONV_BODY}, "
@@ -95,6 +93,19 @@ def load_model(
     )
     load_model_weights(model, state, strict=True, source=str(weights), model_name=name)
     return model.eval()
+
+
+def _state_dict(data: dict[str, Any], weights: Path) -> dict[str, Tensor]:
+    """The checkpoint's "model" entry (or the bare state dict it is)."""
+    state: object = data.get("model", data)
+    if isinstance(state, dict):
+        entries = cast("dict[str, object]", state)
+        if all(isinstance(v, Tensor) for v in entries.values()):
+            return cast("dict[str, Tensor]", entries)
+    raise ValueError(
+        f"{weights} holds no model weights (expected a 'model' state dict; keys: "
+        f"{', '.join(map(str, data))})"
+    )
 
 
 def load_trained(
@@ -121,7 +132,7 @@ def class_names_from_config(cfg: Config) -> list[str]:
         return coco
     from detector.data import DatasetError, get_dataset
 
-    failures = []
+    failures: list[str] = []
     for name in names:
         try:
             return [str(c) for c in get_dataset(name, cfg).class_names]

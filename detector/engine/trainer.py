@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from detector.config import Config
 from detector.engine.checkpoint import Checkpointer, CheckpointError, unwrap_model
 from detector.engine.hooks import EvalHook, HookBase, MetricsHook, PeriodicCheckpointer, ProgressBar
 from detector.engine.output_dir import OutputDirError
@@ -243,10 +244,12 @@ class Trainer:
     def _stop_if_requested(self, stop: StopRequests) -> None:
         """After a complete iteration: when a stop signal arrived (on any rank), writes a
         checkpoint of this iteration (unless the periodic one just did) and raises Interrupted.
-        After the last one (final evaluation and checkpoint done) it only raises."""
+        After the last one (final evaluation and checkpoint done) it only raises. With several
+        processes every rank stops at the same iteration, naming the largest signal number any
+        rank received."""
         signum = stop.signum
-        if comm.get_world_size() > 1:  # every rank stops at the same iteration
-            signum = next((s for s in comm.all_gather(signum) if s is not None), None)
+        if comm.get_world_size() > 1:
+            signum = comm.max_over_ranks(signum or 0) or None  # signal numbers are >= 1
         if signum is None:
             return
         if self.iter >= self.max_iter:
@@ -395,7 +398,7 @@ class Trainer:
     @classmethod
     def from_config(
         cls,
-        cfg: Any,
+        cfg: Config,
         *,
         model: nn.Module,
         data_loader: DataLoaderFactory,

@@ -9,7 +9,7 @@ from detector.evaluation.build import (
 )
 from detector.evaluation.coco_evaluation import COCOEvaluator
 from detector.evaluation.evaluator import DatasetEvaluator, format_table
-from detector.evaluation.inference import inference_on_dataset
+from detector.evaluation.inference import TestBatch, inference_on_dataset
 from detector.evaluation.pr_curve import PRCurve, draw_pr_curves
 from detector.evaluation.results import (
     check_expected_results,
@@ -32,6 +32,7 @@ __all__ = [
     "DatasetCOCOEvaluator",
     "DatasetEvaluator",
     "PRCurve",
+    "TestBatch",
     "VOCEvaluator",
     "VOCGroundTruth",
     "build_evaluator",

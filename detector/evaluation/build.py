@@ -25,6 +25,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 import torch
 
+from detector.config import Config
 from detector.evaluation.coco_evaluation import COCOEvaluator
 from detector.evaluation.evaluator import DatasetEvaluator
 from detector.evaluation.voc_evaluation import VOCEvaluator
@@ -195,7 +196,7 @@ class DatasetCOCOEvaluator(COCOEvaluator):
 # --------------------------------------------------------------------------------------------
 # build_evaluator
 # --------------------------------------------------------------------------------------------
-def _coco_tasks(cfg: Any, dataset: Any) -> tuple[str, ...]:
+def _coco_tasks(cfg: Config, dataset: Any) -> tuple[str, ...]:
     """bbox, + segm (MODEL.MASK_ON, a dataset with masks), + keypoints (MODEL.KEYPOINT_ON, a
     dataset with keypoints)."""
     has_masks = bool(getattr(dataset, "has_masks", False))
@@ -212,7 +213,7 @@ def _coco_tasks(cfg: Any, dataset: Any) -> tuple[str, ...]:
     return tuple(tasks)
 
 
-def _keypoint_sigmas(cfg: Any, dataset: Any, tasks: tuple[str, ...]) -> list[float] | None:
+def _keypoint_sigmas(cfg: Config, dataset: Any, tasks: tuple[str, ...]) -> list[float] | None:
     """The dataset's OKS sigmas when keypoints are evaluated (an error when it has none)."""
     if "keypoints" not in tasks:
         return None
@@ -240,7 +241,7 @@ def _voc_split_file(dataset: Any) -> Path | None:
 
 
 def build_evaluator(
-    cfg: Any,
+    cfg: Config,
     dataset_name: str,
     output_dir: str | Path | None = None,
     *,
@@ -276,7 +277,7 @@ def build_evaluator(
                 dataset.root,
                 dataset.split,
                 dataset.class_names[1:],
-                use_07_metric=bool(cfg.TEST.VOC_USE_07_METRIC),
+                use_07_metric=cfg.TEST.VOC_USE_07_METRIC,
                 output_dir=output_dir,
             )
         logger.info(
@@ -288,7 +289,7 @@ def build_evaluator(
 
 
 def _converted_evaluator(
-    cfg: Any, dataset: Any, output_dir: str | Path | None, tasks: tuple[str, ...]
+    cfg: Config, dataset: Any, output_dir: str | Path | None, tasks: tuple[str, ...]
 ) -> DatasetCOCOEvaluator:
     kwargs = {"tasks": tasks, "keypoint_oks_sigmas": _keypoint_sigmas(cfg, dataset, tasks)}
     if output_dir is not None:

@@ -13,11 +13,11 @@ import datetime
 import logging
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sized
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from tqdm import tqdm
 
 from detector.evaluation.evaluator import DatasetEvaluator
@@ -25,7 +25,11 @@ from detector.modeling.postprocessing import detector_postprocess
 from detector.structures import Instances
 from detector.utils import comm
 
-__all__ = ["LOG_PERIOD_S", "inference_on_dataset"]
+__all__ = ["LOG_PERIOD_S", "TestBatch", "inference_on_dataset"]
+
+TestBatch = tuple[list[Tensor], list[Any], list[dict[str, Any]]]
+"""(images (3, h, w) resized by the test transforms, targets, metas with the original "height",
+"width" and the "image_id"), as build_test_loader yields them."""
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +54,12 @@ def _show_bar(enabled: bool) -> bool:
     return enabled and comm.is_main_process() and sys.stderr.isatty()
 
 
-def _num_batches(loader: Iterable) -> int | None:
+def _num_batches(loader: Iterable[TestBatch]) -> int | None:
+    if not isinstance(loader, Sized):
+        return None
     try:
-        return len(loader)  # type: ignore[arg-type]
-    except TypeError:
+        return len(loader)
+    except TypeError:  # a DataLoader over an iterable-style dataset
         return None
 
 
@@ -63,7 +69,7 @@ LOG_PERIOD_S = 30.0
 
 def inference_on_dataset(
     model: nn.Module,
-    data_loader: Iterable,
+    data_loader: Iterable[TestBatch],
     evaluator: DatasetEvaluator,
     *,
     progress: bool = True,

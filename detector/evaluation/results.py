@@ -59,7 +59,7 @@ def check_expected_results(
     """Compares metrics with TEST.EXPECTED_RESULTS [[task, metric, value, std], ...] (as
     maskrcnn_benchmark does): a metric passes within sigma_tol * std of the value. Logs each
     check; returns the failures as text (a missing metric is a failure)."""
-    failures = []
+    failures: list[str] = []
     for entry in expected:
         if len(entry) != 4:
             raise ValueError(

@@ -60,13 +60,14 @@ import contextlib
 import logging
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from detector.config import Config
 from detector.layers.conv import winograd
 from detector.structures import ImageList, as_size
 
@@ -118,7 +119,7 @@ _UNSUPPORTED_POOLERS = {
 }
 
 
-def check_exportable(cfg: Any) -> None:
+def check_exportable(cfg: Config) -> None:
     """Raises UnsupportedOpError when the config selects an op without an ONNX equivalent."""
     heads = [("MODEL.ROI_BOX_HEAD", cfg.MODEL.ROI_BOX_HEAD)]
     if cfg.MODEL.MASK_ON:
@@ -407,7 +408,7 @@ class InferenceModel(nn.Module):
         return names + (["keypoint_heatmaps"] if self.keypoint_on else [])
 
 
-def prepare_image(cfg: Any, sample_image: str | Path | Tensor | None) -> Tensor:
+def prepare_image(cfg: Config, sample_image: str | Path | Tensor | None) -> Tensor:
     """The network input of an image (a file, a uint8 (3, H, W) tensor, or None for a random
     MIN_SIZE_TEST square): resized by the test transform, (3, h, w) uint8 (float32 with
     INPUT.RESIZE_MODE torchvision)."""
@@ -416,17 +417,17 @@ def prepare_image(cfg: Any, sample_image: str | Path | Tensor | None) -> Tensor:
 
     if sample_image is None:
         generator = torch.Generator().manual_seed(0)
-        side = int(cfg.INPUT.MIN_SIZE_TEST)
+        side = cfg.INPUT.MIN_SIZE_TEST
         image = torch.randint(0, 256, (3, side, side), dtype=torch.uint8, generator=generator)
     elif isinstance(sample_image, Tensor):
         image = sample_image
     else:
-        image = read_image(sample_image, int(cfg.INPUT.MAX_IMAGE_PIXELS))
+        image = read_image(sample_image, cfg.INPUT.MAX_IMAGE_PIXELS)
     resized, _ = build_transforms(cfg, is_train=False)(image, Instances(tuple(image.shape[-2:])))
     return resized
 
 
-def _load(cfg: Any, weights: str | Path) -> tuple[nn.Module, Any]:
+def _load(cfg: Config, weights: str | Path) -> tuple[nn.Module, Any]:
     """(model in eval mode, resolved config) of a config (or None) and a checkpoint."""
     from detector.engine.trained_model import load_trained
 
@@ -454,7 +455,7 @@ def other_size(image: Tensor) -> Tensor:
 
 
 def export_onnx(
-    cfg: Any,
+    cfg: Config,
     weights: str | Path,
     output: str | Path,
     *,
@@ -514,19 +515,19 @@ def export_onnx(
     )
 
 
-def runner_metadata(cfg: Any) -> dict[str, str]:
+def runner_metadata(cfg: Config) -> dict[str, str]:
     """What tools/onnx_infer.py needs besides the graph: the test resize and the mask
     binarization threshold (stored as the ONNX file's metadata_props)."""
     inp = cfg.INPUT
     return {
-        "min_size_test": str(int(inp.MIN_SIZE_TEST)),
-        "max_size_test": str(int(inp.MAX_SIZE_TEST)),
+        "min_size_test": str(inp.MIN_SIZE_TEST),
+        "max_size_test": str(inp.MAX_SIZE_TEST),
         "resize_mode": str(inp.RESIZE_MODE),
-        "mask_threshold": str(float(cfg.MODEL.ROI_MASK_HEAD.POSTPROCESS_MASKS_THRESHOLD)),
+        "mask_threshold": str(cfg.MODEL.ROI_MASK_HEAD.POSTPROCESS_MASKS_THRESHOLD),
     }
 
 
-def write_runner_metadata(path: str | Path, cfg: Any) -> None:
+def write_runner_metadata(path: str | Path, cfg: Config) -> None:
     """Stores `runner_metadata(cfg)` in the ONNX file."""
     import onnx
 
@@ -620,10 +621,28 @@ def check_onnx(
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    ort_outputs = [torch.from_numpy(a) for a in session.run(None, {"image": image.numpy()})]
-    with torch.no_grad(), winograd(False):  # the exported graph has direct convolutions
-        torch_outputs = list(wrapper(image))
-    return compare_outputs(wrapper.output_names, ort_outputs, torch_outputs, atol, "ONNX")
+
+    def run(x: Tensor) -> list[Tensor]:
+        return [torch.from_numpy(a) for a in session.run(None, {"image": x.numpy()})]
+
+    return check_against_eager(run, wrapper, image, atol, "ONNX")
+
+
+def check_against_eager(
+    run: Callable[[Tensor], Sequence[Tensor]],
+    wrapper: InferenceModel,
+    image: Tensor,
+    atol: float,
+    what: str,
+) -> float:
+    """Runs an exported model (`run`) and PyTorch (`wrapper`, with direct convolutions as the
+    exported graphs have) on `image`; see compare_outputs. Returns the largest absolute
+    difference; `what` names the exported model in the error."""
+    with torch.no_grad():
+        got = list(run(image))
+    with torch.no_grad(), winograd(False):
+        expected = list(wrapper(image))
+    return compare_outputs(wrapper.output_names, got, expected, atol, what)
 
 
 def compare_outputs(
@@ -649,7 +668,7 @@ def compare_outputs(
     return worst
 
 
-def input_side_range(cfg: Any) -> tuple[int, int | None]:
+def input_side_range(cfg: Config) -> tuple[int, int | None]:
     """(smallest, largest) height and width the dynamic program accepts.
 
     Smallest: the largest anchor stride (MODEL.RPN.ANCHOR_STRIDE, the coarsest feature map, P6
@@ -658,11 +677,11 @@ def input_side_range(cfg: Any) -> tuple[int, int | None]:
     INPUT.MAX_SIZE_TEST, the test transform's bound (None, unbounded, when it is <= 0).
     """
     smallest = max(int(s) for s in cfg.MODEL.RPN.ANCHOR_STRIDE) + 1
-    largest = int(cfg.INPUT.MAX_SIZE_TEST)
+    largest = cfg.INPUT.MAX_SIZE_TEST
     return smallest, (max(largest, smallest) if largest > 0 else None)
 
 
-def _dynamic_shapes(cfg: Any) -> dict[str, dict[int, Any]]:
+def _dynamic_shapes(cfg: Config) -> dict[str, dict[int, Any]]:
     """torch.export's dynamic_shapes of InferenceModel.forward: h and w in input_side_range."""
     from torch.export import Dim
 
@@ -681,7 +700,7 @@ def _traceable_sample(image: Tensor, smallest: int) -> Tensor:
 
 
 def trace_program(
-    cfg: Any, model: nn.Module, image: Tensor, *, dynamic: bool = True
+    cfg: Config, model: nn.Module, image: Tensor, *, dynamic: bool = True
 ) -> torch.export.ExportedProgram:
     """torch.export program of InferenceModel(model), traced on `image` (uint8 (3, h, w)).
 
@@ -704,15 +723,11 @@ def check_program(
     """Runs the program and PyTorch on `image`; asserts the same number of detections, equal
     labels, and boxes / scores (/ mask probabilities) within `atol`. Returns the largest
     absolute difference."""
-    with torch.no_grad():
-        got = list(program.module()(image))
-    with torch.no_grad(), winograd(False):  # the program has direct convolutions
-        expected = list(wrapper(image))
-    return compare_outputs(wrapper.output_names, got, expected, atol, "torch.export program")
+    return check_against_eager(program.module(), wrapper, image, atol, "torch.export program")
 
 
 def export_program(
-    cfg: Any,
+    cfg: Config,
     weights: str | Path,
     output: str | Path,
     *,

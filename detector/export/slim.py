@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from detector.config import Config
 from detector.engine.checkpoint import atomic_write, load_checkpoint_file
 from detector.engine.trained_model import (
     SLIM_FORMAT,
@@ -180,7 +181,7 @@ def make_slim(
 def export_slim(
     checkpoint: str | Path,
     output: str | Path,
-    cfg: Any,
+    cfg: Config,
     *,
     fp16: bool = False,
     class_names: Sequence[str] | None = None,

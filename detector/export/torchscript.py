@@ -12,20 +12,19 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from detector.config import Config
 from detector.export.onnx import (
     InferenceModel,
     _load,
-    compare_outputs,
+    check_against_eager,
     other_size,
     prepare_image,
     quiet_tracing,
 )
-from detector.layers.conv import winograd
 
 __all__ = ["check_torchscript", "export_torchscript", "load", "trace_torchscript"]
 
@@ -44,15 +43,11 @@ def check_torchscript(
 ) -> float:
     """Runs the TorchScript module and PyTorch on `image`; asserts the same detections within
     `atol` (see compare_outputs). Returns the largest absolute difference."""
-    with torch.no_grad():
-        got = list(module(image))
-    with torch.no_grad(), winograd(False):  # the traced graph has direct convolutions
-        expected = list(wrapper(image))
-    return compare_outputs(wrapper.output_names, got, expected, atol, "TorchScript")
+    return check_against_eager(module, wrapper, image, atol, "TorchScript")
 
 
 def export_torchscript(
-    cfg: Any,
+    cfg: Config,
     weights: str | Path,
     output: str | Path,
     *,

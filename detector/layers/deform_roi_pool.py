@@ -1,7 +1,8 @@
 """nn.Modules over deformable RoI pooling: DeformRoIPool and DeformPSRoIPool (DCN v1/v2).
 
 The offsets (and the DCN v2 mask) are inputs of `forward`; the branch that learns them (an fc on
-plainly pooled features) belongs to the pooler that uses these layers.
+plainly pooled features) belongs to the pooler that uses these layers
+(detector.modeling.roi_heads.poolers.DeformLevelPool).
 """
 
 from __future__ import annotations
@@ -18,23 +19,41 @@ torch.fx.wrap("deform_roi_pool")
 torch.fx.wrap("deform_ps_roi_pool")
 
 
-class _DeformPoolBase(nn.Module):
-    """Holds the arguments shared by both forms and prints them."""
-
-    _op_name = ""
+class _DeformRoIPoolLayer(nn.Module):
+    """Both forms: the arguments, the printout, and the forward on the op of the form."""
 
     def __init__(
         self,
         output_size: BroadcastingList2[int],
         spatial_scale: float,
-        sampling_ratio: int = -1,
-        gamma: float = 0.1,
+        sampling_ratio: int,
+        gamma: float,
+        position_sensitive: bool,
     ) -> None:
         super().__init__()
-        self.output_size = pair(self._op_name, output_size)
+        name = "DeformPSRoIPool" if position_sensitive else "DeformRoIPool"
+        self.output_size = pair(name, output_size)
         self.spatial_scale = float(spatial_scale)
         self.sampling_ratio = int(sampling_ratio)
         self.gamma = float(gamma)
+        self.position_sensitive = position_sensitive
+
+    def forward(
+        self,
+        input: Tensor,
+        rois: Tensor | list[Tensor],
+        offset: Tensor | None = None,
+        mask: Tensor | None = None,
+    ) -> Tensor:
+        if self.position_sensitive:
+            return deform_ps_roi_pool(
+                input, rois, offset, self.output_size, self.spatial_scale, self.sampling_ratio,
+                self.gamma, mask,
+            )  # fmt: skip
+        return deform_roi_pool(
+            input, rois, offset, self.output_size, self.spatial_scale, self.sampling_ratio,
+            self.gamma, mask,
+        )  # fmt: skip
 
     def __repr__(self) -> str:
         return (
@@ -44,7 +63,7 @@ class _DeformPoolBase(nn.Module):
         )
 
 
-class DeformRoIPool(_DeformPoolBase):
+class DeformRoIPool(_DeformRoIPoolLayer):
     """Deformable RoI pooling; see `detector.ops.deform_roi_pool`.
 
     forward(input: Tensor[N, C, H, W], rois: Tensor[K, 5] | list[Tensor[K_i, 4]],
@@ -52,28 +71,17 @@ class DeformRoIPool(_DeformPoolBase):
         -> Tensor[K, C, ph, pw]
     """
 
-    _op_name = "DeformRoIPool"
-
-    def forward(
+    def __init__(
         self,
-        input: Tensor,
-        rois: Tensor | list[Tensor],
-        offset: Tensor | None = None,
-        mask: Tensor | None = None,
-    ) -> Tensor:
-        return deform_roi_pool(
-            input,
-            rois,
-            offset,
-            self.output_size,
-            self.spatial_scale,
-            self.sampling_ratio,
-            self.gamma,
-            mask,
-        )
+        output_size: BroadcastingList2[int],
+        spatial_scale: float,
+        sampling_ratio: int = -1,
+        gamma: float = 0.1,
+    ) -> None:
+        super().__init__(output_size, spatial_scale, sampling_ratio, gamma, False)
 
 
-class DeformPSRoIPool(_DeformPoolBase):
+class DeformPSRoIPool(_DeformRoIPoolLayer):
     """Deformable position-sensitive RoI pooling; see `detector.ops.deform_ps_roi_pool`.
 
     forward(input: Tensor[N, C_out * ph * pw, H, W], rois, offset: Tensor[K, 2, ph, pw] | None
@@ -81,22 +89,11 @@ class DeformPSRoIPool(_DeformPoolBase):
         -> Tensor[K, C_out, ph, pw]
     """
 
-    _op_name = "DeformPSRoIPool"
-
-    def forward(
+    def __init__(
         self,
-        input: Tensor,
-        rois: Tensor | list[Tensor],
-        offset: Tensor | None = None,
-        mask: Tensor | None = None,
-    ) -> Tensor:
-        return deform_ps_roi_pool(
-            input,
-            rois,
-            offset,
-            self.output_size,
-            self.spatial_scale,
-            self.sampling_ratio,
-            self.gamma,
-            mask,
-        )
+        output_size: BroadcastingList2[int],
+        spatial_scale: float,
+        sampling_ratio: int = -1,
+        gamma: float = 0.1,
+    ) -> None:
+        super().__init__(output_size, spatial_scale, sampling_ratio, gamma, True)

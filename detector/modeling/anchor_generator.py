@@ -15,11 +15,11 @@ rounded up (P6 of an 800-pixel side: 61, not 64); MODEL.RPN.ANCHOR_STRIDE_FROM_I
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from detector.config import Config
 from detector.structures import as_size
 
 
@@ -160,7 +160,7 @@ def anchor_visibility(
     )
 
 
-def build_anchor_generator(cfg: Any) -> AnchorGenerator:
+def build_anchor_generator(cfg: Config) -> AnchorGenerator:
     """Reads MODEL.RPN.ANCHOR_SIZES, ASPECT_RATIOS, ANCHOR_STRIDE, STRADDLE_THRESH and
     ANCHOR_STRIDE_FROM_INPUT_SIZE.
 
@@ -182,6 +182,6 @@ def build_anchor_generator(cfg: Any) -> AnchorGenerator:
         sizes=level_sizes,
         aspect_ratios=[float(r) for r in rpn.ASPECT_RATIOS],
         strides=strides,
-        straddle_thresh=float(rpn.STRADDLE_THRESH),
-        stride_from_input_size=bool(rpn.ANCHOR_STRIDE_FROM_INPUT_SIZE),
+        straddle_thresh=rpn.STRADDLE_THRESH,
+        stride_from_input_size=rpn.ANCHOR_STRIDE_FROM_INPUT_SIZE,
     )

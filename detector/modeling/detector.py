@@ -6,11 +6,10 @@ Shapes:
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 
+from detector.config import Config
 from detector.modeling.backbone import build_backbone
 from detector.modeling.rpn import RPN
 from detector.structures import ImageList, Instances
@@ -45,7 +44,7 @@ class GeneralizedRCNN(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(3, 1, 1), persistent=False)
 
     @classmethod
-    def from_config(cls, cfg: Any) -> GeneralizedRCNN:
+    def from_config(cls, cfg: Config) -> GeneralizedRCNN:
         """Reads MODEL.BACKBONE / RPN (and the RoI heads unless MODEL.RPN_ONLY), INPUT.PIXEL_MEAN,
         INPUT.PIXEL_STD, INPUT.TO_BGR255 and DATALOADER.SIZE_DIVISIBILITY."""
         backbone = build_backbone(cfg)

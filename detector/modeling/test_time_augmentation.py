@@ -144,7 +144,7 @@ def maybe_with_tta(model: nn.Module, cfg: Config) -> nn.Module:
         return model
     return DetectorWithTTA(
         model,
-        h_flip=bool(aug.H_FLIP),
+        h_flip=aug.H_FLIP,
         scales=list(aug.SCALES),
         max_size=int(aug.MAX_SIZE),
         scale_h_flip=bool(aug.SCALE_H_FLIP),

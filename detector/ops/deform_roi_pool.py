@@ -71,19 +71,8 @@ def deform_roi_pool(
     Returns:
         Tensor[K, C, ph, pw]. Gradients flow to input, offset and mask.
     """
-    op = "deform_roi_pool"
-    args = _deform_pool_args(op, input, rois, offset, output_size, spatial_scale, mask, False)
-    roi_tensor, offset, mask, scale, pooled_height, pooled_width = args
-    return torch.ops.detector.deform_roi_pool(
-        input,
-        roi_tensor,
-        offset,
-        mask,
-        scale,
-        pooled_height,
-        pooled_width,
-        int(sampling_ratio),
-        float(gamma),
+    return _deform_pool(
+        input, rois, offset, output_size, spatial_scale, sampling_ratio, gamma, mask, False
     )
 
 
@@ -119,20 +108,37 @@ def deform_ps_roi_pool(
     Returns:
         Tensor[K, C_out, ph, pw].
     """
-    op = "deform_ps_roi_pool"
-    args = _deform_pool_args(op, input, rois, offset, output_size, spatial_scale, mask, True)
-    roi_tensor, offset, mask, scale, pooled_height, pooled_width = args
-    return torch.ops.detector.deform_ps_roi_pool(
-        input,
-        roi_tensor,
-        offset,
-        mask,
-        scale,
-        pooled_height,
-        pooled_width,
-        int(sampling_ratio),
-        float(gamma),
+    return _deform_pool(
+        input, rois, offset, output_size, spatial_scale, sampling_ratio, gamma, mask, True
     )
+
+
+def _deform_pool(
+    input: Tensor,
+    rois: Tensor | list[Tensor],
+    offset: Tensor | None,
+    output_size: BroadcastingList2[int],
+    spatial_scale: float,
+    sampling_ratio: int,
+    gamma: float,
+    mask: Tensor | None,
+    position_sensitive: bool,
+) -> Tensor:
+    """Either form, checked, on the compiled op."""
+    op = "deform_ps_roi_pool" if position_sensitive else "deform_roi_pool"
+    args = _deform_pool_args(
+        op, input, rois, offset, output_size, spatial_scale, mask, position_sensitive
+    )
+    roi_tensor, offset, mask, scale, pooled_height, pooled_width = args
+    if position_sensitive:
+        return torch.ops.detector.deform_ps_roi_pool(
+            input, roi_tensor, offset, mask, scale, pooled_height, pooled_width,
+            int(sampling_ratio), float(gamma),
+        )  # fmt: skip
+    return torch.ops.detector.deform_roi_pool(
+        input, roi_tensor, offset, mask, scale, pooled_height, pooled_width,
+        int(sampling_ratio), float(gamma),
+    )  # fmt: skip
 
 
 def _deform_pool_args(

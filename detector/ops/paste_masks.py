@@ -30,11 +30,14 @@ windows are h_c x w_c pixels.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from detector.ops import _library  # noqa: F401  (registers torch.ops.detector.paste_masks)
+# _library registers torch.ops.detector.paste_masks
+from detector.ops import _library  # noqa: F401  # pyright: ignore[reportUnusedImport]
 
 __all__ = ["paste_masks_in_image"]
 
@@ -139,7 +142,7 @@ def _chunks(
     heights: list[int], widths: list[int], max_masks: int, max_bytes: int, itemsize: int
 ) -> list[tuple[int, int, int, int]]:
     """Greedy chunks of the (size-sorted) masks: (begin, end, window height, window width)."""
-    chunks = []
+    chunks: list[tuple[int, int, int, int]] = []
     begin, window_h, window_w = 0, 1, 1
     per_pixel = _bytes_per_window_pixel(itemsize)
     for index, (h, w) in enumerate(zip(heights, widths, strict=True)):
@@ -220,6 +223,11 @@ def paste_masks_in_image(
     return pasted.to(out_dtype)  # (R, H, W); a copy only for float16 masks
 
 
+def _int_list(values: Tensor) -> list[int]:
+    """Tensor[R] int64 -> R Python ints (torch types `tolist` as a bare list)."""
+    return cast(list[int], values.tolist())  # pyright: ignore[reportUnknownMemberType]
+
+
 def _uses_compiled_kernel(padded: Tensor) -> bool:
     """Whether `torch.ops.detector.paste_masks` pastes these masks (it has a CPU kernel only)."""
     return padded.device.type == "cpu"
@@ -251,8 +259,8 @@ def _paste_with_tensor_ops(
     order = torch.argsort(visible_h * visible_w)
     itemsize = torch.finfo(padded.dtype).bits // 8
     chunks = _chunks(
-        visible_h[order].tolist(),
-        visible_w[order].tolist(),
+        _int_list(visible_h[order]),
+        _int_list(visible_w[order]),
         chunk_size or padded.shape[0],
         max_chunk_bytes,
         itemsize,
@@ -271,7 +279,8 @@ def _paste_with_tensor_ops(
     return result
 
 
-@torch.library.register_fake("detector::paste_masks")
+# torch.library.register_fake is not fully annotated
+@torch.library.register_fake("detector::paste_masks")  # pyright: ignore[reportUntypedFunctionDecorator, reportUnknownMemberType]
 def _paste_masks_fake(
     padded: Tensor, boxes: Tensor, height: int, width: int, threshold: float | None
 ) -> Tensor:

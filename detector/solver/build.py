@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from detector.config import Config
 from detector.solver.lr_scheduler import WarmupCosineLR, WarmupMultiStepLR
 
 __all__ = ["build_lr_scheduler", "build_optimizer", "get_param_groups"]
@@ -26,7 +27,13 @@ __all__ = ["build_lr_scheduler", "build_optimizer", "get_param_groups"]
 logger = logging.getLogger(__name__)
 
 NORM_TYPES: tuple[type[nn.Module], ...] = (
-    nn.modules.batchnorm._NormBase,  # BatchNorm1d/2d/3d, SyncBatchNorm, InstanceNorm*d
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.SyncBatchNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
     nn.GroupNorm,
     nn.LayerNorm,
     nn.LocalResponseNorm,
@@ -67,7 +74,7 @@ def get_param_groups(
     return [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
 
 
-def build_optimizer(cfg: Any, model: nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
     """SGD with SOLVER.MOMENTUM over `get_param_groups` of SOLVER.BASE_LR, WEIGHT_DECAY,
     BIAS_LR_FACTOR, WEIGHT_DECAY_BIAS and WEIGHT_DECAY_NORM."""
     s = cfg.SOLVER
@@ -91,21 +98,30 @@ def build_optimizer(cfg: Any, model: nn.Module) -> torch.optim.Optimizer:
 
 
 def build_lr_scheduler(
-    cfg: Any, optimizer: torch.optim.Optimizer
+    cfg: Config, optimizer: torch.optim.Optimizer
 ) -> WarmupMultiStepLR | WarmupCosineLR:
     """The SOLVER.LR_SCHEDULER schedule with SOLVER.WARMUP_* warm-up; step it every iteration."""
     s = cfg.SOLVER
-    warmup = dict(
-        warmup_factor=s.WARMUP_FACTOR,
-        warmup_iters=s.WARMUP_ITERS,
-        warmup_method=str(s.WARMUP_METHOD),
-    )
     name = str(s.LR_SCHEDULER)
     if name == "WarmupMultiStepLR":
-        return WarmupMultiStepLR(optimizer, list(s.STEPS), gamma=s.GAMMA, **warmup)
+        return WarmupMultiStepLR(
+            optimizer,
+            list(s.STEPS),
+            gamma=s.GAMMA,
+            warmup_factor=s.WARMUP_FACTOR,
+            warmup_iters=s.WARMUP_ITERS,
+            warmup_method=str(s.WARMUP_METHOD),
+        )
     if name == "WarmupCosineLR":
         end_factor = s.BASE_LR_END / s.BASE_LR if s.BASE_LR > 0 else 0.0
-        return WarmupCosineLR(optimizer, s.MAX_ITER, end_factor=end_factor, **warmup)
+        return WarmupCosineLR(
+            optimizer,
+            s.MAX_ITER,
+            end_factor=end_factor,
+            warmup_factor=s.WARMUP_FACTOR,
+            warmup_iters=s.WARMUP_ITERS,
+            warmup_method=str(s.WARMUP_METHOD),
+        )
     raise ValueError(
         f"SOLVER.LR_SCHEDULER = {name!r} is unknown; use WarmupMultiStepLR or WarmupCosineLR"
     )

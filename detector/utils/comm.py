@@ -38,6 +38,7 @@ __all__ = [
     "get_world_size",
     "init_distributed",
     "is_main_process",
+    "max_over_ranks",
     "reduce_dict",
     "shutdown",
     "synchronize",
@@ -163,6 +164,16 @@ def all_gather(data: Any) -> list[Any]:
         pickle.loads(g[:n].cpu().numpy().tobytes())  # noqa: S301 (our own processes' data)
         for g, n in zip(gathered, lengths, strict=True)
     ]
+
+
+def max_over_ranks(value: int) -> int:
+    """The largest `value` of all processes (one all_reduce of one int64; `value` itself
+    without a process group)."""
+    if not is_dist():
+        return value
+    tensor = torch.tensor([value], dtype=torch.int64, device=_device())
+    _collective(dist.all_reduce, [tensor], tensor, dist.ReduceOp.MAX)
+    return int(tensor.item())
 
 
 def reduce_dict(values: dict[str, Tensor], average: bool = True) -> dict[str, Tensor]:

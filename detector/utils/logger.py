@@ -8,7 +8,32 @@ from pathlib import Path
 
 __all__ = ["setup_logger"]
 
+_HANDLER_NAME = "detector.setup_logger"  # the name of the handlers setup_logger adds
 _FORMAT = "%(asctime)s %(name)s %(levelname)s: %(message)s"
+
+
+class _LogFile(logging.FileHandler):
+    """OUTPUT_DIR/log.txt, added by setup_logger. A failed write (a full disk, a read-only
+    folder) is reported once, in one line on stderr, instead of the logging module's traceback
+    for every record; the console keeps logging."""
+
+    failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if self.failed:
+            return
+        self.failed = True
+        error = sys.exc_info()[1]
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+        sys.stderr.write(
+            f"detector: cannot write {self.baseFilename} ({reason}); logging to the console only\n"
+        )
+
+
 _DATE = "%m/%d %H:%M:%S"
 
 
@@ -30,7 +55,7 @@ def setup_logger(
     logger.setLevel(level if rank == 0 else logging.WARNING)
     logger.propagate = False
     for handler in list(logger.handlers):
-        if getattr(handler, "_detector_handler", False):
+        if handler.get_name() == _HANDLER_NAME:
             logger.removeHandler(handler)
             handler.close()
     prefix = "" if rank == 0 else f"[rank {rank}] "
@@ -41,10 +66,10 @@ def setup_logger(
     if output_dir is not None and rank == 0:
         path = Path(output_dir) / filename
         path.parent.mkdir(parents=True, exist_ok=True)
-        file_handler = logging.FileHandler(path, mode="a")
+        file_handler = _LogFile(path, mode="a")
         file_handler.setFormatter(formatter)
         handlers.append(file_handler)
     for handler in handlers:
-        handler._detector_handler = True  # type: ignore[attr-defined]
+        handler.set_name(_HANDLER_NAME)
         logger.addHandler(handler)
     return logger

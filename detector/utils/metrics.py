@@ -14,7 +14,9 @@ from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
 from statistics import median
-from typing import Any
+from typing import Any, cast
+
+from torch import Tensor
 
 __all__ = ["JSONWriter", "MetricsWriter", "SmoothedValue", "TensorboardWriter", "flatten_dict"]
 
@@ -55,10 +57,10 @@ def flatten_dict(results: Mapping[str, Any], prefix: str = "") -> dict[str, floa
     for key, value in results.items():
         name = f"{prefix}/{key}" if prefix else str(key)
         if isinstance(value, Mapping):
-            flat.update(flatten_dict(value, name))
+            flat.update(flatten_dict(cast("Mapping[str, Any]", value), name))
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             flat[name] = float(value)
-        elif hasattr(value, "item") and getattr(value, "numel", lambda: 0)() == 1:
+        elif isinstance(value, Tensor) and value.numel() == 1:
             flat[name] = float(value.item())
     return flat
 
@@ -95,7 +97,8 @@ class TensorboardWriter:
 
     def write(self, iteration: int, scalars: Mapping[str, float]) -> None:
         for name, value in scalars.items():
-            self._writer.add_scalar(name, value, iteration)
+            # torch leaves add_scalar's `new_style` parameter unannotated
+            self._writer.add_scalar(name, value, iteration)  # pyright: ignore[reportUnknownMemberType]
 
     def close(self) -> None:
         self._writer.flush()

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import signal
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from types import FrameType, TracebackType
 
 __all__ = ["STOP_SIGNALS", "Interrupted", "StopRequests", "ignore_stop_signals"]
@@ -40,7 +40,9 @@ def _in_main_thread() -> bool:
 
 
 @contextlib.contextmanager
-def signals_as_exceptions(signums: Sequence[int] = (signal.SIGTERM,)) -> Iterator[None]:
+def signals_as_exceptions(
+    signums: Sequence[int] = (signal.SIGTERM,),
+) -> Generator[None, None, None]:
     """Within the block, `signums` (SIGTERM: what torchrun and schedulers send) raise
     `Interrupted` in the main thread; the previous handlers come back afterwards."""
 

@@ -1,5 +1,6 @@
 """Metrics helpers: smoothing, flattening of evaluation results, JSON lines, logger set-up."""
 
+import contextlib
 import json
 import logging
 import math
@@ -52,5 +53,27 @@ def test_setup_logger_rank0_file_and_other_ranks(tmp_path):
             if h not in saved[0]:
                 logger.removeHandler(h)
                 h.close()
+        logger.setLevel(saved[1])
+        logger.propagate = saved[2]
+
+
+def test_a_full_disk_under_log_txt_is_one_line_on_stderr(tmp_path, capsys):
+    logger = logging.getLogger("detector")
+    saved = list(logger.handlers), logger.level, logger.propagate
+    try:
+        setup_logger(tmp_path, rank=0)
+        log_file = next(h for h in logger.handlers if isinstance(h, logging.FileHandler))
+        log_file.stream = open("/dev/full", "w")  # every write: ENOSPC  # noqa: SIM115
+        for _ in range(3):
+            logging.getLogger("detector.engine.x").info("hello")
+        err = capsys.readouterr().err
+        assert err.count(f"cannot write {tmp_path / 'log.txt'} (No space left on device)") == 1
+        assert "Traceback" not in err and err.count("hello") == 3  # the console goes on
+    finally:
+        for handler in list(logger.handlers):
+            if handler not in saved[0]:
+                logger.removeHandler(handler)
+                with contextlib.suppress(OSError):  # /dev/full refuses the last flush too
+                    handler.close()
         logger.setLevel(saved[1])
         logger.propagate = saved[2]

@@ -15,10 +15,9 @@ first), `out_strides` (name -> stride) and `out_channels` (the channels of every
 
 from __future__ import annotations
 
-from typing import Any
-
 from torch import nn
 
+from detector.config import Config
 from detector.modeling.backbone.fpn import FPN, LastLevelMaxPool, build_resnet_fpn_backbone
 from detector.modeling.backbone.resnet import (
     BasicBlock,
@@ -33,7 +32,7 @@ from detector.modeling.backbone.weights import WeightLoadReport, load_torchvisio
 from detector.modeling.registry import BACKBONES
 
 
-def build_backbone(cfg: Any) -> nn.Module:
+def build_backbone(cfg: Config) -> nn.Module:
     """The backbone registered under MODEL.BACKBONE.CONV_BODY."""
     return BACKBONES.get(cfg.MODEL.BACKBONE.CONV_BODY)(cfg)
 

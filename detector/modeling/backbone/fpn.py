@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from detector.config import Config
 from detector.layers.conv import Conv2d
 from detector.layers.norm import NormFactory, norm_factory
 from detector.modeling.backbone.resnet import ResNet, norm_from_config, resnet_kwargs_from_config
@@ -110,18 +110,18 @@ class FPN(nn.Module):
 
 
 @BACKBONES.register("R-18-FPN", "R-34-FPN", "R-50-FPN", "R-101-FPN", "R-152-FPN", "X-101-32x8d-FPN")
-def build_resnet_fpn_backbone(cfg: Any) -> FPN:
+def build_resnet_fpn_backbone(cfg: Config) -> FPN:
     """A ResNet/ResNeXt body with an FPN: {"p2", ..., "p6"}, strides 4..64."""
     body = ResNet(
         out_features=("c2", "c3", "c4", "c5"),
-        freeze_at=int(cfg.MODEL.BACKBONE.FREEZE_CONV_BODY_AT),
+        freeze_at=cfg.MODEL.BACKBONE.FREEZE_CONV_BODY_AT,
         **resnet_kwargs_from_config(cfg),
     )
     return FPN(
         body,
         in_features=("c2", "c3", "c4", "c5"),
-        out_channels=int(cfg.MODEL.RESNETS.BACKBONE_OUT_CHANNELS),
+        out_channels=cfg.MODEL.RESNETS.BACKBONE_OUT_CHANNELS,
         norm=norm_from_config(cfg, "GN") if cfg.MODEL.FPN.USE_GN else None,
-        use_relu=bool(cfg.MODEL.FPN.USE_RELU),
+        use_relu=cfg.MODEL.FPN.USE_RELU,
         top_block=LastLevelMaxPool(),
     )

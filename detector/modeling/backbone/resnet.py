@@ -25,6 +25,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from detector.config import Config
 from detector.layers import Conv2d, DeformConv2d, FrozenBatchNorm2d, get_norm
 from detector.layers.norm import NormFactory, norm_factory
 from detector.modeling.registry import BACKBONES
@@ -517,15 +518,15 @@ def _get(node: Any, key: str, default: Any) -> Any:
     return node[key] if key in node else default
 
 
-def parse_conv_body(conv_body: str, cfg: Any) -> dict[str, int]:
+def parse_conv_body(conv_body: str, cfg: Config) -> dict[str, int]:
     """Depth, groups and width of a MODEL.BACKBONE.CONV_BODY such as "R-50-FPN" or
     "X-101-32x8d-FPN". ResNeXt names fix the cardinality and width; ResNet names take
     MODEL.RESNETS.NUM_GROUPS / WIDTH_PER_GROUP."""
     match = _CONV_BODY.match(conv_body)
     if match is None:
         raise ValueError(f"MODEL.BACKBONE.CONV_BODY '{conv_body}' is not a ResNet/ResNeXt name")
-    num_groups = int(cfg.MODEL.RESNETS.NUM_GROUPS)
-    width_per_group = int(cfg.MODEL.RESNETS.WIDTH_PER_GROUP)
+    num_groups = cfg.MODEL.RESNETS.NUM_GROUPS
+    width_per_group = cfg.MODEL.RESNETS.WIDTH_PER_GROUP
     if match["groups"] is not None:
         named = (int(match["groups"]), int(match["width"]))
         if (num_groups, width_per_group) not in ((1, 64), named):
@@ -542,53 +543,53 @@ def parse_conv_body(conv_body: str, cfg: Any) -> dict[str, int]:
     }
 
 
-def resnet_kwargs_from_config(cfg: Any) -> dict[str, Any]:
+def resnet_kwargs_from_config(cfg: Config) -> dict[str, Any]:
     """The keyword arguments of `ResNet` that MODEL.RESNETS and MODEL.BACKBONE give."""
     resnets = cfg.MODEL.RESNETS
     kwargs = parse_conv_body(cfg.MODEL.BACKBONE.CONV_BODY, cfg)
     kwargs.update(
-        stride_in_1x1=bool(resnets.STRIDE_IN_1X1),
+        stride_in_1x1=resnets.STRIDE_IN_1X1,
         norm=norm_from_config(cfg, resnets.NORM),
         stem_out_channels=int(_get(resnets, "STEM_OUT_CHANNELS", 64)),
-        res2_out_channels=int(resnets.RES2_OUT_CHANNELS),
-        res5_dilation=int(resnets.RES5_DILATION),
+        res2_out_channels=resnets.RES2_OUT_CHANNELS,
+        res5_dilation=resnets.RES5_DILATION,
         stage_with_dcn=tuple(bool(v) for v in resnets.STAGE_WITH_DCN),
-        with_modulated_dcn=bool(resnets.WITH_MODULATED_DCN),
-        deformable_groups=int(resnets.DEFORMABLE_GROUPS),
+        with_modulated_dcn=resnets.WITH_MODULATED_DCN,
+        deformable_groups=resnets.DEFORMABLE_GROUPS,
     )
     return kwargs
 
 
-def norm_from_config(cfg: Any, name: str) -> str | NormFactory:
+def norm_from_config(cfg: Config, name: str) -> str | NormFactory:
     """A norm name, or for "GN" a factory with MODEL.GROUP_NORM's groups and epsilon."""
     if name != "GN":
         return str(name)
     group_norm = cfg.MODEL.GROUP_NORM
-    num_groups, eps = int(group_norm.NUM_GROUPS), float(group_norm.EPSILON)
+    num_groups, eps = group_norm.NUM_GROUPS, group_norm.EPSILON
     return lambda channels: get_norm("GN", channels, num_groups=num_groups, eps=eps)
 
 
 @BACKBONES.register("R-18-C4", "R-34-C4", "R-50-C4", "R-101-C4", "R-152-C4", "X-101-32x8d-C4")
-def build_resnet_c4_backbone(cfg: Any) -> ResNet:
+def build_resnet_c4_backbone(cfg: Config) -> ResNet:
     """A ResNet body up to res4: {"c4": stride 16}."""
     return ResNet(
         out_features=("c4",),
-        freeze_at=int(cfg.MODEL.BACKBONE.FREEZE_CONV_BODY_AT),
+        freeze_at=cfg.MODEL.BACKBONE.FREEZE_CONV_BODY_AT,
         **resnet_kwargs_from_config(cfg),
     )
 
 
 @BACKBONES.register("R-50-C5", "R-101-C5")
-def build_resnet_c5_backbone(cfg: Any) -> ResNet:
+def build_resnet_c5_backbone(cfg: Config) -> ResNet:
     """A ResNet body up to res5: {"c5": stride 32 (16 with RES5_DILATION 2)}."""
     return ResNet(
         out_features=("c5",),
-        freeze_at=int(cfg.MODEL.BACKBONE.FREEZE_CONV_BODY_AT),
+        freeze_at=cfg.MODEL.BACKBONE.FREEZE_CONV_BODY_AT,
         **resnet_kwargs_from_config(cfg),
     )
 
 
-def build_res5_head(cfg: Any, *, stride: int = 2) -> ResNetHead:
+def build_res5_head(cfg: Config, *, stride: int = 2) -> ResNetHead:
     """The res5 head of a C4 detector (MODEL.BACKBONE.CONV_BODY names the depth)."""
     kwargs = resnet_kwargs_from_config(cfg)
     with_dcn = kwargs.pop("stage_with_dcn")[3]

@@ -8,10 +8,10 @@ torchvision's ``vgg16().features[:30]``, so its weights load key for key.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any
 
 from torch import Tensor, nn
 
+from detector.config import Config
 from detector.layers import Conv2d
 from detector.modeling.registry import BACKBONES
 
@@ -71,6 +71,6 @@ class VGG16(nn.Module):
 
 
 @BACKBONES.register("VGG-16")
-def build_vgg16_backbone(cfg: Any) -> VGG16:
+def build_vgg16_backbone(cfg: Config) -> VGG16:
     """Reads MODEL.BACKBONE.FREEZE_CONV_BODY_AT."""
-    return VGG16(freeze_at=int(cfg.MODEL.BACKBONE.FREEZE_CONV_BODY_AT))
+    return VGG16(freeze_at=cfg.MODEL.BACKBONE.FREEZE_CONV_BODY_AT)

@@ -7,8 +7,8 @@ S = POOLER_RESOLUTION, C_out = C / (S*S) for position-sensitive types.
     pooled = pooler(features, [rois.proposal_boxes for rois in sampled])  # (R, C, S, S)
 
 A `Pooler` assigns each RoI to a level (with several levels, FPN paper eq. 1, as torchvision's
-LevelMapper) and pools it with one of the registered POOLER_TYPEs (detector.modeling.registry
-.POOLERS):
+LevelMapper) and pools it with the `LevelPool` of one of the registered POOLER_TYPEs
+(detector.modeling.registry.POOLERS), which holds one detector.layers module per level:
 
     ROIPool                 max pooling over quantized bins (Fast R-CNN)
     ROIAlign                bilinear average, aligned=False (Mask R-CNN, maskrcnn_benchmark)
@@ -33,20 +33,32 @@ Boxes of any floating dtype are accepted.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from detector import ops
+from detector.config.defaults import ROIBoxHeadConfig, ROIMaskHeadConfig
+from detector.layers import (
+    DeformPSRoIPool,
+    DeformRoIPool,
+    PSRoIAlign,
+    PSRoIPool,
+    RoIAlign,
+    RoIPool,
+)
 from detector.modeling.registry import POOLERS
 from detector.ops.poolers import assign_fpn_levels
 from detector.structures import Boxes, as_size
 
 __all__ = [
+    "DeformLevelPool",
     "LevelPool",
+    "PoolSettings",
     "Pooler",
+    "RoIAlignLevelPool",
     "build_pooler",
     "assign_fpn_levels",
 ]
@@ -69,103 +81,59 @@ def _level_of_scale(scale: float) -> int:
 
 
 # --------------------------------------------------------------------------------------------
-# Pooling of one level, one class per POOLER_TYPE
+# The pooling of every level: one detector.layers module per level, one class per kind of op
 # --------------------------------------------------------------------------------------------
 class LevelPool(nn.Module):
-    """Pools RoIs ``(K, 5)`` (batch_index, x1, y1, x2, y2) from one map ``(N, C, H, W)``.
+    """Pools RoIs ``(R, 5)`` (batch_index, x1, y1, x2, y2), RoI k from map ``levels[k]``, with
+    `layers[l]` (a detector.layers module built for level l's spatial scale).
 
-    Subclasses implement `forward(feature, rois, spatial_scale) -> (K, C', S, S)`.
+    Args:
+        layers: one layer per pooled level, finest first; each is called as
+            ``layer(feature (N, C, H, W), rois (K, 5)) -> (K, C', S, S)``.
+        output_size: S.
+        position_sensitive: the layers pool position-sensitive maps (C' = C / (S*S)).
     """
 
-    position_sensitive: bool = False
-
     def __init__(
-        self, *, output_size: int, sampling_ratio: int = 0, gamma: float = 0.1, in_channels: int = 0
+        self, layers: Sequence[nn.Module], *, output_size: int, position_sensitive: bool = False
     ) -> None:
         super().__init__()
-        self.output_size = int(output_size)
-        self.sampling_ratio = int(sampling_ratio)
-        self.gamma = float(gamma)
-        self.in_channels = int(in_channels)
+        self.layers = nn.ModuleList(layers)
+        self.output_size = output_size
+        self.position_sensitive = position_sensitive
 
-    def pool_levels(
-        self, features: list[Tensor], rois: Tensor, levels: Tensor, scales: list[float]
-    ) -> Tensor:
-        """Pools RoI k from ``features[levels[k]]``; ``(K, C', S, S)`` in RoI order."""
+    def forward(self, features: list[Tensor], rois: Tensor, levels: Tensor | None) -> Tensor:
+        """``(R, C', S, S)`` in RoI order; `levels` None with a single level."""
+        if levels is None:
+            return self.pool(0, features[0], rois)
         output = None
-        for level, (feature, scale) in enumerate(zip(features, scales, strict=True)):
+        for level, feature in enumerate(features):
             index = torch.nonzero(levels == level).squeeze(1)
-            pooled = self(feature, rois[index], scale)
+            pooled = self.pool(level, feature, rois[index])
             if output is None:
                 output = pooled.new_zeros((rois.size(0), *pooled.shape[1:]))
             output = output.index_copy(0, index, pooled)
+        assert output is not None  # at least one level
         return output
 
+    def pool(self, level: int, feature: Tensor, rois: Tensor) -> Tensor:
+        """RoIs ``(K, 5)`` pooled from one level's map: ``(K, C', S, S)``."""
+        return self.layers[level](feature, rois)
 
-class _RoIAlignBase(LevelPool):
-    aligned = False
-    mode = "avg"
 
-    def forward(self, feature: Tensor, rois: Tensor, spatial_scale: float) -> Tensor:
-        return ops.roi_align(
-            feature, rois, self.output_size, spatial_scale, self.sampling_ratio, self.aligned,
-            mode=self.mode,
-        )  # fmt: skip
+class RoIAlignLevelPool(LevelPool):
+    """RoI Align on every level (`layers.RoIAlign`), the levels pooled in one call of
+    `ops.multi_scale_roi_align`."""
 
-    def pool_levels(
-        self, features: list[Tensor], rois: Tensor, levels: Tensor, scales: list[float]
-    ) -> Tensor:
+    def forward(self, features: list[Tensor], rois: Tensor, levels: Tensor | None) -> Tensor:
+        if levels is None:
+            return self.pool(0, features[0], rois)
+        first = self.layers[0]
+        scales = [layer.spatial_scale for layer in self.layers]
         return ops.multi_scale_roi_align(
-            features, rois, levels, self.output_size, scales, self.sampling_ratio, self.aligned,
-            mode=self.mode,
+            features, rois, levels, self.output_size, scales, first.sampling_ratio,
+            first.aligned, mode=first.mode,
         )  # fmt: skip
-
-
-@POOLERS.register("ROIAlign")
-class RoIAlignPool(_RoIAlignBase):
-    """RoI Align with aligned=False (maskrcnn_benchmark, torchvision's MultiScaleRoIAlign)."""
-
-
-@POOLERS.register("ROIAlignV2")
-class RoIAlignV2Pool(_RoIAlignBase):
-    """RoI Align with the half-pixel shift (aligned=True)."""
-
-    aligned = True
-
-
-@POOLERS.register("ROIAlignMax")
-class RoIAlignMaxPool(_RoIAlignBase):
-    """RoI Align taking each bin's maximum bilinear sample (mode="max")."""
-
-    mode = "max"
-
-
-@POOLERS.register("ROIPool")
-class RoIPoolPool(LevelPool):
-    """Max pooling over quantized bins (Fast R-CNN); ignores the sampling ratio."""
-
-    def forward(self, feature: Tensor, rois: Tensor, spatial_scale: float) -> Tensor:
-        return ops.roi_pool(feature, rois, self.output_size, spatial_scale)
-
-
-@POOLERS.register("PSRoIPool")
-class PSRoIPoolPool(LevelPool):
-    """Position-sensitive RoI pooling (R-FCN): ``(N, C_out*S*S, H, W) -> (K, C_out, S, S)``."""
-
-    position_sensitive = True
-
-    def forward(self, feature: Tensor, rois: Tensor, spatial_scale: float) -> Tensor:
-        return ops.ps_roi_pool(feature, rois, self.output_size, spatial_scale)
-
-
-@POOLERS.register("PSRoIAlign")
-class PSRoIAlignPool(LevelPool):
-    """Position-sensitive RoI Align: ``(N, C_out*S*S, H, W) -> (K, C_out, S, S)``."""
-
-    position_sensitive = True
-
-    def forward(self, feature: Tensor, rois: Tensor, spatial_scale: float) -> Tensor:
-        return ops.ps_roi_align(feature, rois, self.output_size, spatial_scale, self.sampling_ratio)
 
 
 def _zero_init_fc(in_features: int, hidden: int, out_features: int, layers: int) -> nn.Sequential:
@@ -181,87 +149,119 @@ def _zero_init_fc(in_features: int, hidden: int, out_features: int, layers: int)
     return nn.Sequential(*modules, last)
 
 
-class _DeformPoolBase(LevelPool):
-    """Deformable (PS) RoI pooling whose offsets an fc branch predicts from plain pooling.
+class DeformLevelPool(LevelPool):
+    """Deformable (PS) RoI pooling (`layers.DeformRoIPool` / `DeformPSRoIPool` per level) whose
+    offsets, and with `modulated` the DCN v2 mask, an fc branch predicts from plain pooling.
 
     Args (beyond LevelPool's):
         in_channels: channels C of the pooled map (for PS types C_out * S * S).
+        modulated: also predict a sigmoid mask per bin (DCN v2).
         hidden_dim: width of the offset / mask branches (1024 as mmdetection's).
     """
 
-    modulated = False
-
     def __init__(
         self,
+        layers: Sequence[nn.Module],
         *,
         output_size: int,
-        sampling_ratio: int = 0,
-        gamma: float = 0.1,
-        in_channels: int = 0,
+        position_sensitive: bool,
+        in_channels: int,
+        modulated: bool,
         hidden_dim: int = 1024,
     ) -> None:
-        super().__init__(
-            output_size=output_size,
-            sampling_ratio=sampling_ratio,
-            gamma=gamma,
-            in_channels=in_channels,
-        )
+        super().__init__(layers, output_size=output_size, position_sensitive=position_sensitive)
         if in_channels <= 0:
             raise ValueError(
-                f"{type(self).__name__}: deformable RoI pooling needs `in_channels` (the "
+                f"{type(layers[0]).__name__}: deformable RoI pooling needs `in_channels` (the "
                 "channels of the pooled feature map) to size its offset branch; pass "
                 "build_pooler(head_cfg, in_channels=...)"
             )
-        bins = self.output_size * self.output_size
-        pooled_channels = in_channels // bins if self.position_sensitive else in_channels
+        bins = output_size * output_size
+        pooled_channels = in_channels // bins if position_sensitive else in_channels
         in_features = pooled_channels * bins
+        self.gamma = layers[0].gamma
         self.offset_fc = _zero_init_fc(in_features, hidden_dim, 2 * bins, layers=3)
-        self.mask_fc = (
-            _zero_init_fc(in_features, hidden_dim, bins, layers=2) if self.modulated else None
-        )
+        self.mask_fc = _zero_init_fc(in_features, hidden_dim, bins, layers=2) if modulated else None
 
-    def _op(
-        self,
-        feature: Tensor,
-        rois: Tensor,
-        offset: Tensor | None,
-        spatial_scale: float,
-        mask: Tensor | None = None,
-    ) -> Tensor:
-        pool = ops.deform_ps_roi_pool if self.position_sensitive else ops.deform_roi_pool
-        return pool(
-            feature, rois, offset, self.output_size, spatial_scale, self.sampling_ratio,
-            self.gamma, mask,
-        )  # fmt: skip
-
-    def forward(self, feature: Tensor, rois: Tensor, spatial_scale: float) -> Tensor:
-        size = self.output_size
-        plain = self._op(feature, rois, None, spatial_scale)  # (K, C', S, S)
+    def pool(self, level: int, feature: Tensor, rois: Tensor) -> Tensor:
+        layer, size = self.layers[level], self.output_size
+        plain = layer(feature, rois)  # (K, C', S, S)
         flat = plain.flatten(1)  # (K, C', S, S) -> (K, C'*S*S)
         offset = self.offset_fc(flat).view(-1, 2, size, size)  # (K, 2*S*S) -> (K, 2, S, S)
         mask = None
         if self.mask_fc is not None:
             mask = torch.sigmoid(self.mask_fc(flat)).view(-1, 1, size, size)
-        return self._op(feature, rois, offset.to(feature.dtype), spatial_scale, mask)
+        return layer(feature, rois, offset.to(feature.dtype), mask)
 
 
-@POOLERS.register("DeformRoIPool")
-class DeformRoIPoolPool(_DeformPoolBase):
-    """Deformable RoI pooling (DCN v1)."""
+# --------------------------------------------------------------------------------------------
+# POOLER_TYPE -> the LevelPool of given scales
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PoolSettings:
+    """What build_pooler reads from a head config: S, POOLER_SAMPLING_RATIO, DEFORM_GAMMA and
+    the channels of the pooled maps (deformable types only)."""
+
+    output_size: int
+    sampling_ratio: int
+    gamma: float = 0.1
+    in_channels: int = 0
 
 
-@POOLERS.register("ModulatedDeformRoIPool")
-class ModulatedDeformRoIPoolPool(_DeformPoolBase):
-    """Modulated deformable RoI pooling (DCN v2)."""
+def _roi_align(aligned: bool, mode: str) -> Callable[[PoolSettings, list[float]], LevelPool]:
+    def build(p: PoolSettings, scales: list[float]) -> LevelPool:
+        layers = [
+            RoIAlign(p.output_size, s, p.sampling_ratio, aligned=aligned, mode=mode) for s in scales
+        ]
+        return RoIAlignLevelPool(layers, output_size=p.output_size)
 
-    modulated = True
+    return build
 
 
-@POOLERS.register("DeformPSRoIPool")
-class DeformPSRoIPoolPool(_DeformPoolBase):
-    """Deformable position-sensitive RoI pooling (Deformable R-FCN)."""
+def _deform(position_sensitive: bool, modulated: bool) -> Callable[..., LevelPool]:
+    layer_cls = DeformPSRoIPool if position_sensitive else DeformRoIPool
 
-    position_sensitive = True
+    def build(p: PoolSettings, scales: list[float]) -> LevelPool:
+        layers = [layer_cls(p.output_size, s, p.sampling_ratio, p.gamma) for s in scales]
+        return DeformLevelPool(
+            layers, output_size=p.output_size, position_sensitive=position_sensitive,
+            in_channels=p.in_channels, modulated=modulated,
+        )  # fmt: skip
+
+    return build
+
+
+def _register_level_pools() -> None:
+    """ROIAlign (aligned=False, maskrcnn_benchmark), ROIAlignV2 (aligned=True, detectron2),
+    ROIAlignMax (max per bin), ROIPool, PSRoIPool, PSRoIAlign and the deformable types."""
+    POOLERS.register("ROIAlign")(_roi_align(aligned=False, mode="avg"))
+    POOLERS.register("ROIAlignV2")(_roi_align(aligned=True, mode="avg"))
+    POOLERS.register("ROIAlignMax")(_roi_align(aligned=False, mode="max"))
+    POOLERS.register("ROIPool")(
+        lambda p, scales: LevelPool(
+            [RoIPool(p.output_size, s) for s in scales], output_size=p.output_size
+        )
+    )
+    POOLERS.register("PSRoIPool")(
+        lambda p, scales: LevelPool(
+            [PSRoIPool(p.output_size, s) for s in scales],
+            output_size=p.output_size,
+            position_sensitive=True,
+        )  # fmt: skip
+    )
+    POOLERS.register("PSRoIAlign")(
+        lambda p, scales: LevelPool(
+            [PSRoIAlign(p.output_size, s, p.sampling_ratio) for s in scales],
+            output_size=p.output_size,
+            position_sensitive=True,
+        )  # fmt: skip
+    )
+    POOLERS.register("DeformRoIPool")(_deform(position_sensitive=False, modulated=False))
+    POOLERS.register("ModulatedDeformRoIPool")(_deform(position_sensitive=False, modulated=True))
+    POOLERS.register("DeformPSRoIPool")(_deform(position_sensitive=True, modulated=False))
+
+
+_register_level_pools()
 
 
 # --------------------------------------------------------------------------------------------
@@ -271,7 +271,8 @@ class Pooler(nn.Module):
     """Pools every RoI of a batch from its feature level.
 
     Args:
-        level_pool: the pooling of one level (a registered POOLER_TYPE).
+        level_pool: the pooling of every level (a registered POOLER_TYPE's LevelPool, built
+            for the same `scales`).
         scales: spatial scale (1 / stride) of each pooled level, finest first, e.g.
             (1/4, 1/8, 1/16, 1/32) for P2..P5 or (1/16,) for C4.
         canonical_scale, canonical_level: FPN eq. 1's 224 and k0 = 4.
@@ -327,16 +328,13 @@ class Pooler(nn.Module):
         box_tensors = [b.tensor if isinstance(b, Boxes) else b for b in boxes]
         rois = _rois_from_boxes(box_tensors, features[0].device)  # (R, 5) in float32 or wider
         features = [f.to(compute_dtype) for f in features]
-        rois_c = rois.to(compute_dtype)
-        if num_levels == 1:
-            pooled = self.level_pool(features[0], rois_c, self.scales[0])
-        else:
+        levels = None
+        if num_levels > 1:
             levels = assign_fpn_levels(
                 rois[:, 1:], self.min_level, self.max_level, self.canonical_scale,
                 self.canonical_level,
             )  # fmt: skip
-            pooled = self.level_pool.pool_levels(features, rois_c, levels, self.scales)
-        return pooled.to(dtype)
+        return self.level_pool(features, rois.to(compute_dtype), levels).to(dtype)
 
 
 def _rois_from_boxes(boxes: list[Tensor], device: torch.device) -> Tensor:
@@ -353,18 +351,20 @@ def _rois_from_boxes(boxes: list[Tensor], device: torch.device) -> Tensor:
     return torch.cat([batch_index[:, None], concat], dim=1)
 
 
-def build_pooler(head_cfg: Any, in_channels: int | None = None) -> Pooler:
+def build_pooler(
+    head_cfg: ROIBoxHeadConfig | ROIMaskHeadConfig, in_channels: int | None = None
+) -> Pooler:
     """The pooler of a head config (cfg.MODEL.ROI_BOX_HEAD or cfg.MODEL.ROI_MASK_HEAD).
 
     Reads POOLER_TYPE, POOLER_RESOLUTION, POOLER_SCALES, POOLER_SAMPLING_RATIO and DEFORM_GAMMA.
     `in_channels` (channels of the pooled maps) is needed by the deformable types only.
     """
-    level_pool_cls = POOLERS.get(str(head_cfg.POOLER_TYPE))
-    gamma = float(head_cfg.DEFORM_GAMMA) if "DEFORM_GAMMA" in head_cfg else 0.1
-    level_pool = level_pool_cls(
-        output_size=int(head_cfg.POOLER_RESOLUTION),
-        sampling_ratio=int(head_cfg.POOLER_SAMPLING_RATIO),
-        gamma=gamma,
-        in_channels=int(in_channels or 0),
+    settings = PoolSettings(
+        output_size=head_cfg.POOLER_RESOLUTION,
+        sampling_ratio=head_cfg.POOLER_SAMPLING_RATIO,
+        gamma=head_cfg.DEFORM_GAMMA,
+        in_channels=in_channels or 0,
     )
-    return Pooler(level_pool=level_pool, scales=list(head_cfg.POOLER_SCALES))
+    scales = [float(s) for s in head_cfg.POOLER_SCALES]
+    level_pool = POOLERS.get(str(head_cfg.POOLER_TYPE))(settings, scales)
+    return Pooler(level_pool=level_pool, scales=scales)

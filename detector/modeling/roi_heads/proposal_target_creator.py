@@ -18,11 +18,11 @@ the rest. The result keeps the proposals' order (foreground and background inter
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import Tensor
 
+from detector.config import Config
 from detector.modeling.box_coder import BoxCoder
 from detector.modeling.matcher import Matcher
 from detector.modeling.sampler import BalancedPositiveNegativeSampler
@@ -57,20 +57,20 @@ class ProposalTargetCreator:
         self.bg_iou_threshold_lo = bg_iou_threshold_lo
 
     @classmethod
-    def from_config(cls, cfg: Any) -> ProposalTargetCreator:
+    def from_config(cls, cfg: Config) -> ProposalTargetCreator:
         """Reads MODEL.ROI_HEADS (FG/BG IoU thresholds, batch size, fraction, box weights)."""
         heads = cfg.MODEL.ROI_HEADS
         return cls(
             matcher=Matcher(
-                float(heads.FG_IOU_THRESHOLD),
-                float(heads.BG_IOU_THRESHOLD),
+                heads.FG_IOU_THRESHOLD,
+                heads.BG_IOU_THRESHOLD,
                 allow_low_quality_matches=False,
             ),
             sampler=BalancedPositiveNegativeSampler(
-                int(heads.BATCH_SIZE_PER_IMAGE), float(heads.POSITIVE_FRACTION)
+                heads.BATCH_SIZE_PER_IMAGE, heads.POSITIVE_FRACTION
             ),
             box_coder=BoxCoder(tuple(heads.BBOX_REG_WEIGHTS)),
-            bg_iou_threshold_lo=float(heads.BG_IOU_THRESHOLD_LO),
+            bg_iou_threshold_lo=heads.BG_IOU_THRESHOLD_LO,
         )
 
     def __call__(

@@ -18,11 +18,10 @@ The box head comes in two shapes:
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 
+from detector.config import Config
 from detector.modeling.box_coder import BoxCoder
 from detector.modeling.registry import ROI_BOX_PREDICTORS
 from detector.modeling.roi_heads.box_head import (
@@ -85,7 +84,7 @@ class RoIHeads(nn.Module):
         self.keypoint_head = keypoint_head
 
     @classmethod
-    def from_config(cls, cfg: Any, in_channels: int) -> RoIHeads:
+    def from_config(cls, cfg: Config, in_channels: int) -> RoIHeads:
         """Reads MODEL.ROI_HEADS, MODEL.ROI_BOX_HEAD and (MASK_ON) the mask head's builder.
 
         Args:
@@ -93,12 +92,12 @@ class RoIHeads(nn.Module):
         """
         heads, box_head = cfg.MODEL.ROI_HEADS, cfg.MODEL.ROI_BOX_HEAD
         box_pooler, box_feature_extractor, box_predictor = _build_box_head(cfg, in_channels)
-        agnostic = bool(heads.CLS_AGNOSTIC_BBOX_REG)
+        agnostic = heads.CLS_AGNOSTIC_BBOX_REG
         post_processor = BoxPostProcessor(
             box_coder=BoxCoder(tuple(heads.BBOX_REG_WEIGHTS)),
-            score_thresh=float(heads.SCORE_THRESH),
-            nms_thresh=float(heads.NMS),
-            detections_per_img=int(heads.DETECTIONS_PER_IMG),
+            score_thresh=heads.SCORE_THRESH,
+            nms_thresh=heads.NMS,
+            detections_per_img=heads.DETECTIONS_PER_IMG,
             cls_agnostic_bbox_reg=agnostic,
         )
         mask_head = None
@@ -123,7 +122,7 @@ class RoIHeads(nn.Module):
             box_feature_extractor=box_feature_extractor,
             box_predictor=box_predictor,
             post_processor=post_processor,
-            smooth_l1_beta=float(box_head.SMOOTH_L1_BETA),
+            smooth_l1_beta=box_head.SMOOTH_L1_BETA,
             cls_agnostic_bbox_reg=agnostic,
             mask_head=mask_head,
             keypoint_head=keypoint_head,
@@ -214,7 +213,7 @@ class RoIHeads(nn.Module):
 
 
 def _build_box_head(
-    cfg: Any, in_channels: int
+    cfg: Config, in_channels: int
 ) -> tuple[Pooler | None, nn.Module | None, nn.Module]:
     """(pooler, feature extractor, predictor) of MODEL.ROI_BOX_HEAD; (None, None, predictor)
     for a predictor that pools its own maps (R-FCN)."""
@@ -233,6 +232,6 @@ def _build_box_head(
     return box_pooler, box_feature_extractor, box_predictor
 
 
-def build_roi_heads(cfg: Any, backbone: nn.Module) -> RoIHeads:
+def build_roi_heads(cfg: Config, backbone: nn.Module) -> RoIHeads:
     """The RoI heads for `backbone` (its `out_channels` are the pooled features' channels)."""
     return RoIHeads.from_config(cfg, int(backbone.out_channels))

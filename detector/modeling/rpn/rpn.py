@@ -6,11 +6,10 @@ Shapes:
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 
+from detector.config import Config
 from detector.modeling.anchor_generator import AnchorGenerator, build_anchor_generator
 from detector.modeling.box_coder import BoxCoder
 from detector.modeling.matcher import Matcher
@@ -44,7 +43,7 @@ class RPN(nn.Module):
         self.smooth_l1_beta = smooth_l1_beta
 
     @classmethod
-    def from_config(cls, cfg: Any, in_channels: int) -> RPN:
+    def from_config(cls, cfg: Config, in_channels: int) -> RPN:
         """Reads MODEL.RPN (anchors, matching, sampling, proposal counts, NMS, loss beta)."""
         rpn = cfg.MODEL.RPN
         anchor_generator = build_anchor_generator(cfg)

@@ -17,6 +17,7 @@ from detector import ops
 from detector.config import get_cfg
 from detector.modeling.registry import POOLERS
 from detector.modeling.roi_heads import Pooler, assign_fpn_levels, build_pooler
+from detector.modeling.roi_heads.poolers import PoolSettings
 from detector.structures import Boxes
 
 FPN_SCALES = [1 / 4, 1 / 8, 1 / 16, 1 / 32]
@@ -225,7 +226,7 @@ def test_registry_and_config_errors() -> None:
     with pytest.raises(ValueError, match="4 levels but only 1"):
         build_pooler(_head_cfg("ROIAlign"))([torch.zeros(1, 1, 8, 8)], [Boxes(torch.zeros(0, 4))])
     with pytest.raises(ValueError, match="2 lists of boxes for a batch of 1"):
-        Pooler(level_pool=POOLERS.get("ROIAlign")(output_size=2), scales=[1.0])(
+        Pooler(level_pool=POOLERS.get("ROIAlign")(PoolSettings(2, 0), [1.0]), scales=[1.0])(
             [torch.zeros(1, 1, 8, 8)], [torch.zeros(0, 4), torch.zeros(0, 4)]
         )
 

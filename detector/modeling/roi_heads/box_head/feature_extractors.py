@@ -13,11 +13,10 @@ Registered in ROI_BOX_FEATURE_EXTRACTORS (MODEL.ROI_BOX_HEAD.FEATURE_EXTRACTOR);
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from detector.config import Config
 from detector.layers import Conv2d, get_norm
 from detector.modeling.backbone.resnet import build_res5_head
 from detector.modeling.registry import ROI_BOX_FEATURE_EXTRACTORS
@@ -46,12 +45,12 @@ def make_fc_gn(in_features: int, out_features: int, groups: int, eps: float) -> 
     return nn.Sequential(fc, get_norm("GN", out_features, num_groups=groups, eps=eps))
 
 
-def gn_groups(cfg: Any, channels: int) -> int:
+def gn_groups(cfg: Config, channels: int) -> int:
     """MODEL.GROUP_NORM's group count for `channels` (DIM_PER_GP > 0 wins over NUM_GROUPS)."""
     group_norm = cfg.MODEL.GROUP_NORM
-    if int(group_norm.DIM_PER_GP) > 0:
-        return channels // int(group_norm.DIM_PER_GP)
-    return int(group_norm.NUM_GROUPS)
+    if group_norm.DIM_PER_GP > 0:
+        return channels // group_norm.DIM_PER_GP
+    return group_norm.NUM_GROUPS
 
 
 @ROI_BOX_FEATURE_EXTRACTORS.register("FPN2MLPFeatureExtractor")
@@ -82,17 +81,17 @@ class FPN2MLPFeatureExtractor(nn.Module):
         self.out_channels = hidden_dim
 
     @classmethod
-    def from_config(cls, cfg: Any, in_channels: int) -> FPN2MLPFeatureExtractor:
+    def from_config(cls, cfg: Config, in_channels: int) -> FPN2MLPFeatureExtractor:
         """Reads MODEL.ROI_BOX_HEAD (POOLER_RESOLUTION, MLP_HEAD_DIM, USE_GN), MODEL.GROUP_NORM."""
         head = cfg.MODEL.ROI_BOX_HEAD
-        hidden = int(head.MLP_HEAD_DIM)
+        hidden = head.MLP_HEAD_DIM
         return cls(
             in_channels=in_channels,
-            resolution=int(head.POOLER_RESOLUTION),
+            resolution=head.POOLER_RESOLUTION,
             hidden_dim=hidden,
-            use_gn=bool(head.USE_GN),
+            use_gn=head.USE_GN,
             gn_groups=gn_groups(cfg, hidden),
-            gn_eps=float(cfg.MODEL.GROUP_NORM.EPSILON),
+            gn_eps=cfg.MODEL.GROUP_NORM.EPSILON,
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -140,21 +139,21 @@ class FPNXconv1fcFeatureExtractor(nn.Module):
         self.out_channels = hidden_dim
 
     @classmethod
-    def from_config(cls, cfg: Any, in_channels: int) -> FPNXconv1fcFeatureExtractor:
+    def from_config(cls, cfg: Config, in_channels: int) -> FPNXconv1fcFeatureExtractor:
         """Reads MODEL.ROI_BOX_HEAD (NUM_STACKED_CONVS, CONV_HEAD_DIM, MLP_HEAD_DIM, USE_GN,
         DILATION, POOLER_RESOLUTION) and MODEL.GROUP_NORM."""
         head, group_norm = cfg.MODEL.ROI_BOX_HEAD, cfg.MODEL.GROUP_NORM
-        conv_dim = int(head.CONV_HEAD_DIM)
+        conv_dim = head.CONV_HEAD_DIM
         return cls(
             in_channels=in_channels,
-            resolution=int(head.POOLER_RESOLUTION),
-            num_convs=int(head.NUM_STACKED_CONVS),
+            resolution=head.POOLER_RESOLUTION,
+            num_convs=head.NUM_STACKED_CONVS,
             conv_dim=conv_dim,
-            hidden_dim=int(head.MLP_HEAD_DIM),
-            use_gn=bool(head.USE_GN),
-            dilation=int(head.DILATION),
+            hidden_dim=head.MLP_HEAD_DIM,
+            use_gn=head.USE_GN,
+            dilation=head.DILATION,
             gn_groups=gn_groups(cfg, conv_dim),
-            gn_eps=float(group_norm.EPSILON),
+            gn_eps=group_norm.EPSILON,
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -183,7 +182,7 @@ class ResNet50Conv5ROIFeatureExtractor(nn.Module):
         self.out_channels = head.out_channels
 
     @classmethod
-    def from_config(cls, cfg: Any, in_channels: int) -> ResNet50Conv5ROIFeatureExtractor:
+    def from_config(cls, cfg: Config, in_channels: int) -> ResNet50Conv5ROIFeatureExtractor:
         """Reads MODEL.BACKBONE.CONV_BODY and MODEL.RESNETS through `build_res5_head`."""
         return cls(head=build_res5_head(cfg), in_channels=in_channels)
 
@@ -216,20 +215,20 @@ class VGG16FC67FeatureExtractor(nn.Module):
         self.out_channels = hidden_dim
 
     @classmethod
-    def from_config(cls, cfg: Any, in_channels: int) -> VGG16FC67FeatureExtractor:
+    def from_config(cls, cfg: Config, in_channels: int) -> VGG16FC67FeatureExtractor:
         """Reads MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION and MLP_HEAD_DIM (4096 for VGG-16)."""
         head = cfg.MODEL.ROI_BOX_HEAD
         return cls(
             in_channels=in_channels,
-            resolution=int(head.POOLER_RESOLUTION),
-            hidden_dim=int(head.MLP_HEAD_DIM),
+            resolution=head.POOLER_RESOLUTION,
+            hidden_dim=head.MLP_HEAD_DIM,
         )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(x.flatten(1))  # (R, 512, 7, 7) -> (R, 25088) -> (R, D)
 
 
-def build_box_feature_extractor(cfg: Any, in_channels: int) -> nn.Module:
+def build_box_feature_extractor(cfg: Config, in_channels: int) -> nn.Module:
     """The extractor named by MODEL.ROI_BOX_HEAD.FEATURE_EXTRACTOR for `in_channels` inputs."""
     extractor = ROI_BOX_FEATURE_EXTRACTORS.get(str(cfg.MODEL.ROI_BOX_HEAD.FEATURE_EXTRACTOR))
     return extractor.from_config(cfg, in_channels)

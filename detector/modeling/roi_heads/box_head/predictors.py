@@ -21,10 +21,9 @@ Two kinds of predictors:
 
 from __future__ import annotations
 
-from typing import Any
-
 from torch import Tensor, nn
 
+from detector.config import Config
 from detector.modeling.registry import ROI_BOX_PREDICTORS
 from detector.modeling.roi_heads.poolers import Pooler, build_pooler
 from detector.structures import Boxes
@@ -59,12 +58,12 @@ class FastRCNNPredictor(nn.Module):
         _init_outputs(self.cls_score, self.bbox_pred)
 
     @classmethod
-    def from_config(cls, cfg: Any, in_channels: int) -> FastRCNNPredictor:
+    def from_config(cls, cfg: Config, in_channels: int) -> FastRCNNPredictor:
         """Reads MODEL.ROI_BOX_HEAD.NUM_CLASSES and MODEL.ROI_HEADS.CLS_AGNOSTIC_BBOX_REG."""
         return cls(
             in_channels=in_channels,
-            num_classes=int(cfg.MODEL.ROI_BOX_HEAD.NUM_CLASSES),
-            cls_agnostic_bbox_reg=bool(cfg.MODEL.ROI_HEADS.CLS_AGNOSTIC_BBOX_REG),
+            num_classes=cfg.MODEL.ROI_BOX_HEAD.NUM_CLASSES,
+            cls_agnostic_bbox_reg=cfg.MODEL.ROI_HEADS.CLS_AGNOSTIC_BBOX_REG,
         )
 
     def _flatten(self, x: Tensor) -> Tensor:
@@ -131,20 +130,20 @@ class RFCNPredictor(nn.Module):
         self.bbox_pooler = bbox_pooler
 
     @classmethod
-    def from_config(cls, cfg: Any, in_channels: int) -> RFCNPredictor:
+    def from_config(cls, cfg: Config, in_channels: int) -> RFCNPredictor:
         """Reads MODEL.ROI_BOX_HEAD (NUM_CLASSES, CONV_HEAD_DIM as conv_new's width, the pooler
         keys) and MODEL.ROI_HEADS.CLS_AGNOSTIC_BBOX_REG."""
         head = cfg.MODEL.ROI_BOX_HEAD
-        num_classes = int(head.NUM_CLASSES)
-        agnostic = bool(cfg.MODEL.ROI_HEADS.CLS_AGNOSTIC_BBOX_REG)
-        bins = int(head.POOLER_RESOLUTION) ** 2
+        num_classes = head.NUM_CLASSES
+        agnostic = cfg.MODEL.ROI_HEADS.CLS_AGNOSTIC_BBOX_REG
+        bins = head.POOLER_RESOLUTION**2
         num_regressors = 1 if agnostic else num_classes
         return cls(
             in_channels=in_channels,
             num_classes=num_classes,
             cls_pooler=build_pooler(head, in_channels=bins * num_classes),
             bbox_pooler=build_pooler(head, in_channels=bins * 4 * num_regressors),
-            hidden_dim=int(head.CONV_HEAD_DIM),
+            hidden_dim=head.CONV_HEAD_DIM,
             cls_agnostic_bbox_reg=agnostic,
         )
 
@@ -156,7 +155,7 @@ class RFCNPredictor(nn.Module):
         return cls_votes.mean(dim=(2, 3)), bbox_votes.mean(dim=(2, 3))
 
 
-def build_box_predictor(cfg: Any, in_channels: int) -> nn.Module:
+def build_box_predictor(cfg: Config, in_channels: int) -> nn.Module:
     """The predictor named by MODEL.ROI_BOX_HEAD.PREDICTOR for `in_channels` inputs."""
     predictor = ROI_BOX_PREDICTORS.get(str(cfg.MODEL.ROI_BOX_HEAD.PREDICTOR))
     return predictor.from_config(cfg, in_channels)

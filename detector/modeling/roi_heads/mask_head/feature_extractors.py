@@ -21,6 +21,7 @@ from typing import Any
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from detector.config import Config
 from detector.layers import Conv2d, get_norm
 from detector.modeling.registry import ROI_MASK_HEADS
 
@@ -114,35 +115,35 @@ class MaskRCNNC4FeatureExtractor(nn.Module):
         return self.head(x)
 
 
-def _gn_kwargs(cfg: Any) -> dict[str, Any]:
+def _gn_kwargs(cfg: Config) -> dict[str, Any]:
     group_norm = cfg.MODEL.GROUP_NORM
     return {
-        "gn_num_groups": int(group_norm.NUM_GROUPS),
-        "gn_dim_per_group": int(group_norm.DIM_PER_GP),
-        "gn_eps": float(group_norm.EPSILON),
+        "gn_num_groups": group_norm.NUM_GROUPS,
+        "gn_dim_per_group": group_norm.DIM_PER_GP,
+        "gn_eps": group_norm.EPSILON,
     }
 
 
 @ROI_MASK_HEADS.register("MaskRCNNFPNFeatureExtractor")
-def build_fpn_mask_feature_extractor(cfg: Any, in_channels: int) -> MaskRCNNFPNFeatureExtractor:
+def build_fpn_mask_feature_extractor(cfg: Config, in_channels: int) -> MaskRCNNFPNFeatureExtractor:
     """The FPN mask head's convs from MODEL.ROI_MASK_HEAD (CONV_LAYERS, DILATION, USE_GN)."""
     head_cfg = cfg.MODEL.ROI_MASK_HEAD
     return MaskRCNNFPNFeatureExtractor(
         in_channels,
         conv_layers=[int(c) for c in head_cfg.CONV_LAYERS],
-        dilation=int(head_cfg.DILATION),
-        use_gn=bool(head_cfg.USE_GN),
+        dilation=head_cfg.DILATION,
+        use_gn=head_cfg.USE_GN,
         **_gn_kwargs(cfg),
     )
 
 
-def res5_stride(cfg: Any) -> int:
+def res5_stride(cfg: Config) -> int:
     """The res5 head's stride on pooled RoIs: 2, or 1 with MODEL.RESNETS.RES5_DILATION > 1."""
-    return 1 if int(cfg.MODEL.RESNETS.RES5_DILATION) > 1 else 2
+    return 1 if cfg.MODEL.RESNETS.RES5_DILATION > 1 else 2
 
 
 @ROI_MASK_HEADS.register("ResNet50Conv5ROIFeatureExtractor")
-def build_c4_mask_feature_extractor(cfg: Any, in_channels: int) -> MaskRCNNC4FeatureExtractor:
+def build_c4_mask_feature_extractor(cfg: Config, in_channels: int) -> MaskRCNNC4FeatureExtractor:
     """The mask head's own res5 stage (MODEL.BACKBONE.CONV_BODY and MODEL.RESNETS)."""
     from detector.modeling.backbone.resnet import build_res5_head
 

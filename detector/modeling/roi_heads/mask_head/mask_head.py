@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from detector.config import Config
 from detector.modeling.registry import ROI_MASK_HEADS
 from detector.modeling.roi_heads.mask_head import feature_extractors  # noqa: F401 (registers)
 from detector.modeling.roi_heads.mask_head.feature_extractors import (
@@ -218,15 +219,15 @@ class MaskHead(nn.Module):
 # --------------------------------------------------------------------------------------------
 # Config -> MaskHead
 # --------------------------------------------------------------------------------------------
-def shares_box_features(cfg: Any) -> bool:
+def shares_box_features(cfg: Config) -> bool:
     """Whether the mask head reuses the box head's feature extractor: SHARE_BOX_FEATURE_EXTRACTOR
     with a C4 (res5) box head. FPN box heads (MLPs) have nothing a mask head could reuse."""
-    return bool(cfg.MODEL.ROI_MASK_HEAD.SHARE_BOX_FEATURE_EXTRACTOR) and (
+    return cfg.MODEL.ROI_MASK_HEAD.SHARE_BOX_FEATURE_EXTRACTOR and (
         cfg.MODEL.ROI_BOX_HEAD.FEATURE_EXTRACTOR == C4_BOX_FEATURE_EXTRACTOR
     )
 
 
-def _check_same_pooling(cfg: Any) -> None:
+def _check_same_pooling(cfg: Config) -> None:
     """A shared C4 head sees box-pooled RoIs in training and mask-pooled ones at inference."""
     for key in ("POOLER_TYPE", "POOLER_RESOLUTION", "POOLER_SCALES", "POOLER_SAMPLING_RATIO"):
         box_value, mask_value = cfg.MODEL.ROI_BOX_HEAD[key], cfg.MODEL.ROI_MASK_HEAD[key]
@@ -242,7 +243,7 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if not isinstance(value, (str, int, float)) else [value]
 
 
-def _shared_feature_extractor(cfg: Any, box_feature_extractor: nn.Module | None) -> nn.Module:
+def _shared_feature_extractor(cfg: Config, box_feature_extractor: nn.Module | None) -> nn.Module:
     """The box head's res5 as the mask head's feature extractor.
 
     Takes `box_feature_extractor.head` when it has one (maskrcnn_benchmark's name for the res5
@@ -263,7 +264,7 @@ def _shared_feature_extractor(cfg: Any, box_feature_extractor: nn.Module | None)
 
 
 def build_mask_head(
-    cfg: Any, in_channels: int, box_feature_extractor: nn.Module | None = None
+    cfg: Config, in_channels: int, box_feature_extractor: nn.Module | None = None
 ) -> MaskHead:
     """The mask head of MODEL.ROI_MASK_HEAD.
 
@@ -299,11 +300,11 @@ def build_mask_head(
     predictor = predictor_class(
         feature_extractor.out_channels,
         dim_reduced=int(head_cfg.CONV_LAYERS[-1]),
-        num_classes=int(cfg.MODEL.ROI_BOX_HEAD.NUM_CLASSES),
+        num_classes=cfg.MODEL.ROI_BOX_HEAD.NUM_CLASSES,
     )
-    pooled = int(head_cfg.POOLER_RESOLUTION)
+    pooled = head_cfg.POOLER_RESOLUTION
     predicted = feature_extractor.output_resolution(pooled) * predictor_class.upsample
-    if int(head_cfg.RESOLUTION) != predicted:
+    if head_cfg.RESOLUTION != predicted:
         raise ValueError(
             f"MODEL.ROI_MASK_HEAD.RESOLUTION is {head_cfg.RESOLUTION} but the "
             f"{'shared C4' if share else head_cfg.FEATURE_EXTRACTOR} head with "
