@@ -534,6 +534,8 @@ def _version(sources: list[tuple[str, dict[str, Any]]], default: int | None) -> 
                 )
     return version
 
+
+def merge_opts(cfg: Config, opts: Sequence[str]) -> Config:
     """A read-only copy of `cfg` with command-line style `[KEY, VALUE, ...]` overrides."""
     new = copy.deepcopy(as_node(cfg))
     OmegaConf.set_readonly(new, False)
