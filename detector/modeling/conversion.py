@@ -235,6 +235,8 @@ _CAFFE2_DETECTRON_RULES: list[Rule] = [
     (r"(cls_score|bbox_pred)\.(weight|bias)", r"roi_heads.box_predictor.\1.\2"),
     (r"_\[mask\]_fcn(\d)\.(weight|bias)", r"roi_heads.mask_head.feature_extractor.mask_fcn\1.\2"),
     (r"(conv5_mask|mask_fcn_logits)\.(weight|bias)", r"roi_heads.mask_head.predictor.\1.\2"),
+    (r"(conv_fcn\d+)\.(weight|bias)", r"roi_heads.keypoint_head.feature_extractor.\1.\2"),
+    (r"kps_score_lowres\.(weight|bias)", r"roi_heads.keypoint_head.predictor.kps_score_lowres.\1"),
 ]
 # Training state and the shared RPN convs' copies of the other levels, if a file has them.
 _CAFFE2_DETECTRON_IGNORED = (

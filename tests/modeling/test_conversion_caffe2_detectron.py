@@ -2,7 +2,8 @@
 of numpy blobs in Detectron's names. The blobs here are made from our own random model by
 Detectron's naming (written out below: trunk res<k>_<i>_branch2<a|b|c>, folded batch norm
 `_bn_s`/`_bn_b`, FPN `fpn_inner_res<k>_<last>_sum[_lateral]` / `fpn_res<k>_<last>_sum`, RPN
-`*_fpn2`, heads fc6/fc7, cls_score, bbox_pred, `_[mask]_fcn<n>`, conv5_mask, mask_fcn_logits),
+`*_fpn2`, heads fc6/fc7, cls_score, bbox_pred, `_[mask]_fcn<n>`, conv5_mask, mask_fcn_logits,
+keypoints conv_fcn<n>, kps_score_lowres),
 with training-state blobs around; MODEL.WEIGHT on that file must give back the same model."""
 
 from __future__ import annotations
@@ -98,6 +99,16 @@ def test_fpn_mask_rcnn_pkl_loads_through_model_weight(tmp_path: Path) -> None:
     file.write_bytes(pickle.dumps({"blobs": blobs}))
     target = _model("e2e_mask_rcnn_R_50_FPN_1x.yaml", seed=2)
     Checkpointer(tmp_path / "out", model=target).load_weights(file)
+    _check_loaded(target, source)
+
+
+def test_fpn_keypoint_rcnn() -> None:
+    source = _model("e2e_keypoint_rcnn_R_50_FPN_1x.yaml", seed=7)
+    target = _model("e2e_keypoint_rcnn_R_50_FPN_1x.yaml", seed=8)
+    converted, report = convert_caffe2_detectron(to_detectron(source), target)
+    assert report.missing == [] and report.unmatched == [], report.summary()
+    assert "roi_heads.keypoint_head.predictor.kps_score_lowres.weight" in converted
+    target.load_state_dict(converted, strict=False)
     _check_loaded(target, source)
 
 
