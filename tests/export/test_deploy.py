@@ -1,8 +1,10 @@
 """Exported models run elsewhere: each format (ONNX, TorchScript, torch.export) of each model kind
-(Faster R-CNN, Mask R-CNN, DCN) is exported once by tools/export.py, then run in a fresh process
-(ONNX: tools/onnx_infer.py with onnxruntime alone, torch and detector never imported) on real
-images of several sizes and aspect ratios, one without detections and some with many more than
-the sample; the results equal eager PyTorch's on the same network input.
+(Faster R-CNN, Mask R-CNN, DCN, Keypoint R-CNN) is exported once by tools/export.py, then run in
+a fresh process (ONNX: tools/onnx_infer.py with onnxruntime alone, torch and detector never
+imported) on real images of several sizes and aspect ratios, one without detections and some
+with many more than the sample; the results equal eager PyTorch's on the same network input. Keypoint models hand
+their heatmap logits out of the graph: the ONNX runner's heatmaps equal eager's, and the
+programs' heatmaps decode to eager's keypoints (within 1e-3 px in the original image).
 
 The random-weight tiny model is made decisive: its class scores and mask logits are scaled so
 that detections pass a 0.7 score threshold on some images and not on others, and mask pixels
@@ -31,11 +33,12 @@ from detector.engine.checkpoint import Checkpointer
 from detector.export.onnx import InferenceModel, prepare_image
 from detector.layers.conv import winograd
 from detector.modeling.detector import GeneralizedRCNN
+from detector.modeling.roi_heads.keypoint_head import heatmaps_to_keypoints
 from detector.structures import Boxes, Instances
-from tests.export.tiny_model import TINY_YAML, load_tool
+from tests.export.tiny_model import TINY_KEYPOINT_YAML, TINY_YAML, load_tool
 
 REPO = Path(__file__).resolve().parents[2]
-BOX_ATOL, SCORE_ATOL, MASK_PIXELS = 1e-3, 1e-4, 1e-3
+BOX_ATOL, SCORE_ATOL, MASK_PIXELS, KEYPOINT_ATOL = 1e-3, 1e-4, 1e-3, 1e-3
 OPTS = [
     "MODEL.ROI_HEADS.SCORE_THRESH", "0.7", "MODEL.ROI_HEADS.DETECTIONS_PER_IMG", "100",
     "MODEL.RPN.POST_NMS_TOP_N_TEST", "100", "MODEL.RPN.FPN_POST_NMS_TOP_N_TEST", "100",
@@ -67,13 +70,15 @@ class Model:
 
 
 def _yaml(kind: str) -> str:
+    if kind == "keypoint":
+        return TINY_KEYPOINT_YAML  # on top of tiny.yaml (boxes only)
     text = TINY_YAML.format(mask_on=kind == "mask")
     return text.replace("    NORM: GN\n", DCN) if kind == "dcn" else text
 
 
 # Class-logit scale per kind: the DCN trunk's spread offsets give larger features, so a smaller
 # scale keeps its scores spread around the 0.7 threshold (zero detections on some images).
-CLASS_SCALE = {"faster": 60.0, "mask": 60.0, "dcn": 13.0}
+CLASS_SCALE = {"faster": 60.0, "mask": 60.0, "dcn": 13.0, "keypoint": 60.0}
 
 
 def _make_decisive(model: GeneralizedRCNN, kind: str) -> None:
@@ -92,6 +97,7 @@ def make_model(kind: str, directory: Path) -> Model:
     directory.mkdir(parents=True, exist_ok=True)
     config_file = directory / f"{kind}.yaml"
     config_file.write_text(_yaml(kind))
+    (directory / "tiny.yaml").write_text(TINY_YAML.format(mask_on=False))  # the keypoint base
     cfg = load_config(config_file, OPTS)
     torch.manual_seed(0)
     model = GeneralizedRCNN.from_config(cfg).eval()
@@ -126,10 +132,16 @@ def eager_result(model: Model, network_input: Tensor, image_size: tuple[int, int
 
 
 def _to_result(model: Model, outputs: Any, input_size: tuple, image_size: tuple) -> dict:
-    fields = {"pred_boxes": Boxes(outputs[0]), "scores": outputs[1], "pred_classes": outputs[2]}
-    if len(outputs) > 3:
+    boxes = torch.as_tensor(outputs[0])
+    fields = {"pred_boxes": Boxes(boxes), "scores": outputs[1], "pred_classes": outputs[2]}
+    if model.kind == "keypoint":  # heatmap logits (N, K, S, S) -> keypoints (N, K, 3)
+        fields["pred_keypoints"] = heatmaps_to_keypoints(torch.as_tensor(outputs[3]), boxes)
+    elif len(outputs) > 3:
         fields["pred_masks"] = outputs[3]
-    return model.predictor._postprocess(Instances(input_size, **fields), image_size)
+    result = model.predictor._postprocess(Instances(input_size, **fields), image_size)
+    if model.kind == "keypoint":
+        result["keypoint_heatmaps"] = torch.as_tensor(outputs[3])
+    return result
 
 
 def assert_same(got: dict[str, Any], expected: dict[str, Any], where: str) -> int:
@@ -141,6 +153,12 @@ def assert_same(got: dict[str, Any], expected: dict[str, Any], where: str) -> in
     box_error = (torch.as_tensor(got["boxes"]) - expected["boxes"]).abs().max() if count else 0
     score_error = (torch.as_tensor(got["scores"]) - expected["scores"]).abs().max() if count else 0
     assert box_error <= BOX_ATOL and score_error <= SCORE_ATOL, (where, box_error, score_error)
+    if "keypoint_heatmaps" in expected:  # the graph's logits (N, K, S, S)
+        heatmaps = torch.as_tensor(got["keypoint_heatmaps"])
+        torch.testing.assert_close(heatmaps, expected["keypoint_heatmaps"], rtol=1e-4, atol=1e-3)
+    if "keypoints" in expected and "keypoints" in got:  # (N, K, 3) in the original image
+        error = (torch.as_tensor(got["keypoints"]) - expected["keypoints"]).abs()
+        assert count == 0 or error[..., :2].max() <= KEYPOINT_ATOL, (where, error.max())
     if "masks" in expected:
         masks = torch.as_tensor(got["masks"])
         assert masks.shape == expected["masks"].shape, where
@@ -155,7 +173,12 @@ def _check_counts(counts: list[int]) -> None:
     assert max(counts) >= counts[0] + 4, counts
 
 
-KINDS = ["faster", "mask", pytest.param("dcn", marks=pytest.mark.slow)]
+KINDS = [
+    "faster",
+    "mask",
+    pytest.param("dcn", marks=pytest.mark.slow),
+    pytest.param("keypoint", marks=pytest.mark.slow),
+]
 
 
 @pytest.fixture(scope="module", params=KINDS)
