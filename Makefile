@@ -35,7 +35,7 @@ $(BUILD_STAMP): $(EDITABLE_STAMP) $(OP_SOURCES)
 
 build: $(BUILD_STAMP)
 
-# Compiles the CUDA kernels on a machine without a GPU (catches compile errors; DESIGN.md recipe).
+# Compiles the CUDA kernels on a machine without a GPU (catches compile errors; docs/design.md, Build).
 $(CUDA_STAMP): $(VENV_STAMP) $(OP_SOURCES)
 	FORCE_CUDA=1 CUDA_HOME=$${CUDA_HOME:-/usr/local/cuda} TORCH_CUDA_ARCH_LIST=$${TORCH_CUDA_ARCH_LIST:-9.0} \
 	CPATH=$(abspath $(VENV_SITE))/nvidia/cu13/include MAX_JOBS=2 \
@@ -62,8 +62,13 @@ train: build
 bench: build
 	$(PY) benchmarks/ops.py
 
+# ruff (lint and format), pyright in strict mode ([tool.pyright] in pyproject.toml) and
+# clang-format (.clang-format) on the C++ / CUDA sources.
 lint: venv
 	$(PY) -m ruff check detector tests benchmarks tools
+	$(PY) -m ruff format --check detector tests benchmarks tools
+	$(VENV)/bin/pyright --pythonpath $(PY)
+	$(VENV)/bin/clang-format --dry-run --Werror $(OP_SOURCES)
 
 clean:
 	rm -rf build detector/*.so

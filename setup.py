@@ -1,7 +1,7 @@
 """Builds the compiled operator library `detector._C` from `ops/`.
 
 CPU kernels are always built. CUDA kernels are built when a GPU is visible or FORCE_CUDA=1
-(compiling them on a machine without a GPU catches compile errors; see DESIGN.md for the recipe).
+(compiling them on a machine without a GPU catches compile errors; see docs/design.md for the recipe).
 """
 
 import glob

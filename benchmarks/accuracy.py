@@ -37,10 +37,13 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from detector.config import Config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -114,7 +117,11 @@ def config_opts(dataset: str, seed: int, iters: int, out: Path) -> list[str]:
 
 
 def load_cfg(dataset: str, seed: int, iters: int, out: Path, ours_opts: list[str]) -> Any:
+    """The run's config; the dataset names are the tests' names of ../shared/data."""
     from detector.config import load_config
+    from tests.shared_datasets import register_shared_datasets
+
+    register_shared_datasets()
 
     base = "Base-Mask-RCNN-FPN.yaml" if DATASETS[dataset]["mask"] else "Base-RCNN-FPN.yaml"
     return load_config(ROOT / "configs" / base, config_opts(dataset, seed, iters, out) + ours_opts)
@@ -123,7 +130,7 @@ def load_cfg(dataset: str, seed: int, iters: int, out: Path, ours_opts: list[str
 # ------------------------------------------------------------------------------------------------
 # torchvision's side
 # ------------------------------------------------------------------------------------------------
-def build_torchvision(cfg: Any) -> nn.Module:
+def build_torchvision(cfg: Config) -> nn.Module:
     """torchvision's Faster/Mask R-CNN with the same network and settings as our config."""
     from torchvision.models import resnet18
     from torchvision.models.detection import FasterRCNN, MaskRCNN
@@ -170,7 +177,7 @@ def _tv_targets(targets: list[Any], with_masks: bool) -> list[dict[str, Tensor]]
     return out
 
 
-def _lr_factor(cfg: Any, it: int) -> float:
+def _lr_factor(cfg: Config, it: int) -> float:
     s = cfg.SOLVER
     warm = 1.0
     if it < s.WARMUP_ITERS:
@@ -179,7 +186,7 @@ def _lr_factor(cfg: Any, it: int) -> float:
     return warm * s.GAMMA ** sum(it >= step for step in s.STEPS)
 
 
-def train_torchvision(cfg: Any) -> tuple[nn.Module, list[float]]:
+def train_torchvision(cfg: Config) -> tuple[nn.Module, list[float]]:
     """The plain loop: batch -> losses -> backward -> clip -> SGD step; returns seconds/iter."""
     from detector.data import build_train_loader
 
@@ -236,7 +243,7 @@ class TorchvisionAsOurs(nn.Module):
 # ------------------------------------------------------------------------------------------------
 # One run (a child process) and the evaluation both sides share
 # ------------------------------------------------------------------------------------------------
-def evaluate(model: nn.Module, cfg: Any, out: Path) -> dict[str, float]:
+def evaluate(model: nn.Module, cfg: Config, out: Path) -> dict[str, float]:
     """pycocotools on the converted ground truth of DATASETS.TEST[0], our inference loop."""
     from detector.data import build_test_loader
     from detector.evaluation import inference_on_dataset

@@ -5,7 +5,8 @@
 Prints a Markdown table with our time, the peer's time and the ratio (ours / peer); the peer is
 torchvision at the same dtype, or our float32 kernel where torchvision has none for the dtype
 (the float16/bfloat16 rows of `--op reduced_precision`).
-Shapes follow DESIGN.md's baseline table. Nothing here is asserted: speed goals live in the table.
+Shapes are those of docs/benchmarks.md's tables. Nothing here is asserted: speed goals live in
+the table.
 """
 
 from __future__ import annotations

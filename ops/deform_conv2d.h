@@ -28,9 +28,9 @@ struct DeformConvGeometry {
 // geometry of the convolution.
 inline DeformConvGeometry deform_conv2d_geometry(
     const at::Tensor& input, const at::Tensor& offset, const at::Tensor& weight,
-    const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& bias,
-    int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w, int64_t dilation_h,
-    int64_t dilation_w, int64_t groups, int64_t offset_groups) {
+    const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& bias, int64_t stride_h,
+    int64_t stride_w, int64_t pad_h, int64_t pad_w, int64_t dilation_h, int64_t dilation_w,
+    int64_t groups, int64_t offset_groups) {
   constexpr const char* op = "deform_conv2d";
   TORCH_CHECK(input.dim() == 4, op, ": expected `input` of shape (N, C, H, W), got ",
               input.sizes());
@@ -38,18 +38,18 @@ inline DeformConvGeometry deform_conv2d_geometry(
               "H_out, W_out), got ", offset.sizes());
   TORCH_CHECK(weight.dim() == 4, op, ": expected `weight` of shape (O, C/groups, kh, kw), got ",
               weight.sizes());
-  TORCH_CHECK(input.scalar_type() == offset.scalar_type() &&
-                  input.scalar_type() == weight.scalar_type(),
-              op, ": `input`, `offset` and `weight` must have the same dtype, got ",
-              input.scalar_type(), ", ", offset.scalar_type(), " and ", weight.scalar_type());
+  TORCH_CHECK(
+      input.scalar_type() == offset.scalar_type() && input.scalar_type() == weight.scalar_type(),
+      op, ": `input`, `offset` and `weight` must have the same dtype, got ", input.scalar_type(),
+      ", ", offset.scalar_type(), " and ", weight.scalar_type());
   TORCH_CHECK(offset.device() == input.device() && weight.device() == input.device() &&
                   (!mask.has_value() || mask->device() == input.device()) &&
                   (!bias.has_value() || bias->device() == input.device()),
               op, ": all tensors must be on the device of `input` (", input.device(), ")");
   TORCH_CHECK(stride_h > 0 && stride_w > 0, op, ": `stride` must be positive, got (", stride_h,
               ", ", stride_w, ")");
-  TORCH_CHECK(pad_h >= 0 && pad_w >= 0, op, ": `padding` must be non-negative, got (", pad_h,
-              ", ", pad_w, ")");
+  TORCH_CHECK(pad_h >= 0 && pad_w >= 0, op, ": `padding` must be non-negative, got (", pad_h, ", ",
+              pad_w, ")");
   TORCH_CHECK(dilation_h > 0 && dilation_w > 0, op, ": `dilation` must be positive, got (",
               dilation_h, ", ", dilation_w, ")");
   DeformConvGeometry g;
@@ -70,19 +70,18 @@ inline DeformConvGeometry deform_conv2d_geometry(
   g.offset_groups = offset_groups;
   TORCH_CHECK(g.kernel_h > 0 && g.kernel_w > 0, op, ": `weight` must have a non-empty kernel, got ",
               weight.sizes());
-  TORCH_CHECK(groups > 0 && weight.size(1) * groups == g.channels, op, ": `weight`.shape[1] = ",
-              weight.size(1), " must divide the input channels ", g.channels,
-              " (weight groups = C / weight.shape[1])");
+  TORCH_CHECK(groups > 0 && weight.size(1) * groups == g.channels, op,
+              ": `weight`.shape[1] = ", weight.size(1), " must divide the input channels ",
+              g.channels, " (weight groups = C / weight.shape[1])");
   TORCH_CHECK(g.out_channels % groups == 0, op, ": `weight`.shape[0] = ", g.out_channels,
               " output channels must be divisible by the ", groups, " weight groups");
-  TORCH_CHECK(offset_groups > 0 && g.channels % offset_groups == 0, op,
-              ": the input channels ", g.channels, " must be divisible by the ", offset_groups,
-              " offset groups");
+  TORCH_CHECK(offset_groups > 0 && g.channels % offset_groups == 0, op, ": the input channels ",
+              g.channels, " must be divisible by the ", offset_groups, " offset groups");
   TORCH_CHECK(offset.size(0) == g.batch, op, ": `offset` has batch size ", offset.size(0),
               " but `input` has ", g.batch);
-  TORCH_CHECK(offset.size(1) == 2 * offset_groups * g.taps(), op, ": `offset`.shape[1] = ",
-              offset.size(1), " must be 2 * offset_groups * kh * kw = ",
-              2 * offset_groups * g.taps());
+  TORCH_CHECK(offset.size(1) == 2 * offset_groups * g.taps(), op,
+              ": `offset`.shape[1] = ", offset.size(1),
+              " must be 2 * offset_groups * kh * kw = ", 2 * offset_groups * g.taps());
   g.out_h = (g.height + 2 * pad_h - (dilation_h * (g.kernel_h - 1) + 1)) / stride_h + 1;
   g.out_w = (g.width + 2 * pad_w - (dilation_w * (g.kernel_w - 1) + 1)) / stride_w + 1;
   TORCH_CHECK(g.out_h > 0 && g.out_w > 0, op, ": the output size (", g.out_h, ", ", g.out_w,

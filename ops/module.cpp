@@ -19,14 +19,10 @@ int64_t cuda_version() {
 #endif
 }
 
-TORCH_LIBRARY(detector, m) {
-  m.def("_cuda_version() -> int", &cuda_version);
-}
+TORCH_LIBRARY(detector, m) { m.def("_cuda_version() -> int", &cuda_version); }
 
 }  // namespace detector
 
 static PyModuleDef detector_c_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
 
-PyMODINIT_FUNC PyInit__C(void) {
-  return PyModule_Create(&detector_c_module);
-}
+PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&detector_c_module); }

@@ -14,7 +14,8 @@
 
 namespace detector {
 
-// Checks the arguments of an NMS op; `idxs` is null for plain nms. Errors name `op` and the argument.
+// Checks the arguments of an NMS op; `idxs` is null for plain nms. Errors name `op` and the
+// argument.
 void check_nms_inputs(const char* op, const at::Tensor& boxes, const at::Tensor& scores,
                       const at::Tensor* idxs) {
   TORCH_CHECK(boxes.dim() == 2 && boxes.size(1) == 4, op,

@@ -6,7 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.shared_datasets import register_shared_datasets
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+register_shared_datasets()  # the small real datasets by name (coco_sample6, bccd_*, ...)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,4 +1,5 @@
-"""Benchmark cases of deform_conv2d: DESIGN.md's baseline shape, DCN v1 and v2, vs torchvision.
+"""Benchmark cases of deform_conv2d: the baseline shape of docs/benchmarks.md, DCN v1 and v2, vs
+torchvision.
 
 input 1x64x100x100 float32 NCHW, 3x3 kernel, padding 1, 64 output channels, 1 offset group.
 Goals (ours / torchvision): forward <= 0.3, backward <= 0.2.

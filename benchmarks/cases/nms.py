@@ -1,8 +1,8 @@
 """Benchmark cases of `nms`: RPN-like proposals (most boxes kept) and a dense cluster (few kept).
 
 RPN-like: 12,000 boxes with centers uniform in an 800 x 1088 image, widths and heights uniform in
-16..400, random scores, IoU 0.7 (DESIGN.md's baseline). Dense: 12,000 boxes of about 100 x 100
-around one point. batched_nms: the RPN-like boxes in 80 categories, IoU 0.5.
+16..400, random scores, IoU 0.7 (the baseline of docs/benchmarks.md). Dense: 12,000 boxes of
+about 100 x 100 around one point. batched_nms: the RPN-like boxes in 80 categories, IoU 0.5.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Benchmark cases of roi_pool: features 1x256x200x272 (an 800x1088 image at stride 4), 512 RoIs,
 7x7 bins, forward and backward, against torchvision.ops.roi_pool on the same inputs.
 
-The RoIs are the roi_align case's (DESIGN.md's baseline table: "same inputs"): boxes inside the
-image, sides up to half of it. (An earlier version drew boxes reaching up to 60% past the image,
-so that 37% of the bins were empty: less work for the backward's scatter.)"""
+The RoIs are the roi_align case's (the baseline of docs/benchmarks.md: "same inputs"): boxes
+inside the image, sides up to half of it. (An earlier version drew boxes reaching up to 60% past
+the image, so that 37% of the bins were empty: less work for the backward's scatter.)"""
 
 from __future__ import annotations
 

@@ -1,37 +1,11 @@
 """Named datasets: the built-in catalog, datasets declared in the config, and `get_dataset`.
 
-Built-in names and where they read from (DATASETS.ROOT, default "datasets", for the public
-benchmarks; the shared-data root for the small real datasets, see `shared_data_root`):
-
-    coco_2017_train / coco_2017_val   ROOT/coco/annotations/instances_{train,val}2017.json,
-                                      ROOT/coco/{train,val}2017/
-    coco_2014_{train,val,minival,valminusminival}
-                                      ROOT/coco/annotations/instances_<split>2014.json,
-                                      ROOT/coco/{train,val}2014/ (minival: val2014 images)
-    keypoints_coco_2014_{train,val,minival,valminusminival}
-                                      ROOT/coco/annotations/person_keypoints_<split>2014.json
-    keypoints_coco_2017_{train,val}   ROOT/coco/annotations/person_keypoints_{train,val}2017.json
-                                      (keypoint files give person boxes, masks and the 17
-                                      keypoints, with COCO's flip map, skeleton and sigmas)
-    voc_2007_{train,val,trainval,test} ROOT/voc/VOC2007 (ImageSets/Main/<split>.txt)
-    voc_2012_{train,val,trainval}     ROOT/voc/VOC2012
-    voc_{2007_train,2007_val,2007_test,2012_train,2012_val}_cocostyle
-                                      ROOT/voc/VOC<year>/Annotations/pascal_<split><year>.json,
-                                      ROOT/voc/VOC<year>/JPEGImages/
-    cityscapes_fine_instanceonly_seg_{train,val,test}_cocostyle
-                                      ROOT/cityscapes/annotations/
-                                      instancesonly_filtered_gtFine_<split>.json,
-                                      ROOT/cityscapes/images/
-    voc_2012_seg_{train,val}          ROOT/voc/VOC2012 (ImageSets/Segmentation, instance masks)
-    shapes_train / shapes_val         synthetic, 512 / 64 images of 128 px (seeds 0 / 1)
-    shapes_kp_train / shapes_kp_val   the same images with keypoints (corners and centres)
-    coco_sample6                      SHARED/coco-val2017-sample6
-    bccd_{train,val,trainval,test}    SHARED/bccd/BCCD (classes RBC, WBC, Platelets)
-    chess_{valid,test}                SHARED/chess-pieces/<split>
-    voc_sample2                       SHARED/voc-sample2 (all XMLs, the 20 VOC classes)
-    dsb2018_{train,val,all}           SHARED/dsb2018-nuclei
-
-A dataset declared under DATASETS.CUSTOM.<name> takes precedence over a built-in of that name.
+The built-in names are those of the public benchmarks (COCO, Pascal VOC, Cityscapes, with
+maskrcnn_benchmark's names) read under DATASETS.ROOT, and the synthetic shapes sets; datasets/
+README.md lists them with their folders. `register_dataset` adds a name: a spec whose `base` is
+"shared" reads under `shared_data_root(cfg)` (how the tests name the small real datasets of
+../shared/data). A dataset declared under DATASETS.CUSTOM.<name> takes precedence over a
+registered one of that name.
 """
 
 from __future__ import annotations
@@ -45,6 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from detector.config import Config
 from detector.data.datasets import (
     COCODataset,
     DetectionDataset,
@@ -97,9 +72,6 @@ class DatasetSpec:
     keypoint_oks_sigmas: tuple[float, ...] = ()
 
 
-_BCCD_CLASSES = ("RBC", "WBC", "Platelets")
-
-
 def _builtin_catalog() -> dict[str, DatasetSpec]:
     catalog: dict[str, DatasetSpec] = {}
     for split in ("train", "val"):
@@ -124,28 +96,6 @@ def _builtin_catalog() -> dict[str, DatasetSpec]:
     catalog["shapes_val"] = DatasetSpec("shapes", num_images=64, seed=1, base="cwd")
     catalog["shapes_kp_train"] = DatasetSpec("shapes", num_images=512, seed=0, keypoints=True)
     catalog["shapes_kp_val"] = DatasetSpec("shapes", num_images=64, seed=1, keypoints=True)
-    catalog["coco_sample6"] = DatasetSpec(
-        "coco",
-        ann_file="coco-val2017-sample6/annotations.json",
-        image_dir="coco-val2017-sample6/images",
-        base="shared",
-    )
-    for split in ("train", "val", "trainval", "test"):
-        catalog[f"bccd_{split}"] = DatasetSpec(
-            "voc", root="bccd/BCCD", split=split, class_names=_BCCD_CLASSES, base="shared"
-        )
-    for split in ("valid", "test"):
-        catalog[f"chess_{split}"] = DatasetSpec(
-            "coco",
-            ann_file=f"chess-pieces/{split}/_annotations.coco.json",
-            image_dir=f"chess-pieces/{split}",
-            base="shared",
-        )
-    catalog["voc_sample2"] = DatasetSpec("voc", root="voc-sample2", base="shared")
-    for split in ("train", "val", "all"):
-        catalog[f"dsb2018_{split}"] = DatasetSpec(
-            "dsb2018", root="dsb2018-nuclei", split=split, base="shared"
-        )
     return catalog
 
 
@@ -204,7 +154,7 @@ def register_dataset(name: str, spec: DatasetSpec | DatasetFactory) -> None:
         raise TypeError(f"dataset '{name}': expected a DatasetSpec or a callable, got {spec!r}")
 
 
-def list_datasets(cfg: DictConfig | None = None) -> list[str]:
+def list_datasets(cfg: Config | None = None) -> list[str]:
     """The built-in and registered names, plus those of cfg.DATASETS.CUSTOM."""
     names = set(_CATALOG) | set(_FACTORIES)
     if cfg is not None:
@@ -212,7 +162,7 @@ def list_datasets(cfg: DictConfig | None = None) -> list[str]:
     return sorted(names)
 
 
-def shared_data_root(cfg: DictConfig) -> Path:
+def shared_data_root(cfg: Config) -> Path:
     """DATASETS.SHARED_ROOT, else $DETECTOR_SHARED_DATA, else ../shared/data."""
     return Path(cfg.DATASETS.SHARED_ROOT or os.environ.get(SHARED_DATA_ENV) or DEFAULT_SHARED_ROOT)
 
@@ -269,7 +219,7 @@ def _declared_keypoints(
         raise DatasetError(str(e)) from None
 
 
-def get_dataset_spec(name: str, cfg: DictConfig) -> DatasetSpec:
+def get_dataset_spec(name: str, cfg: Config) -> DatasetSpec:
     """The spec of `name`: DATASETS.CUSTOM first, then the catalog."""
     if name in cfg.DATASETS.CUSTOM:
         return _spec_from_config(cfg.DATASETS.CUSTOM[name])
@@ -285,12 +235,12 @@ def get_dataset_spec(name: str, cfg: DictConfig) -> DatasetSpec:
     )
 
 
-def _base_folder(spec: DatasetSpec, cfg: DictConfig) -> Path:
+def _base_folder(spec: DatasetSpec, cfg: Config) -> Path:
     bases = {"datasets": Path(cfg.DATASETS.ROOT), "shared": shared_data_root(cfg), "cwd": Path()}
     return bases[spec.base]
 
 
-def _resolve(path: str, spec: DatasetSpec, cfg: DictConfig) -> Path:
+def _resolve(path: str, spec: DatasetSpec, cfg: Config) -> Path:
     return _base_folder(spec, cfg) / Path(path).expanduser()
 
 
@@ -301,7 +251,7 @@ _BASE_SETTINGS = {
 }
 
 
-def _check_base(name: str, spec: DatasetSpec, cfg: DictConfig) -> None:
+def _check_base(name: str, spec: DatasetSpec, cfg: Config) -> None:
     """A built-in dataset whose file or folder is missing: say which setting moves its base
     folder (the shared-data root or DATASETS.ROOT)."""
     main_path = _resolve(spec.ann_file or spec.root, spec, cfg)
@@ -317,7 +267,7 @@ def _check_base(name: str, spec: DatasetSpec, cfg: DictConfig) -> None:
 ROLES = {"train": "training dataset", "test": "test dataset"}
 
 
-def get_dataset(name: str, cfg: DictConfig, role: str = "") -> DetectionDataset:
+def get_dataset(name: str, cfg: Config, role: str = "") -> DetectionDataset:
     """Builds the dataset called `name` (raw: no transforms, no filtering).
 
     Args:
@@ -348,7 +298,7 @@ def _require_paths(name: str, spec: DatasetSpec, keys: tuple[str, ...]) -> None:
             )
 
 
-def _build_dataset(name: str, cfg: DictConfig) -> DetectionDataset:
+def _build_dataset(name: str, cfg: Config) -> DetectionDataset:
     if name in _FACTORIES and name not in cfg.DATASETS.CUSTOM:
         return _FACTORIES[name](cfg)
     spec = get_dataset_spec(name, cfg)

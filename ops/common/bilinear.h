@@ -2,7 +2,8 @@
 //
 // A sample point (y, x) in feature-map pixels is reduced to its four neighbours and their weights,
 // computed once and then applied to every channel:
-//   value = sum_i weight[i] * plane[index[i]],   index = y_i * width + x_i (pixel index in an HxW plane)
+//   value = sum_i weight[i] * plane[index[i]],   index = y_i * width + x_i (pixel index in an HxW
+//   plane)
 // Multiply an index by the channel count for channels-last (NHWC) data.
 #pragma once
 
@@ -102,10 +103,22 @@ DETECTOR_HOST_DEVICE Bilinear<T> bilinear_zero_padded(T y, T x, int64_t height, 
   const bool top = y_low >= 0, bottom = y_high <= height - 1;
   const bool left = x_low >= 0, right = x_high <= width - 1;
   Bilinear<T> b = bilinear_zero<T>();
-  if (top && left) { b.index[0] = y_low * width + x_low;   b.weight[0] = hy * hx; }
-  if (top && right) { b.index[1] = y_low * width + x_high;  b.weight[1] = hy * lx; }
-  if (bottom && left) { b.index[2] = y_high * width + x_low;  b.weight[2] = ly * hx; }
-  if (bottom && right) { b.index[3] = y_high * width + x_high; b.weight[3] = ly * lx; }
+  if (top && left) {
+    b.index[0] = y_low * width + x_low;
+    b.weight[0] = hy * hx;
+  }
+  if (top && right) {
+    b.index[1] = y_low * width + x_high;
+    b.weight[1] = hy * lx;
+  }
+  if (bottom && left) {
+    b.index[2] = y_high * width + x_low;
+    b.weight[2] = ly * hx;
+  }
+  if (bottom && right) {
+    b.index[3] = y_high * width + x_high;
+    b.weight[3] = ly * lx;
+  }
   return b;
 }
 
@@ -121,7 +134,8 @@ struct BilinearGrad {
 
 // bilinear_zero_padded and its coordinate derivatives (a missing neighbour counts as 0).
 template <typename T>
-DETECTOR_HOST_DEVICE BilinearGrad<T> bilinear_zero_padded_grad(T y, T x, int64_t height, int64_t width) {
+DETECTOR_HOST_DEVICE BilinearGrad<T> bilinear_zero_padded_grad(T y, T x, int64_t height,
+                                                               int64_t width) {
   BilinearGrad<T> g;
   g.sample = bilinear_zero<T>();
   for (int i = 0; i < 4; ++i) g.dy[i] = g.dx[i] = T(0);
@@ -147,7 +161,8 @@ DETECTOR_HOST_DEVICE BilinearGrad<T> bilinear_zero_padded_grad(T y, T x, int64_t
 
 // bilinear_clamped and its coordinate derivatives (0 along a clamped coordinate).
 template <typename T>
-DETECTOR_HOST_DEVICE BilinearGrad<T> bilinear_clamped_grad(T y, T x, int64_t height, int64_t width) {
+DETECTOR_HOST_DEVICE BilinearGrad<T> bilinear_clamped_grad(T y, T x, int64_t height,
+                                                           int64_t width) {
   BilinearGrad<T> g;
   g.sample = bilinear_clamped(y, x, height, width);
   for (int i = 0; i < 4; ++i) g.dy[i] = g.dx[i] = T(0);

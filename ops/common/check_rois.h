@@ -17,8 +17,7 @@ inline void check_rois(const char* op, const at::Tensor& rois, int64_t batch_siz
     return;
   }
   at::Tensor r = rois.to(at::kDouble);
-  TORCH_CHECK(at::isfinite(r).all().item<bool>(), op,
-              ": `rois` contains NaN or infinite values");
+  TORCH_CHECK(at::isfinite(r).all().item<bool>(), op, ": `rois` contains NaN or infinite values");
   at::Tensor idx = r.select(1, 0);
   double lo = idx.min().item<double>();
   double hi = idx.max().item<double>();

@@ -1,4 +1,5 @@
-// Memory helpers of the RoI Align CPU kernels.
+// Aligned memory with huge-page advice: the buffers of the CPU kernels (RoI Align, RoI Pool,
+// paste_masks) and of the recycled memory pool.
 #pragma once
 
 #include <cstddef>

@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "cpu/cpu_utils.h"
+#include "cpu/simd.h"
 
 #if defined(__x86_64__) || defined(__SSE__)
 #include <immintrin.h>
@@ -15,10 +16,6 @@
 
 namespace detector {
 namespace {
-
-typedef float VecF8 __attribute__((vector_size(32)));
-typedef int32_t VecI32x8 __attribute__((vector_size(32)));
-typedef uint16_t VecU16x8 __attribute__((vector_size(16)));
 
 inline __attribute__((always_inline)) VecF8 load8(const float* p) {
   VecF8 v;

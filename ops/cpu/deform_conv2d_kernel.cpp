@@ -347,9 +347,8 @@ at::Tensor deform_conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& 
       for (int64_t first = 0; first < positions; first += chunk) {
         const int64_t rows = std::min(chunk, positions - first);
         args.first = first;
-        at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-          im2col_rows(args, begin, end);
-        });
+        at::parallel_for(0, rows, grain,
+                         [&](int64_t begin, int64_t end) { im2col_rows(args, begin, end); });
         const at::Tensor cols = columns.narrow(0, 0, rows);  // (L, K)
         for (int64_t wg = 0; wg < g.groups; ++wg) {
           // (O/groups, L) slice of this image's output
@@ -366,12 +365,11 @@ at::Tensor deform_conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& 
   return output;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-deform_conv2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input,
-                           const at::Tensor& offset, const at::Tensor& weight,
-                           const std::optional<at::Tensor>& mask, int64_t stride_h,
-                           int64_t stride_w, int64_t pad_h, int64_t pad_w, int64_t dilation_h,
-                           int64_t dilation_w, int64_t groups, int64_t offset_groups) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& offset,
+    const at::Tensor& weight, const std::optional<at::Tensor>& mask, int64_t stride_h,
+    int64_t stride_w, int64_t pad_h, int64_t pad_w, int64_t dilation_h, int64_t dilation_w,
+    int64_t groups, int64_t offset_groups) {
   // The op has no autograd formula of its own: run the ATen calls below autograd.
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   const DeformConvGeometry g =
@@ -385,8 +383,7 @@ deform_conv2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& inpu
   const int64_t positions = g.positions(), row_size = g.taps() * g.channels;
   const int64_t group_k = row_size / g.groups, group_o = g.out_channels / g.groups;
   // channels-last accumulator: (N, H, W, C)
-  at::Tensor grad_input_nhwc = at::zeros({g.batch, g.height, g.width, g.channels},
-                                         input.options());
+  at::Tensor grad_input_nhwc = at::zeros({g.batch, g.height, g.width, g.channels}, input.options());
   at::Tensor grad_offset = at::empty(offset.sizes(), offset.options());
   at::Tensor grad_mask = mask.has_value() ? at::empty(mask->sizes(), mask->options())
                                           : at::empty({0}, input.options());
@@ -418,8 +415,7 @@ deform_conv2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& inpu
       for (int64_t n = 0; n < g.batch; ++n) {
         args.input = input_nhwc.data_ptr<scalar_t>() + n * image;
         args.offset = offset_c.data_ptr<scalar_t>() + n * offset_c.stride(0);
-        args.mask =
-            mask_c.defined() ? mask_c.data_ptr<scalar_t>() + n * mask_c.stride(0) : nullptr;
+        args.mask = mask_c.defined() ? mask_c.data_ptr<scalar_t>() + n * mask_c.stride(0) : nullptr;
         args.grad_offset = grad_offset.data_ptr<scalar_t>() + n * grad_offset.stride(0);
         args.grad_mask =
             mask_c.defined() ? grad_mask.data_ptr<scalar_t>() + n * grad_mask.stride(0) : nullptr;
@@ -427,9 +423,8 @@ deform_conv2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& inpu
         for (int64_t first = 0; first < positions; first += chunk) {
           const int64_t rows = std::min(chunk, positions - first);
           args.first = first;
-          at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-            im2col_rows(args, begin, end);
-          });
+          at::parallel_for(0, rows, grain,
+                           [&](int64_t begin, int64_t end) { im2col_rows(args, begin, end); });
           const at::Tensor cols = columns.narrow(0, 0, rows);            // (L, K)
           const at::Tensor grad_cols = grad_columns.narrow(0, 0, rows);  // (L, K)
           for (int64_t wg = 0; wg < g.groups; ++wg) {

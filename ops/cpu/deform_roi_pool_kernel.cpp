@@ -57,8 +57,8 @@ struct PoolArgs {
 template <typename T>
 struct RoiGeometry {
   int64_t batch;
-  T start_x, start_y;    // top-left corner
-  T width, height;       // extent, negative for inverted RoIs (then no sample is taken)
+  T start_x, start_y;  // top-left corner
+  T width, height;     // extent, negative for inverted RoIs (then no sample is taken)
   T bin_w, bin_h;
   int64_t grid_h, grid_w;  // samples per bin along y and x, >= 0
   T count;                 // max(grid_h * grid_w, 1)
@@ -235,8 +235,8 @@ SampleTable<T> build_samples(const PoolArgs<T>& a, int64_t num_rois) {
           const T y = sample_y(g, o, iy);
           for (int64_t ix = 0; ix < g.grid_w; ++ix, ++tap) {
             const T x = sample_x(g, o, ix);
-            *tap = outside(a, y, x) ? bilinear_zero<T>()
-                                    : bilinear_clamped(y, x, a.height, a.width);
+            *tap =
+                outside(a, y, x) ? bilinear_zero<T>() : bilinear_clamped(y, x, a.height, a.width);
             for (int q = 0; q < 4; ++q) tap->weight[q] *= scale;
           }
         }
@@ -286,10 +286,9 @@ __attribute__((always_inline)) inline void scatter_unit_impl(const PoolArgs<T>& 
   }
 }
 
-DETECTOR_SIMD_CLONES void scatter_unit_float(const PoolArgs<float>& a,
-                                             const SampleTable<float>& s, const float* grad_t,
-                                             float* grad_input, int64_t b_lo, int64_t b_hi,
-                                             int64_t c_lo, int64_t c_hi) {
+DETECTOR_SIMD_CLONES void scatter_unit_float(const PoolArgs<float>& a, const SampleTable<float>& s,
+                                             const float* grad_t, float* grad_input, int64_t b_lo,
+                                             int64_t b_hi, int64_t c_lo, int64_t c_hi) {
   scatter_unit_impl(a, s, grad_t, grad_input, b_lo, b_hi, c_lo, c_hi);
 }
 
@@ -428,21 +427,21 @@ void check_args(const char* op, const at::Tensor& input, const at::Tensor& rois,
               input.sizes());
   TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble, op,
               ": CPU kernels support float32 and float64 `input`, got ", input.scalar_type());
-  TORCH_CHECK(pooled_height > 0 && pooled_width > 0, op,
-              ": `output_size` must be positive, got (", pooled_height, ", ", pooled_width, ")");
+  TORCH_CHECK(pooled_height > 0 && pooled_width > 0, op, ": `output_size` must be positive, got (",
+              pooled_height, ", ", pooled_width, ")");
   TORCH_CHECK(rois.scalar_type() == input.scalar_type(), op, ": `rois` must have the dtype of ",
               "`input` (", input.scalar_type(), "), got ", rois.scalar_type());
   check_rois(op, rois, input.size(0));
   const int64_t K = rois.size(0);
   if (position_sensitive) {
-    TORCH_CHECK(input.size(1) % (pooled_height * pooled_width) == 0, op,
-                ": `input` channels (", input.size(1), ") must be divisible by pooled_height * ",
-                "pooled_width (", pooled_height * pooled_width, ")");
+    TORCH_CHECK(input.size(1) % (pooled_height * pooled_width) == 0, op, ": `input` channels (",
+                input.size(1), ") must be divisible by pooled_height * ", "pooled_width (",
+                pooled_height * pooled_width, ")");
   }
   if (offset.has_value()) {
     TORCH_CHECK(offset->sizes() == at::IntArrayRef({K, 2, pooled_height, pooled_width}), op,
-                ": expected `offset` of shape (K, 2, pooled_height, pooled_width) = (", K,
-                ", 2, ", pooled_height, ", ", pooled_width, "), got ", offset->sizes());
+                ": expected `offset` of shape (K, 2, pooled_height, pooled_width) = (", K, ", 2, ",
+                pooled_height, ", ", pooled_width, "), got ", offset->sizes());
     TORCH_CHECK(offset->scalar_type() == input.scalar_type(), op,
                 ": `offset` must have the dtype of `input`, got ", offset->scalar_type());
   }
@@ -505,8 +504,8 @@ at::Tensor forward_cpu(const char* op, const at::Tensor& input, const at::Tensor
   const at::Tensor mask_c = contiguous_or_undefined(mask);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "deform_roi_pool_forward_cpu", [&] {
     const PoolArgs<scalar_t> a =
-        make_args<scalar_t>(input_cl, input, rois_c, offset_c, mask_c, spatial_scale,
-                            pooled_height, pooled_width, sampling_ratio, gamma, position_sensitive);
+        make_args<scalar_t>(input_cl, input, rois_c, offset_c, mask_c, spatial_scale, pooled_height,
+                            pooled_width, sampling_ratio, gamma, position_sensitive);
     scalar_t* out = output.data_ptr<scalar_t>();
     at::parallel_for(0, K, 1, [&](int64_t k0, int64_t k1) { forward_rois(a, k0, k1, out); });
   });
@@ -528,9 +527,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
   offset_grad = offset_grad && offset.has_value();
   mask_grad = mask_grad && mask.has_value();
   at::Tensor grad_input = at::empty_like(input);  // filled by the final copy (or zeroed below)
-  at::Tensor grad_offset =
-      offset_grad ? at::zeros({K, 2, pooled_height, pooled_width}, input.options())
-                  : at::empty({0}, input.options());
+  at::Tensor grad_offset = offset_grad
+                               ? at::zeros({K, 2, pooled_height, pooled_width}, input.options())
+                               : at::empty({0}, input.options());
   at::Tensor grad_mask = mask_grad ? at::zeros({K, 1, pooled_height, pooled_width}, input.options())
                                    : at::empty({0}, input.options());
   if (K == 0 || grad.numel() == 0 || H == 0 || W == 0) {
@@ -551,16 +550,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
                                           : at::zeros({N, H, W, input.size(1)}, input.options());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "deform_roi_pool_backward_cpu", [&] {
     const PoolArgs<scalar_t> a =
-        make_args<scalar_t>(input_cl, input, rois_c, offset_c, mask_c, spatial_scale,
-                            pooled_height, pooled_width, sampling_ratio, gamma, position_sensitive);
+        make_args<scalar_t>(input_cl, input, rois_c, offset_c, mask_c, spatial_scale, pooled_height,
+                            pooled_width, sampling_ratio, gamma, position_sensitive);
     const scalar_t* g = grad_t.data_ptr<scalar_t>();
     backward_input(a, K, g, grad_cl.data_ptr<scalar_t>());
     if (offset_grad || mask_grad) {
       scalar_t* go = offset_grad ? grad_offset.data_ptr<scalar_t>() : nullptr;
       scalar_t* gm = mask_grad ? grad_mask.data_ptr<scalar_t>() : nullptr;
-      at::parallel_for(0, K, 1, [&](int64_t k0, int64_t k1) {
-        offset_mask_grad(a, g, k0, k1, go, gm);
-      });
+      at::parallel_for(0, K, 1,
+                       [&](int64_t k0, int64_t k1) { offset_mask_grad(a, g, k0, k1, go, gm); });
     }
   });
   if (position_sensitive) {
@@ -586,8 +584,8 @@ at::Tensor deform_ps_roi_pool_cpu(const at::Tensor& input, const at::Tensor& roi
                                   const std::optional<at::Tensor>& mask, double spatial_scale,
                                   int64_t pooled_height, int64_t pooled_width,
                                   int64_t sampling_ratio, double gamma) {
-  return forward_cpu("deform_ps_roi_pool", input, rois, offset, mask, spatial_scale,
-                     pooled_height, pooled_width, sampling_ratio, gamma, true);
+  return forward_cpu("deform_ps_roi_pool", input, rois, offset, mask, spatial_scale, pooled_height,
+                     pooled_width, sampling_ratio, gamma, true);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> deform_roi_pool_backward_cpu(
@@ -616,8 +614,7 @@ TORCH_LIBRARY_IMPL(detector, CPU, m) {
   m.impl("deform_roi_pool", &ComputeInFloat32<&deform_roi_pool_cpu>::run);
   m.impl("_deform_roi_pool_backward", &ComputeInFloat32<&deform_roi_pool_backward_cpu>::run);
   m.impl("deform_ps_roi_pool", &ComputeInFloat32<&deform_ps_roi_pool_cpu>::run);
-  m.impl("_deform_ps_roi_pool_backward",
-         &ComputeInFloat32<&deform_ps_roi_pool_backward_cpu>::run);
+  m.impl("_deform_ps_roi_pool_backward", &ComputeInFloat32<&deform_ps_roi_pool_backward_cpu>::run);
 }
 
 }  // namespace detector

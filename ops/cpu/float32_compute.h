@@ -1,7 +1,8 @@
-// float16 and bfloat16 for CPU kernels written for float32/float64: `ComputeInFloat32<&kernel>::run`
-// has the kernel's signature; when the first tensor argument is float16 or bfloat16 it runs the
-// kernel on float32 copies of the float16/bfloat16 tensor arguments (so every sum accumulates in
-// float32) and returns the floating outputs in that dtype; otherwise it calls the kernel as is.
+// float16 and bfloat16 for CPU kernels written for float32/float64:
+// `ComputeInFloat32<&kernel>::run` has the kernel's signature; when the first tensor argument is
+// float16 or bfloat16 it runs the kernel on float32 copies of the float16/bfloat16 tensor arguments
+// (so every sum accumulates in float32) and returns the floating outputs in that dtype; otherwise
+// it calls the kernel as is.
 //
 // Register it in place of the kernel: m.impl("ps_roi_pool", &ComputeInFloat32<&forward>::run).
 // The copies cost a pass over the inputs and outputs; roi_align and nms convert inside their

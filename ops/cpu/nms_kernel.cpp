@@ -63,9 +63,7 @@ struct BoxView {
   const T* y2;
   const T* area;
 
-  BoxView offset(int64_t k) const {
-    return {x1 + k, y1 + k, x2 + k, y2 + k, area + k};
-  }
+  BoxView offset(int64_t k) const { return {x1 + k, y1 + k, x2 + k, y2 + k, area + k}; }
 };
 
 // Owning structure-of-arrays storage of `n` boxes.
@@ -90,9 +88,7 @@ struct BoxArrays {
     area[k] = src.area[s];
   }
 
-  BoxView<T> view() const {
-    return {x1.data(), y1.data(), x2.data(), y2.data(), area.data()};
-  }
+  BoxView<T> view() const { return {x1.data(), y1.data(), x2.data(), y2.data(), area.data()}; }
 
   std::vector<T> x1, y1, x2, y2, area;
 };
@@ -118,10 +114,9 @@ double threshold_for<double>(double threshold) {
 
 // Whether box `c` of `cand` has an IoU > `thr` with any box in [begin, end) of `kept`.
 template <typename T>
-inline __attribute__((always_inline)) bool overlaps_any_impl(const BoxView<T>& kept,
-                                                             int64_t begin, int64_t end,
-                                                             const BoxView<T>& cand, int64_t c,
-                                                             T thr) {
+inline __attribute__((always_inline)) bool overlaps_any_impl(const BoxView<T>& kept, int64_t begin,
+                                                             int64_t end, const BoxView<T>& cand,
+                                                             int64_t c, T thr) {
   const T cx1 = cand.x1[c];
   const T cy1 = cand.y1[c];
   const T cx2 = cand.x2[c];
@@ -170,8 +165,8 @@ DETECTOR_SIMD_CLONES void test_candidates(const BoxView<float>& cand, int64_t be
 }
 
 DETECTOR_SIMD_CLONES void test_candidates(const BoxView<double>& cand, int64_t begin, int64_t end,
-                                          const BoxView<double>& kept, int64_t num_kept,
-                                          double thr, uint8_t* suppressed) {
+                                          const BoxView<double>& kept, int64_t num_kept, double thr,
+                                          uint8_t* suppressed) {
   for (int64_t c = begin; c < end; ++c) {
     suppressed[c - begin] = overlaps_any_impl(kept, 0, num_kept, cand, c, thr);
   }
@@ -270,7 +265,8 @@ at::Tensor nms_impl(const char* op, const at::Tensor& boxes_in, const at::Tensor
   if (n == 0) {
     return at::empty({0}, boxes.options().dtype(at::kLong));
   }
-  const at::Tensor order = std::get<1>(scores.sort(/*stable=*/true, /*dim=*/0, /*descending=*/true)).contiguous();
+  const at::Tensor order =
+      std::get<1>(scores.sort(/*stable=*/true, /*dim=*/0, /*descending=*/true)).contiguous();
   const int64_t* order_ptr = order.data_ptr<int64_t>();
   std::vector<uint8_t> keep;
   AT_DISPATCH_FLOATING_TYPES(boxes.scalar_type(), "nms", [&] {

@@ -18,7 +18,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "cpu/roi_align_memory.h"
+#include "cpu/aligned_memory.h"
 
 namespace detector {
 namespace paste_masks_cpu {
@@ -35,8 +35,8 @@ struct Sample {
 // pixel p samples s = (size / w) * (p - start + 0.5) - 0.5 clamped to [0, size - 1], as
 // F.interpolate(align_corners=False) does, w = max(end - start + 1, 1).
 template <typename T>
-int64_t axis_samples(
-    int64_t start, int64_t end, int64_t length, int64_t size, std::vector<Sample<T>>& samples) {
+int64_t axis_samples(int64_t start, int64_t end, int64_t length, int64_t size,
+                     std::vector<Sample<T>>& samples) {
   const int64_t first = std::max<int64_t>(start, 0);
   const int64_t last = std::min<int64_t>(end, length - 1);
   samples.clear();
@@ -167,8 +167,6 @@ at::Tensor paste_masks(const at::Tensor& padded_in, const at::Tensor& boxes_in, 
 
 }  // namespace paste_masks_cpu
 
-TORCH_LIBRARY_IMPL(detector, CPU, m) {
-  m.impl("paste_masks", &paste_masks_cpu::paste_masks);
-}
+TORCH_LIBRARY_IMPL(detector, CPU, m) { m.impl("paste_masks", &paste_masks_cpu::paste_masks); }
 
 }  // namespace detector

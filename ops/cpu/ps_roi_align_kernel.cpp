@@ -79,8 +79,11 @@ at::Tensor ps_roi_align_forward_cpu(const at::Tensor& input, const at::Tensor& r
   at::Tensor output;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "ps_roi_align_forward_cpu", [&] {
     const AlignFootprint<scalar_t> footprint{static_cast<scalar_t>(spatial_scale),
-                                             pooled_height, pooled_width, sampling_ratio,
-                                             shape.height, shape.width};
+                                             pooled_height,
+                                             pooled_width,
+                                             sampling_ratio,
+                                             shape.height,
+                                             shape.width};
     output = ps_roi::forward<scalar_t>(dense, strides, rois, shape, footprint);
   });
   return output;
@@ -92,13 +95,16 @@ at::Tensor ps_roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& r
                                      int64_t batch_size, int64_t channels, int64_t height,
                                      int64_t width) {
   const ps_roi::Shape shape =
-      ps_roi::check_backward_args("ps_roi_align backward", grad, rois, pooled_height,
-                                  pooled_width, batch_size, channels, height, width);
+      ps_roi::check_backward_args("ps_roi_align backward", grad, rois, pooled_height, pooled_width,
+                                  batch_size, channels, height, width);
   at::Tensor grad_input;
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "ps_roi_align_backward_cpu", [&] {
     const AlignFootprint<scalar_t> footprint{static_cast<scalar_t>(spatial_scale),
-                                             pooled_height, pooled_width, sampling_ratio,
-                                             height, width};
+                                             pooled_height,
+                                             pooled_width,
+                                             sampling_ratio,
+                                             height,
+                                             width};
     grad_input = ps_roi::backward<scalar_t>(grad, rois, shape, footprint);
   });
   return grad_input;

@@ -50,26 +50,25 @@ inline Shape check_forward_args(const char* op, const at::Tensor& input, const a
               ": `input` must be float32 or float64 on the CPU, got ", input.scalar_type());
   TORCH_CHECK(rois.scalar_type() == input.scalar_type(), op, ": `rois` (", rois.scalar_type(),
               ") must have the dtype of `input` (", input.scalar_type(), ")");
-  TORCH_CHECK(pooled_height > 0 && pooled_width > 0, op,
-              ": `output_size` must be positive, got (", pooled_height, ", ", pooled_width, ")");
+  TORCH_CHECK(pooled_height > 0 && pooled_width > 0, op, ": `output_size` must be positive, got (",
+              pooled_height, ", ", pooled_width, ")");
   const int64_t bins = pooled_height * pooled_width;
   TORCH_CHECK(input.size(1) % bins == 0, op, ": `input` has ", input.size(1),
               " channels, which is not a multiple of output_size[0] * output_size[1] = ", bins,
               " (position-sensitive pooling needs C_out * PH * PW input channels)");
   check_rois(op, rois, input.size(0));
-  return {input.size(0), input.size(1),  input.size(2), input.size(3),
-          pooled_height, pooled_width,   bins,          input.size(1) / bins};
+  return {input.size(0), input.size(1), input.size(2), input.size(3),
+          pooled_height, pooled_width,  bins,          input.size(1) / bins};
 }
 
 // Checks the backward arguments of `op` and returns the sizes of the input gradient.
 inline Shape check_backward_args(const char* op, const at::Tensor& grad, const at::Tensor& rois,
                                  int64_t pooled_height, int64_t pooled_width, int64_t batch_size,
                                  int64_t channels, int64_t height, int64_t width) {
-  TORCH_CHECK(pooled_height > 0 && pooled_width > 0, op,
-              ": `output_size` must be positive, got (", pooled_height, ", ", pooled_width, ")");
+  TORCH_CHECK(pooled_height > 0 && pooled_width > 0, op, ": `output_size` must be positive, got (",
+              pooled_height, ", ", pooled_width, ")");
   const int64_t bins = pooled_height * pooled_width;
-  TORCH_CHECK(batch_size >= 0 && height >= 0 && width >= 0 && channels >= 0 &&
-                  channels % bins == 0,
+  TORCH_CHECK(batch_size >= 0 && height >= 0 && width >= 0 && channels >= 0 && channels % bins == 0,
               op, ": invalid input size (", batch_size, ", ", channels, ", ", height, ", ", width,
               ") for output_size (", pooled_height, ", ", pooled_width, ")");
   TORCH_CHECK(grad.scalar_type() == at::kFloat || grad.scalar_type() == at::kDouble, op,
@@ -136,9 +135,8 @@ constexpr int64_t kTile = 16;
 
 // packed[p * cb + c] = src[c * channel_step + p * pixel_stride]
 template <typename T>
-inline void pack_planes_impl(const T* __restrict__ src, int64_t channel_step,
-                             int64_t pixel_stride, int64_t pixels, int64_t cb,
-                             T* __restrict__ packed) {
+inline void pack_planes_impl(const T* __restrict__ src, int64_t channel_step, int64_t pixel_stride,
+                             int64_t pixels, int64_t cb, T* __restrict__ packed) {
   for (int64_t p = 0; p < pixels; ++p) {
     const T* s = src + p * pixel_stride;
     T* d = packed + p * cb;
@@ -167,8 +165,7 @@ inline void unpack_planes_impl(const T* __restrict__ packed, int64_t pixels, int
 template <typename T, int64_t kMaxBlock>
 inline void gather_packed_impl(const T* __restrict__ packed, int64_t cb,
                                const int64_t* __restrict__ pixel, const T* __restrict__ weight,
-                               int64_t terms, T divisor, T* __restrict__ out,
-                               int64_t out_stride) {
+                               int64_t terms, T divisor, T* __restrict__ out, int64_t out_stride) {
   T sum[kMaxBlock];
   for (int64_t c = 0; c < cb; ++c) sum[c] = T(0);
   for (int64_t t = 0; t < terms; ++t) {
@@ -222,35 +219,33 @@ constexpr int64_t kChannelBlock = 32;
 namespace {
 
 // Instruction-set clones of the loops above, for float and double.
-#define DETECTOR_PS_ROI_HOT_LOOPS(T)                                                           \
-  DETECTOR_SIMD_CLONES void pack_planes(const T* src, int64_t channel_step,                    \
-                                        int64_t pixel_stride, int64_t pixels, int64_t cb,      \
-                                        T* packed) {                                           \
-    pack_planes_impl(src, channel_step, pixel_stride, pixels, cb, packed);                     \
-  }                                                                                            \
-  DETECTOR_SIMD_CLONES void unpack_planes(const T* packed, int64_t pixels, int64_t cb, T* dst, \
-                                          int64_t channel_step) {                              \
-    unpack_planes_impl(packed, pixels, cb, dst, channel_step);                                 \
-  }                                                                                            \
-  DETECTOR_SIMD_CLONES void gather_packed(const T* packed, int64_t cb, const int64_t* pixel,   \
-                                          const T* weight, int64_t terms, T divisor, T* out,   \
-                                          int64_t out_stride) {                                \
-    gather_packed_impl<T, kChannelBlock>(packed, cb, pixel, weight, terms, divisor, out,       \
-                                         out_stride);                                          \
-  }                                                                                            \
-  DETECTOR_SIMD_CLONES void scatter_packed(T* packed, int64_t cb, const int64_t* pixel,        \
-                                           const T* weight, int64_t terms, const T* grad,      \
-                                           int64_t grad_stride, T divisor) {                   \
-    scatter_packed_impl<T, kChannelBlock>(packed, cb, pixel, weight, terms, grad, grad_stride, \
-                                          divisor);                                            \
-  }                                                                                            \
-  DETECTOR_SIMD_CLONES void gather_direct(const T* src, int64_t channel_step,                  \
-                                          int64_t pixel_stride, int64_t channels,              \
-                                          const int64_t* pixel, const T* weight,               \
-                                          int64_t terms, T divisor, T* out,                    \
-                                          int64_t out_stride) {                                \
-    gather_direct_impl(src, channel_step, pixel_stride, channels, pixel, weight, terms,        \
-                       divisor, out, out_stride);                                              \
+#define DETECTOR_PS_ROI_HOT_LOOPS(T)                                                              \
+  DETECTOR_SIMD_CLONES void pack_planes(const T* src, int64_t channel_step, int64_t pixel_stride, \
+                                        int64_t pixels, int64_t cb, T* packed) {                  \
+    pack_planes_impl(src, channel_step, pixel_stride, pixels, cb, packed);                        \
+  }                                                                                               \
+  DETECTOR_SIMD_CLONES void unpack_planes(const T* packed, int64_t pixels, int64_t cb, T* dst,    \
+                                          int64_t channel_step) {                                 \
+    unpack_planes_impl(packed, pixels, cb, dst, channel_step);                                    \
+  }                                                                                               \
+  DETECTOR_SIMD_CLONES void gather_packed(const T* packed, int64_t cb, const int64_t* pixel,      \
+                                          const T* weight, int64_t terms, T divisor, T* out,      \
+                                          int64_t out_stride) {                                   \
+    gather_packed_impl<T, kChannelBlock>(packed, cb, pixel, weight, terms, divisor, out,          \
+                                         out_stride);                                             \
+  }                                                                                               \
+  DETECTOR_SIMD_CLONES void scatter_packed(T* packed, int64_t cb, const int64_t* pixel,           \
+                                           const T* weight, int64_t terms, const T* grad,         \
+                                           int64_t grad_stride, T divisor) {                      \
+    scatter_packed_impl<T, kChannelBlock>(packed, cb, pixel, weight, terms, grad, grad_stride,    \
+                                          divisor);                                               \
+  }                                                                                               \
+  DETECTOR_SIMD_CLONES void gather_direct(const T* src, int64_t channel_step,                     \
+                                          int64_t pixel_stride, int64_t channels,                 \
+                                          const int64_t* pixel, const T* weight, int64_t terms,   \
+                                          T divisor, T* out, int64_t out_stride) {                \
+    gather_direct_impl(src, channel_step, pixel_stride, channels, pixel, weight, terms, divisor,  \
+                       out, out_stride);                                                          \
   }
 
 DETECTOR_PS_ROI_HOT_LOOPS(float)
@@ -361,37 +356,37 @@ at::Tensor forward(const at::Tensor& input, const Strides& strides, const at::Te
   const auto make_state = [&] {
     return ThreadState<T>{{}, std::vector<T>(packed ? pixels * items.max_block : 0)};
   };
-  parallel_items(items.count, items.grain, make_state, [&](ThreadState<T>& state, int64_t begin,
-                                                           int64_t end) {
-    Footprint<T>& fp = state.fp;
-    T* scratch = state.scratch.data();
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t n = item / (bins * items.blocks);
-      const int64_t b = (item / items.blocks) % bins;
-      const int64_t c0 = (item % items.blocks) * kChannelBlock;
-      const int64_t cb = std::min(kChannelBlock, channels_out - c0);
-      const int64_t i = b / shape.pooled_width, j = b % shape.pooled_width;
-      // planes (c0 + c) * B + b of image n, c < cb
-      const T* src = in + n * strides.batch + (c0 * bins + b) * strides.channel;
-      const int64_t channel_step = bins * strides.channel;
-      if (packed) {
-        pack_planes(src, channel_step, strides.pixel, pixels, cb, scratch);
-      }
-      for (int64_t r = by_image.start[n]; r < by_image.start[n + 1]; ++r) {
-        const int64_t k = by_image.order[r];
-        fp.clear();
-        op(prepared[k], i, j, fp);
-        T* dst = out + (k * channels_out + c0) * bins + b;
-        if (packed) {
-          gather_packed(scratch, cb, fp.pixel.data(), fp.weight.data(), fp.size(),
-                        fp.divisor, dst, bins);
-        } else {
-          gather_direct(src, channel_step, strides.pixel, cb, fp.pixel.data(), fp.weight.data(),
-                        fp.size(), fp.divisor, dst, bins);
-        }
-      }
-    }
-  });
+  parallel_items(items.count, items.grain, make_state,
+                 [&](ThreadState<T>& state, int64_t begin, int64_t end) {
+                   Footprint<T>& fp = state.fp;
+                   T* scratch = state.scratch.data();
+                   for (int64_t item = begin; item < end; ++item) {
+                     const int64_t n = item / (bins * items.blocks);
+                     const int64_t b = (item / items.blocks) % bins;
+                     const int64_t c0 = (item % items.blocks) * kChannelBlock;
+                     const int64_t cb = std::min(kChannelBlock, channels_out - c0);
+                     const int64_t i = b / shape.pooled_width, j = b % shape.pooled_width;
+                     // planes (c0 + c) * B + b of image n, c < cb
+                     const T* src = in + n * strides.batch + (c0 * bins + b) * strides.channel;
+                     const int64_t channel_step = bins * strides.channel;
+                     if (packed) {
+                       pack_planes(src, channel_step, strides.pixel, pixels, cb, scratch);
+                     }
+                     for (int64_t r = by_image.start[n]; r < by_image.start[n + 1]; ++r) {
+                       const int64_t k = by_image.order[r];
+                       fp.clear();
+                       op(prepared[k], i, j, fp);
+                       T* dst = out + (k * channels_out + c0) * bins + b;
+                       if (packed) {
+                         gather_packed(scratch, cb, fp.pixel.data(), fp.weight.data(), fp.size(),
+                                       fp.divisor, dst, bins);
+                       } else {
+                         gather_direct(src, channel_step, strides.pixel, cb, fp.pixel.data(),
+                                       fp.weight.data(), fp.size(), fp.divisor, dst, bins);
+                       }
+                     }
+                   }
+                 });
   return output;
 }
 
@@ -423,32 +418,32 @@ at::Tensor backward(const at::Tensor& grad, const at::Tensor& rois, const Shape&
   const auto make_state = [&] {
     return ThreadState<T>{{}, std::vector<T>(pixels * items.max_block)};
   };
-  parallel_items(items.count, items.grain, make_state, [&](ThreadState<T>& state, int64_t begin,
-                                                           int64_t end) {
-    Footprint<T>& fp = state.fp;
-    T* scratch = state.scratch.data();
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t n = item / (bins * items.blocks);
-      const int64_t b = (item / items.blocks) % bins;
-      const int64_t c0 = (item % items.blocks) * kChannelBlock;
-      const int64_t cb = std::min(kChannelBlock, channels_out - c0);
-      const int64_t i = b / shape.pooled_width, j = b % shape.pooled_width;
-      std::fill(scratch, scratch + pixels * cb, T(0));
-      for (int64_t r = by_image.start[n]; r < by_image.start[n + 1]; ++r) {
-        const int64_t k = by_image.order[r];
-        fp.clear();
-        op(prepared[k], i, j, fp);
-        if (fp.size() == 0) {
-          continue;
+  parallel_items(
+      items.count, items.grain, make_state, [&](ThreadState<T>& state, int64_t begin, int64_t end) {
+        Footprint<T>& fp = state.fp;
+        T* scratch = state.scratch.data();
+        for (int64_t item = begin; item < end; ++item) {
+          const int64_t n = item / (bins * items.blocks);
+          const int64_t b = (item / items.blocks) % bins;
+          const int64_t c0 = (item % items.blocks) * kChannelBlock;
+          const int64_t cb = std::min(kChannelBlock, channels_out - c0);
+          const int64_t i = b / shape.pooled_width, j = b % shape.pooled_width;
+          std::fill(scratch, scratch + pixels * cb, T(0));
+          for (int64_t r = by_image.start[n]; r < by_image.start[n + 1]; ++r) {
+            const int64_t k = by_image.order[r];
+            fp.clear();
+            op(prepared[k], i, j, fp);
+            if (fp.size() == 0) {
+              continue;
+            }
+            scatter_packed(scratch, cb, fp.pixel.data(), fp.weight.data(), fp.size(),
+                           grad_data + (k * channels_out + c0) * bins + b, bins, fp.divisor);
+          }
+          // planes (c0 + c) * B + b of image n, c < cb
+          unpack_planes(scratch, pixels, cb, gin + (n * shape.channels + c0 * bins + b) * pixels,
+                        bins * pixels);
         }
-        scatter_packed(scratch, cb, fp.pixel.data(), fp.weight.data(), fp.size(),
-                       grad_data + (k * channels_out + c0) * bins + b, bins, fp.divisor);
-      }
-      // planes (c0 + c) * B + b of image n, c < cb
-      unpack_planes(scratch, pixels, cb,
-                    gin + (n * shape.channels + c0 * bins + b) * pixels, bins * pixels);
-    }
-  });
+      });
   return grad_input;
 }
 

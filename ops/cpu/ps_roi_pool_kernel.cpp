@@ -39,8 +39,7 @@ struct PoolFootprint {
     const int64_t end_w = round_coordinate(roi[3] * spatial_scale);
     const int64_t end_h = round_coordinate(roi[4] * spatial_scale);
     // RoIs smaller than a pixel count as 1 x 1.
-    return {start_h, start_w,
-            static_cast<T>(std::max<int64_t>(end_h - start_h, 1)) / pooled_height,
+    return {start_h, start_w, static_cast<T>(std::max<int64_t>(end_h - start_h, 1)) / pooled_height,
             static_cast<T>(std::max<int64_t>(end_w - start_w, 1)) / pooled_width};
   }
 
@@ -89,8 +88,8 @@ at::Tensor ps_roi_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& ro
                                     int64_t pooled_width, int64_t batch_size, int64_t channels,
                                     int64_t height, int64_t width) {
   const ps_roi::Shape shape =
-      ps_roi::check_backward_args("ps_roi_pool backward", grad, rois, pooled_height,
-                                  pooled_width, batch_size, channels, height, width);
+      ps_roi::check_backward_args("ps_roi_pool backward", grad, rois, pooled_height, pooled_width,
+                                  batch_size, channels, height, width);
   at::Tensor grad_input;
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "ps_roi_pool_backward_cpu", [&] {
     const PoolFootprint<scalar_t> footprint{static_cast<scalar_t>(spatial_scale), pooled_height,

@@ -10,7 +10,7 @@
 #include <deque>
 #include <mutex>
 
-#include "cpu/roi_align_memory.h"
+#include "cpu/aligned_memory.h"
 
 namespace detector {
 namespace {
@@ -148,20 +148,17 @@ at::Tensor recycled_empty(at::IntArrayRef sizes, at::ScalarType dtype) {
                                    dtype, c10::MemoryFormat::Contiguous);
 }
 
-void release_recycled_memory() {
-  free_blocks(cache().take_all());
-}
+void release_recycled_memory() { free_blocks(cache().take_all()); }
 
 namespace {
 
 at::Tensor recycled_bmm(const at::Tensor& a, const at::Tensor& b) {
   const bool shapes_match =
       a.dim() == 3 && b.dim() == 3 && a.size(0) == b.size(0) && a.size(2) == b.size(1);
-  TORCH_CHECK_VALUE(shapes_match,
-                    "_recycled_bmm: expected (B, n, k) and (B, k, m), got ", a.sizes(), " and ",
-                    b.sizes());
-  TORCH_CHECK_TYPE(a.scalar_type() == b.scalar_type(), "_recycled_bmm: dtypes differ: ",
-                   a.scalar_type(), " and ", b.scalar_type());
+  TORCH_CHECK_VALUE(shapes_match, "_recycled_bmm: expected (B, n, k) and (B, k, m), got ",
+                    a.sizes(), " and ", b.sizes());
+  TORCH_CHECK_TYPE(a.scalar_type() == b.scalar_type(),
+                   "_recycled_bmm: dtypes differ: ", a.scalar_type(), " and ", b.scalar_type());
   at::Tensor out = recycled_empty({a.size(0), a.size(1), b.size(2)}, a.scalar_type());
   return at::bmm_out(out, a, b);
 }

@@ -19,7 +19,7 @@
 // L2, and in chunks of a bounded number of sample points (adaptive grids of huge RoIs). The
 // forward writes its output with non-temporal stores (it would evict the block buffer from L3)
 // into recycled memory (recycled_memory.h); fresh gradients and the block buffers are backed by
-// transparent huge pages (roi_align_memory.h).
+// transparent huge pages (aligned_memory.h).
 // Threads take channel blocks from a shared counter (so a thread slowed down by other processes
 // does not hold up the others); what a block computes does not depend on the thread running it.
 #include <ATen/ATen.h>
@@ -40,10 +40,12 @@
 #include <vector>
 
 #include "common/bilinear.h"
+#include "common/roi_align_mode.h"
 #include "cpu/channel_block.h"
 #include "cpu/cpu_utils.h"
 #include "cpu/recycled_memory.h"
-#include "cpu/roi_align_memory.h"
+#include "cpu/aligned_memory.h"
+#include "cpu/simd.h"
 
 // GCC notes that vector arguments change the ABI between SIMD clones; they are all inlined.
 #pragma GCC diagnostic ignored "-Wpsabi"
@@ -51,19 +53,10 @@
 namespace detector {
 namespace roi_align_cpu {
 
-constexpr int64_t kBlock = kChannelBlock;              // channels per block (B)
+constexpr int64_t kBlock = kChannelBlock;               // channels per block (B)
 constexpr int64_t kMaxChunkSamples = int64_t(1) << 19;  // sample points per table chunk
 
-enum class Mode { kAvg, kMax };
-
-Mode parse_mode(const char* op, c10::string_view mode) {
-  if (mode == "avg") {
-    return Mode::kAvg;
-  }
-  TORCH_CHECK_VALUE(mode == "max", op, ": `mode` must be \"avg\" or \"max\", got \"",
-                    std::string(mode), "\"");
-  return Mode::kMax;
-}
+using Mode = RoIAlignMode;
 
 // One feature level: its plane size, scale, and first pixel in the concatenated block buffer.
 struct Level {
@@ -192,15 +185,15 @@ struct SampleTable {
   RoiSamples<T> roi(int64_t k, const Pooling& pool) const {
     const int64_t i = k - first;
     return RoiSamples<T>{y.data() + y_offset[i], x.data() + x_offset[i], grid_h[i], grid_w[i],
-                         pool.pooled_height, pool.pooled_width};
+                         pool.pooled_height,     pool.pooled_width};
   }
 };
 
 // The RoIs' levels and geometry, shared by the forward and backward drivers.
 template <typename T>
 struct RoiSet {
-  const T* rois;           // (K, 5), contiguous
-  const int64_t* levels;   // (K,) level of each RoI, or nullptr for a single level
+  const T* rois;          // (K, 5), contiguous
+  const int64_t* levels;  // (K,) level of each RoI, or nullptr for a single level
   std::vector<Level> level_info;
   Pooling pool;
   int64_t num_rois;
@@ -358,12 +351,9 @@ inline __attribute__((always_inline)) void for_each_bin(const T* buf, const RoiS
   }
 }
 
-// A row of B channels as one GCC vector: each SIMD clone lowers it to its widest registers
-// (1 zmm, 2 ymm or 4 xmm for floats). Loads and stores go through memcpy (unaligned).
-typedef float VecF __attribute__((vector_size(kBlock * sizeof(float))));
-typedef double VecD __attribute__((vector_size(kBlock * sizeof(double))));
-typedef int32_t VecI32 __attribute__((vector_size(kBlock * sizeof(int32_t))));
-typedef int64_t VecI64 __attribute__((vector_size(kBlock * sizeof(int64_t))));
+// A row of B channels as one GCC vector (VecF, ..., simd.h): each SIMD clone lowers it to its
+// widest registers (1 zmm, 2 ymm or 4 xmm for floats). Loads and stores go through memcpy
+// (unaligned).
 
 template <typename T>
 struct Vec;
@@ -397,13 +387,8 @@ inline __attribute__((always_inline)) V select(const M& mask, const V& a, const 
   return (V)(((M)a & mask) | ((M)b & ~mask));
 }
 
-// 32-byte vectors (native to AVX2) for comparisons and selects, which GCC would otherwise lower
-// lane by lane on 64-byte vectors.
-typedef float VecF8 __attribute__((vector_size(32)));
-typedef double VecD4 __attribute__((vector_size(32)));
-typedef int32_t VecI32x8 __attribute__((vector_size(32)));
-typedef int32_t VecI32x4 __attribute__((vector_size(16)));
-typedef int64_t VecI64x4 __attribute__((vector_size(32)));
+// 32-byte vectors (native to AVX2, simd.h) for comparisons and selects, which GCC would
+// otherwise lower lane by lane on 64-byte vectors.
 
 template <typename T>
 struct Narrow;
@@ -565,8 +550,8 @@ DETECTOR_SIMD_CLONES void pool_avg_block(const double* base, const RoiSamples<do
                                          double* out) {
   pool_avg_impl<double>(base, r, out);
 }
-DETECTOR_SIMD_CLONES void pool_max_block(const float* base, const RoiSamples<float>& r,
-                                         float* out, int32_t* arg) {
+DETECTOR_SIMD_CLONES void pool_max_block(const float* base, const RoiSamples<float>& r, float* out,
+                                         int32_t* arg) {
   pool_max_impl<float>(base, r, out, arg);
 }
 DETECTOR_SIMD_CLONES void pool_max_block(const double* base, const RoiSamples<double>& r,
@@ -581,8 +566,8 @@ DETECTOR_SIMD_CLONES void scatter_block(float* buf, const RoiSamples<float>& r, 
     scatter_avg_impl<float>(buf, r, g);
   }
 }
-DETECTOR_SIMD_CLONES void scatter_block(double* buf, const RoiSamples<double>& r,
-                                        const double* g, const int32_t* arg) {
+DETECTOR_SIMD_CLONES void scatter_block(double* buf, const RoiSamples<double>& r, const double* g,
+                                        const int32_t* arg) {
   if (arg) {
     scatter_max_impl<double>(buf, r, g, arg);
   } else {
@@ -693,8 +678,7 @@ void forward_blocks(const RoiSet<T>& set, const SampleTable<T>& table,
     pixels = std::max(pixels, level.pixel_base + levels[0].size(0) * level.height * level.width);
   }
   std::atomic<int64_t> next_block{0};
-  at::parallel_for(0, block_workers(table, num_blocks), 1, [&](int64_t,
-                                                                                   int64_t) {
+  at::parallel_for(0, block_workers(table, num_blocks), 1, [&](int64_t, int64_t) {
     AlignedArray<T> buf = block_buffer<T>(pixels);
     std::vector<T> local(bins * kBlock);    // [bins][B]
     std::vector<T> staging(bins * kBlock);  // [B][bins]
@@ -816,17 +800,17 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& grad, const at::Tensor& 
                                       const std::vector<bool>& channels_last) {
   std::vector<at::Tensor> grads;
   for (size_t l = 0; l < heights.size(); ++l) {
-    grads.push_back(fresh_tensor({batch, channels, heights[l], widths[l]}, grad.options(),
-                                 channels_last[l] ? at::MemoryFormat::ChannelsLast
-                                                  : at::MemoryFormat::Contiguous));
+    grads.push_back(fresh_tensor(
+        {batch, channels, heights[l], widths[l]}, grad.options(),
+        channels_last[l] ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
   }
   const int64_t num_rois = rois.size(0), bins = pool.bins();
   if (num_rois == 0 || channels == 0 || bins == 0) {
     for (at::Tensor& g : grads) g.zero_();
     return grads;
   }
-  RoiSet<T> set{rois.const_data_ptr<T>(), roi_levels,
-                level_info<T>(heights, widths, scales, batch), pool, num_rois};
+  RoiSet<T> set{rois.const_data_ptr<T>(), roi_levels, level_info<T>(heights, widths, scales, batch),
+                pool, num_rois};
   int64_t pixels = 0;
   for (const Level& level : set.level_info) {
     pixels = std::max(pixels, level.pixel_base + batch * level.height * level.width);
@@ -843,8 +827,7 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& grad, const at::Tensor& 
   for (size_t i = 0; i + 1 < bounds.size(); ++i) {
     build_table(set, bounds[i], bounds[i + 1], table);
     std::atomic<int64_t> next_block{0};
-    at::parallel_for(0, block_workers(table, num_blocks), 1, [&](int64_t,
-                                                                                     int64_t) {
+    at::parallel_for(0, block_workers(table, num_blocks), 1, [&](int64_t, int64_t) {
       AlignedArray<T> buf = block_buffer<T>(pixels);
       std::vector<T> local(bins * kBlock);  // [bins][B]
       std::vector<int32_t> local_arg(arg ? bins * kBlock : 0);
@@ -854,8 +837,9 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& grad, const at::Tensor& 
         for (const int64_t k : table.order) {
           // grad[k, c0:c0+cw, bins] -> [bins][B]
           const S* gk = g + (k * channels + c0) * bins;
-          constexpr bool kBlockCopy = std::is_same_v<T, float> && (std::is_same_v<S, float> ||
-                                                                   std::is_same_v<S, c10::BFloat16>);
+          constexpr bool kBlockCopy =
+              std::is_same_v<T, float> &&
+              (std::is_same_v<S, float> || std::is_same_v<S, c10::BFloat16>);
           if constexpr (kBlockCopy) {
             if (cw == kBlock) {
               planes_to_block_converted(gk, bins, local.data());
@@ -878,8 +862,8 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& grad, const at::Tensor& 
                         local.data(), arg ? local_arg.data() : nullptr);
         }
         for (size_t l = 0; l < grads.size(); ++l) {
-          store_block<T, S>(buf.get() + set.level_info[l].pixel_base * kBlock, c0, cw,
-                            accumulate, grads[l]);
+          store_block<T, S>(buf.get() + set.level_info[l].pixel_base * kBlock, c0, cw, accumulate,
+                            grads[l]);
         }
       }
     });
@@ -922,7 +906,8 @@ std::tuple<at::Tensor, at::Tensor> roi_align_forward(const at::Tensor& input,
                                                      int64_t sampling_ratio, bool aligned,
                                                      c10::string_view mode) {
   constexpr const char* op = "roi_align";
-  const Pooling pool{pooled_height, pooled_width, sampling_ratio, aligned, parse_mode(op, mode)};
+  const Pooling pool{pooled_height, pooled_width, sampling_ratio, aligned,
+                     parse_roi_align_mode(op, mode)};
   TORCH_CHECK_VALUE(input.dim() == 4, op, ": `input` must be 4-D (N, C, H, W), got ",
                     input.sizes());
   check_dtype(op, input);
@@ -936,13 +921,13 @@ std::tuple<at::Tensor, at::Tensor> roi_align_forward(const at::Tensor& input,
 }
 
 at::Tensor roi_align_backward(const at::Tensor& grad, const at::Tensor& rois,
-                              const at::Tensor& argmax, double spatial_scale,
-                              int64_t pooled_height, int64_t pooled_width, int64_t batch_size,
-                              int64_t channels, int64_t height, int64_t width,
-                              int64_t sampling_ratio, bool aligned, c10::string_view mode,
-                              bool channels_last) {
+                              const at::Tensor& argmax, double spatial_scale, int64_t pooled_height,
+                              int64_t pooled_width, int64_t batch_size, int64_t channels,
+                              int64_t height, int64_t width, int64_t sampling_ratio, bool aligned,
+                              c10::string_view mode, bool channels_last) {
   constexpr const char* op = "_roi_align_backward";
-  const Pooling pool{pooled_height, pooled_width, sampling_ratio, aligned, parse_mode(op, mode)};
+  const Pooling pool{pooled_height, pooled_width, sampling_ratio, aligned,
+                     parse_roi_align_mode(op, mode)};
   check_dtype(op, grad);
   check_rois(op, rois, batch_size);
   TORCH_CHECK(grad.dim() == 4 && grad.size(0) == rois.size(0) && grad.size(1) == channels &&
@@ -955,8 +940,7 @@ at::Tensor roi_align_backward(const at::Tensor& grad, const at::Tensor& rois,
   return dispatch_storage(grad.scalar_type(), [&](auto t, auto s) {
     return backward_impl<decltype(t), decltype(s)>(grad.contiguous(), r, nullptr,
                                                    argmax.contiguous(), scales, pool, batch_size,
-                                                   channels, {height}, {width},
-                                                   {channels_last})[0];
+                                                   channels, {height}, {width}, {channels_last})[0];
   });
 }
 
@@ -976,23 +960,22 @@ at::Tensor checked_levels(const char* op, const at::Tensor& levels, int64_t num_
   return levels.contiguous();
 }
 
-std::tuple<at::Tensor, at::Tensor> multi_scale_forward(at::TensorList features,
-                                                       const at::Tensor& rois,
-                                                       const at::Tensor& levels,
-                                                       at::ArrayRef<double> spatial_scales,
-                                                       int64_t pooled_height, int64_t pooled_width,
-                                                       int64_t sampling_ratio, bool aligned,
-                                                       c10::string_view mode) {
+std::tuple<at::Tensor, at::Tensor> multi_scale_forward(
+    at::TensorList features, const at::Tensor& rois, const at::Tensor& levels,
+    at::ArrayRef<double> spatial_scales, int64_t pooled_height, int64_t pooled_width,
+    int64_t sampling_ratio, bool aligned, c10::string_view mode) {
   constexpr const char* op = "multi_scale_roi_align";
-  const Pooling pool{pooled_height, pooled_width, sampling_ratio, aligned, parse_mode(op, mode)};
+  const Pooling pool{pooled_height, pooled_width, sampling_ratio, aligned,
+                     parse_roi_align_mode(op, mode)};
   TORCH_CHECK_VALUE(!features.empty() && features.size() == spatial_scales.size(), op,
                     ": `features` and `spatial_scales` must be non-empty and of equal length, got ",
                     features.size(), " and ", spatial_scales.size());
   for (const at::Tensor& f : features) {
-    TORCH_CHECK_VALUE(f.dim() == 4 && f.size(0) == features[0].size(0) &&
-                          f.size(1) == features[0].size(1),
-                      op, ": every level of `features` must be (N, C, H_l, W_l) with the same N "
-                      "and C, got ", f.sizes(), " and ", features[0].sizes());
+    TORCH_CHECK_VALUE(
+        f.dim() == 4 && f.size(0) == features[0].size(0) && f.size(1) == features[0].size(1), op,
+        ": every level of `features` must be (N, C, H_l, W_l) with the same N "
+        "and C, got ",
+        f.sizes(), " and ", features[0].sizes());
     TORCH_CHECK_TYPE(f.scalar_type() == features[0].scalar_type(), op,
                      ": every level of `features` must have the same dtype");
   }
@@ -1007,20 +990,18 @@ std::tuple<at::Tensor, at::Tensor> multi_scale_forward(at::TensorList features,
   });
 }
 
-std::vector<at::Tensor> multi_scale_backward(const at::Tensor& grad, const at::Tensor& rois,
-                                             const at::Tensor& levels, const at::Tensor& argmax,
-                                             at::ArrayRef<double> spatial_scales,
-                                             int64_t pooled_height, int64_t pooled_width,
-                                             at::IntArrayRef level_shapes,
-                                             const c10::List<bool>& channels_last,
-                                             int64_t sampling_ratio, bool aligned,
-                                             c10::string_view mode) {
+std::vector<at::Tensor> multi_scale_backward(
+    const at::Tensor& grad, const at::Tensor& rois, const at::Tensor& levels,
+    const at::Tensor& argmax, at::ArrayRef<double> spatial_scales, int64_t pooled_height,
+    int64_t pooled_width, at::IntArrayRef level_shapes, const c10::List<bool>& channels_last,
+    int64_t sampling_ratio, bool aligned, c10::string_view mode) {
   constexpr const char* op = "_multi_scale_roi_align_backward";
-  const Pooling pool{pooled_height, pooled_width, sampling_ratio, aligned, parse_mode(op, mode)};
+  const Pooling pool{pooled_height, pooled_width, sampling_ratio, aligned,
+                     parse_roi_align_mode(op, mode)};
   const size_t num_levels = spatial_scales.size();
-  TORCH_CHECK(num_levels > 0 && level_shapes.size() == 4 * num_levels &&
-                  channels_last.size() == num_levels,
-              op, ": expected 4 sizes and a memory format per level");
+  TORCH_CHECK(
+      num_levels > 0 && level_shapes.size() == 4 * num_levels && channels_last.size() == num_levels,
+      op, ": expected 4 sizes and a memory format per level");
   check_dtype(op, grad);
   const int64_t batch = level_shapes[0], channels = level_shapes[1];
   check_rois(op, rois, batch);
@@ -1039,10 +1020,9 @@ std::vector<at::Tensor> multi_scale_backward(const at::Tensor& grad, const at::T
   }
   const at::Tensor r = compute_rois(rois, grad.scalar_type());
   return dispatch_storage(grad.scalar_type(), [&](auto t, auto s) {
-    return backward_impl<decltype(t), decltype(s)>(grad.contiguous(), r,
-                                                   lv.const_data_ptr<int64_t>(),
-                                                   argmax.contiguous(), spatial_scales, pool,
-                                                   batch, channels, heights, widths, formats);
+    return backward_impl<decltype(t), decltype(s)>(
+        grad.contiguous(), r, lv.const_data_ptr<int64_t>(), argmax.contiguous(), spatial_scales,
+        pool, batch, channels, heights, widths, formats);
   });
 }
 

@@ -17,8 +17,8 @@
 // planes are in L2, then copies them into the gradient with non-temporal stores (its memory is a
 // freed gradient's, recycled_memory.h, or fresh huge pages: it is written once and never read,
 // and first-touch faults are spread over the threads). No atomics, no races, and the summation
-// order of every element does not depend on the thread count. A contiguous `grad` is read in runs of
-// block * PH * PW elements per RoI (prefetched); any other strides are read in place.
+// order of every element does not depend on the thread count. A contiguous `grad` is read in runs
+// of block * PH * PW elements per RoI (prefetched); any other strides are read in place.
 #include <torch/library.h>
 
 #include <ATen/OpMathType.h>
@@ -34,7 +34,8 @@
 #include "cpu/channel_block.h"
 #include "cpu/cpu_utils.h"
 #include "cpu/recycled_memory.h"
-#include "cpu/roi_align_memory.h"
+#include "cpu/aligned_memory.h"
+#include "cpu/simd.h"
 
 namespace detector {
 namespace {
@@ -133,10 +134,8 @@ void bin_max(const A* col_value, const int* col_index, const int* wstart, const 
   }
 }
 
-// float: channel blocks. 8 floats / 8 ints in one 32-byte vector (GCC vector extensions: AVX2
+// float: channel blocks. 8 floats / 8 ints in one 32-byte vector (VecF8 / VecI32x8, simd.h: AVX2
 // in the x86-64-v3 clone, two SSE registers in the default one); a block of 16 channels is two.
-typedef float Float8 __attribute__((vector_size(32)));
-typedef int Int8 __attribute__((vector_size(32)));
 constexpr int kLanes = 8;
 static_assert(kChannelBlock == 2 * kLanes, "a channel block is two 8-lane vectors");
 
@@ -153,18 +152,18 @@ DETECTOR_SIMD_CLONES void pool_roi_block(const float* image, int64_t width, cons
   for (int ph = 0; ph < ph_count; ++ph) {
     for (int pw = 0; pw < pw_count; ++pw) {
       const bool empty = hend[ph] <= hstart[ph] || wend[pw] <= wstart[pw];
-      Float8 best0 = Float8{} + (empty ? 0.0f : -FLT_MAX), best1 = best0;
-      Int8 index0 = Int8{} - 1, index1 = index0;
+      VecF8 best0 = VecF8{} + (empty ? 0.0f : -FLT_MAX), best1 = best0;
+      VecI32x8 index0 = VecI32x8{} - 1, index1 = index0;
       for (int h = hstart[ph]; h < hend[ph]; ++h) {
         const int row = static_cast<int>(h * width);
         for (int w = wstart[pw]; w < wend[pw]; ++w) {
           const float* pixel = image + static_cast<int64_t>(row + w) * kChannelBlock;
-          Float8 v0, v1;
+          VecF8 v0, v1;
           __builtin_memcpy(&v0, pixel, sizeof(v0));
           __builtin_memcpy(&v1, pixel + kLanes, sizeof(v1));
-          const Int8 at = Int8{} + (row + w);
-          const Int8 greater0 = v0 > best0;
-          const Int8 greater1 = v1 > best1;
+          const VecI32x8 at = VecI32x8{} + (row + w);
+          const VecI32x8 greater0 = v0 > best0;
+          const VecI32x8 greater1 = v1 > best1;
           best0 = greater0 ? v0 : best0;
           best1 = greater1 ? v1 : best1;
           index0 = greater0 ? at : index0;
@@ -266,8 +265,8 @@ void check_pool_args(const at::Tensor& input, const at::Tensor& rois, int64_t po
               "roi_pool: `rois` must have the dtype of `input` (", input.scalar_type(), "), got ",
               rois.scalar_type());
   TORCH_CHECK(pooled_height > 0 && pooled_width > 0,
-              "roi_pool: `output_size` must be positive, got (", pooled_height, ", ",
-              pooled_width, ")");
+              "roi_pool: `output_size` must be positive, got (", pooled_height, ", ", pooled_width,
+              ")");
   TORCH_CHECK(input.size(2) * input.size(3) <= INT32_MAX,
               "roi_pool: a feature plane of more than 2^31 elements is not supported");
   check_rois("roi_pool", rois, input.size(0));
@@ -275,19 +274,17 @@ void check_pool_args(const at::Tensor& input, const at::Tensor& rois, int64_t po
 
 std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cpu(const at::Tensor& input,
                                                         const at::Tensor& rois,
-                                                        double spatial_scale,
-                                                        int64_t pooled_height,
+                                                        double spatial_scale, int64_t pooled_height,
                                                         int64_t pooled_width) {
   check_pool_args(input, rois, pooled_height, pooled_width);
   const int64_t num_rois = rois.size(0);
   const int64_t channels = input.size(1);
   const int64_t height = input.size(2);
   const int64_t width = input.size(3);
-  at::Tensor output =
-      at::empty({num_rois, channels, pooled_height, pooled_width}, input.options());
-  at::Tensor argmax = at::empty({num_rois, channels, pooled_height, pooled_width},
-                                input.options().dtype(at::kInt));
-  // Fresh memory: huge pages cut the first-touch page faults (roi_align_memory.h).
+  at::Tensor output = at::empty({num_rois, channels, pooled_height, pooled_width}, input.options());
+  at::Tensor argmax =
+      at::empty({num_rois, channels, pooled_height, pooled_width}, input.options().dtype(at::kInt));
+  // Fresh memory: huge pages cut the first-touch page faults (aligned_memory.h).
   advise_huge_pages(output.data_ptr(), output.nbytes());
   advise_huge_pages(argmax.data_ptr(), argmax.nbytes());
   if (output.numel() == 0) {
@@ -300,8 +297,8 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cpu(const at::Tensor& input,
     // Channel blocks read NCHW or NHWC directly (no layout copy).
     const bool direct =
         input.is_contiguous() || input.is_contiguous(at::MemoryFormat::ChannelsLast);
-    const RoIBins bins = compute_bins<float>(r, spatial_scale, pooled_height, pooled_width,
-                                             height, width);
+    const RoIBins bins =
+        compute_bins<float>(r, spatial_scale, pooled_height, pooled_width, height, width);
     forward_float_blocks(direct ? input : input.contiguous(), bins, ph_count, pw_count,
                          output.data_ptr<float>(), argmax.data_ptr<int>());
     return {output, argmax};
@@ -323,8 +320,7 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cpu(const at::Tensor& input,
       for (int64_t c = begin; c < end; ++c) {
         pool_channel<scalar_t, acc_t>(in + c * plane, channels * plane, width, bins, ph_count,
                                       pw_count, out + c * bins_per_roi, arg + c * bins_per_roi,
-                                      channels * bins_per_roi, col_value.data(),
-                                      col_index.data());
+                                      channels * bins_per_roi, col_value.data(), col_index.data());
       }
     });
   });
@@ -337,10 +333,9 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cpu(const at::Tensor& input,
 // (K, C, bins), so a RoI's run for the block is (c1 - c0) * bins contiguous elements of each.
 template <typename T>
 DETECTOR_SIMD_CLONES void scatter_channels(const T* __restrict__ g, const int* __restrict__ arg,
-                                           const int64_t* batch, int64_t num_rois,
-                                           int64_t channels, int64_t bins, int64_t plane,
-                                           int64_t c0, int64_t c1, int64_t image_stride,
-                                           T* __restrict__ gi) {
+                                           const int64_t* batch, int64_t num_rois, int64_t channels,
+                                           int64_t bins, int64_t plane, int64_t c0, int64_t c1,
+                                           int64_t image_stride, T* __restrict__ gi) {
   const int64_t run = (c1 - c0) * bins;
   const int64_t roi_stride = channels * bins;
   constexpr int64_t kAhead = 2;  // RoIs between a prefetch and its use (~DRAM latency)
@@ -409,8 +404,7 @@ at::Tensor roi_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& rois,
   // Every element is written below (zeroed by its owner thread, then scattered into), so the
   // memory need not be zero: a freed gradient's memory is reused (recycled_memory.h), which saves
   // the kernel's page zeroing of fresh memory (huge pages where it is fresh).
-  at::Tensor grad_input =
-      recycled_empty({batch_size, channels, height, width}, grad.scalar_type());
+  at::Tensor grad_input = recycled_empty({batch_size, channels, height, width}, grad.scalar_type());
   if (grad_input.numel() == 0) {
     return grad_input;
   }
@@ -425,43 +419,43 @@ at::Tensor roi_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& rois,
   }
   const at::Tensor a = argmax.contiguous();  // made by the forward: contiguous
   const bool dense = grad.is_contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(),
-                                  "_roi_pool_backward", [&] {
-    const scalar_t* gp = grad.const_data_ptr<scalar_t>();
-    const int* ap = a.const_data_ptr<int>();
-    scalar_t* gi = grad_input.data_ptr<scalar_t>();
-    // A block of kBlock channels has one owner thread: it scatters into zeroed planes of its
-    // own (N, kBlock, H, W), which stay in L2, then copies them into the gradient with
-    // non-temporal stores (the gradient's lines are then written once, never read).
-    constexpr int64_t kBlock = 2;
-    const int64_t num_blocks = (channels + kBlock - 1) / kBlock;
-    // Threads take blocks from a shared counter (a thread slowed down by other processes does
-    // not hold up the others); what a block computes does not depend on the thread running it.
-    const int64_t workers = std::min<int64_t>(num_blocks, at::get_num_threads());
-    std::atomic<int64_t> next_block{0};
-    at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
-      AlignedArray<scalar_t> planes = aligned_array<scalar_t>(batch_size * kBlock * plane);
-      for (int64_t block = next_block++; block < num_blocks; block = next_block++) {
-        const int64_t c0 = block * kBlock;
-        const int64_t c1 = std::min(c0 + kBlock, channels);
-        const int64_t image_stride = (c1 - c0) * plane;  // planes: (N, c1 - c0, H, W)
-        std::fill(planes.get(), planes.get() + batch_size * image_stride, scalar_t(0));
-        if (dense) {
-          scatter_channels<scalar_t>(gp, ap, batch.data(), num_rois, channels, bins, plane, c0,
-                                     c1, image_stride, planes.get());
-        } else {
-          scatter_channels_strided<scalar_t>(gp, grad.strides(), ap, batch.data(), num_rois,
-                                             channels, grad.size(2), grad.size(3), plane, c0, c1,
-                                             image_stride, planes.get());
-        }
-        for (int64_t n = 0; n < batch_size; ++n) {
-          copy_streaming(planes.get() + n * image_stride, image_stride * sizeof(scalar_t),
-                         gi + (n * channels + c0) * plane);
-        }
-      }
-      store_fence();
-    });
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, grad.scalar_type(), "_roi_pool_backward", [&] {
+        const scalar_t* gp = grad.const_data_ptr<scalar_t>();
+        const int* ap = a.const_data_ptr<int>();
+        scalar_t* gi = grad_input.data_ptr<scalar_t>();
+        // A block of kBlock channels has one owner thread: it scatters into zeroed planes of its
+        // own (N, kBlock, H, W), which stay in L2, then copies them into the gradient with
+        // non-temporal stores (the gradient's lines are then written once, never read).
+        constexpr int64_t kBlock = 2;
+        const int64_t num_blocks = (channels + kBlock - 1) / kBlock;
+        // Threads take blocks from a shared counter (a thread slowed down by other processes does
+        // not hold up the others); what a block computes does not depend on the thread running it.
+        const int64_t workers = std::min<int64_t>(num_blocks, at::get_num_threads());
+        std::atomic<int64_t> next_block{0};
+        at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+          AlignedArray<scalar_t> planes = aligned_array<scalar_t>(batch_size * kBlock * plane);
+          for (int64_t block = next_block++; block < num_blocks; block = next_block++) {
+            const int64_t c0 = block * kBlock;
+            const int64_t c1 = std::min(c0 + kBlock, channels);
+            const int64_t image_stride = (c1 - c0) * plane;  // planes: (N, c1 - c0, H, W)
+            std::fill(planes.get(), planes.get() + batch_size * image_stride, scalar_t(0));
+            if (dense) {
+              scatter_channels<scalar_t>(gp, ap, batch.data(), num_rois, channels, bins, plane, c0,
+                                         c1, image_stride, planes.get());
+            } else {
+              scatter_channels_strided<scalar_t>(gp, grad.strides(), ap, batch.data(), num_rois,
+                                                 channels, grad.size(2), grad.size(3), plane, c0,
+                                                 c1, image_stride, planes.get());
+            }
+            for (int64_t n = 0; n < batch_size; ++n) {
+              copy_streaming(planes.get() + n * image_stride, image_stride * sizeof(scalar_t),
+                             gi + (n * channels + c0) * plane);
+            }
+          }
+          store_fence();
+        });
+      });
   return grad_input;
 }
 

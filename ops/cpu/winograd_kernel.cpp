@@ -89,8 +89,8 @@ void input_transform_plane(const T* x, const Tiling& t, T* v, int64_t c, int64_t
     }
     for (int64_t i = ty > 0 ? 2 : 0; i < 4; ++i) {
       const int64_t r = 2 * ty - 1 + i;
-      split_padded_row(r >= 0 && r < t.height ? x + r * t.width : nullptr, t.width, tw,
-                       even.data(), odd.data());
+      split_padded_row(r >= 0 && r < t.height ? x + r * t.width : nullptr, t.width, tw, even.data(),
+                       odd.data());
       row_times_b(even.data(), odd.data(), tw, h[i]);
     }
     const int64_t base = t.tile_base(n) + ty * tw;
@@ -114,9 +114,9 @@ void input_transform_plane(const T* x, const Tiling& t, T* v, int64_t c, int64_t
 template <typename T>
 void input_transform_backward_plane(const T* g, const Tiling& t, T* gx, int64_t c, int64_t n) {
   const int64_t th = t.th(), tw = t.tw(), tiles = t.tiles();
-  const int64_t pw = 2 * tw + 2;                     // padded row length
-  std::vector<T> acc((2 * th + 2) * pw, T(0));       // padded plane, row 0 / col 0 = index -1
-  std::vector<T> gh(4 * 4 * tw), gd(4 * tw);         // gh: [4 rows i][4 j][tw]; gd: [4 cols][tw]
+  const int64_t pw = 2 * tw + 2;                // padded row length
+  std::vector<T> acc((2 * th + 2) * pw, T(0));  // padded plane, row 0 / col 0 = index -1
+  std::vector<T> gh(4 * 4 * tw), gd(4 * tw);    // gh: [4 rows i][4 j][tw]; gd: [4 cols][tw]
   for (int64_t ty = 0; ty < th; ++ty) {
     const int64_t base = t.tile_base(n) + ty * tw;
     for (int64_t j = 0; j < 4; ++j) {  // adjoint of the column transform (rows i of B^T)
@@ -134,8 +134,8 @@ void input_transform_backward_plane(const T* g, const Tiling& t, T* gx, int64_t 
       }
     }
     for (int64_t i = 0; i < 4; ++i) {  // adjoint of the row transform, added into padded row
-      const T *h0 = &gh[(4 * i + 0) * tw], *h1 = &gh[(4 * i + 1) * tw],
-              *h2 = &gh[(4 * i + 2) * tw], *h3 = &gh[(4 * i + 3) * tw];
+      const T *h0 = &gh[(4 * i + 0) * tw], *h1 = &gh[(4 * i + 1) * tw], *h2 = &gh[(4 * i + 2) * tw],
+              *h3 = &gh[(4 * i + 3) * tw];
       T *d0 = &gd[0], *d1 = &gd[tw], *d2 = &gd[2 * tw], *d3 = &gd[3 * tw];
       for (int64_t tx = 0; tx < tw; ++tx) {
         d0[tx] = h0[tx];
@@ -239,8 +239,8 @@ void for_each_plane(const Tiling& t, const Fn& fn) {
 }
 
 void check_float(const char* op, const char* name, const at::Tensor& x) {
-  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op, ": `",
-                   name, "` must be float32 or float64, got ", x.scalar_type());
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op, ": `", name,
+                   "` must be float32 or float64, got ", x.scalar_type());
 }
 
 // Checks `m` (16, K, T) against the tiling of (batch, height, width) and returns it.

@@ -17,8 +17,8 @@ inline int64_t blocks_for(int64_t n, int64_t threads = kThreadsPerBlock) {
 }
 
 // Grid-stride loop over [0, n).
-#define DETECTOR_CUDA_KERNEL_LOOP(i, n)                                              \
-  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < (n);          \
+#define DETECTOR_CUDA_KERNEL_LOOP(i, n)                                     \
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < (n); \
        i += (int64_t)blockDim.x * gridDim.x)
 
 }  // namespace detector

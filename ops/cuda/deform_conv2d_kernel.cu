@@ -25,8 +25,8 @@ struct Geometry {
 };
 
 Geometry kernel_geometry(const DeformConvGeometry& g) {
-  return {g.channels, g.height,     g.width,      g.kernel_h,      g.kernel_w,
-          g.stride_h, g.stride_w,   g.pad_h,      g.pad_w,         g.dilation_h,
+  return {g.channels,   g.height,        g.width, g.kernel_h,   g.kernel_w,
+          g.stride_h,   g.stride_w,      g.pad_h, g.pad_w,      g.dilation_h,
           g.dilation_w, g.offset_groups, g.out_w, g.positions()};
 }
 
@@ -95,9 +95,9 @@ __global__ void col2im_kernel(int64_t total, Geometry g, const T* offset, const 
 
 // Offset and mask gradients of one (offset group, tap, position): sums over the group's channels.
 template <typename T>
-__global__ void coordinate_grad_kernel(int64_t total, Geometry g, const T* input,
-                                       const T* offset, const T* mask, const T* grad_columns,
-                                       T* grad_offset, T* grad_mask) {
+__global__ void coordinate_grad_kernel(int64_t total, Geometry g, const T* input, const T* offset,
+                                       const T* mask, const T* grad_columns, T* grad_offset,
+                                       T* grad_mask) {
   using A = at::acc_type<T, true>;
   const int64_t taps = g.kernel_h * g.kernel_w;
   const int64_t group_channels = g.channels / g.offset_groups;
@@ -175,12 +175,11 @@ at::Tensor deform_conv2d_forward_cuda(const at::Tensor& input, const at::Tensor&
   return output.view({g.batch, g.out_channels, g.out_h, g.out_w});
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-deform_conv2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input,
-                            const at::Tensor& offset, const at::Tensor& weight,
-                            const std::optional<at::Tensor>& mask, int64_t stride_h,
-                            int64_t stride_w, int64_t pad_h, int64_t pad_w, int64_t dilation_h,
-                            int64_t dilation_w, int64_t groups, int64_t offset_groups) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backward_cuda(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& offset,
+    const at::Tensor& weight, const std::optional<at::Tensor>& mask, int64_t stride_h,
+    int64_t stride_w, int64_t pad_h, int64_t pad_w, int64_t dilation_h, int64_t dilation_w,
+    int64_t groups, int64_t offset_groups) {
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   const DeformConvGeometry g =
       deform_conv2d_geometry(input, offset, weight, mask, std::nullopt, stride_h, stride_w, pad_h,
@@ -224,8 +223,7 @@ deform_conv2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& inp
       for (int64_t wg = 0; wg < g.groups; ++wg) {
         const at::Tensor grad_out_group = grad_out[n].narrow(0, wg * group_o, group_o);
         at::Tensor grad_cols_group = grad_columns.narrow(0, wg * group_k, group_k);
-        at::mm_out(grad_cols_group, w_matrix.narrow(0, wg * group_o, group_o).t(),
-                   grad_out_group);
+        at::mm_out(grad_cols_group, w_matrix.narrow(0, wg * group_o, group_o).t(), grad_out_group);
         grad_w_matrix.narrow(0, wg * group_o, group_o)
             .addmm_(grad_out_group, columns.narrow(0, wg * group_k, group_k).t());
       }

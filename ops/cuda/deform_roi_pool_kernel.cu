@@ -42,12 +42,10 @@ __device__ __forceinline__ BinGeometry<T> bin_geometry(const T* roi, T offset_x,
   g.height = (roi[4] * spatial_scale - T(0.5)) - start_y;
   g.bin_w = g.width / static_cast<T>(s.pooled_width);
   g.bin_h = g.height / static_cast<T>(s.pooled_height);
-  const int64_t grid_h = sampling_ratio > 0
-                             ? sampling_ratio
-                             : static_cast<int64_t>(ceil(g.height / s.pooled_height));
-  const int64_t grid_w = sampling_ratio > 0
-                             ? sampling_ratio
-                             : static_cast<int64_t>(ceil(g.width / s.pooled_width));
+  const int64_t grid_h =
+      sampling_ratio > 0 ? sampling_ratio : static_cast<int64_t>(ceil(g.height / s.pooled_height));
+  const int64_t grid_w =
+      sampling_ratio > 0 ? sampling_ratio : static_cast<int64_t>(ceil(g.width / s.pooled_width));
   g.grid_h = grid_h > 0 ? grid_h : 0;
   g.grid_w = grid_w > 0 ? grid_w : 0;
   g.count = static_cast<T>(g.grid_h * g.grid_w > 1 ? g.grid_h * g.grid_w : 1);
@@ -125,12 +123,12 @@ __global__ void forward_kernel(int64_t total, const scalar_t* input, const scala
 
 template <typename scalar_t>
 __global__ void backward_kernel(int64_t total, const scalar_t* grad, const scalar_t* input,
-                                const scalar_t* rois, const scalar_t* offset,
-                                const scalar_t* mask, at::acc_type<scalar_t, true>* grad_input,
+                                const scalar_t* rois, const scalar_t* offset, const scalar_t* mask,
+                                at::acc_type<scalar_t, true>* grad_input,
                                 at::acc_type<scalar_t, true>* grad_offset,
                                 at::acc_type<scalar_t, true>* grad_mask, Shape s,
-                                at::acc_type<scalar_t, true> spatial_scale,
-                                int64_t sampling_ratio, at::acc_type<scalar_t, true> gamma) {
+                                at::acc_type<scalar_t, true> spatial_scale, int64_t sampling_ratio,
+                                at::acc_type<scalar_t, true> gamma) {
   using acc_t = at::acc_type<scalar_t, true>;
   const int64_t P = s.pooled_height * s.pooled_width;
   DETECTOR_CUDA_KERNEL_LOOP(index, total) {
@@ -206,8 +204,8 @@ void check_args(const char* op, const at::Tensor& input, const at::Tensor& rois,
     TORCH_CHECK(mask->sizes() == at::IntArrayRef({K, 1, pooled_height, pooled_width}), op,
                 ": expected `mask` of shape (K, 1, pooled_height, pooled_width), got ",
                 mask->sizes());
-    TORCH_CHECK(mask->scalar_type() == input.scalar_type() && mask->device() == input.device(),
-                op, ": `mask` must have the dtype and device of `input`");
+    TORCH_CHECK(mask->scalar_type() == input.scalar_type() && mask->device() == input.device(), op,
+                ": `mask` must have the dtype and device of `input`");
   }
 }
 
@@ -275,17 +273,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cuda(
   check_rois(op, rois, input.size(0));
   const Shape s = make_shape(input, pooled_height, pooled_width, position_sensitive);
   const int64_t K = rois.size(0);
-  TORCH_CHECK(grad.sizes() == at::IntArrayRef({K, s.channels_out, pooled_height, pooled_width}),
-              op, ": `grad` has the wrong shape ", grad.sizes());
+  TORCH_CHECK(grad.sizes() == at::IntArrayRef({K, s.channels_out, pooled_height, pooled_width}), op,
+              ": `grad` has the wrong shape ", grad.sizes());
   offset_grad = offset_grad && offset.has_value();
   mask_grad = mask_grad && mask.has_value();
   const auto acc_dtype = at::toAccumulateType(input.scalar_type(), /*is_cuda=*/true);
   const auto acc_options = input.options().dtype(acc_dtype);
   at::Tensor grad_input = at::zeros(input.sizes(), acc_options);  // NCHW contiguous
-  at::Tensor grad_offset = at::zeros({offset_grad ? K : 0, 2, pooled_height, pooled_width},
-                                     acc_options);
-  at::Tensor grad_mask = at::zeros({mask_grad ? K : 0, 1, pooled_height, pooled_width},
-                                   acc_options);
+  at::Tensor grad_offset =
+      at::zeros({offset_grad ? K : 0, 2, pooled_height, pooled_width}, acc_options);
+  at::Tensor grad_mask =
+      at::zeros({mask_grad ? K : 0, 1, pooled_height, pooled_width}, acc_options);
   const int64_t total = grad.numel();
   if (total > 0 && s.height > 0 && s.width > 0) {
     const at::Tensor grad_c = grad.contiguous(), input_c = input.contiguous();
@@ -318,8 +316,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cuda(
 at::Tensor deform_roi_pool_cuda(const at::Tensor& input, const at::Tensor& rois,
                                 const std::optional<at::Tensor>& offset,
                                 const std::optional<at::Tensor>& mask, double spatial_scale,
-                                int64_t pooled_height, int64_t pooled_width,
-                                int64_t sampling_ratio, double gamma) {
+                                int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio,
+                                double gamma) {
   return forward_cuda("deform_roi_pool", input, rois, offset, mask, spatial_scale, pooled_height,
                       pooled_width, sampling_ratio, gamma, false);
 }
@@ -329,8 +327,8 @@ at::Tensor deform_ps_roi_pool_cuda(const at::Tensor& input, const at::Tensor& ro
                                    const std::optional<at::Tensor>& mask, double spatial_scale,
                                    int64_t pooled_height, int64_t pooled_width,
                                    int64_t sampling_ratio, double gamma) {
-  return forward_cuda("deform_ps_roi_pool", input, rois, offset, mask, spatial_scale,
-                      pooled_height, pooled_width, sampling_ratio, gamma, true);
+  return forward_cuda("deform_ps_roi_pool", input, rois, offset, mask, spatial_scale, pooled_height,
+                      pooled_width, sampling_ratio, gamma, true);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> deform_roi_pool_backward_cuda(

@@ -104,7 +104,8 @@ __global__ void nms_mask_kernel(int64_t n, acc_t threshold, const scalar_t* __re
 // One block: visits the sorted boxes in order; keep[i] = 1 when box i is not removed by a kept box.
 // `removed` (col_blocks words) must be zero on entry.
 __global__ void nms_sweep_kernel(int64_t n, const unsigned long long* __restrict__ mask,
-                                 unsigned long long* __restrict__ removed, bool* __restrict__ keep) {
+                                 unsigned long long* __restrict__ removed,
+                                 bool* __restrict__ keep) {
   const int64_t col_blocks = (n + kBoxesPerBlock - 1) / kBoxesPerBlock;
   for (int64_t i = 0; i < n; ++i) {
     const int64_t word = i / kBoxesPerBlock;
@@ -142,7 +143,8 @@ at::Tensor nms_impl(const char* op, const at::Tensor& boxes, const at::Tensor& s
   if (n == 0) {
     return at::empty({0}, boxes.options().dtype(at::kLong));
   }
-  const at::Tensor order = std::get<1>(scores.sort(/*stable=*/true, /*dim=*/0, /*descending=*/true));
+  const at::Tensor order =
+      std::get<1>(scores.sort(/*stable=*/true, /*dim=*/0, /*descending=*/true));
   const at::Tensor sorted_boxes = boxes.index_select(0, order).contiguous();  // (n, 4)
   at::Tensor sorted_category;
   if (idxs != nullptr) {

@@ -64,9 +64,9 @@ __global__ void ps_roi_align_forward_kernel(int64_t total, const scalar_t* input
   using acc_t = at::acc_type<scalar_t, true>;
   DETECTOR_CUDA_KERNEL_LOOP(index, total) {
     const auto t = ps_roi_cuda::target_of<acc_t>(index, rois, shape);
-    const AlignBin<acc_t> b = align_bin<acc_t>(t.roi, static_cast<acc_t>(spatial_scale), t.i, t.j,
-                                               shape.pooled_height, shape.pooled_width,
-                                               sampling_ratio);
+    const AlignBin<acc_t> b =
+        align_bin<acc_t>(t.roi, static_cast<acc_t>(spatial_scale), t.i, t.j, shape.pooled_height,
+                         shape.pooled_width, sampling_ratio);
     if (!t.valid_batch || b.grid_h <= 0 || b.grid_w <= 0) {
       output[index] = scalar_t(0);
       continue;
@@ -94,9 +94,9 @@ __global__ void ps_roi_align_backward_kernel(int64_t total, const scalar_t* grad
   using acc_t = at::acc_type<scalar_t, true>;
   DETECTOR_CUDA_KERNEL_LOOP(index, total) {
     const auto t = ps_roi_cuda::target_of<acc_t>(index, rois, shape);
-    const AlignBin<acc_t> b = align_bin<acc_t>(t.roi, static_cast<acc_t>(spatial_scale), t.i, t.j,
-                                               shape.pooled_height, shape.pooled_width,
-                                               sampling_ratio);
+    const AlignBin<acc_t> b =
+        align_bin<acc_t>(t.roi, static_cast<acc_t>(spatial_scale), t.i, t.j, shape.pooled_height,
+                         shape.pooled_width, sampling_ratio);
     if (!t.valid_batch || b.grid_h <= 0 || b.grid_w <= 0) {
       continue;
     }
@@ -116,16 +116,15 @@ at::Tensor ps_roi_align_forward_cuda(const at::Tensor& input, const at::Tensor& 
                                      double spatial_scale, int64_t pooled_height,
                                      int64_t pooled_width, int64_t sampling_ratio) {
   return ps_roi_cuda::forward(
-      "ps_roi_align", input, rois, pooled_height, pooled_width,
-      [&](const ps_roi_cuda::Launch& l) {
-        AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, l.features.scalar_type(),
-                                        "ps_roi_align_forward_cuda", [&] {
-          ps_roi_align_forward_kernel<scalar_t>
-              <<<blocks_for(l.total), kThreadsPerBlock, 0, l.stream>>>(
-                  l.total, l.features.const_data_ptr<scalar_t>(),
-                  l.rois.const_data_ptr<scalar_t>(), spatial_scale, l.shape, sampling_ratio,
-                  l.result.mutable_data_ptr<scalar_t>());
-        });
+      "ps_roi_align", input, rois, pooled_height, pooled_width, [&](const ps_roi_cuda::Launch& l) {
+        AT_DISPATCH_FLOATING_TYPES_AND2(
+            at::kHalf, at::kBFloat16, l.features.scalar_type(), "ps_roi_align_forward_cuda", [&] {
+              ps_roi_align_forward_kernel<scalar_t>
+                  <<<blocks_for(l.total), kThreadsPerBlock, 0, l.stream>>>(
+                      l.total, l.features.const_data_ptr<scalar_t>(),
+                      l.rois.const_data_ptr<scalar_t>(), spatial_scale, l.shape, sampling_ratio,
+                      l.result.mutable_data_ptr<scalar_t>());
+            });
       });
 }
 
@@ -137,14 +136,14 @@ at::Tensor ps_roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& 
   return ps_roi_cuda::backward(
       "ps_roi_align backward", grad, rois, pooled_height, pooled_width, batch_size, channels,
       height, width, [&](const ps_roi_cuda::Launch& l) {
-        AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, l.features.scalar_type(),
-                                        "ps_roi_align_backward_cuda", [&] {
-          ps_roi_align_backward_kernel<scalar_t>
-              <<<blocks_for(l.total), kThreadsPerBlock, 0, l.stream>>>(
-                  l.total, l.features.const_data_ptr<scalar_t>(),
-                  l.rois.const_data_ptr<scalar_t>(), spatial_scale, l.shape, sampling_ratio,
-                  l.result.mutable_data_ptr<scalar_t>());
-        });
+        AT_DISPATCH_FLOATING_TYPES_AND2(
+            at::kHalf, at::kBFloat16, l.features.scalar_type(), "ps_roi_align_backward_cuda", [&] {
+              ps_roi_align_backward_kernel<scalar_t>
+                  <<<blocks_for(l.total), kThreadsPerBlock, 0, l.stream>>>(
+                      l.total, l.features.const_data_ptr<scalar_t>(),
+                      l.rois.const_data_ptr<scalar_t>(), spatial_scale, l.shape, sampling_ratio,
+                      l.result.mutable_data_ptr<scalar_t>());
+            });
       });
 }
 

@@ -58,8 +58,8 @@ inline void check_args(const char* op, const at::Tensor& features, const at::Ten
   TORCH_CHECK(features.is_cuda() && rois.is_cuda(), op, ": expected CUDA tensors");
   TORCH_CHECK(features.device() == rois.device(), op,
               ": `rois` and the features must be on the same device");
-  TORCH_CHECK(rois.dim() == 2 && rois.size(1) == 5, op,
-              ": expected `rois` of shape (K, 5), got ", rois.sizes());
+  TORCH_CHECK(rois.dim() == 2 && rois.size(1) == 5, op, ": expected `rois` of shape (K, 5), got ",
+              rois.sizes());
   TORCH_CHECK(rois.scalar_type() == features.scalar_type(), op,
               ": `rois` must have the features' dtype");
   TORCH_CHECK(pooled_height > 0 && pooled_width > 0, op, ": `output_size` must be positive");
@@ -108,8 +108,8 @@ at::Tensor backward(const char* op, const at::Tensor& grad, const at::Tensor& ro
   if (total == 0 || grad_input.numel() == 0) {
     return grad_input;
   }
-  const Shape shape{batch_size, channels, height, width, pooled_height, pooled_width,
-                    channels / bins};
+  const Shape shape{batch_size,    channels,     height,         width,
+                    pooled_height, pooled_width, channels / bins};
   launch(Launch{grad.contiguous(), rois.contiguous(), grad_input, shape, total,
                 at::cuda::getCurrentCUDAStream()});
   C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -58,9 +58,9 @@ __global__ void ps_roi_pool_forward_kernel(int64_t total, const scalar_t* input,
   using acc_t = at::acc_type<scalar_t, true>;
   DETECTOR_CUDA_KERNEL_LOOP(index, total) {
     const auto t = ps_roi_cuda::target_of<acc_t>(index, rois, shape);
-    const PoolBin b = pool_bin<acc_t>(t.roi, static_cast<acc_t>(spatial_scale), t.i, t.j,
-                                      shape.pooled_height, shape.pooled_width, shape.height,
-                                      shape.width);
+    const PoolBin b =
+        pool_bin<acc_t>(t.roi, static_cast<acc_t>(spatial_scale), t.i, t.j, shape.pooled_height,
+                        shape.pooled_width, shape.height, shape.width);
     if (!t.valid_batch || b.h1 <= b.h0 || b.w1 <= b.w0) {
       output[index] = scalar_t(0);
       continue;
@@ -79,15 +79,15 @@ __global__ void ps_roi_pool_backward_kernel(int64_t total, const scalar_t* grad,
   using acc_t = at::acc_type<scalar_t, true>;
   DETECTOR_CUDA_KERNEL_LOOP(index, total) {
     const auto t = ps_roi_cuda::target_of<acc_t>(index, rois, shape);
-    const PoolBin b = pool_bin<acc_t>(t.roi, static_cast<acc_t>(spatial_scale), t.i, t.j,
-                                      shape.pooled_height, shape.pooled_width, shape.height,
-                                      shape.width);
+    const PoolBin b =
+        pool_bin<acc_t>(t.roi, static_cast<acc_t>(spatial_scale), t.i, t.j, shape.pooled_height,
+                        shape.pooled_width, shape.height, shape.width);
     if (!t.valid_batch || b.h1 <= b.h0 || b.w1 <= b.w0) {
       continue;
     }
     scalar_t* plane = grad_input + t.plane;
-    const scalar_t g = static_cast<scalar_t>(
-        static_cast<acc_t>(grad[index]) / static_cast<acc_t>((b.h1 - b.h0) * (b.w1 - b.w0)));
+    const scalar_t g = static_cast<scalar_t>(static_cast<acc_t>(grad[index]) /
+                                             static_cast<acc_t>((b.h1 - b.h0) * (b.w1 - b.w0)));
     for_each_pixel(b, shape.width, [&](int64_t p) { gpuAtomicAdd(plane + p, g); });
   }
 }
@@ -96,16 +96,15 @@ at::Tensor ps_roi_pool_forward_cuda(const at::Tensor& input, const at::Tensor& r
                                     double spatial_scale, int64_t pooled_height,
                                     int64_t pooled_width) {
   return ps_roi_cuda::forward(
-      "ps_roi_pool", input, rois, pooled_height, pooled_width,
-      [&](const ps_roi_cuda::Launch& l) {
-        AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, l.features.scalar_type(),
-                                        "ps_roi_pool_forward_cuda", [&] {
-          ps_roi_pool_forward_kernel<scalar_t>
-              <<<blocks_for(l.total), kThreadsPerBlock, 0, l.stream>>>(
-                  l.total, l.features.const_data_ptr<scalar_t>(),
-                  l.rois.const_data_ptr<scalar_t>(), spatial_scale, l.shape,
-                  l.result.mutable_data_ptr<scalar_t>());
-        });
+      "ps_roi_pool", input, rois, pooled_height, pooled_width, [&](const ps_roi_cuda::Launch& l) {
+        AT_DISPATCH_FLOATING_TYPES_AND2(
+            at::kHalf, at::kBFloat16, l.features.scalar_type(), "ps_roi_pool_forward_cuda", [&] {
+              ps_roi_pool_forward_kernel<scalar_t>
+                  <<<blocks_for(l.total), kThreadsPerBlock, 0, l.stream>>>(
+                      l.total, l.features.const_data_ptr<scalar_t>(),
+                      l.rois.const_data_ptr<scalar_t>(), spatial_scale, l.shape,
+                      l.result.mutable_data_ptr<scalar_t>());
+            });
       });
 }
 
@@ -114,16 +113,16 @@ at::Tensor ps_roi_pool_backward_cuda(const at::Tensor& grad, const at::Tensor& r
                                      int64_t pooled_width, int64_t batch_size, int64_t channels,
                                      int64_t height, int64_t width) {
   return ps_roi_cuda::backward(
-      "ps_roi_pool backward", grad, rois, pooled_height, pooled_width, batch_size, channels,
-      height, width, [&](const ps_roi_cuda::Launch& l) {
-        AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, l.features.scalar_type(),
-                                        "ps_roi_pool_backward_cuda", [&] {
-          ps_roi_pool_backward_kernel<scalar_t>
-              <<<blocks_for(l.total), kThreadsPerBlock, 0, l.stream>>>(
-                  l.total, l.features.const_data_ptr<scalar_t>(),
-                  l.rois.const_data_ptr<scalar_t>(), spatial_scale, l.shape,
-                  l.result.mutable_data_ptr<scalar_t>());
-        });
+      "ps_roi_pool backward", grad, rois, pooled_height, pooled_width, batch_size, channels, height,
+      width, [&](const ps_roi_cuda::Launch& l) {
+        AT_DISPATCH_FLOATING_TYPES_AND2(
+            at::kHalf, at::kBFloat16, l.features.scalar_type(), "ps_roi_pool_backward_cuda", [&] {
+              ps_roi_pool_backward_kernel<scalar_t>
+                  <<<blocks_for(l.total), kThreadsPerBlock, 0, l.stream>>>(
+                      l.total, l.features.const_data_ptr<scalar_t>(),
+                      l.rois.const_data_ptr<scalar_t>(), spatial_scale, l.shape,
+                      l.result.mutable_data_ptr<scalar_t>());
+            });
       });
 }
 

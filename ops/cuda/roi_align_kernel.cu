@@ -12,6 +12,7 @@
 #include <torch/library.h>
 
 #include "common/bilinear.h"
+#include "common/roi_align_mode.h"
 #include "cuda/cuda_utils.cuh"
 
 namespace detector {
@@ -27,7 +28,7 @@ struct Grid {
 
 template <typename T, typename R>
 __device__ __forceinline__ Grid<T> roi_grid(const R* roi, T spatial_scale, int pooled_height,
-                                           int pooled_width, int sampling_ratio, bool aligned) {
+                                            int pooled_width, int sampling_ratio, bool aligned) {
   const T offset = aligned ? T(0.5) : T(0);
   Grid<T> g;
   g.batch = static_cast<int64_t>(static_cast<T>(roi[0]));
@@ -73,8 +74,8 @@ __global__ void forward_kernel(int64_t total, const scalar_t* input, const scala
     const int ph = (i / pooled_width) % pooled_height;
     const int64_t c = (i / pooled_width / pooled_height) % channels;
     const int64_t k = i / pooled_width / pooled_height / channels;
-    const Grid<acc_t> g = roi_grid<acc_t>(rois + 5 * k, spatial_scale, pooled_height,
-                                          pooled_width, sampling_ratio, aligned);
+    const Grid<acc_t> g = roi_grid<acc_t>(rois + 5 * k, spatial_scale, pooled_height, pooled_width,
+                                          sampling_ratio, aligned);
     acc_t result = acc_t(0);
     int32_t best_index = -1;
     if (g.batch >= 0 && g.batch < batch_size) {  // skip RoIs with a bad batch index
@@ -115,18 +116,17 @@ __global__ void forward_kernel(int64_t total, const scalar_t* input, const scala
 template <typename scalar_t>
 __global__ void backward_kernel(int64_t total, const scalar_t* grad, const scalar_t* rois,
                                 const int32_t* argmax, int64_t batch_size, int64_t channels,
-                                int64_t height, int64_t width, int pooled_height,
-                                int pooled_width, int sampling_ratio, bool aligned, bool use_max,
-                                at::acc_type<scalar_t, true> spatial_scale,
-                                scalar_t* grad_input) {
+                                int64_t height, int64_t width, int pooled_height, int pooled_width,
+                                int sampling_ratio, bool aligned, bool use_max,
+                                at::acc_type<scalar_t, true> spatial_scale, scalar_t* grad_input) {
   using acc_t = at::acc_type<scalar_t, true>;
   DETECTOR_CUDA_KERNEL_LOOP(i, total) {
     const int pw = i % pooled_width;
     const int ph = (i / pooled_width) % pooled_height;
     const int64_t c = (i / pooled_width / pooled_height) % channels;
     const int64_t k = i / pooled_width / pooled_height / channels;
-    const Grid<acc_t> g = roi_grid<acc_t>(rois + 5 * k, spatial_scale, pooled_height,
-                                          pooled_width, sampling_ratio, aligned);
+    const Grid<acc_t> g = roi_grid<acc_t>(rois + 5 * k, spatial_scale, pooled_height, pooled_width,
+                                          sampling_ratio, aligned);
     if (g.batch < 0 || g.batch >= batch_size) {
       continue;
     }
@@ -155,25 +155,18 @@ __global__ void backward_kernel(int64_t total, const scalar_t* grad, const scala
   }
 }
 
-bool parse_max(const char* op, c10::string_view mode) {
-  TORCH_CHECK_VALUE(mode == "avg" || mode == "max", op,
-                    ": `mode` must be \"avg\" or \"max\", got \"", std::string(mode), "\"");
-  return mode == "max";
-}
-
 std::tuple<at::Tensor, at::Tensor> roi_align_forward(const at::Tensor& input,
                                                      const at::Tensor& rois, double spatial_scale,
                                                      int64_t pooled_height, int64_t pooled_width,
                                                      int64_t sampling_ratio, bool aligned,
                                                      c10::string_view mode) {
   constexpr const char* op = "roi_align";
-  const bool use_max = parse_max(op, mode);
+  const bool use_max = parse_roi_align_mode(op, mode) == RoIAlignMode::kMax;
   TORCH_CHECK_VALUE(input.dim() == 4, op, ": `input` must be 4-D (N, C, H, W), got ",
                     input.sizes());
   TORCH_CHECK_VALUE(rois.dim() == 2 && rois.size(1) == 5, op,
                     ": `rois` must have shape (K, 5), got ", rois.sizes());
-  TORCH_CHECK_VALUE(pooled_height > 0 && pooled_width > 0, op,
-                    ": `output_size` must be positive");
+  TORCH_CHECK_VALUE(pooled_height > 0 && pooled_width > 0, op, ": `output_size` must be positive");
   TORCH_CHECK(rois.device() == input.device(), op, ": `rois` and `input` must share a device");
   c10::cuda::CUDAGuard guard(input.device());
   check_rois(op, rois, input.size(0));
@@ -181,35 +174,34 @@ std::tuple<at::Tensor, at::Tensor> roi_align_forward(const at::Tensor& input,
   const at::Tensor r = rois.to(input.scalar_type()).contiguous();
   const int64_t num_rois = rois.size(0), channels = input.size(1);
   at::Tensor output = at::empty({num_rois, channels, pooled_height, pooled_width}, in.options());
-  at::Tensor argmax = at::empty(use_max ? output.sizes() : at::IntArrayRef{0},
-                                in.options().dtype(at::kInt));
+  at::Tensor argmax =
+      at::empty(use_max ? output.sizes() : at::IntArrayRef{0}, in.options().dtype(at::kInt));
   const int64_t total = output.numel();
   if (total == 0) {
     return {output, argmax};
   }
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.scalar_type(), "roi_align_cuda",
-                                  [&] {
-    using acc_t = at::acc_type<scalar_t, true>;
-    forward_kernel<scalar_t><<<blocks_for(total), kThreadsPerBlock, 0, stream>>>(
-        total, in.const_data_ptr<scalar_t>(), r.const_data_ptr<scalar_t>(), in.size(0), channels,
-        in.size(2), in.size(3), static_cast<int>(pooled_height), static_cast<int>(pooled_width),
-        static_cast<int>(sampling_ratio), aligned, use_max, static_cast<acc_t>(spatial_scale),
-        output.mutable_data_ptr<scalar_t>(),
-        use_max ? argmax.mutable_data_ptr<int32_t>() : nullptr);
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, in.scalar_type(), "roi_align_cuda", [&] {
+        using acc_t = at::acc_type<scalar_t, true>;
+        forward_kernel<scalar_t><<<blocks_for(total), kThreadsPerBlock, 0, stream>>>(
+            total, in.const_data_ptr<scalar_t>(), r.const_data_ptr<scalar_t>(), in.size(0),
+            channels, in.size(2), in.size(3), static_cast<int>(pooled_height),
+            static_cast<int>(pooled_width), static_cast<int>(sampling_ratio), aligned, use_max,
+            static_cast<acc_t>(spatial_scale), output.mutable_data_ptr<scalar_t>(),
+            use_max ? argmax.mutable_data_ptr<int32_t>() : nullptr);
+      });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {output, argmax};
 }
 
 at::Tensor roi_align_backward(const at::Tensor& grad, const at::Tensor& rois,
-                              const at::Tensor& argmax, double spatial_scale,
-                              int64_t pooled_height, int64_t pooled_width, int64_t batch_size,
-                              int64_t channels, int64_t height, int64_t width,
-                              int64_t sampling_ratio, bool aligned, c10::string_view mode,
-                              bool channels_last) {
+                              const at::Tensor& argmax, double spatial_scale, int64_t pooled_height,
+                              int64_t pooled_width, int64_t batch_size, int64_t channels,
+                              int64_t height, int64_t width, int64_t sampling_ratio, bool aligned,
+                              c10::string_view mode, bool channels_last) {
   constexpr const char* op = "_roi_align_backward";
-  const bool use_max = parse_max(op, mode);
+  const bool use_max = parse_roi_align_mode(op, mode) == RoIAlignMode::kMax;
   TORCH_CHECK(grad.dim() == 4 && grad.size(0) == rois.size(0) && grad.size(1) == channels &&
                   grad.size(2) == pooled_height && grad.size(3) == pooled_width,
               op, ": `grad` must have shape (K, C, ph, pw), got ", grad.sizes());
@@ -221,16 +213,16 @@ at::Tensor roi_align_backward(const at::Tensor& grad, const at::Tensor& rois,
   const int64_t total = g.numel();
   if (total > 0) {
     cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(),
-                                    "roi_align_backward_cuda", [&] {
-      using acc_t = at::acc_type<scalar_t, true>;
-      backward_kernel<scalar_t><<<blocks_for(total), kThreadsPerBlock, 0, stream>>>(
-          total, g.const_data_ptr<scalar_t>(), r.const_data_ptr<scalar_t>(),
-          use_max ? a.const_data_ptr<int32_t>() : nullptr, batch_size, channels, height, width,
-          static_cast<int>(pooled_height), static_cast<int>(pooled_width),
-          static_cast<int>(sampling_ratio), aligned, use_max, static_cast<acc_t>(spatial_scale),
-          grad_input.mutable_data_ptr<scalar_t>());
-    });
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kHalf, at::kBFloat16, g.scalar_type(), "roi_align_backward_cuda", [&] {
+          using acc_t = at::acc_type<scalar_t, true>;
+          backward_kernel<scalar_t><<<blocks_for(total), kThreadsPerBlock, 0, stream>>>(
+              total, g.const_data_ptr<scalar_t>(), r.const_data_ptr<scalar_t>(),
+              use_max ? a.const_data_ptr<int32_t>() : nullptr, batch_size, channels, height, width,
+              static_cast<int>(pooled_height), static_cast<int>(pooled_width),
+              static_cast<int>(sampling_ratio), aligned, use_max, static_cast<acc_t>(spatial_scale),
+              grad_input.mutable_data_ptr<scalar_t>());
+        });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   return channels_last ? grad_input.contiguous(at::MemoryFormat::ChannelsLast) : grad_input;

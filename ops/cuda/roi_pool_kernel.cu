@@ -102,8 +102,8 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cuda(const at::Tensor& input
   at::cuda::CUDAGuard guard(input.device());
   check_rois("roi_pool", rois, input.size(0));
   const int64_t num_rois = rois.size(0);
-  at::Tensor output = at::empty({num_rois, input.size(1), pooled_height, pooled_width},
-                                input.options());
+  at::Tensor output =
+      at::empty({num_rois, input.size(1), pooled_height, pooled_width}, input.options());
   at::Tensor argmax = at::empty_like(output, output.options().dtype(at::kInt));
   const int64_t total = output.numel();
   if (total == 0) {
@@ -125,8 +125,7 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cuda(const at::Tensor& input
 at::Tensor roi_pool_backward_cuda(const at::Tensor& grad, const at::Tensor& rois,
                                   const at::Tensor& argmax, int64_t batch_size, int64_t channels,
                                   int64_t height, int64_t width) {
-  TORCH_CHECK(grad.dim() == 4 && argmax.sizes() == grad.sizes() &&
-                  argmax.scalar_type() == at::kInt,
+  TORCH_CHECK(grad.dim() == 4 && argmax.sizes() == grad.sizes() && argmax.scalar_type() == at::kInt,
               "_roi_pool_backward: `argmax` must be an int32 tensor of the shape of `grad`");
   TORCH_CHECK(grad.size(0) == rois.size(0) && grad.size(1) == channels,
               "_roi_pool_backward: `grad` does not match the RoIs and channels");
@@ -139,14 +138,13 @@ at::Tensor roi_pool_backward_cuda(const at::Tensor& grad, const at::Tensor& rois
   const at::Tensor r = rois.contiguous();
   const at::Tensor a = argmax.contiguous();
   auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(),
-                                  "_roi_pool_backward", [&] {
-    roi_pool_backward_kernel<scalar_t><<<blocks_for(total), kThreadsPerBlock, 0, stream>>>(
-        total, grad.const_data_ptr<scalar_t>(), grad.stride(0), grad.stride(1), grad.stride(2),
-        grad.stride(3), r.const_data_ptr<scalar_t>(), a.const_data_ptr<int>(), batch_size,
-        channels, height * width, grad.size(2), grad.size(3),
-        grad_input.data_ptr<scalar_t>());
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, grad.scalar_type(), "_roi_pool_backward", [&] {
+        roi_pool_backward_kernel<scalar_t><<<blocks_for(total), kThreadsPerBlock, 0, stream>>>(
+            total, grad.const_data_ptr<scalar_t>(), grad.stride(0), grad.stride(1), grad.stride(2),
+            grad.stride(3), r.const_data_ptr<scalar_t>(), a.const_data_ptr<int>(), batch_size,
+            channels, height * width, grad.size(2), grad.size(3), grad_input.data_ptr<scalar_t>());
+      });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return grad_input;
 }

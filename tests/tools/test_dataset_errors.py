@@ -16,7 +16,6 @@ from detector.data import DatasetError, build_test_loader, get_dataset
 from tests.tools.cli import assert_user_error, run_tool
 
 SHAPES = "configs/shapes/mask_rcnn_R_18_FPN_shapes.yaml"
-BCCD = "configs/bccd/faster_rcnn_R_18_FPN_bccd.yaml"
 XML = """<annotation><filename>{file}</filename><size><width>40</width><height>30</height>
 <depth>3</depth></size><object><name>cat</name><difficult>0</difficult>
 <bndbox><xmin>5</xmin><ymin>6</ymin><xmax>25</xmax><ymax>20</ymax></bndbox></object></annotation>
@@ -48,7 +47,9 @@ def test_class_count_mismatch_fails_before_training(shared_data: Path, tmp_path:
     if role == "TEST":
         sets = {"TRAIN": "[shapes_train_8k]", "TEST": "[coco_sample6]"}
     argv = ["--config-file", SHAPES, "MODEL.ROI_BOX_HEAD.NUM_CLASSES", "21", "OUTPUT_DIR", tmp_path]
-    argv += ["DATASETS.SHARED_ROOT", shared_data]
+    sample = shared_data / "coco-val2017-sample6"  # the tool's process: declared in the config
+    argv += ["DATASETS.CUSTOM", f"{{coco_sample6: {{FORMAT: coco, ANN_FILE: '{sample}/"
+             f"annotations.json', IMAGE_DIR: '{sample}/images'}}}}"]  # fmt: skip
     argv += ["DATASETS.TRAIN", sets["TRAIN"], "DATASETS.TEST", sets["TEST"]]
     which = {"TRAIN": "training", "TEST": "test"}[role]
     assert_user_error(
@@ -62,19 +63,22 @@ def test_class_count_mismatch_fails_before_training(shared_data: Path, tmp_path:
 
 
 @pytest.mark.parametrize("how", ["key", "env"])
-def test_missing_shared_data_names_the_settings(tmp_path: Path, how: str) -> None:
+def test_missing_shared_data_names_the_settings(tmp_path: Path, how: str, monkeypatch) -> None:
     """Was: `VOC root not found: ../shared/data/bccd/BCCD`, nothing said how to move it."""
     nowhere = tmp_path / "nowhere"
-    argv = ["--config-file", BCCD, "OUTPUT_DIR", tmp_path / "out"]
-    env = {"DETECTOR_SHARED_DATA": str(nowhere)}
+    cfg = get_cfg()
     if how == "key":
-        argv, env = [*argv, "DATASETS.SHARED_ROOT", nowhere], {}
-    assert_user_error(
-        run_tool("train", *argv, env=env),
-        f"error: test dataset 'bccd_test' (DATASETS.TEST): {nowhere}/bccd/BCCD not found: "
-        f"dataset 'bccd_test' is read from {nowhere}; set DATASETS.SHARED_ROOT (or the "
-        "environment variable DETECTOR_SHARED_DATA) to the folder that holds bccd/",
+        cfg = merge_opts(cfg, ["DATASETS.SHARED_ROOT", str(nowhere)])
+    else:
+        monkeypatch.setenv("DETECTOR_SHARED_DATA", str(nowhere))
+    message = (
+        f"test dataset 'bccd_test' (DATASETS.TEST): {nowhere}/bccd/BCCD not found: dataset "
+        f"'bccd_test' is read from {nowhere}; set DATASETS.SHARED_ROOT (or the environment "
+        "variable DETECTOR_SHARED_DATA) to the folder that holds bccd/"
     )
+    with pytest.raises(DatasetError) as error:
+        get_dataset("bccd_test", cfg, "test")  # registered by tests/shared_datasets.py
+    assert str(error.value) == message
 
 
 def test_split_errors_name_the_dataset(tmp_path: Path) -> None:
