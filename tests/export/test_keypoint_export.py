@@ -128,3 +128,23 @@ def test_slim_checkpoint_and_predictor_keypoints(
     eager = _eager_keypoints(keypoint_run, network_input)
     scale = torch.tensor([427 / network_input.shape[-1], 640 / network_input.shape[-2], 1.0])
     torch.testing.assert_close(keypoints, eager * scale, rtol=1e-5, atol=1e-3)
+
+
+def test_torchscript_keypoint_model_matches_pytorch(
+    keypoint_run: TinyRun, shared_data: Path, tmp_path: Path
+) -> None:
+    """TorchScript too (traced on one image, checked on it and another size): the same heatmaps,
+    which decode to the eager model's keypoints."""
+    from detector.export.torchscript import export_torchscript, load
+
+    first = _coco(shared_data, "000000404249.jpg")
+    output = tmp_path / "keypoint.ts"
+    report = export_torchscript(keypoint_run.cfg, keypoint_run.checkpoint, output,
+                                sample_image=first)  # fmt: skip
+    assert "matches PyTorch" in report
+    image = prepare_image(keypoint_run.cfg, read_image(_coco(shared_data, "000000343934.jpg")))
+    with torch.no_grad():
+        boxes, *_, heatmaps = load(output)(image)
+    assert len(boxes) > 0
+    expected = _eager_keypoints(keypoint_run, image)
+    torch.testing.assert_close(heatmaps_to_keypoints(heatmaps, boxes), expected, rtol=0, atol=1e-3)
