@@ -2,9 +2,10 @@
 (Faster R-CNN, Mask R-CNN, DCN, Keypoint R-CNN) is exported once by tools/export.py, then run in
 a fresh process (ONNX: tools/onnx_infer.py with onnxruntime alone, torch and detector never
 imported) on real images of several sizes and aspect ratios, one without detections and some
-with many more than the sample; the results equal eager PyTorch's on the same network input. Keypoint models hand
-their heatmap logits out of the graph: the ONNX runner's heatmaps equal eager's, and the
-programs' heatmaps decode to eager's keypoints (within 1e-3 px in the original image).
+with many more than the sample; the results equal eager PyTorch's on the same network input.
+Keypoint models hand their heatmap logits out of the graph: the ONNX runner's heatmaps equal
+eager's, and the programs' heatmaps decode to eager's keypoints (within 1e-3 px in the original
+image).
 
 The random-weight tiny model is made decisive: its class scores and mask logits are scaled so
 that detections pass a 0.7 score threshold on some images and not on others, and mask pixels
