@@ -23,7 +23,8 @@ sys.path.insert(0, str(REPO))
 
 from detector.config import merge_opts  # noqa: E402
 from detector.data import read_image  # noqa: E402
-from detector.export.onnx import InferenceModel, export_onnx, prepare_image  # noqa: E402
+from detector.export.inference_model import InferenceModel, prepare_image  # noqa: E402
+from detector.export.onnx import export_onnx  # noqa: E402
 from tests.export.test_deploy import IMAGES, OPTS, make_model  # noqa: E402
 
 

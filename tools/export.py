@@ -75,7 +75,8 @@ def _export(args: argparse.Namespace) -> str:
             f"wrote {output}: {after / 2**20:.2f} MB ({slim['meta']['dtype']}, "
             f"{100 * after / before:.0f}% of {weights}, {before / 2**20:.2f} MB)"
         )
-    from detector.export.onnx import export_onnx, export_program
+    from detector.export.onnx import export_onnx
+    from detector.export.program import export_program
 
     if args.format == "onnx":
         report = export_onnx(cfg, weights, output, sample_image=args.sample_image)

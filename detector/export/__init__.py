@@ -1,16 +1,17 @@
-"""Shipping trained models: slim checkpoints (`slim`), ONNX and torch.export programs (`onnx`),
-TorchScript (`torchscript`), and `load` for .pt2 / TorchScript files."""
+"""Shipping trained models: slim checkpoints (`slim`), ONNX (`onnx`, its symbolic functions in
+`onnx_symbolics`), torch.export programs (`program`), TorchScript (`torchscript`), all recording
+`inference_model.InferenceModel`; and `load` for .pt2 / TorchScript files."""
 
+from detector.export.inference_model import InferenceModel
 from detector.export.onnx import (
     FixedShapeError,
-    InferenceModel,
     UnsupportedOpError,
     check_dynamic_outputs,
     check_exportable,
     check_onnx,
     export_onnx,
-    export_program,
 )
+from detector.export.program import export_program
 from detector.export.slim import (
     SlimCheckpointError,
     class_names_from_config,

@@ -17,10 +17,10 @@ import torch
 from torch import Tensor, nn
 
 from detector.config import Config
-from detector.export.onnx import (
+from detector.export.inference_model import (
     InferenceModel,
-    _load,
     check_against_eager,
+    load_for_export,
     other_size,
     prepare_image,
     quiet_tracing,
@@ -63,7 +63,7 @@ def export_torchscript(
     Raises:
         AssertionError: the loaded module's outputs differ from PyTorch's by more than `atol`.
     """
-    model, cfg = _load(cfg, weights)
+    model, cfg = load_for_export(cfg, weights)
     image = prepare_image(cfg, sample_image)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,7 @@ from detector import Predictor
 from detector.config import load_config
 from detector.data import read_image
 from detector.engine.checkpoint import Checkpointer
-from detector.export.onnx import InferenceModel, prepare_image
+from detector.export.inference_model import InferenceModel, prepare_image
 from detector.layers.conv import winograd
 from detector.modeling.detector import GeneralizedRCNN
 from detector.modeling.roi_heads.keypoint_head import heatmaps_to_keypoints

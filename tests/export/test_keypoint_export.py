@@ -13,14 +13,9 @@ import torch
 from detector import Predictor
 from detector.config import merge_opts
 from detector.data import read_image
-from detector.export.onnx import (
-    InferenceModel,
-    check_onnx,
-    compare_outputs,
-    export_onnx,
-    export_program,
-    prepare_image,
-)
+from detector.export.inference_model import InferenceModel, compare_outputs, prepare_image
+from detector.export.onnx import check_onnx, export_onnx
+from detector.export.program import export_program
 from detector.export.slim import export_slim
 from detector.layers.conv import winograd
 from detector.modeling.roi_heads.keypoint_head import heatmaps_to_keypoints

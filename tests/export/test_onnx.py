@@ -14,15 +14,14 @@ import torch
 from detector.config import merge_opts
 from detector.data import read_image
 from detector.engine.checkpoint import Checkpointer
+from detector.export.inference_model import InferenceModel, prepare_image
 from detector.export.onnx import (
     FixedShapeError,
-    InferenceModel,
     UnsupportedOpError,
     check_dynamic_outputs,
     check_exportable,
     check_onnx,
     export_onnx,
-    prepare_image,
 )
 from detector.modeling.detector import GeneralizedRCNN
 from tests.export.tiny_model import TINY_YAML, TinyRun, load_tool, make_tiny_run

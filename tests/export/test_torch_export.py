@@ -21,13 +21,8 @@ from torch import Tensor
 
 from detector.config import merge_opts
 from detector.data import read_image
-from detector.export.onnx import (
-    InferenceModel,
-    compare_outputs,
-    export_program,
-    input_side_range,
-    prepare_image,
-)
+from detector.export.inference_model import InferenceModel, compare_outputs, prepare_image
+from detector.export.program import export_program, input_side_range
 from detector.layers.conv import winograd
 from tests.export.tiny_model import TinyRun, load_tool
 
