@@ -213,6 +213,8 @@ def train_torchvision(cfg: Config) -> tuple[nn.Module, list[float]]:
         opt.step()
         schedule.step()
         seconds.append(time.perf_counter() - start)
+        if len(seconds) % 20 == 0:
+            print(f"iteration {len(seconds)}: loss {loss.item():.4f}, {seconds[-1]:.3f} s", flush=True)
     return model, seconds
 
 
@@ -247,12 +249,11 @@ def evaluate(model: nn.Module, cfg: Config, out: Path) -> dict[str, float]:
     """pycocotools on the converted ground truth of DATASETS.TEST[0], our inference loop."""
     from detector.data import build_test_loader
     from detector.evaluation import inference_on_dataset
-    from detector.evaluation.build import _converted_evaluator
+    from detector.evaluation.build import _coco_tasks, _converted_evaluator
 
     loader = build_test_loader(cfg, cfg.DATASETS.TEST[0])
     dataset = loader.dataset.dataset
-    has_masks = bool(cfg.MODEL.MASK_ON and getattr(dataset, "has_masks", False))
-    evaluator = _converted_evaluator(cfg, dataset, out / "inference", has_masks)
+    evaluator = _converted_evaluator(cfg, dataset, out / "inference", _coco_tasks(cfg, dataset))
     return inference_on_dataset(model, loader, evaluator, progress=False)
 
 
@@ -271,6 +272,10 @@ def run_child(args: argparse.Namespace) -> None:
         from detector.engine.launch import seed_all
 
         seed_all(cfg.SEED)
+        # Denormal gradients slow a from-scratch run's iterations up to 8x on x86; our trainer
+        # flushes them (SOLVER.FLUSH_DENORMALS), so the reference loop does too (one thread:
+        # torch's flag on this thread is enough), to compare the networks, not that flag.
+        torch.set_flush_denormal(args.tv_flush_denormals)
         model, seconds = train_torchvision(cfg)
         model = TorchvisionAsOurs(model)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -282,6 +287,7 @@ def run_child(args: argparse.Namespace) -> None:
         "seed": args.seed,
         "iters": args.iters,
         "ours_opts": args.ours_opts,
+        "tv_flush_denormals": args.tv_flush_denormals,
         "s_per_iter": statistics.median(seconds[min(5, len(seconds) - 1) :]),
         "peak_rss_mb": peak_mb,
         "params": sum(p.numel() for p in model.parameters()),
@@ -303,6 +309,8 @@ def _child(side: str, dataset: str, seed: int, args: argparse.Namespace) -> subp
         sys.executable, __file__, "--child", side, "--dataset", dataset, "--seed", str(seed),
         "--iters", str(args.iters), "--out", str(out), "--ours-opts", *args.ours_opts,
     ]  # fmt: skip
+    if not args.tv_flush_denormals:
+        cmd.insert(-1 - len(args.ours_opts), "--no-tv-flush-denormals")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     log = (out / "run.log").open("w")
     return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -369,6 +377,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sides", nargs="+", default=["ours", "torchvision"])
     parser.add_argument("--child", choices=["ours", "torchvision"], help=argparse.SUPPRESS)
     parser.add_argument("--report-only", action="store_true", help="print saved results")
+    parser.add_argument(
+        "--no-tv-flush-denormals",
+        dest="tv_flush_denormals",
+        action="store_false",
+        help="let torchvision's loop compute with denormal floats (its default)",
+    )
     parser.add_argument("--ours-opts", nargs=argparse.REMAINDER, default=[])
     args = parser.parse_args(argv)
     if args.child:

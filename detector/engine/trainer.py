@@ -42,6 +42,7 @@ from detector.config import Config
 from detector.engine.checkpoint import Checkpointer, CheckpointError, unwrap_model
 from detector.engine.hooks import EvalHook, HookBase, MetricsHook, PeriodicCheckpointer, ProgressBar
 from detector.engine.output_dir import OutputDirError
+from detector.ops.denormals import flush_denormals
 from detector.utils import comm
 from detector.utils.metrics import MetricsWriter
 from detector.utils.signals import Interrupted, StopRequests
@@ -99,6 +100,8 @@ class Trainer:
         progress_bar: tqdm bar; None: on rank 0 when stdout is a terminal.
         hooks: extra hooks, called after the built-in ones.
         find_unused_parameters: passed to DistributedDataParallel.
+        flush_denormals: treat denormal floats as 0 on every CPU thread while training
+            (SOLVER.FLUSH_DENORMALS; detector.ops.denormals).
     """
 
     def __init__(
@@ -124,6 +127,7 @@ class Trainer:
         progress_bar: bool | None = None,
         hooks: Sequence[HookBase] = (),
         find_unused_parameters: bool = False,
+        flush_denormals: bool = True,
     ) -> None:
         if accumulate_steps < 1:
             raise ValueError(
@@ -139,6 +143,7 @@ class Trainer:
         self.output_dir = Path(output_dir)
         self.clip_grad_norm = clip_grad_norm
         self.accumulate_steps = accumulate_steps
+        self.flush_denormals = flush_denormals
         self._setup_amp(amp_enabled, str(amp_dtype))
         self.checkpointer = Checkpointer(
             self.output_dir,
@@ -218,7 +223,7 @@ class Trainer:
         self.iter = self.start_iter
         self._data_iter = iter(self.data_loader(self.start_iter))
         try:
-            with StopRequests() as stop:
+            with StopRequests() as stop, flush_denormals(self.flush_denormals):
                 for hook in self.hooks:
                     hook.before_train(self)
                 while self.iter < self.max_iter:
@@ -408,7 +413,7 @@ class Trainer:
     ) -> Trainer:
         """Builds the optimizer and LR schedule (detector.solver) and reads SOLVER.MAX_ITER,
         CHECKPOINT_PERIOD, MAX_CHECKPOINTS_KEPT, LOG_PERIOD, AMP, CLIP_GRADIENTS,
-        ACCUMULATE_GRAD_STEPS, TEST.EVAL_PERIOD and OUTPUT_DIR. `model` must already be on
+        ACCUMULATE_GRAD_STEPS, FLUSH_DENORMALS, TEST.EVAL_PERIOD and OUTPUT_DIR. `model` must already be on
         `device`; keyword `overrides` replace any constructor argument."""
         from detector.solver import build_lr_scheduler, build_optimizer
 
@@ -431,6 +436,7 @@ class Trainer:
             clip_grad_norm=s.CLIP_GRADIENTS.MAX_NORM if s.CLIP_GRADIENTS.ENABLED else None,
             accumulate_steps=s.ACCUMULATE_GRAD_STEPS,
             log_period=s.LOG_PERIOD,
+            flush_denormals=s.FLUSH_DENORMALS,
         )
         kwargs.update(overrides)
         return cls(**kwargs)
