@@ -325,6 +325,9 @@ def _tasks(record: dict[str, Any]) -> list[str]:
 
 
 def _mean_spread(values: list[float]) -> str:
+    """Mean +- sample standard deviation; "nan" where COCO has no such objects (e.g. APs)."""
+    if any(v != v for v in values):
+        return "nan"
     if len(values) == 1:
         return f"{values[0]:.3f}"
     return f"{statistics.mean(values):.3f} +- {statistics.stdev(values):.3f}"

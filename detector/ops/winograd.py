@@ -47,6 +47,14 @@ def winograd_weight(weight: Tensor) -> Tensor:
     return u.view(16, out_channels, in_channels)
 
 
+def winograd_weight_adjoint(grad_u: Tensor) -> Tensor:
+    """The gradient of `winograd_weight` (its adjoint): (16, K, C) -> (K, C, 3, 3)."""
+    _, out_channels, in_channels = grad_u.shape
+    g = torch.tensor(_G, dtype=grad_u.dtype, device=grad_u.device)  # (4, 3)
+    grad_w = torch.kron(g, g).t() @ grad_u.reshape(16, -1)  # (9, 16) @ (16, K*C) -> (9, K*C)
+    return grad_w.t().reshape(out_channels, in_channels, 3, 3)
+
+
 def winograd_conv3x3(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """`F.conv2d(input, weight, bias, stride=1, padding=1)` for a 3x3 `weight`, by Winograd.
 
@@ -63,7 +71,7 @@ def winograd_conv3x3(input: Tensor, weight: Tensor, bias: Tensor | None = None) 
             f"winograd_conv3x3: `input` must be (N, {weight.shape[1]}, H, W) for a weight of "
             f"shape {tuple(weight.shape)}, got {tuple(input.shape)}"
         )
-    return _WinogradConv3x3.apply(input, winograd_weight(weight), bias)
+    return _WinogradConv3x3.apply(input, weight, bias)
 
 
 # Transient memory of one piece: a convolution transforms and multiplies at most about this many
@@ -139,17 +147,20 @@ def _new_maps(like: Tensor, shape: tuple[int, ...]) -> Tensor:
 
 
 class _WinogradConv3x3(torch.autograd.Function):
-    """y = A^T [U (.) (B^T d B)] A over tiles, with U = G w G^T given (autograd reaches w through
-    it). Saves the input, not its 4x larger transform, and recomputes that in the backward (a
-    memory-bound pass, ~10% of the matrix products' time). Runs piece by piece (`_pieces`,
-    `GROUP_BYTES`). The backward is made of differentiable ops, so double backward works too."""
+    """y = A^T [U (.) (B^T d B)] A over tiles, with U = G w G^T. Saves the input, not its 4x
+    larger transform, and the weight, not its 1.8x larger U (every layer's U would stay alive
+    until the backward: ~100 MB for a ResNet-18 FPN); both are recomputed in the backward (the
+    input transform is a memory-bound pass, ~10% of the matrix products' time; U is one small
+    product). Runs piece by piece (`_pieces`, `GROUP_BYTES`). The backward is made of
+    differentiable ops, so double backward works too."""
 
     @staticmethod
-    def forward(ctx, input: Tensor, u: Tensor, bias: Tensor | None) -> Tensor:
+    def forward(ctx, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         batch, _, height, width = input.shape
+        u = winograd_weight(weight)  # (16, K, C)
         channels = max(u.shape[1], u.shape[2])  # K, C
         pieces = _pieces(batch, channels, height, width, input.element_size())
-        ctx.save_for_backward(input, u)
+        ctx.save_for_backward(input, weight)
         ctx.has_bias = bias is not None
         ctx.pieces = pieces
         if len(pieces) == 1:
@@ -162,7 +173,8 @@ class _WinogradConv3x3(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-        input, u = ctx.saved_tensors
+        input, weight = ctx.saved_tensors
+        u = winograd_weight(weight)  # (16, K, C)
         # Products into recycled memory, except under double backward (create_graph), whose
         # graph needs torch.bmm's gradient.
         bmm = torch.bmm if torch.is_grad_enabled() else torch.ops.detector._recycled_bmm
@@ -188,9 +200,10 @@ class _WinogradConv3x3(torch.autograd.Function):
                 grad_u = part if grad_u is None else grad_u + part
                 del v
             del grad_m
+        grad_weight = None if grad_u is None else winograd_weight_adjoint(grad_u)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad.sum(dim=(0, 2, 3))
-        return grad_input, grad_u, grad_bias
+        return grad_input, grad_weight, grad_bias
 
 
 def _piece_grad(grad: Tensor, piece: _Piece) -> Tensor:

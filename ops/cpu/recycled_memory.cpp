@@ -16,10 +16,10 @@ namespace detector {
 namespace {
 
 constexpr size_t kMinRecycledBytes = size_t(8) << 20;  // smaller blocks: plain allocations
-constexpr size_t kDefaultCacheMiB = 1024;              // freed blocks kept, in all
+constexpr size_t kDefaultCacheMiB = 128;               // freed blocks kept, in all
 
 // The most bytes of freed blocks kept: DETECTOR_RECYCLED_MEMORY_MB (MiB; 0 keeps none), read
-// once, or 1 GiB.
+// once, or 128 MiB.
 size_t max_cached_bytes() {
   static const size_t bytes = [] {
     size_t mib = kDefaultCacheMiB;
@@ -48,14 +48,15 @@ struct Cache {
   std::deque<Block*> blocks;
   size_t bytes = 0;
 
-  // The smallest kept block that holds `bytes` without wasting more than half of them
-  // (removed from the cache), or null.
+  // The smallest kept block that holds `bytes_wanted` (removed from the cache), or null. Any
+  // larger block will do: a training step's transforms come in many sizes (one per FPN level
+  // and channel count), and a block per size kept them all alive at the activations' peak.
   Block* take(size_t bytes_wanted) {
     std::lock_guard<std::mutex> lock(mutex);
     auto best = blocks.end();
     for (auto it = blocks.begin(); it != blocks.end(); ++it) {
       const size_t capacity = (*it)->capacity;
-      const bool fits = capacity >= bytes_wanted && capacity <= bytes_wanted + bytes_wanted / 2;
+      const bool fits = capacity >= bytes_wanted;
       if (fits && (best == blocks.end() || capacity < (*best)->capacity)) {
         best = it;
       }

@@ -1,7 +1,7 @@
 """The recycled-memory pool of the CPU kernels (ops/cpu/recycled_memory.h) and `_recycled_bmm`.
 
 Large outputs (>= 8 MB) come from a pool of freed blocks: a freed block is handed out again to a
-request it fits (at most 1.5x the size wanted), and `_release_recycled_memory` empties the pool.
+request it fits (the smallest such block), and `_release_recycled_memory` empties the pool.
 The Winograd input transform is the probe: its (16, C, T) output is such an allocation.
 """
 
@@ -34,22 +34,22 @@ def test_a_freed_block_is_reused_by_a_request_it_fits() -> None:
     del again
     smaller = transform(48)  # 7.1 MB: below the pool's 8 MB, a plain allocation
     assert smaller.data_ptr() != address
-    fits = transform(60)  # 8.8 MB: within 1.5x of the kept 9.4 MB block
+    fits = transform(60)  # 8.8 MB: fits in the kept 9.4 MB block
     assert fits.data_ptr() == address
     ops._release_recycled_memory()
 
 
-def test_a_block_is_not_given_to_a_much_smaller_or_larger_request() -> None:
+def test_the_smallest_kept_block_that_fits_is_chosen() -> None:
     ops._release_recycled_memory()
-    large = transform(128)  # 18.9 MB
-    address = large.data_ptr()
-    del large
-    small = transform(64)  # 9.4 MB: the 18.9 MB block would waste more than half
-    assert small.data_ptr() != address
-    larger = transform(160)  # does not fit
-    assert larger.data_ptr() != address
-    del small, larger
-    assert transform(128).data_ptr() == address  # still kept
+    large, medium = transform(128), transform(64)  # 18.9 MB, 9.4 MB
+    large_address, medium_address = large.data_ptr(), medium.data_ptr()
+    del large, medium
+    small = transform(60)  # 8.8 MB: both fit, the 9.4 MB block is chosen
+    assert small.data_ptr() == medium_address
+    between = transform(80)  # 11.8 MB: only the 18.9 MB block fits
+    assert between.data_ptr() == large_address
+    larger = transform(160)  # 23.6 MB: no kept block fits, a new one
+    assert larger.data_ptr() not in (large_address, medium_address)
     ops._release_recycled_memory()
 
 
