@@ -394,10 +394,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.dataset == "wbc":
         from benchmarks.wbc_crops import make_wbc_crops
+        from detector.config import get_cfg
         from detector.data.catalog import shared_data_root
 
-        cfg = load_cfg("bccd", 0, 1, Path(args.out), [])
-        make_wbc_crops(shared_data_root(cfg) / "bccd" / "BCCD", CROPS_ROOT)
+        make_wbc_crops(shared_data_root(get_cfg()) / "bccd" / "BCCD", CROPS_ROOT)
     records = []
     for seed in args.seeds:
         folder = Path(args.out) / args.dataset / f"seed{seed}"

@@ -510,7 +510,8 @@ def load_config(path: str | Path | None, opts: Sequence[str] | None = None) -> C
         (f"{COMMAND_LINE} ({key})", nested) for key, nested in _opts_to_dicts(opts or [])
     ]
     sources = [(str(source), data) for source, data in chain] + command_line
-    if _version(sources, default=CURRENT_VERSION if path is None else None) == 1:
+    unversioned = MASKRCNN_BENCHMARK_VERSION if chain else CURRENT_VERSION
+    if _version(sources, unversioned) == MASKRCNN_BENCHMARK_VERSION:
         defaults = {"VERSION": MASKRCNN_BENCHMARK_VERSION, **MASKRCNN_BENCHMARK_DEFAULTS}
         _merge(node, defaults, "maskrcnn_benchmark's defaults (VERSION 1)")
     for source, data in sources:
@@ -520,10 +521,10 @@ def load_config(path: str | Path | None, opts: Sequence[str] | None = None) -> C
     return as_config(node)
 
 
-def _version(sources: list[tuple[str, dict[str, Any]]], default: int | None) -> int:
-    """The config's VERSION: the last one a file or option sets; a file chain that sets none is
-    maskrcnn_benchmark's (1); no file at all: `default`."""
-    version = default if default is not None else MASKRCNN_BENCHMARK_VERSION
+def _version(sources: list[tuple[str, dict[str, Any]]], unversioned: int) -> int:
+    """The config's VERSION: the last one a file or option sets, else `unversioned` (a file
+    chain that sets none is maskrcnn_benchmark's; options alone are ours)."""
+    version = unversioned
     for source, data in sources:
         if "VERSION" in data:
             version = data["VERSION"]

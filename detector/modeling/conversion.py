@@ -468,17 +468,15 @@ def convert_caffe2_detectron(
     converted, trunk_report = convert_torchvision_classification(
         caffe2_to_torchvision(trunk), model
     )
-    rest = {
-        _caffe2_param(k): v
+    blobs = {
+        k: v
         for k, v in state_dict.items()
         if not is_caffe2_trunk_key(k) and isinstance(v, (np.ndarray, Tensor))
     }
+    ignored = [k for k in blobs if any(re.fullmatch(p, k) for p in _CAFFE2_DETECTRON_IGNORED)]
+    rest = {_caffe2_param(k): v for k, v in blobs.items() if k not in ignored}
     heads, report = _convert(rest, _CAFFE2_DETECTRON_RULES, "caffe2-detectron", None)
-    for name in list(report.unmatched):
-        if any(re.fullmatch(p, name.replace(".weight", "_w").replace(".bias", "_b"))
-               for p in _CAFFE2_DETECTRON_IGNORED):  # fmt: skip
-            report.unmatched.remove(name)
-            report.ignored.append(name)
+    report.ignored += ignored
     report.renamed = {**trunk_report.renamed, **report.renamed}
     report.unmatched += [k for k in trunk_report.unmatched if not k.startswith("fc")]
     converted.update(heads)
