@@ -214,7 +214,8 @@ def train_torchvision(cfg: Config) -> tuple[nn.Module, list[float]]:
         schedule.step()
         seconds.append(time.perf_counter() - start)
         if len(seconds) % 20 == 0:
-            print(f"iteration {len(seconds)}: loss {loss.item():.4f}, {seconds[-1]:.3f} s", flush=True)
+            line = f"iteration {len(seconds)}: loss {loss.item():.4f}, {seconds[-1]:.3f} s"
+            print(line, flush=True)
     return model, seconds
 
 

@@ -413,8 +413,8 @@ class Trainer:
     ) -> Trainer:
         """Builds the optimizer and LR schedule (detector.solver) and reads SOLVER.MAX_ITER,
         CHECKPOINT_PERIOD, MAX_CHECKPOINTS_KEPT, LOG_PERIOD, AMP, CLIP_GRADIENTS,
-        ACCUMULATE_GRAD_STEPS, FLUSH_DENORMALS, TEST.EVAL_PERIOD and OUTPUT_DIR. `model` must already be on
-        `device`; keyword `overrides` replace any constructor argument."""
+        ACCUMULATE_GRAD_STEPS, FLUSH_DENORMALS, TEST.EVAL_PERIOD and OUTPUT_DIR. `model` must
+        already be on `device`; keyword `overrides` replace any constructor argument."""
         from detector.solver import build_lr_scheduler, build_optimizer
 
         s = cfg.SOLVER
