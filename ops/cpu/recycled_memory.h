@@ -11,8 +11,8 @@
 // environment variable DETECTOR_RECYCLED_MEMORY_MB sets another cap in MiB, 0 keeps none).
 // Measured (docs/benchmarks.md, Memory trade-offs): a 1 GiB cap and blocks kept per size held
 // ~300 MB more at a training step's peak than torchvision needs in all, for no speed gained
-// over 128 MiB. `release_recycled_memory` (op `detector::_release_recycled_memory`) frees them all. The memory
-// is NOT zeroed: callers must write every element.
+// over 128 MiB. `release_recycled_memory` (op `detector::_release_recycled_memory`) frees them all.
+// The memory is NOT zeroed: callers must write every element.
 //
 // Ops: `detector::_recycled_bmm(a, b)`, torch.bmm(a, b) into recycled memory;
 // `detector::_recycled_empty(like, size)`, an uninitialized tensor of `like`'s dtype (CPU).
