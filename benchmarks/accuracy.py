@@ -55,7 +55,7 @@ DATASETS: dict[str, dict[str, Any]] = {
         anchors=(32, 64, 128, 256, 512), mean=(0.66, 0.62, 0.68), std=(0.2, 0.2, 0.2),
     ),
     "chess": dict(
-        train="chess_valid", test="chess_test", mask=False, classes=14, size=(384, 640),
+        train="chess_valid", test="chess_test", mask=False, classes=15, size=(384, 640),
         anchors=(32, 64, 128, 256, 512), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
     ),
     "dsb2018": dict(
@@ -258,16 +258,15 @@ def evaluate(model: nn.Module, cfg: Config, out: Path) -> dict[str, float]:
     return inference_on_dataset(model, loader, evaluator, progress=False)
 
 
-def run_child(args: argparse.Namespace) -> None:
-    torch.set_num_threads(1)
-    out = Path(args.out)
-    cfg = load_cfg(args.dataset, args.seed, args.iters, out, args.ours_opts)
-    if args.side == "ours":
+def train_and_evaluate(side: str, cfg: Config, tv_flush_denormals: bool = True) -> dict[str, Any]:
+    """Trains one side on `cfg` (in this process), scores it; returns the timing, the peak RSS
+    so far, the parameter count and the metrics."""
+    if side == "ours":
         from detector.engine.launch import train
 
         result = train(cfg, tensorboard=False, progress_bar=False)
         model = result.model
-        lines = (out / "metrics.jsonl").read_text().splitlines()
+        lines = (Path(cfg.OUTPUT_DIR) / "metrics.jsonl").read_text().splitlines()
         seconds = [json.loads(line)["time"] for line in lines if '"time"' in line]
     else:
         from detector.engine.launch import seed_all
@@ -276,12 +275,23 @@ def run_child(args: argparse.Namespace) -> None:
         # Denormal gradients slow a from-scratch run's iterations up to 8x on x86; our trainer
         # flushes them (SOLVER.FLUSH_DENORMALS), so the reference loop does too (one thread:
         # torch's flag on this thread is enough), to compare the networks, not that flag.
-        torch.set_flush_denormal(args.tv_flush_denormals)
-        model, seconds = train_torchvision(cfg)
-        model = TorchvisionAsOurs(model)
+        torch.set_flush_denormal(tv_flush_denormals)
+        tv_model, seconds = train_torchvision(cfg)
+        model = TorchvisionAsOurs(tv_model)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     assert model is not None
-    metrics = evaluate(model, cfg, out)
+    return {
+        "s_per_iter": statistics.median(seconds[min(5, len(seconds) - 1) :]),
+        "peak_rss_mb": peak_mb,
+        "params": sum(p.numel() for p in model.parameters()),
+        "metrics": evaluate(model, cfg, Path(cfg.OUTPUT_DIR)),
+    }
+
+
+def run_child(args: argparse.Namespace) -> None:
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    cfg = load_cfg(args.dataset, args.seed, args.iters, out, args.ours_opts)
     record = {
         "side": args.side,
         "dataset": args.dataset,
@@ -289,10 +299,7 @@ def run_child(args: argparse.Namespace) -> None:
         "iters": args.iters,
         "ours_opts": args.ours_opts,
         "tv_flush_denormals": args.tv_flush_denormals,
-        "s_per_iter": statistics.median(seconds[min(5, len(seconds) - 1) :]),
-        "peak_rss_mb": peak_mb,
-        "params": sum(p.numel() for p in model.parameters()),
-        "metrics": metrics,
+        **train_and_evaluate(args.side, cfg, args.tv_flush_denormals),
     }
     (out / "result.json").write_text(json.dumps(record, indent=1))
 
@@ -308,10 +315,12 @@ def _child(side: str, dataset: str, seed: int, args: argparse.Namespace) -> subp
     out.mkdir(parents=True, exist_ok=True)
     cmd = [
         sys.executable, __file__, "--child", side, "--dataset", dataset, "--seed", str(seed),
-        "--iters", str(args.iters), "--out", str(out), "--ours-opts", *args.ours_opts,
+        "--iters", str(args.iters), "--out", str(out),
     ]  # fmt: skip
     if not args.tv_flush_denormals:
-        cmd.insert(-1 - len(args.ours_opts), "--no-tv-flush-denormals")
+        cmd.append("--no-tv-flush-denormals")
+    if side == "ours":  # REMAINDER: last
+        cmd += ["--ours-opts", *args.ours_opts]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     log = (out / "run.log").open("w")
     return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -51,3 +51,25 @@ def test_torchvision_adapter_returns_our_instances(tmp_path: Path):
     k = len(result)
     assert result.pred_boxes.tensor.shape == (k, 4)
     assert result.pred_masks.shape == (k, 64, 96) and result.pred_masks.dtype == torch.bool
+
+
+def test_both_sides_train_and_are_scored_then_reported(
+    tmp_path: Path, shared_data: Path, one_thread: None, capsys: pytest.CaptureFixture[str]
+):
+    """The whole path of a benchmark run, tiny: one iteration per side at 96x160 on the chess
+    pieces, scored on their 30 test images, then the report with its ratios."""
+    tiny = ["INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "160"]
+    tiny += ["INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "160"]
+    records = []
+    for side in ("ours", "torchvision"):
+        cfg = accuracy.load_cfg("chess", seed=1, iters=1, out=tmp_path / side, ours_opts=tiny)
+        record = accuracy.train_and_evaluate(side, cfg)
+        assert 0.0 <= record["metrics"]["bbox/AP"] <= 1.0
+        assert record["s_per_iter"] > 0 and record["peak_rss_mb"] > 0
+        records.append({"side": side, "seed": 1, **record})
+    # ResNet-18 FPN, 15 classes (the chess pieces' 14 ids and the background), on both sides
+    assert records[0]["params"] == records[1]["params"] == 28_350_106
+    accuracy.report(records)
+    printed = capsys.readouterr().out
+    assert "| ours | mean |" in printed and "| torchvision | mean |" in printed
+    assert "ratios ours/torchvision: time per iteration" in printed
