@@ -29,13 +29,23 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+def _intra_op_threads(count: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def one_thread():
     """Tiny models: one intra-op thread is many times faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    yield from _intra_op_threads(1)
+
+
+@pytest.fixture
+def two_threads():
+    """Tests of what happens on the second intra-op thread."""
+    yield from _intra_op_threads(2)
 
 
 @pytest.fixture

@@ -11,14 +11,6 @@ from tests.engine.test_trainer import _trainer
 DENORMAL = 1e-39  # below float32's smallest normal, 1.18e-38
 
 
-@pytest.fixture
-def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
-
-
 def _denormal_results() -> int:
     """How many of 4M products x * 1 stay denormal (an elementwise op split across threads)."""
     x = torch.full((4_000_000,), DENORMAL)
