@@ -221,7 +221,10 @@ def train_torchvision(cfg: Config) -> tuple[nn.Module, list[float]]:
 
 class TorchvisionAsOurs(nn.Module):
     """Eval-mode adapter: our inference loop's interface (uint8 (3, H, W) images at the test
-    size -> one Instances per image in those pixels) around a torchvision detection model."""
+    size -> one Instances per image at the network input's size) around a torchvision detection
+    model. Its parts are run up to the RoI heads, so that the mask head's (R, 1, M, M)
+    probabilities reach our post-processing unpasted, as our model's do: both sides' masks are
+    pasted and cut at 0.5 by the same code."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -230,16 +233,19 @@ class TorchvisionAsOurs(nn.Module):
     def forward(self, images: list[Tensor]) -> list[Any]:
         from detector.structures import Boxes, Instances
 
-        outputs = self.model([im.float() / 255.0 for im in images])
+        m = self.model
+        batch, _ = m.transform([im.float() / 255.0 for im in images])  # normalised, padded
+        features = m.backbone(batch.tensors)
+        proposals, _ = m.rpn(batch, features)
+        outputs, _ = m.roi_heads(features, proposals, batch.image_sizes)
         results = []
-        for image, out in zip(images, outputs, strict=True):
+        for size, out in zip(batch.image_sizes, outputs, strict=True):
             fields = dict(
                 pred_boxes=Boxes(out["boxes"]), scores=out["scores"], pred_classes=out["labels"]
             )
             if "masks" in out:
-                # torchvision pastes at the input size: (K, H, W) on/off at 0.5, then resized
-                fields["pred_masks"] = out["masks"][:, 0] >= 0.5
-            results.append(Instances(tuple(image.shape[-2:]), **fields))
+                fields["pred_masks"] = out["masks"]  # (R, 1, M, M) probabilities
+            results.append(Instances(tuple(size), **fields))
         return results
 
 

@@ -11,6 +11,7 @@ import torch
 
 from benchmarks import accuracy
 from detector.modeling.detector import GeneralizedRCNN
+from detector.modeling.postprocessing import detector_postprocess
 from detector.solver import build_lr_scheduler, build_optimizer
 
 
@@ -47,10 +48,14 @@ def test_torchvision_adapter_returns_our_instances(tmp_path: Path):
     images = [torch.randint(0, 256, (3, 64, 96), dtype=torch.uint8)]
     with torch.no_grad():
         (result,) = model(images)
-    assert result.image_size == (64, 96)
+    assert result.image_size == (256, 384)  # torchvision's transform resized it to the test size
     k = len(result)
+    assert k > 0
     assert result.pred_boxes.tensor.shape == (k, 4)
-    assert result.pred_masks.shape == (k, 64, 96) and result.pred_masks.dtype == torch.bool
+    assert result.pred_masks.shape == (k, 1, 28, 28) and result.pred_masks.is_floating_point()
+    assert 0.0 <= float(result.pred_masks.min()) <= float(result.pred_masks.max()) <= 1.0
+    mapped = detector_postprocess(result, 64, 96)  # what our inference loop does with it
+    assert mapped.pred_masks.shape == (k, 64, 96) and mapped.pred_masks.dtype == torch.bool
 
 
 def test_both_sides_train_and_are_scored_then_reported(
