@@ -12,12 +12,22 @@ the eager error messages in Python.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, TypeAlias, TypeVar
 
 import torch
 from torch import Tensor
-from torch.jit.annotations import BroadcastingList2
 
-from detector.ops import _library  # noqa: F401  (registers torch.ops.detector.*)
+# _library registers torch.ops.detector.*
+from detector.ops import _library  # noqa: F401  # pyright: ignore[reportUnusedImport]
+
+if TYPE_CHECKING:
+    _T = TypeVar("_T")
+    #: What TorchScript's `BroadcastingList2[T]` accepts: one T for both, or a pair of them.
+    BroadcastingList2: TypeAlias = _T | tuple[_T, _T] | list[_T]
+else:
+    # TorchScript reads `BroadcastingList2[int]` annotations by this name (also when imported
+    # from here).
+    from torch.jit.annotations import BroadcastingList2
 
 
 def sizes_str(sizes: list[int]) -> str:
@@ -35,7 +45,7 @@ def pair(op: str, value: BroadcastingList2[int], name: str = "output_size") -> t
     """Turns an int or a 2-sequence into (height, width), with an error naming `op` and `name`."""
     if isinstance(value, int):
         return value, value
-    if not isinstance(value, (tuple, list)) or len(value) != 2:
+    if not isinstance(value, (tuple, list)) or len(value) != 2:  # pyright: ignore[reportUnnecessaryIsInstance]
         raise ValueError(f"{op}: `{name}` must be an int or a pair of ints, got {value}")
     return int(value[0]), int(value[1])
 
@@ -53,7 +63,7 @@ def positive_pair(
 def _check_box_list(op: str, boxes: list[Tensor]) -> None:
     """Checks a list of per-image boxes: non-empty, each a Tensor[K_i, 4]."""
     for i, b in enumerate(boxes):
-        if not isinstance(b, Tensor):
+        if not isinstance(b, Tensor):  # pyright: ignore[reportUnnecessaryIsInstance]
             raise ValueError(f"{op}: `boxes[{i}]` must be a Tensor[K, 4], got {type(b).__name__}")
         if b.dim() != 2 or b.size(1) != 4:
             raise ValueError(f"{op}: `boxes[{i}]` must be a Tensor[K, 4], got {shape_str(b)}")
@@ -83,7 +93,7 @@ def convert_boxes_to_roi_format(op: str, boxes: Tensor | list[Tensor]) -> Tensor
         box_list = list(boxes)
         _check_box_list(op, box_list)
         return _boxes_list_to_rois(box_list)
-    if not isinstance(boxes, Tensor):
+    if not isinstance(boxes, Tensor):  # pyright: ignore[reportUnnecessaryIsInstance]
         raise TypeError(f"{op}: `boxes` must be a Tensor[K, 5] or a list of Tensor[K, 4]")
     if boxes.dim() != 2 or boxes.size(1) != 5:
         raise ValueError(
@@ -95,7 +105,7 @@ def convert_boxes_to_roi_format(op: str, boxes: Tensor | list[Tensor]) -> Tensor
 
 def check_input(op: str, input: Tensor, dims: int = 4, name: str = "input") -> None:
     """Checks a feature tensor's rank, floating dtype and that its device has kernels."""
-    if not isinstance(input, Tensor):
+    if not isinstance(input, Tensor):  # pyright: ignore[reportUnnecessaryIsInstance]
         raise TypeError(f"{op}: `{name}` must be a Tensor, got {type(input).__name__}")
     if input.dim() != dims:
         raise ValueError(
@@ -142,7 +152,8 @@ def _autocast_keeps_rois(input: Tensor) -> bool:
     """True for float16/bfloat16 `input` under autocast: the op's autocast kernel casts input and
     RoIs to float32 (detector/ops/_autocast.py), so the RoIs are not rounded to `input`'s dtype
     first (torchvision passes them on unchanged too)."""
-    if torch.jit.is_scripting():  # TorchScript's is_autocast_enabled takes no device
+    # TorchScript's is_autocast_enabled takes no device
+    if torch.jit.is_scripting():  # pyright: ignore[reportPrivateImportUsage]
         return False
     else:  # the `else` keeps TorchScript from compiling this branch
         reduced = input.dtype == torch.float16 or input.dtype == torch.bfloat16
