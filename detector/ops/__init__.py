@@ -3,9 +3,10 @@
 Signatures match torchvision.ops where torchvision has the op, so one can replace the other.
 """
 
+# _autocast registers the autocast kernels, _library torch.ops.detector.*
 from detector.ops import (
-    _autocast,  # noqa: F401  (registers the autocast kernels)
-    _library,  # noqa: F401  (registers torch.ops.detector.*)
+    _autocast,  # noqa: F401  # pyright: ignore[reportUnusedImport]
+    _library,  # noqa: F401  # pyright: ignore[reportUnusedImport]
 )
 from detector.ops.boxes import batched_nms, nms
 from detector.ops.deform_conv import deform_conv2d

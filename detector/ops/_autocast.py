@@ -11,12 +11,13 @@ they are (as `at::autocast::cached_cast`). Index outputs (nms, argmax) keep thei
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
 
-from detector.ops import _library  # noqa: F401  (registers torch.ops.detector.*)
+# _library registers torch.ops.detector.*
+from detector.ops import _library  # noqa: F401  # pyright: ignore[reportUnusedImport]
 
 #: The public operators with an autocast kernel (their backward ops run inside their autograd).
 AUTOCAST_OPS = (
@@ -33,25 +34,29 @@ AUTOCAST_OPS = (
 )
 
 _REDUCED = (torch.float16, torch.bfloat16)
-_DispatchKey = torch._C.DispatchKey
-_AUTOCAST_KEYS = torch._C.DispatchKeySet(_DispatchKey.AutocastCPU) | torch._C.DispatchKeySet(
-    _DispatchKey.AutocastCUDA
+# The dispatcher's keys and guards have no public Python API.
+_C = torch._C  # pyright: ignore[reportPrivateUsage]
+_AUTOCAST_KEYS = _C.DispatchKeySet(_C.DispatchKey.AutocastCPU) | _C.DispatchKeySet(
+    _C.DispatchKey.AutocastCUDA
 )
 
 
-def _to_float32(value: Any) -> Any:
+def _to_float32(value: object) -> object:
     """A float16/bfloat16 tensor (or each one of a list) as float32; anything else unchanged."""
     if isinstance(value, Tensor):
         return value.float() if value.dtype in _REDUCED else value
     if isinstance(value, (list, tuple)):
-        return type(value)(_to_float32(v) for v in value)
+        values = cast("list[object] | tuple[object, ...]", value)
+        return type(values)(_to_float32(v) for v in values)
     return value
 
 
-def _first_dtype(args: tuple) -> torch.dtype:
+def _first_dtype(args: tuple[object, ...]) -> torch.dtype:
     """The dtype of the first tensor argument (the first of a list of tensors)."""
-    first = args[0][0] if isinstance(args[0], (list, tuple)) else args[0]
-    return first.dtype
+    # Each op's schema starts with a Tensor or a Tensor[] (multi_scale_roi_align's features).
+    first = cast("Tensor | list[Tensor] | tuple[Tensor, ...]", args[0])
+    tensor = first[0] if isinstance(first, (list, tuple)) else first
+    return tensor.dtype
 
 
 def _cast_outputs(value: Any, dtype: torch.dtype) -> Any:
@@ -66,7 +71,7 @@ def _autocast_kernel(name: str) -> Callable[..., Any]:
 
     def kernel(*args: Any) -> Any:
         dtype = _first_dtype(args)
-        with torch._C._ExcludeDispatchKeyGuard(_AUTOCAST_KEYS):
+        with _C._ExcludeDispatchKeyGuard(_AUTOCAST_KEYS):  # pyright: ignore[reportPrivateUsage]
             output = op(*(_to_float32(a) for a in args))
         return _cast_outputs(output, dtype)
 
@@ -77,4 +82,4 @@ def _autocast_kernel(name: str) -> Callable[..., Any]:
 _LIBRARY = torch.library.Library("detector", "IMPL")
 for _name in AUTOCAST_OPS:
     for _key in ("AutocastCPU", "AutocastCUDA"):
-        _LIBRARY.impl(_name, _autocast_kernel(_name), _key)
+        _LIBRARY.impl(_name, _autocast_kernel(_name), _key)  # pyright: ignore[reportUnknownMemberType]

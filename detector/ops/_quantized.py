@@ -15,7 +15,7 @@ from torch import Tensor
 def dequantized_rois(op: str, boxes: Tensor | list[Tensor]) -> Tensor | list[Tensor]:
     """The RoIs of a quantized `input`, dequantized; they must be quantized too (torchvision)."""
     box_list = list(boxes) if isinstance(boxes, (list, tuple)) else [boxes]
-    if not all(isinstance(b, Tensor) and b.is_quantized for b in box_list):
+    if not all(isinstance(b, Tensor) and b.is_quantized for b in box_list):  # pyright: ignore[reportUnnecessaryIsInstance]
         raise ValueError(f"{op}: `input` is quantized, so `boxes` must be quantized too")
     dequantized = [b.dequantize() for b in box_list]
     return dequantized if isinstance(boxes, (list, tuple)) else dequantized[0]

@@ -10,23 +10,25 @@ compiled op sets them on every OpenMP thread too (ops/cpu/denormals.cpp).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from contextlib import contextmanager
 
 import torch
 
-from detector.ops import _library  # noqa: F401  (registers torch.ops.detector.*)
+# _library registers torch.ops.detector.*
+from detector.ops import _library  # noqa: F401  # pyright: ignore[reportUnusedImport]
 
 __all__ = ["flush_denormals", "flush_denormals_enabled"]
 
 
 def flush_denormals_enabled() -> bool:
     """Whether the calling thread flushes denormals (False on CPUs without the flags)."""
-    return bool(torch.ops.detector._flush_denormal_enabled())
+    enabled: bool = torch.ops.detector._flush_denormal_enabled()  # schema: () -> bool
+    return enabled
 
 
 @contextmanager
-def flush_denormals(enabled: bool = True) -> Iterator[None]:
+def flush_denormals(enabled: bool = True) -> Generator[None, None, None]:
     """Within the block, CPU float arithmetic on the caller and on every intra-op thread treats
     denormal inputs and results as 0 (`enabled=False`: leaves the flags as they are). The previous
     state is restored on exit."""
