@@ -14,9 +14,8 @@ import math
 
 import torch
 from torch import Tensor, nn
-from torch.jit.annotations import BroadcastingList2
 
-from detector.ops._utils import convert_boxes_to_roi_format, pair
+from detector.ops._utils import BroadcastingList2, convert_boxes_to_roi_format, pair
 from detector.ops.roi_align import multi_scale_roi_align, roi_align
 
 __all__ = ["MultiScaleRoIAlign", "assign_fpn_levels"]

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.jit.annotations import BroadcastingList2
 
 from detector.ops._ps_roi import prepare_ps_roi_args, register_ps_roi_op
-from detector.ops._utils import check_spatial_scale
+from detector.ops._utils import BroadcastingList2, check_spatial_scale
 
 _OP = "ps_roi_align"
 
@@ -42,7 +41,7 @@ def ps_roi_align(
     """
     op = "ps_roi_align"
     rois, pooled_height, pooled_width = prepare_ps_roi_args(op, input, boxes, output_size)
-    if not isinstance(sampling_ratio, int):
+    if not isinstance(sampling_ratio, int):  # pyright: ignore[reportUnnecessaryIsInstance]
         raise TypeError(f"{op}: `sampling_ratio` must be an int, got {sampling_ratio}")
     scale = check_spatial_scale(op, spatial_scale)
     return torch.ops.detector.ps_roi_align(

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.jit.annotations import BroadcastingList2
 
 from detector.ops._ps_roi import prepare_ps_roi_args, register_ps_roi_op
-from detector.ops._utils import check_spatial_scale
+from detector.ops._utils import BroadcastingList2, check_spatial_scale
 
 _OP = "ps_roi_pool"
 

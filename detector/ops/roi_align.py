@@ -11,12 +11,15 @@ Both script with TorchScript and are leaves for torch.fx (`torch.fx.wrap`), as t
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 from torch import Tensor
-from torch.jit.annotations import BroadcastingList2
 
+from detector.ops._library import AutogradContext, register_autograd, register_fake, torch_check
 from detector.ops._quantized import dequantized_rois, requantize_like
 from detector.ops._utils import (
+    BroadcastingList2,
     check_device,
     check_input,
     check_rois_dtype,
@@ -68,8 +71,8 @@ def roi_align(
         Tensor[K, C, ph, pw], contiguous.
     """
     op = "roi_align"
-    if not torch.jit.is_scripting():
-        if isinstance(input, Tensor) and input.is_quantized:
+    if not torch.jit.is_scripting():  # pyright: ignore[reportPrivateImportUsage]
+        if isinstance(input, Tensor) and input.is_quantized:  # pyright: ignore[reportUnnecessaryIsInstance]
             rois_float = dequantized_rois(op, boxes)
             output = roi_align(
                 input.dequantize(), rois_float, output_size, spatial_scale, sampling_ratio,
@@ -96,7 +99,7 @@ def roi_align(
 
 def _check_levels(op: str, features: list[Tensor], spatial_scales: list[float]) -> list[float]:
     """Checks the pyramid's feature maps and returns their checked spatial scales."""
-    if not isinstance(features, (list, tuple)) or len(features) == 0:
+    if not isinstance(features, (list, tuple)) or len(features) == 0:  # pyright: ignore[reportUnnecessaryIsInstance]
         raise ValueError(f"{op}: `features` must be a non-empty list of (N, C, H, W) tensors")
     for i, feature in enumerate(features):
         check_input(op, feature, name=f"features[{i}]")
@@ -141,7 +144,7 @@ def multi_scale_roi_align(
     _check_mode(op, mode)
     pooled_height, pooled_width = pair(op, output_size)
     rois = check_rois_dtype(op, features[0], convert_boxes_to_roi_format(op, rois))
-    if not isinstance(levels, Tensor) or levels.dim() != 1 or levels.dtype != torch.int64:
+    if not isinstance(levels, Tensor) or levels.dim() != 1 or levels.dtype != torch.int64:  # pyright: ignore[reportUnnecessaryIsInstance]
         raise ValueError(f"{op}: `levels` must be a Tensor[K] of int64 level indices")
     check_device(op, levels)
     if features[0].is_cuda:
@@ -201,7 +204,7 @@ def _multi_scale_by_level(
 # Fake (meta) kernels and autograd.
 
 
-@torch.library.register_fake("detector::roi_align")
+@register_fake("detector::roi_align")
 def _roi_align_fake(
     input: Tensor,
     rois: Tensor,
@@ -212,14 +215,14 @@ def _roi_align_fake(
     aligned: bool,
     mode: str,
 ) -> tuple[Tensor, Tensor]:
-    torch._check(rois.dim() == 2 and rois.size(1) == 5, lambda: "roi_align: rois must be (K, 5)")
+    torch_check(rois.dim() == 2 and rois.size(1) == 5, lambda: "roi_align: rois must be (K, 5)")
     shape = (rois.size(0), input.size(1), pooled_height, pooled_width)
     output = input.new_empty(shape)
     argmax = input.new_empty(shape if mode == "max" else (0,), dtype=torch.int32)
     return output, argmax
 
 
-@torch.library.register_fake("detector::_roi_align_backward")
+@register_fake("detector::_roi_align_backward")
 def _roi_align_backward_fake(
     grad: Tensor,
     rois: Tensor,
@@ -245,7 +248,20 @@ def _roi_align_backward_fake(
     )
 
 
-def _roi_align_setup_context(ctx, inputs: tuple, output: tuple[Tensor, Tensor]) -> None:
+class _RoIAlignContext(AutogradContext[tuple[Tensor, Tensor]], Protocol):
+    """Saved: the RoIs and the arg-max indices."""
+
+    input_shape: torch.Size
+    channels_last: bool
+    # (spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, mode)
+    params: tuple[float, int, int, int, bool, str]
+
+
+def _roi_align_setup_context(
+    ctx: _RoIAlignContext,
+    inputs: tuple[Tensor, Tensor, float, int, int, int, bool, str],
+    output: tuple[Tensor, Tensor],
+) -> None:
     input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, mode = inputs
     ctx.save_for_backward(rois, output[1])
     ctx.input_shape = input.shape
@@ -253,11 +269,13 @@ def _roi_align_setup_context(ctx, inputs: tuple, output: tuple[Tensor, Tensor]) 
     ctx.params = (spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, mode)
 
 
-def _roi_align_backward(ctx, grad_output: Tensor, _grad_argmax: Tensor | None) -> tuple:
+def _roi_align_backward(
+    ctx: _RoIAlignContext, grad_output: Tensor, _grad_argmax: Tensor | None
+) -> tuple[Tensor, None, None, None, None, None, None, None]:
     rois, argmax = ctx.saved_tensors
     spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, mode = ctx.params
     batch_size, channels, height, width = ctx.input_shape
-    grad_input = torch.ops.detector._roi_align_backward(
+    grad_input: Tensor = torch.ops.detector._roi_align_backward(
         grad_output,
         rois,
         argmax,
@@ -276,12 +294,12 @@ def _roi_align_backward(ctx, grad_output: Tensor, _grad_argmax: Tensor | None) -
     return grad_input, None, None, None, None, None, None, None
 
 
-torch.library.register_autograd(
+register_autograd(
     "detector::roi_align", _roi_align_backward, setup_context=_roi_align_setup_context
 )
 
 
-@torch.library.register_fake("detector::multi_scale_roi_align")
+@register_fake("detector::multi_scale_roi_align")
 def _multi_scale_fake(
     features: list[Tensor],
     rois: Tensor,
@@ -293,7 +311,7 @@ def _multi_scale_fake(
     aligned: bool,
     mode: str,
 ) -> tuple[Tensor, Tensor]:
-    torch._check(
+    torch_check(
         rois.dim() == 2 and rois.size(1) == 5, lambda: "multi_scale_roi_align: rois must be (K, 5)"
     )
     shape = (rois.size(0), features[0].size(1), pooled_height, pooled_width)
@@ -302,7 +320,7 @@ def _multi_scale_fake(
     return output, argmax
 
 
-@torch.library.register_fake("detector::_multi_scale_roi_align_backward")
+@register_fake("detector::_multi_scale_roi_align_backward")
 def _multi_scale_backward_fake(
     grad: Tensor,
     rois: Tensor,
@@ -317,7 +335,7 @@ def _multi_scale_backward_fake(
     aligned: bool,
     mode: str,
 ) -> list[Tensor]:
-    grads = []
+    grads: list[Tensor] = []
     for level, is_channels_last in enumerate(channels_last):
         memory_format = torch.channels_last if is_channels_last else torch.contiguous_format
         shape = level_shapes[4 * level : 4 * level + 4]
@@ -327,7 +345,20 @@ def _multi_scale_backward_fake(
     return grads
 
 
-def _multi_scale_setup_context(ctx, inputs: tuple, output: tuple[Tensor, Tensor]) -> None:
+class _MultiScaleContext(AutogradContext[tuple[Tensor, Tensor, Tensor]], Protocol):
+    """Saved: the RoIs, their levels and the arg-max indices."""
+
+    level_shapes: list[int]
+    channels_last: list[bool]
+    params: tuple[list[float], int, int]  # (spatial_scales, pooled_height, pooled_width)
+    sampling: tuple[int, bool, str]  # (sampling_ratio, aligned, mode)
+
+
+def _multi_scale_setup_context(
+    ctx: _MultiScaleContext,
+    inputs: tuple[list[Tensor], Tensor, Tensor, list[float], int, int, int, bool, str],
+    output: tuple[Tensor, Tensor],
+) -> None:
     features, rois, levels, spatial_scales, pooled_height, pooled_width = inputs[:6]
     sampling_ratio, aligned, mode = inputs[6:]
     ctx.save_for_backward(rois, levels, output[1])
@@ -338,11 +369,13 @@ def _multi_scale_setup_context(ctx, inputs: tuple, output: tuple[Tensor, Tensor]
     ctx.sampling = (sampling_ratio, aligned, mode)
 
 
-def _multi_scale_backward(ctx, grad_output: Tensor, _grad_argmax: Tensor | None) -> tuple:
+def _multi_scale_backward(
+    ctx: _MultiScaleContext, grad_output: Tensor, _grad_argmax: Tensor | None
+) -> tuple[list[Tensor], None, None, None, None, None, None, None, None]:
     rois, levels, argmax = ctx.saved_tensors
     spatial_scales, pooled_height, pooled_width = ctx.params
     sampling_ratio, aligned, mode = ctx.sampling
-    grads = torch.ops.detector._multi_scale_roi_align_backward(
+    grads: list[Tensor] = torch.ops.detector._multi_scale_roi_align_backward(
         grad_output,
         rois,
         levels,
@@ -359,7 +392,7 @@ def _multi_scale_backward(ctx, grad_output: Tensor, _grad_argmax: Tensor | None)
     return list(grads), None, None, None, None, None, None, None, None
 
 
-torch.library.register_autograd(
+register_autograd(
     "detector::multi_scale_roi_align",
     _multi_scale_backward,
     setup_context=_multi_scale_setup_context,

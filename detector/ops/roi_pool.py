@@ -10,12 +10,14 @@ to its arg-max element (the first max in row-major order) and sums where RoIs ov
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 from torch import Tensor
-from torch.jit.annotations import BroadcastingList2
 
-from detector.ops import _library  # noqa: F401  (registers torch.ops.detector.*)
+from detector.ops._library import AutogradContext, register_autograd, register_fake, torch_check
 from detector.ops._utils import (
+    BroadcastingList2,
     check_device,
     check_input,
     check_rois_dtype,
@@ -58,17 +60,17 @@ def roi_pool(
     return output
 
 
-@torch.library.register_fake("detector::roi_pool")
+@register_fake("detector::roi_pool")
 def _roi_pool_fake(
     input: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int, pooled_width: int
 ) -> tuple[Tensor, Tensor]:
-    torch._check(input.dim() == 4, lambda: f"{_OP}: expected a 4-D `input`")
-    torch._check(rois.dim() == 2 and rois.size(1) == 5, lambda: f"{_OP}: expected rois (K, 5)")
+    torch_check(input.dim() == 4, lambda: f"{_OP}: expected a 4-D `input`")
+    torch_check(rois.dim() == 2 and rois.size(1) == 5, lambda: f"{_OP}: expected rois (K, 5)")
     shape = (rois.size(0), input.size(1), pooled_height, pooled_width)
     return input.new_empty(shape), input.new_empty(shape, dtype=torch.int32)
 
 
-@torch.library.register_fake("detector::_roi_pool_backward")
+@register_fake("detector::_roi_pool_backward")
 def _roi_pool_backward_fake(
     grad: Tensor,
     rois: Tensor,
@@ -81,20 +83,32 @@ def _roi_pool_backward_fake(
     return grad.new_empty((batch_size, channels, height, width))
 
 
-def _setup_context(ctx, inputs: tuple, output: tuple[Tensor, Tensor]) -> None:
+class _Context(AutogradContext[tuple[Tensor, Tensor]], Protocol):
+    """Saved: the RoIs and the arg-max indices."""
+
+    input_shape: tuple[int, ...]  # (N, C, H, W)
+
+
+def _setup_context(
+    ctx: _Context,
+    inputs: tuple[Tensor, Tensor, float, int, int],
+    output: tuple[Tensor, Tensor],
+) -> None:
     input, rois, _, _, _ = inputs
     _, argmax = output
     ctx.save_for_backward(rois, argmax)
     ctx.input_shape = tuple(input.shape)
 
 
-def _backward(ctx, grad_output: Tensor, _grad_argmax: Tensor | None) -> tuple:
+def _backward(
+    ctx: _Context, grad_output: Tensor, _grad_argmax: Tensor | None
+) -> tuple[Tensor, None, None, None, None]:
     rois, argmax = ctx.saved_tensors
     batch_size, channels, height, width = ctx.input_shape
-    grad_input = torch.ops.detector._roi_pool_backward(
+    grad_input: Tensor = torch.ops.detector._roi_pool_backward(
         grad_output, rois, argmax, batch_size, channels, height, width
     )
     return grad_input, None, None, None, None
 
 
-torch.library.register_autograd("detector::roi_pool", _backward, setup_context=_setup_context)
+register_autograd("detector::roi_pool", _backward, setup_context=_setup_context)
