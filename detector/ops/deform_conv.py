@@ -15,17 +15,18 @@ interpolated with zeros outside the map, exactly as torchvision.ops.deform_conv2
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 from torch import Tensor
-from torch.jit.annotations import BroadcastingList2
 
-from detector.ops._library import CUDA_VERSION  # noqa: F401  (loads torch.ops.detector)
-from detector.ops._utils import check_device, check_input, pair, shape_str
+from detector.ops._library import AutogradContext, register_autograd, register_fake, torch_check
+from detector.ops._utils import BroadcastingList2, check_device, check_input, pair, shape_str
 
 
 def _check_weight_and_mask(op: str, weight: Tensor, mask: Tensor | None) -> None:
     """Checks that `weight` and (when given) `mask` are 4-D tensors."""
-    if not isinstance(weight, Tensor):
+    if not isinstance(weight, Tensor):  # pyright: ignore[reportUnnecessaryIsInstance]
         raise ValueError(
             f"{op}: `weight` must be 4-D (O, C / groups, kh, kw), got {type(weight).__name__}"
         )
@@ -35,7 +36,7 @@ def _check_weight_and_mask(op: str, weight: Tensor, mask: Tensor | None) -> None
         )
     if mask is None:
         return
-    if not isinstance(mask, Tensor):
+    if not isinstance(mask, Tensor):  # pyright: ignore[reportUnnecessaryIsInstance]
         raise ValueError(f"{op}: `mask` must be 4-D, got {type(mask).__name__}")
     if mask.dim() != 4:
         raise ValueError(
@@ -105,20 +106,20 @@ def deform_conv2d(
     )  # fmt: skip
 
 
-@torch.library.register_fake("detector::deform_conv2d")
+@register_fake("detector::deform_conv2d")
 def _deform_conv2d_fake(
     input: Tensor, offset: Tensor, weight: Tensor, mask: Tensor | None, bias: Tensor | None,
     stride_h: int, stride_w: int, pad_h: int, pad_w: int, dil_h: int, dil_w: int,
     groups: int, offset_groups: int,
 ) -> Tensor:  # fmt: skip
-    torch._check(input.dim() == 4 and weight.dim() == 4 and offset.dim() == 4)
+    torch_check(input.dim() == 4 and weight.dim() == 4 and offset.dim() == 4)
     kernel_h, kernel_w = weight.shape[-2:]
     out_h = (input.shape[2] + 2 * pad_h - (dil_h * (kernel_h - 1) + 1)) // stride_h + 1
     out_w = (input.shape[3] + 2 * pad_w - (dil_w * (kernel_w - 1) + 1)) // stride_w + 1
     return input.new_empty((input.shape[0], weight.shape[0], out_h, out_w))
 
 
-@torch.library.register_fake("detector::_deform_conv2d_backward")
+@register_fake("detector::_deform_conv2d_backward")
 def _deform_conv2d_backward_fake(
     grad_output: Tensor, input: Tensor, offset: Tensor, weight: Tensor, mask: Tensor | None,
     stride_h: int, stride_w: int, pad_h: int, pad_w: int, dil_h: int, dil_w: int,
@@ -134,7 +135,22 @@ def _deform_conv2d_backward_fake(
     )
 
 
-def _setup_context(ctx, inputs: tuple, output: Tensor) -> None:
+class _Context(AutogradContext[tuple[Tensor, Tensor, Tensor, Tensor | None]], Protocol):
+    """Saved: input, offset, weight and mask (None without a mask)."""
+
+    # stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups, offset_groups
+    params: list[int]
+    has_mask: bool
+    has_bias: bool
+
+
+def _setup_context(
+    ctx: _Context,
+    inputs: tuple[
+        Tensor, Tensor, Tensor, Tensor | None, Tensor | None, int, int, int, int, int, int, int, int
+    ],
+    output: Tensor,
+) -> None:
     input, offset, weight, mask, bias, *params = inputs
     ctx.save_for_backward(input, offset, weight, mask)
     ctx.params = params
@@ -142,7 +158,7 @@ def _setup_context(ctx, inputs: tuple, output: Tensor) -> None:
     ctx.has_bias = bias is not None
 
 
-def _backward(ctx, grad_output: Tensor) -> tuple:
+def _backward(ctx: _Context, grad_output: Tensor) -> tuple[Tensor | None, ...]:
     input, offset, weight, mask = ctx.saved_tensors
     grad_input, grad_offset, grad_weight, grad_mask, grad_bias = (
         torch.ops.detector._deform_conv2d_backward(
@@ -158,4 +174,4 @@ def _backward(ctx, grad_output: Tensor) -> tuple:
     ) + (None,) * len(ctx.params)
 
 
-torch.library.register_autograd("detector::deform_conv2d", _backward, setup_context=_setup_context)
+register_autograd("detector::deform_conv2d", _backward, setup_context=_setup_context)

@@ -21,11 +21,14 @@ divides 0 by 0 and returns NaN while ours returns 0, as roi_align does.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 from torch import Tensor
-from torch.jit.annotations import BroadcastingList2
 
+from detector.ops._library import AutogradContext, register_autograd, register_fake, torch_check
 from detector.ops._utils import (
+    BroadcastingList2,
     check_device,
     check_input,
     check_rois_dtype,
@@ -181,7 +184,7 @@ def _check_per_bin(
         return None
     num_rois, pooled_height, pooled_width = expected
     shape = [num_rois, channels, pooled_height, pooled_width]
-    if not isinstance(value, Tensor):
+    if not isinstance(value, Tensor):  # pyright: ignore[reportUnnecessaryIsInstance]
         raise TypeError(f"{op}: `{name}` must be a Tensor{shape} or None")
     if list(value.shape) != shape:
         raise ValueError(
@@ -213,7 +216,7 @@ def _fake_forward(
 ) -> Tensor:
     channels = input.size(1)
     if position_sensitive:
-        torch._check(channels % (pooled_height * pooled_width) == 0)
+        torch_check(channels % (pooled_height * pooled_width) == 0)
         channels = channels // (pooled_height * pooled_width)
     return input.new_empty((rois.size(0), channels, pooled_height, pooled_width))
 
@@ -243,14 +246,28 @@ def _fake_backward(
     return torch.empty_like(input), grad_offset, grad_mask
 
 
+class _Context(AutogradContext[tuple[Tensor, Tensor, Tensor | None, Tensor | None]], Protocol):
+    """Saved: input, RoIs, offset and mask (None where the op got None)."""
+
+    params: list[float]  # spatial_scale, pooled_height, pooled_width, sampling_ratio, gamma
+
+
 def _register(name: str, position_sensitive: bool) -> None:
     """Registers the fake kernels of `name` and its backward op, and the autograd of `name`."""
     backward_op = getattr(torch.ops.detector, f"_{name}_backward")
 
-    @torch.library.register_fake(f"detector::{name}")
+    @register_fake(f"detector::{name}")
     def _(
-        input, rois, offset, mask, spatial_scale, pooled_height, pooled_width, sampling_ratio, gamma
-    ):
+        input: Tensor,
+        rois: Tensor,
+        offset: Tensor | None,
+        mask: Tensor | None,
+        spatial_scale: float,
+        pooled_height: int,
+        pooled_width: int,
+        sampling_ratio: int,
+        gamma: float,
+    ) -> Tensor:
         return _fake_forward(
             input,
             rois,
@@ -264,31 +281,37 @@ def _register(name: str, position_sensitive: bool) -> None:
             position_sensitive,
         )
 
-    @torch.library.register_fake(f"detector::_{name}_backward")
+    @register_fake(f"detector::_{name}_backward")
     def _(
-        grad,
-        input,
-        rois,
-        offset,
-        mask,
-        spatial_scale,
-        pooled_height,
-        pooled_width,
-        sampling_ratio,
-        gamma,
-        offset_grad,
-        mask_grad,
-    ):
+        grad: Tensor,
+        input: Tensor,
+        rois: Tensor,
+        offset: Tensor | None,
+        mask: Tensor | None,
+        spatial_scale: float,
+        pooled_height: int,
+        pooled_width: int,
+        sampling_ratio: int,
+        gamma: float,
+        offset_grad: bool,
+        mask_grad: bool,
+    ) -> tuple[Tensor, Tensor, Tensor]:
         return _fake_backward(
             grad, input, rois, offset, mask, pooled_height, pooled_width, offset_grad, mask_grad
         )
 
-    def setup_context(ctx, inputs, output) -> None:
+    def setup_context(
+        ctx: _Context,
+        inputs: tuple[Tensor, Tensor, Tensor | None, Tensor | None, float, int, int, int, float],
+        output: Tensor,
+    ) -> None:
         input, rois, offset, mask, *params = inputs
         ctx.save_for_backward(input, rois, offset, mask)
         ctx.params = params  # spatial_scale, pooled_height, pooled_width, sampling_ratio, gamma
 
-    def backward(ctx, grad: Tensor):
+    def backward(
+        ctx: _Context, grad: Tensor
+    ) -> tuple[Tensor, None, Tensor | None, Tensor | None, None, None, None, None, None]:
         input, rois, offset, mask = ctx.saved_tensors
         offset_grad = offset is not None and ctx.needs_input_grad[2]
         mask_grad = mask is not None and ctx.needs_input_grad[3]
@@ -307,7 +330,7 @@ def _register(name: str, position_sensitive: bool) -> None:
             None,
         )
 
-    torch.library.register_autograd(f"detector::{name}", backward, setup_context=setup_context)
+    register_autograd(f"detector::{name}", backward, setup_context=setup_context)
 
 
 _register("deform_roi_pool", position_sensitive=False)
