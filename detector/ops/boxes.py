@@ -27,11 +27,12 @@ Both outputs have a data-dependent length: the fake kernels give them an unbacke
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import Tensor
 
-from detector.ops import _library  # noqa: F401  (registers torch.ops.detector.*)
+from detector.ops._library import register_fake, torch_check
 from detector.ops._utils import check_device, check_same_device, shape_str
 
 __all__ = ["batched_nms", "nms"]
@@ -39,9 +40,9 @@ __all__ = ["batched_nms", "nms"]
 
 def _check_boxes_and_scores(op: str, boxes: Tensor, scores: Tensor) -> None:
     """Checks `boxes` (N, 4) floating point and `scores` (N,) of the same dtype and device."""
-    if not isinstance(boxes, Tensor):
+    if not isinstance(boxes, Tensor):  # pyright: ignore[reportUnnecessaryIsInstance]
         raise TypeError(f"{op}: `boxes` must be a Tensor[N, 4], got {type(boxes).__name__}")
-    if not isinstance(scores, Tensor):
+    if not isinstance(scores, Tensor):  # pyright: ignore[reportUnnecessaryIsInstance]
         raise TypeError(f"{op}: `scores` must be a Tensor[N], got {type(scores).__name__}")
     if boxes.dim() != 2 or boxes.size(1) != 4:
         raise ValueError(
@@ -75,17 +76,24 @@ def _check_values(op: str, boxes: Tensor, scores: Tensor, iou_threshold: float) 
     if torch.compiler.is_compiling() or boxes.numel() == 0:
         return threshold
     if not bool(torch.isfinite(boxes).all()):
-        bad: list[int] = (~torch.isfinite(boxes)).any(dim=1).nonzero().flatten()[:5].tolist()
+        bad = _first_true((~torch.isfinite(boxes)).any(dim=1))
         raise ValueError(f"{op}: `boxes` contains NaN or infinite values (first bad rows: {bad})")
     if bool(torch.isnan(scores).any()):
-        bad_scores: list[int] = torch.isnan(scores).nonzero().flatten()[:5].tolist()
+        bad_scores = _first_true(torch.isnan(scores))
         raise ValueError(f"{op}: `scores` contains NaN values (first bad indices: {bad_scores})")
     return threshold
 
 
+def _first_true(mask: Tensor) -> list[int]:
+    """The indices of the first 5 True elements of a (N,) bool mask, for error messages."""
+    # TorchScript types `tolist()` from the annotation.
+    indices: list[int] = mask.nonzero().flatten()[:5].tolist()  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
+    return indices
+
+
 def _check_idxs(op: str, boxes: Tensor, idxs: Tensor) -> None:
     """Checks the category indices `idxs` (N,) of an integer dtype on the device of `boxes`."""
-    if not isinstance(idxs, Tensor):
+    if not isinstance(idxs, Tensor):  # pyright: ignore[reportUnnecessaryIsInstance]
         raise TypeError(f"{op}: `idxs` must be a Tensor[N] of integers, got {type(idxs).__name__}")
     if idxs.dim() != 1 or idxs.size(0) != boxes.size(0):
         raise ValueError(
@@ -110,8 +118,9 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     Returns:
         Tensor[K] int64 indices of the kept boxes, in decreasing score order.
     """
-    if not torch.jit.is_scripting():
-        if isinstance(boxes, Tensor) and boxes.is_quantized:  # quint8, as torchvision's qnms
+    if not torch.jit.is_scripting():  # pyright: ignore[reportPrivateImportUsage]
+        # quint8, as torchvision's qnms
+        if isinstance(boxes, Tensor) and boxes.is_quantized:  # pyright: ignore[reportUnnecessaryIsInstance]
             return nms(boxes.dequantize(), scores.dequantize(), iou_threshold)
     _check_boxes_and_scores("nms", boxes, scores)
     threshold = _check_values("nms", boxes, scores, iou_threshold)
@@ -138,7 +147,7 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     """
     # Not while compiling or exporting: there the box count may be data-dependent (unbacked),
     # and the op itself returns an empty result for empty (well-formed) inputs.
-    if not torch.compiler.is_compiling() and isinstance(boxes, Tensor) and boxes.numel() == 0:
+    if not torch.compiler.is_compiling() and isinstance(boxes, Tensor) and boxes.numel() == 0:  # pyright: ignore[reportUnnecessaryIsInstance]
         return torch.empty((0,), dtype=torch.int64, device=boxes.device)
     _check_boxes_and_scores("batched_nms", boxes, scores)
     _check_idxs("batched_nms", boxes, idxs)
@@ -148,28 +157,30 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
 
 def _fake_kept_indices(boxes: Tensor) -> Tensor:
     """An int64 Tensor[K] on `boxes`' device with an unbacked size 0 <= K (fake kernels)."""
-    num_kept = torch.library.get_ctx().new_dynamic_size()
+    # get_ctx() -> FakeImplCtx, whose new_dynamic_size() -> SymInt (pyright cannot resolve the
+    # forward reference "torch._library.fake_impl.FakeImplCtx")
+    num_kept = cast(torch.SymInt, torch.library.get_ctx().new_dynamic_size())  # pyright: ignore[reportUnknownMemberType]
     return boxes.new_empty((num_kept,), dtype=torch.int64)
 
 
-@torch.library.register_fake("detector::nms")
+@register_fake("detector::nms")
 def _nms_fake(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
-    torch._check(boxes.dim() == 2 and boxes.size(1) == 4, lambda: "nms: `boxes` must be (N, 4)")
-    torch._check(scores.dim() == 1, lambda: "nms: `scores` must be (N,)")
-    torch._check(boxes.size(0) == scores.size(0), lambda: "nms: `boxes`/`scores` lengths differ")
+    torch_check(boxes.dim() == 2 and boxes.size(1) == 4, lambda: "nms: `boxes` must be (N, 4)")
+    torch_check(scores.dim() == 1, lambda: "nms: `scores` must be (N,)")
+    torch_check(boxes.size(0) == scores.size(0), lambda: "nms: `boxes`/`scores` lengths differ")
     return _fake_kept_indices(boxes)
 
 
-@torch.library.register_fake("detector::batched_nms")
+@register_fake("detector::batched_nms")
 def _batched_nms_fake(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
-    torch._check(
+    torch_check(
         boxes.dim() == 2 and boxes.size(1) == 4, lambda: "batched_nms: `boxes` must be (N, 4)"
     )
-    torch._check(scores.dim() == 1, lambda: "batched_nms: `scores` must be (N,)")
-    torch._check(idxs.dim() == 1, lambda: "batched_nms: `idxs` must be (N,)")
-    torch._check(
+    torch_check(scores.dim() == 1, lambda: "batched_nms: `scores` must be (N,)")
+    torch_check(idxs.dim() == 1, lambda: "batched_nms: `idxs` must be (N,)")
+    torch_check(
         boxes.size(0) == scores.size(0) and boxes.size(0) == idxs.size(0),
         lambda: "batched_nms: `boxes`, `scores` and `idxs` lengths differ",
     )
-    torch._check(idxs.dtype == torch.int64, lambda: "batched_nms: `idxs` must be int64")
+    torch_check(idxs.dtype == torch.int64, lambda: "batched_nms: `idxs` must be int64")
     return _fake_kept_indices(boxes)

@@ -23,11 +23,12 @@ The result equals `F.conv2d(input, weight, bias, padding=1)` up to float roundin
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
-from detector.ops import _library  # noqa: F401  (registers torch.ops.detector.*)
+from detector.ops._library import AutogradContext, register_autograd, register_fake
 
 # Transform matrices of F(2x2, 3x3) (Lavin & Gray, Sec. 4.1); B^T and A^T are applied in the
 # compiled kernels, G here.
@@ -146,6 +147,13 @@ def _new_maps(like: Tensor, shape: tuple[int, ...]) -> Tensor:
     return torch.ops.detector._recycled_empty(like, shape)
 
 
+class _Context(AutogradContext[tuple[Tensor, Tensor]], Protocol):
+    """Saved: the input and the weight."""
+
+    has_bias: bool
+    pieces: list[_Piece]
+
+
 class _WinogradConv3x3(torch.autograd.Function):
     """y = A^T [U (.) (B^T d B)] A over tiles, with U = G w G^T. Saves the input, not its 4x
     larger transform, and the weight, not its 1.8x larger U (every layer's U would stay alive
@@ -155,7 +163,7 @@ class _WinogradConv3x3(torch.autograd.Function):
     differentiable ops, so double backward works too."""
 
     @staticmethod
-    def forward(ctx, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    def forward(ctx: _Context, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         batch, _, height, width = input.shape
         u = winograd_weight(weight)  # (16, K, C)
         channels = max(u.shape[1], u.shape[2])  # K, C
@@ -172,7 +180,9 @@ class _WinogradConv3x3(torch.autograd.Function):
         return output
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    def backward(  # pyright: ignore[reportIncompatibleMethodOverride]  (one output: one gradient)
+        ctx: _Context, grad: Tensor
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         input, weight = ctx.saved_tensors
         u = winograd_weight(weight)  # (16, K, C)
         # Products into recycled memory, except under double backward (create_graph), whose
@@ -224,35 +234,35 @@ def _tiles(batch: int, height: int, width: int) -> int:
     return batch * ((height + 1) // 2) * ((width + 1) // 2)
 
 
-@torch.library.register_fake("detector::_recycled_empty")
+@register_fake("detector::_recycled_empty")
 def _recycled_empty_fake(like: Tensor, size: list[int]) -> Tensor:
     return like.new_empty(size)
 
 
-@torch.library.register_fake("detector::_recycled_bmm")
+@register_fake("detector::_recycled_bmm")
 def _recycled_bmm_fake(a: Tensor, b: Tensor) -> Tensor:
     return a.new_empty((a.shape[0], a.shape[1], b.shape[2]))
 
 
-@torch.library.register_fake("detector::winograd_input_transform")
+@register_fake("detector::winograd_input_transform")
 def _input_transform_fake(input: Tensor) -> Tensor:
     batch, channels, height, width = input.shape
     return input.new_empty((16, channels, _tiles(batch, height, width)))
 
 
-@torch.library.register_fake("detector::_winograd_input_transform_backward")
+@register_fake("detector::_winograd_input_transform_backward")
 def _input_transform_backward_fake(grad: Tensor, batch: int, height: int, width: int) -> Tensor:
     return grad.new_empty((batch, grad.shape[1], height, width))
 
 
-@torch.library.register_fake("detector::winograd_output_transform")
+@register_fake("detector::winograd_output_transform")
 def _output_transform_fake(
     m: Tensor, bias: Tensor | None, batch: int, height: int, width: int
 ) -> Tensor:
     return m.new_empty((batch, m.shape[1], height, width))
 
 
-@torch.library.register_fake("detector::_winograd_output_transform_backward")
+@register_fake("detector::_winograd_output_transform_backward")
 def _output_transform_backward_fake(grad: Tensor) -> Tensor:
     batch, channels, height, width = grad.shape
     return grad.new_empty((16, channels, _tiles(batch, height, width)))
@@ -262,51 +272,65 @@ def _output_transform_backward_fake(grad: Tensor) -> Tensor:
 # are each other's gradients (which also gives double backward).
 
 
-def _input_setup(ctx, inputs: tuple, output: Tensor) -> None:
+class _ShapeContext(Protocol):
+    shape: tuple[int, ...]  # (N, C, H, W) of the maps
+
+
+class _BiasContext(Protocol):
+    has_bias: bool
+
+
+def _input_setup(ctx: _ShapeContext, inputs: tuple[Tensor], output: Tensor) -> None:
     (input,) = inputs
     ctx.shape = tuple(input.shape)
 
 
-def _input_backward(ctx, grad: Tensor) -> Tensor:
+def _input_backward(ctx: _ShapeContext, grad: Tensor) -> Tensor:
     batch, _, height, width = ctx.shape
     return torch.ops.detector._winograd_input_transform_backward(grad, batch, height, width)
 
 
-def _input_adjoint_backward(ctx, grad: Tensor) -> tuple:
+def _input_adjoint_setup(ctx: object, inputs: tuple[Tensor, int, int, int], output: Tensor) -> None:
+    """Nothing to keep: the gradient is the input transform of the incoming gradient."""
+
+
+def _input_adjoint_backward(ctx: object, grad: Tensor) -> tuple[Tensor, None, None, None]:
     return torch.ops.detector.winograd_input_transform(grad), None, None, None
 
 
-def _output_setup(ctx, inputs: tuple, output: Tensor) -> None:
+def _output_setup(
+    ctx: _BiasContext, inputs: tuple[Tensor, Tensor | None, int, int, int], output: Tensor
+) -> None:
     ctx.has_bias = inputs[1] is not None
 
 
-def _output_backward(ctx, grad: Tensor) -> tuple:
+def _output_backward(
+    ctx: _BiasContext, grad: Tensor
+) -> tuple[Tensor, Tensor | None, None, None, None]:
     grad_m = torch.ops.detector._winograd_output_transform_backward(grad)
     grad_bias = grad.sum(dim=(0, 2, 3)) if ctx.has_bias else None
     return grad_m, grad_bias, None, None, None
 
 
-def _output_adjoint_setup(ctx, inputs: tuple, output: Tensor) -> None:
+def _output_adjoint_setup(ctx: _ShapeContext, inputs: tuple[Tensor], output: Tensor) -> None:
     ctx.shape = tuple(inputs[0].shape)
 
 
-def _output_adjoint_backward(ctx, grad: Tensor) -> Tensor:
+def _output_adjoint_backward(ctx: _ShapeContext, grad: Tensor) -> Tensor:
     batch, _, height, width = ctx.shape
     return torch.ops.detector.winograd_output_transform(grad, None, batch, height, width)
 
 
-torch.library.register_autograd(
-    "detector::winograd_input_transform", _input_backward, setup_context=_input_setup
-)
-torch.library.register_autograd(
+register_autograd("detector::winograd_input_transform", _input_backward, setup_context=_input_setup)
+register_autograd(
     "detector::_winograd_input_transform_backward",
     _input_adjoint_backward,
-    setup_context=lambda ctx, inputs, output: None,
+    setup_context=_input_adjoint_setup,
 )
-torch.library.register_autograd(
+register_autograd(
     "detector::winograd_output_transform", _output_backward, setup_context=_output_setup
 )
-torch.library.register_autograd(
+register_autograd(
     "detector::_winograd_output_transform_backward",
     _output_adjoint_backward,
     setup_context=_output_adjoint_setup,
