@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import torch
 from torch import Tensor, nn
 
@@ -17,6 +19,14 @@ class FrozenBatchNorm2d(nn.Module):
     Shapes: input and output ``(N, C, H, W)``.
     """
 
+    # The buffers, declared for type checkers only: TorchScript would read class annotations
+    # (strings under `from __future__ import annotations`) and fail.
+    if TYPE_CHECKING:
+        weight: Tensor
+        bias: Tensor
+        running_mean: Tensor
+        running_var: Tensor
+
     def __init__(self, num_features: int, eps: float = 1e-5) -> None:
         super().__init__()
         self.num_features = num_features
@@ -28,16 +38,16 @@ class FrozenBatchNorm2d(nn.Module):
 
     def _load_from_state_dict(
         self,
-        state_dict: dict,
+        state_dict: dict[str, Any],
         prefix: str,
-        local_metadata: dict,
+        local_metadata: dict[str, Any],
         strict: bool,
         missing_keys: list[str],
         unexpected_keys: list[str],
         error_msgs: list[str],
     ) -> None:
         state_dict.pop(prefix + "num_batches_tracked", None)
-        super()._load_from_state_dict(
+        super()._load_from_state_dict(  # pyright: ignore[reportUnknownMemberType]
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
 
@@ -59,7 +69,7 @@ class FrozenBatchNorm2d(nn.Module):
             if module.affine:
                 frozen.weight.copy_(module.weight.detach())
                 frozen.bias.copy_(module.bias.detach())
-            if module.running_mean is not None:
+            if module.running_mean is not None and module.running_var is not None:
                 frozen.running_mean.copy_(module.running_mean)
                 frozen.running_var.copy_(module.running_var)
             return frozen

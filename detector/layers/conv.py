@@ -22,10 +22,11 @@ float32) and every caller copes with it:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Generator
 
 import torch
 from torch import Tensor, nn
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 from detector.ops.winograd import winograd_conv3x3
 
@@ -53,7 +54,7 @@ def winograd_is_enabled() -> bool:
 
 
 @contextlib.contextmanager
-def winograd(enabled: bool) -> Iterator[None]:
+def winograd(enabled: bool) -> Generator[None, None, None]:
     """Context manager: `with winograd(False): ...` runs every `Conv2d` directly."""
     previous = _enabled
     set_winograd(enabled)
@@ -66,10 +67,10 @@ def winograd(enabled: bool) -> Iterator[None]:
 def _in_graph_capture() -> bool:
     """True while TorchScript, torch.compile, torch.export or FX capture the computation."""
     return (
-        torch.jit.is_scripting()
-        or torch.jit.is_tracing()
+        torch.jit.is_scripting()  # pyright: ignore[reportPrivateImportUsage]
+        or torch.jit.is_tracing()  # pyright: ignore[reportPrivateImportUsage]
         or torch.compiler.is_compiling()
-        or torch.fx._symbolic_trace.is_fx_symbolic_tracing()
+        or is_fx_symbolic_tracing()
     )
 
 
@@ -103,7 +104,7 @@ class Conv2d(nn.Conv2d):
 
         TorchScript compiles only the first branch (nn.Conv2d's computation).
         """
-        if torch.jit.is_scripting():
+        if torch.jit.is_scripting():  # pyright: ignore[reportPrivateImportUsage]
             return self._conv_forward(input, self.weight, self.bias)
         else:  # the `else` keeps TorchScript out of the Winograd path
             if self.uses_winograd(input):

@@ -7,11 +7,16 @@ import math
 import torch
 from torch import Tensor, nn
 from torch.nn import init
-from torch.nn.modules.utils import _pair
+from torch.nn.modules.utils import _pair as _torch_pair  # pyright: ignore[reportPrivateUsage, reportUnknownVariableType]
 
 from detector.ops.deform_conv import deform_conv2d
 
 torch.fx.wrap("deform_conv2d")  # a leaf of FX graphs traced through this module
+
+
+def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
+    """An int as (value, value), a pair as a tuple: nn.Conv2d's `_pair`, typed."""
+    return _torch_pair(value)  # pyright: ignore[reportUnknownVariableType]
 
 
 class DeformConv2d(nn.Module):
@@ -62,7 +67,7 @@ class DeformConv2d(nn.Module):
             torch.empty(out_channels, in_channels // groups, *self.kernel_size)
         )
         if bias:
-            self.bias = nn.Parameter(torch.empty(out_channels))
+            self.bias: nn.Parameter | None = nn.Parameter(torch.empty(out_channels))
         else:
             self.register_parameter("bias", None)
         self.reset_parameters()
@@ -71,7 +76,7 @@ class DeformConv2d(nn.Module):
         """Kaiming-uniform weights and a uniform bias, as nn.Conv2d and torchvision do."""
         init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         if self.bias is not None:
-            fan_in, _ = init._calculate_fan_in_and_fan_out(self.weight)
+            fan_in, _ = init._calculate_fan_in_and_fan_out(self.weight)  # pyright: ignore[reportPrivateUsage]
             bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
             init.uniform_(self.bias, -bound, bound)
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.jit.annotations import BroadcastingList2
 
-from detector.ops._utils import pair
+from detector.ops._utils import BroadcastingList2, pair
 from detector.ops.deform_roi_pool import deform_ps_roi_pool, deform_roi_pool
 
 # leaves of FX graphs traced through this module

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.jit.annotations import BroadcastingList2
 
+from detector.ops._utils import BroadcastingList2
 from detector.ops.roi_align import roi_align
 
 torch.fx.wrap("roi_align")  # a leaf of FX graphs traced through this module, as in torchvision
