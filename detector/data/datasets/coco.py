@@ -24,7 +24,7 @@ import math
 from collections import defaultdict
 from numbers import Real
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import Any
 
 import numpy as np
 
@@ -36,6 +36,7 @@ from detector.data.datasets.keypoints import (
     left_right_pairs,
 )
 from detector.data.errors import DatasetError
+from detector.utils.guards import is_dict, is_list
 
 __all__ = ["COCODataset", "load_coco_json"]
 
@@ -43,16 +44,6 @@ logger = logging.getLogger(__name__)
 
 # A COCO segmentation: polygons [[x0, y0, x1, y1, ...], ...] or an RLE dict.
 Segmentation = list[list[float]] | dict[str, Any]
-
-
-def _is_list(value: Any) -> TypeGuard[list[Any]]:
-    """Whether a value read from JSON is an array."""
-    return isinstance(value, list)
-
-
-def _is_dict(value: Any) -> TypeGuard[dict[str, Any]]:
-    """Whether a value read from JSON is an object."""
-    return isinstance(value, dict)
 
 
 class COCODataset(RecordDataset):
@@ -129,8 +120,8 @@ def _parse_keypoints(ann: dict[str, Any], num_keypoints: int, where: str) -> np.
     values = ann.get("keypoints")
     if values is None:
         return np.zeros((num_keypoints, 3), dtype=np.float32)
-    if not _is_list(values) or len(values) != 3 * num_keypoints:
-        count = len(values) if _is_list(values) else type(values).__name__
+    if not is_list(values) or len(values) != 3 * num_keypoints:
+        count = len(values) if is_list(values) else type(values).__name__
         raise DatasetError(
             f"{where}: 'keypoints' must be {3 * num_keypoints} numbers (x, y, v for each of the "
             f"{num_keypoints} keypoints), got {count}"
@@ -145,7 +136,7 @@ def _parse_keypoints(ann: dict[str, Any], num_keypoints: int, where: str) -> np.
 
 def _require(entry: Any, keys: dict[str, type | tuple[type, ...]], where: str) -> None:
     """Checks that dict `entry` has `keys` of the given types; errors name `where`."""
-    if not _is_dict(entry):
+    if not is_dict(entry):
         raise DatasetError(f"{where}: expected a JSON object, got {type(entry).__name__}")
     for key, types in keys.items():
         if key not in entry:
@@ -167,7 +158,7 @@ def _read_json(json_file: Path) -> dict[str, Any]:
         data = json.loads(json_file.read_text())
     except json.JSONDecodeError as e:
         raise DatasetError(f"{json_file}: not valid JSON: {e}") from None
-    if not _is_dict(data):
+    if not is_dict(data):
         raise DatasetError(
             f"{json_file}: expected a JSON object with 'images', 'annotations' "
             f"and 'categories', got {type(data).__name__}"
@@ -216,7 +207,7 @@ def load_coco_json(
     label_of = {c["id"]: i + 1 for i, c in enumerate(categories)}
     images: dict[Any, dict[str, Any]] = {}
     for i, image in enumerate(data["images"]):
-        image_id = image.get("id", "?") if _is_dict(image) else "?"
+        image_id = image.get("id", "?") if is_dict(image) else "?"
         _require(
             image,
             {"id": (int, str), "file_name": str, "height": int, "width": int},
@@ -225,11 +216,11 @@ def load_coco_json(
         images[image["id"]] = image
     _check_unique(json_file, "images", [image["id"] for image in data["images"]])
     annotations = data.get("annotations", [])
-    _check_unique(json_file, "annotations", [a.get("id") if _is_dict(a) else None
+    _check_unique(json_file, "annotations", [a.get("id") if is_dict(a) else None
                                              for a in annotations])  # fmt: skip
     by_image: dict[Any, list[dict[str, Any]]] = defaultdict(list)
     for i, ann in enumerate(annotations):
-        ann_id = ann.get("id", f"#{i}") if _is_dict(ann) else f"#{i}"
+        ann_id = ann.get("id", f"#{i}") if is_dict(ann) else f"#{i}"
         where = f"{json_file}: annotation id {ann_id}"
         _require(ann, {"image_id": (int, str), "category_id": int, "bbox": list}, where)
         if ann["image_id"] not in images:
@@ -337,7 +328,7 @@ def _parse_segmentation(
     segmentation: Any, where: str, image_size: tuple[int, int]
 ) -> Segmentation | None:
     """Polygons (those with >= 3 points; None if none is left) or an RLE dict."""
-    if _is_dict(segmentation):
+    if is_dict(segmentation):
         if "counts" not in segmentation or "size" not in segmentation:
             raise DatasetError(f"{where}: an RLE 'segmentation' needs 'counts' and 'size'")
         if list(segmentation["size"]) != list(image_size):
@@ -346,14 +337,14 @@ def _parse_segmentation(
                 f"[height, width] {list(image_size)}"
             )
         return segmentation
-    if not _is_list(segmentation) or not segmentation:
+    if not is_list(segmentation) or not segmentation:
         raise DatasetError(
             f"{where}: no 'segmentation' although other annotations of this file have masks; "
             "give every annotation a polygon list or an RLE"
         )
     polygons: list[list[float]] = []
     for polygon in segmentation:
-        if not _is_list(polygon) or not all(isinstance(v, Real) for v in polygon):
+        if not is_list(polygon) or not all(isinstance(v, Real) for v in polygon):
             raise DatasetError(f"{where}: a polygon must be a list of numbers [x0, y0, x1, ...]")
         if len(polygon) >= 6 and len(polygon) % 2 == 0:
             polygons.append([float(v) for v in polygon])
