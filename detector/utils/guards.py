@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, TypeGuard
 
-__all__ = ["is_dict", "is_list"]
+__all__ = ["is_dict", "is_list", "is_tuple"]
 
 
 def is_list(value: Any) -> TypeGuard[list[Any]]:
@@ -16,3 +16,8 @@ def is_list(value: Any) -> TypeGuard[list[Any]]:
 def is_dict(value: Any) -> TypeGuard[dict[Any, Any]]:
     """`isinstance(value, dict)`."""
     return isinstance(value, dict)
+
+
+def is_tuple(value: Any) -> TypeGuard[tuple[Any, ...]]:
+    """`isinstance(value, tuple)`."""
+    return isinstance(value, tuple)

@@ -8,6 +8,8 @@ from typing import Any
 
 from torch import Tensor
 
+from detector.utils.arrays import from_numpy
+
 # Keypoints scoring (heatmap logit) below this are not drawn (detectron2's threshold).
 KEYPOINT_DRAW_THRESH = 0.05
 # A fixed palette (tab10), one colour per class id.
@@ -78,7 +80,6 @@ def _draw_keypoints(
     """Each instance's keypoints (N, K, 3) as dots in its colour, joined by skeleton lines in
     its colour (only between keypoints that are drawn)."""
     import numpy as np
-    import torch
     from PIL import Image, ImageDraw
 
     picture = Image.fromarray(image.permute(1, 2, 0).numpy())
@@ -92,7 +93,7 @@ def _draw_keypoints(
         for (x, y, _), visible in zip(points, shown, strict=True):
             if visible:
                 canvas.ellipse((x - radius, y - radius, x + radius, y + radius), fill=color)
-    return torch.from_numpy(np.array(picture)).permute(2, 0, 1).contiguous()
+    return from_numpy(np.array(picture)).permute(2, 0, 1).contiguous()
 
 
 def _draw_labels(
@@ -100,7 +101,6 @@ def _draw_labels(
 ) -> Tensor:
     """White text on the class colour, one label per box, placed by label_origin."""
     import numpy as np
-    import torch
     from PIL import Image, ImageDraw, ImageFont
 
     height, width = image.shape[-2:]
@@ -113,4 +113,4 @@ def _draw_labels(
         x, y = label_origin(box, text_size, (height, width))
         canvas.rectangle((x, y, x + text_size[0] - 1, y + text_size[1] - 1), fill=color)
         canvas.text((x + 1, y + 1), label, fill=(255, 255, 255), font=font)
-    return torch.from_numpy(np.array(picture)).permute(2, 0, 1).contiguous()
+    return from_numpy(np.array(picture)).permute(2, 0, 1).contiguous()
