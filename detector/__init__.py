@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from detector import ops  # noqa: E402,F401  (loads the compiled op library)
+from detector import ops  # noqa: E402,F401  # pyright: ignore[reportUnusedImport]  (loads the compiled op library)
 
 
 def __getattr__(name: str) -> object:  # lazy: `import detector` stays cheap

@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -49,6 +49,7 @@ from detector.engine.trained_model import (
 )
 from detector.modeling.postprocessing import detector_postprocess
 from detector.structures import Boxes, Instances
+from detector.utils.arrays import from_numpy, tolist
 
 __all__ = ["ImageInput", "Predictor"]
 
@@ -147,6 +148,7 @@ class Predictor:
             from detector.engine.trained_model import keypoint_info_from_config
 
             self._keypoint_info = keypoint_info_from_config(self.cfg)
+        assert self._keypoint_info is not None  # asked only of keypoint models (keypoint_on)
         return self._keypoint_info
 
     def _name(self, label: int) -> str:
@@ -177,8 +179,8 @@ class Predictor:
                 )
             # A copy when read-only (PIL images, frozen arrays): torch warns on those.
             image = np.require(image, requirements=("C", "W"))
-            return torch.from_numpy(image).permute(2, 0, 1)  # HWC -> CHW
-        if isinstance(image, Tensor):
+            return from_numpy(image).permute(2, 0, 1)  # HWC -> CHW
+        if isinstance(image, Tensor):  # pyright: ignore[reportUnnecessaryIsInstance]  (any type may come)
             if image.dim() != 3 or image.shape[0] != 3 or image.dtype != torch.uint8:
                 raise ValueError(
                     f"Predictor: image {index} is a tensor of shape {tuple(image.shape)} and dtype "
@@ -192,30 +194,35 @@ class Predictor:
 
     def _resize(self, image: Tensor) -> Tensor:
         """The test-time resize (INPUT.MIN_SIZE_TEST within MAX_SIZE_TEST), as in evaluation."""
-        resized, _ = self.transforms(image, Instances(tuple(image.shape[-2:])))
+        resized, _ = self.transforms(image, Instances((image.shape[-2], image.shape[-1])))
         return resized
 
     # -- outputs -------------------------------------------------------------------------------
     def _postprocess(self, dets: Instances, original_size: tuple[int, int]) -> dict[str, Any]:
         """Detections in the resized input's pixels -> the result dict at the original size."""
         height, width = original_size
+        assert dets.pred_boxes is not None  # detections have pred_boxes, scores, pred_classes
         dets.pred_boxes = Boxes(dets.pred_boxes.tensor.float())
         out = detector_postprocess(dets, height, width, self.mask_threshold)
+        assert out.pred_boxes is not None
         # A box left with no area inside the original image (e.g. of a 1 x 1 image) is dropped
         keep = out.pred_boxes.nonempty()  # (N,)
         if not bool(keep.all()):
             out = out[keep]
-        labels = out.pred_classes.long()
+        boxes, scores, classes = out.pred_boxes, out.scores, out.pred_classes
+        assert boxes is not None and scores is not None and classes is not None
+        labels = classes.long()
         result: dict[str, Any] = {
-            "boxes": out.pred_boxes.tensor.cpu(),
-            "scores": out.scores.float().cpu(),
+            "boxes": boxes.tensor.cpu(),
+            "scores": scores.float().cpu(),
             "labels": labels.cpu(),
         }
-        if out.has("pred_masks"):
+        if out.pred_masks is not None:
             result["masks"] = out.pred_masks.cpu()  # (N, H, W) bool
-        if out.has("pred_keypoints"):  # (N, K, 3) in the original image
+        if out.pred_keypoints is not None:  # (N, K, 3) in the original image
             result["keypoints"] = out.pred_keypoints.float().cpu()
-        result["class_names"] = [self._name(int(k)) for k in labels.tolist()]
+        label_list: list[int] = tolist(labels)
+        result["class_names"] = [self._name(k) for k in label_list]
         result["image_size"] = (height, width)
         return result
 
@@ -230,13 +237,14 @@ class Predictor:
             inputs = [self._resize(image).to(self.device) for image in batch]
             detections = self.model(inputs)
             for dets, image in zip(detections, batch, strict=True):
-                results.append(self._postprocess(dets, tuple(image.shape[-2:])))
+                results.append(self._postprocess(dets, (image.shape[-2], image.shape[-1])))
         return results
 
     def __call__(
         self, images: ImageInput | Sequence[ImageInput]
     ) -> dict[str, Any] | list[dict[str, Any]]:
         """One image -> one result dict; a list of images -> a list of them."""
+        # A list or tuple holds images; anything else is one image (_convert checks it).
         if isinstance(images, (list, tuple)):
-            return self.predict(images)
-        return self.predict([images])[0]
+            return self.predict(cast("Sequence[ImageInput]", images))
+        return self.predict([cast(ImageInput, images)])[0]

@@ -21,6 +21,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from detector.utils.guards import is_dict
+
 __all__ = [
     "CURRENT_VERSION",
     "MASKRCNN_BENCHMARK_DEFAULTS",
@@ -102,7 +104,7 @@ def _prune(data: dict[str, Any], parts: list[str]) -> None:
 def _get(data: dict[str, Any], key: str) -> tuple[bool, Any]:
     node: Any = data
     for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
+        if not is_dict(node) or part not in node:
             return False, None
         node = node[part]
     return True, node
@@ -137,7 +139,7 @@ def _trunk_norm(data: dict[str, Any], source: str) -> None:
     """TRANS_FUNC / STEM_FUNC -> MODEL.RESNETS.NORM. The FixedBatchNorm names are
     maskrcnn_benchmark's defaults (and what configs saved by older versions hold): they leave
     NORM as it is; the GN names set it to GN."""
-    asked = {}
+    asked: dict[str, str] = {}
     for key, names in _TRUNK_FUNCS.items():
         found, value = _pop(data, key)
         if not found:

@@ -21,11 +21,11 @@ import dataclasses
 import difflib
 import math
 import typing
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeGuard, cast
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf, read_write
@@ -39,6 +39,7 @@ from detector.config.compat import (
     translate,
 )
 from detector.config.defaults import Config
+from detector.utils.guards import is_dict, is_list, is_tuple
 
 __all__ = [
     "ConfigError",
@@ -64,9 +65,13 @@ class ConfigError(ValueError):
 # --------------------------------------------------------------------------------------------
 # The schema's keys and their types, for error messages
 # --------------------------------------------------------------------------------------------
+def _is_enum(tp: Any) -> TypeGuard[type[Enum]]:
+    return isinstance(tp, type) and issubclass(tp, Enum)
+
+
 def _describe_type(tp: Any) -> str:
     """A readable name for a field's annotation: 'int', 'list of float', 'one of A, B'."""
-    if isinstance(tp, type) and issubclass(tp, Enum):
+    if _is_enum(tp):
         return "one of " + ", ".join(member.value for member in tp)
     origin = typing.get_origin(tp)
     if origin in (list, tuple, Sequence):
@@ -88,7 +93,7 @@ def _schema_fields(cls: type, prefix: str = "") -> dict[str, Any]:
         key = prefix + f.name
         tp = hints[f.name]
         fields[key] = tp
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):  # a group's dataclass
             fields.update(_schema_fields(tp, key + "."))
     return fields
 
@@ -127,10 +132,10 @@ def _lookup(data: dict[str, Any], full_key: str) -> Any:
     """The value at a dotted key (with an optional [i]) in nested dicts, or None."""
     value: Any = data
     for part in _strip_index(full_key).split("."):
-        if not isinstance(value, dict) or part not in value:
+        if not is_dict(value) or part not in value:
             return None
         value = value[part]
-    if "[" in full_key and isinstance(value, list):
+    if "[" in full_key and is_list(value):
         try:
             value = value[int(full_key.split("[", 1)[1].rstrip("]"))]
         except (ValueError, IndexError):
@@ -187,7 +192,7 @@ def _normalize(data: dict[str, Any], source: str, prefix: str = "") -> dict[str,
     for key, value in data.items():
         full_key = prefix + str(key)
         if _is_group(full_key):
-            if not isinstance(value, dict):
+            if not is_dict(value):
                 raise ConfigError(
                     f"{source}: {full_key} is a group of keys ({', '.join(_group_keys(full_key))})"
                     f", not a value: set one of its keys, e.g. {full_key}."
@@ -199,11 +204,11 @@ def _normalize(data: dict[str, Any], source: str, prefix: str = "") -> dict[str,
                 value = []  # left empty: no items
             elif isinstance(value, str):
                 value = _parse_tuple(value)
-            if isinstance(value, tuple):
+            if is_tuple(value):
                 value = list(value)
             elif not isinstance(value, (list, dict)) and value is not None:
                 value = [value]
-            if isinstance(value, list) and typing.get_args(_FIELDS[full_key]) == (float,):
+            if is_list(value) and typing.get_args(_FIELDS[full_key]) == (float,):
                 value = [_to_float(v) for v in value]
         elif _FIELDS.get(full_key) is float:
             value = _to_float(value)
@@ -239,7 +244,7 @@ def _user_key(data: dict[str, Any], full_key: str) -> str:
     """The full key the user wrote under an unknown group: 'MODEL.RPNN' -> 'MODEL.RPNN.NMS_THRESH'
     (when that group holds a single key)."""
     value = _lookup(data, full_key)
-    while isinstance(value, dict) and len(value) == 1:
+    while is_dict(value) and len(value) == 1:
         ((name, value),) = value.items()
         full_key = f"{full_key}.{name}"
     return full_key
@@ -297,7 +302,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         ) from None
     if data is None:
         return {}
-    if not isinstance(data, dict):
+    if not is_dict(data):
         raise ConfigError(
             f"{path}: a config file must hold a mapping of keys (MODEL: ...), "
             f"not a {type(data).__name__}"
@@ -309,15 +314,15 @@ def _file_chain(path: Path, stack: tuple[Path, ...] = ()) -> list[tuple[Path, di
     """The files to merge, bases first: [(path, data without _BASE_), ...]."""
     path = path.resolve()
     if path in stack:
-        chain = " -> ".join(str(p) for p in (*stack, path))
-        raise ConfigError(f"{BASE_KEY} cycle: {chain}")
+        cycle = " -> ".join(str(p) for p in (*stack, path))
+        raise ConfigError(f"{BASE_KEY} cycle: {cycle}")
     data = _read_yaml(path)
     bases = data.pop(BASE_KEY, None)
     if bases is None:
         bases = []
     elif isinstance(bases, str):
         bases = [bases]
-    elif not (isinstance(bases, list) and all(isinstance(b, str) for b in bases)):
+    elif not (is_list(bases) and all(isinstance(b, str) for b in bases)):
         raise ConfigError(f"{path}: {BASE_KEY} must be a file name or a list of file names")
     chain: list[tuple[Path, dict[str, Any]]] = []
     for base in bases:
@@ -338,9 +343,10 @@ def _opts_to_dicts(opts: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
             f"{COMMAND_LINE}: options must be KEY VALUE pairs, got an odd number ({len(opts)}): "
             f"{' '.join(map(str, opts))}"
         )
-    pairs = []
+    pairs: list[tuple[str, dict[str, Any]]] = []
     for key, text in zip(opts[0::2], opts[1::2], strict=True):
-        value = _parse_cli_value(text) if isinstance(text, str) else text
+        # Programmatic callers may pass values that are not text.
+        value = _parse_cli_value(text) if isinstance(text, str) else text  # pyright: ignore[reportUnnecessaryIsInstance]
         nested: dict[str, Any] = {}
         node = nested
         parts = str(key).split(".")
@@ -391,10 +397,10 @@ _UNIT = {
 
 def _numbers(node: Any, prefix: str = "") -> Iterator[tuple[str, str, float]]:
     """(schema key, key as written with a list index, value) of every number in the config."""
-    if isinstance(node, (DictConfig, dict)):
+    if isinstance(node, DictConfig) or is_dict(node):
         for name, child in node.items():
             yield from _numbers(child, f"{prefix}{name}.")
-    elif isinstance(node, (ListConfig, list)):
+    elif isinstance(node, ListConfig) or is_list(node):
         for i, item in enumerate(node):
             if isinstance(item, (int, float)) and not isinstance(item, bool):
                 yield prefix[:-1], f"{prefix[:-1]}[{i}]", item
@@ -459,7 +465,7 @@ def validate(cfg: Config) -> None:
     ]  # fmt: skip
     for key, ok, requirement in checks:
         if not ok:
-            value = OmegaConf.select(cfg, key)
+            value = OmegaConf.select(as_node(cfg), key)
             if isinstance(value, ListConfig):
                 value = list(value)
             raise ConfigError(f"{key} = {value!r}: {requirement}")
@@ -548,7 +554,7 @@ def merge_opts(cfg: Config, opts: Sequence[str]) -> Config:
 
 
 @contextmanager
-def unlocked(cfg: Config) -> Iterator[Config]:
+def unlocked(cfg: Config) -> Generator[Config]:
     """Temporarily makes a read-only config writable (types and keys are still checked)."""
     with read_write(as_node(cfg)):
         yield cfg

@@ -353,7 +353,7 @@ class DatasetsConfig:
     TRAIN_USE_DIFFICULT: bool = False
     # Datasets declared by config, by name: DATASETS.CUSTOM.my_train.FORMAT: coco, ... The names
     # can be used in TRAIN and TEST like the built-in ones.
-    CUSTOM: dict[str, CustomDatasetConfig] = field(default_factory=dict)
+    CUSTOM: dict[str, CustomDatasetConfig] = field(default_factory=dict[str, CustomDatasetConfig])
 
 
 @dataclass

@@ -126,7 +126,7 @@ class ConcatDetectionDataset(DetectionDataset):
         return dataset[local]
 
 
-class MappedDataset(Dataset):
+class MappedDataset(Dataset[tuple[Tensor, Instances, dict[str, Any]]]):
     """A dataset seen through a list of indices, with transforms applied.
 
     Items are dataset positions k (test) or (k, sample_seed) pairs (training, from
@@ -268,7 +268,7 @@ def _per_rank(total: int, key: str) -> int:
     return total // world_size
 
 
-def build_train_loader(cfg: Config, start_iter: int = 0) -> DataLoader:
+def build_train_loader(cfg: Config, start_iter: int = 0) -> DataLoader[Any]:
     """The training loader of DATASETS.TRAIN: batches `start_iter * A` .. `SOLVER.MAX_ITER * A`
     of the infinite seeded stream, A = SOLVER.ACCUMULATE_GRAD_STEPS (one iteration is one optimizer
     step). Each batch holds SOLVER.IMS_PER_BATCH / world_size images, grouped by orientation
@@ -319,7 +319,9 @@ def build_test_loader(cfg: Config, dataset_name: str) -> DataLoader[Any]:
     return _loader(mapped, batch_sampler, cfg.DATALOADER.NUM_WORKERS, data_seed(cfg))
 
 
-def _loader(dataset: MappedDataset, batch_sampler: Any, num_workers: int, seed: int) -> DataLoader:
+def _loader(
+    dataset: MappedDataset, batch_sampler: Any, num_workers: int, seed: int
+) -> DataLoader[Any]:
     """A DataLoader with a generator of its own: building its iterator draws the workers' base
     seed from that generator, never from torch's global one, so starting (or resuming) the data
     stream leaves the training random streams (RPN and RoI samplers, ...) where the checkpoint

@@ -15,11 +15,11 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig
 
-from detector.config import Config
+from detector.config import Config, as_node
 from detector.data.datasets import (
     COCODataset,
     DetectionDataset,
@@ -134,6 +134,7 @@ def _maskrcnn_benchmark_names() -> dict[str, DatasetSpec]:
 
 _CATALOG: dict[str, DatasetSpec] = _builtin_catalog()
 DatasetFactory = Callable[[DictConfig], DetectionDataset]
+_Pairs = tuple[tuple[str, str], ...]
 _FACTORIES: dict[str, DatasetFactory] = {}
 
 
@@ -207,11 +208,14 @@ def _declared_keypoints(
         return None
     if not spec.keypoint_names and not any(declared):
         return found
+    # The config's pairs are checked to be pairs by KeypointMeta itself (a ValueError).
+    flip_map = cast(_Pairs, spec.keypoint_flip_map) or (found.flip_map if found else ())
+    skeleton = cast(_Pairs, spec.keypoint_skeleton) or (found.skeleton if found else ())
     try:
         return KeypointMeta(
             names=tuple(names),
-            flip_map=spec.keypoint_flip_map or (found.flip_map if found else ()),
-            skeleton=spec.keypoint_skeleton or (found.skeleton if found else ()),
+            flip_map=flip_map,
+            skeleton=skeleton,
             oks_sigmas=spec.keypoint_oks_sigmas or (found.oks_sigmas if found else ()),
             where=where,
         )
@@ -300,7 +304,7 @@ def _require_paths(name: str, spec: DatasetSpec, keys: tuple[str, ...]) -> None:
 
 def _build_dataset(name: str, cfg: Config) -> DetectionDataset:
     if name in _FACTORIES and name not in cfg.DATASETS.CUSTOM:
-        return _FACTORIES[name](cfg)
+        return _FACTORIES[name](as_node(cfg))
     spec = get_dataset_spec(name, cfg)
     _check_base(name, spec, cfg)
     max_pixels = cfg.INPUT.MAX_IMAGE_PIXELS

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from detector.data.datasets import DetectionDataset
 from detector.data.errors import DatasetError
+from detector.utils.arrays import tolist
 
 __all__ = ["Problem", "find_problems"]
 
@@ -34,12 +36,13 @@ def find_problems(dataset: DetectionDataset) -> Iterator[Problem]:
         except DatasetError as e:
             yield Problem(index, str(e))
             continue
+        assert target.gt_boxes is not None  # every dataset's targets have gt_boxes
         message = _box_problem(target.gt_boxes.tensor, image.shape[-2:], meta)
         if message:
             yield Problem(index, message)
 
 
-def _box_problem(boxes: torch.Tensor, size: torch.Size, meta: dict) -> str:
+def _box_problem(boxes: torch.Tensor, size: torch.Size, meta: dict[str, Any]) -> str:
     """'' when every box is finite, inside the image and not empty; else what is wrong."""
     height, width = int(size[0]), int(size[1])
     where = meta.get("file_name", "")
@@ -48,9 +51,10 @@ def _box_problem(boxes: torch.Tensor, size: torch.Size, meta: dict) -> str:
     inside = (boxes[:, 0] >= 0) & (boxes[:, 1] >= 0) & (boxes[:, 2] <= width)
     inside &= boxes[:, 3] <= height
     if not inside.all():
-        bad = boxes[~inside][0].tolist()
+        bad: list[float] = tolist(boxes[~inside][0])
         return f"{where}: box {[round(v, 1) for v in bad]} lies outside the {width}x{height} image"
     empty = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
     if empty.any():
-        return f"{where}: box {[round(v, 1) for v in boxes[empty][0].tolist()]} is empty"
+        bad = tolist(boxes[empty][0])
+        return f"{where}: box {[round(v, 1) for v in bad]} is empty"
     return ""

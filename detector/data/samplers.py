@@ -19,6 +19,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from detector.utils.arrays import tolist
+
 __all__ = [
     "GroupedBatchSampler",
     "InferenceSampler",
@@ -79,7 +81,7 @@ class TrainingSampler(Sampler[Item]):
         for epoch in itertools.count():
             if self.shuffle:
                 generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-                yield from torch.randperm(self.size, generator=generator).tolist()
+                yield from tolist(torch.randperm(self.size, generator=generator))
             else:
                 yield from range(self.size)
 

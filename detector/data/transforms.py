@@ -17,6 +17,7 @@ import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 
 from detector.structures import BitMasks, Instances
+from detector.utils.arrays import tolist
 
 __all__ = [
     "ColorJitter",
@@ -113,9 +114,10 @@ def clip_and_drop_empty(target: Instances) -> tuple[Instances, int]:
     if target.gt_boxes is None or len(target) == 0:
         return target, 0
     fields = target.fields()
-    fields["gt_boxes"] = target.gt_boxes.clip(target.image_size)
+    boxes = target.gt_boxes.clip(target.image_size)
+    fields["gt_boxes"] = boxes
     clipped = Instances(target.image_size, **fields)
-    keep = clipped.gt_boxes.nonempty()
+    keep = boxes.nonempty()
     dropped = int((~keep).sum())
     return (clipped[keep] if dropped else clipped), dropped
 
@@ -149,7 +151,7 @@ class ResizeShortestEdge:
         height, width = image.shape[-2:]
         if self.mode == "torchvision":
             image = resize_like_torchvision(image, self.min_sizes[choice], self.max_size)
-            return image, resize_target(target, tuple(image.shape[-2:]))
+            return image, resize_target(target, (image.shape[-2], image.shape[-1]))
         new_size = get_output_size(height, width, self.min_sizes[choice], self.max_size)
         if new_size != (height, width):
             image = TF.resize(image, list(new_size), antialias=True)
@@ -214,7 +216,8 @@ class ColorJitter:
             return image, target
         is_float = image.is_floating_point()
         out = image / 255.0 if is_float else image
-        for k in torch.randperm(len(steps), generator=generator).tolist():
+        order: list[int] = tolist(torch.randperm(len(steps), generator=generator))
+        for k in order:
             out = self._apply(steps[k], out, generator)
         return (out * 255.0 if is_float else out), target
 

@@ -23,13 +23,16 @@ import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from torch import nn
 
 from detector.utils import comm
+from detector.utils.arrays import from_numpy
+from detector.utils.guards import is_dict, is_list, is_tuple
 
 __all__ = [
     "CheckpointError",
@@ -71,7 +74,7 @@ class WeightsMismatchError(CheckpointError, ValueError):
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The module inside DistributedDataParallel / DataParallel wrappers."""
     while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        model = model.module
+        model = cast(nn.Module, model.module)  # pyright: ignore[reportUnknownMemberType]
     return model
 
 
@@ -85,9 +88,9 @@ class WeightsReport:
     shape)" for keys of both with other shapes."""
 
     source: str
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    mismatched: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list[str])
+    unexpected: list[str] = field(default_factory=list[str])
+    mismatched: list[str] = field(default_factory=list[str])
 
     @property
     def fits(self) -> bool:
@@ -162,12 +165,14 @@ def load_model_weights(
 # --------------------------------------------------------------------------------------------
 def get_rng_state() -> dict[str, Any]:
     """The torch, numpy, python `random` and (if initialized) CUDA generator states."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    # The legacy tuple form: numpy's global generator is an MT19937.
+    legacy = cast("tuple[str, npt.NDArray[np.uint32], int, int, float]", np.random.get_state())
+    kind, keys, pos, has_gauss, cached = legacy
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "numpy": {
             "kind": str(kind),
-            "keys": torch.from_numpy(keys.astype(np.int64)),  # (624,) uint32 values
+            "keys": from_numpy(keys.astype(np.int64)),  # (624,) uint32 values
             "pos": int(pos),
             "has_gauss": int(has_gauss),
             "cached_gaussian": float(cached),
@@ -240,7 +245,7 @@ def remove_stale_temporaries(directory: str | Path) -> list[Path]:
     directory = Path(directory)
     if not directory.is_dir():
         return []
-    removed = []
+    removed: list[Path] = []
     for p in sorted(directory.iterdir()):
         match = _TEMPORARY.match(p.name)
         if match and p.is_file() and not _pid_alive(int(match.group(1))):
@@ -250,7 +255,7 @@ def remove_stale_temporaries(directory: str | Path) -> list[Path]:
     return removed
 
 
-def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     """Calls `write(file)` on a temporary file next to `path`, fsyncs it and renames it to `path`.
 
     On any error the temporary file is removed and `path` is untouched; the error propagates.
@@ -297,7 +302,7 @@ def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict[st
         raise CorruptCheckpointError(
             f"checkpoint {path} is truncated or corrupt ({first})"
         ) from None
-    if not isinstance(data, dict):
+    if not is_dict(data):
         raise CorruptCheckpointError(
             f"checkpoint {path} holds a {type(data).__name__}, not a dict of state dicts"
         )
@@ -331,9 +336,9 @@ def _state_bytes(obj: Any) -> int:
     """The bytes of the tensors in a (nested) state dict: a lower bound of the file's size."""
     if isinstance(obj, torch.Tensor):
         return obj.untyped_storage().nbytes()
-    if isinstance(obj, dict):
+    if is_dict(obj):
         return sum(_state_bytes(v) for v in obj.values())
-    if isinstance(obj, (list, tuple)):
+    if is_list(obj) or is_tuple(obj):
         return sum(_state_bytes(v) for v in obj)
     return 0
 
@@ -483,7 +488,7 @@ class Checkpointer:
     def _periodic_files(self) -> list[tuple[int, Path]]:
         if not self.save_dir.is_dir():
             return []
-        found = []
+        found: list[tuple[int, Path]] = []
         for p in self.save_dir.iterdir():
             match = _PERIODIC.match(p.name)
             if match:
@@ -573,7 +578,7 @@ class Checkpointer:
         candidates = self.candidates()
         if not candidates:
             return None
-        failures = []
+        failures: list[str] = []
         for path in candidates:
             try:
                 return self.load(path)

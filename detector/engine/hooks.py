@@ -181,7 +181,7 @@ class ProgressBar(HookBase):
     def _swap_console_handlers(self) -> None:
         root = logging.getLogger("detector")
         for handler in list(root.handlers):
-            if type(handler) is logging.StreamHandler:  # the console, not a FileHandler
+            if _is_console(handler):
                 replacement = _TqdmConsole(handler.level)
                 replacement.setFormatter(handler.formatter)
                 root.removeHandler(handler)
@@ -205,3 +205,8 @@ class ProgressBar(HookBase):
             root.removeHandler(replacement)
             root.addHandler(original)
         self._swapped = []
+
+
+def _is_console(handler: logging.Handler) -> bool:
+    """Whether `handler` is a plain StreamHandler: the console, not a FileHandler."""
+    return type(handler) is logging.StreamHandler

@@ -17,7 +17,7 @@ import os
 import random
 import sys
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,7 +82,7 @@ class TrainResult:
 
     output_dir: Path
     final_checkpoint: Path
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict[str, float])
     model: nn.Module | None = field(default=None, repr=False)
 
 
@@ -121,7 +121,9 @@ class ToolArgumentParser(argparse.ArgumentParser):
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
     ) -> argparse.Namespace:
         opts, rest = split_overrides(sys.argv[1:] if args is None else list(args))
-        parsed, extra = self.parse_known_args(rest, namespace)
+        parsed, extra = self.parse_known_args(
+            rest, argparse.Namespace() if namespace is None else namespace
+        )
         unknown = [word for word in extra if word.startswith("-")]
         if unknown:
             self.error(f"unrecognized arguments: {' '.join(unknown)}")
@@ -248,7 +250,7 @@ def resolve_device(cfg: Config) -> torch.device:
     """
     device = check_device(str(cfg.MODEL.DEVICE), "MODEL.DEVICE")
     if device.type == "cuda":
-        if device.index is None:
+        if device.index is None:  # pyright: ignore[reportUnnecessaryComparison]  (None for "cuda")
             device = torch.device("cuda", comm.get_local_rank())
         torch.cuda.set_device(device)
     return device
@@ -275,7 +277,7 @@ def seed_all(seed: int) -> int:
         seed = comm.all_gather(seed)[0]  # every rank uses rank 0's draw
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)  # pyright: ignore[reportUnknownMemberType]  (untyped parameter)
     return seed
 
 
@@ -308,7 +310,7 @@ def default_setup(cfg: Config) -> torch.device:
 
 
 @contextlib.contextmanager
-def claim_output_dir(output_dir: str | Path) -> Iterator[None]:
+def claim_output_dir(output_dir: str | Path) -> Generator[None]:
     """Rank 0 locks `output_dir` for the block (one training run per folder, see
     detector.engine.output_dir); when it cannot, every rank raises the same OutputDirError."""
     comm.init_distributed()

@@ -12,7 +12,7 @@ import errno
 import fcntl
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 
 __all__ = ["LOCK_NAME", "OutputDirError", "lock_output_dir", "make_output_dir"]
@@ -73,7 +73,7 @@ def _holder(fd: int) -> str:
 
 
 @contextlib.contextmanager
-def lock_output_dir(directory: str | Path) -> Iterator[None]:
+def lock_output_dir(directory: str | Path) -> Generator[None]:
     """Creates `directory` and holds its lock for the duration of the block.
 
     Raises:

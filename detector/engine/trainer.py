@@ -32,7 +32,7 @@ import resource
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -44,6 +44,7 @@ from detector.engine.hooks import EvalHook, HookBase, MetricsHook, PeriodicCheck
 from detector.engine.output_dir import OutputDirError
 from detector.ops.denormals import flush_denormals
 from detector.utils import comm
+from detector.utils.guards import is_dict, is_list, is_tuple
 from detector.utils.metrics import MetricsWriter
 from detector.utils.signals import Interrupted, StopRequests
 
@@ -60,7 +61,7 @@ class TrainingDivergedError(FloatingPointError):
 
 def _to_device(obj: Any, device: torch.device) -> Any:
     """Moves a tensor, an object with `.to` (Instances), or a list/tuple of them to `device`."""
-    if isinstance(obj, (list, tuple)):
+    if is_list(obj) or is_tuple(obj):
         return type(obj)(_to_device(o, device) for o in obj)
     if isinstance(obj, Tensor):
         return obj.to(device, non_blocking=True)
@@ -171,7 +172,7 @@ class Trainer:
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         # Buffers (BN statistics) are synced once at construction, not at every forward
         # (maskrcnn_benchmark's broadcast_buffers=False; `forward_sync_buffers` in torch >= 2.14).
-        sync: dict[str, bool] = {"broadcast_buffers": False}
+        sync: dict[str, Any] = {"broadcast_buffers": False}
         if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters:
             sync = {"forward_sync_buffers": False}
         return DistributedDataParallel(
@@ -313,8 +314,8 @@ class Trainer:
                 loss_dict = self._forward(images, targets)
                 reduced = comm.reduce_dict(loss_dict)
                 self._check_finite(reduced)
-                total = sum(loss_dict.values())
-                self.scaler.scale(total / self.accumulate_steps).backward()
+                total = cast(Tensor, sum(loss_dict.values()))  # _forward checked it is not empty
+                self.scaler.scale(total / self.accumulate_steps).backward()  # pyright: ignore[reportUnknownMemberType]  (Tensor.backward is not annotated)
             for key, value in reduced.items():
                 logged[key] = logged.get(key, 0.0) + value.item() / self.accumulate_steps
         metrics = {"loss": sum(logged.values()), **logged}
@@ -356,7 +357,7 @@ class Trainer:
     def _forward(self, images: list[Tensor], targets: list[Any]) -> dict[str, Tensor]:
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_enabled):
             loss_dict = self.model(images, targets)
-        if not isinstance(loss_dict, dict) or not loss_dict:
+        if not is_dict(loss_dict) or not loss_dict:
             raise TypeError(
                 "in training mode the model must return a non-empty dict of losses, got "
                 f"{type(loss_dict).__name__}"

@@ -17,15 +17,16 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pycocotools.mask as mask_util
+import numpy.typing as npt
 import torch
 
 from detector.config import Config
+from detector.evaluation._pycocotools import RLE, encode_rles, rle_area
 from detector.evaluation.coco_evaluation import COCOEvaluator
 from detector.evaluation.evaluator import DatasetEvaluator
 from detector.evaluation.voc_evaluation import VOCEvaluator
@@ -56,17 +57,13 @@ def _coco_image_ids(dataset: Any) -> dict[Hashable, int]:
     return {image_id: k for k, image_id in enumerate(ids, start=1)}
 
 
-def _mask_rles(target: Any, height: int, width: int) -> list[dict[str, Any]]:
+def _mask_rles(target: Any, height: int, width: int) -> list[RLE]:
     """The RLE of each instance mask of `target` (gt_masks PolygonMasks or BitMasks)."""
     bitmasks = target.gt_masks.to_bitmasks(height, width).tensor  # (N, H, W) bool
     if len(bitmasks) == 0:
         return []
-    array = bitmasks.to(torch.uint8).numpy()
-    # (N, H, W) -> (H, W, N) in Fortran order, as pycocotools.mask.encode needs.
-    rles = mask_util.encode(np.asfortranarray(array.transpose(1, 2, 0)))
-    for rle in rles:
-        rle["counts"] = rle["counts"].decode("ascii")
-    return rles
+    array: npt.NDArray[np.uint8] = bitmasks.to(torch.uint8).numpy()
+    return encode_rles(array)
 
 
 def dataset_to_coco_dict(dataset: Any) -> tuple[dict[str, Any], dict[Hashable, int]]:
@@ -85,7 +82,8 @@ def dataset_to_coco_dict(dataset: Any) -> tuple[dict[str, Any], dict[Hashable, i
     """
     id_map = _coco_image_ids(dataset)
     with_masks = bool(getattr(dataset, "has_masks", False))
-    images, annotations = [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     for index in range(len(dataset)):
         meta = dataset.get_meta(index)
         height, width = int(meta["height"]), int(meta["width"])
@@ -134,12 +132,14 @@ def _annotations(
     boxes = target.gt_boxes.tensor.tolist()
     classes = target.gt_classes.tolist()
     difficult = target.difficult.tolist() if target.difficult is not None else [False] * len(boxes)
-    rles = _mask_rles(target, height, width) if with_masks else [None] * len(boxes)
-    records = []
+    rles: Sequence[RLE | None] = (
+        _mask_rles(target, height, width) if with_masks else [None] * len(boxes)
+    )
+    records: list[dict[str, Any]] = []
     for k, ((x1, y1, x2, y2), label, hard, rle) in enumerate(
         zip(boxes, classes, difficult, rles, strict=True)
     ):
-        record = {
+        record: dict[str, Any] = {
             "id": first_id + k,
             "image_id": image_id,
             "category_id": int(label),
@@ -149,7 +149,7 @@ def _annotations(
         }
         if rle is not None:
             record["segmentation"] = rle
-            record["area"] = float(mask_util.area(rle))
+            record["area"] = rle_area(rle)
         records.append(record)
     if target.gt_keypoints is not None:
         for record, keypoints in zip(records, _keypoint_records(target), strict=True):

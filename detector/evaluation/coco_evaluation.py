@@ -20,18 +20,22 @@ import contextlib
 import copy
 import io
 import logging
+import numbers
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
+from typing import Any, Literal, cast
 
 import numpy as np
-import pycocotools.mask as mask_util
+import numpy.typing as npt
 import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from detector.evaluation._pycocotools import RLE, encode_rles, load_results
 from detector.evaluation.evaluator import DatasetEvaluator, Record, format_table
 from detector.evaluation.pr_curve import PRCurve, draw_pr_curves
 from detector.structures import Instances
+from detector.utils.arrays import tolist
 
 __all__ = ["COCOEvaluator"]
 
@@ -47,6 +51,7 @@ _KEYPOINT_SUMMARY_KEYS = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR7
 _PROPOSAL_MAX_DETS = (100, 1000)
 _AREA_NAMES = ("", "s", "m", "l")  # COCOeval's area ranges: all, small, medium, large
 _TASKS = ("bbox", "segm", "keypoints")
+_IoUType = Literal["bbox", "segm", "keypoints"]  # COCOeval's iouType: one of _TASKS
 
 
 class COCOEvaluator(DatasetEvaluator):
@@ -99,14 +104,14 @@ class COCOEvaluator(DatasetEvaluator):
         self._masks_seen = False  # whether a processed Instances had pred_masks
         self._keypoints_seen = False  # ... pred_keypoints
 
-    def state(self) -> dict:
+    def state(self) -> dict[str, Any]:
         return {
             **super().state(),
             "masks_seen": self._masks_seen,
             "keypoints_seen": self._keypoints_seen,
         }
 
-    def merge_state(self, state: dict) -> None:
+    def merge_state(self, state: dict[str, Any]) -> None:
         super().merge_state(state)
         self._masks_seen = self._masks_seen or bool(state.get("masks_seen", False))
         self._keypoints_seen = self._keypoints_seen or bool(state.get("keypoints_seen", False))
@@ -132,7 +137,7 @@ class COCOEvaluator(DatasetEvaluator):
     def _check_image_id(self, image_id: Hashable) -> int:
         if isinstance(image_id, torch.Tensor):
             image_id = image_id.item()
-        if isinstance(image_id, (int, np.integer)) and int(image_id) in self.coco_gt.imgs:
+        if isinstance(image_id, numbers.Integral) and int(image_id) in self.coco_gt.imgs:
             return int(image_id)
         raise KeyError(
             f"image id {image_id!r} is not in {self.annotation_json} "
@@ -140,11 +145,12 @@ class COCOEvaluator(DatasetEvaluator):
         )
 
     def _to_records(self, image_id: Hashable, instances: Instances) -> dict[str, list[Record]]:
+        image_id = cast(int, image_id)  # process() passes the int that _check_image_id returned
         self._check_image_size(image_id, instances.image_size)
         records: dict[str, list[Record]] = {}
-        if instances.has("pred_boxes"):
+        if instances.pred_boxes is not None:
             records["instances"] = self._detection_records(image_id, instances)
-        if instances.has("proposal_boxes"):
+        if instances.proposal_boxes is not None:
             records["proposals"] = self._proposal_records(image_id, instances)
         if not records and len(instances) > 0:
             raise ValueError(
@@ -167,27 +173,29 @@ class COCOEvaluator(DatasetEvaluator):
             )
 
     def _detection_records(self, image_id: int, instances: Instances) -> list[Record]:
-        if not (instances.has("scores") and instances.has("pred_classes")):
+        pred_boxes, pred_scores = instances.pred_boxes, instances.scores
+        pred_classes = instances.pred_classes
+        if pred_boxes is None or pred_scores is None or pred_classes is None:
             raise ValueError(
                 f"predictions for image {image_id} have pred_boxes but lack scores or pred_classes"
             )
-        boxes = _xyxy_to_xywh(instances.pred_boxes.tensor)
-        scores = instances.scores.detach().cpu().tolist()
-        category_ids = [self._category_id(label, image_id) for label in instances.pred_classes]
-        records = [
+        boxes = _xyxy_to_xywh(pred_boxes.tensor)
+        scores: list[float] = tolist(pred_scores.detach().cpu())
+        category_ids = [self._category_id(label, image_id) for label in pred_classes]
+        records: list[Record] = [
             {"image_id": image_id, "category_id": cat, "bbox": box, "score": score}
             for cat, box, score in zip(category_ids, boxes, scores, strict=True)
         ]
-        if instances.has("pred_masks") and "segm" in self.tasks:
+        if instances.pred_masks is not None and "segm" in self.tasks:
             self._masks_seen = True
             rles = self._encode_masks(image_id, instances.pred_masks)
             for record, rle in zip(records, rles, strict=True):
                 record["segmentation"] = rle
-        if instances.has("pred_keypoints") and "keypoints" in self.tasks:
+        if instances.pred_keypoints is not None and "keypoints" in self.tasks:
             self._keypoints_seen = True
             keypoints = instances.pred_keypoints.detach().cpu().float()  # (R, K, 3)
             for record, points in zip(records, keypoints.reshape(len(records), -1), strict=True):
-                record["keypoints"] = points.tolist()
+                record["keypoints"] = tolist(points)
         return records
 
     def _category_id(self, label: torch.Tensor | int, image_id: Hashable) -> int:
@@ -201,7 +209,7 @@ class COCOEvaluator(DatasetEvaluator):
             )
         return self.label_to_category_id[label]
 
-    def _encode_masks(self, image_id: int, masks: torch.Tensor) -> list[dict]:
+    def _encode_masks(self, image_id: int, masks: torch.Tensor) -> list[RLE]:
         """RLE of masks Tensor[R, H, W] (or [R, 1, H, W]); floating masks are cut at 0.5."""
         if masks.dim() == 4 and masks.shape[1] == 1:
             masks = masks[:, 0]  # (R, 1, H, W) -> (R, H, W)
@@ -213,19 +221,15 @@ class COCOEvaluator(DatasetEvaluator):
             )
         if masks.is_floating_point():
             masks = masks >= 0.5
-        array = masks.detach().to("cpu", torch.uint8).numpy()
-        # (R, H, W) -> (H, W, R) in Fortran order, as pycocotools.mask.encode needs.
-        array = np.asfortranarray(array.transpose(1, 2, 0))
-        rles = mask_util.encode(array)
-        for rle in rles:
-            rle["counts"] = rle["counts"].decode("ascii")
-        return rles
+        array: npt.NDArray[np.uint8] = masks.detach().to("cpu", torch.uint8).numpy()
+        return encode_rles(array)
 
     def _proposal_records(self, image_id: int, instances: Instances) -> list[Record]:
-        if not instances.has("objectness_logits"):
+        proposal_boxes, logits = instances.proposal_boxes, instances.objectness_logits
+        if proposal_boxes is None or logits is None:
             raise ValueError(f"proposals for image {image_id} lack objectness_logits")
-        boxes = _xyxy_to_xywh(instances.proposal_boxes.tensor)
-        scores = instances.objectness_logits.detach().cpu().tolist()
+        boxes = _xyxy_to_xywh(proposal_boxes.tensor)
+        scores: list[float] = tolist(logits.detach().cpu())
         return [
             {"image_id": image_id, "bbox": box, "score": score}
             for box, score in zip(boxes, scores, strict=True)
@@ -246,7 +250,8 @@ class COCOEvaluator(DatasetEvaluator):
         return kinds.pop()
 
     def _check_record(self, record: Record, where: str) -> None:
-        if not isinstance(record, dict) or "image_id" not in record or "bbox" not in record:
+        # A saved record comes from JSON: it may be anything.
+        if not isinstance(record, dict) or "image_id" not in record or "bbox" not in record:  # pyright: ignore[reportUnnecessaryIsInstance]
             raise ValueError(f"{where}: a record needs image_id and bbox, got {record!r}")
         try:
             self._check_image_id(record["image_id"])
@@ -317,7 +322,7 @@ class COCOEvaluator(DatasetEvaluator):
         self.tables[f"{task} AP per category"] = table
         logger.info("COCO %s AP per category:\n%s", task, table)
         if self.output_dir is not None:
-            self._save_pr_curves(task, coco_eval)
+            self._save_pr_curves(task, coco_eval, self.output_dir)
         return metrics
 
     def _per_category_ap(self, coco_eval: COCOeval) -> dict[str, float]:
@@ -325,7 +330,7 @@ class COCOEvaluator(DatasetEvaluator):
         category has no ground truth in the evaluated images."""
         # precision: (T IoUs, 101 recall thresholds, K categories, 4 areas, 3 maxDets)
         precision = coco_eval.eval["precision"]
-        aps = {}
+        aps: dict[str, float] = {}
         for k, cat_id in enumerate(coco_eval.params.catIds):
             values = precision[:, :, k, 0, -1]
             values = values[values > -1]
@@ -333,18 +338,18 @@ class COCOEvaluator(DatasetEvaluator):
             aps[name] = float(np.mean(values)) if values.size else float("nan")
         return aps
 
-    def _save_pr_curves(self, task: str, coco_eval: COCOeval) -> None:
+    def _save_pr_curves(self, task: str, coco_eval: COCOeval, output_dir: Path) -> None:
         """Precision at IoU 0.5 (all areas, 100 detections) against COCO's 101 recall
         thresholds, for each category with ground truth."""
         precision = coco_eval.eval["precision"]
         recall = np.asarray(coco_eval.params.recThrs)
-        curves = {}
+        curves: dict[str, PRCurve] = {}
         for k, cat_id in enumerate(coco_eval.params.catIds):
             values = precision[0, :, k, 0, -1]
             if (values > -1).any():
                 ap50 = float(np.mean(values[values > -1]))
                 curves[self.coco_gt.cats[cat_id]["name"]] = PRCurve(recall, values, ap50)
-        path = self.output_dir / f"{self.name}_pr_{task}.png"
+        path = output_dir / f"{self.name}_pr_{task}.png"
         draw_pr_curves(curves, path, title=f"COCO {task}: precision/recall at IoU 0.5 (AP50)")
 
     def _evaluate_proposals(
@@ -357,7 +362,7 @@ class COCOEvaluator(DatasetEvaluator):
         )
         # recall: (T IoUs, K=1, 4 areas, 2 maxDets); -1 where no ground truth
         recall = coco_eval.eval["recall"]
-        metrics = {}
+        metrics: dict[str, float] = {}
         for m, max_dets in enumerate(_PROPOSAL_MAX_DETS):
             for a, area in enumerate(_AREA_NAMES):
                 if area and max_dets != _PROPOSAL_MAX_DETS[-1]:
@@ -373,7 +378,7 @@ class COCOEvaluator(DatasetEvaluator):
 
 def _xyxy_to_xywh(boxes: torch.Tensor) -> list[list[float]]:
     """Tensor[R, 4] (x1, y1, x2, y2) -> R lists [x, y, w, h] (COCO's box format)."""
-    values = boxes.detach().cpu().tolist()
+    values: list[list[float]] = tolist(boxes.detach().cpu())
     return [[x1, y1, x2 - x1, y2 - y1] for x1, y1, x2, y2 in values]
 
 
@@ -385,8 +390,7 @@ def _stat(value: float) -> float:
 def _load_results(coco_gt: COCO, results: list[Record]) -> COCO:
     """COCO.loadRes on a copy of `results` (it edits them), or an empty result set."""
     if results:
-        with contextlib.redirect_stdout(io.StringIO()):
-            return coco_gt.loadRes(copy.deepcopy(results))
+        return load_results(coco_gt, results)
     empty = COCO()
     empty.dataset = {
         "images": copy.deepcopy(coco_gt.dataset["images"]),
@@ -405,15 +409,15 @@ def _run_cocoeval(
     image_ids: Sequence[Hashable],
     use_cats: bool = True,
     max_dets: Sequence[int] | None = None,
-    oks_sigmas: np.ndarray | None = None,
+    oks_sigmas: npt.NDArray[np.float64] | None = None,
 ) -> COCOeval:
     """COCOeval evaluated and accumulated on `image_ids` (not summarized); `oks_sigmas` for
     iou_type "keypoints"."""
     coco_dt = _load_results(coco_gt, results)
-    coco_eval = COCOeval(coco_gt, coco_dt, iou_type)
+    coco_eval = COCOeval(coco_gt, coco_dt, cast(_IoUType, iou_type))  # checked in __init__
     if oks_sigmas is not None:
         coco_eval.params.kpt_oks_sigmas = np.asarray(oks_sigmas, dtype=np.float64)
-    coco_eval.params.imgIds = sorted(image_ids)
+    coco_eval.params.imgIds = sorted(cast("Sequence[int]", image_ids))  # COCO's int ids
     coco_eval.params.useCats = int(use_cats)
     if max_dets is not None:
         coco_eval.params.maxDets = list(max_dets)

@@ -23,7 +23,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from detector.structures import Instances
 
@@ -82,7 +82,7 @@ class DatasetEvaluator(ABC):
                 f"{len(predictions)} predictions; pass one Instances per image id"
             )
         for image_id, instances in zip(image_ids, predictions, strict=True):
-            if not isinstance(instances, Instances):
+            if not isinstance(instances, Instances):  # pyright: ignore[reportUnnecessaryIsInstance]
                 raise TypeError(
                     f"{type(self).__name__}.process: predictions for image {image_id!r} must be "
                     f"an Instances, got {type(instances).__name__}"
@@ -163,9 +163,10 @@ class DatasetEvaluator(ABC):
         if not path.is_file():
             raise FileNotFoundError(f"predictions file not found: {path}")
         with open(path) as f:
-            records = json.load(f)
-        if not isinstance(records, list):
+            loaded = json.load(f)
+        if not isinstance(loaded, list):
             raise ValueError(f"{path}: expected a JSON list of prediction records")
+        records = cast("list[Record]", loaded)  # each one is checked below
         kind = self._record_kind(records, path)
         for index, record in enumerate(records):
             self._check_record(record, f"{path}, record {index}")
@@ -184,7 +185,7 @@ class DatasetEvaluator(ABC):
     def save_predictions(self, output_dir: str | Path | None = None) -> list[Path]:
         """Writes each kind of record to `<output_dir>/<name>_<kind>_results.json`."""
         directory = self._directory(output_dir)
-        paths = []
+        paths: list[Path] = []
         for kind, records in self._records.items():
             path = directory / f"{self.name}_{kind}_results.json"
             with open(path, "w") as f:
@@ -215,7 +216,7 @@ class DatasetEvaluator(ABC):
     # What subclasses define
     # ----------------------------------------------------------------------------------------
     @abstractmethod
-    def dataset_image_ids(self) -> list[Hashable]:
+    def dataset_image_ids(self) -> Sequence[Hashable]:
         """Every image id of the evaluated dataset (split)."""
 
     @abstractmethod

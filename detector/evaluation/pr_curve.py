@@ -52,7 +52,7 @@ def draw_pr_curves(curves: Mapping[str, PRCurve], path: str | Path, title: str =
 
 def _draw_panel(
     draw: ImageDraw.ImageDraw,
-    font: ImageFont.ImageFont,
+    font: ImageFont.ImageFont | ImageFont.FreeTypeFont,
     origin: tuple[int, int],
     name: str,
     curve: PRCurve,

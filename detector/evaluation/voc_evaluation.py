@@ -28,9 +28,10 @@ from __future__ import annotations
 import logging
 import math
 import xml.etree.ElementTree as ET
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar, cast
 
 import numpy as np
 import torch
@@ -38,6 +39,7 @@ import torch
 from detector.evaluation.evaluator import DatasetEvaluator, Record, format_table
 from detector.evaluation.pr_curve import PRCurve, draw_pr_curves
 from detector.structures import Instances
+from detector.utils.arrays import tolist
 
 __all__ = [
     "VOCEvaluator",
@@ -51,6 +53,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 IOU_THRESHOLD = 0.5
+
+_ImageId = TypeVar("_ImageId", bound=Hashable)
 
 
 @dataclass
@@ -80,11 +84,9 @@ def load_voc_annotation(
                 f"{path}: object {index} has class {name!r}, which is not in class_names "
                 f"{list(class_names)}"
             )
-        box = obj.find("bndbox")
-        try:
-            coords = [float(box.findtext(tag)) for tag in ("xmin", "ymin", "xmax", "ymax")]
-        except (AttributeError, TypeError, ValueError):
-            raise ValueError(f"{path}: object {index} ({name}) has no valid <bndbox>") from None
+        coords = _bndbox(obj.find("bndbox"))
+        if coords is None:
+            raise ValueError(f"{path}: object {index} ({name}) has no valid <bndbox>")
         boxes[name].append(coords)
         difficult[name].append(int(obj.findtext("difficult") or 0) == 1)
     ground_truth = {
@@ -95,10 +97,29 @@ def load_voc_annotation(
         for name in class_names
     }
     size = root.find("size")
+    height = size.findtext("height") if size is not None else None
+    width = size.findtext("width") if size is not None else None
     image_size = None
-    if size is not None and size.findtext("height") and size.findtext("width"):
-        image_size = (int(float(size.findtext("height"))), int(float(size.findtext("width"))))
+    if height and width:
+        image_size = (int(float(height)), int(float(width)))
     return ground_truth, image_size
+
+
+def _bndbox(box: ET.Element | None) -> list[float] | None:
+    """(xmin, ymin, xmax, ymax) of a <bndbox>; None when it, or one of them, is missing or is
+    not a number."""
+    if box is None:
+        return None
+    coords: list[float] = []
+    for tag in ("xmin", "ymin", "xmax", "ymax"):
+        text = box.findtext(tag)
+        if text is None:
+            return None
+        try:
+            coords.append(float(text))
+        except ValueError:
+            return None
+    return coords
 
 
 def voc_iou(box: np.ndarray, gt_boxes: np.ndarray) -> np.ndarray:
@@ -113,10 +134,10 @@ def voc_iou(box: np.ndarray, gt_boxes: np.ndarray) -> np.ndarray:
 
 
 def voc_match(
-    image_ids: Sequence[Hashable],
+    image_ids: Sequence[_ImageId],
     boxes: np.ndarray,
     scores: np.ndarray,
-    ground_truth: dict[Hashable, VOCGroundTruth],
+    ground_truth: Mapping[_ImageId, VOCGroundTruth],
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Matches the D detections of one class (image id, VOC pixel box [D, 4], score [D]) to the
     ground truth of that class per image, in decreasing score.
@@ -125,11 +146,11 @@ def voc_match(
     not ignored (matched to a difficult object), in decreasing score.
     """
     positives = int(sum((~gt.difficult).sum() for gt in ground_truth.values()))
-    order = np.argsort(-scores, kind="stable")
+    order: list[int] = np.argsort(-scores, kind="stable").tolist()
     matched = {
         image_id: np.zeros(len(gt.boxes), dtype=bool) for image_id, gt in ground_truth.items()
     }
-    outcome = []  # 1: true positive, 0: false positive; ignored detections are left out
+    outcome: list[int] = []  # 1: true positive, 0: false positive; ignored detections are left out
     for d in order:
         gt = ground_truth.get(image_ids[d])
         if gt is None or len(gt.boxes) == 0:
@@ -254,18 +275,21 @@ class VOCEvaluator(DatasetEvaluator):
         )
 
     def _to_records(self, image_id: Hashable, instances: Instances) -> dict[str, list[Record]]:
-        if not instances.has("pred_boxes") and len(instances) == 0:
+        image_id = cast(str, image_id)  # process() passes the str that _check_image_id returned
+        pred_boxes, pred_scores = instances.pred_boxes, instances.scores
+        pred_classes = instances.pred_classes
+        if pred_boxes is None and len(instances) == 0:
             return {"detections": []}
-        if not (instances.has("pred_boxes") and instances.has("scores")):
+        if pred_boxes is None or pred_scores is None or pred_classes is None:
             raise ValueError(
                 f"predictions for image {image_id!r} need pred_boxes, scores and pred_classes "
                 f"(fields: {list(instances.fields())})"
             )
         self._check_image_size(image_id, instances.image_size)
-        boxes = instances.pred_boxes.tensor.detach().cpu().tolist()
-        scores = instances.scores.detach().cpu().tolist()
-        names = [self._class_name(label, image_id) for label in instances.pred_classes]
-        records = [
+        boxes: list[list[float]] = tolist(pred_boxes.tensor.detach().cpu())
+        scores: list[float] = tolist(pred_scores.detach().cpu())
+        names = [self._class_name(label, image_id) for label in pred_classes]
+        records: list[Record] = [
             {"image_id": image_id, "class_name": name, "bbox": box, "score": score}
             for name, box, score in zip(names, boxes, scores, strict=True)
         ]
@@ -295,7 +319,8 @@ class VOCEvaluator(DatasetEvaluator):
 
     def _check_record(self, record: Record, where: str) -> None:
         keys = ("image_id", "class_name", "bbox", "score")
-        if not isinstance(record, dict) or any(k not in record for k in keys):
+        # A saved record comes from JSON: it may be anything.
+        if not isinstance(record, dict) or any(k not in record for k in keys):  # pyright: ignore[reportUnnecessaryIsInstance]
             raise ValueError(f"{where}: a record needs {keys}, got {record!r}")
         try:
             self._check_image_id(record["image_id"])
@@ -358,7 +383,9 @@ class VOCEvaluator(DatasetEvaluator):
         for name in self.class_names:
             metrics[f"bbox/AP-{name}"] = headline[name]
             metrics[f"bbox/AP{suffix}-{name}"] = other[name]
-        rows = [(name, v[2], v[0], v[1]) for name, v in aps.items()]
+        rows: list[tuple[str, int | str, float, float]] = [
+            (name, v[2], v[0], v[1]) for name, v in aps.items()
+        ]
         rows.append(("mAP", "", mean(list(ap07.values())), mean(list(ap_area.values()))))
         table = format_table(["class", "positives", "AP (VOC07 11-point)", "AP (area)"], rows)
         self.tables = {"AP per class": table}

@@ -74,7 +74,7 @@ class Boxes:
         """Concatenates Boxes (an empty list gives empty Boxes)."""
         if len(boxes_list) == 0:
             return Boxes(torch.empty(0, 4))
-        if not all(isinstance(b, Boxes) for b in boxes_list):
+        if not all(isinstance(b, Boxes) for b in boxes_list):  # pyright: ignore[reportUnnecessaryIsInstance]
             raise TypeError("Boxes.cat takes a list of Boxes")
         return Boxes(torch.cat([b.tensor for b in boxes_list], dim=0))
 

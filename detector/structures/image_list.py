@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from detector.structures.sizes import as_size, known_greater
+from detector.structures.sizes import Size, as_size, known_greater
 
 __all__ = ["ImageList"]
 
@@ -19,7 +19,7 @@ class ImageList:
     """Images padded (bottom and right) into `tensor`, a Tensor[N, C, H, W], with each image's
     size before padding in `image_sizes`, a list of (height, width)."""
 
-    def __init__(self, tensor: Tensor, image_sizes: Sequence[tuple[int, int]]) -> None:
+    def __init__(self, tensor: Tensor, image_sizes: Sequence[tuple[Size, Size]]) -> None:
         if tensor.dim() != 4:
             raise ValueError(f"ImageList needs a Tensor[N, C, H, W], got {tuple(tensor.shape)}")
         if len(image_sizes) != tensor.shape[0]:
@@ -74,8 +74,9 @@ class ImageList:
             raise ValueError(f"size_divisibility must be >= 0, got {size_divisibility}")
         first = tensors[0]
         for i, t in enumerate(tensors):
-            if not isinstance(t, Tensor) or t.dim() != 3:
-                shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+            # A caller may pass anything: check.
+            if not isinstance(t, Tensor) or t.dim() != 3:  # pyright: ignore[reportUnnecessaryIsInstance]
+                shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__  # pyright: ignore[reportUnnecessaryIsInstance]
                 raise ValueError(f"image {i}: expected a Tensor[C, H, W], got {shape}")
             if t.shape[0] != first.shape[0] or t.dtype != first.dtype or t.device != first.device:
                 raise ValueError(

@@ -22,7 +22,7 @@ from torch import Tensor
 from detector.structures.boxes import Boxes
 from detector.structures.keypoints import Keypoints
 from detector.structures.masks import BitMasks, PolygonMasks
-from detector.structures.sizes import as_size
+from detector.structures.sizes import Size, as_size
 
 __all__ = ["Instances"]
 
@@ -71,7 +71,7 @@ class Instances:
         # Called only when normal lookup fails, i.e. for names that are not fields.
         raise AttributeError(_unknown_field_message(name))
 
-    def _check_length(self, name: str, length: int | torch.SymInt) -> None:
+    def _check_length(self, name: str, length: Size) -> None:
         for other, value in self._set_fields().items():
             if other == name:
                 continue
@@ -82,13 +82,13 @@ class Instances:
                 if length != other_length:
                     raise ValueError(_length_message(name, length, other, other_length))
             else:  # traced sizes: a deferred runtime assertion instead of a guard
-                torch._check(
+                torch._check(  # pyright: ignore[reportPrivateUsage]
                     length == other_length,
                     lambda o=other, n=other_length: _length_message(name, length, o, n),
                 )
 
     def _set_fields(self) -> dict[str, Any]:
-        values = {}
+        values: dict[str, Any] = {}
         for name in _INSTANCE_FIELDS:
             try:
                 value = object.__getattribute__(self, name)
@@ -112,9 +112,10 @@ class Instances:
     # Container protocol
     # ----------------------------------------------------------------------------------------
     @property
-    def num_instances(self) -> int | torch.SymInt:
+    def num_instances(self) -> Size:
         """N, as `len()`, but a symbolic size stays symbolic while torch.export or
-        torch.compile traces (`len()` must return an int, which would specialize it)."""
+        torch.compile traces (`len()` must return an int, which would specialize it), and a
+        0-dim tensor while torch.jit.trace records a graph."""
         fields = self._set_fields()
         return _num_entries(next(iter(fields.values()))) if fields else 0
 
@@ -164,13 +165,14 @@ class Instances:
                 raise ValueError(
                     f"Instances.cat: item {i} has fields {list(other.fields())}, item 0 has {names}"
                 )
-        merged = {}
+        merged: dict[str, Any] = {}
         for name in names:
             values = [getattr(inst, name) for inst in instances_list]
             if isinstance(values[0], Tensor):
                 merged[name] = torch.cat(values, dim=0)
             else:
-                merged[name] = type(values[0]).cat(values)
+                first_value: Boxes | Keypoints | PolygonMasks | BitMasks = values[0]
+                merged[name] = type(first_value).cat(values)
         return Instances(first.image_size, **merged)
 
 
@@ -202,7 +204,7 @@ _FIELD_SPECS: dict[str, tuple[tuple[type, ...], Any]] = {
 assert set(_FIELD_SPECS) == set(_INSTANCE_FIELDS)
 
 
-def _num_entries(value: Any) -> int | torch.SymInt:
+def _num_entries(value: Any) -> Size:
     """The number of entries of a field value, without `len()` for tensors and Boxes (a
     symbolic size stays symbolic)."""
     if isinstance(value, Tensor):
@@ -225,7 +227,7 @@ def _unknown_field_message(name: str) -> str:
     return f"Instances has no field '{name}'.{hint} Fields: {', '.join(sorted(_FIELD_NAMES))}"
 
 
-def _check_image_size(value: Any) -> tuple[int, int]:
+def _check_image_size(value: Any) -> tuple[Size, Size]:
     try:
         height, width = (as_size(v) for v in value)
     except (TypeError, ValueError):

@@ -10,8 +10,8 @@ Shapes: N instances, H x W the image, M the side of the mask head's targets.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import numpy as np
 import pycocotools.mask as mask_util
@@ -21,10 +21,13 @@ from torch import Tensor
 
 from detector.ops import roi_align
 from detector.structures.boxes import Boxes
+from detector.utils.arrays import from_numpy, tolist
 
 __all__ = ["BitMasks", "PolygonMasks", "polygons_to_bitmask"]
 
 Index = int | slice | Tensor | np.ndarray | Sequence[int]
+# (x, y) arrays of a polygon -> new (x, y) arrays
+_XYMap = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 def _to_index_list(item: Tensor | np.ndarray | Sequence[int], length: int) -> list[int]:
@@ -127,7 +130,7 @@ class PolygonMasks:
     # ----------------------------------------------------------------------------------------
     def area(self) -> Tensor:
         """Tensor[N] float32: the summed area of each instance's polygons (shoelace formula)."""
-        areas = []
+        areas: list[float] = []
         for instance in self.polygons:
             total = 0.0
             for p in instance:
@@ -142,14 +145,14 @@ class PolygonMasks:
         for i, instance in enumerate(self.polygons):
             if instance:
                 xy = np.concatenate(instance).reshape(-1, 2)
-                boxes[i] = torch.from_numpy(np.concatenate([xy.min(0), xy.max(0)]))
+                boxes[i] = from_numpy(np.concatenate([xy.min(0), xy.max(0)]))
         return Boxes(boxes)
 
-    def _map_xy(self, fn: Any) -> PolygonMasks:
+    def _map_xy(self, fn: _XYMap) -> PolygonMasks:
         """New masks with every polygon's (x, y) arrays passed through fn(x, y) -> (x, y)."""
-        mapped = []
+        mapped: list[list[np.ndarray]] = []
         for instance in self.polygons:
-            new_instance = []
+            new_instance: list[np.ndarray] = []
             for p in instance:
                 x, y = fn(p[0::2], p[1::2])
                 new_instance.append(np.stack([x, y], axis=1).reshape(-1))
@@ -194,20 +197,21 @@ class PolygonMasks:
             Tensor[N, M, M] float32 of 0 and 1, on the boxes' device.
         """
         box_tensor = _as_boxes_tensor(boxes)
-        index = _mask_indices(indices, len(box_tensor), len(self)).tolist()
+        index: list[int] = tolist(_mask_indices(indices, len(box_tensor), len(self)))
         instances = [self.polygons[i] for i in index]
-        targets = []
+        targets: list[Tensor] = []
         for instance, box in zip(instances, box_tensor.detach().cpu().double(), strict=True):
-            x0, y0, x1, y1 = box.tolist()
+            coords: list[float] = tolist(box)
+            x0, y0, x1, y1 = coords
             scale_x = mask_size / max(x1 - x0, 1e-6)
             scale_y = mask_size / max(y1 - y0, 1e-6)
-            local = []
+            local: list[np.ndarray] = []
             for p in instance:
                 q = p.copy()
                 q[0::2] = (q[0::2] - x0) * scale_x
                 q[1::2] = (q[1::2] - y0) * scale_y
                 local.append(q)
-            targets.append(torch.from_numpy(polygons_to_bitmask(local, mask_size, mask_size)))
+            targets.append(from_numpy(polygons_to_bitmask(local, mask_size, mask_size)))
         if not targets:
             return torch.zeros(0, mask_size, mask_size, device=box_tensor.device)
         return torch.stack(targets).to(device=box_tensor.device, dtype=torch.float32)
@@ -229,7 +233,7 @@ class BitMasks:
         bitmaps = [polygons_to_bitmask(p, height, width) for p in polygons.polygons]
         if not bitmaps:
             return BitMasks(torch.zeros(0, height, width, dtype=torch.bool))
-        return BitMasks(torch.from_numpy(np.stack(bitmaps)))
+        return BitMasks(from_numpy(np.stack(bitmaps)))
 
     @staticmethod
     def from_rle(rles: Sequence[dict[str, Any]], height: int | None = None,
@@ -240,14 +244,16 @@ class BitMasks:
             rles: one {"size": [h, w], "counts": ...} per instance.
             height, width: the image size, needed only when `rles` is empty.
         """
-        bitmaps = []
+        bitmaps: list[np.ndarray] = []
         for i, rle in enumerate(rles):
-            if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
+            if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:  # pyright: ignore[reportUnnecessaryIsInstance]
                 raise ValueError(f"RLE {i}: expected a dict with 'size' and 'counts'")
             h, w = rle["size"]
+            # pycocotools' stubs take only their own TypedDict; any COCO RLE dict is accepted.
+            encoded: Any = rle
             if isinstance(rle["counts"], list):
-                rle = mask_util.frPyObjects(rle, h, w)
-            bitmaps.append(mask_util.decode(rle).astype(bool))
+                encoded = cast(Any, mask_util.frPyObjects(encoded, h, w))
+            bitmaps.append(mask_util.decode(encoded).astype(bool))
         if not bitmaps:
             if height is None or width is None:
                 raise ValueError("BitMasks.from_rle: give height and width for an empty list")
@@ -255,7 +261,7 @@ class BitMasks:
         sizes = {b.shape for b in bitmaps}
         if len(sizes) > 1:
             raise ValueError(f"BitMasks.from_rle: RLEs of different sizes {sorted(sizes)}")
-        return BitMasks(torch.from_numpy(np.stack(bitmaps)))
+        return BitMasks(from_numpy(np.stack(bitmaps)))
 
     # ----------------------------------------------------------------------------------------
     # Container protocol

@@ -9,24 +9,28 @@ becoming constants of the sample image."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeAlias
 
 import torch
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
-__all__ = ["as_size", "known_equal", "known_greater", "size_min"]
+__all__ = ["Size", "as_size", "known_equal", "known_greater", "size_min"]
+
+# A size: an int in eager mode, a SymInt while torch.export or torch.compile traces, a 0-dim
+# int64 tensor while torch.jit.trace records a graph.
+Size: TypeAlias = int | torch.SymInt | torch.Tensor
 
 
 def _traced(value: Any) -> bool:
     """Whether `value` is a size that torch.jit.trace follows (a 0-dim tensor while tracing)."""
-    return isinstance(value, torch.Tensor) and torch.jit.is_tracing()
+    return isinstance(value, torch.Tensor) and torch.jit.is_tracing()  # pyright: ignore[reportPrivateImportUsage]
 
 
 def _symbolic(a: Any, b: Any) -> bool:
     return isinstance(a, torch.SymInt) or isinstance(b, torch.SymInt)
 
 
-def as_size(value: Any) -> int | torch.SymInt | torch.Tensor:
+def as_size(value: Any) -> Size:
     """`int(value)`, except that a symbolic size stays symbolic and a size followed by
     torch.jit.trace stays a 0-dim tensor."""
     if isinstance(value, torch.SymInt) or _traced(value):
@@ -38,7 +42,7 @@ def size_min(a: Any, b: Any) -> Any:
     """`min(a, b)` of sizes without fixing a symbolic or traced one."""
     if _traced(a) or _traced(b):
         return torch.minimum(torch.as_tensor(a), torch.as_tensor(b))
-    return torch.sym_min(a, b)
+    return torch.sym_min(a, b)  # pyright: ignore[reportUnknownVariableType]  (untyped in torch)
 
 
 def known_greater(a: Any, b: Any) -> bool:

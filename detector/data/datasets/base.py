@@ -24,6 +24,8 @@ from torch.utils.data import Dataset
 from detector.data.datasets.keypoints import KeypointMeta
 from detector.data.image_io import check_decoded_size, read_image
 from detector.structures import BitMasks, Boxes, Instances, Keypoints, PolygonMasks
+from detector.utils.arrays import from_numpy
+from detector.utils.guards import is_list
 
 __all__ = [
     "BACKGROUND",
@@ -36,7 +38,7 @@ __all__ = [
 BACKGROUND = "__background__"
 
 
-class DetectionDataset(Dataset):
+class DetectionDataset(Dataset[tuple[Tensor, Instances, dict[str, Any]]]):
     """Base class: subclasses implement `__len__`, `get_image_size`, `load_image`,
     `load_target` and `get_meta`; `__getitem__` combines them."""
 
@@ -152,9 +154,9 @@ class RecordDataset(DetectionDataset):
         size = (record.height, record.width)
         target = Instances(
             size,
-            gt_boxes=Boxes(torch.from_numpy(record.boxes.astype(np.float32).reshape(-1, 4))),
-            gt_classes=torch.from_numpy(record.classes.astype(np.int64)),
-            difficult=torch.from_numpy(record.difficult.astype(bool)),
+            gt_boxes=Boxes(from_numpy(record.boxes.astype(np.float32).reshape(-1, 4))),
+            gt_classes=from_numpy(record.classes.astype(np.int64)),
+            difficult=from_numpy(record.difficult.astype(bool)),
         )
         if self.has_masks:
             target.gt_masks = self.load_masks(index)
@@ -163,7 +165,7 @@ class RecordDataset(DetectionDataset):
             if keypoints is None:
                 keypoints = np.zeros((len(record.classes), self.keypoint_meta.num_keypoints, 3))
             target.gt_keypoints = Keypoints(
-                torch.from_numpy(keypoints.astype(np.float32)), self.keypoint_meta.flip_indices
+                from_numpy(keypoints.astype(np.float32)), self.keypoint_meta.flip_indices
             )
         return target
 
@@ -180,9 +182,9 @@ def segmentations_to_masks(
     height, width = image_size
     if all(isinstance(s, list) for s in segmentations):
         return PolygonMasks(segmentations)
-    bitmaps = []
+    bitmaps: list[Tensor] = []
     for s in segmentations:
-        if isinstance(s, list):
+        if is_list(s):
             bitmaps.append(PolygonMasks([s]).to_bitmasks(height, width).tensor)
         else:
             bitmaps.append(BitMasks.from_rle([s]).tensor)
@@ -193,7 +195,7 @@ def mask_boxes(masks: np.ndarray) -> np.ndarray:
     """Tight boxes of bool masks[N, H, W] as float32 array[N, 4] xyxy (a pixel (i, j) spans
     [j, j + 1) x [i, i + 1)); zeros for an empty mask."""
     boxes = np.zeros((len(masks), 4), dtype=np.float32)
-    rows, cols = masks.any(axis=2), masks.any(axis=1)  # (N, H), (N, W)
+    rows, cols = np.any(masks, axis=2), np.any(masks, axis=1)  # (N, H), (N, W)
     for i in range(len(masks)):
         ys, xs = np.flatnonzero(rows[i]), np.flatnonzero(cols[i])
         if len(xs):

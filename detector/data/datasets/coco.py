@@ -36,10 +36,14 @@ from detector.data.datasets.keypoints import (
     left_right_pairs,
 )
 from detector.data.errors import DatasetError
+from detector.utils.guards import is_dict, is_list
 
 __all__ = ["COCODataset", "load_coco_json"]
 
 logger = logging.getLogger(__name__)
+
+# A COCO segmentation: polygons [[x0, y0, x1, y1, ...], ...] or an RLE dict.
+Segmentation = list[list[float]] | dict[str, Any]
 
 
 class COCODataset(RecordDataset):
@@ -90,14 +94,17 @@ def _json_keypoint_meta(categories: list[dict[str, Any]], json_file: Path) -> Ke
     if not names:
         return None
     category = next(c for c in categories if c.get("keypoints"))
-    skeleton = []
-    for edge in category.get("skeleton") or []:
+    skeleton: list[tuple[str, str]] = []
+    edges: list[Any] = category.get("skeleton") or []
+    for edge in edges:
         if len(edge) != 2 or not all(isinstance(k, int) and 1 <= k <= len(names) for k in edge):
             raise DatasetError(
                 f"{json_file}: category {category['id']}: skeleton edge {edge!r} must be two "
                 f"1-based keypoint indices (1..{len(names)})"
             )
-        skeleton.append((names[edge[0] - 1], names[edge[1] - 1]))
+        start: int = edge[0]  # 1-based, checked above
+        end: int = edge[1]
+        skeleton.append((names[start - 1], names[end - 1]))
     sigmas = COCO_PERSON_OKS_SIGMAS if tuple(names) == COCO_PERSON_KEYPOINTS else ()
     return KeypointMeta(
         names=tuple(names),
@@ -113,13 +120,14 @@ def _parse_keypoints(ann: dict[str, Any], num_keypoints: int, where: str) -> np.
     values = ann.get("keypoints")
     if values is None:
         return np.zeros((num_keypoints, 3), dtype=np.float32)
-    if not isinstance(values, list) or len(values) != 3 * num_keypoints:
-        count = len(values) if isinstance(values, list) else type(values).__name__
+    if not is_list(values) or len(values) != 3 * num_keypoints:
+        count = len(values) if is_list(values) else type(values).__name__
         raise DatasetError(
             f"{where}: 'keypoints' must be {3 * num_keypoints} numbers (x, y, v for each of the "
             f"{num_keypoints} keypoints), got {count}"
         )
-    if not all(isinstance(v, Real) and not isinstance(v, bool) for v in values):
+    # bool is a Real at run time (an int), which the stubs do not say.
+    if not all(isinstance(v, Real) and not isinstance(v, bool) for v in values):  # pyright: ignore[reportUnnecessaryIsInstance]
         raise DatasetError(f"{where}: 'keypoints' must be numbers, got {values!r:.80}")
     if not all(math.isfinite(v) for v in values):
         raise DatasetError(f"{where}: 'keypoints' has a NaN or infinite value: {values!r:.80}")
@@ -128,7 +136,7 @@ def _parse_keypoints(ann: dict[str, Any], num_keypoints: int, where: str) -> np.
 
 def _require(entry: Any, keys: dict[str, type | tuple[type, ...]], where: str) -> None:
     """Checks that dict `entry` has `keys` of the given types; errors name `where`."""
-    if not isinstance(entry, dict):
+    if not is_dict(entry):
         raise DatasetError(f"{where}: expected a JSON object, got {type(entry).__name__}")
     for key, types in keys.items():
         if key not in entry:
@@ -150,7 +158,7 @@ def _read_json(json_file: Path) -> dict[str, Any]:
         data = json.loads(json_file.read_text())
     except json.JSONDecodeError as e:
         raise DatasetError(f"{json_file}: not valid JSON: {e}") from None
-    if not isinstance(data, dict):
+    if not is_dict(data):
         raise DatasetError(
             f"{json_file}: expected a JSON object with 'images', 'annotations' "
             f"and 'categories', got {type(data).__name__}"
@@ -197,9 +205,9 @@ def load_coco_json(
     _check_unique(json_file, "categories", [c["id"] for c in data["categories"]])
     categories = sorted(data["categories"], key=lambda c: c["id"])
     label_of = {c["id"]: i + 1 for i, c in enumerate(categories)}
-    images = {}
+    images: dict[Any, dict[str, Any]] = {}
     for i, image in enumerate(data["images"]):
-        image_id = image.get("id", "?") if isinstance(image, dict) else "?"
+        image_id = image.get("id", "?") if is_dict(image) else "?"
         _require(
             image,
             {"id": (int, str), "file_name": str, "height": int, "width": int},
@@ -208,11 +216,11 @@ def load_coco_json(
         images[image["id"]] = image
     _check_unique(json_file, "images", [image["id"] for image in data["images"]])
     annotations = data.get("annotations", [])
-    _check_unique(json_file, "annotations", [a.get("id") if isinstance(a, dict) else None
+    _check_unique(json_file, "annotations", [a.get("id") if is_dict(a) else None
                                              for a in annotations])  # fmt: skip
     by_image: dict[Any, list[dict[str, Any]]] = defaultdict(list)
     for i, ann in enumerate(annotations):
-        ann_id = ann.get("id", f"#{i}") if isinstance(ann, dict) else f"#{i}"
+        ann_id = ann.get("id", f"#{i}") if is_dict(ann) else f"#{i}"
         where = f"{json_file}: annotation id {ann_id}"
         _require(ann, {"image_id": (int, str), "category_id": int, "bbox": list}, where)
         if ann["image_id"] not in images:
@@ -230,7 +238,8 @@ def load_coco_json(
         by_image[ann["image_id"]].append(ann)
     has_masks = any(ann.get("segmentation") for anns in by_image.values() for ann in anns)
     num_keypoints = _num_keypoints(categories, keypoint_meta, json_file)
-    records, skipped = [], 0
+    records: list[ImageRecord] = []
+    skipped = 0
     for image in data["images"]:
         record, n = _make_record(
             image, by_image[image["id"]], label_of, image_dir, (has_masks, num_keypoints),
@@ -275,7 +284,11 @@ def _make_record(
     """
     has_masks, num_keypoints = contents
     height, width = image["height"], image["width"]
-    boxes, classes, segmentations, keypoints, skipped = [], [], [], [], 0
+    boxes: list[np.ndarray] = []
+    classes: list[int] = []
+    segmentations: list[Segmentation] = []
+    keypoints: list[np.ndarray] = []
+    skipped = 0
     for ann in anns:
         if ann.get("iscrowd", 0):
             continue
@@ -313,9 +326,9 @@ def _make_record(
 
 def _parse_segmentation(
     segmentation: Any, where: str, image_size: tuple[int, int]
-) -> list[list[float]] | dict | None:
+) -> Segmentation | None:
     """Polygons (those with >= 3 points; None if none is left) or an RLE dict."""
-    if isinstance(segmentation, dict):
+    if is_dict(segmentation):
         if "counts" not in segmentation or "size" not in segmentation:
             raise DatasetError(f"{where}: an RLE 'segmentation' needs 'counts' and 'size'")
         if list(segmentation["size"]) != list(image_size):
@@ -324,14 +337,14 @@ def _parse_segmentation(
                 f"[height, width] {list(image_size)}"
             )
         return segmentation
-    if not isinstance(segmentation, list) or not segmentation:
+    if not is_list(segmentation) or not segmentation:
         raise DatasetError(
             f"{where}: no 'segmentation' although other annotations of this file have masks; "
             "give every annotation a polygon list or an RLE"
         )
-    polygons = []
+    polygons: list[list[float]] = []
     for polygon in segmentation:
-        if not isinstance(polygon, list) or not all(isinstance(v, Real) for v in polygon):
+        if not is_list(polygon) or not all(isinstance(v, Real) for v in polygon):
             raise DatasetError(f"{where}: a polygon must be a list of numbers [x0, y0, x1, ...]")
         if len(polygon) >= 6 and len(polygon) % 2 == 0:
             polygons.append([float(v) for v in polygon])

@@ -20,6 +20,7 @@ from detector.data.datasets.base import BACKGROUND, DetectionDataset, mask_boxes
 from detector.data.errors import DatasetError
 from detector.data.image_io import read_image, read_image_size
 from detector.structures import BitMasks, Boxes, Instances
+from detector.utils.arrays import from_numpy
 
 __all__ = ["DSB2018Dataset"]
 
@@ -88,9 +89,9 @@ class DSB2018Dataset(DetectionDataset):
         num = len(bitmaps)
         return Instances(
             (height, width),
-            gt_boxes=Boxes(torch.from_numpy(mask_boxes(bitmaps))),
+            gt_boxes=Boxes(from_numpy(mask_boxes(bitmaps))),
             gt_classes=torch.ones(num, dtype=torch.int64),
-            gt_masks=BitMasks(torch.from_numpy(bitmaps)),
+            gt_masks=BitMasks(from_numpy(bitmaps)),
             difficult=torch.zeros(num, dtype=torch.bool),
         )
 

@@ -20,12 +20,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from skimage.draw import disk, polygon
+from skimage.draw import disk, polygon  # pyright: ignore[reportUnknownVariableType]
 from torch import Tensor
 
 from detector.data.datasets.base import BACKGROUND, DetectionDataset, mask_boxes
 from detector.data.datasets.keypoints import KeypointMeta
 from detector.structures import BitMasks, Boxes, Instances, Keypoints
+from detector.utils.arrays import from_numpy
 
 __all__ = [
     "SHAPE_CLASS_NAMES",
@@ -111,12 +112,13 @@ def _shape_pixels(
     """Row and column indices of a square (0), circle (1) or triangle (2) in its box."""
     shape = (image_size, image_size)
     last = side - 1  # the shape covers pixels x0 .. x0 + side - 1
+    # skimage.draw is not annotated: polygon's result is unknown to the type checker.
     if kind == 0:
-        return polygon([y0, y0, y0 + last, y0 + last], [x0, x0 + last, x0 + last, x0], shape)
+        return polygon([y0, y0, y0 + last, y0 + last], [x0, x0 + last, x0 + last, x0], shape)  # pyright: ignore[reportUnknownVariableType]
     if kind == 1:
         radius = side / 2
         return disk((y0 + radius - 0.5, x0 + radius - 0.5), radius, shape=shape)
-    return polygon([y0, y0 + last, y0 + last], [x0 + last / 2, x0 + last, x0], shape)
+    return polygon([y0, y0 + last, y0 + last], [x0 + last / 2, x0 + last, x0], shape)  # pyright: ignore[reportUnknownVariableType]
 
 
 def shape_layout(
@@ -132,7 +134,7 @@ def shape_layout(
     rng = np.random.default_rng([seed, index, 0])
     num_shapes = int(rng.integers(1, max_shapes + 1))
     placed: list[tuple[int, int, int]] = []
-    layout = []
+    layout: list[tuple[int, int, int, int]] = []
     for _ in range(num_shapes):
         side = int(rng.integers(min_side, max_side + 1))
         corner = _place(rng, image_size, side, placed)
@@ -205,9 +207,7 @@ class ShapesDataset(DetectionDataset):
 
     def load_image(self, index: int) -> Tensor:
         image, _, _ = self._draw(index)
-        return torch.from_numpy(
-            np.ascontiguousarray(image.transpose(2, 0, 1))
-        )  # (H, W, 3) -> (3, H, W)
+        return from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))  # (H, W, 3) -> (3, H, W)
 
     def load_target(self, index: int) -> Instances:
         _, masks, kinds = self._draw(index)
@@ -230,21 +230,21 @@ class ShapesDataset(DetectionDataset):
             raise IndexError(f"index {index} out of range for a dataset of {len(self)} images")
         index = index % len(self)
         image, masks, kinds = self._draw(index)  # draw once for the image and the target
-        image_tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))  # (3, H, W)
+        image_tensor = from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))  # (3, H, W)
         return image_tensor, self._target(index, masks, kinds), self.get_meta(index)
 
     def _target(self, index: int, masks: np.ndarray, kinds: np.ndarray) -> Instances:
         boxes = mask_boxes(masks)
         target = Instances(
             (self.image_size, self.image_size),
-            gt_boxes=Boxes(torch.from_numpy(boxes)),
-            gt_classes=torch.from_numpy(kinds.astype(np.int64)) + 1,
-            gt_masks=BitMasks(torch.from_numpy(masks)),
+            gt_boxes=Boxes(from_numpy(boxes)),
+            gt_classes=from_numpy(kinds.astype(np.int64)) + 1,
+            gt_masks=BitMasks(from_numpy(masks)),
             difficult=torch.zeros(len(kinds), dtype=torch.bool),
         )
         if self.keypoint_meta is not None:
             layout = shape_layout(self.seed, index, self.image_size)
             target.gt_keypoints = Keypoints(
-                torch.from_numpy(shape_keypoints(layout, boxes)), self.keypoint_meta.flip_indices
+                from_numpy(shape_keypoints(layout, boxes)), self.keypoint_meta.flip_indices
             )
         return target

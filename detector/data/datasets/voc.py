@@ -19,12 +19,12 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from detector.data.datasets.base import BACKGROUND, ImageRecord, RecordDataset
 from detector.data.errors import DatasetError
 from detector.structures import BitMasks
+from detector.utils.arrays import from_numpy
 
 __all__ = ["VOC_CLASS_NAMES", "VOCDataset", "load_voc_xml"]
 
@@ -91,7 +91,8 @@ class VOCDataset(RecordDataset):
         self.ann_dir = self.root / ann_dir
         names = list(class_names) if class_names else list(VOC_CLASS_NAMES)
         label_of = {name: i + 1 for i, name in enumerate(names)}
-        records, skipped = [], 0
+        records: list[ImageRecord] = []
+        skipped = 0
         if split_file:
             image_ids = _read_file_list(self.root / split_file)
         else:
@@ -135,8 +136,9 @@ class VOCDataset(RecordDataset):
                 f"{png}: {ids.shape[1]}x{ids.shape[0]} differs from the image size "
                 f"{record.width}x{record.height} in the XML"
             )
+        assert record.instance_ids is not None  # load_voc_xml sets them
         wanted = record.instance_ids[:, None, None]  # (N, 1, 1)
-        return BitMasks(torch.from_numpy(ids[None] == wanted))  # (N, H, W)
+        return BitMasks(from_numpy(ids[None] == wanted))  # (N, H, W)
 
 
 def _read_split(root: Path, split: str, folder: str, ann_dir: Path) -> list[str]:
@@ -218,7 +220,11 @@ def load_voc_xml(
         raise DatasetError(f"{xml_file}: not valid XML: {e}") from None
     width = int(_number(tree, "size/width", xml_file))
     height = int(_number(tree, "size/height", xml_file))
-    boxes, classes, difficult, instance_ids, skipped = [], [], [], [], 0
+    boxes: list[list[float]] = []
+    classes: list[int] = []
+    difficult: list[bool] = []
+    instance_ids: list[int] = []
+    skipped = 0
     for position, obj in enumerate(tree.findall("object"), start=1):
         name = _text(obj, "name", xml_file)
         if name not in label_of:
