@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import cast
 
 import torch
 from torch import Tensor, nn
 
 from detector.config import Config
 from detector.layers.conv import winograd
+from detector.modeling.detector import GeneralizedRCNN
+from detector.modeling.per_image import required
 from detector.structures import ImageList, as_size
 
 __all__ = [
@@ -41,7 +43,7 @@ class InferenceModel(nn.Module):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.model = model.eval()
+        self.model = cast(GeneralizedRCNN, model.eval())  # the docstring's contract
         self.mask_on = getattr(model.roi_heads, "mask_head", None) is not None
         keypoint_head = getattr(model.roi_heads, "keypoint_head", None)
         self.keypoint_on = keypoint_head is not None
@@ -56,26 +58,34 @@ class InferenceModel(nn.Module):
         x = x.flip(0) if model.to_bgr255 else x / 255.0
         x = (x - model.pixel_mean) / model.pixel_std
         height, width = as_size(image.shape[-2]), as_size(image.shape[-1])
-        d = int(model.size_divisibility)
+        d = model.size_divisibility
         # d * ceil(size / d) - size: with a symbolic size, every feature map's size is then a
         # multiple of ceil(size / d), which keeps the traced shape formulas short
         pad_h = (height + d - 1) // d * d - height if d > 0 else 0
         pad_w = (width + d - 1) // d * d - width if d > 0 else 0
-        return nn.functional.pad(x, (0, pad_w, 0, pad_h))[None]  # (1, 3, H, W)
+        # symbolic (SymInt) or traced (0-dim tensor) sizes, which F.pad takes as ints
+        padding = (0, pad_w, 0, pad_h)
+        return nn.functional.pad(x, padding)[None]  # pyright: ignore[reportArgumentType]
 
     def forward(self, image: Tensor) -> tuple[Tensor, ...]:
 
         model = self.model
         sizes = [(as_size(image.shape[-2]), as_size(image.shape[-1]))]
-        image_list = ImageList(self.preprocess(image), sizes)
+        image_list = ImageList(self.preprocess(image), sizes)  # pyright: ignore[reportArgumentType] (symbolic or traced sizes)
         features = list(model.backbone(image_list.tensor).values())
         proposals, _ = model.rpn(image_list, features, None)
-        (dets,), _ = model.roi_heads(features, proposals, image_list.image_sizes, None)
-        outputs = (dets.pred_boxes.tensor, dets.scores, dets.pred_classes)
+        heads = model.roi_heads
+        assert heads is not None  # a detector, not an RPN-only model
+        (dets,), _ = heads(features, proposals, image_list.image_sizes, None)
+        outputs: tuple[Tensor, ...] = (
+            required(dets.pred_boxes, "pred_boxes").tensor,
+            required(dets.scores, "scores"),
+            required(dets.pred_classes, "pred_classes"),
+        )
         if self.mask_on:
-            outputs += (dets.pred_masks,)
+            outputs += (required(dets.pred_masks, "pred_masks"),)
         if self.keypoint_on:
-            outputs += (dets.pred_keypoint_heatmaps,)
+            outputs += (required(dets.pred_keypoint_heatmaps, "pred_keypoint_heatmaps"),)
         return outputs
 
     @property
@@ -99,11 +109,12 @@ def prepare_image(cfg: Config, sample_image: str | Path | Tensor | None) -> Tens
         image = sample_image
     else:
         image = read_image(sample_image, cfg.INPUT.MAX_IMAGE_PIXELS)
-    resized, _ = build_transforms(cfg, is_train=False)(image, Instances(tuple(image.shape[-2:])))
+    size = (image.shape[-2], image.shape[-1])
+    resized, _ = build_transforms(cfg, is_train=False)(image, Instances(size))
     return resized
 
 
-def load_for_export(cfg: Config | None, weights: str | Path) -> tuple[nn.Module, Any]:
+def load_for_export(cfg: Config | None, weights: str | Path) -> tuple[GeneralizedRCNN, Config]:
     """(model in eval mode, resolved config) of a config (or None) and a checkpoint."""
     from detector.engine.trained_model import load_trained
 
@@ -112,12 +123,12 @@ def load_for_export(cfg: Config | None, weights: str | Path) -> tuple[nn.Module,
 
 
 @contextlib.contextmanager
-def quiet_tracing() -> Iterator[None]:
+def quiet_tracing() -> Generator[None, None, None]:
     """torch.jit.trace without its TracerWarnings: the model's argument checks (shapes, NaN
     boxes) read tensors as Python values while tracing; they test the sample only, and the
     exported graph is checked on other sizes (`check_onnx`) and by `check_dynamic_outputs`."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # pyright: ignore[reportPrivateImportUsage]
         warnings.filterwarnings("ignore", message=".*torch.jit.trace. is deprecated")
         yield
 

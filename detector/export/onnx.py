@@ -41,12 +41,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from detector.config import Config
+from detector.config.defaults import ROIBoxHeadConfig, ROIKeypointHeadConfig, ROIMaskHeadConfig
 from detector.export.inference_model import (
     InferenceModel,
     check_against_eager,
@@ -60,6 +61,9 @@ from detector.export.onnx_symbolics import (
     UnsupportedOpError,
     register_onnx_symbolics,
 )
+
+if TYPE_CHECKING:
+    from onnx import ModelProto
 
 __all__ = [
     "FixedShapeError",
@@ -96,7 +100,9 @@ _UNSUPPORTED_POOLERS = {
 
 def check_exportable(cfg: Config) -> None:
     """Raises UnsupportedOpError when the config selects an op without an ONNX equivalent."""
-    heads = [("MODEL.ROI_BOX_HEAD", cfg.MODEL.ROI_BOX_HEAD)]
+    heads: list[tuple[str, ROIBoxHeadConfig | ROIMaskHeadConfig | ROIKeypointHeadConfig]] = [
+        ("MODEL.ROI_BOX_HEAD", cfg.MODEL.ROI_BOX_HEAD)
+    ]
     if cfg.MODEL.MASK_ON:
         heads.append(("MODEL.ROI_MASK_HEAD", cfg.MODEL.ROI_MASK_HEAD))
     if cfg.MODEL.KEYPOINT_ON:
@@ -146,7 +152,7 @@ def export_onnx(
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad(), quiet_tracing():
-        torch.onnx.export(
+        torch.onnx.export(  # pyright: ignore[reportUnknownMemberType] (untyped os.PathLike)
             wrapper,
             (image,),
             str(output),
@@ -193,9 +199,15 @@ def write_runner_metadata(path: str | Path, cfg: Config) -> None:
     """Stores `runner_metadata(cfg)` in the ONNX file."""
     import onnx
 
-    model = onnx.load(str(path))
+    model = _load(path)
     onnx.helper.set_model_props(model, runner_metadata(cfg))
-    onnx.save(model, str(path))
+    onnx.save(model, str(path))  # pyright: ignore[reportUnknownMemberType] (untyped os.PathLike)
+
+
+def _load(path: str | Path) -> ModelProto:
+    import onnx
+
+    return onnx.load(str(path))  # pyright: ignore[reportUnknownMemberType] (untyped os.PathLike)
 
 
 def _dims(value: Any) -> list[int | str] | None:
@@ -212,7 +224,7 @@ def _inferred_graph(path: str | Path) -> Any:
     graph computes."""
     import onnx
 
-    model = onnx.load(str(path))
+    model = _load(path)
     for value in model.graph.output:
         value.type.tensor_type.ClearField("shape")
     return onnx.shape_inference.infer_shapes(model, data_prop=True).graph
@@ -225,17 +237,18 @@ def _fixed_meets_dynamic(graph: Any) -> list[str]:
     from onnx import helper
 
     dims = {v.name: _dims(v) for v in [*graph.value_info, *graph.input, *graph.output]}
-    found = []
+    found: list[str] = []
     for node in graph.node:
         if node.op_type != "Concat":
             continue
         axis = next(helper.get_attribute_value(a) for a in node.attribute if a.name == "axis")
         shapes = [dims.get(name) for name in node.input]
-        if any(shape is None for shape in shapes) or len({len(x) for x in shapes}) != 1:
+        known = [shape for shape in shapes if shape is not None]
+        if len(known) != len(shapes) or len({len(x) for x in known}) != 1:
             continue
-        for position in range(len(shapes[0])):
-            values = {shape[position] for shape in shapes}
-            if position != axis % len(shapes[0]) and "?" in values and len(values) > 1:
+        for position in range(len(known[0])):
+            values = {shape[position] for shape in known}
+            if position != axis % len(known[0]) and "?" in values and len(values) > 1:
                 found.append(f"{node.name} {shapes}")
     return found
 
@@ -246,11 +259,11 @@ def check_dynamic_outputs(path: str | Path) -> None:
     size with an unknown one. (The input's height and width are declared dynamic; `check_onnx`
     on another size tests them.)"""
     graph = _inferred_graph(path)
-    problems = [
-        f"output {value.name} {_dims(value)}"
-        for value in graph.output
-        if _dims(value) is not None and (not _dims(value) or isinstance(_dims(value)[0], int))
-    ]
+    problems: list[str] = []
+    for value in graph.output:
+        dims = _dims(value)
+        if dims is not None and (not dims or isinstance(dims[0], int)):
+            problems.append(f"output {value.name} {dims}")
     problems += _fixed_meets_dynamic(graph)
     if problems:
         raise FixedShapeError(
@@ -285,6 +298,8 @@ def check_onnx(
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
     def run(x: Tensor) -> list[Tensor]:
-        return [torch.from_numpy(a) for a in session.run(None, {"image": x.numpy()})]
+        # onnxruntime's session.run and torch.from_numpy are partly untyped
+        outputs = session.run(None, {"image": x.numpy()})  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
+        return [torch.from_numpy(a) for a in outputs]  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
 
     return check_against_eager(run, wrapper, image, atol, "ONNX")

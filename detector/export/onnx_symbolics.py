@@ -3,26 +3,80 @@ each compiled op is mapped to standard ONNX operators (see detector.export.onnx)
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Literal, NoReturn, Protocol, cast
 
 import torch
+from torch import _C
 
 __all__ = ["ONNX_OPSET", "UnsupportedOpError", "register_onnx_symbolics"]
 
 ONNX_OPSET = 19  # DeformConv needs 19; RoiAlign's coordinate_transformation_mode needs 16
+
+Value = _C.Value  # a value of the TorchScript graph being converted
 
 
 class UnsupportedOpError(NotImplementedError):
     """A model uses an operator that has no ONNX equivalent."""
 
 
+class _Graph(Protocol):
+    """What a symbolic function uses of the exporter's graph context: adding one ONNX node."""
+
+    def op(self, opname: str, *args: Value, **attributes: object) -> Value: ...
+
+
+# --------------------------------------------------------------------------------------------
+# Constant arguments (torch.onnx's parser, which pyright sees as partly untyped)
+# --------------------------------------------------------------------------------------------
+_Desc = Literal["i", "f", "fs", "b", "s"]
+
+
+def _parse(value: Value, desc: _Desc) -> object:
+    from torch.onnx import symbolic_helper as sh
+
+    return sh._parse_arg(value, desc)  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
+
+
+def _int(value: Value) -> int:
+    return cast(int, _parse(value, "i"))
+
+
+def _float(value: Value) -> float:
+    return cast(float, _parse(value, "f"))
+
+
+def _floats(value: Value) -> list[float]:
+    return cast(list[float], _parse(value, "fs"))
+
+
+def _bool(value: Value) -> bool:
+    return cast(bool, _parse(value, "b"))
+
+
+def _str(value: Value) -> str:
+    return cast(str, _parse(value, "s"))
+
+
+def _is_none(value: Value) -> bool:
+    from torch.onnx import symbolic_helper as sh
+
+    return sh._is_none(value)
+
+
+def _unpack_list(value: Value) -> list[Value]:
+    from torch.onnx import symbolic_helper as sh
+
+    return sh._unpack_list(value)
+
+
 # --------------------------------------------------------------------------------------------
 # Symbolic functions (TorchScript-based exporter)
 # --------------------------------------------------------------------------------------------
-def _split_rois(g: Any, rois: Any) -> tuple[Any, Any]:
+def _split_rois(g: _Graph, rois: Value) -> tuple[Value, Value]:
     """rois (K, 5) (batch_index, x1, y1, x2, y2) -> (boxes (K, 4), batch_indices (K,) int64)."""
 
-    def const(values: list[int]) -> Any:
+    def const(values: list[int]) -> Value:
         return g.op("Constant", value_t=torch.tensor(values, dtype=torch.int64))
 
     first = g.op("Slice", rois, const([0]), const([1]), const([1]))  # (K, 1)
@@ -32,9 +86,9 @@ def _split_rois(g: Any, rois: Any) -> tuple[Any, Any]:
 
 
 def _roi_align_node(
-    g: Any, feature: Any, boxes: Any, indices: Any, scale: float, ph: int, pw: int, sr: int,
-    aligned: bool,
-) -> Any:  # fmt: skip
+    g: _Graph, feature: Value, boxes: Value, indices: Value, scale: float, ph: int, pw: int,
+    sr: int, aligned: bool,
+) -> Value:  # fmt: skip
     return g.op(
         "RoiAlign",
         feature,
@@ -57,45 +111,36 @@ def _check_avg(mode: str, op: str) -> None:
         )
 
 
-def _dummy_argmax(g: Any) -> Any:
+def _dummy_argmax(g: _Graph) -> Value:
     return g.op("Constant", value_t=torch.zeros(0, dtype=torch.int64))
 
 
-def _sym_roi_align(g, input, rois, spatial_scale, ph, pw, sampling_ratio, aligned, mode):  # noqa: ANN001
-    from torch.onnx import symbolic_helper as sh
-
-    _check_avg(sh._parse_arg(mode, "s"), "detector::roi_align")
+def _sym_roi_align(
+    g: _Graph, input: Value, rois: Value, spatial_scale: Value, ph: Value, pw: Value,
+    sampling_ratio: Value, aligned: Value, mode: Value,
+) -> tuple[Value, Value]:  # fmt: skip
+    _check_avg(_str(mode), "detector::roi_align")
     boxes, indices = _split_rois(g, rois)
     out = _roi_align_node(
-        g, input, boxes, indices, sh._parse_arg(spatial_scale, "f"), sh._parse_arg(ph, "i"),
-        sh._parse_arg(pw, "i"), sh._parse_arg(sampling_ratio, "i"), sh._parse_arg(aligned, "b"),
+        g, input, boxes, indices, _float(spatial_scale), _int(ph), _int(pw),
+        _int(sampling_ratio), _bool(aligned),
     )  # fmt: skip
     return out, _dummy_argmax(g)
 
 
 def _sym_multi_scale_roi_align(
-    g,
-    features,
-    rois,
-    levels,
-    scales,
-    ph,
-    pw,
-    sampling_ratio,
-    aligned,
-    mode,  # noqa: ANN001
-):
+    g: _Graph, features: Value, rois: Value, levels: Value, scales: Value, ph: Value, pw: Value,
+    sampling_ratio: Value, aligned: Value, mode: Value,
+) -> tuple[Value | None, Value]:  # fmt: skip
     """One RoiAlign per level on every RoI, then each RoI takes its own level's result."""
-    from torch.onnx import symbolic_helper as sh
-
-    _check_avg(sh._parse_arg(mode, "s"), "detector::multi_scale_roi_align")
-    maps = sh._unpack_list(features)
-    scale_values = sh._parse_arg(scales, "fs")
+    _check_avg(_str(mode), "detector::multi_scale_roi_align")
+    maps = _unpack_list(features)
+    scale_values = _floats(scales)
     boxes, indices = _split_rois(g, rois)
-    args = (sh._parse_arg(ph, "i"), sh._parse_arg(pw, "i"), sh._parse_arg(sampling_ratio, "i"))
-    aligned_value = sh._parse_arg(aligned, "b")
+    args = (_int(ph), _int(pw), _int(sampling_ratio))
+    aligned_value = _bool(aligned)
     axes = g.op("Constant", value_t=torch.tensor([1, 2, 3], dtype=torch.int64))
-    result = None
+    result: Value | None = None
     for level, (feature, scale) in enumerate(zip(maps, scale_values, strict=True)):
         pooled = _roi_align_node(g, feature, boxes, indices, scale, *args, aligned_value)
         if result is None:
@@ -107,39 +152,39 @@ def _sym_multi_scale_roi_align(
     return result, _dummy_argmax(g)
 
 
-def _sym_roi_pool(g, input, rois, spatial_scale, ph, pw):  # noqa: ANN001
-    from torch.onnx import symbolic_helper as sh
-
+def _sym_roi_pool(
+    g: _Graph, input: Value, rois: Value, spatial_scale: Value, ph: Value, pw: Value
+) -> tuple[Value, Value]:
     out = g.op(
         "MaxRoiPool",
         input,
         rois,
-        pooled_shape_i=[sh._parse_arg(ph, "i"), sh._parse_arg(pw, "i")],
-        spatial_scale_f=sh._parse_arg(spatial_scale, "f"),
+        pooled_shape_i=[_int(ph), _int(pw)],
+        spatial_scale_f=_float(spatial_scale),
     )
     return out, _dummy_argmax(g)
 
 
-def _nms_node(g: Any, boxes: Any, scores: Any, iou_threshold: Any) -> Any:
+def _nms_node(g: _Graph, boxes: Value, scores: Value, iou_threshold: Value) -> Value:
     """NonMaxSuppression on (K, 4) boxes and (K,) scores -> kept indices (descending score)."""
-    from torch.onnx import symbolic_helper as sh
-
     zero = g.op("Constant", value_t=torch.tensor([0], dtype=torch.int64))
     boxes3 = g.op("Unsqueeze", boxes, zero)  # (K, 4) -> (1, K, 4)
     scores3 = g.op("Unsqueeze", g.op("Unsqueeze", scores, zero), zero)  # (K,) -> (1, 1, K)
     max_out = g.op("Constant", value_t=torch.tensor([2**31 - 1], dtype=torch.int64))
-    iou = g.op("Constant", value_t=torch.tensor([sh._parse_arg(iou_threshold, "f")]))
+    iou = g.op("Constant", value_t=torch.tensor([_float(iou_threshold)]))
     selected = g.op("NonMaxSuppression", boxes3, scores3, max_out, iou)  # (S, 3)
     column = g.op("Constant", value_t=torch.tensor([2], dtype=torch.int64))
     one = g.op("Constant", value_t=torch.tensor([1], dtype=torch.int64))
     return g.op("Squeeze", g.op("Gather", selected, column, axis_i=1), one)  # (S,)
 
 
-def _sym_nms(g, boxes, scores, iou_threshold):  # noqa: ANN001
+def _sym_nms(g: _Graph, boxes: Value, scores: Value, iou_threshold: Value) -> Value:
     return _nms_node(g, boxes, scores, iou_threshold)
 
 
-def _sym_batched_nms(g, boxes, scores, idxs, iou_threshold):  # noqa: ANN001
+def _sym_batched_nms(
+    g: _Graph, boxes: Value, scores: Value, idxs: Value, iou_threshold: Value
+) -> Value:
     """NMS per category: the boxes of each category are moved apart by (max coordinate + 1)."""
     largest = g.op("ReduceMax", boxes, keepdims_i=0)
     one_f = g.op("Constant", value_t=torch.tensor(1.0))
@@ -151,26 +196,13 @@ def _sym_batched_nms(g, boxes, scores, idxs, iou_threshold):  # noqa: ANN001
 
 
 def _sym_deform_conv2d(
-    g,
-    input,
-    offset,
-    weight,
-    mask,
-    bias,
-    sh_,
-    sw,
-    ph,
-    pw,
-    dh,
-    dw,
-    groups,
-    offset_groups,  # noqa: ANN001
-):
-    from torch.onnx import symbolic_helper as sh
-
+    g: _Graph, input: Value, offset: Value, weight: Value, mask: Value, bias: Value,
+    sh_: Value, sw: Value, ph: Value, pw: Value, dh: Value, dw: Value, groups: Value,
+    offset_groups: Value,
+) -> Value:  # fmt: skip
     inputs = [input, weight, offset]
-    has_bias = not sh._is_none(bias)
-    has_mask = not sh._is_none(mask)
+    has_bias = not _is_none(bias)
+    has_mask = not _is_none(mask)
     if has_bias or has_mask:
         if not has_bias:  # DeformConv's optional B must then be zeros of shape (C_out,)
             starts, ends = (g.op("Constant", value_t=torch.tensor([v])) for v in (0, 1))
@@ -179,7 +211,7 @@ def _sym_deform_conv2d(
         inputs.append(bias)
     if has_mask:
         inputs.append(mask)
-    ints = [sh._parse_arg(v, "i") for v in (sh_, sw, ph, pw, dh, dw, groups, offset_groups)]
+    ints = [_int(v) for v in (sh_, sw, ph, pw, dh, dw, groups, offset_groups)]
     return g.op(
         "DeformConv",
         *inputs,
@@ -191,8 +223,8 @@ def _sym_deform_conv2d(
     )
 
 
-def _unsupported(op: str, key: str):  # noqa: ANN202
-    def symbolic(g, *args):  # noqa: ANN001, ANN202
+def _unsupported(op: str, key: str) -> Callable[..., NoReturn]:
+    def symbolic(g: _Graph, *args: Value) -> NoReturn:
         raise UnsupportedOpError(
             f"{op} has no ONNX operator ({key}); this model cannot be exported"
         )
@@ -225,5 +257,6 @@ def register_onnx_symbolics() -> None:
         "detector::ps_roi_pool": _unsupported("detector::ps_roi_pool", "POOLER_TYPE PSRoIPool"),
     }
     for name, fn in table.items():
-        torch.onnx.register_custom_op_symbolic(name, fn, ONNX_OPSET)
+        # a deprecated member of torch.onnx (the TorchScript-based exporter), typed `Callable`
+        torch.onnx.register_custom_op_symbolic(name, fn, ONNX_OPSET)  # pyright: ignore[reportUnknownMemberType, reportPrivateImportUsage]
     _registered = True

@@ -24,7 +24,7 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -63,13 +63,13 @@ def check_plain(value: Any, where: str = "checkpoint") -> None:
     if isinstance(value, (Tensor, str, bool, int, float)):
         return
     if isinstance(value, Mapping):
-        for key, item in value.items():
+        for key, item in cast(Mapping[object, object], value).items():
             if not isinstance(key, str):
                 raise SlimCheckpointError(f"{where}: key {key!r} is not a string")
             check_plain(item, f"{where}[{key!r}]")
         return
     if isinstance(value, list):
-        for i, item in enumerate(value):
+        for i, item in enumerate(cast(list[object], value)):
             check_plain(item, f"{where}[{i}]")
         return
     raise SlimCheckpointError(
@@ -84,7 +84,8 @@ def _plain_metrics(metrics: Any) -> dict[str, float]:
 
     if not isinstance(metrics, Mapping):
         return {}
-    return {k: v for k, v in flatten_dict(metrics).items() if math.isfinite(v)}
+    flat = flatten_dict(cast(Mapping[str, Any], metrics))
+    return {k: v for k, v in flat.items() if math.isfinite(v)}
 
 
 def metrics_from_log(run_dir: str | Path, iteration: int | None) -> dict[str, float]:
@@ -102,6 +103,7 @@ def metrics_from_log(run_dir: str | Path, iteration: int | None) -> dict[str, fl
             continue  # a line cut by a crash
         if not isinstance(record, dict):
             continue
+        record = cast(dict[str, object], record)  # a JSON object
         step = record.get("iteration")
         if iteration is not None and isinstance(step, int) and step > iteration:
             continue
@@ -211,10 +213,11 @@ def export_slim(
 
     checkpoint, output = Path(checkpoint), Path(output)
     data = load_checkpoint_file(checkpoint)
+    state_dict: Mapping[str, Any]
     if is_slim(data):
         state_dict = data["model"]
     elif "model" in data and isinstance(data["model"], Mapping):
-        state_dict = data["model"]
+        state_dict = cast(Mapping[str, Any], data["model"])
     elif data and all(isinstance(v, Tensor) for v in data.values()):
         state_dict = data  # a bare state dict
     else:
@@ -225,9 +228,11 @@ def export_slim(
     if class_names is None:
         class_names = class_names_from_config(cfg)
     iteration = data.get("iteration")
-    if isinstance(data.get("meta"), Mapping):
-        iteration = data["meta"].get("iteration", iteration)
-    metrics = _plain_metrics(data.get("metrics") or (data.get("meta") or {}).get("metrics"))
+    meta = data.get("meta")
+    if isinstance(meta, Mapping):
+        iteration = cast(Mapping[str, Any], meta).get("iteration", iteration)
+    no_meta: dict[str, Any] = {}
+    metrics = _plain_metrics(data.get("metrics") or (data.get("meta") or no_meta).get("metrics"))
     if not metrics:  # the run's log, next to the checkpoint
         metrics = metrics_from_log(
             checkpoint.parent, iteration if isinstance(iteration, int) else None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -35,7 +36,9 @@ def trace_torchscript(model: nn.Module, image: Tensor) -> torch.jit.ScriptModule
     """InferenceModel(model) recorded by torch.jit.trace on `image` (uint8 (3, h, w))."""
     wrapper = InferenceModel(model).eval()
     with torch.no_grad(), quiet_tracing():
-        return torch.jit.trace(wrapper, (image,), check_trace=False)
+        # torch.jit.trace is partly untyped; on a module it returns a ScriptModule
+        traced = torch.jit.trace(wrapper, (image,), check_trace=False)  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
+    return cast(torch.jit.ScriptModule, traced)
 
 
 def check_torchscript(
@@ -85,11 +88,13 @@ def load(path: str | Path) -> nn.Module:
     """An exported program, ready to call on a uint8 (3, h, w) image: a torch.export program
     (.pt2, torch.export.load(path).module()) or a TorchScript file (torch.jit.load), after
     loading our op library (torch.ops.detector.*) which both call."""
-    import detector.ops._library  # noqa: F401  (registers torch.ops.detector.*)
+    import detector.ops._library  # noqa: F401  # pyright: ignore[reportUnusedImport] (registers torch.ops.detector.*)
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such exported model")
     if path.suffix == ".pt2":
         return torch.export.load(str(path)).module()
-    return torch.jit.load(str(path), map_location="cpu")
+    # torch.jit.load is untyped; it returns a ScriptModule
+    loaded = torch.jit.load(str(path), map_location="cpu")  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
+    return cast(torch.jit.ScriptModule, loaded)

@@ -15,12 +15,17 @@ rounded up (P6 of an 800-pixel side: 61, not 64); MODEL.RPN.ANCHOR_STRIDE_FROM_I
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
 
 from detector.config import Config
 from detector.structures import as_size
+
+# A grid size: an int, symbolic while torch.export traces, a 0-dim tensor while torch.jit.trace
+# records (see detector.structures.as_size).
+_Size = int | torch.SymInt | Tensor
 
 
 def generate_cell_anchors(
@@ -67,15 +72,18 @@ class AnchorGenerator(nn.Module):
                 f"AnchorGenerator: {len(sizes)} levels of sizes but {len(strides)} strides "
                 "(MODEL.RPN.ANCHOR_SIZES / ANCHOR_STRIDE)"
             )
-        if not isinstance(aspect_ratios[0], Sequence):
-            aspect_ratios = [aspect_ratios] * len(sizes)
-        if len(aspect_ratios) != len(sizes):
+        ratios: Sequence[Sequence[float]]
+        if not isinstance(aspect_ratios[0], Sequence):  # shared by all levels
+            ratios = [cast(Sequence[float], aspect_ratios)] * len(sizes)
+        else:
+            ratios = cast(Sequence[Sequence[float]], aspect_ratios)
+        if len(ratios) != len(sizes):
             raise ValueError("AnchorGenerator: give one aspect-ratio sequence per level")
         self.strides = [int(s) for s in strides]
         self.straddle_thresh = float(straddle_thresh)
         self.stride_from_input_size = bool(stride_from_input_size)
         self._num_levels = len(sizes)
-        for level, (level_sizes, level_ratios) in enumerate(zip(sizes, aspect_ratios, strict=True)):
+        for level, (level_sizes, level_ratios) in enumerate(zip(sizes, ratios, strict=True)):
             cell = generate_cell_anchors(list(level_sizes), list(level_ratios))
             self.register_buffer(f"cell_anchors_{level}", cell, persistent=False)
 
@@ -90,8 +98,8 @@ class AnchorGenerator(nn.Module):
 
     def grid_anchors(
         self,
-        grid_sizes: Sequence[tuple[int, int]],
-        strides: Sequence[tuple[int, int]] | None = None,
+        grid_sizes: Sequence[tuple[_Size, _Size]],
+        strides: Sequence[tuple[_Size, _Size]] | None = None,
     ) -> list[Tensor]:
         """Per level, the anchors ``(H_l * W_l * A_l, 4)`` of a ``(H_l, W_l)`` grid, with the
         level's (stride_y, stride_x) from `strides` (default: `self.strides` on both axes)."""
@@ -101,12 +109,12 @@ class AnchorGenerator(nn.Module):
             )
         if strides is None:
             strides = [(s, s) for s in self.strides]
-        anchors = []
+        anchors: list[Tensor] = []
         for (height, width), (stride_y, stride_x), cell in zip(
             grid_sizes, strides, self.cell_anchors, strict=True
         ):
-            shifts_x = torch.arange(width, device=cell.device, dtype=torch.int32) * stride_x
-            shifts_y = torch.arange(height, device=cell.device, dtype=torch.int32) * stride_y
+            shifts_x = _shifts(width, stride_x, cell.device)
+            shifts_y = _shifts(height, stride_y, cell.device)
             shift_y, shift_x = torch.meshgrid(shifts_y, shifts_x, indexing="ij")
             # (H, W) -> (H*W, 4) centre offsets (x, y, x, y), row-major
             shifts = torch.stack(
@@ -143,6 +151,12 @@ class AnchorGenerator(nn.Module):
         """Bool ``(M,)``: anchors ``(M, 4)`` inside the ``(height, width)`` image, allowing
         `straddle_thresh` pixels beyond each border; all True when straddle_thresh < 0."""
         return anchor_visibility(anchors, image_size, self.straddle_thresh)
+
+
+def _shifts(length: _Size, stride: _Size, device: torch.device) -> Tensor:
+    """``(length,)`` int32 offsets 0, stride, 2 * stride, ... (torch.arange's stubs take no
+    traced 0-dim size, nor pyright a SymInt stride as a Tensor factor)."""
+    return torch.arange(length, device=device, dtype=torch.int32) * stride  # pyright: ignore[reportCallIssue, reportArgumentType, reportUnknownVariableType]
 
 
 def anchor_visibility(

@@ -43,7 +43,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -88,11 +88,11 @@ class ConversionReport:
     """
 
     source: str
-    renamed: dict[str, str] = field(default_factory=dict)
-    ignored: list[str] = field(default_factory=list)
-    unmatched: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-    shape_mismatch: list[str] = field(default_factory=list)
+    renamed: dict[str, str] = field(default_factory=dict[str, str])
+    ignored: list[str] = field(default_factory=list[str])
+    unmatched: list[str] = field(default_factory=list[str])
+    missing: list[str] = field(default_factory=list[str])
+    shape_mismatch: list[str] = field(default_factory=list[str])
 
     @property
     def complete(self) -> bool:
@@ -290,7 +290,8 @@ def _as_tensor(value: Any, key: str) -> Tensor:
     if isinstance(value, Tensor):
         return value
     if isinstance(value, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(value))
+        array = np.ascontiguousarray(cast("np.ndarray[Any, Any]", value))
+        return torch.from_numpy(array)  # pyright: ignore[reportUnknownMemberType] (untyped)
     raise ValueError(f"source key '{key}' holds a {type(value).__name__}, not a tensor or array")
 
 
@@ -468,7 +469,7 @@ def convert_caffe2_detectron(
     converted, trunk_report = convert_torchvision_classification(
         caffe2_to_torchvision(trunk), model
     )
-    blobs = {
+    blobs: dict[str, Any] = {
         k: v
         for k, v in state_dict.items()
         if not is_caffe2_trunk_key(k) and isinstance(v, (np.ndarray, Tensor))
@@ -548,8 +549,8 @@ def load_source_file(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path}: expected a dict of weights, got {type(data).__name__}")
     for entry in ("model", "state_dict", "blobs"):  # "blobs": Caffe2 / Detectron .pkl
         if entry in data and isinstance(data[entry], Mapping):
-            return dict(data[entry])
-    return dict(data)
+            return dict(cast(Mapping[str, Any], data[entry]))
+    return dict(cast(Mapping[str, Any], data))
 
 
 # --------------------------------------------------------------------------------------------

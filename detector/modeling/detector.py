@@ -6,13 +6,20 @@ Shapes:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast
+
 import torch
 from torch import Tensor, nn
 
 from detector.config import Config
 from detector.modeling.backbone import build_backbone
+from detector.modeling.per_image import required
 from detector.modeling.rpn import RPN
 from detector.structures import ImageList, Instances
+
+if TYPE_CHECKING:
+    from detector.modeling.roi_heads import RoIHeads
 
 
 class GeneralizedRCNN(nn.Module):
@@ -23,14 +30,17 @@ class GeneralizedRCNN(nn.Module):
     proposals (`proposal_boxes`, `objectness_logits`) for an RPN-only model, detections otherwise.
     """
 
+    pixel_mean: Tensor  # (3, 1, 1) buffers
+    pixel_std: Tensor
+
     def __init__(
         self,
         *,
         backbone: nn.Module,
         rpn: RPN,
-        roi_heads: nn.Module | None = None,
-        pixel_mean: tuple[float, float, float],
-        pixel_std: tuple[float, float, float],
+        roi_heads: RoIHeads | None = None,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
         to_bgr255: bool = False,
         size_divisibility: int = 0,
     ) -> None:
@@ -48,7 +58,8 @@ class GeneralizedRCNN(nn.Module):
         """Reads MODEL.BACKBONE / RPN (and the RoI heads unless MODEL.RPN_ONLY), INPUT.PIXEL_MEAN,
         INPUT.PIXEL_STD, INPUT.TO_BGR255 and DATALOADER.SIZE_DIVISIBILITY."""
         backbone = build_backbone(cfg)
-        rpn = RPN.from_config(cfg, backbone.out_channels)
+        # out_channels: an int of every backbone (see detector.modeling.backbone)
+        rpn = RPN.from_config(cfg, cast(int, backbone.out_channels))
         roi_heads = None
         if not cfg.MODEL.RPN_ONLY:
             from detector.modeling.roi_heads import build_roi_heads  # arrives with the RoI heads
@@ -71,7 +82,7 @@ class GeneralizedRCNN(nn.Module):
         in 0..255 before PIXEL_MEAN/PIXEL_STD; otherwise values are scaled to 0..1 first
         (torchvision weights).
         """
-        normalized = []
+        normalized: list[Tensor] = []
         for i, image in enumerate(images):
             if image.dim() != 3 or image.shape[0] != 3:
                 raise ValueError(
@@ -114,4 +125,5 @@ class GeneralizedRCNN(nn.Module):
         if self.roi_heads is None:
             raise ValueError("GeneralizedRCNN.box_candidates: an RPN-only model has no box head")
         _, features, proposals, _ = self._propose(images, None)
-        return features, self.roi_heads.candidates(features, [p.proposal_boxes for p in proposals])
+        boxes = [required(p.proposal_boxes, "proposal_boxes") for p in proposals]
+        return features, self.roi_heads.candidates(features, boxes)

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 class UnknownNameError(KeyError):
@@ -31,11 +33,12 @@ class Registry:
         self.name = name
         self._entries: dict[str, Any] = {}
 
-    def register(self, *names: str) -> Callable[[Any], Any]:
-        """Decorator registering an object under one or more names."""
+    def register(self, *names: str) -> Callable[[T], T]:
+        """Decorator registering an object under one or more names (by default its __name__)."""
 
-        def decorator(obj: Any) -> Any:
-            for key in names or (obj.__name__,):
+        def decorator(obj: T) -> T:
+            entry: Any = obj  # a class or a function
+            for key in names or (entry.__name__,):
                 if key in self._entries:
                     raise KeyError(f"{self.name} registry: '{key}' is already registered")
                 self._entries[key] = obj

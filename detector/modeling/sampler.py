@@ -28,7 +28,8 @@ class BalancedPositiveNegativeSampler:
     ) -> tuple[list[Tensor], list[Tensor]]:
         """For each image's labels ``(M_i,)``, bool masks ``(M_i,)`` of sampled positives and
         of sampled negatives."""
-        positive_masks, negative_masks = [], []
+        positive_masks: list[Tensor] = []  # per image (M_i,) bool
+        negative_masks: list[Tensor] = []
         for image_labels in labels:
             positive = torch.nonzero(image_labels >= 1).squeeze(1)
             negative = torch.nonzero(image_labels == 0).squeeze(1)

@@ -18,6 +18,7 @@ bilinear), not from the original file.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torchvision.transforms.v2.functional as TF
@@ -25,6 +26,8 @@ from torch import Tensor, nn
 
 from detector.config import Config
 from detector.data.transforms import get_output_size
+from detector.modeling.detector import GeneralizedRCNN
+from detector.modeling.per_image import required
 from detector.structures import Boxes, Instances, pairwise_iou
 
 __all__ = ["DetectorWithTTA", "maybe_with_tta", "vote_boxes"]
@@ -43,7 +46,7 @@ class DetectorWithTTA(nn.Module):
 
     def __init__(
         self,
-        model: nn.Module,
+        model: GeneralizedRCNN,
         *,
         h_flip: bool = False,
         scales: Sequence[int] = (),
@@ -72,7 +75,9 @@ class DetectorWithTTA(nn.Module):
 
     def _detect_one(self, image: Tensor) -> Instances:
         size = (int(image.shape[-2]), int(image.shape[-1]))
-        boxes, scores, reference_features = [], [], None
+        boxes: list[Tensor] = []  # per run (R, 4K)
+        scores: list[Tensor] = []  # per run (R, K)
+        reference_features: list[Tensor] | None = None
         for scale, flipped in self.runs:
             features, run_boxes, run_scores = self._candidates(image, size, scale, flipped)
             if scale is None and not flipped:
@@ -80,6 +85,7 @@ class DetectorWithTTA(nn.Module):
             boxes.append(run_boxes)
             scores.append(run_scores)
         heads = self.model.roi_heads
+        assert heads is not None  # checked in __init__
         all_boxes, all_scores = torch.cat(boxes), torch.cat(scores)  # (N, 4K), (N, K)
         merged = heads.post_processor.detections(all_boxes, all_scores, size)
         if self.vote_iou > 0:
@@ -125,9 +131,12 @@ def vote_boxes(
     size = kept.image_size
     num_classes = scores.shape[1]
     candidates = Boxes(boxes.reshape(-1, 4)).clip(size).tensor.view(-1, num_classes, 4)
-    voted = kept.pred_boxes.tensor.clone()  # (D, 4)
-    for label in kept.pred_classes.unique().tolist():
-        rows = torch.nonzero(kept.pred_classes == label).squeeze(1)
+    voted = required(kept.pred_boxes, "pred_boxes").tensor.clone()  # (D, 4)
+    classes = required(kept.pred_classes, "pred_classes")  # (D,)
+    # Tensor.unique and tolist are untyped in torch; int64 classes give a list of ints
+    labels = cast(list[int], classes.unique().tolist())  # pyright: ignore[reportUnknownMemberType]
+    for label in labels:
+        rows = torch.nonzero(classes == label).squeeze(1)
         above = scores[:, label] > score_thresh
         pool, weights = candidates[above, label], scores[above, label]  # (M, 4), (M,)
         overlap = (pairwise_iou(Boxes(voted[rows]), Boxes(pool)) >= iou).to(weights.dtype)
@@ -143,7 +152,7 @@ def maybe_with_tta(model: nn.Module, cfg: Config) -> nn.Module:
     if not aug.ENABLED:
         return model
     return DetectorWithTTA(
-        model,
+        cast(GeneralizedRCNN, model),  # TTA is for this package's detector
         h_flip=aug.H_FLIP,
         scales=list(aug.SCALES),
         max_size=int(aug.MAX_SIZE),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import cast
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -79,18 +80,21 @@ class FPN(nn.Module):
         norm_fn = None if norm is None else norm_factory(norm)
         self.inner_blocks = nn.ModuleList()
         self.layer_blocks = nn.ModuleList()
+        # the body's outputs by name (ResNet, VGG16): channels and strides
+        body_channels = cast(dict[str, int], body.feature_channels)
+        body_strides = cast(dict[str, int], body.feature_strides)
         for name in self.in_features:
-            in_channels = body.feature_channels[name]
+            in_channels = body_channels[name]
             self.inner_blocks.append(_conv_block(in_channels, out_channels, 1, norm_fn, use_relu))
             self.layer_blocks.append(_conv_block(out_channels, out_channels, 3, norm_fn, use_relu))
         self.top_block = top_block
         self.out_channels = out_channels
         self.out_strides: dict[str, int] = {}
         for name in self.in_features:
-            stride = body.feature_strides[name]
+            stride = body_strides[name]
             self.out_strides[f"p{stride.bit_length() - 1}"] = stride
         if top_block is not None:
-            stride = 2 * body.feature_strides[self.in_features[-1]]
+            stride = 2 * body_strides[self.in_features[-1]]
             self.out_strides[f"p{stride.bit_length() - 1}"] = stride
         self.out_features = list(self.out_strides)
 

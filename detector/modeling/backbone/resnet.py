@@ -81,7 +81,8 @@ class DFConv2d(nn.Module):
             dilation=dilation,
         )
         nn.init.zeros_(self.offset.weight)
-        nn.init.zeros_(self.offset.bias)
+        if self.offset.bias is not None:
+            nn.init.zeros_(self.offset.bias)
         self.conv = DeformConv2d(
             in_channels,
             out_channels,
@@ -316,7 +317,7 @@ def make_stage(
     **block_kwargs: Any,
 ) -> nn.Sequential:
     """`num_blocks` blocks; the first one strides by `first_stride` and changes the channels."""
-    blocks = []
+    blocks: list[nn.Module] = []
     for index in range(num_blocks):
         stride = first_stride if index == 0 else 1
         blocks.append(block(in_channels, out_channels, stride=stride, **block_kwargs))
@@ -546,7 +547,7 @@ def parse_conv_body(conv_body: str, cfg: Config) -> dict[str, int]:
 def resnet_kwargs_from_config(cfg: Config) -> dict[str, Any]:
     """The keyword arguments of `ResNet` that MODEL.RESNETS and MODEL.BACKBONE give."""
     resnets = cfg.MODEL.RESNETS
-    kwargs = parse_conv_body(cfg.MODEL.BACKBONE.CONV_BODY, cfg)
+    kwargs: dict[str, Any] = parse_conv_body(cfg.MODEL.BACKBONE.CONV_BODY, cfg)
     kwargs.update(
         stride_in_1x1=resnets.STRIDE_IN_1X1,
         norm=norm_from_config(cfg, resnets.NORM),

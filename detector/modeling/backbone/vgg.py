@@ -45,7 +45,8 @@ class VGG16(nn.Module):
                 continue
             conv = Conv2d(in_channels, int(spec), kernel_size=3, padding=1)
             nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-            nn.init.zeros_(conv.bias)
+            if conv.bias is not None:
+                nn.init.zeros_(conv.bias)
             layers += [conv, nn.ReLU(inplace=True)]
             in_channels = int(spec)
         self.features = nn.Sequential(*layers)

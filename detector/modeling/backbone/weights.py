@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -34,9 +35,9 @@ class WeightLoadReport:
     our modules (e.g. ``fc.*``, ``classifier.*``, ``layer4.*`` for a C4 body without its head).
     """
 
-    loaded: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-    unmatched: list[str] = field(default_factory=list)
+    loaded: list[str] = field(default_factory=list[str])
+    missing: list[str] = field(default_factory=list[str])
+    unmatched: list[str] = field(default_factory=list[str])
 
 
 # Caffe2 (Detectron / maskrcnn_benchmark catalog) ImageNet names -> torchvision's. A norm's
@@ -56,7 +57,7 @@ _CAFFE2_RULES: list[tuple[re.Pattern[str], str]] = [
         "layer{k}.{i}.downsample.1.{p}",
     ),
 ]
-_CAFFE2_GROUPS = {
+_CAFFE2_GROUPS: dict[str, Callable[[str], str]] = {
     "k": lambda v: str(int(v) - 1),
     "c": {"a": "1", "b": "2", "c": "3"}.__getitem__,
     "p": {"s": "weight", "b": "bias"}.__getitem__,
@@ -106,7 +107,7 @@ def _candidates(key: str, body: nn.Module) -> list[str]:
     """Our names, relative to `body`, that torchvision's `key` may map to."""
     if isinstance(body, VGG16):
         return [key]
-    head, _, rest = key.partition(".")
+    head = key.partition(".")[0]
     if head in ("conv1", "bn1"):
         return [f"stem.{key}"]
     names = [key]
@@ -123,16 +124,21 @@ def load_torchvision_weights(
 
     Raises ValueError when a matched key has a different shape (a different depth or width).
     """
+    weights: Mapping[str, Tensor]
     if isinstance(state_dict, (str, Path)):
-        state_dict = torch.load(state_dict, map_location="cpu", weights_only=True)
-    bodies = [(name, m) for name, m in model.named_modules() if isinstance(m, _BODIES)]
+        weights = torch.load(state_dict, map_location="cpu", weights_only=True)
+    else:
+        weights = state_dict
+    # Module.named_modules is unannotated in torch: (name, module) pairs
+    modules = cast(Iterator[tuple[str, nn.Module]], model.named_modules())
+    bodies = [(name, m) for name, m in modules if isinstance(m, _BODIES)]
     if not bodies:
         raise ValueError(f"{type(model).__name__} contains no ResNet, ResNetHead or VGG16 body")
     ours = model.state_dict()
     new_state: dict[str, Tensor] = {}
     report = WeightLoadReport()
-    for key, value in state_dict.items():
-        targets = []
+    for key, value in weights.items():
+        targets: list[str] = []
         for prefix, body in bodies:
             prefix = f"{prefix}." if prefix else ""
             targets += [prefix + name for name in _candidates(key, body) if prefix + name in ours]

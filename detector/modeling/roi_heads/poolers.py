@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -128,9 +129,11 @@ class RoIAlignLevelPool(LevelPool):
     def forward(self, features: list[Tensor], rois: Tensor, levels: Tensor | None) -> Tensor:
         if levels is None:
             return self.pool(0, features[0], rois)
-        first = self.layers[0]
-        scales = [layer.spatial_scale for layer in self.layers]
-        return ops.multi_scale_roi_align(
+        layers = cast("list[RoIAlign]", list(self.layers))  # as _roi_align builds them
+        first = layers[0]
+        scales = [layer.spatial_scale for layer in layers]
+        # BroadcastingList2 (output_size) is untyped for pyright
+        return ops.multi_scale_roi_align(  # pyright: ignore[reportUnknownMemberType]
             features, rois, levels, self.output_size, scales, first.sampling_ratio,
             first.aligned, mode=first.mode,
         )  # fmt: skip
@@ -237,25 +240,27 @@ def _register_level_pools() -> None:
     POOLERS.register("ROIAlign")(_roi_align(aligned=False, mode="avg"))
     POOLERS.register("ROIAlignV2")(_roi_align(aligned=True, mode="avg"))
     POOLERS.register("ROIAlignMax")(_roi_align(aligned=False, mode="max"))
-    POOLERS.register("ROIPool")(
-        lambda p, scales: LevelPool(
-            [RoIPool(p.output_size, s) for s in scales], output_size=p.output_size
-        )
-    )
-    POOLERS.register("PSRoIPool")(
-        lambda p, scales: LevelPool(
+
+    def roi_pool(p: PoolSettings, scales: list[float]) -> LevelPool:
+        return LevelPool([RoIPool(p.output_size, s) for s in scales], output_size=p.output_size)
+
+    def ps_roi_pool(p: PoolSettings, scales: list[float]) -> LevelPool:
+        return LevelPool(
             [PSRoIPool(p.output_size, s) for s in scales],
             output_size=p.output_size,
             position_sensitive=True,
         )  # fmt: skip
-    )
-    POOLERS.register("PSRoIAlign")(
-        lambda p, scales: LevelPool(
+
+    def ps_roi_align(p: PoolSettings, scales: list[float]) -> LevelPool:
+        return LevelPool(
             [PSRoIAlign(p.output_size, s, p.sampling_ratio) for s in scales],
             output_size=p.output_size,
             position_sensitive=True,
         )  # fmt: skip
-    )
+
+    POOLERS.register("ROIPool")(roi_pool)
+    POOLERS.register("PSRoIPool")(ps_roi_pool)
+    POOLERS.register("PSRoIAlign")(ps_roi_align)
     POOLERS.register("DeformRoIPool")(_deform(position_sensitive=False, modulated=False))
     POOLERS.register("ModulatedDeformRoIPool")(_deform(position_sensitive=False, modulated=True))
     POOLERS.register("DeformPSRoIPool")(_deform(position_sensitive=True, modulated=False))
@@ -343,12 +348,17 @@ def _rois_from_boxes(boxes: list[Tensor], device: torch.device) -> Tensor:
     concat = torch.cat([b.to(device, dtype).reshape(-1, 4) for b in boxes], dim=0)
     # as_size, not len(b): a traced size stays symbolic
     batch_index = torch.cat(
-        [
-            torch.full((as_size(b.shape[0]),), i, dtype=dtype, device=device)
-            for i, b in enumerate(boxes)
-        ]
+        [_filled(as_size(b.shape[0]), i, dtype, device) for i, b in enumerate(boxes)]
     )
     return torch.cat([batch_index[:, None], concat], dim=1)
+
+
+def _filled(
+    size: int | torch.SymInt | Tensor, value: int, dtype: torch.dtype, device: torch.device
+) -> Tensor:
+    """torch.full((size,), value), of a size that may be symbolic or traced (a 0-dim tensor,
+    which torch.full takes but its stubs do not)."""
+    return torch.full((size,), value, dtype=dtype, device=device)  # pyright: ignore[reportCallIssue, reportArgumentType, reportUnknownVariableType]
 
 
 def build_pooler(

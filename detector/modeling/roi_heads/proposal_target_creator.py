@@ -25,6 +25,7 @@ from torch import Tensor
 from detector.config import Config
 from detector.modeling.box_coder import BoxCoder
 from detector.modeling.matcher import Matcher
+from detector.modeling.per_image import required
 from detector.modeling.sampler import BalancedPositiveNegativeSampler
 from detector.structures import Boxes, Instances, pairwise_iou
 
@@ -97,7 +98,9 @@ class ProposalTargetCreator:
                 f"ProposalTargetCreator: {len(proposals)} images of proposals but "
                 f"{len(targets)} of targets"
             )
-        labels, matched_idxs, all_boxes = [], [], []
+        labels: list[Tensor] = []  # per image (P_i + G_i,)
+        matched_idxs: list[Tensor] = []
+        all_boxes: list[Tensor] = []  # per image (P_i + G_i, 4)
         for image_proposals, image_targets in zip(proposals, targets, strict=True):
             boxes = _with_gt_boxes(image_proposals, image_targets)
             image_labels, image_matches = self._label(boxes, image_targets)
@@ -116,16 +119,20 @@ class ProposalTargetCreator:
 
     def encode(self, rois: Instances) -> Tensor:
         """Regression targets ``(S, 4)`` of sampled RoIs (their gt_boxes against the RoIs)."""
-        return self.box_coder.encode(rois.gt_boxes.tensor, rois.proposal_boxes.tensor)
+        gt_boxes = required(rois.gt_boxes, "gt_boxes")
+        return self.box_coder.encode(
+            gt_boxes.tensor, required(rois.proposal_boxes, "proposal_boxes").tensor
+        )
 
     def _label(self, boxes: Tensor, targets: Instances) -> tuple[Tensor, Tensor]:
         """Per RoI ``(P+G,)``: class label (>= 1 fg, 0 bg, -1 ignored) and matched gt (-1 none)."""
-        gt_boxes = targets.gt_boxes.tensor.to(boxes.dtype)
+        gt_boxes = required(targets.gt_boxes, "gt_boxes").tensor.to(boxes.dtype)
         iou = pairwise_iou(gt_boxes, boxes)  # (G, P+G)
         matches = self.matcher(iou)
         foreground = matches >= 0
         labels = torch.zeros_like(matches)
-        labels[foreground] = targets.gt_classes.to(boxes.device)[matches[foreground]]
+        gt_classes = required(targets.gt_classes, "gt_classes")
+        labels[foreground] = gt_classes.to(boxes.device)[matches[foreground]]
         labels[matches == Matcher.BETWEEN_THRESHOLDS] = IGNORED
         if self.bg_iou_threshold_lo > 0:
             best_iou = iou.max(dim=0).values if len(gt_boxes) else torch.zeros_like(boxes[:, 0])
@@ -147,7 +154,7 @@ class ProposalTargetCreator:
     ) -> Instances:
         index = torch.nonzero(sampled).squeeze(1)
         boxes, labels, matches = boxes[index], labels[index], matches[index]
-        gt_boxes = targets.gt_boxes.tensor.to(boxes.dtype)
+        gt_boxes = required(targets.gt_boxes, "gt_boxes").tensor.to(boxes.dtype)
         if len(gt_boxes):
             matched = gt_boxes[matches.clamp(min=0)]
             matched_boxes = torch.where((matches >= 0)[:, None], matched, boxes)
@@ -164,6 +171,6 @@ class ProposalTargetCreator:
 
 def _with_gt_boxes(proposals: Instances, targets: Instances) -> Tensor:
     """The proposals ``(P, 4)`` followed by the ground-truth boxes ``(G, 4)``, detached."""
-    proposal_boxes = proposals.proposal_boxes.tensor.detach()
-    gt_boxes = targets.gt_boxes.tensor.to(proposal_boxes)
+    proposal_boxes = required(proposals.proposal_boxes, "proposal_boxes").tensor.detach()
+    gt_boxes = required(targets.gt_boxes, "gt_boxes").tensor.to(proposal_boxes)
     return torch.cat([proposal_boxes, gt_boxes], dim=0)

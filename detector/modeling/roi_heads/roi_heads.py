@@ -18,11 +18,14 @@ The box head comes in two shapes:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 import torch
 from torch import Tensor, nn
 
 from detector.config import Config
 from detector.modeling.box_coder import BoxCoder
+from detector.modeling.per_image import required
 from detector.modeling.registry import ROI_BOX_PREDICTORS
 from detector.modeling.roi_heads.box_head import (
     BoxPostProcessor,
@@ -33,6 +36,10 @@ from detector.modeling.roi_heads.box_head import (
 from detector.modeling.roi_heads.poolers import Pooler, build_pooler
 from detector.modeling.roi_heads.proposal_target_creator import ProposalTargetCreator
 from detector.structures import Boxes, Instances
+
+if TYPE_CHECKING:
+    from detector.modeling.roi_heads.keypoint_head import KeypointHead
+    from detector.modeling.roi_heads.mask_head import MaskHead
 
 __all__ = ["RoIHeads", "build_roi_heads"]
 
@@ -64,8 +71,8 @@ class RoIHeads(nn.Module):
         post_processor: BoxPostProcessor,
         smooth_l1_beta: float = 1.0,
         cls_agnostic_bbox_reg: bool = False,
-        mask_head: nn.Module | None = None,
-        keypoint_head: nn.Module | None = None,
+        mask_head: MaskHead | None = None,
+        keypoint_head: KeypointHead | None = None,
     ) -> None:
         super().__init__()
         if getattr(box_predictor, "pools_own_maps", False) != (box_pooler is None):
@@ -172,6 +179,7 @@ class RoIHeads(nn.Module):
         if self.box_pooler is None:  # R-FCN: the predictor pools from its own score maps
             class_logits, box_deltas = self.box_predictor(features, boxes)
             return None, class_logits, box_deltas
+        assert self.box_feature_extractor is not None  # set with the pooler
         pooled = self.box_pooler(features, boxes)  # (R, C, S, S)
         box_features = self.box_feature_extractor(pooled)
         class_logits, box_deltas = self.box_predictor(box_features)
@@ -181,12 +189,12 @@ class RoIHeads(nn.Module):
         self, features: list[Tensor], rois: list[Instances], image_sizes: list[tuple[int, int]]
     ) -> tuple[list[Instances], dict[str, Tensor], Tensor | None]:
         """Training: (rois, box losses, box features); inference: (detections, {}, None)."""
-        boxes = [r.proposal_boxes for r in rois]
+        boxes = [required(r.proposal_boxes, "proposal_boxes") for r in rois]
         box_features, class_logits, box_deltas = self._box_outputs(features, boxes)
         if not self.training:
             detections = self.post_processor(class_logits, box_deltas, boxes, image_sizes)
             return detections, {}, None
-        gt_classes = torch.cat([r.gt_classes for r in rois])  # (R,)
+        gt_classes = torch.cat([required(r.gt_classes, "gt_classes") for r in rois])  # (R,)
         regression_targets = torch.cat([self.target_creator.encode(r) for r in rois])  # (R, 4)
         losses = fast_rcnn_losses(
             class_logits,
@@ -207,6 +215,7 @@ class RoIHeads(nn.Module):
     ) -> tuple[list[Instances], dict[str, Tensor]]:
         """Training: the sampled RoIs (the mask head keeps gt_classes > 0) and the box features
         of all of them; inference: the detections, to which it adds `pred_masks`."""
+        assert self.mask_head is not None  # called only then
         if self.training:
             return self.mask_head(features, instances, targets=targets, box_features=box_features)
         return self.mask_head(features, instances)
@@ -228,10 +237,10 @@ def _build_box_head(
             f"needs PREDICTOR RFCNPredictor, not {predictor_name}"
         )
     box_feature_extractor = build_box_feature_extractor(cfg, in_channels)
-    box_predictor = build_box_predictor(cfg, box_feature_extractor.out_channels)
+    box_predictor = build_box_predictor(cfg, cast(int, box_feature_extractor.out_channels))
     return box_pooler, box_feature_extractor, box_predictor
 
 
 def build_roi_heads(cfg: Config, backbone: nn.Module) -> RoIHeads:
     """The RoI heads for `backbone` (its `out_channels` are the pooled features' channels)."""
-    return RoIHeads.from_config(cfg, int(backbone.out_channels))
+    return RoIHeads.from_config(cfg, cast(int, backbone.out_channels))

@@ -24,11 +24,13 @@ class RPNHead(nn.Module):
         self.bbox_pred = nn.Conv2d(in_channels, num_anchors * 4, kernel_size=1)
         for layer in (self.conv, self.cls_logits, self.bbox_pred):
             nn.init.normal_(layer.weight, std=0.01)
-            nn.init.constant_(layer.bias, 0.0)
+            if layer.bias is not None:
+                nn.init.constant_(layer.bias, 0.0)
 
     def forward(self, features: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         """Returns per level objectness (N, A, H, W) and deltas (N, A*4, H, W)."""
-        logits, deltas = [], []
+        logits: list[Tensor] = []
+        deltas: list[Tensor] = []
         for feature in features:
             hidden = F.relu_(self.conv(feature))
             logits.append(self.cls_logits(hidden))

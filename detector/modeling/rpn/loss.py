@@ -39,7 +39,8 @@ def flatten_level_outputs(
     logits: list[Tensor], deltas: list[Tensor]
 ) -> tuple[list[Tensor], list[Tensor]]:
     """Reshapes per-level head outputs to the anchors' order (location-major, then anchor)."""
-    flat_logits, flat_deltas = [], []
+    flat_logits: list[Tensor] = []
+    flat_deltas: list[Tensor] = []
     for lg, d in zip(logits, deltas, strict=True):
         n, a, h, w = lg.shape
         flat_logits.append(

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from detector.modeling.box_coder import BoxCoder
+from detector.modeling.per_image import required, split_rows
 from detector.ops import nms
 from detector.structures import Boxes, Instances, as_size, size_min
 
@@ -76,7 +77,7 @@ class ProposalCreator:
     ) -> list[Instances]:
         k = size_min(self.pre_nms_top_n, as_size(logits.shape[1]))  # no guard on a traced A_l
         top_logits, top_idx = logits.topk(k, dim=1, sorted=True)  # (N, k)
-        results = []
+        results: list[Instances] = []
         for i, image_size in enumerate(image_sizes):
             idx = top_idx[i]
             boxes = self.box_coder.decode(deltas[i, idx], anchors[idx])  # (k, 4)
@@ -96,16 +97,17 @@ class ProposalCreator:
     def _top_n(proposals: Instances, n: int) -> Instances:
         """The `n` proposals of highest objectness, sorted."""
         n = size_min(n, proposals.num_instances)  # stays symbolic when traced
-        return proposals[proposals.objectness_logits.topk(n, sorted=True).indices]
+        logits = required(proposals.objectness_logits, "objectness_logits")
+        return proposals[logits.topk(n, sorted=True).indices]
 
     def _top_n_over_batch(self, proposals: list[Instances]) -> list[Instances]:
         """Keeps the `fpn_post_nms_top_n` best proposals of the whole batch."""
         counts = [len(p) for p in proposals]
-        logits = torch.cat([p.objectness_logits for p in proposals])
+        logits = torch.cat([required(p.objectness_logits, "objectness_logits") for p in proposals])
         n = min(self.fpn_post_nms_top_n, logits.numel())
         keep = torch.zeros_like(logits, dtype=torch.bool)
         keep[logits.topk(n, sorted=True).indices] = True
-        kept = keep.split(counts)
+        kept = split_rows(keep, counts)
         return [self._top_n(p[m], int(m.sum())) for p, m in zip(proposals, kept, strict=True)]
 
 

@@ -13,6 +13,7 @@ from detector.config import Config
 from detector.modeling.anchor_generator import AnchorGenerator, build_anchor_generator
 from detector.modeling.box_coder import BoxCoder
 from detector.modeling.matcher import Matcher
+from detector.modeling.per_image import required
 from detector.modeling.registry import RPN_HEADS
 from detector.modeling.rpn.anchor_target_creator import AnchorTargetCreator
 from detector.modeling.rpn.loss import flatten_level_outputs, rpn_losses
@@ -69,9 +70,9 @@ class RPN(nn.Module):
         def proposal_creator(stage: str) -> ProposalCreator:
             return ProposalCreator(
                 box_coder=box_coder,
-                pre_nms_top_n=rpn[f"PRE_NMS_TOP_N_{stage}"],
-                post_nms_top_n=rpn[f"POST_NMS_TOP_N_{stage}"],
-                fpn_post_nms_top_n=rpn[f"FPN_POST_NMS_TOP_N_{stage}"],
+                pre_nms_top_n=getattr(rpn, f"PRE_NMS_TOP_N_{stage}"),
+                post_nms_top_n=getattr(rpn, f"POST_NMS_TOP_N_{stage}"),
+                fpn_post_nms_top_n=getattr(rpn, f"FPN_POST_NMS_TOP_N_{stage}"),
                 nms_thresh=rpn.NMS_THRESH,
                 min_size=rpn.MIN_SIZE,
                 # maskrcnn_benchmark ranks over the batch in training only
@@ -105,7 +106,9 @@ class RPN(nn.Module):
         anchors = self.anchor_generator(features, input_size)  # per level (A_l, 4)
         flat_logits, flat_deltas = flatten_level_outputs(logits, deltas)
         creator = self.train_proposals if self.training else self.test_proposals
-        proposals = creator(anchors, flat_logits, flat_deltas, images.image_sizes)
+        # image sizes may be symbolic or traced (as_size), used as ints
+        sizes = images.image_sizes
+        proposals = creator(anchors, flat_logits, flat_deltas, sizes)  # pyright: ignore[reportArgumentType]
         if not self.training:
             return proposals, {}
         if targets is None:
@@ -121,10 +124,11 @@ class RPN(nn.Module):
         targets: list[Instances],
     ) -> dict[str, Tensor]:
         all_anchors = torch.cat(anchors)  # (sum A_l, 4)
-        labels, regression_targets = [], []
+        labels: list[Tensor] = []  # per image (sum A_l,)
+        regression_targets: list[Tensor] = []  # per image (sum A_l, 4)
         for image_size, target in zip(images.image_sizes, targets, strict=True):
-            gt_boxes = target.gt_boxes.tensor.to(all_anchors.dtype)
-            image_labels, image_targets = self.target_creator(all_anchors, gt_boxes, image_size)
+            gt_boxes = required(target.gt_boxes, "gt_boxes").tensor.to(all_anchors.dtype)
+            image_labels, image_targets = self.target_creator(all_anchors, gt_boxes, image_size)  # pyright: ignore[reportArgumentType] (as_size sizes)
             labels.append(image_labels)
             regression_targets.append(image_targets)
         return rpn_losses(

@@ -202,16 +202,18 @@ class VGG16FC67FeatureExtractor(nn.Module):
 
     def __init__(self, *, in_channels: int, resolution: int, hidden_dim: int = 4096) -> None:
         super().__init__()
+        fc6 = nn.Linear(in_channels * resolution * resolution, hidden_dim)
+        fc7 = nn.Linear(hidden_dim, hidden_dim)
         self.classifier = nn.Sequential(
-            nn.Linear(in_channels * resolution * resolution, hidden_dim),
+            fc6,
             nn.ReLU(inplace=True),
             nn.Identity(),  # torchvision's Dropout
-            nn.Linear(hidden_dim, hidden_dim),
+            fc7,
             nn.ReLU(inplace=True),
         )
-        for index in (0, 3):
-            nn.init.normal_(self.classifier[index].weight, std=0.01)
-            nn.init.zeros_(self.classifier[index].bias)
+        for fc in (fc6, fc7):
+            nn.init.normal_(fc.weight, std=0.01)
+            nn.init.zeros_(fc.bias)
         self.out_channels = hidden_dim
 
     @classmethod

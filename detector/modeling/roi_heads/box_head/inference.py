@@ -18,6 +18,7 @@ from torch import Tensor
 
 from detector import ops
 from detector.modeling.box_coder import BoxCoder
+from detector.modeling.per_image import split_rows
 from detector.structures import Boxes, Instances, as_size
 
 __all__ = ["BoxPostProcessor"]
@@ -87,7 +88,7 @@ class BoxPostProcessor:
         pred_boxes = self.box_coder.decode(box_deltas, rois)  # (R, 4*K)
         scores = F.softmax(class_logits, dim=-1)  # (R, K)
         counts = [as_size(b.tensor.shape[0]) for b in proposal_boxes]  # R_i, maybe symbolic
-        return list(zip(pred_boxes.split(counts), scores.split(counts), strict=True))
+        return list(zip(split_rows(pred_boxes, counts), split_rows(scores, counts), strict=True))
 
     def detections(self, boxes: Tensor, scores: Tensor, image_size: tuple[int, int]) -> Instances:
         """One image: boxes ``(R_i, 4*K)``, scores ``(R_i, K)`` -> kept detections."""

@@ -31,12 +31,13 @@ from detector.structures import Boxes
 __all__ = ["FPNPredictor", "FastRCNNPredictor", "RFCNPredictor", "build_box_predictor"]
 
 
-def _init_outputs(cls_score: nn.Module, bbox_pred: nn.Module) -> None:
+def _init_outputs(cls_score: nn.Linear | nn.Conv2d, bbox_pred: nn.Linear | nn.Conv2d) -> None:
     """Classification N(0, 0.01), regression N(0, 0.001), zero biases (Fast R-CNN's init)."""
     nn.init.normal_(cls_score.weight, std=0.01)
     nn.init.normal_(bbox_pred.weight, std=0.001)
-    nn.init.zeros_(cls_score.bias)
-    nn.init.zeros_(bbox_pred.bias)
+    for layer in (cls_score, bbox_pred):
+        if layer.bias is not None:
+            nn.init.zeros_(layer.bias)
 
 
 @ROI_BOX_PREDICTORS.register("FastRCNNPredictor")
@@ -120,11 +121,13 @@ class RFCNPredictor(nn.Module):
                 )
         bins = cls_pooler.output_size**2
         num_regressors = 1 if cls_agnostic_bbox_reg else num_classes
-        self.conv_new = nn.Sequential(nn.Conv2d(in_channels, hidden_dim, 1), nn.ReLU(inplace=True))
+        conv_new = nn.Conv2d(in_channels, hidden_dim, 1)
+        self.conv_new = nn.Sequential(conv_new, nn.ReLU(inplace=True))
         self.cls_score = nn.Conv2d(hidden_dim, bins * num_classes, 1)
         self.bbox_pred = nn.Conv2d(hidden_dim, bins * 4 * num_regressors, 1)
-        nn.init.normal_(self.conv_new[0].weight, std=0.01)
-        nn.init.zeros_(self.conv_new[0].bias)
+        nn.init.normal_(conv_new.weight, std=0.01)
+        if conv_new.bias is not None:
+            nn.init.zeros_(conv_new.bias)
         _init_outputs(self.cls_score, self.bbox_pred)
         self.cls_pooler = cls_pooler
         self.bbox_pooler = bbox_pooler

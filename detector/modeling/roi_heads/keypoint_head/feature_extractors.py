@@ -38,7 +38,8 @@ class KeypointRCNNFeatureExtractor(nn.Module):
         for index, width in enumerate(conv_layers, start=1):
             conv = Conv2d(channels, width, 3, padding=1)
             nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-            nn.init.zeros_(conv.bias)
+            if conv.bias is not None:
+                nn.init.zeros_(conv.bias)
             name = f"conv_fcn{index}"
             self.add_module(name, conv)
             self.layer_names.append(name)

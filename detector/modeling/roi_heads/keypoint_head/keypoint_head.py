@@ -21,10 +21,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from detector.modeling.per_image import required, split_rows
 from detector.modeling.registry import ROI_KEYPOINT_FEATURE_EXTRACTORS, ROI_KEYPOINT_PREDICTORS
 from detector.modeling.roi_heads.keypoint_head import (
-    feature_extractors,  # noqa: F401
-    predictors,  # noqa: F401 (registers)
+    feature_extractors,  # noqa: F401  # pyright: ignore[reportUnusedImport] (registers)
+    predictors,  # noqa: F401  # pyright: ignore[reportUnusedImport] (registers)
 )
 from detector.modeling.roi_heads.keypoint_head.inference import heatmaps_to_keypoints
 from detector.modeling.roi_heads.keypoint_head.loss import keypoint_rcnn_loss, keypoint_rcnn_targets
@@ -78,8 +79,8 @@ class KeypointHead(nn.Module):
         if self.training:
             if targets is None:
                 raise ValueError("keypoint head: training needs `targets` with gt_keypoints")
-            positive = [rois[rois.gt_classes > 0] for rois in instances]
-            boxes = [rois.proposal_boxes for rois in positive]
+            positive = [rois[required(rois.gt_classes, "gt_classes") > 0] for rois in instances]
+            boxes = [required(rois.proposal_boxes, "proposal_boxes") for rois in positive]
             logits = self._heatmaps(features, boxes)  # (P, K, M, M)
             cells, valid = keypoint_rcnn_targets(positive, targets, self.heatmap_size)
             return instances, {"loss_keypoint": keypoint_rcnn_loss(logits, cells, valid)}
@@ -105,21 +106,23 @@ class KeypointHead(nn.Module):
             logits = torch.zeros(0, self.num_keypoints, size, size, device=device)
         else:
             logits = self._heatmaps(features, boxes)
-        results = []
+        results: list[Instances] = []
         for dets, image_boxes, image_logits in zip(
-            detections, boxes, logits.split(counts), strict=True
+            detections, boxes, split_rows(logits, counts), strict=True
         ):
+            fields: dict[str, Any] = dets.fields()
             if self.decode:
-                fields = {"pred_keypoints": heatmaps_to_keypoints(image_logits, image_boxes.tensor)}
+                keypoints = heatmaps_to_keypoints(image_logits, image_boxes.tensor)
+                fields = {**fields, "pred_keypoints": keypoints}
             else:
-                fields = {"pred_keypoint_heatmaps": image_logits}
-            results.append(Instances(dets.image_size, **{**dets.fields(), **fields}))
+                fields = {**fields, "pred_keypoint_heatmaps": image_logits}
+            results.append(Instances(dets.image_size, **fields))
         return results
 
 
 def _pred_boxes(detections: Instances, features: list[Tensor]) -> Boxes:
     """The detections' boxes (an empty Boxes for an image without detections)."""
-    if detections.has("pred_boxes"):
+    if detections.pred_boxes is not None:
         return detections.pred_boxes
     return Boxes(torch.zeros(0, 4, device=features[0].device))
 

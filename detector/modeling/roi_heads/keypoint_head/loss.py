@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from detector.modeling.per_image import required
 from detector.structures.instances import Instances
 
 __all__ = ["keypoint_rcnn_loss", "keypoint_rcnn_targets", "keypoints_to_heatmap_cells"]
@@ -59,17 +60,17 @@ def keypoint_rcnn_targets(
     Returns:
         cells: Tensor[P, K] int64; valid: Tensor[P, K] bool (see keypoints_to_heatmap_cells).
     """
-    cells, valid = [], []
+    cells: list[Tensor] = []  # per image (P_i, K)
+    valid: list[Tensor] = []
     for image, (rois, target) in enumerate(zip(positive_rois, targets, strict=True)):
         if target.gt_keypoints is None:
             raise ValueError(
                 f"keypoint head (training): targets[{image}] has no gt_keypoints (is the training "
                 "dataset a keypoint dataset?)"
             )
-        matched = target.gt_keypoints.tensor.to(rois.proposal_boxes.device)[rois.matched_gt_idx]
-        image_cells, image_valid = keypoints_to_heatmap_cells(
-            matched, rois.proposal_boxes.tensor, heatmap_size
-        )
+        boxes = required(rois.proposal_boxes, "proposal_boxes")
+        matched = target.gt_keypoints.tensor.to(boxes.device)[rois.matched_gt_idx]
+        image_cells, image_valid = keypoints_to_heatmap_cells(matched, boxes.tensor, heatmap_size)
         cells.append(image_cells)
         valid.append(image_valid)
     return torch.cat(cells), torch.cat(valid)

@@ -35,7 +35,8 @@ class KeypointRCNNPredictor(nn.Module):
             in_channels, num_keypoints, kernel_size=4, stride=2, padding=1
         )
         nn.init.kaiming_normal_(self.kps_score_lowres.weight, mode="fan_out", nonlinearity="relu")
-        nn.init.zeros_(self.kps_score_lowres.bias)
+        if self.kps_score_lowres.bias is not None:
+            nn.init.zeros_(self.kps_score_lowres.bias)
         self.num_keypoints = num_keypoints
 
     def forward(self, x: Tensor) -> Tensor:

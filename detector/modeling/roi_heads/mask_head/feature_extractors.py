@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 
-def _init_head_conv(conv: nn.Module) -> None:
+def _init_head_conv(conv: nn.Conv2d) -> None:
     """maskrcnn_benchmark's mask head init: kaiming normal (fan_out, ReLU) weights, zero bias."""
     nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
     if conv.bias is not None:

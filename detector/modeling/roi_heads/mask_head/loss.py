@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from detector.modeling.per_image import required
 from detector.structures.instances import Instances
 
 __all__ = ["mask_rcnn_loss", "mask_rcnn_targets"]
@@ -29,14 +30,15 @@ def _image_targets(rois: Instances, targets: Instances, image: int, mask_size: i
     ):
         if not holder.has(name):
             raise ValueError(f"mask head (training): {owner}[{image}] has no {name}")
-    gt_masks = targets.gt_masks
-    matched = rois.matched_gt_idx
+    gt_masks = required(targets.gt_masks, "gt_masks")
+    matched = required(rois.matched_gt_idx, "matched_gt_idx")
+    boxes = required(rois.proposal_boxes, "proposal_boxes")
     if len(matched) and (int(matched.max()) >= len(gt_masks) or int(matched.min()) < 0):
         raise IndexError(
             f"mask head: instances[{image}].matched_gt_idx points outside the {len(gt_masks)} "
             f"ground-truth masks of targets[{image}]"
         )
-    return gt_masks.crop_and_resize(rois.proposal_boxes.tensor, mask_size, indices=matched)
+    return gt_masks.crop_and_resize(boxes.tensor, mask_size, indices=matched)
 
 
 def mask_rcnn_targets(
@@ -62,8 +64,10 @@ def mask_rcnn_targets(
         _image_targets(rois, image_targets, image, mask_size)
         for image, (rois, image_targets) in enumerate(zip(positive_rois, targets, strict=True))
     ]
-    classes = [rois.gt_classes for rois in positive_rois]
-    device = positive_rois[0].proposal_boxes.device if positive_rois else torch.device("cpu")
+    classes = [required(rois.gt_classes, "gt_classes") for rois in positive_rois]
+    device = torch.device("cpu")
+    if positive_rois:
+        device = required(positive_rois[0].proposal_boxes, "proposal_boxes").device
     if not per_image:
         empty = torch.zeros(0, mask_size, mask_size, device=device)
         return empty, torch.zeros(0, dtype=torch.int64, device=device)

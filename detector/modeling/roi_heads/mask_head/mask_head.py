@@ -25,8 +25,9 @@ import torch
 from torch import Tensor, nn
 
 from detector.config import Config
+from detector.modeling.per_image import required, split_rows
 from detector.modeling.registry import ROI_MASK_HEADS
-from detector.modeling.roi_heads.mask_head import feature_extractors  # noqa: F401 (registers)
+from detector.modeling.roi_heads.mask_head import feature_extractors  # noqa: F401  # pyright: ignore[reportUnusedImport] (registers)
 from detector.modeling.roi_heads.mask_head.feature_extractors import (
     MaskRCNNC4FeatureExtractor,
     res5_stride,
@@ -131,13 +132,14 @@ class MaskHead(nn.Module):
         for image, rois in enumerate(instances):
             if not rois.has("gt_classes"):
                 raise ValueError(f"mask head (training): instances[{image}] has no gt_classes")
-        foreground = [rois.gt_classes > 0 for rois in instances]
+        foreground = [required(rois.gt_classes, "gt_classes") > 0 for rois in instances]
         positive_rois = [rois[fg] for rois, fg in zip(instances, foreground, strict=True)]
         if self.share_box_features and box_features is not None:
             mask_features = self._shared_features(box_features, foreground)
         else:
             mask_features = self._mask_features(
-                features, [rois.proposal_boxes for rois in positive_rois]
+                features,
+                [required(rois.proposal_boxes, "proposal_boxes") for rois in positive_rois],
             )
         mask_targets, classes = mask_rcnn_targets(positive_rois, targets, self.mask_size)
         mask_logits = self._predict(mask_features, classes)  # (P, K or 1, M, M)
@@ -173,19 +175,20 @@ class MaskHead(nn.Module):
         else:
             boxes = [self._pred_boxes(dets, features) for dets in detections]
             mask_features = self._mask_features(features, boxes)
-            classes = torch.cat([d.pred_classes for d in detections if d.has("pred_classes")])
+            classes = torch.cat([d.pred_classes for d in detections if d.pred_classes is not None])
             classes = classes.to(mask_features.device)
             mask_logits = self._predict(mask_features, classes)  # (R, K or 1, M, M)
             probabilities = mask_probabilities(mask_logits, classes)
-        results = []
-        for dets, masks in zip(detections, probabilities.split(counts), strict=True):
-            results.append(Instances(dets.image_size, **{**dets.fields(), "pred_masks": masks}))
+        results: list[Instances] = []
+        for dets, masks in zip(detections, split_rows(probabilities, counts), strict=True):
+            fields: dict[str, Any] = {**dets.fields(), "pred_masks": masks}
+            results.append(Instances(dets.image_size, **fields))
         return results
 
     @staticmethod
     def _pred_boxes(detections: Instances, features: list[Tensor]) -> Boxes:
         """The detections' boxes (an empty Boxes for an image without detections)."""
-        if detections.has("pred_boxes"):
+        if detections.pred_boxes is not None:
             return detections.pred_boxes
         return Boxes(torch.zeros(0, 4, device=features[0].device))
 
@@ -230,7 +233,8 @@ def shares_box_features(cfg: Config) -> bool:
 def _check_same_pooling(cfg: Config) -> None:
     """A shared C4 head sees box-pooled RoIs in training and mask-pooled ones at inference."""
     for key in ("POOLER_TYPE", "POOLER_RESOLUTION", "POOLER_SCALES", "POOLER_SAMPLING_RATIO"):
-        box_value, mask_value = cfg.MODEL.ROI_BOX_HEAD[key], cfg.MODEL.ROI_MASK_HEAD[key]
+        box_value = getattr(cfg.MODEL.ROI_BOX_HEAD, key)
+        mask_value = getattr(cfg.MODEL.ROI_MASK_HEAD, key)
         if list(_as_list(box_value)) != list(_as_list(mask_value)):
             raise ValueError(
                 f"MODEL.ROI_MASK_HEAD.SHARE_BOX_FEATURE_EXTRACTOR: MODEL.ROI_MASK_HEAD.{key} "
@@ -243,7 +247,9 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if not isinstance(value, (str, int, float)) else [value]
 
 
-def _shared_feature_extractor(cfg: Config, box_feature_extractor: nn.Module | None) -> nn.Module:
+def _shared_feature_extractor(
+    cfg: Config, box_feature_extractor: nn.Module | None
+) -> MaskRCNNC4FeatureExtractor:
     """The box head's res5 as the mask head's feature extractor.
 
     Takes `box_feature_extractor.head` when it has one (maskrcnn_benchmark's name for the res5

@@ -102,6 +102,7 @@ class _ClassSelectivePredictor(nn.Module):
 
     #: MaskHead passes the RoIs' classes to predictors that have this attribute.
     selects_classes = True
+    mask_fcn_logits: nn.Conv2d  # set by the subclasses: one output channel per class (or 1)
 
     def _select(self, classes: Tensor | None, num_rois: int) -> tuple[Tensor | None, int]:
         """(`classes` checked, or None for a class-agnostic predictor (one output channel);
