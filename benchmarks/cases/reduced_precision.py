@@ -1,9 +1,10 @@
-"""float16 and bfloat16 rows: our native CPU kernels (roi_align avg/max, multi-level roi_align,
-nms) at each dtype against torchvision at the same dtype where torchvision runs it, else against
-our float32 kernel on the same values (the goal there: not slower than float32).
+"""float16 and bfloat16 rows: every op at each dtype against torchvision at the same dtype where
+torchvision runs it, else against our float32 kernel on the same values (the goal there: not
+slower than float32).
 
 Shapes: RoI Align on 1x256x200x272 with 512 RoIs, 7x7, sampling 2, aligned (as roi_align.py);
-nms on 12,000 RPN-like boxes at IoU 0.7 (as nms.py).
+nms on 12,000 RPN-like boxes at IoU 0.7 (as nms.py); ps_roi_pool / ps_roi_align, deform_conv2d
+(v2) and deform_roi_pool as in ps_roi.py, deform_conv.py and deform_roi_pool.py.
 """
 
 from __future__ import annotations
@@ -12,11 +13,14 @@ from collections.abc import Callable
 
 import torch
 import torchvision
+from torch import Tensor
 
+from benchmarks.cases import deform_roi_pool as droi_cases
+from benchmarks.cases import ps_roi as ps_cases
 from benchmarks.cases.nms import rpn_like_boxes
 from benchmarks.cases.roi_align import _backward_timer, _rois
 from benchmarks.timing import Case
-from detector.ops import nms, roi_align
+from detector.ops import deform_conv2d, deform_roi_pool, nms, ps_roi_align, ps_roi_pool, roi_align
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 ALIGN_SHAPE = "1x256x200x272, 512 RoIs, 7x7, s2, aligned"
@@ -75,9 +79,65 @@ def _nms_case(device: str, name: str, dtype: torch.dtype) -> Case:
                 peer, dtype=name, peer_name=peer_name)  # fmt: skip
 
 
+def _other_ops(device: str) -> dict[str, tuple[str, Callable[..., Tensor], list[Tensor]]]:
+    """name -> (shape, fn(*tensors), float32 tensors): the ops torchvision has no CPU float16 or
+    bfloat16 kernel for; the first tensor is the one whose gradient the backward row times."""
+    g = torch.Generator().manual_seed(0)
+    ps_x, ps_rois = ps_cases._inputs(device)
+    bins, ps_scale = ps_cases._BINS, 1.0 / ps_cases._STRIDE
+    dc = [
+        torch.randn(1, 64, 100, 100, generator=g),
+        torch.randn(1, 18, 100, 100, generator=g) * 2,
+        torch.randn(64, 64, 3, 3, generator=g) * 0.05,
+        torch.randn(64, generator=g),
+        torch.rand(1, 9, 100, 100, generator=g),
+    ]
+    dr_x = torch.randn(1, 256, 200, 272, generator=g)
+    dr_offset = 0.1 * torch.randn(droi_cases.NUM_ROIS, 2, 7, 7, generator=g)
+    dr_rois = droi_cases._rois(droi_cases.NUM_ROIS, device)
+    return {
+        "ps_roi_pool": (ps_cases._SHAPE, lambda x, r: ps_roi_pool(x, r, bins, ps_scale),
+                        [ps_x, ps_rois]),
+        "ps_roi_align": (ps_cases._SHAPE + ", s2",
+                         lambda x, r: ps_roi_align(x, r, bins, ps_scale, 2), [ps_x, ps_rois]),
+        "deform_conv2d": ("1x64x100x100 k3 p1 O64 v2 (mask)",
+                          lambda x, o, w, b, m: deform_conv2d(x, o, w, b, padding=1, mask=m), dc),
+        "deform_roi_pool": ("1x256x200x272, 512 RoIs, 7x7, s2",
+                            lambda x, r, o: deform_roi_pool(x, r, o, 7, 0.25, 2, 0.1),
+                            [dr_x, dr_rois, dr_offset]),
+    }  # fmt: skip
+
+
+def _other_cases(device: str, name: str, dtype: torch.dtype) -> list[Case]:
+    """Forward and backward of each other op at `dtype` against the same op in float32."""
+    rows: list[Case] = []
+    for op, (shape, fn, tensors32) in _other_ops(device).items():
+        tensors = [t.to(device, dtype) for t in tensors32]
+        tensors32 = [t.to(device) for t in tensors32]
+        rows.append(
+            Case(
+                op,
+                "fwd",
+                shape,
+                lambda f=fn, t=tensors: f(*t),
+                lambda f=fn, t=tensors32: f(*t),
+                dtype=name,
+                peer_name="ours float32",
+            )
+        )
+        timers = []
+        for ts in (tensors, tensors32):
+            x = ts[0].detach().requires_grad_()
+            timers.append(_backward_timer(fn(x, *ts[1:]), x))
+        rows.append(Case(op, "bwd", shape, timers[0], timers[1], dtype=name,
+                         peer_name="ours float32"))  # fmt: skip
+    return rows
+
+
 def cases(device: str) -> list[Case]:
     """The float16 and bfloat16 rows on `device`."""
     rows: list[Case] = []
     for name, dtype in DTYPES.items():
         rows += _roi_align_cases(device, name, dtype) + [_nms_case(device, name, dtype)]
+        rows += _other_cases(device, name, dtype)
     return rows

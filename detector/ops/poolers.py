@@ -76,7 +76,6 @@ def _largest_image_size(image_shapes: list[tuple[int, int]]) -> tuple[int, int]:
     return height, width
 
 
-@torch.fx.wrap
 def _filter_input(x: dict[str, Tensor], featmap_names: list[str]) -> list[Tensor]:
     """The maps of `x` named in `featmap_names`, in `x`'s order (torchvision's rule)."""
     features: list[Tensor] = []
@@ -88,7 +87,8 @@ def _filter_input(x: dict[str, Tensor], featmap_names: list[str]) -> list[Tensor
 
 @torch.fx.wrap
 def _pool_pyramid(
-    features: list[Tensor],
+    x: dict[str, Tensor],
+    featmap_names: list[str],
     boxes: list[Tensor],
     image_shapes: list[tuple[int, int]],
     output_size: tuple[int, int],
@@ -96,7 +96,10 @@ def _pool_pyramid(
     canonical_scale: int,
     canonical_level: int,
 ) -> Tensor:
-    """Pools each box from its FPN level (one map: from that map), scales inferred from sizes."""
+    """Pools each box from its FPN level (one map: from that map), scales inferred from sizes.
+
+    One function, a leaf for torch.fx (as torchvision's): the traced module is one call."""
+    features = _filter_input(x, featmap_names)
     if len(features) == 0:
         raise ValueError("MultiScaleRoIAlign: no feature map of `x` is named in `featmap_names`")
     image_size = _largest_image_size(image_shapes)
@@ -150,7 +153,8 @@ class MultiScaleRoIAlign(nn.Module):
         self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]
     ) -> Tensor:
         return _pool_pyramid(
-            _filter_input(x, self.featmap_names),
+            x,
+            self.featmap_names,
             boxes,
             image_shapes,
             self.output_size,

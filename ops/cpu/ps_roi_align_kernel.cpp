@@ -8,7 +8,6 @@
 #include <torch/library.h>
 
 #include "common/bilinear.h"
-#include "cpu/float32_compute.h"
 #include "cpu/ps_roi_common.h"
 
 namespace detector {
@@ -77,15 +76,17 @@ at::Tensor ps_roi_align_forward_cpu(const at::Tensor& input, const at::Tensor& r
   ps_roi::Strides strides;
   const at::Tensor dense = ps_roi::dense_input(input, strides);
   at::Tensor output;
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "ps_roi_align_forward_cpu", [&] {
-    const AlignFootprint<scalar_t> footprint{static_cast<scalar_t>(spatial_scale),
-                                             pooled_height,
-                                             pooled_width,
-                                             sampling_ratio,
-                                             shape.height,
-                                             shape.width};
-    output = ps_roi::forward<scalar_t>(dense, strides, rois, shape, footprint);
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, input.scalar_type(), "ps_roi_align_forward_cpu", [&] {
+        using T = at::opmath_type<scalar_t>;
+        const AlignFootprint<T> footprint{static_cast<T>(spatial_scale),
+                                          pooled_height,
+                                          pooled_width,
+                                          sampling_ratio,
+                                          shape.height,
+                                          shape.width};
+        output = ps_roi::forward<scalar_t>(dense, strides, rois, shape, footprint);
+      });
   return output;
 }
 
@@ -98,23 +99,25 @@ at::Tensor ps_roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& r
       ps_roi::check_backward_args("ps_roi_align backward", grad, rois, pooled_height, pooled_width,
                                   batch_size, channels, height, width);
   at::Tensor grad_input;
-  AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "ps_roi_align_backward_cpu", [&] {
-    const AlignFootprint<scalar_t> footprint{static_cast<scalar_t>(spatial_scale),
-                                             pooled_height,
-                                             pooled_width,
-                                             sampling_ratio,
-                                             height,
-                                             width};
-    grad_input = ps_roi::backward<scalar_t>(grad, rois, shape, footprint);
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, grad.scalar_type(), "ps_roi_align_backward_cpu", [&] {
+        using T = at::opmath_type<scalar_t>;
+        const AlignFootprint<T> footprint{static_cast<T>(spatial_scale),
+                                          pooled_height,
+                                          pooled_width,
+                                          sampling_ratio,
+                                          height,
+                                          width};
+        grad_input = ps_roi::backward<scalar_t>(grad, rois, shape, footprint);
+      });
   return grad_input;
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(detector, CPU, m) {
-  m.impl("ps_roi_align", &ComputeInFloat32<&ps_roi_align_forward_cpu>::run);
-  m.impl("_ps_roi_align_backward", &ComputeInFloat32<&ps_roi_align_backward_cpu>::run);
+  m.impl("ps_roi_align", &ps_roi_align_forward_cpu);
+  m.impl("_ps_roi_align_backward", &ps_roi_align_backward_cpu);
 }
 
 }  // namespace detector

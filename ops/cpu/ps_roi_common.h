@@ -19,17 +19,26 @@
 // the RoIs' gradients into its packed planes and writes them out. Items own disjoint outputs, so
 // there are no atomics and no races, and each element sums its terms in a fixed order: the same
 // bits for any thread count.
+//
+// float16 and bfloat16: the values are converted to float32 as they are packed or read (and the
+// gradient as it is read), footprints, sums and packed planes are float32, and each result is
+// rounded once to the input's dtype when stored: the float32 kernel's results, rounded, with no
+// float32 copy of the input.
 #pragma once
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstring>
+#include <type_traits>
 #include <vector>
 
+#include "cpu/channel_block.h"
 #include "cpu/cpu_utils.h"
 
 namespace detector {
@@ -46,8 +55,8 @@ inline Shape check_forward_args(const char* op, const at::Tensor& input, const a
                                 int64_t pooled_height, int64_t pooled_width) {
   TORCH_CHECK(input.dim() == 4, op, ": expected `input` of shape (N, C, H, W), got ",
               input.sizes());
-  TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble, op,
-              ": `input` must be float32 or float64 on the CPU, got ", input.scalar_type());
+  TORCH_CHECK(at::isFloatingType(input.scalar_type()), op,
+              ": `input` must be a floating point tensor, got ", input.scalar_type());
   TORCH_CHECK(rois.scalar_type() == input.scalar_type(), op, ": `rois` (", rois.scalar_type(),
               ") must have the dtype of `input` (", input.scalar_type(), ")");
   TORCH_CHECK(pooled_height > 0 && pooled_width > 0, op, ": `output_size` must be positive, got (",
@@ -71,8 +80,8 @@ inline Shape check_backward_args(const char* op, const at::Tensor& grad, const a
   TORCH_CHECK(batch_size >= 0 && height >= 0 && width >= 0 && channels >= 0 && channels % bins == 0,
               op, ": invalid input size (", batch_size, ", ", channels, ", ", height, ", ", width,
               ") for output_size (", pooled_height, ", ", pooled_width, ")");
-  TORCH_CHECK(grad.scalar_type() == at::kFloat || grad.scalar_type() == at::kDouble, op,
-              ": `grad` must be float32 or float64 on the CPU, got ", grad.scalar_type());
+  TORCH_CHECK(at::isFloatingType(grad.scalar_type()), op,
+              ": `grad` must be a floating point tensor, got ", grad.scalar_type());
   TORCH_CHECK(rois.scalar_type() == grad.scalar_type(), op, ": `rois` (", rois.scalar_type(),
               ") must have the dtype of `grad` (", grad.scalar_type(), ")");
   check_rois(op, rois, batch_size);
@@ -133,39 +142,95 @@ struct Footprint {
 // L1 while each plane's kTile values are written contiguously.
 constexpr int64_t kTile = 16;
 
-// packed[p * cb + c] = src[c * channel_step + p * pixel_stride]
-template <typename T>
-inline void pack_planes_impl(const T* __restrict__ src, int64_t channel_step, int64_t pixel_stride,
-                             int64_t pixels, int64_t cb, T* __restrict__ packed) {
-  for (int64_t p = 0; p < pixels; ++p) {
-    const T* s = src + p * pixel_stride;
-    T* d = packed + p * cb;
-    for (int64_t c = 0; c < cb; ++c) d[c] = s[c * channel_step];
+// Output channels per work item (the packed block width).
+constexpr int64_t kChannelBlock = 32;
+
+// S is the tensors' element type, T the compute type (float for float16/bfloat16, else S).
+
+// How a value of S is stored: bfloat16 as its 16 bits (plain integer stores vectorize), other
+// types as themselves.
+template <typename S>
+using Stored = std::conditional_t<std::is_same_v<S, c10::BFloat16>, uint16_t, S>;
+
+// v rounded to S, as stored. bfloat16: to nearest even, NaN to a quiet NaN (c10::BFloat16's
+// rounding), without a branch, so that the loops storing it vectorize.
+template <typename S, typename T>
+inline Stored<S> round_to(T v) {
+  if constexpr (std::is_same_v<S, c10::BFloat16>) {
+    uint32_t bits;
+    std::memcpy(&bits, &v, sizeof(bits));
+    const uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+    return v != v ? uint16_t(0x7fc0) : uint16_t(rounded);
+  } else {
+    return static_cast<S>(v);
   }
 }
 
+// p viewed as its stored type (see Stored).
+template <typename S>
+inline Stored<S>* stored(S* p) {
+  return reinterpret_cast<Stored<S>*>(p);
+}
+
+// packed[p * cb + c] = src[c * channel_step + p * pixel_stride]
+template <typename S, typename T>
+inline void pack_planes_impl(const S* __restrict__ src, int64_t channel_step, int64_t pixel_stride,
+                             int64_t pixels, int64_t cb, T* __restrict__ packed) {
+  for (int64_t p = 0; p < pixels; ++p) {
+    const S* s = src + p * pixel_stride;
+    T* d = packed + p * cb;
+    for (int64_t c = 0; c < cb; ++c) d[c] = static_cast<T>(s[c * channel_step]);
+  }
+}
+
+// Pixels per chunk of the bfloat16 unpacking loop: a float32 staging buffer of
+// kChannelBlock x kRow values (16 KB) stays in L1.
+constexpr int64_t kRow = 128;
+
 // dst[c * channel_step + p] = packed[p * cb + c]
-template <typename T>
+template <typename S, typename T>
 inline void unpack_planes_impl(const T* __restrict__ packed, int64_t pixels, int64_t cb,
-                               T* __restrict__ dst, int64_t channel_step) {
+                               S* __restrict__ dst, int64_t channel_step) {
+  if constexpr (std::is_same_v<S, c10::BFloat16>) {
+    // Rounding element by element inside the transposition stays scalar: transpose a chunk of
+    // pixels into float32 rows, then round each row in one vectorized pass.
+    float staging[kChannelBlock * kRow];
+    for (int64_t p0 = 0; p0 < pixels; p0 += kRow) {
+      const int64_t n = std::min(kRow, pixels - p0);
+      for (int64_t q0 = 0; q0 < n; q0 += kTile) {
+        const int64_t m = std::min(kTile, n - q0);
+        const T* s = packed + (p0 + q0) * cb;
+        for (int64_t c = 0; c < cb; ++c) {
+          for (int64_t q = 0; q < m; ++q) staging[c * kRow + q0 + q] = s[q * cb + c];
+        }
+      }
+      for (int64_t c = 0; c < cb; ++c) {
+        floats_to_bf16(staging + c * kRow, n,
+                       reinterpret_cast<uint16_t*>(dst + c * channel_step + p0));
+      }
+    }
+    return;
+  }
   int64_t p0 = 0;
   for (; p0 + kTile <= pixels; p0 += kTile) {
     const T* s = packed + p0 * cb;
     for (int64_t c = 0; c < cb; ++c) {
-      T* d = dst + c * channel_step + p0;
-      for (int64_t q = 0; q < kTile; ++q) d[q] = s[q * cb + c];
+      S* d = dst + c * channel_step + p0;
+      for (int64_t q = 0; q < kTile; ++q) d[q] = static_cast<S>(s[q * cb + c]);
     }
   }
   for (int64_t p = p0; p < pixels; ++p) {
-    for (int64_t c = 0; c < cb; ++c) dst[c * channel_step + p] = packed[p * cb + c];
+    for (int64_t c = 0; c < cb; ++c) {
+      dst[c * channel_step + p] = static_cast<S>(packed[p * cb + c]);
+    }
   }
 }
 
 // out[c * out_stride] = sum_t weight[t] * packed[pixel[t] * cb + c] / divisor, c < cb <= kMaxBlock
-template <typename T, int64_t kMaxBlock>
+template <typename S, typename T, int64_t kMaxBlock>
 inline void gather_packed_impl(const T* __restrict__ packed, int64_t cb,
                                const int64_t* __restrict__ pixel, const T* __restrict__ weight,
-                               int64_t terms, T divisor, T* __restrict__ out, int64_t out_stride) {
+                               int64_t terms, T divisor, S* __restrict__ out, int64_t out_stride) {
   T sum[kMaxBlock];
   for (int64_t c = 0; c < cb; ++c) sum[c] = T(0);
   for (int64_t t = 0; t < terms; ++t) {
@@ -175,18 +240,18 @@ inline void gather_packed_impl(const T* __restrict__ packed, int64_t cb,
       sum[c] += w * s[c];
     }
   }
-  for (int64_t c = 0; c < cb; ++c) out[c * out_stride] = sum[c] / divisor;
+  for (int64_t c = 0; c < cb; ++c) stored(out)[c * out_stride] = round_to<S>(sum[c] / divisor);
 }
 
 // packed[pixel[t] * cb + c] += weight[t] * (grad[c * grad_stride] / divisor), for every term t
 // in order and c < cb <= kMaxBlock
-template <typename T, int64_t kMaxBlock>
+template <typename S, typename T, int64_t kMaxBlock>
 inline void scatter_packed_impl(T* __restrict__ packed, int64_t cb,
                                 const int64_t* __restrict__ pixel, const T* __restrict__ weight,
-                                int64_t terms, const T* __restrict__ grad, int64_t grad_stride,
+                                int64_t terms, const S* __restrict__ grad, int64_t grad_stride,
                                 T divisor) {
   T g[kMaxBlock];
-  for (int64_t c = 0; c < cb; ++c) g[c] = grad[c * grad_stride];
+  for (int64_t c = 0; c < cb; ++c) g[c] = static_cast<T>(grad[c * grad_stride]);
   for (int64_t c = 0; c < cb; ++c) g[c] /= divisor;  // contiguous: vectorized
   for (int64_t t = 0; t < terms; ++t) {
     T* s = packed + pixel[t] * cb;
@@ -199,57 +264,56 @@ inline void scatter_packed_impl(T* __restrict__ packed, int64_t cb,
 
 // Direct forward for few RoIs (packing would cost more than it saves):
 // out[c * out_stride] = sum_t weight[t] * src[c * channel_step + pixel[t] * pixel_stride] / divisor
-template <typename T>
-inline void gather_direct_impl(const T* src, int64_t channel_step, int64_t pixel_stride,
+template <typename S, typename T>
+inline void gather_direct_impl(const S* src, int64_t channel_step, int64_t pixel_stride,
                                int64_t channels, const int64_t* pixel, const T* weight,
-                               int64_t terms, T divisor, T* out, int64_t out_stride) {
+                               int64_t terms, T divisor, S* out, int64_t out_stride) {
   for (int64_t c = 0; c < channels; ++c) {
-    const T* plane = src + c * channel_step;
+    const S* plane = src + c * channel_step;
     T sum = T(0);
     for (int64_t t = 0; t < terms; ++t) {
-      sum += weight[t] * plane[pixel[t] * pixel_stride];
+      sum += weight[t] * static_cast<T>(plane[pixel[t] * pixel_stride]);
     }
-    out[c * out_stride] = sum / divisor;
+    stored(out)[c * out_stride] = round_to<S>(sum / divisor);
   }
 }
 
-// Output channels per work item (the packed block width).
-constexpr int64_t kChannelBlock = 32;
-
 namespace {
 
-// Instruction-set clones of the loops above, for float and double.
-#define DETECTOR_PS_ROI_HOT_LOOPS(T)                                                              \
-  DETECTOR_SIMD_CLONES void pack_planes(const T* src, int64_t channel_step, int64_t pixel_stride, \
+// Instruction-set clones of the loops above, for each element type S and its compute type T.
+#define DETECTOR_PS_ROI_HOT_LOOPS(S, T)                                                           \
+  DETECTOR_SIMD_CLONES void pack_planes(const S* src, int64_t channel_step, int64_t pixel_stride, \
                                         int64_t pixels, int64_t cb, T* packed) {                  \
     pack_planes_impl(src, channel_step, pixel_stride, pixels, cb, packed);                        \
   }                                                                                               \
-  DETECTOR_SIMD_CLONES void unpack_planes(const T* packed, int64_t pixels, int64_t cb, T* dst,    \
+  DETECTOR_SIMD_CLONES void unpack_planes(const T* packed, int64_t pixels, int64_t cb, S* dst,    \
                                           int64_t channel_step) {                                 \
     unpack_planes_impl(packed, pixels, cb, dst, channel_step);                                    \
   }                                                                                               \
   DETECTOR_SIMD_CLONES void gather_packed(const T* packed, int64_t cb, const int64_t* pixel,      \
-                                          const T* weight, int64_t terms, T divisor, T* out,      \
+                                          const T* weight, int64_t terms, T divisor, S* out,      \
                                           int64_t out_stride) {                                   \
-    gather_packed_impl<T, kChannelBlock>(packed, cb, pixel, weight, terms, divisor, out,          \
-                                         out_stride);                                             \
+    gather_packed_impl<S, T, kChannelBlock>(packed, cb, pixel, weight, terms, divisor, out,       \
+                                            out_stride);                                          \
   }                                                                                               \
   DETECTOR_SIMD_CLONES void scatter_packed(T* packed, int64_t cb, const int64_t* pixel,           \
-                                           const T* weight, int64_t terms, const T* grad,         \
+                                           const T* weight, int64_t terms, const S* grad,         \
                                            int64_t grad_stride, T divisor) {                      \
-    scatter_packed_impl<T, kChannelBlock>(packed, cb, pixel, weight, terms, grad, grad_stride,    \
-                                          divisor);                                               \
+    scatter_packed_impl<S, T, kChannelBlock>(packed, cb, pixel, weight, terms, grad, grad_stride, \
+                                             divisor);                                            \
   }                                                                                               \
-  DETECTOR_SIMD_CLONES void gather_direct(const T* src, int64_t channel_step,                     \
+  DETECTOR_SIMD_CLONES void gather_direct(const S* src, int64_t channel_step,                     \
                                           int64_t pixel_stride, int64_t channels,                 \
                                           const int64_t* pixel, const T* weight, int64_t terms,   \
-                                          T divisor, T* out, int64_t out_stride) {                \
+                                          T divisor, S* out, int64_t out_stride) {                \
     gather_direct_impl(src, channel_step, pixel_stride, channels, pixel, weight, terms, divisor,  \
                        out, out_stride);                                                          \
   }
 
-DETECTOR_PS_ROI_HOT_LOOPS(float)
-DETECTOR_PS_ROI_HOT_LOOPS(double)
+DETECTOR_PS_ROI_HOT_LOOPS(float, float)
+DETECTOR_PS_ROI_HOT_LOOPS(double, double)
+DETECTOR_PS_ROI_HOT_LOOPS(c10::Half, float)
+DETECTOR_PS_ROI_HOT_LOOPS(c10::BFloat16, float)
 #undef DETECTOR_PS_ROI_HOT_LOOPS
 
 }  // namespace
@@ -331,20 +395,28 @@ std::vector<typename Op::Roi> prepare_rois(const Op& op, const T* rois, int64_t 
   return prepared;
 }
 
-// Forward driver for the footprints of `op` (see prepare_rois). Returns (K, C_out, PH, PW).
-template <typename T, typename Op>
+// The RoIs as a contiguous tensor of the compute type T (exact: float16/bfloat16 widen to float).
+template <typename T>
+at::Tensor compute_rois(const at::Tensor& rois) {
+  return rois.to(c10::CppTypeToScalarType<T>::value).contiguous();
+}
+
+// Forward driver for the footprints of `op` (see prepare_rois), for tensors of element type S.
+// Returns (K, C_out, PH, PW).
+template <typename S, typename Op>
 at::Tensor forward(const at::Tensor& input, const Strides& strides, const at::Tensor& rois,
                    const Shape& shape, const Op& op) {
+  using T = at::opmath_type<S>;
   const int64_t num_rois = rois.size(0);
   at::Tensor output = at::empty(
       {num_rois, shape.channels_out, shape.pooled_height, shape.pooled_width}, input.options());
   if (output.numel() == 0) {
     return output;
   }
-  const at::Tensor rois_c = rois.contiguous();
-  const T* in = input.const_data_ptr<T>();
+  const at::Tensor rois_c = compute_rois<T>(rois);
+  const S* in = input.const_data_ptr<S>();
   const T* roi_data = rois_c.const_data_ptr<T>();
-  T* out = output.mutable_data_ptr<T>();
+  S* out = output.mutable_data_ptr<S>();
   const int64_t bins = shape.bins, channels_out = shape.channels_out;
   const int64_t pixels = shape.height * shape.width;
   const RoisByImage by_image = group_rois(roi_data, num_rois, shape.batch);
@@ -367,7 +439,7 @@ at::Tensor forward(const at::Tensor& input, const Strides& strides, const at::Te
                      const int64_t cb = std::min(kChannelBlock, channels_out - c0);
                      const int64_t i = b / shape.pooled_width, j = b % shape.pooled_width;
                      // planes (c0 + c) * B + b of image n, c < cb
-                     const T* src = in + n * strides.batch + (c0 * bins + b) * strides.channel;
+                     const S* src = in + n * strides.batch + (c0 * bins + b) * strides.channel;
                      const int64_t channel_step = bins * strides.channel;
                      if (packed) {
                        pack_planes(src, channel_step, strides.pixel, pixels, cb, scratch);
@@ -376,7 +448,7 @@ at::Tensor forward(const at::Tensor& input, const Strides& strides, const at::Te
                        const int64_t k = by_image.order[r];
                        fp.clear();
                        op(prepared[k], i, j, fp);
-                       T* dst = out + (k * channels_out + c0) * bins + b;
+                       S* dst = out + (k * channels_out + c0) * bins + b;
                        if (packed) {
                          gather_packed(scratch, cb, fp.pixel.data(), fp.weight.data(), fp.size(),
                                        fp.divisor, dst, bins);
@@ -393,9 +465,10 @@ at::Tensor forward(const at::Tensor& input, const Strides& strides, const at::Te
 // Backward driver: the input gradient (N, C, H, W), NCHW-contiguous, for the footprints of `op`.
 // Each item accumulates its RoIs into a zeroed packed buffer, in RoI order, then writes its
 // planes: every element of the gradient is written by exactly one item.
-template <typename T, typename Op>
+template <typename S, typename Op>
 at::Tensor backward(const at::Tensor& grad, const at::Tensor& rois, const Shape& shape,
                     const Op& op) {
+  using T = at::opmath_type<S>;
   const int64_t num_rois = rois.size(0);
   if (num_rois == 0) {
     return at::zeros({shape.batch, shape.channels, shape.height, shape.width}, grad.options());
@@ -406,10 +479,10 @@ at::Tensor backward(const at::Tensor& grad, const at::Tensor& rois, const Shape&
     return grad_input;
   }
   const at::Tensor grad_c = grad.contiguous();
-  const at::Tensor rois_c = rois.contiguous();
-  const T* grad_data = grad_c.const_data_ptr<T>();
+  const at::Tensor rois_c = compute_rois<T>(rois);
+  const S* grad_data = grad_c.const_data_ptr<S>();
   const T* roi_data = rois_c.const_data_ptr<T>();
-  T* gin = grad_input.mutable_data_ptr<T>();
+  S* gin = grad_input.mutable_data_ptr<S>();
   const int64_t bins = shape.bins, channels_out = shape.channels_out;
   const int64_t pixels = shape.height * shape.width;
   const RoisByImage by_image = group_rois(roi_data, num_rois, shape.batch);

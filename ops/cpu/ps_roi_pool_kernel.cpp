@@ -8,7 +8,6 @@
 // (torchvision's backward clips to H and W instead, and disagrees with its forward at the border).
 #include <torch/library.h>
 
-#include "cpu/float32_compute.h"
 #include "cpu/ps_roi_common.h"
 
 namespace detector {
@@ -75,11 +74,13 @@ at::Tensor ps_roi_pool_forward_cpu(const at::Tensor& input, const at::Tensor& ro
   ps_roi::Strides strides;
   const at::Tensor dense = ps_roi::dense_input(input, strides);
   at::Tensor output;
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "ps_roi_pool_forward_cpu", [&] {
-    const PoolFootprint<scalar_t> footprint{static_cast<scalar_t>(spatial_scale), pooled_height,
-                                            pooled_width, shape.height, shape.width};
-    output = ps_roi::forward<scalar_t>(dense, strides, rois, shape, footprint);
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, input.scalar_type(), "ps_roi_pool_forward_cpu", [&] {
+        using T = at::opmath_type<scalar_t>;
+        const PoolFootprint<T> footprint{static_cast<T>(spatial_scale), pooled_height, pooled_width,
+                                         shape.height, shape.width};
+        output = ps_roi::forward<scalar_t>(dense, strides, rois, shape, footprint);
+      });
   return output;
 }
 
@@ -91,19 +92,21 @@ at::Tensor ps_roi_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& ro
       ps_roi::check_backward_args("ps_roi_pool backward", grad, rois, pooled_height, pooled_width,
                                   batch_size, channels, height, width);
   at::Tensor grad_input;
-  AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "ps_roi_pool_backward_cpu", [&] {
-    const PoolFootprint<scalar_t> footprint{static_cast<scalar_t>(spatial_scale), pooled_height,
-                                            pooled_width, height, width};
-    grad_input = ps_roi::backward<scalar_t>(grad, rois, shape, footprint);
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, grad.scalar_type(), "ps_roi_pool_backward_cpu", [&] {
+        using T = at::opmath_type<scalar_t>;
+        const PoolFootprint<T> footprint{static_cast<T>(spatial_scale), pooled_height, pooled_width,
+                                         height, width};
+        grad_input = ps_roi::backward<scalar_t>(grad, rois, shape, footprint);
+      });
   return grad_input;
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(detector, CPU, m) {
-  m.impl("ps_roi_pool", &ComputeInFloat32<&ps_roi_pool_forward_cpu>::run);
-  m.impl("_ps_roi_pool_backward", &ComputeInFloat32<&ps_roi_pool_backward_cpu>::run);
+  m.impl("ps_roi_pool", &ps_roi_pool_forward_cpu);
+  m.impl("_ps_roi_pool_backward", &ps_roi_pool_backward_cpu);
 }
 
 }  // namespace detector

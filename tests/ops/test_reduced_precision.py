@@ -114,3 +114,36 @@ def test_other_ops_values_and_input_gradients(dtype: torch.dtype, name: str) -> 
         args64[0].grad,
         TOLERANCE[dtype] * float(args64[0].grad.abs().max().clamp(min=1)),
     )
+
+
+# Native float16/bfloat16 kernels that keep the float32 kernel's arithmetic (float32 footprints,
+# sums and packed planes): their values and input gradients are the float32 results of the same
+# (rounded) inputs, rounded once to the dtype.
+NATIVE_ROUNDED_ONCE = ["ps_roi_pool", "ps_roi_align"]
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("num_rois", [4, 400])  # direct gather and packed planes
+@pytest.mark.parametrize("dtype", REDUCED)
+@pytest.mark.parametrize("name", NATIVE_ROUNDED_ONCE)
+def test_native_kernels_round_the_float32_result_once(
+    name: str, dtype: torch.dtype, num_rois: int, layout: str
+) -> None:
+    fn = OP_CASES[name].fn
+    x = torch.randn(2, 8 * 4, 12, 13, generator=torch.Generator().manual_seed(0)).to(dtype)
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    elif layout == "strided":
+        x = x[:, :, :, ::2]
+    rois = random_rois(num_rois, 2, 12, 13, dtype=dtype, seed=1)
+    outputs, grads = [], []
+    for compute in (dtype, torch.float32):
+        leaf = x.detach().to(compute).requires_grad_()
+        out = fn(leaf, rois.to(compute), 2, 0.5, *([2] if name == "ps_roi_align" else []))
+        grad_out = torch.rand(out.shape, generator=torch.Generator().manual_seed(2)).to(dtype)
+        out.backward(grad_out.to(compute))
+        outputs.append(out.detach())
+        grads.append(leaf.grad)
+    assert outputs[0].dtype == grads[0].dtype == dtype
+    torch.testing.assert_close(outputs[0], outputs[1].to(dtype), rtol=0, atol=0)
+    torch.testing.assert_close(grads[0], grads[1].to(dtype), rtol=0, atol=0)
