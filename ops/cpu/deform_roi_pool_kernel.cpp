@@ -17,6 +17,11 @@
 // form: channel blocks of an NHWC buffer; PS form: the channels c * P + b of one bin b, written
 // in NCHW); each unit visits RoIs, bins and samples in one fixed order, so every element's sum is
 // the same for any thread count.
+//
+// float16 and bfloat16: computed in float32 (the float kernels), with the conversions folded into
+// the copies the kernels make anyway (the channels-last input, the transposed output gradient,
+// the input gradient's final layout copy); the small tensors (RoIs, offsets, masks) are widened.
+// No float32 copy of the input in its own layout is made.
 #include <torch/library.h>
 
 #include <ATen/ATen.h>
@@ -28,7 +33,7 @@
 
 #include "common/bilinear.h"
 #include "cpu/cpu_utils.h"
-#include "cpu/float32_compute.h"
+#include <ATen/OpMathType.h>
 
 namespace detector {
 namespace {
@@ -425,8 +430,8 @@ void check_args(const char* op, const at::Tensor& input, const at::Tensor& rois,
                 int64_t pooled_height, int64_t pooled_width, bool position_sensitive) {
   TORCH_CHECK(input.dim() == 4, op, ": expected `input` of shape (N, C, H, W), got ",
               input.sizes());
-  TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble, op,
-              ": CPU kernels support float32 and float64 `input`, got ", input.scalar_type());
+  TORCH_CHECK(at::isFloatingType(input.scalar_type()), op,
+              ": `input` must be a floating point tensor, got ", input.scalar_type());
   TORCH_CHECK(pooled_height > 0 && pooled_width > 0, op, ": `output_size` must be positive, got (",
               pooled_height, ", ", pooled_width, ")");
   TORCH_CHECK(rois.scalar_type() == input.scalar_type(), op, ": `rois` must have the dtype of ",
@@ -454,11 +459,23 @@ void check_args(const char* op, const at::Tensor& input, const at::Tensor& rois,
   }
 }
 
-// (N, C, H, W) -> (N, H, W, C), or for the PS form (N, C_out * P, H, W) -> (N, H, W, P, C_out).
+// The dtype the kernels compute in: float32 for float16/bfloat16, else the input's.
+at::ScalarType compute_type(const at::Tensor& input) {
+  return at::toOpMathType(input.scalar_type());
+}
+
+// `view` copied into a new contiguous tensor of dtype `type` (one pass: layout and dtype at once).
+at::Tensor dense_copy(const at::Tensor& view, at::ScalarType type) {
+  return at::empty(view.sizes(), view.options().dtype(type)).copy_(view);
+}
+
+// (N, C, H, W) -> (N, H, W, C), or for the PS form (N, C_out * P, H, W) -> (N, H, W, P, C_out),
+// in the compute dtype.
 at::Tensor to_channels_last(const at::Tensor& input, int64_t bins, bool position_sensitive) {
-  if (!position_sensitive) return input.permute({0, 2, 3, 1}).contiguous();
+  if (!position_sensitive) return dense_copy(input.permute({0, 2, 3, 1}), compute_type(input));
   const int64_t N = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
-  return input.reshape({N, C / bins, bins, H, W}).permute({0, 3, 4, 2, 1}).contiguous();
+  return dense_copy(input.reshape({N, C / bins, bins, H, W}).permute({0, 3, 4, 2, 1}),
+                    compute_type(input));
 }
 
 template <typename T>
@@ -484,8 +501,9 @@ PoolArgs<T> make_args(const at::Tensor& input_cl, const at::Tensor& input, const
   return a;
 }
 
-at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& t) {
-  return t.has_value() ? t->contiguous() : at::Tensor();
+// `t` contiguous in the compute dtype `type`, or an undefined tensor when absent.
+at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& t, at::ScalarType type) {
+  return t.has_value() ? t->to(type).contiguous() : at::Tensor();
 }
 
 at::Tensor forward_cpu(const char* op, const at::Tensor& input, const at::Tensor& rois,
@@ -496,20 +514,22 @@ at::Tensor forward_cpu(const char* op, const at::Tensor& input, const at::Tensor
   check_args(op, input, rois, offset, mask, pooled_height, pooled_width, position_sensitive);
   const int64_t K = rois.size(0), P = pooled_height * pooled_width;
   const int64_t C_out = position_sensitive ? input.size(1) / P : input.size(1);
+  const at::ScalarType type = compute_type(input);
   at::Tensor output = at::zeros({K, C_out, pooled_height, pooled_width}, input.options());
   if (K == 0 || output.numel() == 0 || input.size(2) == 0 || input.size(3) == 0) return output;
+  if (type != input.scalar_type()) output = at::empty(output.sizes(), output.options().dtype(type));
   const at::Tensor input_cl = to_channels_last(input, P, position_sensitive);
-  const at::Tensor rois_c = rois.contiguous();
-  const at::Tensor offset_c = contiguous_or_undefined(offset);
-  const at::Tensor mask_c = contiguous_or_undefined(mask);
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "deform_roi_pool_forward_cpu", [&] {
+  const at::Tensor rois_c = rois.to(type).contiguous();
+  const at::Tensor offset_c = contiguous_or_undefined(offset, type);
+  const at::Tensor mask_c = contiguous_or_undefined(mask, type);
+  AT_DISPATCH_FLOATING_TYPES(type, "deform_roi_pool_forward_cpu", [&] {
     const PoolArgs<scalar_t> a =
         make_args<scalar_t>(input_cl, input, rois_c, offset_c, mask_c, spatial_scale, pooled_height,
                             pooled_width, sampling_ratio, gamma, position_sensitive);
     scalar_t* out = output.data_ptr<scalar_t>();
     at::parallel_for(0, K, 1, [&](int64_t k0, int64_t k1) { forward_rois(a, k0, k1, out); });
   });
-  return output;
+  return output.to(input.scalar_type());
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
@@ -526,29 +546,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
               pooled_width, "), got ", grad.sizes());
   offset_grad = offset_grad && offset.has_value();
   mask_grad = mask_grad && mask.has_value();
+  const at::ScalarType type = compute_type(input);
+  const at::TensorOptions compute = input.options().dtype(type);
   at::Tensor grad_input = at::empty_like(input);  // filled by the final copy (or zeroed below)
-  at::Tensor grad_offset = offset_grad
-                               ? at::zeros({K, 2, pooled_height, pooled_width}, input.options())
-                               : at::empty({0}, input.options());
-  at::Tensor grad_mask = mask_grad ? at::zeros({K, 1, pooled_height, pooled_width}, input.options())
-                                   : at::empty({0}, input.options());
+  at::Tensor grad_offset = offset_grad ? at::zeros({K, 2, pooled_height, pooled_width}, compute)
+                                       : at::empty({0}, compute);
+  at::Tensor grad_mask =
+      mask_grad ? at::zeros({K, 1, pooled_height, pooled_width}, compute) : at::empty({0}, compute);
+  // grad_offset and grad_mask in the input's dtype (computed in `type`)
+  const auto stored = [&](const at::Tensor& t) { return t.to(input.scalar_type()); };
   if (K == 0 || grad.numel() == 0 || H == 0 || W == 0) {
-    return {grad_input.zero_(), grad_offset, grad_mask};
+    return {grad_input.zero_(), stored(grad_offset), stored(grad_mask)};
   }
 
   // The input's values are only read for the offset and mask gradients.
   const at::Tensor input_cl = offset_grad || mask_grad
                                   ? to_channels_last(input, P, position_sensitive)
-                                  : at::empty({0}, input.options());
-  const at::Tensor rois_c = rois.contiguous();
-  const at::Tensor offset_c = contiguous_or_undefined(offset);
-  const at::Tensor mask_c = contiguous_or_undefined(mask);
+                                  : at::empty({0}, compute);
+  const at::Tensor rois_c = rois.to(type).contiguous();
+  const at::Tensor offset_c = contiguous_or_undefined(offset, type);
+  const at::Tensor mask_c = contiguous_or_undefined(mask, type);
   // (K, C_out, ph, pw) -> (K, P, C_out): one bin's channels contiguous
-  const at::Tensor grad_t = grad.reshape({K, C_out, P}).transpose(1, 2).contiguous();
+  const at::Tensor grad_t = dense_copy(grad.reshape({K, C_out, P}).transpose(1, 2), type);
   // plain: (N, H, W, C); PS: NCHW (N, C_out * P, H, W), see scatter_unit_impl
-  at::Tensor grad_cl = position_sensitive ? at::zeros({N, input.size(1), H, W}, input.options())
-                                          : at::zeros({N, H, W, input.size(1)}, input.options());
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "deform_roi_pool_backward_cpu", [&] {
+  at::Tensor grad_cl = position_sensitive ? at::zeros({N, input.size(1), H, W}, compute)
+                                          : at::zeros({N, H, W, input.size(1)}, compute);
+  AT_DISPATCH_FLOATING_TYPES(type, "deform_roi_pool_backward_cpu", [&] {
     const PoolArgs<scalar_t> a =
         make_args<scalar_t>(input_cl, input, rois_c, offset_c, mask_c, spatial_scale, pooled_height,
                             pooled_width, sampling_ratio, gamma, position_sensitive);
@@ -562,12 +585,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
     }
   });
   if (position_sensitive) {
-    if (grad_input.is_contiguous()) return {grad_cl, grad_offset, grad_mask};
-    grad_input.copy_(grad_cl);  // into input's own layout
+    if (grad_input.is_contiguous() && type == input.scalar_type()) {
+      return {grad_cl, grad_offset, grad_mask};
+    }
+    grad_input.copy_(grad_cl);  // into input's own layout and dtype
   } else {
     grad_input.copy_(grad_cl.permute({0, 3, 1, 2}));  // (N, H, W, C) -> (N, C, H, W)
   }
-  return {grad_input, grad_offset, grad_mask};
+  return {grad_input, stored(grad_offset), stored(grad_mask)};
 }
 
 at::Tensor deform_roi_pool_cpu(const at::Tensor& input, const at::Tensor& rois,
@@ -611,10 +636,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> deform_ps_roi_pool_backward_cpu(
 }  // namespace
 
 TORCH_LIBRARY_IMPL(detector, CPU, m) {
-  m.impl("deform_roi_pool", &ComputeInFloat32<&deform_roi_pool_cpu>::run);
-  m.impl("_deform_roi_pool_backward", &ComputeInFloat32<&deform_roi_pool_backward_cpu>::run);
-  m.impl("deform_ps_roi_pool", &ComputeInFloat32<&deform_ps_roi_pool_cpu>::run);
-  m.impl("_deform_ps_roi_pool_backward", &ComputeInFloat32<&deform_ps_roi_pool_backward_cpu>::run);
+  m.impl("deform_roi_pool", &deform_roi_pool_cpu);
+  m.impl("_deform_roi_pool_backward", &deform_roi_pool_backward_cpu);
+  m.impl("deform_ps_roi_pool", &deform_ps_roi_pool_cpu);
+  m.impl("_deform_ps_roi_pool_backward", &deform_ps_roi_pool_backward_cpu);
 }
 
 }  // namespace detector

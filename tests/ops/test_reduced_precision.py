@@ -1,8 +1,11 @@
-"""float16 and bfloat16 CPU kernels (roi_align in both modes, multi_scale_roi_align, nms and
-batched_nms): values and gradients within torchvision's per-dtype test tolerances of a float64
-computation on the same (rounded) inputs, accumulated in float32, in the input's dtype."""
+"""float16 and bfloat16 CPU kernels of every op: values and gradients within torchvision's
+per-dtype test tolerances of a float64 computation on the same (rounded) inputs, accumulated in
+float32, in the input's dtype; the kernels that keep the float32 arithmetic (ps_roi_*,
+deform_*roi_pool) give exactly the float32 result rounded once."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -89,7 +92,7 @@ def _cast_floating(value: object, dtype: torch.dtype) -> object:
     return value
 
 
-# The other ops compute float16/bfloat16 in float32 copies (cpu/float32_compute.h).
+# The other ops compute float16/bfloat16 in float32 (each kernel's header says how).
 OTHER_OPS = [n for n in OP_CASES if not n.startswith(("roi_align", "nms", "batched_nms", "multi"))]
 
 
@@ -117,33 +120,40 @@ def test_other_ops_values_and_input_gradients(dtype: torch.dtype, name: str) -> 
 
 
 # Native float16/bfloat16 kernels that keep the float32 kernel's arithmetic (float32 footprints,
-# sums and packed planes): their values and input gradients are the float32 results of the same
-# (rounded) inputs, rounded once to the dtype.
-NATIVE_ROUNDED_ONCE = ["ps_roi_pool", "ps_roi_align"]
+# sums and packed planes): their values and gradients are the float32 results of the same
+# (rounded) inputs, rounded once to the dtype. fn(input, rois, offset, mask) for 2 x 2 bins.
+NATIVE_ROUNDED_ONCE: dict[str, Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]] = {
+    "ps_roi_pool": lambda x, r, o, m: ops.ps_roi_pool(x, r, 2, 0.5),
+    "ps_roi_align": lambda x, r, o, m: ops.ps_roi_align(x, r, 2, 0.5, 2),
+    "deform_roi_pool": lambda x, r, o, m: ops.deform_roi_pool(x, r, o, 2, 0.5, 2, 0.1, m),
+    "deform_ps_roi_pool": lambda x, r, o, m: ops.deform_ps_roi_pool(x, r, o, 2, 0.5, 2),
+}
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
-@pytest.mark.parametrize("num_rois", [4, 400])  # direct gather and packed planes
+@pytest.mark.parametrize("num_rois", [4, 400])  # ps ops: direct gather and packed planes
 @pytest.mark.parametrize("dtype", REDUCED)
-@pytest.mark.parametrize("name", NATIVE_ROUNDED_ONCE)
+@pytest.mark.parametrize("name", list(NATIVE_ROUNDED_ONCE))
 def test_native_kernels_round_the_float32_result_once(
     name: str, dtype: torch.dtype, num_rois: int, layout: str
 ) -> None:
-    fn = OP_CASES[name].fn
-    x = torch.randn(2, 8 * 4, 12, 13, generator=torch.Generator().manual_seed(0)).to(dtype)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 8 * 4, 12, 13, generator=g).to(dtype)
     if layout == "channels_last":
         x = x.to(memory_format=torch.channels_last)
     elif layout == "strided":
         x = x[:, :, :, ::2]
     rois = random_rois(num_rois, 2, 12, 13, dtype=dtype, seed=1)
-    outputs, grads = [], []
+    offset = (torch.randn(num_rois, 2, 2, 2, generator=g) * 0.3).to(dtype)
+    mask = torch.rand(num_rois, 1, 2, 2, generator=g).to(dtype)
+    results = []
     for compute in (dtype, torch.float32):
-        leaf = x.detach().to(compute).requires_grad_()
-        out = fn(leaf, rois.to(compute), 2, 0.5, *([2] if name == "ps_roi_align" else []))
+        leaves = [t.detach().to(compute).requires_grad_() for t in (x, offset, mask)]
+        out = NATIVE_ROUNDED_ONCE[name](leaves[0], rois.to(compute), leaves[1], leaves[2])
         grad_out = torch.rand(out.shape, generator=torch.Generator().manual_seed(2)).to(dtype)
         out.backward(grad_out.to(compute))
-        outputs.append(out.detach())
-        grads.append(leaf.grad)
-    assert outputs[0].dtype == grads[0].dtype == dtype
-    torch.testing.assert_close(outputs[0], outputs[1].to(dtype), rtol=0, atol=0)
-    torch.testing.assert_close(grads[0], grads[1].to(dtype), rtol=0, atol=0)
+        grads = [leaf.grad if leaf.grad is not None else torch.zeros(0) for leaf in leaves]
+        results.append([out.detach(), *grads])
+    assert results[0][0].dtype == results[0][1].dtype == dtype
+    for actual, expected in zip(results[0], results[1], strict=True):
+        torch.testing.assert_close(actual, expected.to(actual.dtype), rtol=0, atol=0)
