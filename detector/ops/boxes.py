@@ -135,7 +135,8 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     this differs from torchvision's coordinate-offset trick.
 
     Args:
-        boxes: Tensor[N, 4] boxes (x1, y1, x2, y2).
+        boxes: Tensor[N, 4] boxes (x1, y1, x2, y2), of any dtype nms takes (quint8: suppressed
+            on the dequantized values).
         scores: Tensor[N] scores, same dtype and device as `boxes`.
         idxs: Tensor[N] integer category (or image) index of each box.
         iou_threshold: IoU above which a box is dropped by a kept box of its category.
@@ -149,6 +150,10 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     # and the op itself returns an empty result for empty (well-formed) inputs.
     if not torch.compiler.is_compiling() and isinstance(boxes, Tensor) and boxes.numel() == 0:  # pyright: ignore[reportUnnecessaryIsInstance]
         return torch.empty((0,), dtype=torch.int64, device=boxes.device)
+    if not torch.jit.is_scripting():  # pyright: ignore[reportPrivateImportUsage]
+        # quint8 as nms (torchvision's batched_nms fails on quantized boxes)
+        if isinstance(boxes, Tensor) and boxes.is_quantized:  # pyright: ignore[reportUnnecessaryIsInstance]
+            return batched_nms(boxes.dequantize(), scores.dequantize(), idxs, iou_threshold)
     _check_boxes_and_scores("batched_nms", boxes, scores)
     _check_idxs("batched_nms", boxes, idxs)
     threshold = _check_values("batched_nms", boxes, scores, iou_threshold)

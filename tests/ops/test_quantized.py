@@ -69,3 +69,18 @@ def test_nms_matches_torchvision() -> None:
     qscores = torch.quantize_per_tensor(scores, 1 / 200, 0, torch.quint8)
     for iou in (0.3, 0.5, 0.7):
         assert torch.equal(ops.nms(qboxes, qscores, iou), torchvision.ops.nms(qboxes, qscores, iou))
+
+
+def test_batched_nms_is_the_float_op_on_dequantized_values() -> None:
+    """torchvision's batched_nms fails on quantized boxes; ours suppresses per category on the
+    dequantized values, as its nms does."""
+    g = torch.Generator().manual_seed(2)
+    xy = torch.rand(300, 2, generator=g) * 60
+    boxes = torch.cat([xy, xy + torch.rand(300, 2, generator=g) * 30 + 2], dim=1)
+    qboxes = torch.quantize_per_tensor(boxes, 0.5, 0, torch.quint8)
+    qscores = torch.quantize_per_tensor(torch.rand(300, generator=g), 1 / 250, 0, torch.quint8)
+    idxs = torch.randint(0, 4, (300,), generator=g)
+    for iou in (0.3, 0.5, 0.7):
+        expected = ops.batched_nms(qboxes.dequantize(), qscores.dequantize(), idxs, iou)
+        assert expected.numel() > 4 * 4  # several kept per category
+        assert torch.equal(ops.batched_nms(qboxes, qscores, idxs, iou), expected)
