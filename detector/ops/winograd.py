@@ -35,24 +35,29 @@ from detector.ops._library import AutogradContext, register_autograd, register_f
 _G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
 
 
+def _weight_transform(like: Tensor) -> Tensor:
+    """G (x) G, the (16, 9) matrix taking a flattened 3x3 kernel w to U = G w G^T flattened:
+    U[4i+j] = sum_ab G[i,a] G[j,b] w[a,b]. In `like`'s dtype and device."""
+    g = torch.tensor(_G, dtype=like.dtype, device=like.device)  # (4, 3)
+    return torch.kron(g, g)
+
+
 def winograd_weight(weight: Tensor) -> Tensor:
     """Returns U = G w G^T for every (output, input) channel pair: (K, C, 3, 3) -> (16, K, C)."""
     if weight.dim() != 4 or weight.shape[2:] != (3, 3):
         shape = tuple(weight.shape)
         raise ValueError(f"winograd_conv3x3: `weight` must be (K, C, 3, 3), got {shape}")
     out_channels, in_channels = weight.shape[:2]
-    g = torch.tensor(_G, dtype=weight.dtype, device=weight.device)  # (4, 3)
-    # U[4i+j] = sum_ab G[i,a] G[j,b] w[a,b]: one (16, 9) @ (9, K*C) product.
-    transform = torch.kron(g, g)  # (16, 9)
-    u = transform @ weight.reshape(out_channels * in_channels, 9).t()  # (16, K*C)
+    # one (16, 9) @ (9, K*C) product
+    u = _weight_transform(weight) @ weight.reshape(out_channels * in_channels, 9).t()
     return u.view(16, out_channels, in_channels)
 
 
 def winograd_weight_adjoint(grad_u: Tensor) -> Tensor:
     """The gradient of `winograd_weight` (its adjoint): (16, K, C) -> (K, C, 3, 3)."""
     _, out_channels, in_channels = grad_u.shape
-    g = torch.tensor(_G, dtype=grad_u.dtype, device=grad_u.device)  # (4, 3)
-    grad_w = torch.kron(g, g).t() @ grad_u.reshape(16, -1)  # (9, 16) @ (16, K*C) -> (9, K*C)
+    # (9, 16) @ (16, K*C) -> (9, K*C)
+    grad_w = _weight_transform(grad_u).t() @ grad_u.reshape(16, -1)
     return grad_w.t().reshape(out_channels, in_channels, 3, 3)
 
 
