@@ -6,8 +6,9 @@
 // with a strict `>` running max and index per channel (torchvision's order, so the FIRST max),
 // with no per-bin horizontal reduction. (The former NCHW two-pass scheme below spent as much time
 // reducing along x within a bin as in the max itself: 2.3x slower on the benchmark case.)
-// Forward, other dtypes: NCHW planes, one channel plane at a time (it stays in L2 while every RoI
-// reads it), in two passes per row of bins:
+// float16 and bfloat16 take the same path (features converted into the float32 blocks; bin
+// edges computed in the input's dtype, as torchvision). Forward, float64: NCHW planes, one channel
+// plane at a time (it stays in L2 while every RoI reads it), in two passes per row of bins:
 //   1. vertical: for each column w of the RoI, the max over the bin row's rows, vectorized along
 //      the contiguous w (the running max and its flat index h * W + w per column);
 //   2. horizontal: for each bin, the max over its columns of pass 1. Ties between columns keep the
@@ -185,8 +186,11 @@ DETECTOR_SIMD_CLONES void pool_roi_block(const float* image, int64_t width, cons
 // 200 x 272 map: it stays in L3 while every RoI reads it) and pools every RoI from it; each
 // RoI's [bins][16] result is transposed into output[k, c0:c0 + 16]. Threads take blocks from a
 // shared counter; a block's result does not depend on the thread.
+// S: float32, float16 or bfloat16 features, pooled from float32 channel blocks (exact: the max
+// of a bin is one of its values).
+template <typename S>
 void forward_float_blocks(const at::Tensor& x, const RoIBins& bins, int ph_count, int pw_count,
-                          float* out, int* arg) {
+                          S* out, int* arg) {
   const int64_t batch = x.size(0), channels = x.size(1), width = x.size(3);
   const int64_t plane = x.size(2) * width;
   const int64_t num_rois = static_cast<int64_t>(bins.batch.size());
@@ -202,22 +206,24 @@ void forward_float_blocks(const at::Tensor& x, const RoIBins& bins, int ph_count
     for (int64_t block = next_block++; block < num_blocks; block = next_block++) {
       const int64_t c0 = block * kChannelBlock;
       const int64_t cw = std::min(kChannelBlock, channels - c0);
-      load_channel_block(x, c0, cw, buf.get());
+      load_channel_block<float, S>(x, c0, cw, buf.get());
       for (int64_t k = 0; k < num_rois; ++k) {
         pool_roi_block(buf.get() + bins.batch[k] * plane * kChannelBlock, width,
                        bins.edges.data() + k * bins.stride, ph_count, pw_count, local.data(),
                        local_arg.data());
         // [bins][16] -> output[k, c0:c0 + cw, bins]
-        float* o = out + (k * channels + c0) * bin_count;
+        S* o = out + (k * channels + c0) * bin_count;
         int* a = arg + (k * channels + c0) * bin_count;
         if (cw == kChannelBlock) {
-          block_to_planes(local.data(), bin_count, o);
-          block_to_planes(local_arg.data(), bin_count, a);
-          continue;
+          if constexpr (std::is_same_v<S, float>) {
+            block_to_planes(local.data(), bin_count, o);
+            block_to_planes(local_arg.data(), bin_count, a);
+            continue;
+          }
         }
         for (int64_t j = 0; j < cw; ++j) {
           for (int64_t b = 0; b < bin_count; ++b) {
-            o[j * bin_count + b] = local[b * kChannelBlock + j];
+            o[j * bin_count + b] = static_cast<S>(local[b * kChannelBlock + j]);  // exact
             a[j * bin_count + b] = local_arg[b * kChannelBlock + j];
           }
         }
@@ -293,17 +299,21 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cpu(const at::Tensor& input,
   const at::Tensor r = rois.contiguous();
   const int ph_count = static_cast<int>(pooled_height);
   const int pw_count = static_cast<int>(pooled_width);
-  if (input.scalar_type() == at::kFloat) {
-    // Channel blocks read NCHW or NHWC directly (no layout copy).
+  if (input.scalar_type() != at::kDouble) {
+    // Channel blocks read NCHW or NHWC directly (no layout copy), float16/bfloat16 converted.
     const bool direct =
         input.is_contiguous() || input.is_contiguous(at::MemoryFormat::ChannelsLast);
-    const RoIBins bins =
-        compute_bins<float>(r, spatial_scale, pooled_height, pooled_width, height, width);
-    forward_float_blocks(direct ? input : input.contiguous(), bins, ph_count, pw_count,
-                         output.data_ptr<float>(), argmax.data_ptr<int>());
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_pool", [&] {
+      if constexpr (!std::is_same_v<scalar_t, double>) {
+        const RoIBins bins =
+            compute_bins<scalar_t>(r, spatial_scale, pooled_height, pooled_width, height, width);
+        forward_float_blocks(direct ? input : input.contiguous(), bins, ph_count, pw_count,
+                             output.data_ptr<scalar_t>(), argmax.data_ptr<int>());
+      }
+    });
     return {output, argmax};
   }
-  // Other dtypes: NCHW planes, one (n, c) plane is what the kernel reads per RoI.
+  // float64: NCHW planes, one (n, c) plane is what the kernel reads per RoI.
   const at::Tensor x = input.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_pool", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -331,8 +341,9 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cpu(const at::Tensor& input,
 // with images `image_stride` elements apart: for RoI k = 0..K-1 (a fixed order), channel c and
 // bin b, gi[batch[k], c - c0, argmax] += grad[k, c, b]. `grad` and `argmax` are contiguous
 // (K, C, bins), so a RoI's run for the block is (c1 - c0) * bins contiguous elements of each.
-template <typename T>
-DETECTOR_SIMD_CLONES void scatter_channels(const T* __restrict__ g, const int* __restrict__ arg,
+// `grad` of dtype S is summed in T (float32 for float16/bfloat16 gradients).
+template <typename S, typename T>
+DETECTOR_SIMD_CLONES void scatter_channels(const S* __restrict__ g, const int* __restrict__ arg,
                                            const int64_t* batch, int64_t num_rois, int64_t channels,
                                            int64_t bins, int64_t plane, int64_t c0, int64_t c1,
                                            int64_t image_stride, T* __restrict__ gi) {
@@ -346,11 +357,11 @@ DETECTOR_SIMD_CLONES void scatter_channels(const T* __restrict__ g, const int* _
       const char* next_g = reinterpret_cast<const char*>(g + first + kAhead * roi_stride);
       const char* next_a = reinterpret_cast<const char*>(arg + first + kAhead * roi_stride);
       for (int64_t byte = 0; byte < run * 4; byte += 64) {
-        __builtin_prefetch(next_g + byte, 0, 0);
+        if (byte < run * static_cast<int64_t>(sizeof(S))) __builtin_prefetch(next_g + byte, 0, 0);
         __builtin_prefetch(next_a + byte, 0, 0);
       }
     }
-    const T* gk = g + first;
+    const S* gk = g + first;
     const int* ak = arg + first;
     T* p = gi + batch[k] * image_stride;
     for (int64_t c = 0; c < c1 - c0; ++c, p += plane, gk += bins, ak += bins) {
@@ -358,7 +369,7 @@ DETECTOR_SIMD_CLONES void scatter_channels(const T* __restrict__ g, const int* _
         const int index = ak[b];
         // -1 (an empty bin) and anything outside the plane wrap to >= limit: skipped.
         if (static_cast<uint32_t>(index) < limit) {
-          p[index] += gk[b];
+          p[index] += static_cast<T>(gk[b]);
         }
       }
     }
@@ -366,8 +377,8 @@ DETECTOR_SIMD_CLONES void scatter_channels(const T* __restrict__ g, const int* _
 }
 
 // As scatter_channels, for a `grad` of any strides (e.g. expanded from a sum): read in place.
-template <typename T>
-void scatter_channels_strided(const T* g, at::IntArrayRef strides, const int* __restrict__ arg,
+template <typename S, typename T>
+void scatter_channels_strided(const S* g, at::IntArrayRef strides, const int* __restrict__ arg,
                               const int64_t* batch, int64_t num_rois, int64_t channels,
                               int64_t ph_count, int64_t pw_count, int64_t plane, int64_t c0,
                               int64_t c1, int64_t image_stride, T* __restrict__ gi) {
@@ -377,15 +388,28 @@ void scatter_channels_strided(const T* g, at::IntArrayRef strides, const int* __
       T* p = gi + batch[k] * image_stride + (c - c0) * plane;
       const int* ak = arg + (k * channels + c) * ph_count * pw_count;
       for (int64_t ph = 0; ph < ph_count; ++ph, ak += pw_count) {
-        const T* gh = g + k * strides[0] + c * strides[1] + ph * strides[2];
+        const S* gh = g + k * strides[0] + c * strides[1] + ph * strides[2];
         for (int64_t pw = 0; pw < pw_count; ++pw) {
           const int index = ak[pw];
           if (static_cast<uint32_t>(index) < limit) {
-            p[index] += gh[pw * strides[3]];
+            p[index] += static_cast<T>(gh[pw * strides[3]]);
           }
         }
       }
     }
+  }
+}
+
+// dst[i] = src[i], i < count, rounded to S once; float32/float64 with non-temporal stores
+// (copy_streaming), bfloat16 through the vectorized floats_to_bf16.
+template <typename S, typename T>
+void store_planes(const T* src, int64_t count, S* dst) {
+  if constexpr (std::is_same_v<S, T>) {
+    copy_streaming(src, count * sizeof(T), dst);
+  } else if constexpr (std::is_same_v<S, c10::BFloat16>) {
+    floats_to_bf16(src, count, reinterpret_cast<uint16_t*>(dst));
+  } else {
+    for (int64_t i = 0; i < count; ++i) dst[i] = static_cast<S>(src[i]);
   }
 }
 
@@ -421,6 +445,7 @@ at::Tensor roi_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& rois,
   const bool dense = grad.is_contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, grad.scalar_type(), "_roi_pool_backward", [&] {
+        using acc_t = at::opmath_type<scalar_t>;  // float32 sums for float16/bfloat16
         const scalar_t* gp = grad.const_data_ptr<scalar_t>();
         const int* ap = a.const_data_ptr<int>();
         scalar_t* gi = grad_input.data_ptr<scalar_t>();
@@ -434,23 +459,23 @@ at::Tensor roi_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& rois,
         const int64_t workers = std::min<int64_t>(num_blocks, at::get_num_threads());
         std::atomic<int64_t> next_block{0};
         at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
-          AlignedArray<scalar_t> planes = aligned_array<scalar_t>(batch_size * kBlock * plane);
+          AlignedArray<acc_t> planes = aligned_array<acc_t>(batch_size * kBlock * plane);
           for (int64_t block = next_block++; block < num_blocks; block = next_block++) {
             const int64_t c0 = block * kBlock;
             const int64_t c1 = std::min(c0 + kBlock, channels);
             const int64_t image_stride = (c1 - c0) * plane;  // planes: (N, c1 - c0, H, W)
-            std::fill(planes.get(), planes.get() + batch_size * image_stride, scalar_t(0));
+            std::fill(planes.get(), planes.get() + batch_size * image_stride, acc_t(0));
             if (dense) {
-              scatter_channels<scalar_t>(gp, ap, batch.data(), num_rois, channels, bins, plane, c0,
-                                         c1, image_stride, planes.get());
+              scatter_channels(gp, ap, batch.data(), num_rois, channels, bins, plane, c0, c1,
+                               image_stride, planes.get());
             } else {
-              scatter_channels_strided<scalar_t>(gp, grad.strides(), ap, batch.data(), num_rois,
-                                                 channels, grad.size(2), grad.size(3), plane, c0,
-                                                 c1, image_stride, planes.get());
+              scatter_channels_strided(gp, grad.strides(), ap, batch.data(), num_rois, channels,
+                                       grad.size(2), grad.size(3), plane, c0, c1, image_stride,
+                                       planes.get());
             }
             for (int64_t n = 0; n < batch_size; ++n) {
-              copy_streaming(planes.get() + n * image_stride, image_stride * sizeof(scalar_t),
-                             gi + (n * channels + c0) * plane);
+              store_planes(planes.get() + n * image_stride, image_stride,
+                           gi + (n * channels + c0) * plane);
             }
           }
           store_fence();

@@ -157,3 +157,21 @@ def test_native_kernels_round_the_float32_result_once(
     assert results[0][0].dtype == results[0][1].dtype == dtype
     for actual, expected in zip(results[0], results[1], strict=True):
         torch.testing.assert_close(actual, expected.to(actual.dtype), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", REDUCED)
+def test_roi_pool_gradient_sums_in_float32(dtype: torch.dtype) -> None:
+    """300 RoIs share their max pixel: its gradient is the float32 sum of 300 float16/bfloat16
+    gradients, rounded once (summing in the dtype would round 300 times)."""
+    x = torch.zeros(1, 16, 12, 12, dtype=dtype)
+    x[0, :, 5, 5] = 1.0
+    g = torch.Generator().manual_seed(3)
+    corners = torch.rand(300, 2, generator=g) * 4  # every box covers pixel (5, 5)
+    rois = torch.cat([torch.zeros(300, 1), corners, corners + 7], dim=1).to(dtype)
+    leaf = x.clone().requires_grad_()
+    out = ops.roi_pool(leaf, rois, 1, 1.0)  # one bin: its max is pixel (5, 5)
+    grad_out = (torch.rand(out.shape, generator=g) + 0.5).to(dtype)
+    out.backward(grad_out)
+    expected = grad_out.float().sum(0)[:, 0, 0].to(dtype)  # (C,)
+    torch.testing.assert_close(leaf.grad[0, :, 5, 5], expected, rtol=0, atol=0)
+    assert leaf.grad.count_nonzero() == 16
