@@ -6,7 +6,7 @@
 //
 // Register it in place of the kernel: m.impl("ps_roi_pool", &ComputeInFloat32<&forward>::run).
 // The copies cost a pass over the inputs and outputs; roi_align and nms convert inside their
-// kernels instead (cpu/roi_align_kernel.cpp, cpu/nms_kernel.cpp).
+// kernels instead (cpu/roi_align_forward.cpp, cpu/roi_align_backward.cpp, cpu/nms_kernel.cpp).
 #pragma once
 
 #include <ATen/ATen.h>
