@@ -21,10 +21,12 @@
 // call, it is small); each result is rounded once to the dtype when stored. bfloat16 input, offset
 // and mask values are read in place (as their 16 bits: widening is a shift, which vectorizes) and
 // converted while sampling; float16 ones are converted to float32 one image at a time (GCC 12
-// does not vectorize float16 conversions). The GEMMs run in float32 (MKL): oneDNN's bfloat16 GEMM
-// is slower than MKL's float32 one wherever the CPU lacks AVX512-BF16 / AMX (3-6x measured on an
-// AVX-512 Xeon without them), and the columns are float32 anyway. Their column blocks are wider
-// than float32's (kReducedGemmColumns): same bits for any thread count still, fewer small GEMMs.
+// does not vectorize float16 conversions). The GEMMs run in float32 (MKL): at::mm in bfloat16
+// (oneDNN) measured 3-6x slower than MKL's float32 GEMM on the benchmark machine, an AVX-512 CPU
+// without AVX512-BF16 or AMX (on one with them a bfloat16 GEMM may win: not measured). Chunks and
+// GEMM column blocks have their own sizes (kReducedChunkElements, kReducedGemmColumns), fixed: the
+// same bits for any thread count. The hot loops are inlined into their instruction-set clones
+// (ReducedLoops), so they run AVX2/AVX-512 code.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/LegacyTypeDispatch.h>
@@ -54,9 +56,14 @@ constexpr int64_t kChunkElements = int64_t{1} << 20;
 // whatever the thread count.
 constexpr int64_t kGemmColumns = 64;
 
-// The column block width of the float16/bfloat16 paths' (float32) GEMMs. The float32 and float64
-// paths keep kGemmColumns, so that their results keep their bits.
-constexpr int64_t kReducedGemmColumns = 256;
+// The float16/bfloat16 paths' chunks and (float32) GEMM column blocks: 1 MB of float32 columns
+// (so that the columns, and in backward their gradients, stay in L2 between the sampling loops
+// and the GEMMs) and blocks of 128 (fewer, larger GEMMs than 64; still a few blocks per chunk
+// for the threads). Measured on 1x64x100x100, 3x3, 64 out channels: about 10% faster than 4 MB
+// chunks and blocks of 64. The float32 and float64 paths keep kChunkElements and kGemmColumns,
+// and so their results' bits.
+constexpr int64_t kReducedChunkElements = int64_t{1} << 18;
+constexpr int64_t kReducedGemmColumns = 128;
 
 }  // namespace
 }  // namespace detector
@@ -366,10 +373,10 @@ DETECTOR_SIMD_CLONES void add_row_sums(const float* rows, int64_t stride, int64_
   }
 }
 
-// Positions per chunk: about kChunkElements column entries, at most one image.
-int64_t chunk_positions(const DeformConvGeometry& g) {
+// Positions per chunk: about `elements` column entries, at most one image.
+int64_t chunk_positions(const DeformConvGeometry& g, int64_t elements = kChunkElements) {
   const int64_t row_size = std::max<int64_t>(1, g.taps() * g.channels);
-  return std::clamp<int64_t>(kChunkElements / row_size, 64, std::max<int64_t>(1, g.positions()));
+  return std::clamp<int64_t>(elements / row_size, 64, std::max<int64_t>(1, g.positions()));
 }
 
 // Grain of the position loops: enough channel work per task to amortize the scheduling.
@@ -418,7 +425,7 @@ void deform_conv2d_forward_reduced(const DeformConvGeometry& g, const at::Tensor
       bias.has_value() ? bias->to(at::kFloat).view({g.out_channels, 1}) : at::Tensor();
   const std::vector<ChannelRun> runs = channel_runs(g);
   const int64_t positions = g.positions(), row_size = g.taps() * g.channels;
-  const int64_t chunk = chunk_positions(g), grain = row_grain(g);
+  const int64_t chunk = chunk_positions(g, kReducedChunkElements), grain = row_grain(g);
   const int64_t group_k = row_size / g.groups, group_o = g.out_channels / g.groups;
   at::Tensor columns = at::empty({chunk, row_size}, f32);
   at::Tensor output32 = at::empty({g.out_channels, chunk}, f32);  // one chunk's float32 sums
@@ -478,7 +485,7 @@ deform_conv2d_backward_reduced(const DeformConvGeometry& g, const at::Tensor& gr
         grad_output.contiguous().view({g.batch, g.out_channels, positions});
     const at::Tensor w_matrix = weight_as_matrix(weight).to(at::kFloat);  // (O, taps * Cw)
     const std::vector<ChannelRun> runs = channel_runs(g);
-    const int64_t chunk = chunk_positions(g), grain = row_grain(g);
+    const int64_t chunk = chunk_positions(g, kReducedChunkElements), grain = row_grain(g);
     at::Tensor columns = at::empty({chunk, row_size}, f32);
     at::Tensor grad_columns = at::empty({chunk, row_size}, f32);
     at::Tensor grad_out32 = at::empty({g.out_channels, chunk}, f32);
