@@ -422,7 +422,7 @@ void deform_conv2d_forward_reduced(const DeformConvGeometry& g, const at::Tensor
   const at::Tensor mask_c = mask.has_value() ? mask->contiguous() : at::Tensor();
   const at::Tensor w_matrix = weight_as_matrix(weight).to(at::kFloat);  // (O, taps * Cw)
   const at::Tensor bias_column =
-      bias.has_value() ? bias->to(at::kFloat).view({g.out_channels, 1}) : at::Tensor();
+      bias.has_value() ? bias->to(at::kFloat).reshape({g.out_channels, 1}) : at::Tensor();
   const std::vector<ChannelRun> runs = channel_runs(g);
   const int64_t positions = g.positions(), row_size = g.taps() * g.channels;
   const int64_t chunk = chunk_positions(g, kReducedChunkElements), grain = row_grain(g);
