@@ -15,17 +15,31 @@
 //   grad_input (NHWC)  += col2im(grad_columns): each thread owns a channel range and scatters all
 //                    positions and taps in a fixed order, so the result has the same bits for any
 //                    thread count and no atomics are needed.
+//
+// float16 and bfloat16 (deform_conv2d_forward_reduced / deform_conv2d_backward_reduced): the
+// columns, GEMMs, sums and gradient accumulators are float32 (the weight is converted once per
+// call, it is small); each result is rounded once to the dtype when stored. bfloat16 input, offset
+// and mask values are read in place (as their 16 bits: widening is a shift, which vectorizes) and
+// converted while sampling; float16 ones are converted to float32 one image at a time (GCC 12
+// does not vectorize float16 conversions). The GEMMs run in float32 (MKL): at::mm in bfloat16
+// (oneDNN) measured 3-6x slower than MKL's float32 GEMM on the benchmark machine, an AVX-512 CPU
+// without AVX512-BF16 or AMX (on one with them a bfloat16 GEMM may win: not measured). Chunks and
+// GEMM column blocks have their own sizes (kReducedChunkElements, kReducedGemmColumns), fixed: the
+// same bits for any thread count. The hot loops are inlined into their instruction-set clones
+// (ReducedLoops), so they run AVX2/AVX-512 code.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "common/bilinear.h"
 #include "cpu/cpu_utils.h"
-#include "cpu/float32_compute.h"
 #include "deform_conv2d.h"
 
 namespace detector {
@@ -41,6 +55,15 @@ constexpr int64_t kChunkElements = int64_t{1} << 20;
 // thread with MKL held to that thread: every output element is reduced in the same order
 // whatever the thread count.
 constexpr int64_t kGemmColumns = 64;
+
+// The float16/bfloat16 paths' chunks and (float32) GEMM column blocks: 1 MB of float32 columns
+// (so that the columns, and in backward their gradients, stay in L2 between the sampling loops
+// and the GEMMs) and blocks of 128 (fewer, larger GEMMs than 64; still a few blocks per chunk
+// for the threads). Measured on 1x64x100x100, 3x3, 64 out channels: about 10% faster than 4 MB
+// chunks and blocks of 64. The float32 and float64 paths keep kChunkElements and kGemmColumns,
+// and so their results' bits.
+constexpr int64_t kReducedChunkElements = int64_t{1} << 18;
+constexpr int64_t kReducedGemmColumns = 128;
 
 }  // namespace
 }  // namespace detector
@@ -69,17 +92,18 @@ class OneBlasThread {
   int previous_;
 };
 
-// out (M, N) = a (M, R) x b (R, N), or out += a x b with `accumulate`.
+// out (M, N) = a (M, R) x b (R, N), or out += a x b with `accumulate`, in column blocks of
+// `block_width`.
 void gemm_in_column_blocks(at::Tensor out, const at::Tensor& a, const at::Tensor& b,
-                           bool accumulate) {
+                           bool accumulate, int64_t block_width = kGemmColumns) {
   const int64_t n = out.size(1);
-  const int64_t blocks = (n + kGemmColumns - 1) / kGemmColumns;
+  const int64_t blocks = (n + block_width - 1) / block_width;
   at::parallel_for(0, blocks, 1, [&](int64_t first_block, int64_t last_block) {
     // Thread-local: the worker threads need the caller's "below autograd" dispatch too.
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
     const OneBlasThread one_thread;
     for (int64_t k = first_block; k < last_block; ++k) {
-      const int64_t first = k * kGemmColumns, width = std::min(kGemmColumns, n - first);
+      const int64_t first = k * block_width, width = std::min(block_width, n - first);
       at::Tensor block = out.narrow(1, first, width);
       if (accumulate) {
         block.addmm_(a, b.narrow(1, first, width));
@@ -110,15 +134,28 @@ std::vector<ChannelRun> channel_runs(const DeformConvGeometry& g) {
   return runs;
 }
 
-// Everything the sampling loops of one image and one chunk of positions need.
-template <typename T>
+// How the sampling loops read input, offset and mask values (`In`): float and double as
+// themselves, bfloat16 as its 16 bits (uint16_t), widened to float by a shift.
+inline float widen(float v) { return v; }
+inline double widen(double v) { return v; }
+inline float widen(uint16_t bfloat16_bits) {
+  const uint32_t bits = uint32_t{bfloat16_bits} << 16;
+  float v;
+  std::memcpy(&v, &bits, sizeof(v));
+  return v;
+}
+
+// Everything the sampling loops of one image and one chunk of positions need. `In` is the type
+// the input, offset and mask are read as (see widen), T the compute type (the columns, the
+// gradients and the bilinear weights).
+template <typename In, typename T>
 struct ChunkArgs {
   const DeformConvGeometry* geo;
   const ChannelRun* runs;
   int64_t num_runs;
-  const T* input;         // (H, W, C) one image, channels last
-  const T* offset;        // (2 * G * taps, P) one image
-  const T* mask;          // (G * taps, P) one image, or nullptr
+  const In* input;        // (H, W, C) one image, channels last
+  const In* offset;       // (2 * G * taps, P) one image
+  const In* mask;         // (G * taps, P) one image, or nullptr
   int64_t first;          // first output position of the chunk
   T* columns;             // (L, K) forward: written; backward: unused
   const T* grad_columns;  // (L, K) backward only
@@ -129,28 +166,28 @@ struct ChunkArgs {
 
 // Sampling point of output position `pos`, tap `tap`, offset group `og` (torchvision's order of
 // operations, so the coordinates have the same bits).
-template <typename T>
-inline void sample_coords(const DeformConvGeometry& g, const T* offset, int64_t pos, int64_t tap,
+template <typename In, typename T>
+inline void sample_coords(const DeformConvGeometry& g, const In* offset, int64_t pos, int64_t tap,
                           int64_t og, T& y, T& x) {
   const int64_t positions = g.positions();
   const int64_t oy = pos / g.out_w, ox = pos % g.out_w;
   const int64_t i = tap / g.kernel_w, j = tap % g.kernel_w;
   const int64_t channel = 2 * (og * g.taps() + tap);
   y = static_cast<T>(oy * g.stride_h - g.pad_h + i * g.dilation_h) +
-      offset[channel * positions + pos];
+      widen(offset[channel * positions + pos]);
   x = static_cast<T>(ox * g.stride_w - g.pad_w + j * g.dilation_w) +
-      offset[(channel + 1) * positions + pos];
+      widen(offset[(channel + 1) * positions + pos]);
 }
 
-template <typename T>
-inline T mask_value(const DeformConvGeometry& g, const T* mask, int64_t pos, int64_t tap,
+template <typename T, typename In>
+inline T mask_value(const DeformConvGeometry& g, const In* mask, int64_t pos, int64_t tap,
                     int64_t og) {
-  return mask == nullptr ? T(1) : mask[(og * g.taps() + tap) * g.positions() + pos];
+  return mask == nullptr ? T(1) : widen(mask[(og * g.taps() + tap) * g.positions() + pos]);
 }
 
 // Forward im2col of chunk rows [begin, end).
-template <typename T>
-inline void im2col_rows_impl(const ChunkArgs<T>& a, int64_t begin, int64_t end) {
+template <typename In, typename T>
+inline void im2col_rows_impl(const ChunkArgs<In, T>& a, int64_t begin, int64_t end) {
   const DeformConvGeometry& g = *a.geo;
   const int64_t taps = g.taps(), channels = g.channels, cw = g.channels / g.groups;
   const int64_t row_size = taps * channels;
@@ -162,20 +199,20 @@ inline void im2col_rows_impl(const ChunkArgs<T>& a, int64_t begin, int64_t end) 
         T y, x;
         sample_coords(g, a.offset, pos, t, og, y, x);
         const Bilinear<T> b = bilinear_zero_padded(y, x, g.height, g.width);
-        const T m = mask_value(g, a.mask, pos, t, og);
+        const T m = mask_value<T>(g, a.mask, pos, t, og);
         const T w0 = b.weight[0] * m, w1 = b.weight[1] * m;
         const T w2 = b.weight[2] * m, w3 = b.weight[3] * m;
         for (int64_t r = 0; r < a.num_runs; ++r) {
           const ChannelRun& run = a.runs[r];
           if (run.offset_group != og) continue;
           T* dst = row + run.column + t * cw;
-          const T* s0 = a.input + b.index[0] * channels + run.begin;
-          const T* s1 = a.input + b.index[1] * channels + run.begin;
-          const T* s2 = a.input + b.index[2] * channels + run.begin;
-          const T* s3 = a.input + b.index[3] * channels + run.begin;
+          const In* s0 = a.input + b.index[0] * channels + run.begin;
+          const In* s1 = a.input + b.index[1] * channels + run.begin;
+          const In* s2 = a.input + b.index[2] * channels + run.begin;
+          const In* s3 = a.input + b.index[3] * channels + run.begin;
           const int64_t n = run.end - run.begin;
           for (int64_t c = 0; c < n; ++c) {
-            dst[c] = w0 * s0[c] + w1 * s1[c] + w2 * s2[c] + w3 * s3[c];
+            dst[c] = w0 * widen(s0[c]) + w1 * widen(s1[c]) + w2 * widen(s2[c]) + w3 * widen(s3[c]);
           }
         }
       }
@@ -185,8 +222,8 @@ inline void im2col_rows_impl(const ChunkArgs<T>& a, int64_t begin, int64_t end) 
 
 // Backward: offset and mask gradients of chunk rows [begin, end), and the masked bilinear
 // weights of every sample for col2im.
-template <typename T>
-inline void coordinate_grad_rows_impl(const ChunkArgs<T>& a, int64_t begin, int64_t end) {
+template <typename In, typename T>
+inline void coordinate_grad_rows_impl(const ChunkArgs<In, T>& a, int64_t begin, int64_t end) {
   const DeformConvGeometry& g = *a.geo;
   const int64_t taps = g.taps(), channels = g.channels, cw = g.channels / g.groups;
   const int64_t row_size = taps * channels, positions = g.positions();
@@ -198,7 +235,7 @@ inline void coordinate_grad_rows_impl(const ChunkArgs<T>& a, int64_t begin, int6
         T y, x;
         sample_coords(g, a.offset, pos, t, og, y, x);
         const BilinearGrad<T> bg = bilinear_zero_padded_grad(y, x, g.height, g.width);
-        const T m = mask_value(g, a.mask, pos, t, og);
+        const T m = mask_value<T>(g, a.mask, pos, t, og);
         const T w0 = bg.sample.weight[0], w1 = bg.sample.weight[1];
         const T w2 = bg.sample.weight[2], w3 = bg.sample.weight[3];
         const T dy0 = bg.dy[0], dy1 = bg.dy[1], dy2 = bg.dy[2], dy3 = bg.dy[3];
@@ -208,14 +245,14 @@ inline void coordinate_grad_rows_impl(const ChunkArgs<T>& a, int64_t begin, int6
           const ChannelRun& run = a.runs[r];
           if (run.offset_group != og) continue;
           const T* grad = grad_row + run.column + t * cw;
-          const T* s0 = a.input + bg.sample.index[0] * channels + run.begin;
-          const T* s1 = a.input + bg.sample.index[1] * channels + run.begin;
-          const T* s2 = a.input + bg.sample.index[2] * channels + run.begin;
-          const T* s3 = a.input + bg.sample.index[3] * channels + run.begin;
+          const In* s0 = a.input + bg.sample.index[0] * channels + run.begin;
+          const In* s1 = a.input + bg.sample.index[1] * channels + run.begin;
+          const In* s2 = a.input + bg.sample.index[2] * channels + run.begin;
+          const In* s3 = a.input + bg.sample.index[3] * channels + run.begin;
           const int64_t n = run.end - run.begin;
 #pragma omp simd reduction(+ : sum_value, sum_dy, sum_dx)
           for (int64_t c = 0; c < n; ++c) {
-            const T v0 = s0[c], v1 = s1[c], v2 = s2[c], v3 = s3[c];
+            const T v0 = widen(s0[c]), v1 = widen(s1[c]), v2 = widen(s2[c]), v3 = widen(s3[c]);
             sum_value += grad[c] * (w0 * v0 + w1 * v1 + w2 * v2 + w3 * v3);
             sum_dy += grad[c] * (dy0 * v0 + dy1 * v1 + dy2 * v2 + dy3 * v3);
             sum_dx += grad[c] * (dx0 * v0 + dx1 * v1 + dx2 * v2 + dx3 * v3);
@@ -238,8 +275,8 @@ inline void coordinate_grad_rows_impl(const ChunkArgs<T>& a, int64_t begin, int6
 // Backward col2im of all `rows` chunk rows into the channels [c_begin, c_end) of one NHWC image
 // of grad_input. The additions into an element happen in (row, tap, offset group, neighbour)
 // order whatever the channel range, so the bits do not depend on the thread count.
-template <typename T>
-inline void col2im_channels_impl(const ChunkArgs<T>& a, int64_t rows, T* grad_input,
+template <typename In, typename T>
+inline void col2im_channels_impl(const ChunkArgs<In, T>& a, int64_t rows, T* grad_input,
                                  int64_t c_begin, int64_t c_end) {
   const DeformConvGeometry& g = *a.geo;
   const int64_t taps = g.taps(), channels = g.channels, cw = g.channels / g.groups;
@@ -267,34 +304,79 @@ inline void col2im_channels_impl(const ChunkArgs<T>& a, int64_t rows, T* grad_in
   }
 }
 
-// The hot loops, compiled for several instruction sets (cpu_utils.h).
-DETECTOR_SIMD_CLONES void im2col_rows(const ChunkArgs<float>& a, int64_t begin, int64_t end) {
+// The hot loops, compiled for several instruction sets (cpu_utils.h). The float and double
+// clones call one out-of-line copy of im2col_rows_impl and coordinate_grad_rows_impl (GCC does
+// not inline them into the clones), so they run baseline x86-64 code; inlining them now would
+// change the float32 and float64 results' bits (wider simd sums, contracted multiply-adds), so
+// they stay as they are.
+DETECTOR_SIMD_CLONES void im2col_rows(const ChunkArgs<float, float>& a, int64_t begin,
+                                      int64_t end) {
   im2col_rows_impl(a, begin, end);
 }
-DETECTOR_SIMD_CLONES void im2col_rows(const ChunkArgs<double>& a, int64_t begin, int64_t end) {
+DETECTOR_SIMD_CLONES void im2col_rows(const ChunkArgs<double, double>& a, int64_t begin,
+                                      int64_t end) {
   im2col_rows_impl(a, begin, end);
 }
-DETECTOR_SIMD_CLONES void coordinate_grad_rows(const ChunkArgs<float>& a, int64_t begin,
+DETECTOR_SIMD_CLONES void coordinate_grad_rows(const ChunkArgs<float, float>& a, int64_t begin,
                                                int64_t end) {
   coordinate_grad_rows_impl(a, begin, end);
 }
-DETECTOR_SIMD_CLONES void coordinate_grad_rows(const ChunkArgs<double>& a, int64_t begin,
+DETECTOR_SIMD_CLONES void coordinate_grad_rows(const ChunkArgs<double, double>& a, int64_t begin,
                                                int64_t end) {
   coordinate_grad_rows_impl(a, begin, end);
 }
-DETECTOR_SIMD_CLONES void col2im_channels(const ChunkArgs<float>& a, int64_t rows,
+DETECTOR_SIMD_CLONES void col2im_channels(const ChunkArgs<float, float>& a, int64_t rows,
                                           float* grad_input, int64_t c_begin, int64_t c_end) {
   col2im_channels_impl(a, rows, grad_input, c_begin, c_end);
 }
-DETECTOR_SIMD_CLONES void col2im_channels(const ChunkArgs<double>& a, int64_t rows,
+DETECTOR_SIMD_CLONES void col2im_channels(const ChunkArgs<double, double>& a, int64_t rows,
                                           double* grad_input, int64_t c_begin, int64_t c_end) {
   col2im_channels_impl(a, rows, grad_input, c_begin, c_end);
 }
 
-// Positions per chunk: about kChunkElements column entries, at most one image.
-int64_t chunk_positions(const DeformConvGeometry& g) {
+// The float16/bfloat16 paths' hot loops (In = float for float16's converted images, uint16_t for
+// bfloat16's bits): `flatten` inlines the loop bodies into each instruction set's clone, so that
+// they run vectorized for AVX2 or AVX-512.
+#if defined(__GNUC__)
+#define DETECTOR_REDUCED_LOOP __attribute__((flatten)) DETECTOR_SIMD_CLONES
+#else
+#define DETECTOR_REDUCED_LOOP DETECTOR_SIMD_CLONES
+#endif
+
+template <typename In>
+struct ReducedLoops {
+  DETECTOR_REDUCED_LOOP static void im2col_rows(const ChunkArgs<In, float>& a, int64_t begin,
+                                                int64_t end) {
+    im2col_rows_impl(a, begin, end);
+  }
+  DETECTOR_REDUCED_LOOP static void coordinate_grad_rows(const ChunkArgs<In, float>& a,
+                                                         int64_t begin, int64_t end) {
+    coordinate_grad_rows_impl(a, begin, end);
+  }
+  DETECTOR_REDUCED_LOOP static void col2im_channels(const ChunkArgs<In, float>& a, int64_t rows,
+                                                    float* grad_input, int64_t c_begin,
+                                                    int64_t c_end) {
+    col2im_channels_impl(a, rows, grad_input, c_begin, c_end);
+  }
+};
+
+// sums[o] += the sum of rows[o * stride + i] over i < length, for o in [first_row, last_row):
+// float32 sums, each in a fixed order.
+DETECTOR_SIMD_CLONES void add_row_sums(const float* rows, int64_t stride, int64_t length,
+                                       int64_t first_row, int64_t last_row, float* sums) {
+  for (int64_t o = first_row; o < last_row; ++o) {
+    const float* r = rows + o * stride;
+    float s = 0;
+#pragma omp simd reduction(+ : s)
+    for (int64_t i = 0; i < length; ++i) s += r[i];
+    sums[o] += s;
+  }
+}
+
+// Positions per chunk: about `elements` column entries, at most one image.
+int64_t chunk_positions(const DeformConvGeometry& g, int64_t elements = kChunkElements) {
   const int64_t row_size = std::max<int64_t>(1, g.taps() * g.channels);
-  return std::clamp<int64_t>(kChunkElements / row_size, 64, std::max<int64_t>(1, g.positions()));
+  return std::clamp<int64_t>(elements / row_size, 64, std::max<int64_t>(1, g.positions()));
 }
 
 // Grain of the position loops: enough channel work per task to amortize the scheduling.
@@ -305,6 +387,175 @@ int64_t row_grain(const DeformConvGeometry& g) {
 // weight (O, Cw, kh, kw) -> W' (O, kh * kw * Cw), the column order of the im2col rows.
 at::Tensor weight_as_matrix(const at::Tensor& weight) {
   return weight.permute({0, 2, 3, 1}).reshape({weight.size(0), -1}).contiguous();
+}
+
+// ---------------------------------------------------------------------------------------------
+// float16 and bfloat16 (see the top of this file).
+
+// How the sampling loops of S read its values: bfloat16 as its bits, float16 as float32 copies.
+template <typename S>
+using ReducedIn = std::conditional_t<std::is_same_v<S, c10::BFloat16>, uint16_t, float>;
+
+// One image's (or an image's offset or mask) values as the sampling loops of S read them: the
+// tensor's own data for bfloat16, a float32 copy of the same strides in `copy` for float16.
+template <typename S>
+const ReducedIn<S>* reduced_values(const at::Tensor& t, at::Tensor& copy) {
+  if constexpr (std::is_same_v<S, c10::BFloat16>) {
+    return reinterpret_cast<const uint16_t*>(t.const_data_ptr<S>());
+  } else {
+    copy = at::empty_strided(t.sizes(), t.strides(), t.options().dtype(at::kFloat));
+    copy.copy_(t);
+    return copy.const_data_ptr<float>();
+  }
+}
+
+template <typename S>
+void deform_conv2d_forward_reduced(const DeformConvGeometry& g, const at::Tensor& input,
+                                   const at::Tensor& offset, const at::Tensor& weight,
+                                   const std::optional<at::Tensor>& mask,
+                                   const std::optional<at::Tensor>& bias, at::Tensor& output) {
+  using In = ReducedIn<S>;
+  using Loops = ReducedLoops<In>;
+  const at::TensorOptions f32 = input.options().dtype(at::kFloat);
+  const at::Tensor input_nhwc = input.contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor offset_c = offset.contiguous();
+  const at::Tensor mask_c = mask.has_value() ? mask->contiguous() : at::Tensor();
+  const at::Tensor w_matrix = weight_as_matrix(weight).to(at::kFloat);  // (O, taps * Cw)
+  const at::Tensor bias_column =
+      bias.has_value() ? bias->to(at::kFloat).reshape({g.out_channels, 1}) : at::Tensor();
+  const std::vector<ChannelRun> runs = channel_runs(g);
+  const int64_t positions = g.positions(), row_size = g.taps() * g.channels;
+  const int64_t chunk = chunk_positions(g, kReducedChunkElements), grain = row_grain(g);
+  const int64_t group_k = row_size / g.groups, group_o = g.out_channels / g.groups;
+  at::Tensor columns = at::empty({chunk, row_size}, f32);
+  at::Tensor output32 = at::empty({g.out_channels, chunk}, f32);  // one chunk's float32 sums
+  at::Tensor output_flat = output.view({g.batch, g.out_channels, positions});
+  ChunkArgs<In, float> args{};
+  args.geo = &g;
+  args.runs = runs.data();
+  args.num_runs = static_cast<int64_t>(runs.size());
+  args.columns = columns.data_ptr<float>();
+  at::Tensor input_copy, offset_copy, mask_copy;  // float16: this image's float32 values
+  for (int64_t n = 0; n < g.batch; ++n) {
+    args.input = reduced_values<S>(input_nhwc[n], input_copy);
+    args.offset = reduced_values<S>(offset_c[n], offset_copy);
+    args.mask = mask_c.defined() ? reduced_values<S>(mask_c[n], mask_copy) : nullptr;
+    for (int64_t first = 0; first < positions; first += chunk) {
+      const int64_t rows = std::min(chunk, positions - first);
+      args.first = first;
+      at::parallel_for(0, rows, grain,
+                       [&](int64_t begin, int64_t end) { Loops::im2col_rows(args, begin, end); });
+      const at::Tensor cols = columns.narrow(0, 0, rows);  // (L, K)
+      at::Tensor sums = output32.narrow(1, 0, rows);       // (O, L)
+      for (int64_t wg = 0; wg < g.groups; ++wg) {
+        gemm_in_column_blocks(
+            sums.narrow(0, wg * group_o, group_o), w_matrix.narrow(0, wg * group_o, group_o),
+            cols.narrow(1, wg * group_k, group_k).t(), false, kReducedGemmColumns);
+      }
+      if (bias_column.defined()) {
+        sums.add_(bias_column);
+      }
+      output_flat[n].narrow(1, first, rows).copy_(sums);  // rounded once
+    }
+  }
+}
+
+template <typename S>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+deform_conv2d_backward_reduced(const DeformConvGeometry& g, const at::Tensor& grad_output,
+                               const at::Tensor& input, const at::Tensor& offset,
+                               const at::Tensor& weight, const std::optional<at::Tensor>& mask) {
+  using In = ReducedIn<S>;
+  using Loops = ReducedLoops<In>;
+  const at::TensorOptions f32 = input.options().dtype(at::kFloat);
+  const int64_t positions = g.positions(), row_size = g.taps() * g.channels;
+  const int64_t group_k = row_size / g.groups, group_o = g.out_channels / g.groups;
+  at::Tensor grad_input = at::zeros({g.batch, g.channels, g.height, g.width}, input.options());
+  at::Tensor grad_offset = at::zeros(offset.sizes(), offset.options());
+  at::Tensor grad_mask = mask.has_value() ? at::zeros(mask->sizes(), mask->options())
+                                          : at::empty({0}, input.options());
+  // float32 accumulators over all chunks and images, rounded once at the end
+  at::Tensor grad_w_matrix = at::zeros({g.out_channels, group_k}, f32);
+  at::Tensor grad_bias = at::zeros({g.out_channels}, f32);
+  if (g.batch > 0 && g.out_channels > 0 && g.channels > 0 && positions > 0) {
+    const at::Tensor input_nhwc = input.contiguous(at::MemoryFormat::ChannelsLast);
+    const at::Tensor offset_c = offset.contiguous();
+    const at::Tensor mask_c = mask.has_value() ? mask->contiguous() : at::Tensor();
+    const at::Tensor grad_out_flat =
+        grad_output.contiguous().view({g.batch, g.out_channels, positions});
+    const at::Tensor w_matrix = weight_as_matrix(weight).to(at::kFloat);  // (O, taps * Cw)
+    const std::vector<ChannelRun> runs = channel_runs(g);
+    const int64_t chunk = chunk_positions(g, kReducedChunkElements), grain = row_grain(g);
+    at::Tensor columns = at::empty({chunk, row_size}, f32);
+    at::Tensor grad_columns = at::empty({chunk, row_size}, f32);
+    at::Tensor grad_out32 = at::empty({g.out_channels, chunk}, f32);
+    // one image's float32 gradients: input (H, W, C), offset, mask
+    at::Tensor grad_in32 = at::empty({g.height, g.width, g.channels}, f32);
+    at::Tensor grad_in_nhwc = at::empty({g.height, g.width, g.channels}, input.options());
+    at::Tensor grad_offset32 = at::empty(offset_c[0].sizes(), f32);
+    at::Tensor grad_mask32 = mask_c.defined() ? at::empty(mask_c[0].sizes(), f32) : at::Tensor();
+    std::vector<Bilinear<float>> points(chunk * g.taps() * g.offset_groups);
+    ChunkArgs<In, float> args{};
+    args.geo = &g;
+    args.runs = runs.data();
+    args.num_runs = static_cast<int64_t>(runs.size());
+    args.columns = columns.data_ptr<float>();
+    args.grad_columns = grad_columns.data_ptr<float>();
+    args.points = points.data();
+    args.grad_offset = grad_offset32.data_ptr<float>();
+    args.grad_mask = grad_mask32.defined() ? grad_mask32.data_ptr<float>() : nullptr;
+    float* grad_in = grad_in32.data_ptr<float>();
+    float* bias_sums = grad_bias.data_ptr<float>();
+    at::Tensor input_copy, offset_copy, mask_copy;  // float16: this image's float32 values
+    for (int64_t n = 0; n < g.batch; ++n) {
+      args.input = reduced_values<S>(input_nhwc[n], input_copy);
+      args.offset = reduced_values<S>(offset_c[n], offset_copy);
+      args.mask = mask_c.defined() ? reduced_values<S>(mask_c[n], mask_copy) : nullptr;
+      grad_in32.zero_();
+      for (int64_t first = 0; first < positions; first += chunk) {
+        const int64_t rows = std::min(chunk, positions - first);
+        args.first = first;
+        at::parallel_for(0, rows, grain,
+                         [&](int64_t begin, int64_t end) { Loops::im2col_rows(args, begin, end); });
+        at::Tensor grad_out = grad_out32.narrow(1, 0, rows);  // (O, L)
+        grad_out.copy_(grad_out_flat[n].narrow(1, first, rows));
+        const float* grad_out_data = grad_out32.const_data_ptr<float>();
+        at::parallel_for(0, g.out_channels, 1, [&](int64_t o_begin, int64_t o_end) {
+          add_row_sums(grad_out_data, chunk, rows, o_begin, o_end, bias_sums);
+        });
+        const at::Tensor cols = columns.narrow(0, 0, rows);            // (L, K)
+        const at::Tensor grad_cols = grad_columns.narrow(0, 0, rows);  // (L, K)
+        for (int64_t wg = 0; wg < g.groups; ++wg) {
+          const at::Tensor grad_out_group = grad_out.narrow(0, wg * group_o, group_o);
+          at::Tensor grad_cols_group = grad_cols.narrow(1, wg * group_k, group_k);
+          const at::Tensor w_group = w_matrix.narrow(0, wg * group_o, group_o);
+          gemm_in_column_blocks(grad_cols_group.t(), w_group.t(), grad_out_group, false,
+                                kReducedGemmColumns);
+          gemm_in_column_blocks(grad_w_matrix.narrow(0, wg * group_o, group_o), grad_out_group,
+                                cols.narrow(1, wg * group_k, group_k), true, kReducedGemmColumns);
+        }
+        at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+          Loops::coordinate_grad_rows(args, begin, end);
+        });
+        at::parallel_for(0, g.channels, 8, [&](int64_t c_begin, int64_t c_end) {
+          Loops::col2im_channels(args, rows, grad_in, c_begin, c_end);
+        });
+      }
+      // rounded once, then transposed (H, W, C) -> (C, H, W) in the dtype: ATen transposes a
+      // 16-bit type several times faster than float32
+      grad_in_nhwc.copy_(grad_in32);
+      grad_input[n].copy_(grad_in_nhwc.permute({2, 0, 1}));
+      grad_offset[n].copy_(grad_offset32);
+      if (mask_c.defined()) {
+        grad_mask[n].copy_(grad_mask32);
+      }
+    }
+  }
+  // (O, kh * kw * Cw) -> (O, Cw, kh, kw)
+  at::Tensor grad_weight = at::empty(weight.sizes(), weight.options());
+  grad_weight.copy_(grad_w_matrix.view({g.out_channels, g.kernel_h, g.kernel_w, group_k / g.taps()})
+                        .permute({0, 3, 1, 2}));
+  return {grad_input, grad_offset, grad_weight, grad_mask, grad_bias.to(input.scalar_type())};
 }
 
 at::Tensor deform_conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& offset,
@@ -321,6 +572,14 @@ at::Tensor deform_conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& 
   if (output.numel() == 0) {
     return output;
   }
+  if (input.scalar_type() == at::kBFloat16) {
+    deform_conv2d_forward_reduced<c10::BFloat16>(g, input, offset, weight, mask, bias, output);
+    return output;
+  }
+  if (input.scalar_type() == at::kHalf) {
+    deform_conv2d_forward_reduced<c10::Half>(g, input, offset, weight, mask, bias, output);
+    return output;
+  }
   // (N, C, H, W) in NHWC memory order: a sample's channels are contiguous.
   const at::Tensor input_nhwc = input.contiguous(at::MemoryFormat::ChannelsLast);
   const at::Tensor offset_c = offset.contiguous();
@@ -335,7 +594,7 @@ at::Tensor deform_conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& 
   at::Tensor output_flat = output.view({g.batch, g.out_channels, positions});
 
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "deform_conv2d_forward_cpu", [&] {
-    ChunkArgs<scalar_t> args{};
+    ChunkArgs<scalar_t, scalar_t> args{};
     args.geo = &g;
     args.runs = runs.data();
     args.num_runs = static_cast<int64_t>(runs.size());
@@ -380,6 +639,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_co
                   grad_output.size(3) == g.out_w,
               "deform_conv2d: expected `grad_output` of shape (", g.batch, ", ", g.out_channels,
               ", ", g.out_h, ", ", g.out_w, "), got ", grad_output.sizes());
+  if (input.scalar_type() == at::kBFloat16) {
+    return deform_conv2d_backward_reduced<c10::BFloat16>(g, grad_output, input, offset, weight,
+                                                         mask);
+  }
+  if (input.scalar_type() == at::kHalf) {
+    return deform_conv2d_backward_reduced<c10::Half>(g, grad_output, input, offset, weight, mask);
+  }
   const int64_t positions = g.positions(), row_size = g.taps() * g.channels;
   const int64_t group_k = row_size / g.groups, group_o = g.out_channels / g.groups;
   // channels-last accumulator: (N, H, W, C)
@@ -404,7 +670,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_co
 
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "deform_conv2d_backward_cpu", [&] {
       std::vector<Bilinear<scalar_t>> points(chunk * g.taps() * g.offset_groups);
-      ChunkArgs<scalar_t> args{};
+      ChunkArgs<scalar_t, scalar_t> args{};
       args.geo = &g;
       args.runs = runs.data();
       args.num_runs = static_cast<int64_t>(runs.size());
@@ -460,8 +726,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_co
 }  // namespace
 
 TORCH_LIBRARY_IMPL(detector, CPU, m) {
-  m.impl("deform_conv2d", &ComputeInFloat32<&deform_conv2d_forward_cpu>::run);
-  m.impl("_deform_conv2d_backward", &ComputeInFloat32<&deform_conv2d_backward_cpu>::run);
+  m.impl("deform_conv2d", &deform_conv2d_forward_cpu);
+  m.impl("_deform_conv2d_backward", &deform_conv2d_backward_cpu);
 }
 
 }  // namespace detector

@@ -1,7 +1,8 @@
 """float16 and bfloat16 CPU kernels of every op: values and gradients within torchvision's
 per-dtype test tolerances of a float64 computation on the same (rounded) inputs, accumulated in
 float32, in the input's dtype; the kernels that keep the float32 arithmetic (ps_roi_*,
-deform_*roi_pool) give exactly the float32 result rounded once."""
+deform_*roi_pool) give exactly the float32 result rounded once; deform_conv2d is checked in
+depth (every gradient, groups, layouts, thread counts)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from torch import Tensor
 
 from detector import ops
 from tests.ops.op_cases import OP_CASES
-from tests.ops.utils import random_rois
+from tests.ops.utils import assert_same_bits, random_rois, with_threads
 
 #: torchvision's test_ops tolerances (rtol = atol) for RoI op values of each dtype.
 TOLERANCE = {torch.float16: 4e-3, torch.bfloat16: 5e-3}
@@ -92,7 +93,8 @@ def _cast_floating(value: object, dtype: torch.dtype) -> object:
     return value
 
 
-# The other ops compute float16/bfloat16 in float32 (each kernel's header says how).
+# The other ops compute float16/bfloat16 in float32 (each kernel's header says how);
+# deform_conv2d is tested in depth below.
 OTHER_OPS = [n for n in OP_CASES if not n.startswith(("roi_align", "nms", "batched_nms", "multi"))]
 
 
@@ -175,3 +177,108 @@ def test_roi_pool_gradient_sums_in_float32(dtype: torch.dtype) -> None:
     expected = grad_out.float().sum(0)[:, 0, 0].to(dtype)  # (C,)
     torch.testing.assert_close(leaf.grad[0, :, 5, 5], expected, rtol=0, atol=0)
     assert leaf.grad.count_nonzero() == 16
+
+
+# deform_conv2d: float32 columns, GEMMs and accumulators, each result rounded once to the dtype.
+# A case: (N, C, H, W, O, groups, offset_groups, mask, stride, padding, dilation, layout).
+DEFORM_CASES = {
+    "v2": (2, 6, 7, 9, 4, 1, 1, True, (1, 1), (1, 1), (1, 1), "contiguous"),
+    "v1": (2, 6, 7, 9, 4, 1, 1, False, (1, 1), (1, 1), (1, 1), "contiguous"),
+    "groups": (3, 8, 9, 7, 6, 2, 4, True, (2, 1), (1, 2), (1, 2), "contiguous"),
+    "channels_last": (2, 16, 8, 8, 8, 2, 2, True, (1, 1), (1, 1), (1, 1), "channels_last"),
+    "strided": (2, 6, 7, 9, 4, 1, 1, True, (1, 1), (1, 1), (1, 1), "strided"),
+    # several chunks of positions and GEMM column blocks per image
+    "large": (2, 64, 40, 48, 16, 1, 1, True, (1, 1), (1, 1), (1, 1), "contiguous"),
+}
+
+
+def _deform_args(name: str, dtype: torch.dtype) -> dict[str, object]:
+    """deform_conv2d's keyword arguments of a DEFORM_CASES case, tensors in `dtype`; about a
+    third of the sampling points fall partly or wholly outside the map."""
+    n, c, h, w, o, groups, og, use_mask, stride, padding, dilation, layout = DEFORM_CASES[name]
+    g = torch.Generator().manual_seed(0)
+    out_h = (h + 2 * padding[0] - dilation[0] * 2 - 1) // stride[0] + 1
+    out_w = (w + 2 * padding[1] - dilation[1] * 2 - 1) // stride[1] + 1
+    x = torch.randn(n, c, h, w * (2 if layout == "strided" else 1), generator=g)
+    offset = torch.randn(n, 2 * og * 9, out_h, out_w, generator=g) * 2
+    weight = torch.randn(o, c // groups, 3, 3, generator=g) / (c // groups * 3)
+    args: dict[str, object] = {
+        "input": x.to(dtype),
+        "offset": offset.to(dtype),
+        "weight": weight.to(dtype),
+        "bias": torch.randn(o, generator=g).to(dtype),
+        "stride": stride,
+        "padding": padding,
+        "dilation": dilation,
+        "mask": torch.rand(n, og * 9, out_h, out_w, generator=g).to(dtype) if use_mask else None,
+    }
+    if layout == "channels_last":
+        args["input"] = args["input"].to(memory_format=torch.channels_last)
+    elif layout == "strided":  # every other column; offset and weight transposed in memory
+        args["input"] = args["input"][..., ::2]
+        args["offset"] = args["offset"].transpose(2, 3).contiguous().transpose(2, 3)
+        args["weight"] = args["weight"].transpose(0, 1).contiguous().transpose(0, 1)
+    return args
+
+
+_DEFORM_TENSORS = ["input", "offset", "weight", "bias", "mask"]
+
+
+def _deform_run(
+    args: dict[str, object], grad_dtype: torch.dtype
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """deform_conv2d's output and the gradients of all its tensors for a random grad_output
+    (rounded to `grad_dtype`)."""
+    leaves = {
+        k: args[k].detach().requires_grad_()  # type: ignore[union-attr]
+        for k in _DEFORM_TENSORS
+        if args[k] is not None
+    }
+    out = ops.deform_conv2d(**{**args, **leaves})
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))
+    out.backward(grad_out.to(grad_dtype).to(out.dtype))
+    return out.detach(), {k: v.grad for k, v in leaves.items()}  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("dtype", REDUCED)
+@pytest.mark.parametrize("name", list(DEFORM_CASES))
+def test_deform_conv2d_values_and_all_gradients(dtype: torch.dtype, name: str) -> None:
+    args = _deform_args(name, dtype)
+    out, grads = _deform_run(args, dtype)
+    args64 = {k: v.double() if isinstance(v, Tensor) else v for k, v in args.items()}
+    expected, expected_grads = _deform_run(args64, dtype)
+    assert out.dtype == dtype
+    # Sums of C * kh * kw (output, offset and mask gradients) or N * P (weight and bias
+    # gradients) terms: the tolerance scales with the magnitude.
+    _close(out, expected, TOLERANCE[dtype] * float(expected.abs().max().clamp(min=1)))
+    assert set(grads) == set(expected_grads)
+    for key, grad in grads.items():
+        assert grad.dtype == dtype, key
+        assert grad.shape == args[key].shape, key  # type: ignore[union-attr]
+        grad64 = expected_grads[key]
+        _close(grad, grad64, TOLERANCE[dtype] * float(grad64.abs().max().clamp(min=1)))
+
+
+@pytest.mark.parametrize("dtype", REDUCED)
+def test_deform_conv2d_empty_batch(dtype: torch.dtype) -> None:
+    args = _deform_args("v2", dtype)
+    for key in ("input", "offset", "mask"):
+        args[key] = args[key][:0]  # type: ignore[index]
+    out, grads = _deform_run(args, dtype)
+    assert out.shape == (0, 4, 7, 9) and out.dtype == dtype
+    for key, grad in grads.items():
+        assert grad.dtype == dtype and grad.shape == args[key].shape  # type: ignore[union-attr]
+        assert not grad.any(), key
+
+
+@pytest.mark.parametrize("dtype", REDUCED)
+@pytest.mark.parametrize("use_mask", [True, False])
+def test_deform_conv2d_same_bits_for_any_thread_count(dtype: torch.dtype, use_mask: bool) -> None:
+    args = _deform_args("large", dtype)
+    if not use_mask:
+        args["mask"] = None
+    out1, grads1 = with_threads(1, lambda: _deform_run(args, dtype))  # type: ignore[misc]
+    out2, grads2 = with_threads(2, lambda: _deform_run(args, dtype))  # type: ignore[misc]
+    assert_same_bits(out1, out2)
+    for key in grads1:
+        assert_same_bits(grads1[key], grads2[key])
