@@ -17,7 +17,10 @@ Prints a Markdown table: seconds per training iteration (forward + backward + SG
 over --iters after one warm-up; the learning rate is 0 by default, so that the weights, and with
 them the proposals and RoI counts, stay equal from step to step and between the two models),
 peak memory of one training iteration, inference seconds per image (batch 1, median), and the
-ratio ours/torchvision.
+ratio ours/torchvision. `--precision fp32 bf16` runs each model in both precisions in the same
+interleaved run (bf16: CPU/CUDA autocast to bfloat16 around the training step and inference, on
+both sides, weights and optimizer in float32), with the ratio to torchvision's run at the same
+precision and, for bf16, to torchvision's float32 run.
 
 Peak memory: on CUDA `torch.cuda.max_memory_allocated` minus the memory allocated before the
 iteration; on the CPU the peak resident set size of the process during the iteration (VmHWM from
@@ -27,6 +30,7 @@ memory back to the OS, so that neither model starts the iteration with memory ke
 ones.
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/train_speed.py --threads 1 --iters 3
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/train_speed.py --threads 2 --precision fp32 bf16
 """
 
 from __future__ import annotations
@@ -203,19 +207,28 @@ class Runner:
 
 
 def make_runner(
-    name: str, model: nn.Module, images: list[Tensor], targets: list, lr: float = 0.0
+    name: str,
+    model: nn.Module,
+    images: list[Tensor],
+    targets: list,
+    lr: float = 0.0,
+    precision: str = "fp32",
+    device: str = "cpu",
 ) -> Runner:
     """Wraps a detection model: a training step on (images, targets) and inference on image i.
 
     The SGD step (momentum 0.9, weight decay 1e-4) does the same arithmetic whatever `lr`; with
     lr 0 the weights stay as they are, so every step proposes and samples the same RoIs.
+    precision "bf16": the model's forward (and so its backward) under bfloat16 autocast.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=1e-4)
+    bf16 = precision == "bf16"
 
     def train_step() -> None:
         model.train()
-        losses = model(images, targets)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+            losses = model(images, targets)
         total = sum(losses.values())
         optimizer.zero_grad(set_to_none=True)
         total.backward()
@@ -223,25 +236,27 @@ def make_runner(
 
     def infer(i: int) -> object:
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
             return model([images[i]])
 
-    return Runner(name, model, train_step, infer)
+    return Runner(f"{name} {precision}", model, train_step, infer)
 
 
-def bench_pair(ours: Runner, peer: Runner, iters: int, n_images: int, device: str) -> None:
-    """Warm-up, memory, then `iters` interleaved train steps and inferences (order alternates)."""
-    for runner in (ours, peer):
+def bench_group(runners: list[Runner], iters: int, n_images: int, device: str) -> None:
+    """Warm-up, memory, then `iters` interleaved train steps and inferences of every runner (the
+    order rotates from one iteration to the next)."""
+    for runner in runners:
         runner.train_step()  # warm-up
         with PeakMemory(device) as mem:
             runner.train_step()
         runner.peak_mib = mem.mib
         runner.infer(0)  # warm-up
     for it in range(iters):
-        pair = (ours, peer) if it % 2 == 0 else (peer, ours)
-        for runner in pair:
+        shift = it % len(runners)
+        order = runners[shift:] + runners[:shift]
+        for runner in order:
             runner.train_s.append(wall_seconds(runner.train_step, device))
-        for runner in pair:
+        for runner in order:
             i = it % n_images
             runner.infer_s.append(wall_seconds(lambda r=runner, i=i: r.infer(i), device))
 
@@ -254,28 +269,32 @@ def _fmt(x: float | None, spec: str) -> str:
     return format(x, spec) if x is not None else "n/a"
 
 
-def print_table(pairs: list[tuple[str, Runner, Runner]]) -> None:
-    """Markdown table: per model, train s/iter, peak MiB, inference s/image, ours/tv ratios."""
+@dataclass
+class Row:
+    """One model at one precision: our runner, torchvision's, and torchvision's float32 one."""
+
+    kind: str
+    precision: str
+    ours: Runner
+    peer: Runner
+    peer_fp32: Runner
+
+
+def print_table(rows: list[Row]) -> None:
+    """Markdown table: per model and precision, train s/iter, peak MiB, inference s/image, the
+    ratios ours/torchvision at the same precision, and ours / torchvision float32."""
     print(
-        "| model | train s/iter ours | tv | ratio | peak MiB ours | tv | ratio "
-        "| infer s/img ours | tv | ratio |"
+        "| model | precision | train s/iter ours | tv | ratio | vs tv fp32 | peak MiB ours | tv "
+        "| ratio | vs tv fp32 | infer s/img ours | tv | ratio | vs tv fp32 |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for kind, ours, peer in pairs:
-        to, tp = statistics.median(ours.train_s), statistics.median(peer.train_s)
-        io, ip = statistics.median(ours.infer_s), statistics.median(peer.infer_s)
-        cells = [
-            kind,
-            f"{to:.3f}",
-            f"{tp:.3f}",
-            _ratio(to, tp),
-            _fmt(ours.peak_mib, ".0f"),
-            _fmt(peer.peak_mib, ".0f"),
-            _ratio(ours.peak_mib, peer.peak_mib),
-            f"{io:.3f}",
-            f"{ip:.3f}",
-            _ratio(io, ip),
-        ]
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for row in rows:
+        train = [statistics.median(r.train_s) for r in (row.ours, row.peer, row.peer_fp32)]
+        infer = [statistics.median(r.infer_s) for r in (row.ours, row.peer, row.peer_fp32)]
+        peak = [r.peak_mib for r in (row.ours, row.peer, row.peer_fp32)]
+        cells = [row.kind, row.precision]
+        for (ours, peer, peer32), spec in ((train, ".3f"), (peak, ".0f"), (infer, ".3f")):
+            cells += [_fmt(ours, spec), _fmt(peer, spec), _ratio(ours, peer), _ratio(ours, peer32)]
         print("| " + " | ".join(cells) + " |")
 
 
@@ -287,6 +306,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--size", type=int, nargs=2, default=(512, 683), metavar=("H", "W"))
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--models", nargs="+", default=["faster", "mask"], choices=list(CONFIGS))
+    parser.add_argument(
+        "--precision",
+        nargs="+",
+        default=["fp32"],
+        choices=["fp32", "bf16"],
+        help="bf16: bfloat16 autocast around both models' training step and inference; several "
+        "precisions run interleaved in one run (torchvision's fp32 run is always included)",
+    )
     parser.add_argument(
         "--lr",
         type=float,
@@ -318,17 +345,35 @@ def main() -> None:
     torch.manual_seed(0)
     height, width = args.size
     inputs = make_inputs(args.batch, height, width, args.device)
-    pairs = []
+    precisions = ["fp32"] + [p for p in args.precision if p != "fp32"]
+    rows: list[Row] = []
     for kind in args.models:
         ours_model = build_ours(kind, args.score_thresh, height, width).to(args.device)
         tv_model = build_torchvision(kind, args.score_thresh, height, width).to(args.device)
         if not args.own_init:
             load_torchvision_weights(ours_model, tv_model)
-        ours = make_runner("ours", ours_model, inputs.images_u8, inputs.targets_ours, args.lr)
-        peer = make_runner("torchvision", tv_model, inputs.images_f, inputs.targets_tv, args.lr)
-        bench_pair(ours, peer, args.iters, args.batch, args.device)
-        pairs.append((kind, ours, peer))
-        del ours_model, tv_model
+        runners: dict[tuple[str, str], Runner] = {}
+        for precision in precisions:
+            for side, model, images, targets in (
+                ("ours", ours_model, inputs.images_u8, inputs.targets_ours),
+                ("torchvision", tv_model, inputs.images_f, inputs.targets_tv),
+            ):
+                runners[side, precision] = make_runner(
+                    side, model, images, targets, args.lr, precision, args.device
+                )
+        bench_group(list(runners.values()), args.iters, args.batch, args.device)
+        for precision in precisions:
+            if precision in args.precision:
+                rows.append(
+                    Row(
+                        kind,
+                        precision,
+                        runners["ours", precision],
+                        runners["torchvision", precision],
+                        runners["torchvision", "fp32"],
+                    )
+                )
+        del ours_model, tv_model, runners
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(
         f"device={args.device} threads={torch.get_num_threads()} batch={args.batch} "
@@ -336,7 +381,7 @@ def main() -> None:
         f"weights={'own' if args.own_init else 'same'} lr={args.lr} torch={torch.__version__} "
         f"loadavg(after)={load}"
     )
-    print_table(pairs)
+    print_table(rows)
 
 
 if __name__ == "__main__":

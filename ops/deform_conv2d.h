@@ -109,4 +109,13 @@ inline DeformConvGeometry deform_conv2d_geometry(
   return g;
 }
 
+// Checks that `grad_output` has the forward output's shape (N, O, H_out, W_out) of `g`.
+inline void check_grad_output(const DeformConvGeometry& g, const at::Tensor& grad_output) {
+  TORCH_CHECK(grad_output.dim() == 4 && grad_output.size(0) == g.batch &&
+                  grad_output.size(1) == g.out_channels && grad_output.size(2) == g.out_h &&
+                  grad_output.size(3) == g.out_w,
+              "deform_conv2d: expected `grad_output` of shape (", g.batch, ", ", g.out_channels,
+              ", ", g.out_h, ", ", g.out_w, "), got ", grad_output.sizes());
+}
+
 }  // namespace detector

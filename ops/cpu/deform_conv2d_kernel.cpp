@@ -634,11 +634,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_co
   const DeformConvGeometry g =
       deform_conv2d_geometry(input, offset, weight, mask, std::nullopt, stride_h, stride_w, pad_h,
                              pad_w, dilation_h, dilation_w, groups, offset_groups);
-  TORCH_CHECK(grad_output.dim() == 4 && grad_output.size(0) == g.batch &&
-                  grad_output.size(1) == g.out_channels && grad_output.size(2) == g.out_h &&
-                  grad_output.size(3) == g.out_w,
-              "deform_conv2d: expected `grad_output` of shape (", g.batch, ", ", g.out_channels,
-              ", ", g.out_h, ", ", g.out_w, "), got ", grad_output.sizes());
+  check_grad_output(g, grad_output);
   if (input.scalar_type() == at::kBFloat16) {
     return deform_conv2d_backward_reduced<c10::BFloat16>(g, grad_output, input, offset, weight,
                                                          mask);

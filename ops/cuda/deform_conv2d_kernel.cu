@@ -184,11 +184,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_co
   const DeformConvGeometry g =
       deform_conv2d_geometry(input, offset, weight, mask, std::nullopt, stride_h, stride_w, pad_h,
                              pad_w, dilation_h, dilation_w, groups, offset_groups);
-  TORCH_CHECK(grad_output.dim() == 4 && grad_output.size(0) == g.batch &&
-                  grad_output.size(1) == g.out_channels && grad_output.size(2) == g.out_h &&
-                  grad_output.size(3) == g.out_w,
-              "deform_conv2d: expected `grad_output` of shape (", g.batch, ", ", g.out_channels,
-              ", ", g.out_h, ", ", g.out_w, "), got ", grad_output.sizes());
+  check_grad_output(g, grad_output);
   const c10::cuda::CUDAGuard guard(input.device());
   const int64_t positions = g.positions(), rows = g.channels * g.taps();
   const int64_t group_k = rows / g.groups, group_o = g.out_channels / g.groups;
