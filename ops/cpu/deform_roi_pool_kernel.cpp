@@ -33,27 +33,23 @@
 
 #include "common/bilinear.h"
 #include "cpu/cpu_utils.h"
+#include "deform_roi_pool.h"
 #include <ATen/OpMathType.h>
 
 namespace detector {
 namespace {
 
-// Everything a kernel needs about one call; pointers are to contiguous CPU tensors.
+// Everything a kernel needs about one call: its sizes (DeformRoiPoolShape, whose `batch` the
+// kernels do not read) and pointers to contiguous CPU tensors.
 template <typename T>
-struct PoolArgs {
+struct PoolArgs : DeformRoiPoolShape {
   const T* input = nullptr;   // (N, H, W, C) or PS (N, H, W, P, C_out)
   const T* rois = nullptr;    // (K, 5)
   const T* offset = nullptr;  // (K, 2, P): x then y; null when absent
   const T* mask = nullptr;    // (K, 1, P); null when absent
-  int64_t height = 0, width = 0;
-  int64_t channels_total = 0;  // channels per pixel in `input`
-  int64_t channels_out = 0;    // channels per output bin
-  int64_t pooled_height = 0, pooled_width = 0;
-  bool position_sensitive = false;
   T spatial_scale = T(1), gamma = T(0.1);
   int64_t sampling_ratio = -1;
 
-  int64_t bins() const { return pooled_height * pooled_width; }
   // Channel where bin b's run of `channels_out` channels starts within a pixel.
   int64_t channel_base(int64_t b) const { return position_sensitive ? b * channels_out : 0; }
 };
@@ -424,40 +420,7 @@ inline void offset_mask_grad(const PoolArgs<double>& a, const double* g, int64_t
 }
 
 // ---------------------------------------------------------------------------------------------
-// Argument checks and layout conversion shared by both forms.
-void check_args(const char* op, const at::Tensor& input, const at::Tensor& rois,
-                const std::optional<at::Tensor>& offset, const std::optional<at::Tensor>& mask,
-                int64_t pooled_height, int64_t pooled_width, bool position_sensitive) {
-  TORCH_CHECK(input.dim() == 4, op, ": expected `input` of shape (N, C, H, W), got ",
-              input.sizes());
-  TORCH_CHECK(at::isFloatingType(input.scalar_type()), op,
-              ": `input` must be a floating point tensor, got ", input.scalar_type());
-  TORCH_CHECK(pooled_height > 0 && pooled_width > 0, op, ": `output_size` must be positive, got (",
-              pooled_height, ", ", pooled_width, ")");
-  TORCH_CHECK(rois.scalar_type() == input.scalar_type(), op, ": `rois` must have the dtype of ",
-              "`input` (", input.scalar_type(), "), got ", rois.scalar_type());
-  check_rois(op, rois, input.size(0));
-  const int64_t K = rois.size(0);
-  if (position_sensitive) {
-    TORCH_CHECK(input.size(1) % (pooled_height * pooled_width) == 0, op, ": `input` channels (",
-                input.size(1), ") must be divisible by pooled_height * ", "pooled_width (",
-                pooled_height * pooled_width, ")");
-  }
-  if (offset.has_value()) {
-    TORCH_CHECK(offset->sizes() == at::IntArrayRef({K, 2, pooled_height, pooled_width}), op,
-                ": expected `offset` of shape (K, 2, pooled_height, pooled_width) = (", K, ", 2, ",
-                pooled_height, ", ", pooled_width, "), got ", offset->sizes());
-    TORCH_CHECK(offset->scalar_type() == input.scalar_type(), op,
-                ": `offset` must have the dtype of `input`, got ", offset->scalar_type());
-  }
-  if (mask.has_value()) {
-    TORCH_CHECK(mask->sizes() == at::IntArrayRef({K, 1, pooled_height, pooled_width}), op,
-                ": expected `mask` of shape (K, 1, pooled_height, pooled_width) = (", K, ", 1, ",
-                pooled_height, ", ", pooled_width, "), got ", mask->sizes());
-    TORCH_CHECK(mask->scalar_type() == input.scalar_type(), op,
-                ": `mask` must have the dtype of `input`, got ", mask->scalar_type());
-  }
-}
+// Layout conversion shared by both forms.
 
 // The dtype the kernels compute in: float32 for float16/bfloat16, else the input's.
 at::ScalarType compute_type(const at::Tensor& input) {
@@ -479,22 +442,15 @@ at::Tensor to_channels_last(const at::Tensor& input, int64_t bins, bool position
 }
 
 template <typename T>
-PoolArgs<T> make_args(const at::Tensor& input_cl, const at::Tensor& input, const at::Tensor& rois,
-                      const at::Tensor& offset, const at::Tensor& mask, double spatial_scale,
-                      int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio,
-                      double gamma, bool position_sensitive) {
+PoolArgs<T> make_args(const DeformRoiPoolShape& shape, const at::Tensor& input_cl,
+                      const at::Tensor& rois, const at::Tensor& offset, const at::Tensor& mask,
+                      double spatial_scale, int64_t sampling_ratio, double gamma) {
   PoolArgs<T> a;
+  static_cast<DeformRoiPoolShape&>(a) = shape;
   a.input = input_cl.data_ptr<T>();
   a.rois = rois.data_ptr<T>();
   a.offset = offset.defined() ? offset.data_ptr<T>() : nullptr;
   a.mask = mask.defined() ? mask.data_ptr<T>() : nullptr;
-  a.height = input.size(2);
-  a.width = input.size(3);
-  a.channels_total = input.size(1);
-  a.pooled_height = pooled_height;
-  a.pooled_width = pooled_width;
-  a.position_sensitive = position_sensitive;
-  a.channels_out = position_sensitive ? input.size(1) / a.bins() : input.size(1);
   a.spatial_scale = static_cast<T>(spatial_scale);
   a.gamma = static_cast<T>(gamma);
   a.sampling_ratio = sampling_ratio;
@@ -511,9 +467,9 @@ at::Tensor forward_cpu(const char* op, const at::Tensor& input, const at::Tensor
                        const std::optional<at::Tensor>& mask, double spatial_scale,
                        int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio,
                        double gamma, bool position_sensitive) {
-  check_args(op, input, rois, offset, mask, pooled_height, pooled_width, position_sensitive);
-  const int64_t K = rois.size(0), P = pooled_height * pooled_width;
-  const int64_t C_out = position_sensitive ? input.size(1) / P : input.size(1);
+  const DeformRoiPoolShape s = check_deform_roi_pool_args(
+      op, input, rois, offset, mask, pooled_height, pooled_width, position_sensitive);
+  const int64_t K = rois.size(0), P = s.bins(), C_out = s.channels_out;
   const at::ScalarType type = compute_type(input);
   at::Tensor output = at::zeros({K, C_out, pooled_height, pooled_width}, input.options());
   if (K == 0 || output.numel() == 0 || input.size(2) == 0 || input.size(3) == 0) return output;
@@ -523,9 +479,8 @@ at::Tensor forward_cpu(const char* op, const at::Tensor& input, const at::Tensor
   const at::Tensor offset_c = contiguous_or_undefined(offset, type);
   const at::Tensor mask_c = contiguous_or_undefined(mask, type);
   AT_DISPATCH_FLOATING_TYPES(type, "deform_roi_pool_forward_cpu", [&] {
-    const PoolArgs<scalar_t> a =
-        make_args<scalar_t>(input_cl, input, rois_c, offset_c, mask_c, spatial_scale, pooled_height,
-                            pooled_width, sampling_ratio, gamma, position_sensitive);
+    const PoolArgs<scalar_t> a = make_args<scalar_t>(s, input_cl, rois_c, offset_c, mask_c,
+                                                     spatial_scale, sampling_ratio, gamma);
     scalar_t* out = output.data_ptr<scalar_t>();
     at::parallel_for(0, K, 1, [&](int64_t k0, int64_t k1) { forward_rois(a, k0, k1, out); });
   });
@@ -537,13 +492,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
     const std::optional<at::Tensor>& offset, const std::optional<at::Tensor>& mask,
     double spatial_scale, int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio,
     double gamma, bool offset_grad, bool mask_grad, bool position_sensitive) {
-  check_args(op, input, rois, offset, mask, pooled_height, pooled_width, position_sensitive);
-  const int64_t N = input.size(0), H = input.size(2), W = input.size(3);
-  const int64_t K = rois.size(0), P = pooled_height * pooled_width;
-  const int64_t C_out = position_sensitive ? input.size(1) / P : input.size(1);
-  TORCH_CHECK(grad.sizes() == at::IntArrayRef({K, C_out, pooled_height, pooled_width}), op,
-              ": expected `grad` of shape (", K, ", ", C_out, ", ", pooled_height, ", ",
-              pooled_width, "), got ", grad.sizes());
+  const DeformRoiPoolShape s = check_deform_roi_pool_args(
+      op, input, rois, offset, mask, pooled_height, pooled_width, position_sensitive);
+  const int64_t N = s.batch, H = s.height, W = s.width;
+  const int64_t K = rois.size(0), P = s.bins(), C_out = s.channels_out;
+  check_deform_roi_pool_grad(op, grad, K, s);
   offset_grad = offset_grad && offset.has_value();
   mask_grad = mask_grad && mask.has_value();
   const at::ScalarType type = compute_type(input);
@@ -572,9 +525,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
   at::Tensor grad_cl = position_sensitive ? at::zeros({N, input.size(1), H, W}, compute)
                                           : at::zeros({N, H, W, input.size(1)}, compute);
   AT_DISPATCH_FLOATING_TYPES(type, "deform_roi_pool_backward_cpu", [&] {
-    const PoolArgs<scalar_t> a =
-        make_args<scalar_t>(input_cl, input, rois_c, offset_c, mask_c, spatial_scale, pooled_height,
-                            pooled_width, sampling_ratio, gamma, position_sensitive);
+    const PoolArgs<scalar_t> a = make_args<scalar_t>(s, input_cl, rois_c, offset_c, mask_c,
+                                                     spatial_scale, sampling_ratio, gamma);
     const scalar_t* g = grad_t.data_ptr<scalar_t>();
     backward_input(a, K, g, grad_cl.data_ptr<scalar_t>());
     if (offset_grad || mask_grad) {
@@ -595,51 +547,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
   return {grad_input, stored(grad_offset), stored(grad_mask)};
 }
 
-at::Tensor deform_roi_pool_cpu(const at::Tensor& input, const at::Tensor& rois,
-                               const std::optional<at::Tensor>& offset,
-                               const std::optional<at::Tensor>& mask, double spatial_scale,
-                               int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio,
-                               double gamma) {
-  return forward_cpu("deform_roi_pool", input, rois, offset, mask, spatial_scale, pooled_height,
-                     pooled_width, sampling_ratio, gamma, false);
-}
-
-at::Tensor deform_ps_roi_pool_cpu(const at::Tensor& input, const at::Tensor& rois,
-                                  const std::optional<at::Tensor>& offset,
-                                  const std::optional<at::Tensor>& mask, double spatial_scale,
-                                  int64_t pooled_height, int64_t pooled_width,
-                                  int64_t sampling_ratio, double gamma) {
-  return forward_cpu("deform_ps_roi_pool", input, rois, offset, mask, spatial_scale, pooled_height,
-                     pooled_width, sampling_ratio, gamma, true);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> deform_roi_pool_backward_cpu(
-    const at::Tensor& grad, const at::Tensor& input, const at::Tensor& rois,
-    const std::optional<at::Tensor>& offset, const std::optional<at::Tensor>& mask,
-    double spatial_scale, int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio,
-    double gamma, bool offset_grad, bool mask_grad) {
-  return backward_cpu("deform_roi_pool", grad, input, rois, offset, mask, spatial_scale,
-                      pooled_height, pooled_width, sampling_ratio, gamma, offset_grad, mask_grad,
-                      false);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> deform_ps_roi_pool_backward_cpu(
-    const at::Tensor& grad, const at::Tensor& input, const at::Tensor& rois,
-    const std::optional<at::Tensor>& offset, const std::optional<at::Tensor>& mask,
-    double spatial_scale, int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio,
-    double gamma, bool offset_grad, bool mask_grad) {
-  return backward_cpu("deform_ps_roi_pool", grad, input, rois, offset, mask, spatial_scale,
-                      pooled_height, pooled_width, sampling_ratio, gamma, offset_grad, mask_grad,
-                      true);
-}
-
 }  // namespace
 
-TORCH_LIBRARY_IMPL(detector, CPU, m) {
-  m.impl("deform_roi_pool", &deform_roi_pool_cpu);
-  m.impl("_deform_roi_pool_backward", &deform_roi_pool_backward_cpu);
-  m.impl("deform_ps_roi_pool", &deform_ps_roi_pool_cpu);
-  m.impl("_deform_ps_roi_pool_backward", &deform_ps_roi_pool_backward_cpu);
-}
+TORCH_LIBRARY_IMPL(detector, CPU, m) { register_deform_roi_pool<forward_cpu, backward_cpu>(m); }
 
 }  // namespace detector

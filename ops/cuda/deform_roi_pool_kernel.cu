@@ -9,14 +9,12 @@
 
 #include "common/bilinear.h"
 #include "cuda/cuda_utils.cuh"
+#include "deform_roi_pool.h"
 
 namespace detector {
 namespace {
 
-struct Shape {
-  int64_t batch, channels_total, channels_out, height, width, pooled_height, pooled_width;
-  bool position_sensitive;
-};
+using Shape = DeformRoiPoolShape;
 
 // Sampling geometry of RoI k and the deformed origin of its bin b (half-pixel convention).
 template <typename T>
@@ -57,27 +55,47 @@ __device__ __forceinline__ BinGeometry<T> bin_geometry(const T* roi, T offset_x,
   return g;
 }
 
-// Geometry of bin b of RoI k, reading the RoI and its offsets in the accumulation type.
+// What the thread of output element `index` = (k * C_out + c) * P + b works on: RoI k, output
+// channel c, bin b, and the bin's geometry (the RoI and its offsets read in the accumulation type).
+template <typename acc_t>
+struct Target {
+  int64_t k, c, b;
+  BinGeometry<acc_t> g;
+};
+
 template <typename scalar_t, typename acc_t>
-__device__ __forceinline__ BinGeometry<acc_t> read_geometry(const scalar_t* rois,
-                                                            const scalar_t* offset, int64_t k,
-                                                            int64_t b, const Shape& s,
-                                                            acc_t spatial_scale,
-                                                            int64_t sampling_ratio, acc_t gamma) {
+__device__ __forceinline__ Target<acc_t> target_of(int64_t index, const scalar_t* rois,
+                                                   const scalar_t* offset, const Shape& s,
+                                                   acc_t spatial_scale, int64_t sampling_ratio,
+                                                   acc_t gamma) {
   const int64_t P = s.pooled_height * s.pooled_width;
+  Target<acc_t> t;
+  t.b = index % P;
+  t.c = (index / P) % s.channels_out;
+  t.k = index / P / s.channels_out;
   acc_t roi[5];
-  for (int t = 0; t < 5; ++t) roi[t] = static_cast<acc_t>(rois[k * 5 + t]);
+  for (int r = 0; r < 5; ++r) roi[r] = static_cast<acc_t>(rois[t.k * 5 + r]);
   acc_t offset_x = acc_t(0), offset_y = acc_t(0);
   if (offset != nullptr) {
-    offset_x = static_cast<acc_t>(offset[(k * 2) * P + b]);
-    offset_y = static_cast<acc_t>(offset[(k * 2 + 1) * P + b]);
+    offset_x = static_cast<acc_t>(offset[(t.k * 2) * P + t.b]);
+    offset_y = static_cast<acc_t>(offset[(t.k * 2 + 1) * P + t.b]);
   }
-  return bin_geometry<acc_t>(roi, offset_x, offset_y, b, s, spatial_scale, sampling_ratio, gamma);
+  t.g = bin_geometry<acc_t>(roi, offset_x, offset_y, t.b, s, spatial_scale, sampling_ratio, gamma);
+  return t;
 }
 
-template <typename T>
-__device__ __forceinline__ bool outside(T y, T x, const Shape& s) {
-  return y < T(-1) || y > T(s.height) || x < T(-1) || x > T(s.width);
+// Calls f(y, x) for each sample point of bin g, row by row, skipping the points more than a pixel
+// outside the map.
+template <typename T, typename F>
+__device__ __forceinline__ void for_each_sample(const BinGeometry<T>& g, const Shape& s, F f) {
+  for (int64_t iy = 0; iy < g.grid_h; ++iy) {
+    const T y = g.origin_y + (static_cast<T>(iy) + T(0.5)) * g.bin_h / static_cast<T>(g.grid_h);
+    for (int64_t ix = 0; ix < g.grid_w; ++ix) {
+      const T x = g.origin_x + (static_cast<T>(ix) + T(0.5)) * g.bin_w / static_cast<T>(g.grid_w);
+      if (y < T(-1) || y > T(s.height) || x < T(-1) || x > T(s.width)) continue;
+      f(y, x);
+    }
+  }
 }
 
 // Input plane of output channel c, bin b of a RoI of image n.
@@ -95,27 +113,19 @@ __global__ void forward_kernel(int64_t total, const scalar_t* input, const scala
   using acc_t = at::acc_type<scalar_t, true>;
   const int64_t P = s.pooled_height * s.pooled_width;
   DETECTOR_CUDA_KERNEL_LOOP(index, total) {
-    const int64_t b = index % P, c = (index / P) % s.channels_out, k = index / P / s.channels_out;
-    const BinGeometry<acc_t> g =
-        read_geometry(rois, offset, k, b, s, spatial_scale, sampling_ratio, gamma);
+    const Target<acc_t> t = target_of(index, rois, offset, s, spatial_scale, sampling_ratio, gamma);
+    const BinGeometry<acc_t>& g = t.g;
     acc_t value = acc_t(0);
     if (g.valid) {
-      const scalar_t* plane = input + plane_offset(g.batch, c, b, s);
-      for (int64_t iy = 0; iy < g.grid_h; ++iy) {
-        const acc_t y = g.origin_y + (static_cast<acc_t>(iy) + acc_t(0.5)) * g.bin_h /
-                                         static_cast<acc_t>(g.grid_h);
-        for (int64_t ix = 0; ix < g.grid_w; ++ix) {
-          const acc_t x = g.origin_x + (static_cast<acc_t>(ix) + acc_t(0.5)) * g.bin_w /
-                                           static_cast<acc_t>(g.grid_w);
-          if (outside(y, x, s)) continue;
-          const Bilinear<acc_t> w = bilinear_clamped(y, x, s.height, s.width);
-          for (int q = 0; q < 4; ++q) {
-            value += w.weight[q] * static_cast<acc_t>(plane[w.index[q]]);
-          }
+      const scalar_t* plane = input + plane_offset(g.batch, t.c, t.b, s);
+      for_each_sample(g, s, [&](acc_t y, acc_t x) {
+        const Bilinear<acc_t> w = bilinear_clamped(y, x, s.height, s.width);
+        for (int q = 0; q < 4; ++q) {
+          value += w.weight[q] * static_cast<acc_t>(plane[w.index[q]]);
         }
-      }
+      });
       value /= g.count;
-      if (mask != nullptr) value *= static_cast<acc_t>(mask[k * P + b]);
+      if (mask != nullptr) value *= static_cast<acc_t>(mask[t.k * P + t.b]);
     }
     output[index] = static_cast<scalar_t>(value);
   }
@@ -132,39 +142,32 @@ __global__ void backward_kernel(int64_t total, const scalar_t* grad, const scala
   using acc_t = at::acc_type<scalar_t, true>;
   const int64_t P = s.pooled_height * s.pooled_width;
   DETECTOR_CUDA_KERNEL_LOOP(index, total) {
-    const int64_t b = index % P, c = (index / P) % s.channels_out, k = index / P / s.channels_out;
-    const BinGeometry<acc_t> g =
-        read_geometry(rois, offset, k, b, s, spatial_scale, sampling_ratio, gamma);
+    const Target<acc_t> t = target_of(index, rois, offset, s, spatial_scale, sampling_ratio, gamma);
+    const BinGeometry<acc_t>& g = t.g;
+    const int64_t k = t.k, b = t.b;
     if (!g.valid) continue;
     const acc_t m = mask != nullptr ? static_cast<acc_t>(mask[k * P + b]) : acc_t(1);
     const acc_t g_out = static_cast<acc_t>(grad[index]);
     const acc_t g_in = g_out * m / g.count;
-    const int64_t plane = plane_offset(g.batch, c, b, s);
+    const int64_t plane = plane_offset(g.batch, t.c, b, s);
     const scalar_t* in_plane = input + plane;
     acc_t* grad_plane = grad_input + plane;
     acc_t sum_x = acc_t(0), sum_y = acc_t(0), sum_v = acc_t(0);
-    for (int64_t iy = 0; iy < g.grid_h; ++iy) {
-      const acc_t y = g.origin_y + (static_cast<acc_t>(iy) + acc_t(0.5)) * g.bin_h /
-                                       static_cast<acc_t>(g.grid_h);
-      for (int64_t ix = 0; ix < g.grid_w; ++ix) {
-        const acc_t x = g.origin_x + (static_cast<acc_t>(ix) + acc_t(0.5)) * g.bin_w /
-                                         static_cast<acc_t>(g.grid_w);
-        if (outside(y, x, s)) continue;
-        const BilinearGrad<acc_t> d = bilinear_clamped_grad(y, x, s.height, s.width);
-        for (int q = 0; q < 4; ++q) {
-          const int64_t idx = d.sample.index[q];
-          if (d.sample.weight[q] != acc_t(0)) {
-            gpuAtomicAdd(grad_plane + idx, d.sample.weight[q] * g_in);
-          }
-          if (grad_offset != nullptr || grad_mask != nullptr) {
-            const acc_t v = static_cast<acc_t>(in_plane[idx]);
-            sum_x += d.dx[q] * v;
-            sum_y += d.dy[q] * v;
-            sum_v += d.sample.weight[q] * v;
-          }
+    for_each_sample(g, s, [&](acc_t y, acc_t x) {
+      const BilinearGrad<acc_t> d = bilinear_clamped_grad(y, x, s.height, s.width);
+      for (int q = 0; q < 4; ++q) {
+        const int64_t idx = d.sample.index[q];
+        if (d.sample.weight[q] != acc_t(0)) {
+          gpuAtomicAdd(grad_plane + idx, d.sample.weight[q] * g_in);
+        }
+        if (grad_offset != nullptr || grad_mask != nullptr) {
+          const acc_t v = static_cast<acc_t>(in_plane[idx]);
+          sum_x += d.dx[q] * v;
+          sum_y += d.dy[q] * v;
+          sum_v += d.sample.weight[q] * v;
         }
       }
-    }
+    });
     if (grad_offset != nullptr) {
       gpuAtomicAdd(grad_offset + (k * 2) * P + b, g_out * sum_x * gamma * g.width * m / g.count);
       gpuAtomicAdd(grad_offset + (k * 2 + 1) * P + b,
@@ -172,56 +175,6 @@ __global__ void backward_kernel(int64_t total, const scalar_t* grad, const scala
     }
     if (grad_mask != nullptr) gpuAtomicAdd(grad_mask + k * P + b, g_out * sum_v / g.count);
   }
-}
-
-void check_args(const char* op, const at::Tensor& input, const at::Tensor& rois,
-                const std::optional<at::Tensor>& offset, const std::optional<at::Tensor>& mask,
-                int64_t pooled_height, int64_t pooled_width, bool position_sensitive) {
-  TORCH_CHECK(input.dim() == 4, op, ": expected `input` of shape (N, C, H, W), got ",
-              input.sizes());
-  TORCH_CHECK(pooled_height > 0 && pooled_width > 0, op, ": `output_size` must be positive");
-  TORCH_CHECK(rois.dim() == 2 && rois.size(1) == 5, op,
-              ": expected `rois` of shape (K, 5) = (batch_index, x1, y1, x2, y2), got ",
-              rois.sizes());
-  TORCH_CHECK(rois.scalar_type() == input.scalar_type(), op,
-              ": `rois` must have the dtype of `input`");
-  TORCH_CHECK(rois.is_cuda() && rois.device() == input.device(), op,
-              ": `rois` must be on the device of `input`");
-  const int64_t K = rois.size(0);
-  if (position_sensitive) {
-    TORCH_CHECK(input.size(1) % (pooled_height * pooled_width) == 0, op, ": `input` channels (",
-                input.size(1), ") must be divisible by pooled_height * pooled_width (",
-                pooled_height * pooled_width, ")");
-  }
-  if (offset.has_value()) {
-    TORCH_CHECK(offset->sizes() == at::IntArrayRef({K, 2, pooled_height, pooled_width}), op,
-                ": expected `offset` of shape (K, 2, pooled_height, pooled_width), got ",
-                offset->sizes());
-    TORCH_CHECK(offset->scalar_type() == input.scalar_type() && offset->device() == input.device(),
-                op, ": `offset` must have the dtype and device of `input`");
-  }
-  if (mask.has_value()) {
-    TORCH_CHECK(mask->sizes() == at::IntArrayRef({K, 1, pooled_height, pooled_width}), op,
-                ": expected `mask` of shape (K, 1, pooled_height, pooled_width), got ",
-                mask->sizes());
-    TORCH_CHECK(mask->scalar_type() == input.scalar_type() && mask->device() == input.device(), op,
-                ": `mask` must have the dtype and device of `input`");
-  }
-}
-
-Shape make_shape(const at::Tensor& input, int64_t pooled_height, int64_t pooled_width,
-                 bool position_sensitive) {
-  Shape s;
-  s.batch = input.size(0);
-  s.channels_total = input.size(1);
-  s.height = input.size(2);
-  s.width = input.size(3);
-  s.pooled_height = pooled_height;
-  s.pooled_width = pooled_width;
-  s.position_sensitive = position_sensitive;
-  s.channels_out =
-      position_sensitive ? s.channels_total / (pooled_height * pooled_width) : s.channels_total;
-  return s;
 }
 
 at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& t) {
@@ -238,10 +191,9 @@ at::Tensor forward_cuda(const char* op, const at::Tensor& input, const at::Tenso
                         const std::optional<at::Tensor>& mask, double spatial_scale,
                         int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio,
                         double gamma, bool position_sensitive) {
-  check_args(op, input, rois, offset, mask, pooled_height, pooled_width, position_sensitive);
+  const Shape s = check_deform_roi_pool_args(op, input, rois, offset, mask, pooled_height,
+                                             pooled_width, position_sensitive);
   c10::cuda::CUDAGuard guard(input.device());
-  check_rois(op, rois, input.size(0));
-  const Shape s = make_shape(input, pooled_height, pooled_width, position_sensitive);
   const int64_t K = rois.size(0);
   at::Tensor output = at::zeros({K, s.channels_out, pooled_height, pooled_width}, input.options());
   const int64_t total = output.numel();
@@ -268,13 +220,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cuda(
     const std::optional<at::Tensor>& offset, const std::optional<at::Tensor>& mask,
     double spatial_scale, int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio,
     double gamma, bool offset_grad, bool mask_grad, bool position_sensitive) {
-  check_args(op, input, rois, offset, mask, pooled_height, pooled_width, position_sensitive);
+  const Shape s = check_deform_roi_pool_args(op, input, rois, offset, mask, pooled_height,
+                                             pooled_width, position_sensitive);
   c10::cuda::CUDAGuard guard(input.device());
-  check_rois(op, rois, input.size(0));
-  const Shape s = make_shape(input, pooled_height, pooled_width, position_sensitive);
   const int64_t K = rois.size(0);
-  TORCH_CHECK(grad.sizes() == at::IntArrayRef({K, s.channels_out, pooled_height, pooled_width}), op,
-              ": `grad` has the wrong shape ", grad.sizes());
+  check_deform_roi_pool_grad(op, grad, K, s);
   offset_grad = offset_grad && offset.has_value();
   mask_grad = mask_grad && mask.has_value();
   const auto acc_dtype = at::toAccumulateType(input.scalar_type(), /*is_cuda=*/true);
@@ -313,51 +263,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cuda(
   return {grad_input_out, grad_offset_out, grad_mask_out};
 }
 
-at::Tensor deform_roi_pool_cuda(const at::Tensor& input, const at::Tensor& rois,
-                                const std::optional<at::Tensor>& offset,
-                                const std::optional<at::Tensor>& mask, double spatial_scale,
-                                int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio,
-                                double gamma) {
-  return forward_cuda("deform_roi_pool", input, rois, offset, mask, spatial_scale, pooled_height,
-                      pooled_width, sampling_ratio, gamma, false);
-}
-
-at::Tensor deform_ps_roi_pool_cuda(const at::Tensor& input, const at::Tensor& rois,
-                                   const std::optional<at::Tensor>& offset,
-                                   const std::optional<at::Tensor>& mask, double spatial_scale,
-                                   int64_t pooled_height, int64_t pooled_width,
-                                   int64_t sampling_ratio, double gamma) {
-  return forward_cuda("deform_ps_roi_pool", input, rois, offset, mask, spatial_scale, pooled_height,
-                      pooled_width, sampling_ratio, gamma, true);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> deform_roi_pool_backward_cuda(
-    const at::Tensor& grad, const at::Tensor& input, const at::Tensor& rois,
-    const std::optional<at::Tensor>& offset, const std::optional<at::Tensor>& mask,
-    double spatial_scale, int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio,
-    double gamma, bool offset_grad, bool mask_grad) {
-  return backward_cuda("deform_roi_pool", grad, input, rois, offset, mask, spatial_scale,
-                       pooled_height, pooled_width, sampling_ratio, gamma, offset_grad, mask_grad,
-                       false);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> deform_ps_roi_pool_backward_cuda(
-    const at::Tensor& grad, const at::Tensor& input, const at::Tensor& rois,
-    const std::optional<at::Tensor>& offset, const std::optional<at::Tensor>& mask,
-    double spatial_scale, int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio,
-    double gamma, bool offset_grad, bool mask_grad) {
-  return backward_cuda("deform_ps_roi_pool", grad, input, rois, offset, mask, spatial_scale,
-                       pooled_height, pooled_width, sampling_ratio, gamma, offset_grad, mask_grad,
-                       true);
-}
-
 }  // namespace
 
-TORCH_LIBRARY_IMPL(detector, CUDA, m) {
-  m.impl("deform_roi_pool", &deform_roi_pool_cuda);
-  m.impl("_deform_roi_pool_backward", &deform_roi_pool_backward_cuda);
-  m.impl("deform_ps_roi_pool", &deform_ps_roi_pool_cuda);
-  m.impl("_deform_ps_roi_pool_backward", &deform_ps_roi_pool_backward_cuda);
-}
+TORCH_LIBRARY_IMPL(detector, CUDA, m) { register_deform_roi_pool<forward_cuda, backward_cuda>(m); }
 
 }  // namespace detector
