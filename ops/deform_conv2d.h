@@ -10,6 +10,11 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/core/LegacyTypeDispatch.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <tuple>
 
 namespace detector {
 
@@ -116,6 +121,48 @@ inline void check_grad_output(const DeformConvGeometry& g, const at::Tensor& gra
                   grad_output.size(3) == g.out_w,
               "deform_conv2d: expected `grad_output` of shape (", g.batch, ", ", g.out_channels,
               ", ", g.out_h, ", ", g.out_w, "), got ", grad_output.sizes());
+}
+
+namespace deform_conv2d_ops {
+
+// The schema's entry points on one device: check the arguments, then call the device's
+//   forward(g, input, offset, weight, mask, bias) -> output (N, O, H_out, W_out)
+//   backward(g, grad_output, input, offset, weight, mask)
+//       -> (grad_input, grad_offset, grad_weight, grad_mask, grad_bias)
+template <auto forward>
+at::Tensor forward_op(const at::Tensor& input, const at::Tensor& offset, const at::Tensor& weight,
+                      const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& bias,
+                      int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
+                      int64_t dilation_h, int64_t dilation_w, int64_t groups,
+                      int64_t offset_groups) {
+  const DeformConvGeometry g =
+      deform_conv2d_geometry(input, offset, weight, mask, bias, stride_h, stride_w, pad_h, pad_w,
+                             dilation_h, dilation_w, groups, offset_groups);
+  return forward(g, input, offset, weight, mask, bias);
+}
+
+template <auto backward>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_op(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& offset,
+    const at::Tensor& weight, const std::optional<at::Tensor>& mask, int64_t stride_h,
+    int64_t stride_w, int64_t pad_h, int64_t pad_w, int64_t dilation_h, int64_t dilation_w,
+    int64_t groups, int64_t offset_groups) {
+  // The op has no autograd formula of its own: run the ATen calls below autograd.
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const DeformConvGeometry g =
+      deform_conv2d_geometry(input, offset, weight, mask, std::nullopt, stride_h, stride_w, pad_h,
+                             pad_w, dilation_h, dilation_w, groups, offset_groups);
+  check_grad_output(g, grad_output);
+  return backward(g, grad_output, input, offset, weight, mask);
+}
+
+}  // namespace deform_conv2d_ops
+
+// Registers a device's forward and backward (see deform_conv2d_ops) for the two ops.
+template <auto forward, auto backward>
+void register_deform_conv2d(torch::Library& m) {
+  m.impl("deform_conv2d", &deform_conv2d_ops::forward_op<forward>);
+  m.impl("_deform_conv2d_backward", &deform_conv2d_ops::backward_op<backward>);
 }
 
 }  // namespace detector

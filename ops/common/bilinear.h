@@ -90,34 +90,56 @@ DETECTOR_HOST_DEVICE Bilinear<T> bilinear_clamped(T y, T x, int64_t height, int6
 
 // Deformable convolution convention (DCN, torchvision.ops.deform_conv2d): the map is padded with
 // zeros, so neighbours outside it contribute nothing and a point at least one pixel outside is 0.
+// The four neighbours of a point less than a pixel outside (shared by the sample and its
+// derivatives): the top-left one, the fractional parts, and which neighbours lie inside the map
+// (Bilinear's order: top-left, top-right, bottom-left, bottom-right).
+template <typename T>
+struct PaddedNeighbours {
+  int64_t y_low, x_low;
+  T ly, lx, hy, hx;  // ly = y - y_low, hy = 1 - ly (likewise for x)
+  bool valid[4];
+};
+
+template <typename T>
+DETECTOR_HOST_DEVICE PaddedNeighbours<T> padded_neighbours(T y, T x, int64_t height,
+                                                           int64_t width) {
+  PaddedNeighbours<T> n;
+  n.y_low = static_cast<int64_t>(floor(y));
+  n.x_low = static_cast<int64_t>(floor(x));
+  n.ly = y - static_cast<T>(n.y_low);
+  n.lx = x - static_cast<T>(n.x_low);
+  n.hy = T(1) - n.ly;
+  n.hx = T(1) - n.lx;
+  const bool top = n.y_low >= 0, bottom = n.y_low + 1 <= height - 1;
+  const bool left = n.x_low >= 0, right = n.x_low + 1 <= width - 1;
+  n.valid[0] = top && left;
+  n.valid[1] = top && right;
+  n.valid[2] = bottom && left;
+  n.valid[3] = bottom && right;
+  return n;
+}
+
+template <typename T>
+DETECTOR_HOST_DEVICE bool outside_padded(T y, T x, int64_t height, int64_t width) {
+  return y <= T(-1) || T(height) <= y || x <= T(-1) || T(width) <= x;
+}
+
 template <typename T>
 DETECTOR_HOST_DEVICE Bilinear<T> bilinear_zero_padded(T y, T x, int64_t height, int64_t width) {
-  if (y <= T(-1) || T(height) <= y || x <= T(-1) || T(width) <= x) {
-    return bilinear_zero<T>();
-  }
-  const int64_t y_low = static_cast<int64_t>(floor(y));
-  const int64_t x_low = static_cast<int64_t>(floor(x));
-  const int64_t y_high = y_low + 1, x_high = x_low + 1;
-  const T ly = y - static_cast<T>(y_low), lx = x - static_cast<T>(x_low);
-  const T hy = T(1) - ly, hx = T(1) - lx;
-  const bool top = y_low >= 0, bottom = y_high <= height - 1;
-  const bool left = x_low >= 0, right = x_high <= width - 1;
   Bilinear<T> b = bilinear_zero<T>();
-  if (top && left) {
-    b.index[0] = y_low * width + x_low;
-    b.weight[0] = hy * hx;
+  if (outside_padded(y, x, height, width)) {
+    return b;
   }
-  if (top && right) {
-    b.index[1] = y_low * width + x_high;
-    b.weight[1] = hy * lx;
-  }
-  if (bottom && left) {
-    b.index[2] = y_high * width + x_low;
-    b.weight[2] = ly * hx;
-  }
-  if (bottom && right) {
-    b.index[3] = y_high * width + x_high;
-    b.weight[3] = ly * lx;
+  const PaddedNeighbours<T> n = padded_neighbours(y, x, height, width);
+  const int64_t y_high = n.y_low + 1, x_high = n.x_low + 1;
+  const int64_t index[4] = {n.y_low * width + n.x_low, n.y_low * width + x_high,
+                            y_high * width + n.x_low, y_high * width + x_high};
+  const T weight[4] = {n.hy * n.hx, n.hy * n.lx, n.ly * n.hx, n.ly * n.lx};
+  for (int i = 0; i < 4; ++i) {
+    if (n.valid[i]) {
+      b.index[i] = index[i];
+      b.weight[i] = weight[i];
+    }
   }
   return b;
 }
@@ -139,22 +161,16 @@ DETECTOR_HOST_DEVICE BilinearGrad<T> bilinear_zero_padded_grad(T y, T x, int64_t
   BilinearGrad<T> g;
   g.sample = bilinear_zero<T>();
   for (int i = 0; i < 4; ++i) g.dy[i] = g.dx[i] = T(0);
-  if (y <= T(-1) || T(height) <= y || x <= T(-1) || T(width) <= x) {
+  if (outside_padded(y, x, height, width)) {
     return g;
   }
   g.sample = bilinear_zero_padded(y, x, height, width);
-  const int64_t y_low = static_cast<int64_t>(floor(y));
-  const int64_t x_low = static_cast<int64_t>(floor(x));
-  const T ly = y - static_cast<T>(y_low), lx = x - static_cast<T>(x_low);
-  const T hy = T(1) - ly, hx = T(1) - lx;
-  const bool top = y_low >= 0, bottom = y_low + 1 <= height - 1;
-  const bool left = x_low >= 0, right = x_low + 1 <= width - 1;
-  const bool valid[4] = {top && left, top && right, bottom && left, bottom && right};
-  const T dys[4] = {-hx, -lx, hx, lx};
-  const T dxs[4] = {-hy, hy, -ly, ly};
+  const PaddedNeighbours<T> n = padded_neighbours(y, x, height, width);
+  const T dys[4] = {-n.hx, -n.lx, n.hx, n.lx};
+  const T dxs[4] = {-n.hy, n.hy, -n.ly, n.ly};
   for (int i = 0; i < 4; ++i) {
-    g.dy[i] = valid[i] ? dys[i] : T(0);
-    g.dx[i] = valid[i] ? dxs[i] : T(0);
+    g.dy[i] = n.valid[i] ? dys[i] : T(0);
+    g.dx[i] = n.valid[i] ? dxs[i] : T(0);
   }
   return g;
 }

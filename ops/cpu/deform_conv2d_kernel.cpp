@@ -309,30 +309,22 @@ inline void col2im_channels_impl(const ChunkArgs<In, T>& a, int64_t rows, T* gra
 // not inline them into the clones), so they run baseline x86-64 code; inlining them now would
 // change the float32 and float64 results' bits (wider simd sums, contracted multiply-adds), so
 // they stay as they are.
-DETECTOR_SIMD_CLONES void im2col_rows(const ChunkArgs<float, float>& a, int64_t begin,
-                                      int64_t end) {
-  im2col_rows_impl(a, begin, end);
-}
-DETECTOR_SIMD_CLONES void im2col_rows(const ChunkArgs<double, double>& a, int64_t begin,
-                                      int64_t end) {
-  im2col_rows_impl(a, begin, end);
-}
-DETECTOR_SIMD_CLONES void coordinate_grad_rows(const ChunkArgs<float, float>& a, int64_t begin,
-                                               int64_t end) {
-  coordinate_grad_rows_impl(a, begin, end);
-}
-DETECTOR_SIMD_CLONES void coordinate_grad_rows(const ChunkArgs<double, double>& a, int64_t begin,
-                                               int64_t end) {
-  coordinate_grad_rows_impl(a, begin, end);
-}
-DETECTOR_SIMD_CLONES void col2im_channels(const ChunkArgs<float, float>& a, int64_t rows,
-                                          float* grad_input, int64_t c_begin, int64_t c_end) {
-  col2im_channels_impl(a, rows, grad_input, c_begin, c_end);
-}
-DETECTOR_SIMD_CLONES void col2im_channels(const ChunkArgs<double, double>& a, int64_t rows,
-                                          double* grad_input, int64_t c_begin, int64_t c_end) {
-  col2im_channels_impl(a, rows, grad_input, c_begin, c_end);
-}
+#define DETECTOR_DEFORM_CONV_CLONES(T)                                                             \
+  DETECTOR_SIMD_CLONES void im2col_rows(const ChunkArgs<T, T>& a, int64_t begin, int64_t end) {    \
+    im2col_rows_impl(a, begin, end);                                                               \
+  }                                                                                                \
+  DETECTOR_SIMD_CLONES void coordinate_grad_rows(const ChunkArgs<T, T>& a, int64_t begin,          \
+                                                 int64_t end) {                                    \
+    coordinate_grad_rows_impl(a, begin, end);                                                      \
+  }                                                                                                \
+  DETECTOR_SIMD_CLONES void col2im_channels(const ChunkArgs<T, T>& a, int64_t rows, T* grad_input, \
+                                            int64_t c_begin, int64_t c_end) {                      \
+    col2im_channels_impl(a, rows, grad_input, c_begin, c_end);                                     \
+  }
+
+DETECTOR_DEFORM_CONV_CLONES(float)
+DETECTOR_DEFORM_CONV_CLONES(double)
+#undef DETECTOR_DEFORM_CONV_CLONES
 
 // The float16/bfloat16 paths' hot loops (In = float for float16's converted images, uint16_t for
 // bfloat16's bits): `flatten` inlines the loop bodies into each instruction set's clone, so that
@@ -371,6 +363,23 @@ DETECTOR_SIMD_CLONES void add_row_sums(const float* rows, int64_t stride, int64_
     for (int64_t i = 0; i < length; ++i) s += r[i];
     sums[o] += s;
   }
+}
+
+// ChunkArgs with the fields that stay the same for a whole call: the geometry, the channel runs
+// and the (L, K) column buffers; `grad_columns` and `points` only in backward. The caller sets the
+// per-image and per-chunk pointers.
+template <typename In, typename T>
+ChunkArgs<In, T> make_chunk_args(const DeformConvGeometry& g, const std::vector<ChannelRun>& runs,
+                                 T* columns, const T* grad_columns = nullptr,
+                                 Bilinear<T>* points = nullptr) {
+  ChunkArgs<In, T> args{};
+  args.geo = &g;
+  args.runs = runs.data();
+  args.num_runs = static_cast<int64_t>(runs.size());
+  args.columns = columns;
+  args.grad_columns = grad_columns;
+  args.points = points;
+  return args;
 }
 
 // Positions per chunk: about `elements` column entries, at most one image.
@@ -430,11 +439,7 @@ void deform_conv2d_forward_reduced(const DeformConvGeometry& g, const at::Tensor
   at::Tensor columns = at::empty({chunk, row_size}, f32);
   at::Tensor output32 = at::empty({g.out_channels, chunk}, f32);  // one chunk's float32 sums
   at::Tensor output_flat = output.view({g.batch, g.out_channels, positions});
-  ChunkArgs<In, float> args{};
-  args.geo = &g;
-  args.runs = runs.data();
-  args.num_runs = static_cast<int64_t>(runs.size());
-  args.columns = columns.data_ptr<float>();
+  ChunkArgs<In, float> args = make_chunk_args<In>(g, runs, columns.data_ptr<float>());
   at::Tensor input_copy, offset_copy, mask_copy;  // float16: this image's float32 values
   for (int64_t n = 0; n < g.batch; ++n) {
     args.input = reduced_values<S>(input_nhwc[n], input_copy);
@@ -495,13 +500,8 @@ deform_conv2d_backward_reduced(const DeformConvGeometry& g, const at::Tensor& gr
     at::Tensor grad_offset32 = at::empty(offset_c[0].sizes(), f32);
     at::Tensor grad_mask32 = mask_c.defined() ? at::empty(mask_c[0].sizes(), f32) : at::Tensor();
     std::vector<Bilinear<float>> points(chunk * g.taps() * g.offset_groups);
-    ChunkArgs<In, float> args{};
-    args.geo = &g;
-    args.runs = runs.data();
-    args.num_runs = static_cast<int64_t>(runs.size());
-    args.columns = columns.data_ptr<float>();
-    args.grad_columns = grad_columns.data_ptr<float>();
-    args.points = points.data();
+    ChunkArgs<In, float> args = make_chunk_args<In>(g, runs, columns.data_ptr<float>(),
+                                                    grad_columns.data_ptr<float>(), points.data());
     args.grad_offset = grad_offset32.data_ptr<float>();
     args.grad_mask = grad_mask32.defined() ? grad_mask32.data_ptr<float>() : nullptr;
     float* grad_in = grad_in32.data_ptr<float>();
@@ -558,16 +558,10 @@ deform_conv2d_backward_reduced(const DeformConvGeometry& g, const at::Tensor& gr
   return {grad_input, grad_offset, grad_weight, grad_mask, grad_bias.to(input.scalar_type())};
 }
 
-at::Tensor deform_conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& offset,
-                                     const at::Tensor& weight,
+at::Tensor deform_conv2d_forward_cpu(const DeformConvGeometry& g, const at::Tensor& input,
+                                     const at::Tensor& offset, const at::Tensor& weight,
                                      const std::optional<at::Tensor>& mask,
-                                     const std::optional<at::Tensor>& bias, int64_t stride_h,
-                                     int64_t stride_w, int64_t pad_h, int64_t pad_w,
-                                     int64_t dilation_h, int64_t dilation_w, int64_t groups,
-                                     int64_t offset_groups) {
-  const DeformConvGeometry g =
-      deform_conv2d_geometry(input, offset, weight, mask, bias, stride_h, stride_w, pad_h, pad_w,
-                             dilation_h, dilation_w, groups, offset_groups);
+                                     const std::optional<at::Tensor>& bias) {
   at::Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options());
   if (output.numel() == 0) {
     return output;
@@ -594,11 +588,8 @@ at::Tensor deform_conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& 
   at::Tensor output_flat = output.view({g.batch, g.out_channels, positions});
 
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "deform_conv2d_forward_cpu", [&] {
-    ChunkArgs<scalar_t, scalar_t> args{};
-    args.geo = &g;
-    args.runs = runs.data();
-    args.num_runs = static_cast<int64_t>(runs.size());
-    args.columns = columns.data_ptr<scalar_t>();
+    ChunkArgs<scalar_t, scalar_t> args =
+        make_chunk_args<scalar_t>(g, runs, columns.data_ptr<scalar_t>());
     for (int64_t n = 0; n < g.batch; ++n) {
       args.input = input_nhwc.data_ptr<scalar_t>() + n * g.channels * g.height * g.width;
       args.offset = offset_c.data_ptr<scalar_t>() + n * offset_c.stride(0);
@@ -625,16 +616,8 @@ at::Tensor deform_conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& 
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backward_cpu(
-    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& offset,
-    const at::Tensor& weight, const std::optional<at::Tensor>& mask, int64_t stride_h,
-    int64_t stride_w, int64_t pad_h, int64_t pad_w, int64_t dilation_h, int64_t dilation_w,
-    int64_t groups, int64_t offset_groups) {
-  // The op has no autograd formula of its own: run the ATen calls below autograd.
-  at::AutoDispatchBelowADInplaceOrView below_autograd;
-  const DeformConvGeometry g =
-      deform_conv2d_geometry(input, offset, weight, mask, std::nullopt, stride_h, stride_w, pad_h,
-                             pad_w, dilation_h, dilation_w, groups, offset_groups);
-  check_grad_output(g, grad_output);
+    const DeformConvGeometry& g, const at::Tensor& grad_output, const at::Tensor& input,
+    const at::Tensor& offset, const at::Tensor& weight, const std::optional<at::Tensor>& mask) {
   if (input.scalar_type() == at::kBFloat16) {
     return deform_conv2d_backward_reduced<c10::BFloat16>(g, grad_output, input, offset, weight,
                                                          mask);
@@ -666,13 +649,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_co
 
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "deform_conv2d_backward_cpu", [&] {
       std::vector<Bilinear<scalar_t>> points(chunk * g.taps() * g.offset_groups);
-      ChunkArgs<scalar_t, scalar_t> args{};
-      args.geo = &g;
-      args.runs = runs.data();
-      args.num_runs = static_cast<int64_t>(runs.size());
-      args.columns = columns.data_ptr<scalar_t>();
-      args.grad_columns = grad_columns.data_ptr<scalar_t>();
-      args.points = points.data();
+      ChunkArgs<scalar_t, scalar_t> args = make_chunk_args<scalar_t>(
+          g, runs, columns.data_ptr<scalar_t>(), grad_columns.data_ptr<scalar_t>(), points.data());
       const int64_t image = g.channels * g.height * g.width;
       for (int64_t n = 0; n < g.batch; ++n) {
         args.input = input_nhwc.data_ptr<scalar_t>() + n * image;
@@ -722,8 +700,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_co
 }  // namespace
 
 TORCH_LIBRARY_IMPL(detector, CPU, m) {
-  m.impl("deform_conv2d", &deform_conv2d_forward_cpu);
-  m.impl("_deform_conv2d_backward", &deform_conv2d_backward_cpu);
+  register_deform_conv2d<deform_conv2d_forward_cpu, deform_conv2d_backward_cpu>(m);
 }
 
 }  // namespace detector

@@ -6,7 +6,6 @@
 //            per (offset group, tap, position) from the coordinate derivatives (no conflicts).
 #include <ATen/ATen.h>
 #include <ATen/AccumulateType.h>
-#include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/cuda/Atomic.cuh>
 #include <torch/library.h>
 
@@ -44,26 +43,43 @@ __device__ __forceinline__ void sample_coords(const Geometry& g, const T* offset
       static_cast<A>(offset[(channel + 1) * g.positions + pos]);
 }
 
+// What the thread of column element `index` = (c * taps + t) * P + pos works on: input channel c,
+// the mask element of its (offset group, tap, position), and the bilinear sample of its point.
+template <typename A>
+struct ColumnPoint {
+  int64_t c, mask_index;
+  Bilinear<A> b;
+};
+
+template <typename T, typename A>
+__device__ __forceinline__ ColumnPoint<A> column_point(const Geometry& g, const T* offset,
+                                                       int64_t index) {
+  const int64_t taps = g.kernel_h * g.kernel_w;
+  const int64_t pos = index % g.positions;
+  const int64_t t = (index / g.positions) % taps;
+  ColumnPoint<A> p;
+  p.c = index / (g.positions * taps);
+  const int64_t og = p.c / (g.channels / g.offset_groups);
+  p.mask_index = (og * taps + t) * g.positions + pos;
+  A y, x;
+  sample_coords<T, A>(g, offset, pos, t, og, y, x);
+  p.b = bilinear_zero_padded<A>(y, x, g.height, g.width);
+  return p;
+}
+
 // columns[(c * taps + t) * P + pos] = mask * bilinear sample of channel c (one image).
 template <typename T>
 __global__ void im2col_kernel(int64_t total, Geometry g, const T* input, const T* offset,
                               const T* mask, T* columns) {
   using A = at::acc_type<T, true>;
-  const int64_t taps = g.kernel_h * g.kernel_w;
   DETECTOR_CUDA_KERNEL_LOOP(index, total) {
-    const int64_t pos = index % g.positions;
-    const int64_t t = (index / g.positions) % taps;
-    const int64_t c = index / (g.positions * taps);
-    const int64_t og = c / (g.channels / g.offset_groups);
-    A y, x;
-    sample_coords<T, A>(g, offset, pos, t, og, y, x);
-    const Bilinear<A> b = bilinear_zero_padded<A>(y, x, g.height, g.width);
-    const T* plane = input + c * g.height * g.width;
+    const ColumnPoint<A> p = column_point<T, A>(g, offset, index);
+    const T* plane = input + p.c * g.height * g.width;
     A value = 0;
     for (int i = 0; i < 4; ++i) {
-      if (b.weight[i] != A(0)) value += b.weight[i] * static_cast<A>(plane[b.index[i]]);
+      if (p.b.weight[i] != A(0)) value += p.b.weight[i] * static_cast<A>(plane[p.b.index[i]]);
     }
-    if (mask != nullptr) value *= static_cast<A>(mask[(og * taps + t) * g.positions + pos]);
+    if (mask != nullptr) value *= static_cast<A>(mask[p.mask_index]);
     columns[index] = static_cast<T>(value);
   }
 }
@@ -73,21 +89,14 @@ template <typename T>
 __global__ void col2im_kernel(int64_t total, Geometry g, const T* offset, const T* mask,
                               const T* grad_columns, T* grad_input) {
   using A = at::acc_type<T, true>;
-  const int64_t taps = g.kernel_h * g.kernel_w;
   DETECTOR_CUDA_KERNEL_LOOP(index, total) {
-    const int64_t pos = index % g.positions;
-    const int64_t t = (index / g.positions) % taps;
-    const int64_t c = index / (g.positions * taps);
-    const int64_t og = c / (g.channels / g.offset_groups);
-    A y, x;
-    sample_coords<T, A>(g, offset, pos, t, og, y, x);
-    const Bilinear<A> b = bilinear_zero_padded<A>(y, x, g.height, g.width);
+    const ColumnPoint<A> p = column_point<T, A>(g, offset, index);
     A grad = static_cast<A>(grad_columns[index]);
-    if (mask != nullptr) grad *= static_cast<A>(mask[(og * taps + t) * g.positions + pos]);
-    T* plane = grad_input + c * g.height * g.width;
+    if (mask != nullptr) grad *= static_cast<A>(mask[p.mask_index]);
+    T* plane = grad_input + p.c * g.height * g.width;
     for (int i = 0; i < 4; ++i) {
-      if (b.weight[i] != A(0)) {
-        gpuAtomicAdd(plane + b.index[i], static_cast<T>(b.weight[i] * grad));
+      if (p.b.weight[i] != A(0)) {
+        gpuAtomicAdd(plane + p.b.index[i], static_cast<T>(p.b.weight[i] * grad));
       }
     }
   }
@@ -132,16 +141,26 @@ __global__ void coordinate_grad_kernel(int64_t total, Geometry g, const T* input
   }
 }
 
-at::Tensor deform_conv2d_forward_cuda(const at::Tensor& input, const at::Tensor& offset,
-                                      const at::Tensor& weight,
+// columns (C * taps, P) of image n from its input (N, C, H, W), offset and mask (undefined when
+// absent): im2col_kernel, one thread per column element.
+void im2col(const Geometry& kg, const at::Tensor& input_c, const at::Tensor& offset_c,
+            const at::Tensor& mask_c, int64_t n, at::Tensor& columns, cudaStream_t stream) {
+  const int64_t total = columns.numel();
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, input_c.scalar_type(), "deform_conv2d_im2col_cuda", [&] {
+        im2col_kernel<scalar_t><<<blocks_for(total), kThreadsPerBlock, 0, stream>>>(
+            total, kg, input_c[n].const_data_ptr<scalar_t>(),
+            offset_c[n].const_data_ptr<scalar_t>(),
+            mask_c.defined() ? mask_c[n].const_data_ptr<scalar_t>() : nullptr,
+            columns.data_ptr<scalar_t>());
+      });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+at::Tensor deform_conv2d_forward_cuda(const DeformConvGeometry& g, const at::Tensor& input,
+                                      const at::Tensor& offset, const at::Tensor& weight,
                                       const std::optional<at::Tensor>& mask,
-                                      const std::optional<at::Tensor>& bias, int64_t stride_h,
-                                      int64_t stride_w, int64_t pad_h, int64_t pad_w,
-                                      int64_t dilation_h, int64_t dilation_w, int64_t groups,
-                                      int64_t offset_groups) {
-  const DeformConvGeometry g =
-      deform_conv2d_geometry(input, offset, weight, mask, bias, stride_h, stride_w, pad_h, pad_w,
-                             dilation_h, dilation_w, groups, offset_groups);
+                                      const std::optional<at::Tensor>& bias) {
   const c10::cuda::CUDAGuard guard(input.device());
   const int64_t positions = g.positions(), rows = g.channels * g.taps();
   const int64_t group_k = rows / g.groups, group_o = g.out_channels / g.groups;
@@ -152,18 +171,9 @@ at::Tensor deform_conv2d_forward_cuda(const at::Tensor& input, const at::Tensor&
     const at::Tensor w_matrix = weight.contiguous().view({g.out_channels, group_k});
     at::Tensor columns = at::empty({rows, positions}, input.options());
     const Geometry kg = kernel_geometry(g);
-    const int64_t total = rows * positions;
     cudaStream_t stream = at::cuda::getCurrentCUDAStream();
     for (int64_t n = 0; n < g.batch; ++n) {
-      AT_DISPATCH_FLOATING_TYPES_AND2(
-          at::kHalf, at::kBFloat16, input.scalar_type(), "deform_conv2d_forward_cuda", [&] {
-            im2col_kernel<scalar_t><<<blocks_for(total), kThreadsPerBlock, 0, stream>>>(
-                total, kg, input_c[n].const_data_ptr<scalar_t>(),
-                offset_c[n].const_data_ptr<scalar_t>(),
-                mask_c.defined() ? mask_c[n].const_data_ptr<scalar_t>() : nullptr,
-                columns.data_ptr<scalar_t>());
-          });
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      im2col(kg, input_c, offset_c, mask_c, n, columns, stream);
       for (int64_t wg = 0; wg < g.groups; ++wg) {
         at::Tensor out = output[n].narrow(0, wg * group_o, group_o);  // (O/groups, P)
         at::mm_out(out, w_matrix.narrow(0, wg * group_o, group_o),
@@ -176,15 +186,8 @@ at::Tensor deform_conv2d_forward_cuda(const at::Tensor& input, const at::Tensor&
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backward_cuda(
-    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& offset,
-    const at::Tensor& weight, const std::optional<at::Tensor>& mask, int64_t stride_h,
-    int64_t stride_w, int64_t pad_h, int64_t pad_w, int64_t dilation_h, int64_t dilation_w,
-    int64_t groups, int64_t offset_groups) {
-  at::AutoDispatchBelowADInplaceOrView below_autograd;
-  const DeformConvGeometry g =
-      deform_conv2d_geometry(input, offset, weight, mask, std::nullopt, stride_h, stride_w, pad_h,
-                             pad_w, dilation_h, dilation_w, groups, offset_groups);
-  check_grad_output(g, grad_output);
+    const DeformConvGeometry& g, const at::Tensor& grad_output, const at::Tensor& input,
+    const at::Tensor& offset, const at::Tensor& weight, const std::optional<at::Tensor>& mask) {
   const c10::cuda::CUDAGuard guard(input.device());
   const int64_t positions = g.positions(), rows = g.channels * g.taps();
   const int64_t group_k = rows / g.groups, group_o = g.out_channels / g.groups;
@@ -207,15 +210,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_co
     const int64_t coord_total = g.offset_groups * g.taps() * positions;
     cudaStream_t stream = at::cuda::getCurrentCUDAStream();
     for (int64_t n = 0; n < g.batch; ++n) {
-      AT_DISPATCH_FLOATING_TYPES_AND2(
-          at::kHalf, at::kBFloat16, input.scalar_type(), "deform_conv2d_im2col_cuda", [&] {
-            im2col_kernel<scalar_t><<<blocks_for(total), kThreadsPerBlock, 0, stream>>>(
-                total, kg, input_c[n].const_data_ptr<scalar_t>(),
-                offset_c[n].const_data_ptr<scalar_t>(),
-                mask_c.defined() ? mask_c[n].const_data_ptr<scalar_t>() : nullptr,
-                columns.data_ptr<scalar_t>());
-          });
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      im2col(kg, input_c, offset_c, mask_c, n, columns, stream);
       for (int64_t wg = 0; wg < g.groups; ++wg) {
         const at::Tensor grad_out_group = grad_out[n].narrow(0, wg * group_o, group_o);
         at::Tensor grad_cols_group = grad_columns.narrow(0, wg * group_k, group_k);
@@ -249,8 +244,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_co
 }  // namespace
 
 TORCH_LIBRARY_IMPL(detector, CUDA, m) {
-  m.impl("deform_conv2d", &deform_conv2d_forward_cuda);
-  m.impl("_deform_conv2d_backward", &deform_conv2d_backward_cuda);
+  register_deform_conv2d<deform_conv2d_forward_cuda, deform_conv2d_backward_cuda>(m);
 }
 
 }  // namespace detector
