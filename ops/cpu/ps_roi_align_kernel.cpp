@@ -68,26 +68,24 @@ struct AlignFootprint {
   }
 };
 
+// Builds the footprints of a call for compute type T (ps_roi::forward_op).
+auto align_footprint(double spatial_scale, int64_t sampling_ratio) {
+  return [=](auto zero, const ps_roi::Shape& shape) {
+    using T = decltype(zero);
+    return AlignFootprint<T>{static_cast<T>(spatial_scale),
+                             shape.pooled_height,
+                             shape.pooled_width,
+                             sampling_ratio,
+                             shape.height,
+                             shape.width};
+  };
+}
+
 at::Tensor ps_roi_align_forward_cpu(const at::Tensor& input, const at::Tensor& rois,
                                     double spatial_scale, int64_t pooled_height,
                                     int64_t pooled_width, int64_t sampling_ratio) {
-  const ps_roi::Shape shape =
-      ps_roi::check_forward_args("ps_roi_align", input, rois, pooled_height, pooled_width);
-  ps_roi::Strides strides;
-  const at::Tensor dense = ps_roi::dense_input(input, strides);
-  at::Tensor output;
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, input.scalar_type(), "ps_roi_align_forward_cpu", [&] {
-        using T = at::opmath_type<scalar_t>;
-        const AlignFootprint<T> footprint{static_cast<T>(spatial_scale),
-                                          pooled_height,
-                                          pooled_width,
-                                          sampling_ratio,
-                                          shape.height,
-                                          shape.width};
-        output = ps_roi::forward<scalar_t>(dense, strides, rois, shape, footprint);
-      });
-  return output;
+  return ps_roi::forward_op("ps_roi_align", input, rois, pooled_height, pooled_width,
+                            align_footprint(spatial_scale, sampling_ratio));
 }
 
 at::Tensor ps_roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois,
@@ -95,22 +93,9 @@ at::Tensor ps_roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& r
                                      int64_t pooled_width, int64_t sampling_ratio,
                                      int64_t batch_size, int64_t channels, int64_t height,
                                      int64_t width) {
-  const ps_roi::Shape shape =
-      ps_roi::check_backward_args("ps_roi_align backward", grad, rois, pooled_height, pooled_width,
-                                  batch_size, channels, height, width);
-  at::Tensor grad_input;
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, grad.scalar_type(), "ps_roi_align_backward_cpu", [&] {
-        using T = at::opmath_type<scalar_t>;
-        const AlignFootprint<T> footprint{static_cast<T>(spatial_scale),
-                                          pooled_height,
-                                          pooled_width,
-                                          sampling_ratio,
-                                          height,
-                                          width};
-        grad_input = ps_roi::backward<scalar_t>(grad, rois, shape, footprint);
-      });
-  return grad_input;
+  return ps_roi::backward_op("ps_roi_align backward", grad, rois, pooled_height, pooled_width,
+                             batch_size, channels, height, width,
+                             align_footprint(spatial_scale, sampling_ratio));
 }
 
 }  // namespace

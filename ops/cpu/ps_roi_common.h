@@ -353,6 +353,22 @@ struct Items {
     const int64_t cost = max_block * (pack + 16 * rois_per_image);
     grain = std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(cost, 1));
   }
+
+  // Item `item`: image n, bin b = i * PW + j, and its cb output channels from c0.
+  struct Item {
+    int64_t n, b, c0, cb, i, j;
+  };
+
+  Item at(int64_t item, const Shape& shape) const {
+    Item it;
+    it.n = item / (shape.bins * blocks);
+    it.b = (item / blocks) % shape.bins;
+    it.c0 = (item % blocks) * kChannelBlock;
+    it.cb = std::min(kChannelBlock, shape.channels_out - it.c0);
+    it.i = it.b / shape.pooled_width;
+    it.j = it.b % shape.pooled_width;
+    return it;
+  }
 };
 
 // Runs items [0, count) on at::parallel_for's threads, handing them out in chunks of `grain` from
@@ -385,23 +401,40 @@ struct ThreadState {
   std::vector<T> scratch;
 };
 
-// The per-RoI part of the footprints (box in map coordinates, bin size, ...), computed once.
-// `Op::prepare(roi)` takes the RoI's 5 values; `op(prepared, i, j, footprint)` then fills the
-// footprint of bin (i, j).
+// The RoIs of a call as the drivers read them: (K, 5) in the compute type T (exact: float16 and
+// bfloat16 widen to float), grouped by image, and the per-RoI part of `op`'s footprints (box in
+// map coordinates, bin size, ...), computed once: `Op::prepare(roi)` takes the RoI's 5 values;
+// `op(prepared[k], i, j, footprint)` then fills the footprint of bin (i, j) of RoI k.
 template <typename T, typename Op>
-std::vector<typename Op::Roi> prepare_rois(const Op& op, const T* rois, int64_t num_rois) {
-  std::vector<typename Op::Roi> prepared(num_rois);
-  for (int64_t k = 0; k < num_rois; ++k) prepared[k] = op.prepare(rois + k * 5);
-  return prepared;
-}
+struct PreparedRois {
+  at::Tensor values;  // (K, 5) contiguous, dtype T
+  RoisByImage by_image;
+  std::vector<typename Op::Roi> prepared;
 
-// The RoIs as a contiguous tensor of the compute type T (exact: float16/bfloat16 widen to float).
-template <typename T>
-at::Tensor compute_rois(const at::Tensor& rois) {
-  return rois.to(c10::CppTypeToScalarType<T>::value).contiguous();
-}
+  PreparedRois(const at::Tensor& rois, const Shape& shape, const Op& op)
+      : values(rois.to(c10::CppTypeToScalarType<T>::value).contiguous()) {
+    const int64_t num_rois = rois.size(0);
+    const T* data = values.const_data_ptr<T>();
+    by_image = group_rois(data, num_rois, shape.batch);
+    prepared.resize(num_rois);
+    for (int64_t k = 0; k < num_rois; ++k) prepared[k] = op.prepare(data + k * 5);
+  }
 
-// Forward driver for the footprints of `op` (see prepare_rois), for tensors of element type S.
+  // Calls f(k) for each RoI k of image n, in order, with `fp` holding the footprint of its bin
+  // (i, j).
+  template <typename F>
+  void for_each_footprint(const Op& op, int64_t n, int64_t i, int64_t j, Footprint<T>& fp,
+                          const F& f) const {
+    for (int64_t q = by_image.start[n]; q < by_image.start[n + 1]; ++q) {
+      const int64_t k = by_image.order[q];
+      fp.clear();
+      op(prepared[k], i, j, fp);
+      f(k);
+    }
+  }
+};
+
+// Forward driver for the footprints of `op` (see PreparedRois), for tensors of element type S.
 // Returns (K, C_out, PH, PW).
 template <typename S, typename Op>
 at::Tensor forward(const at::Tensor& input, const Strides& strides, const at::Tensor& rois,
@@ -413,14 +446,11 @@ at::Tensor forward(const at::Tensor& input, const Strides& strides, const at::Te
   if (output.numel() == 0) {
     return output;
   }
-  const at::Tensor rois_c = compute_rois<T>(rois);
   const S* in = input.const_data_ptr<S>();
-  const T* roi_data = rois_c.const_data_ptr<T>();
   S* out = output.mutable_data_ptr<S>();
   const int64_t bins = shape.bins, channels_out = shape.channels_out;
   const int64_t pixels = shape.height * shape.width;
-  const RoisByImage by_image = group_rois(roi_data, num_rois, shape.batch);
-  const auto prepared = prepare_rois(op, roi_data, num_rois);
+  const PreparedRois<T, Op> roi_set(rois, shape, op);
   // Packing reads the whole input once; with few RoIs per image, reading only their footprints
   // directly is cheaper (measured break-even: about one RoI per 35 pixels of the map).
   const bool packed = 32 * num_rois >= shape.batch * pixels;
@@ -433,21 +463,14 @@ at::Tensor forward(const at::Tensor& input, const Strides& strides, const at::Te
                    Footprint<T>& fp = state.fp;
                    T* scratch = state.scratch.data();
                    for (int64_t item = begin; item < end; ++item) {
-                     const int64_t n = item / (bins * items.blocks);
-                     const int64_t b = (item / items.blocks) % bins;
-                     const int64_t c0 = (item % items.blocks) * kChannelBlock;
-                     const int64_t cb = std::min(kChannelBlock, channels_out - c0);
-                     const int64_t i = b / shape.pooled_width, j = b % shape.pooled_width;
+                     const auto [n, b, c0, cb, i, j] = items.at(item, shape);
                      // planes (c0 + c) * B + b of image n, c < cb
                      const S* src = in + n * strides.batch + (c0 * bins + b) * strides.channel;
                      const int64_t channel_step = bins * strides.channel;
                      if (packed) {
                        pack_planes(src, channel_step, strides.pixel, pixels, cb, scratch);
                      }
-                     for (int64_t r = by_image.start[n]; r < by_image.start[n + 1]; ++r) {
-                       const int64_t k = by_image.order[r];
-                       fp.clear();
-                       op(prepared[k], i, j, fp);
+                     roi_set.for_each_footprint(op, n, i, j, fp, [&](int64_t k) {
                        S* dst = out + (k * channels_out + c0) * bins + b;
                        if (packed) {
                          gather_packed(scratch, cb, fp.pixel.data(), fp.weight.data(), fp.size(),
@@ -456,7 +479,7 @@ at::Tensor forward(const at::Tensor& input, const Strides& strides, const at::Te
                          gather_direct(src, channel_step, strides.pixel, cb, fp.pixel.data(),
                                        fp.weight.data(), fp.size(), fp.divisor, dst, bins);
                        }
-                     }
+                     });
                    }
                  });
   return output;
@@ -479,14 +502,11 @@ at::Tensor backward(const at::Tensor& grad, const at::Tensor& rois, const Shape&
     return grad_input;
   }
   const at::Tensor grad_c = grad.contiguous();
-  const at::Tensor rois_c = compute_rois<T>(rois);
   const S* grad_data = grad_c.const_data_ptr<S>();
-  const T* roi_data = rois_c.const_data_ptr<T>();
   S* gin = grad_input.mutable_data_ptr<S>();
   const int64_t bins = shape.bins, channels_out = shape.channels_out;
   const int64_t pixels = shape.height * shape.width;
-  const RoisByImage by_image = group_rois(roi_data, num_rois, shape.batch);
-  const auto prepared = prepare_rois(op, roi_data, num_rois);
+  const PreparedRois<T, Op> roi_set(rois, shape, op);
   const Items items(shape, num_rois, /*packed=*/true);
   const auto make_state = [&] {
     return ThreadState<T>{{}, std::vector<T>(pixels * items.max_block)};
@@ -496,26 +516,53 @@ at::Tensor backward(const at::Tensor& grad, const at::Tensor& rois, const Shape&
         Footprint<T>& fp = state.fp;
         T* scratch = state.scratch.data();
         for (int64_t item = begin; item < end; ++item) {
-          const int64_t n = item / (bins * items.blocks);
-          const int64_t b = (item / items.blocks) % bins;
-          const int64_t c0 = (item % items.blocks) * kChannelBlock;
-          const int64_t cb = std::min(kChannelBlock, channels_out - c0);
-          const int64_t i = b / shape.pooled_width, j = b % shape.pooled_width;
+          const auto [n, b, c0, cb, i, j] = items.at(item, shape);
           std::fill(scratch, scratch + pixels * cb, T(0));
-          for (int64_t r = by_image.start[n]; r < by_image.start[n + 1]; ++r) {
-            const int64_t k = by_image.order[r];
-            fp.clear();
-            op(prepared[k], i, j, fp);
+          roi_set.for_each_footprint(op, n, i, j, fp, [&](int64_t k) {
             if (fp.size() == 0) {
-              continue;
+              return;
             }
             scatter_packed(scratch, cb, fp.pixel.data(), fp.weight.data(), fp.size(),
                            grad_data + (k * channels_out + c0) * bins + b, bins, fp.divisor);
-          }
+          });
           // planes (c0 + c) * B + b of image n, c < cb
           unpack_planes(scratch, pixels, cb, gin + (n * shape.channels + c0 * bins + b) * pixels,
                         bins * pixels);
         }
+      });
+  return grad_input;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operator entry points: check the arguments, then run the driver with the op's footprints, which
+// make_op(T{}, shape) builds for the compute type T and the call's sizes.
+
+template <typename MakeOp>
+at::Tensor forward_op(const char* op, const at::Tensor& input, const at::Tensor& rois,
+                      int64_t pooled_height, int64_t pooled_width, const MakeOp& make_op) {
+  const Shape shape = check_forward_args(op, input, rois, pooled_height, pooled_width);
+  Strides strides;
+  const at::Tensor dense = dense_input(input, strides);
+  at::Tensor output;
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, input.scalar_type(), "ps_roi_forward_cpu", [&] {
+        const auto footprint = make_op(at::opmath_type<scalar_t>{}, shape);
+        output = forward<scalar_t>(dense, strides, rois, shape, footprint);
+      });
+  return output;
+}
+
+template <typename MakeOp>
+at::Tensor backward_op(const char* op, const at::Tensor& grad, const at::Tensor& rois,
+                       int64_t pooled_height, int64_t pooled_width, int64_t batch_size,
+                       int64_t channels, int64_t height, int64_t width, const MakeOp& make_op) {
+  const Shape shape = check_backward_args(op, grad, rois, pooled_height, pooled_width, batch_size,
+                                          channels, height, width);
+  at::Tensor grad_input;
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, grad.scalar_type(), "ps_roi_backward_cpu", [&] {
+        const auto footprint = make_op(at::opmath_type<scalar_t>{}, shape);
+        grad_input = backward<scalar_t>(grad, rois, shape, footprint);
       });
   return grad_input;
 }

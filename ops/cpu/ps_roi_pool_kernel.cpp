@@ -66,40 +66,28 @@ struct PoolFootprint {
   }
 };
 
+// Builds the footprints of a call for compute type T (ps_roi::forward_op).
+auto pool_footprint(double spatial_scale) {
+  return [=](auto zero, const ps_roi::Shape& shape) {
+    using T = decltype(zero);
+    return PoolFootprint<T>{static_cast<T>(spatial_scale), shape.pooled_height, shape.pooled_width,
+                            shape.height, shape.width};
+  };
+}
+
 at::Tensor ps_roi_pool_forward_cpu(const at::Tensor& input, const at::Tensor& rois,
                                    double spatial_scale, int64_t pooled_height,
                                    int64_t pooled_width) {
-  const ps_roi::Shape shape =
-      ps_roi::check_forward_args("ps_roi_pool", input, rois, pooled_height, pooled_width);
-  ps_roi::Strides strides;
-  const at::Tensor dense = ps_roi::dense_input(input, strides);
-  at::Tensor output;
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, input.scalar_type(), "ps_roi_pool_forward_cpu", [&] {
-        using T = at::opmath_type<scalar_t>;
-        const PoolFootprint<T> footprint{static_cast<T>(spatial_scale), pooled_height, pooled_width,
-                                         shape.height, shape.width};
-        output = ps_roi::forward<scalar_t>(dense, strides, rois, shape, footprint);
-      });
-  return output;
+  return ps_roi::forward_op("ps_roi_pool", input, rois, pooled_height, pooled_width,
+                            pool_footprint(spatial_scale));
 }
 
 at::Tensor ps_roi_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& rois,
                                     double spatial_scale, int64_t pooled_height,
                                     int64_t pooled_width, int64_t batch_size, int64_t channels,
                                     int64_t height, int64_t width) {
-  const ps_roi::Shape shape =
-      ps_roi::check_backward_args("ps_roi_pool backward", grad, rois, pooled_height, pooled_width,
-                                  batch_size, channels, height, width);
-  at::Tensor grad_input;
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, grad.scalar_type(), "ps_roi_pool_backward_cpu", [&] {
-        using T = at::opmath_type<scalar_t>;
-        const PoolFootprint<T> footprint{static_cast<T>(spatial_scale), pooled_height, pooled_width,
-                                         height, width};
-        grad_input = ps_roi::backward<scalar_t>(grad, rois, shape, footprint);
-      });
-  return grad_input;
+  return ps_roi::backward_op("ps_roi_pool backward", grad, rois, pooled_height, pooled_width,
+                             batch_size, channels, height, width, pool_footprint(spatial_scale));
 }
 
 }  // namespace

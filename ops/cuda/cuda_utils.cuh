@@ -21,4 +21,19 @@ inline int64_t blocks_for(int64_t n, int64_t threads = kThreadsPerBlock) {
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < (n); \
        i += (int64_t)blockDim.x * gridDim.x)
 
+// Indices of element `index` of a RoI op's (K, C, PH, PW) output: RoI k, channel c, bin (ph, pw).
+struct RoiBinIndex {
+  int64_t k, c, ph, pw;
+};
+
+__device__ __forceinline__ RoiBinIndex roi_bin_index(int64_t index, int64_t channels,
+                                                     int64_t pooled_height, int64_t pooled_width) {
+  RoiBinIndex r;
+  r.pw = index % pooled_width;
+  r.ph = (index / pooled_width) % pooled_height;
+  r.c = (index / pooled_width / pooled_height) % channels;
+  r.k = index / pooled_width / pooled_height / channels;
+  return r;
+}
+
 }  // namespace detector

@@ -44,6 +44,28 @@ __device__ AlignBin<T> align_bin(const T* roi, T spatial_scale, int64_t i, int64
   return b;
 }
 
+// The target of output element `index` (ps_roi_common.cuh) and its bin's sample grid; `empty`
+// when the RoI's batch index is invalid or the grid has no point (the output is then 0).
+template <typename T>
+struct AlignTarget {
+  ps_roi_cuda::Target<T> t;
+  AlignBin<T> b;
+  bool empty;
+};
+
+template <typename T, typename scalar_t>
+__device__ __forceinline__ AlignTarget<T> align_target(int64_t index, const scalar_t* rois,
+                                                       double spatial_scale,
+                                                       const ps_roi_cuda::Shape& shape,
+                                                       int64_t sampling_ratio) {
+  AlignTarget<T> a;
+  a.t = ps_roi_cuda::target_of<T>(index, rois, shape);
+  a.b = align_bin<T>(a.t.roi, static_cast<T>(spatial_scale), a.t.i, a.t.j, shape.pooled_height,
+                     shape.pooled_width, sampling_ratio);
+  a.empty = !a.t.valid_batch || a.b.grid_h <= 0 || a.b.grid_w <= 0;
+  return a;
+}
+
 // Calls f(s) with the bilinear sample s of each point of bin b's grid, row by row.
 template <typename T, typename F>
 __device__ void for_each_sample(const AlignBin<T>& b, int64_t height, int64_t width, F f) {
@@ -63,15 +85,14 @@ __global__ void ps_roi_align_forward_kernel(int64_t total, const scalar_t* input
                                             scalar_t* output) {
   using acc_t = at::acc_type<scalar_t, true>;
   DETECTOR_CUDA_KERNEL_LOOP(index, total) {
-    const auto t = ps_roi_cuda::target_of<acc_t>(index, rois, shape);
-    const AlignBin<acc_t> b =
-        align_bin<acc_t>(t.roi, static_cast<acc_t>(spatial_scale), t.i, t.j, shape.pooled_height,
-                         shape.pooled_width, sampling_ratio);
-    if (!t.valid_batch || b.grid_h <= 0 || b.grid_w <= 0) {
+    const AlignTarget<acc_t> a =
+        align_target<acc_t>(index, rois, spatial_scale, shape, sampling_ratio);
+    const AlignBin<acc_t>& b = a.b;
+    if (a.empty) {
       output[index] = scalar_t(0);
       continue;
     }
-    const scalar_t* plane = input + t.plane;
+    const scalar_t* plane = input + a.t.plane;
     acc_t sum = acc_t(0);
     for_each_sample(b, shape.height, shape.width, [&](const Bilinear<acc_t>& s) {
       if (s.weight[0] == acc_t(0) && s.weight[1] == acc_t(0) && s.weight[2] == acc_t(0) &&
@@ -93,14 +114,13 @@ __global__ void ps_roi_align_backward_kernel(int64_t total, const scalar_t* grad
                                              scalar_t* grad_input) {
   using acc_t = at::acc_type<scalar_t, true>;
   DETECTOR_CUDA_KERNEL_LOOP(index, total) {
-    const auto t = ps_roi_cuda::target_of<acc_t>(index, rois, shape);
-    const AlignBin<acc_t> b =
-        align_bin<acc_t>(t.roi, static_cast<acc_t>(spatial_scale), t.i, t.j, shape.pooled_height,
-                         shape.pooled_width, sampling_ratio);
-    if (!t.valid_batch || b.grid_h <= 0 || b.grid_w <= 0) {
+    const AlignTarget<acc_t> a =
+        align_target<acc_t>(index, rois, spatial_scale, shape, sampling_ratio);
+    const AlignBin<acc_t>& b = a.b;
+    if (a.empty) {
       continue;
     }
-    scalar_t* plane = grad_input + t.plane;
+    scalar_t* plane = grad_input + a.t.plane;
     const acc_t g = static_cast<acc_t>(grad[index]) / static_cast<acc_t>(b.grid_h * b.grid_w);
     for_each_sample(b, shape.height, shape.width, [&](const Bilinear<acc_t>& s) {
       for (int k = 0; k < 4; ++k) {

@@ -30,12 +30,13 @@ struct Target {
 };
 
 template <typename acc_t, typename scalar_t>
-__device__ Target<acc_t> target_of(int64_t index, const scalar_t* rois, const Shape& s) {
+__device__ __forceinline__ Target<acc_t> target_of(int64_t index, const scalar_t* rois,
+                                                   const Shape& s) {
+  const RoiBinIndex o = roi_bin_index(index, s.channels_out, s.pooled_height, s.pooled_width);
+  const int64_t c = o.c, k = o.k;
   Target<acc_t> t;
-  t.j = index % s.pooled_width;
-  t.i = (index / s.pooled_width) % s.pooled_height;
-  const int64_t c = (index / s.pooled_width / s.pooled_height) % s.channels_out;
-  const int64_t k = index / s.pooled_width / s.pooled_height / s.channels_out;
+  t.i = o.ph;
+  t.j = o.pw;
   for (int r = 0; r < 5; ++r) t.roi[r] = static_cast<acc_t>(rois[k * 5 + r]);
   t.n = static_cast<int64_t>(t.roi[0]);
   t.valid_batch = t.n >= 0 && t.n < s.batch;

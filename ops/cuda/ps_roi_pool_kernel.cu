@@ -41,6 +41,27 @@ __device__ PoolBin pool_bin(const T* roi, T spatial_scale, int64_t i, int64_t j,
   return b;
 }
 
+// The input plane of output element `index` (ps_roi_common.cuh) and its bin's pixels; `empty`
+// when the RoI's batch index is invalid or the bin has no pixel (the output is then 0).
+struct PoolTarget {
+  int64_t plane;
+  PoolBin b;
+  bool empty;
+};
+
+template <typename acc_t, typename scalar_t>
+__device__ __forceinline__ PoolTarget pool_target(int64_t index, const scalar_t* rois,
+                                                  double spatial_scale,
+                                                  const ps_roi_cuda::Shape& shape) {
+  const auto t = ps_roi_cuda::target_of<acc_t>(index, rois, shape);
+  PoolTarget p;
+  p.plane = t.plane;
+  p.b = pool_bin<acc_t>(t.roi, static_cast<acc_t>(spatial_scale), t.i, t.j, shape.pooled_height,
+                        shape.pooled_width, shape.height, shape.width);
+  p.empty = !t.valid_batch || p.b.h1 <= p.b.h0 || p.b.w1 <= p.b.w0;
+  return p;
+}
+
 // Calls f(p) with the offset p = h * width + w of each pixel of bin b, row by row.
 template <typename F>
 __device__ void for_each_pixel(const PoolBin& b, int64_t width, F f) {
@@ -57,15 +78,13 @@ __global__ void ps_roi_pool_forward_kernel(int64_t total, const scalar_t* input,
                                            ps_roi_cuda::Shape shape, scalar_t* output) {
   using acc_t = at::acc_type<scalar_t, true>;
   DETECTOR_CUDA_KERNEL_LOOP(index, total) {
-    const auto t = ps_roi_cuda::target_of<acc_t>(index, rois, shape);
-    const PoolBin b =
-        pool_bin<acc_t>(t.roi, static_cast<acc_t>(spatial_scale), t.i, t.j, shape.pooled_height,
-                        shape.pooled_width, shape.height, shape.width);
-    if (!t.valid_batch || b.h1 <= b.h0 || b.w1 <= b.w0) {
+    const PoolTarget pt = pool_target<acc_t>(index, rois, spatial_scale, shape);
+    const PoolBin& b = pt.b;
+    if (pt.empty) {
       output[index] = scalar_t(0);
       continue;
     }
-    const scalar_t* plane = input + t.plane;
+    const scalar_t* plane = input + pt.plane;
     acc_t sum = acc_t(0);
     for_each_pixel(b, shape.width, [&](int64_t p) { sum += static_cast<acc_t>(plane[p]); });
     output[index] = static_cast<scalar_t>(sum / static_cast<acc_t>((b.h1 - b.h0) * (b.w1 - b.w0)));
@@ -78,14 +97,12 @@ __global__ void ps_roi_pool_backward_kernel(int64_t total, const scalar_t* grad,
                                             ps_roi_cuda::Shape shape, scalar_t* grad_input) {
   using acc_t = at::acc_type<scalar_t, true>;
   DETECTOR_CUDA_KERNEL_LOOP(index, total) {
-    const auto t = ps_roi_cuda::target_of<acc_t>(index, rois, shape);
-    const PoolBin b =
-        pool_bin<acc_t>(t.roi, static_cast<acc_t>(spatial_scale), t.i, t.j, shape.pooled_height,
-                        shape.pooled_width, shape.height, shape.width);
-    if (!t.valid_batch || b.h1 <= b.h0 || b.w1 <= b.w0) {
+    const PoolTarget pt = pool_target<acc_t>(index, rois, spatial_scale, shape);
+    const PoolBin& b = pt.b;
+    if (pt.empty) {
       continue;
     }
-    scalar_t* plane = grad_input + t.plane;
+    scalar_t* plane = grad_input + pt.plane;
     const scalar_t g = static_cast<scalar_t>(static_cast<acc_t>(grad[index]) /
                                              static_cast<acc_t>((b.h1 - b.h0) * (b.w1 - b.w0)));
     for_each_pixel(b, shape.width, [&](int64_t p) { gpuAtomicAdd(plane + p, g); });
