@@ -263,9 +263,7 @@ at::Tensor roi_align_backward(const at::Tensor& grad, const at::Tensor& rois,
                      parse_roi_align_mode(op, mode)};
   check_dtype(op, grad);
   check_rois(op, rois, batch_size);
-  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == rois.size(0) && grad.size(1) == channels &&
-                  grad.size(2) == pooled_height && grad.size(3) == pooled_width,
-              op, ": `grad` must have shape (K, C, ph, pw), got ", grad.sizes());
+  check_roi_align_grad(op, grad, rois.size(0), channels, pooled_height, pooled_width);
   TORCH_CHECK(pool.mode == Mode::kAvg || argmax.sizes() == grad.sizes(), op,
               ": `argmax` must have the shape of `grad` for mode \"max\"");
   const at::Tensor r = compute_rois(rois, grad.scalar_type());
@@ -293,9 +291,7 @@ std::vector<at::Tensor> multi_scale_backward(
   const int64_t batch = level_shapes[0], channels = level_shapes[1];
   check_rois(op, rois, batch);
   const at::Tensor lv = checked_levels(op, levels, rois.size(0), num_levels);
-  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == rois.size(0) && grad.size(1) == channels &&
-                  grad.size(2) == pooled_height && grad.size(3) == pooled_width,
-              op, ": `grad` must have shape (K, C, ph, pw), got ", grad.sizes());
+  check_roi_align_grad(op, grad, rois.size(0), channels, pooled_height, pooled_width);
   std::vector<int64_t> heights, widths;
   for (size_t l = 0; l < num_levels; ++l) {
     heights.push_back(level_shapes[4 * l + 2]);

@@ -25,12 +25,6 @@ at::Tensor compute_rois(const at::Tensor& rois, at::ScalarType type) {
   return rois.to(at::toOpMathType(type)).contiguous();
 }
 
-void check_pooling(const char* op, int64_t pooled_height, int64_t pooled_width) {
-  TORCH_CHECK_VALUE(pooled_height > 0 && pooled_width > 0, op,
-                    ": `output_size` must be positive, got (", pooled_height, ", ", pooled_width,
-                    ")");
-}
-
 // Checks `levels` (K,) int64 in [0, num_levels) and returns it contiguous.
 at::Tensor checked_levels(const char* op, const at::Tensor& levels, int64_t num_rois,
                           int64_t num_levels) {

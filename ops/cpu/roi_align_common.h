@@ -47,6 +47,7 @@
 #include "cpu/cpu_utils.h"
 #include "cpu/aligned_memory.h"
 #include "cpu/simd.h"
+#include "roi_align.h"
 
 // GCC notes that vector arguments change the ABI between SIMD clones; they are all inlined
 // (this header's helpers and the kernels of the files that include it).
@@ -444,8 +445,8 @@ std::vector<Level> level_info(const std::vector<int64_t>& heights,
 }
 
 // ---------------------------------------------------------------------------------------------
-// Operator entry points: argument checks (roi_align_common.cpp), dispatch, and the ops
-// (roi_align_forward.cpp, roi_align_backward.cpp; registered in roi_align_common.cpp).
+// Operator entry points: argument checks (roi_align_common.cpp and ops/roi_align.h), dispatch, and
+// the ops (roi_align_forward.cpp, roi_align_backward.cpp; registered in roi_align_common.cpp).
 
 void check_dtype(const char* op, const at::Tensor& input);
 
@@ -460,8 +461,6 @@ auto dispatch_storage(at::ScalarType type, F&& f) {
 
 // RoIs in the compute type of features of dtype `type`, contiguous.
 at::Tensor compute_rois(const at::Tensor& rois, at::ScalarType type);
-
-void check_pooling(const char* op, int64_t pooled_height, int64_t pooled_width);
 
 // Checks `levels` (K,) int64 in [0, num_levels) and returns it contiguous.
 at::Tensor checked_levels(const char* op, const at::Tensor& levels, int64_t num_rois,

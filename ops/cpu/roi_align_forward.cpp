@@ -244,10 +244,9 @@ std::tuple<at::Tensor, at::Tensor> roi_align_forward(const at::Tensor& input,
   constexpr const char* op = "roi_align";
   const Pooling pool{pooled_height, pooled_width, sampling_ratio, aligned,
                      parse_roi_align_mode(op, mode)};
-  TORCH_CHECK_VALUE(input.dim() == 4, op, ": `input` must be 4-D (N, C, H, W), got ",
-                    input.sizes());
+  check_roi_align_input(op, input);
   check_dtype(op, input);
-  check_pooling(op, pooled_height, pooled_width);
+  check_roi_align_pooling(op, pooled_height, pooled_width);
   check_rois(op, rois, input.size(0));
   const at::Tensor r = compute_rois(rois, input.scalar_type());
   const double scales[] = {spatial_scale};
@@ -276,7 +275,7 @@ std::tuple<at::Tensor, at::Tensor> multi_scale_forward(
                      ": every level of `features` must have the same dtype");
   }
   check_dtype(op, features[0]);
-  check_pooling(op, pooled_height, pooled_width);
+  check_roi_align_pooling(op, pooled_height, pooled_width);
   check_rois(op, rois, features[0].size(0));
   const at::Tensor lv = checked_levels(op, levels, rois.size(0), features.size());
   const at::Tensor r = compute_rois(rois, features[0].scalar_type());

@@ -14,6 +14,7 @@
 #include "common/bilinear.h"
 #include "common/roi_align_mode.h"
 #include "cuda/cuda_utils.cuh"
+#include "roi_align.h"
 
 namespace detector {
 namespace roi_align_cuda {
@@ -61,6 +62,29 @@ __device__ __forceinline__ Bilinear<T> sample_at(const Grid<T>& g, int ph, int p
   return bilinear_clamped(y, x, height, width);
 }
 
+// What the thread of output element i = ((k * C + c) * PH + ph) * PW + pw works on: channel c,
+// bin (ph, pw) and the bin grid of RoI k.
+template <typename T>
+struct Target {
+  int64_t c;
+  int ph, pw;
+  Grid<T> g;
+};
+
+template <typename T, typename R>
+__device__ __forceinline__ Target<T> target_of(int64_t i, const R* rois, int64_t channels,
+                                               T spatial_scale, int pooled_height, int pooled_width,
+                                               int sampling_ratio, bool aligned) {
+  const RoiBinIndex o = roi_bin_index(i, channels, pooled_height, pooled_width);
+  Target<T> t;
+  t.c = o.c;
+  t.ph = static_cast<int>(o.ph);
+  t.pw = static_cast<int>(o.pw);
+  t.g = roi_grid<T>(rois + 5 * o.k, spatial_scale, pooled_height, pooled_width, sampling_ratio,
+                    aligned);
+  return t;
+}
+
 template <typename scalar_t>
 __global__ void forward_kernel(int64_t total, const scalar_t* input, const scalar_t* rois,
                                int64_t batch_size, int64_t channels, int64_t height, int64_t width,
@@ -70,21 +94,18 @@ __global__ void forward_kernel(int64_t total, const scalar_t* input, const scala
                                int32_t* argmax) {
   using acc_t = at::acc_type<scalar_t, true>;
   DETECTOR_CUDA_KERNEL_LOOP(i, total) {
-    const int pw = i % pooled_width;
-    const int ph = (i / pooled_width) % pooled_height;
-    const int64_t c = (i / pooled_width / pooled_height) % channels;
-    const int64_t k = i / pooled_width / pooled_height / channels;
-    const Grid<acc_t> g = roi_grid<acc_t>(rois + 5 * k, spatial_scale, pooled_height, pooled_width,
-                                          sampling_ratio, aligned);
+    const Target<acc_t> t = target_of<acc_t>(i, rois, channels, spatial_scale, pooled_height,
+                                             pooled_width, sampling_ratio, aligned);
+    const Grid<acc_t>& g = t.g;
     acc_t result = acc_t(0);
     int32_t best_index = -1;
     if (g.batch >= 0 && g.batch < batch_size) {  // skip RoIs with a bad batch index
-      const scalar_t* plane = input + (g.batch * channels + c) * height * width;
+      const scalar_t* plane = input + (g.batch * channels + t.c) * height * width;
       acc_t best = acc_t(0);
       int32_t j = 0;
       for (int iy = 0; iy < g.grid_h; ++iy) {
         for (int ix = 0; ix < g.grid_w; ++ix, ++j) {
-          const Bilinear<acc_t> b = sample_at(g, ph, pw, iy, ix, height, width);
+          const Bilinear<acc_t> b = sample_at(g, t.ph, t.pw, iy, ix, height, width);
           acc_t v = acc_t(0);
           for (int n = 0; n < 4; ++n) {
             v += b.weight[n] * static_cast<acc_t>(plane[b.index[n]]);
@@ -121,16 +142,13 @@ __global__ void backward_kernel(int64_t total, const scalar_t* grad, const scala
                                 at::acc_type<scalar_t, true> spatial_scale, scalar_t* grad_input) {
   using acc_t = at::acc_type<scalar_t, true>;
   DETECTOR_CUDA_KERNEL_LOOP(i, total) {
-    const int pw = i % pooled_width;
-    const int ph = (i / pooled_width) % pooled_height;
-    const int64_t c = (i / pooled_width / pooled_height) % channels;
-    const int64_t k = i / pooled_width / pooled_height / channels;
-    const Grid<acc_t> g = roi_grid<acc_t>(rois + 5 * k, spatial_scale, pooled_height, pooled_width,
-                                          sampling_ratio, aligned);
+    const Target<acc_t> t = target_of<acc_t>(i, rois, channels, spatial_scale, pooled_height,
+                                             pooled_width, sampling_ratio, aligned);
+    const Grid<acc_t>& g = t.g;
     if (g.batch < 0 || g.batch >= batch_size) {
       continue;
     }
-    scalar_t* plane = grad_input + (g.batch * channels + c) * height * width;
+    scalar_t* plane = grad_input + (g.batch * channels + t.c) * height * width;
     const acc_t count = static_cast<acc_t>(max(g.grid_h * g.grid_w, 1));
     const acc_t grad_bin = static_cast<acc_t>(grad[i]);
     const int32_t chosen = use_max ? argmax[i] : -1;
@@ -143,7 +161,7 @@ __global__ void backward_kernel(int64_t total, const scalar_t* grad, const scala
         if (use_max && j != chosen) {
           continue;
         }
-        const Bilinear<acc_t> b = sample_at(g, ph, pw, iy, ix, height, width);
+        const Bilinear<acc_t> b = sample_at(g, t.ph, t.pw, iy, ix, height, width);
         const acc_t scale = use_max ? grad_bin : grad_bin / count;
         for (int n = 0; n < 4; ++n) {
           if (b.weight[n] != acc_t(0)) {
@@ -162,11 +180,10 @@ std::tuple<at::Tensor, at::Tensor> roi_align_forward(const at::Tensor& input,
                                                      c10::string_view mode) {
   constexpr const char* op = "roi_align";
   const bool use_max = parse_roi_align_mode(op, mode) == RoIAlignMode::kMax;
-  TORCH_CHECK_VALUE(input.dim() == 4, op, ": `input` must be 4-D (N, C, H, W), got ",
-                    input.sizes());
+  check_roi_align_input(op, input);
   TORCH_CHECK_VALUE(rois.dim() == 2 && rois.size(1) == 5, op,
                     ": `rois` must have shape (K, 5), got ", rois.sizes());
-  TORCH_CHECK_VALUE(pooled_height > 0 && pooled_width > 0, op, ": `output_size` must be positive");
+  check_roi_align_pooling(op, pooled_height, pooled_width);
   TORCH_CHECK(rois.device() == input.device(), op, ": `rois` and `input` must share a device");
   c10::cuda::CUDAGuard guard(input.device());
   check_rois(op, rois, input.size(0));
@@ -202,9 +219,7 @@ at::Tensor roi_align_backward(const at::Tensor& grad, const at::Tensor& rois,
                               c10::string_view mode, bool channels_last) {
   constexpr const char* op = "_roi_align_backward";
   const bool use_max = parse_roi_align_mode(op, mode) == RoIAlignMode::kMax;
-  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == rois.size(0) && grad.size(1) == channels &&
-                  grad.size(2) == pooled_height && grad.size(3) == pooled_width,
-              op, ": `grad` must have shape (K, C, ph, pw), got ", grad.sizes());
+  check_roi_align_grad(op, grad, rois.size(0), channels, pooled_height, pooled_width);
   c10::cuda::CUDAGuard guard(grad.device());
   const at::Tensor g = grad.contiguous();
   const at::Tensor r = rois.to(grad.scalar_type()).contiguous();

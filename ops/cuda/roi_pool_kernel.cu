@@ -20,10 +20,8 @@ __global__ void roi_pool_forward_kernel(int64_t total, const T* input, const T* 
                                         int64_t pooled_width, T* output, int* argmax) {
   using acc_t = at::acc_type<T, true>;
   DETECTOR_CUDA_KERNEL_LOOP(index, total) {
-    const int64_t pw = index % pooled_width;
-    const int64_t ph = (index / pooled_width) % pooled_height;
-    const int64_t c = (index / pooled_width / pooled_height) % channels;
-    const int64_t k = index / pooled_width / pooled_height / channels;
+    const RoiBinIndex o = roi_bin_index(index, channels, pooled_height, pooled_width);
+    const int64_t pw = o.pw, ph = o.ph, c = o.c, k = o.k;
     const T* r = rois + k * 5;
     const int64_t batch = static_cast<int64_t>(r[0]);
     if (batch < 0 || batch >= batch_size) {  // invalid RoI: never read out of bounds
@@ -73,10 +71,8 @@ __global__ void roi_pool_backward_kernel(int64_t total, const T* grad, int64_t s
                                          int64_t pooled_height, int64_t pooled_width,
                                          T* grad_input) {
   DETECTOR_CUDA_KERNEL_LOOP(index, total) {
-    const int64_t pw = index % pooled_width;
-    const int64_t ph = (index / pooled_width) % pooled_height;
-    const int64_t c = (index / pooled_width / pooled_height) % channels;
-    const int64_t k = index / pooled_width / pooled_height / channels;
+    const RoiBinIndex o = roi_bin_index(index, channels, pooled_height, pooled_width);
+    const int64_t pw = o.pw, ph = o.ph, c = o.c, k = o.k;
     const int64_t batch = static_cast<int64_t>(rois[k * 5]);
     const int i = argmax[index];
     if (batch < 0 || batch >= batch_size || i < 0 || i >= plane) {
