@@ -187,28 +187,39 @@ inline void pack_planes_impl(const S* __restrict__ src, int64_t channel_step, in
 // kChannelBlock x kRow values (16 KB) stays in L1.
 constexpr int64_t kRow = 128;
 
-// dst[c * channel_step + p] = packed[p * cb + c]
-template <typename S, typename T>
-inline void unpack_planes_impl(const T* __restrict__ packed, int64_t pixels, int64_t cb,
-                               S* __restrict__ dst, int64_t channel_step) {
-  if constexpr (std::is_same_v<S, c10::BFloat16>) {
-    // Rounding element by element inside the transposition stays scalar: transpose a chunk of
-    // pixels into float32 rows, then round each row in one vectorized pass.
-    float staging[kChannelBlock * kRow];
-    for (int64_t p0 = 0; p0 < pixels; p0 += kRow) {
-      const int64_t n = std::min(kRow, pixels - p0);
-      for (int64_t q0 = 0; q0 < n; q0 += kTile) {
-        const int64_t m = std::min(kTile, n - q0);
-        const T* s = packed + (p0 + q0) * cb;
-        for (int64_t c = 0; c < cb; ++c) {
-          for (int64_t q = 0; q < m; ++q) staging[c * kRow + q0 + q] = s[q * cb + c];
-        }
-      }
+// unpack_planes_impl for bfloat16. Rounding element by element inside the transposition stays
+// scalar: transpose a chunk of pixels into float32 rows, then round each row in one vectorized
+// pass. (Called out of line from the instruction-set clones, as GCC has always compiled it.)
+template <typename T>
+inline void unpack_planes_bf16(const T* __restrict__ packed, int64_t pixels, int64_t cb,
+                               c10::BFloat16* __restrict__ dst, int64_t channel_step) {
+  float staging[kChannelBlock * kRow];
+  for (int64_t p0 = 0; p0 < pixels; p0 += kRow) {
+    const int64_t n = std::min(kRow, pixels - p0);
+    for (int64_t q0 = 0; q0 < n; q0 += kTile) {
+      const int64_t m = std::min(kTile, n - q0);
+      const T* s = packed + (p0 + q0) * cb;
       for (int64_t c = 0; c < cb; ++c) {
-        floats_to_bf16(staging + c * kRow, n,
-                       reinterpret_cast<uint16_t*>(dst + c * channel_step + p0));
+        for (int64_t q = 0; q < m; ++q) staging[c * kRow + q0 + q] = s[q * cb + c];
       }
     }
+    for (int64_t c = 0; c < cb; ++c) {
+      floats_to_bf16(staging + c * kRow, n,
+                     reinterpret_cast<uint16_t*>(dst + c * channel_step + p0));
+    }
+  }
+}
+
+// dst[c * channel_step + p] = packed[p * cb + c]. Always inlined, so that each instruction-set
+// clone (unpack_planes) vectorizes it for its own ISA (GCC's own choice was borderline for
+// float16).
+template <typename S, typename T>
+__attribute__((always_inline)) inline void unpack_planes_impl(const T* __restrict__ packed,
+                                                              int64_t pixels, int64_t cb,
+                                                              S* __restrict__ dst,
+                                                              int64_t channel_step) {
+  if constexpr (std::is_same_v<S, c10::BFloat16>) {
+    unpack_planes_bf16(packed, pixels, cb, dst, channel_step);
     return;
   }
   int64_t p0 = 0;
