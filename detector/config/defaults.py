@@ -161,39 +161,40 @@ class ROIHeadsConfig:
 
 
 @dataclass
-class ROIBoxHeadConfig:
-    # Registry names in detector.modeling.registry.
-    FEATURE_EXTRACTOR: str = "ResNet50Conv5ROIFeatureExtractor"
-    PREDICTOR: str = "FastRCNNPredictor"
+class PooledHeadConfig:
+    """The keys every RoI head has: its registry names and the pooler it reads its RoIs with."""
+
+    # Registry names in detector.modeling.registry (each head sets its own defaults).
+    FEATURE_EXTRACTOR: str = ""
+    PREDICTOR: str = ""
     POOLER_TYPE: str = "ROIAlign"
     POOLER_RESOLUTION: int = 14
     # Bilinear samples per bin side (0: adaptive, ceil(roi_size / bin_count)).
     POOLER_SAMPLING_RATIO: int = 0
     # Feature-map scale of each pooled level (1 / stride).
     POOLER_SCALES: list[float] = _list(1.0 / 16)
+    # Scale of the learned offsets in deformable RoI pooling.
+    DEFORM_GAMMA: float = 0.1
+    MLP_HEAD_DIM: int = 1024
+
+
+@dataclass
+class ROIBoxHeadConfig(PooledHeadConfig):
+    FEATURE_EXTRACTOR: str = "ResNet50Conv5ROIFeatureExtractor"
+    PREDICTOR: str = "FastRCNNPredictor"
     # Classes including the background.
     NUM_CLASSES: int = 81
-    MLP_HEAD_DIM: int = 1024
     USE_GN: bool = False
     DILATION: int = 1
     CONV_HEAD_DIM: int = 256
     NUM_STACKED_CONVS: int = 4
     SMOOTH_L1_BETA: float = 1.0
-    # Scale of the learned offsets in deformable RoI pooling.
-    DEFORM_GAMMA: float = 0.1
 
 
 @dataclass
-class ROIMaskHeadConfig:
+class ROIMaskHeadConfig(PooledHeadConfig):
     FEATURE_EXTRACTOR: str = "ResNet50Conv5ROIFeatureExtractor"
     PREDICTOR: str = "MaskRCNNC4Predictor"
-    POOLER_TYPE: str = "ROIAlign"
-    POOLER_RESOLUTION: int = 14
-    POOLER_SAMPLING_RATIO: int = 0
-    POOLER_SCALES: list[float] = _list(1.0 / 16)
-    # Scale of the learned offsets in deformable RoI pooling.
-    DEFORM_GAMMA: float = 0.1
-    MLP_HEAD_DIM: int = 1024
     CONV_LAYERS: list[int] = _list(256, 256, 256, 256)
     # Side of the predicted masks (and of the mask targets): maskrcnn_benchmark's 14 suits the C4
     # head (14x14 pooled -> res5 -> 7x7 -> deconv 14x14); FPN configs set 28.
@@ -206,16 +207,9 @@ class ROIMaskHeadConfig:
 
 
 @dataclass
-class ROIKeypointHeadConfig:
+class ROIKeypointHeadConfig(PooledHeadConfig):
     FEATURE_EXTRACTOR: str = "KeypointRCNNFeatureExtractor"
     PREDICTOR: str = "KeypointRCNNPredictor"
-    POOLER_TYPE: str = "ROIAlign"
-    POOLER_RESOLUTION: int = 14
-    POOLER_SAMPLING_RATIO: int = 0
-    POOLER_SCALES: list[float] = _list(1.0 / 16)
-    # Scale of the learned offsets in deformable RoI pooling.
-    DEFORM_GAMMA: float = 0.1
-    MLP_HEAD_DIM: int = 1024
     CONV_LAYERS: list[int] = _list(*([512] * 8))
     # Side of the predicted heatmaps (and of the targets' grid): 4 x POOLER_RESOLUTION with
     # KeypointRCNNPredictor (deconv x2, bilinear x2); maskrcnn_benchmark's configs set 56.

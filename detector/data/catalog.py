@@ -13,11 +13,11 @@ from __future__ import annotations
 import difflib
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, cast
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 from detector.config import Config, as_node
 from detector.data.datasets import (
@@ -168,27 +168,22 @@ def shared_data_root(cfg: Config) -> Path:
     return Path(cfg.DATASETS.SHARED_ROOT or os.environ.get(SHARED_DATA_ENV) or DEFAULT_SHARED_ROOT)
 
 
+def _frozen(value: Any) -> Any:
+    """A config value as DatasetSpec holds it: lists (nested ones too) become tuples."""
+    if isinstance(value, (list, tuple, ListConfig)):
+        return tuple(_frozen(item) for item in cast("list[Any]", value))
+    return value
+
+
 def _spec_from_config(node: Any) -> DatasetSpec:
-    return DatasetSpec(
-        format=str(node.FORMAT),
-        ann_file=node.ANN_FILE,
-        image_dir=node.IMAGE_DIR,
-        root=node.ROOT,
-        split=node.SPLIT,
-        ann_dir=node.ANN_DIR,
-        split_file=node.SPLIT_FILE,
-        class_names=tuple(node.CLASS_NAMES),
-        num_images=node.NUM_IMAGES,
-        seed=node.SEED,
-        image_size=node.IMAGE_SIZE,
-        masks=node.MASKS,
-        base="cwd",
-        keypoints=node.KEYPOINTS,
-        keypoint_names=tuple(node.KEYPOINT_NAMES),
-        keypoint_flip_map=tuple(tuple(pair) for pair in node.KEYPOINT_FLIP_MAP),
-        keypoint_skeleton=tuple(tuple(pair) for pair in node.KEYPOINT_SKELETON),
-        keypoint_oks_sigmas=tuple(float(s) for s in node.KEYPOINT_OKS_SIGMAS),
-    )
+    """DATASETS.CUSTOM.<name> as a spec: each field from the key of its upper-case name."""
+    values = {
+        field.name: _frozen(getattr(node, field.name.upper()))
+        for field in fields(DatasetSpec)
+        if field.name != "base"
+    }
+    values["format"] = str(node.FORMAT)
+    return DatasetSpec(**values, base="cwd")
 
 
 def _declared_keypoints(

@@ -47,7 +47,7 @@ import torch
 from torch import Tensor, nn
 
 from detector.config import Config
-from detector.config.defaults import ROIBoxHeadConfig, ROIKeypointHeadConfig, ROIMaskHeadConfig
+from detector.config.defaults import PooledHeadConfig
 from detector.export.inference_model import (
     InferenceModel,
     check_against_eager,
@@ -100,9 +100,7 @@ _UNSUPPORTED_POOLERS = {
 
 def check_exportable(cfg: Config) -> None:
     """Raises UnsupportedOpError when the config selects an op without an ONNX equivalent."""
-    heads: list[tuple[str, ROIBoxHeadConfig | ROIMaskHeadConfig | ROIKeypointHeadConfig]] = [
-        ("MODEL.ROI_BOX_HEAD", cfg.MODEL.ROI_BOX_HEAD)
-    ]
+    heads: list[tuple[str, PooledHeadConfig]] = [("MODEL.ROI_BOX_HEAD", cfg.MODEL.ROI_BOX_HEAD)]
     if cfg.MODEL.MASK_ON:
         heads.append(("MODEL.ROI_MASK_HEAD", cfg.MODEL.ROI_MASK_HEAD))
     if cfg.MODEL.KEYPOINT_ON:

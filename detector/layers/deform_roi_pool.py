@@ -21,21 +21,22 @@ torch.fx.wrap("deform_ps_roi_pool")
 class _DeformRoIPoolLayer(nn.Module):
     """Both forms: the arguments, the printout, and the forward on the op of the form."""
 
+    # which op the layer runs: deform_ps_roi_pool (True) or deform_roi_pool; set by each form
+    POSITION_SENSITIVE: bool = False
+
     def __init__(
         self,
         output_size: BroadcastingList2[int],
         spatial_scale: float,
-        sampling_ratio: int,
-        gamma: float,
-        position_sensitive: bool,
+        sampling_ratio: int = -1,
+        gamma: float = 0.1,
     ) -> None:
         super().__init__()
-        name = "DeformPSRoIPool" if position_sensitive else "DeformRoIPool"
-        self.output_size = pair(name, output_size)
+        self.output_size = pair(self.__class__.__name__, output_size)
         self.spatial_scale = float(spatial_scale)
         self.sampling_ratio = int(sampling_ratio)
         self.gamma = float(gamma)
-        self.position_sensitive = position_sensitive
+        self.position_sensitive = self.POSITION_SENSITIVE
 
     def forward(
         self,
@@ -70,14 +71,7 @@ class DeformRoIPool(_DeformRoIPoolLayer):
         -> Tensor[K, C, ph, pw]
     """
 
-    def __init__(
-        self,
-        output_size: BroadcastingList2[int],
-        spatial_scale: float,
-        sampling_ratio: int = -1,
-        gamma: float = 0.1,
-    ) -> None:
-        super().__init__(output_size, spatial_scale, sampling_ratio, gamma, False)
+    POSITION_SENSITIVE = False
 
 
 class DeformPSRoIPool(_DeformRoIPoolLayer):
@@ -88,11 +82,4 @@ class DeformPSRoIPool(_DeformRoIPoolLayer):
         -> Tensor[K, C_out, ph, pw]
     """
 
-    def __init__(
-        self,
-        output_size: BroadcastingList2[int],
-        spatial_scale: float,
-        sampling_ratio: int = -1,
-        gamma: float = 0.1,
-    ) -> None:
-        super().__init__(output_size, spatial_scale, sampling_ratio, gamma, True)
+    POSITION_SENSITIVE = True

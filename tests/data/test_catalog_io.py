@@ -148,6 +148,33 @@ def test_register_dataset_spec_and_factory(monkeypatch):
         register_dataset("test_factory", lambda cfg: None)
 
 
+def test_every_custom_dataset_key_reaches_the_spec():
+    # DatasetSpec's fields are DATASETS.CUSTOM's keys in lower case (+ base): one list of fields
+    from dataclasses import fields
+
+    from detector.config.defaults import CustomDatasetConfig
+
+    spec_fields = {f.name for f in fields(DatasetSpec)} - {"base"}
+    assert spec_fields == {f.name.lower() for f in fields(CustomDatasetConfig)}
+    declared = (
+        "{kp: {FORMAT: voc, ANN_FILE: a.json, IMAGE_DIR: im, ANN_DIR: an, ROOT: r, SPLIT: s,"
+        " SPLIT_FILE: f.txt, CLASS_NAMES: [x, y], MASKS: true, NUM_IMAGES: 7, SEED: 3,"
+        " IMAGE_SIZE: 96, KEYPOINTS: true, KEYPOINT_NAMES: [l_eye, r_eye],"
+        " KEYPOINT_FLIP_MAP: [[l_eye, r_eye]], KEYPOINT_SKELETON: [[l_eye, r_eye]],"
+        " KEYPOINT_OKS_SIGMAS: [0.25, 0.5]}}"
+    )
+    cfg = merge_opts(get_cfg(), ["DATASETS.CUSTOM", declared])
+    spec = catalog.get_dataset_spec("kp", cfg)
+    assert spec == DatasetSpec(
+        "voc", ann_file="a.json", image_dir="im", root="r", split="s", ann_dir="an",
+        split_file="f.txt", class_names=("x", "y"), num_images=7, seed=3, image_size=96,
+        masks=True, base="cwd", keypoints=True, keypoint_names=("l_eye", "r_eye"),
+        keypoint_flip_map=(("l_eye", "r_eye"),), keypoint_skeleton=(("l_eye", "r_eye"),),
+        keypoint_oks_sigmas=(0.25, 0.5),
+    )  # fmt: skip
+    hash(spec)  # frozen all the way down: the spec can key a cache
+
+
 def test_custom_dataset_errors(tmp_path):
     cfg = merge_opts(get_cfg(), ["DATASETS.CUSTOM", "{mine: {FORMAT: coco, IMAGE_DIR: x}}"])
     with pytest.raises(DatasetError, match=r"DATASETS.CUSTOM.mine.ANN_FILE"):

@@ -41,7 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from detector import ops
-from detector.config.defaults import ROIBoxHeadConfig, ROIMaskHeadConfig
+from detector.config.defaults import PooledHeadConfig
 from detector.layers import (
     DeformPSRoIPool,
     DeformRoIPool,
@@ -361,10 +361,8 @@ def _filled(
     return torch.full((size,), value, dtype=dtype, device=device)  # pyright: ignore[reportCallIssue, reportArgumentType, reportUnknownVariableType]
 
 
-def build_pooler(
-    head_cfg: ROIBoxHeadConfig | ROIMaskHeadConfig, in_channels: int | None = None
-) -> Pooler:
-    """The pooler of a head config (cfg.MODEL.ROI_BOX_HEAD or cfg.MODEL.ROI_MASK_HEAD).
+def build_pooler(head_cfg: PooledHeadConfig, in_channels: int | None = None) -> Pooler:
+    """The pooler of a head config (cfg.MODEL.ROI_BOX_HEAD, ROI_MASK_HEAD or ROI_KEYPOINT_HEAD).
 
     Reads POOLER_TYPE, POOLER_RESOLUTION, POOLER_SCALES, POOLER_SAMPLING_RATIO and DEFORM_GAMMA.
     `in_channels` (channels of the pooled maps) is needed by the deformable types only.

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from detector.config import Config
 from detector.modeling.per_image import required, split_rows
 from detector.modeling.registry import ROI_KEYPOINT_FEATURE_EXTRACTORS, ROI_KEYPOINT_PREDICTORS
 from detector.modeling.roi_heads.keypoint_head import (
@@ -127,7 +128,7 @@ def _pred_boxes(detections: Instances, features: list[Tensor]) -> Boxes:
     return Boxes(torch.zeros(0, 4, device=features[0].device))
 
 
-def build_keypoint_head(cfg: Any, in_channels: int) -> KeypointHead:
+def build_keypoint_head(cfg: Config, in_channels: int) -> KeypointHead:
     """The keypoint head of MODEL.ROI_KEYPOINT_HEAD (NUM_CLASSES keypoints)."""
     from detector.modeling.roi_heads.poolers import build_pooler
 

@@ -16,14 +16,15 @@ Shapes: R RoIs, C channels, S the pooled side.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from detector.config import Config
-from detector.layers import Conv2d, get_norm
+from detector.layers import get_norm
 from detector.modeling.registry import ROI_MASK_HEADS
+from detector.modeling.roi_heads.conv_stack import HeadConvStack
 
 __all__ = [
     "MaskRCNNC4FeatureExtractor",
@@ -33,14 +34,7 @@ __all__ = [
 ]
 
 
-def _init_head_conv(conv: nn.Conv2d) -> None:
-    """maskrcnn_benchmark's mask head init: kaiming normal (fan_out, ReLU) weights, zero bias."""
-    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-    if conv.bias is not None:
-        nn.init.zeros_(conv.bias)
-
-
-class MaskRCNNFPNFeatureExtractor(nn.Module):
+class MaskRCNNFPNFeatureExtractor(HeadConvStack):
     """3x3 convolutions, each followed by GroupNorm (optional) and ReLU; the size is kept.
 
     Layers are named `mask_fcn1`, `mask_fcn2`, ... as in maskrcnn_benchmark (with GroupNorm each
@@ -53,39 +47,25 @@ class MaskRCNNFPNFeatureExtractor(nn.Module):
         self,
         in_channels: int,
         *,
-        conv_layers: list[int] | tuple[int, ...] = (256, 256, 256, 256),
+        conv_layers: Sequence[int] = (256, 256, 256, 256),
         dilation: int = 1,
         use_gn: bool = False,
         gn_num_groups: int = 32,
         gn_dim_per_group: int = -1,
         gn_eps: float = 1e-5,
     ) -> None:
-        super().__init__()
-        if len(conv_layers) == 0:
-            raise ValueError("MODEL.ROI_MASK_HEAD.CONV_LAYERS must list at least one conv width")
-        self.layer_names: list[str] = []
-        channels = in_channels
-        for index, width in enumerate(conv_layers, start=1):
-            conv = Conv2d(channels, width, 3, padding=dilation, dilation=dilation, bias=not use_gn)
-            _init_head_conv(conv)
-            layer: nn.Module = conv
-            if use_gn:
-                groups = width // gn_dim_per_group if gn_dim_per_group > 0 else gn_num_groups
-                layer = nn.Sequential(conv, get_norm("GN", width, num_groups=groups, eps=gn_eps))
-            name = f"mask_fcn{index}"
-            self.add_module(name, layer)
-            self.layer_names.append(name)
-            channels = width
-        self.out_channels = channels
+        def group_norm(width: int) -> nn.Module:
+            groups = width // gn_dim_per_group if gn_dim_per_group > 0 else gn_num_groups
+            return get_norm("GN", width, num_groups=groups, eps=gn_eps)
 
-    def output_resolution(self, pooled_resolution: int) -> int:
-        """Side of the output for a pooled side (the convs keep it)."""
-        return pooled_resolution
-
-    def forward(self, x: Tensor) -> Tensor:
-        for name in self.layer_names:
-            x = F.relu_(getattr(self, name)(x))  # in place on the fresh conv (or norm) output
-        return x
+        super().__init__(
+            in_channels,
+            conv_layers,
+            prefix="mask_fcn",
+            key="MODEL.ROI_MASK_HEAD.CONV_LAYERS",
+            dilation=dilation,
+            norm=group_norm if use_gn else None,
+        )
 
 
 class MaskRCNNC4FeatureExtractor(nn.Module):
