@@ -12,6 +12,7 @@ Fields with a closed set of values are `StrEnum`s: they compare equal to their s
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -138,6 +139,9 @@ class RPNConfig:
     # Proposals with a side shorter than this (in input pixels) are dropped.
     MIN_SIZE: float = 0.0
     SMOOTH_L1_BETA: float = 1.0 / 9
+    # Decoding proposals clamps the predicted log-size deltas (tw, th) to this: log(1000 / 16),
+    # every peer's value (a large value such as 20 turns the clamp off; docs/accuracy.md).
+    BBOX_XFORM_CLIP: float = math.log(1000.0 / 16)
 
 
 @dataclass
@@ -150,6 +154,9 @@ class ROIHeadsConfig:
     BG_IOU_THRESHOLD_LO: float = 0.0
     # Weights (wx, wy, ww, wh) on the box regression targets.
     BBOX_REG_WEIGHTS: list[float] = _list(10.0, 10.0, 5.0, 5.0)
+    # Decoding clamps the predicted log-size deltas (tw, th, after the weights) to this, as
+    # MODEL.RPN.BBOX_XFORM_CLIP.
+    BBOX_XFORM_CLIP: float = math.log(1000.0 / 16)
     BATCH_SIZE_PER_IMAGE: int = 512
     POSITIVE_FRACTION: float = 0.25
     # Inference: score threshold, NMS IoU threshold, detections kept per image.

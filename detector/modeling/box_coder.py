@@ -37,6 +37,8 @@ class BoxCoder:
     ) -> None:
         if len(weights) != 4:
             raise ValueError(f"BoxCoder: weights need 4 values (wx, wy, ww, wh), got {weights}")
+        if not bbox_xform_clip > 0:
+            raise ValueError(f"BoxCoder: bbox_xform_clip must be > 0, got {bbox_xform_clip}")
         self.weights = tuple(float(w) for w in weights)
         self.bbox_xform_clip = bbox_xform_clip
 

@@ -70,7 +70,7 @@ class ProposalTargetCreator:
             sampler=BalancedPositiveNegativeSampler(
                 heads.BATCH_SIZE_PER_IMAGE, heads.POSITIVE_FRACTION
             ),
-            box_coder=BoxCoder(tuple(heads.BBOX_REG_WEIGHTS)),
+            box_coder=BoxCoder(tuple(heads.BBOX_REG_WEIGHTS), heads.BBOX_XFORM_CLIP),
             bg_iou_threshold_lo=heads.BG_IOU_THRESHOLD_LO,
         )
 

@@ -101,7 +101,7 @@ class RoIHeads(nn.Module):
         box_pooler, box_feature_extractor, box_predictor = _build_box_head(cfg, in_channels)
         agnostic = heads.CLS_AGNOSTIC_BBOX_REG
         post_processor = BoxPostProcessor(
-            box_coder=BoxCoder(tuple(heads.BBOX_REG_WEIGHTS)),
+            box_coder=BoxCoder(tuple(heads.BBOX_REG_WEIGHTS), heads.BBOX_XFORM_CLIP),
             score_thresh=heads.SCORE_THRESH,
             nms_thresh=heads.NMS,
             detections_per_img=heads.DETECTIONS_PER_IMG,

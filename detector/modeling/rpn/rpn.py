@@ -55,7 +55,7 @@ class RPN(nn.Module):
                 f"number of anchors per location; got {num_anchors}"
             )
         head = RPN_HEADS.get(rpn.RPN_HEAD)(in_channels=in_channels, num_anchors=num_anchors[0])
-        box_coder = BoxCoder((1.0, 1.0, 1.0, 1.0))
+        box_coder = BoxCoder((1.0, 1.0, 1.0, 1.0), rpn.BBOX_XFORM_CLIP)
         target_creator = AnchorTargetCreator(
             matcher=Matcher(
                 rpn.FG_IOU_THRESHOLD, rpn.BG_IOU_THRESHOLD, allow_low_quality_matches=True
