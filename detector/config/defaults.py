@@ -46,6 +46,14 @@ class LRScheduler(StrEnum):
     WarmupCosineLR = "WarmupCosineLR"
 
 
+class Precision(StrEnum):
+    """What the model computes in (MODEL.PRECISION; detector.utils.precision)."""
+
+    float32 = "float32"
+    bfloat16 = "bfloat16"  # autocast: bfloat16 convolutions and matmuls, float32 weights
+    auto = "auto"  # bfloat16 on a CPU with native bfloat16 (AVX512-BF16, AMX), else float32
+
+
 class AmpDtype(StrEnum):
     """Autocast dtype for mixed precision (SOLVER.AMP.DTYPE)."""
 
@@ -238,6 +246,10 @@ class ModelConfig:
     KEYPOINT_ON: bool = False
     RPN_ONLY: bool = False
     DEVICE: str = "cuda"
+    # float32, bfloat16 (autocast in training and inference; weights, losses and the optimizer
+    # stay float32) or auto (bfloat16 where the CPU computes it natively). float32 stays the
+    # default until bfloat16's speed and accuracy are measured on such a CPU (issue 23).
+    PRECISION: Precision = Precision.float32
     BACKBONE: BackboneConfig = field(default_factory=BackboneConfig)
     RESNETS: ResNetsConfig = field(default_factory=ResNetsConfig)
     FPN: FPNConfig = field(default_factory=FPNConfig)

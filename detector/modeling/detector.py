@@ -16,7 +16,8 @@ from detector.config import Config
 from detector.modeling.backbone import build_backbone
 from detector.modeling.per_image import required
 from detector.modeling.rpn import RPN
-from detector.structures import ImageList, Instances
+from detector.structures import Boxes, ImageList, Instances
+from detector.utils.precision import autocast, autocast_dtype
 
 if TYPE_CHECKING:
     from detector.modeling.roi_heads import RoIHeads
@@ -28,6 +29,7 @@ class GeneralizedRCNN(nn.Module):
     Training: `forward(images, targets)` returns a dict of losses (`loss_*`).
     Inference: `forward(images)` returns per image Instances in the input images' pixels:
     proposals (`proposal_boxes`, `objectness_logits`) for an RPN-only model, detections otherwise.
+    Both compute in `precision` (MODEL.PRECISION, detector.utils.precision) and return float32.
     """
 
     pixel_mean: Tensor  # (3, 1, 1) buffers
@@ -43,8 +45,11 @@ class GeneralizedRCNN(nn.Module):
         pixel_std: Sequence[float],
         to_bgr255: bool = False,
         size_divisibility: int = 0,
+        precision: str = "float32",
     ) -> None:
         super().__init__()
+        autocast_dtype(precision, "cpu")  # checks the name
+        self.precision = precision
         self.backbone = backbone
         self.rpn = rpn
         self.roi_heads = roi_heads
@@ -56,7 +61,7 @@ class GeneralizedRCNN(nn.Module):
     @classmethod
     def from_config(cls, cfg: Config) -> GeneralizedRCNN:
         """Reads MODEL.BACKBONE / RPN (and the RoI heads unless MODEL.RPN_ONLY), INPUT.PIXEL_MEAN,
-        INPUT.PIXEL_STD, INPUT.TO_BGR255 and DATALOADER.SIZE_DIVISIBILITY."""
+        INPUT.PIXEL_STD, INPUT.TO_BGR255, DATALOADER.SIZE_DIVISIBILITY and MODEL.PRECISION."""
         backbone = build_backbone(cfg)
         # out_channels: an int of every backbone (see detector.modeling.backbone)
         rpn = RPN.from_config(cfg, cast(int, backbone.out_channels))
@@ -73,6 +78,7 @@ class GeneralizedRCNN(nn.Module):
             pixel_std=tuple(cfg.INPUT.PIXEL_STD),
             to_bgr255=cfg.INPUT.TO_BGR255,
             size_divisibility=cfg.DATALOADER.SIZE_DIVISIBILITY,
+            precision=str(cfg.MODEL.PRECISION),
         )
 
     def preprocess(self, images: list[Tensor]) -> ImageList:
@@ -98,13 +104,18 @@ class GeneralizedRCNN(nn.Module):
     ) -> dict[str, Tensor] | list[Instances]:
         if self.training and targets is None:
             raise ValueError("GeneralizedRCNN: `targets` are needed in training mode")
-        image_list, features, proposals, losses = self._propose(images, targets)
-        if self.roi_heads is None:
-            return losses if self.training else proposals
-        detections, head_losses = self.roi_heads(
-            features, proposals, image_list.image_sizes, targets
-        )
-        return {**losses, **head_losses} if self.training else detections
+        with autocast(self.precision, self.pixel_mean.device):
+            image_list, features, proposals, losses = self._propose(images, targets)
+            if self.roi_heads is None:
+                results = proposals
+            else:
+                results, head_losses = self.roi_heads(
+                    features, proposals, image_list.image_sizes, targets
+                )
+                losses = {**losses, **head_losses}
+        if self.training:
+            return {name: loss.float() for name, loss in losses.items()}
+        return [as_float32(instances) for instances in results]
 
     def _propose(
         self, images: list[Tensor], targets: list[Instances] | None
@@ -124,6 +135,21 @@ class GeneralizedRCNN(nn.Module):
         probabilities (R_i, K)))."""
         if self.roi_heads is None:
             raise ValueError("GeneralizedRCNN.box_candidates: an RPN-only model has no box head")
-        _, features, proposals, _ = self._propose(images, None)
-        boxes = [required(p.proposal_boxes, "proposal_boxes") for p in proposals]
-        return features, self.roi_heads.candidates(features, boxes)
+        with autocast(self.precision, self.pixel_mean.device):
+            _, features, proposals, _ = self._propose(images, None)
+            boxes = [required(p.proposal_boxes, "proposal_boxes") for p in proposals]
+            candidates = self.roi_heads.candidates(features, boxes)
+        return features, [(b.float(), p.float()) for b, p in candidates]
+
+
+def as_float32(instances: Instances) -> Instances:
+    """`instances` with its reduced-precision floating fields (bfloat16 / float16) in float32."""
+    for name, value in instances.fields().items():
+        tensor = value.tensor if isinstance(value, Boxes) else value
+        if isinstance(tensor, Tensor) and tensor.dtype in (torch.bfloat16, torch.float16):
+            setattr(
+                instances,
+                name,
+                Boxes(tensor.float()) if isinstance(value, Boxes) else tensor.float(),
+            )
+    return instances

@@ -26,9 +26,10 @@ from torch import Tensor, nn
 
 from detector.config import Config
 from detector.data.transforms import get_output_size
-from detector.modeling.detector import GeneralizedRCNN
+from detector.modeling.detector import GeneralizedRCNN, as_float32
 from detector.modeling.per_image import required
 from detector.structures import Boxes, Instances, pairwise_iou
+from detector.utils.precision import autocast
 
 __all__ = ["DetectorWithTTA", "maybe_with_tta", "vote_boxes"]
 
@@ -71,7 +72,8 @@ class DetectorWithTTA(nn.Module):
     def forward(self, images: list[Tensor]) -> list[Instances]:
         if self.training:
             raise RuntimeError("DetectorWithTTA is for inference; call .eval()")
-        return [self._detect_one(image) for image in images]
+        with autocast(self.model.precision, self.model.pixel_mean.device):
+            return [as_float32(self._detect_one(image)) for image in images]
 
     def _detect_one(self, image: Tensor) -> Instances:
         size = (int(image.shape[-2]), int(image.shape[-1]))

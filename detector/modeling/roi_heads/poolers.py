@@ -24,9 +24,9 @@ those features with fully connected layers, and pool again with them. The last l
 branch is zero-initialized, so an untrained DeformRoIPool equals plain pooling (ROIAlignV2's
 convention) and an untrained modulated one is half of it (mask = sigmoid(0) = 0.5, as DCN v2).
 
-Mixed precision: the compiled ops' CPU kernels take float32/float64 only, and boxes in half
-precision would lose whole pixels, so half/bfloat16 features are pooled in float32 (as
-torchvision's autocast rule for roi_align) and the result is cast back to the features' dtype.
+Mixed precision: boxes in half precision would lose whole pixels, so half/bfloat16 features are
+pooled in float32 (as torchvision's autocast rule for roi_align; the ops' own bfloat16 kernels are
+not used here yet) and the result is cast back to the features' dtype.
 Boxes of any floating dtype are accepted.
 """
 

@@ -1,0 +1,54 @@
+"""What precision the model computes in (MODEL.PRECISION).
+
+    float32   everything in float32 (the default)
+    bfloat16  autocast to bfloat16: convolutions and matrix products in bfloat16 through oneDNN
+              (CPU) or cuBLAS/cuDNN (CUDA); weights, losses, the optimizer state and the outputs
+              stay float32
+    auto      bfloat16 on a CPU that computes it natively (AVX512-BF16 or AMX-BF16: oneDNN's
+              bfloat16 kernels are then faster than float32), float32 on any other CPU and on CUDA
+              (where SOLVER.AMP chooses)
+
+The model applies it itself (GeneralizedRCNN.forward), so training, evaluation, the Predictor and
+tools/demo.py all compute in the same precision. SOLVER.AMP is the training-only switch of
+detectron2's configs and still works on its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import Any
+
+import torch
+
+__all__ = ["PRECISIONS", "autocast", "autocast_dtype", "cpu_has_native_bfloat16"]
+
+PRECISIONS = ("float32", "bfloat16", "auto")
+
+
+@functools.cache
+def cpu_has_native_bfloat16() -> bool:
+    """True on a CPU with bfloat16 instructions (AVX512-BF16, or AMX tiles with AMX-BF16)."""
+    cpu: Any = torch.cpu  # the feature queries are private helpers of torch.cpu
+    return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
+
+
+def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | None:
+    """The autocast dtype MODEL.PRECISION `precision` asks for on `device` (None: float32)."""
+    if precision == "float32":
+        return None
+    if precision == "bfloat16":
+        return torch.bfloat16
+    if precision == "auto":
+        native = torch.device(device).type == "cpu" and cpu_has_native_bfloat16()
+        return torch.bfloat16 if native else None
+    raise ValueError(f"MODEL.PRECISION must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+
+
+def autocast(precision: str, device: torch.device | str) -> contextlib.AbstractContextManager[Any]:
+    """Autocast for `precision` on `device`, or no context at all for float32 (an autocast with
+    enabled=False would switch off an enclosing one, e.g. the trainer's SOLVER.AMP)."""
+    dtype = autocast_dtype(precision, device)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtype)

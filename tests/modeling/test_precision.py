@@ -1,0 +1,163 @@
+"""MODEL.PRECISION: the model computes in bfloat16 when asked (or, with auto, when the CPU has
+native bfloat16), keeps float32 weights, losses, optimizer state and outputs, and falls back to
+float32 on a CPU without native bfloat16 (tested by forcing the detection either way)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from detector.config import ConfigError, load_config
+from detector.export import InferenceModel
+from detector.modeling.detector import GeneralizedRCNN
+from detector.modeling.test_time_augmentation import DetectorWithTTA
+from detector.utils import precision
+from tests.modeling.small_models import SMALL_FPN_OPTS
+from tests.test_configs import CONFIG_DIR, TINY_INPUT, _tiny_batch
+
+
+def _model(setting: str, mask_on: bool = True) -> GeneralizedRCNN:
+    torch.manual_seed(0)
+    name = "e2e_mask_rcnn_R_50_FPN_1x.yaml" if mask_on else "e2e_faster_rcnn_R_50_FPN_1x.yaml"
+    opts = [*TINY_INPUT, *SMALL_FPN_OPTS, "MODEL.ROI_HEADS.SCORE_THRESH", "0.0"]
+    cfg = load_config(Path(CONFIG_DIR) / name, [*opts, "MODEL.PRECISION", setting])
+    return GeneralizedRCNN.from_config(cfg)
+
+
+def _trunk_dtypes(model: nn.Module) -> list[torch.dtype]:
+    """Records the dtype of the first trunk convolution's output at each call."""
+    seen: list[torch.dtype] = []
+    conv = next(m for m in model.backbone.modules() if isinstance(m, nn.Conv2d))
+    conv.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    return seen
+
+
+@pytest.fixture
+def native(monkeypatch: pytest.MonkeyPatch) -> Callable[[bool], None]:
+    """Forces what the CPU detection answers."""
+
+    def force(value: bool) -> None:
+        monkeypatch.setattr(precision, "cpu_has_native_bfloat16", lambda: value)
+
+    return force
+
+
+def test_detection_matches_the_cpu_flags() -> None:
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        pytest.skip("no /proc/cpuinfo to compare with")
+    flags = set(cpuinfo.read_text().split())
+    assert precision.cpu_has_native_bfloat16() == bool({"avx512_bf16", "amx_tile"} & flags)
+
+
+def test_resolution(native) -> None:
+    native(True)
+    assert precision.autocast_dtype("auto", "cpu") == torch.bfloat16
+    assert precision.autocast_dtype("auto", "cuda") is None
+    assert precision.autocast_dtype("float32", "cpu") is None
+    native(False)
+    assert precision.autocast_dtype("auto", "cpu") is None
+    assert precision.autocast_dtype("bfloat16", "cpu") == torch.bfloat16
+    with pytest.raises(ValueError, match="MODEL.PRECISION"):
+        precision.autocast_dtype("float16x", "cpu")
+
+
+def test_unknown_precision_names_the_key() -> None:
+    with pytest.raises(ConfigError, match="MODEL.PRECISION"):
+        load_config(
+            Path(CONFIG_DIR) / "e2e_faster_rcnn_R_50_FPN_1x.yaml", ["MODEL.PRECISION", "fp8"]
+        )
+
+
+def test_auto_without_native_bfloat16_trains_in_float32(native) -> None:
+    native(False)
+    model = _model("auto").train()
+    seen = _trunk_dtypes(model)
+    images, targets = _tiny_batch(mask_on=True)
+    model(images, targets)
+    assert seen == [torch.float32]
+
+
+def _sgd_step(model: GeneralizedRCNN) -> dict[str, Tensor]:
+    images, targets = _tiny_batch(mask_on=True)
+    losses = model(images, targets)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    sum(losses.values()).backward()
+    optimizer.step()
+    return losses
+
+
+@pytest.mark.parametrize("setting", ["auto", "bfloat16"])
+def test_bfloat16_step_keeps_float32_weights_and_losses(native, setting: str) -> None:
+    native(True)  # auto: as on an AVX512-BF16 CPU
+    model = _model(setting).train()
+    seen = _trunk_dtypes(model)
+    losses = _sgd_step(model)
+    assert seen == [torch.bfloat16]
+    assert len(losses) == 5
+    for name, loss in losses.items():
+        assert loss.dtype == torch.float32 and math.isfinite(loss.item()), name
+    for name, param in model.named_parameters():
+        assert param.dtype == torch.float32, name
+        assert param.grad is None or param.grad.dtype == torch.float32, name
+
+
+def test_float32_forced_on_a_native_cpu(native) -> None:
+    native(True)
+    model = _model("float32").train()
+    seen = _trunk_dtypes(model)
+    _sgd_step(model)
+    assert seen == [torch.float32]
+
+
+def test_float32_model_inside_solver_amp_stays_autocast() -> None:
+    """float32 adds no autocast(enabled=False) that would switch off the trainer's SOLVER.AMP."""
+    model = _model("float32").train()
+    seen = _trunk_dtypes(model)
+    images, targets = _tiny_batch(mask_on=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(images, targets)
+    assert seen == [torch.bfloat16]
+
+
+def test_bfloat16_inference_returns_float32() -> None:
+    model = _model("bfloat16").eval()
+    seen = _trunk_dtypes(model)
+    images, _ = _tiny_batch(mask_on=True)
+    with torch.no_grad():
+        results = model(images)
+    assert seen == [torch.bfloat16]
+    for result in results:
+        assert len(result) > 0
+        for name, value in result.fields().items():
+            tensor = value.tensor if hasattr(value, "tensor") else value
+            if isinstance(tensor, Tensor) and tensor.is_floating_point():
+                assert tensor.dtype == torch.float32, name
+
+
+def test_bfloat16_test_time_augmentation_returns_float32() -> None:
+    model = _model("bfloat16").eval()
+    seen = _trunk_dtypes(model)
+    tta = DetectorWithTTA(model, h_flip=True, scales=(96,), vote_iou=0.5).eval()
+    images, _ = _tiny_batch(mask_on=True)
+    with torch.no_grad():
+        results = tta(images[:1])
+    assert seen == [torch.bfloat16] * 3  # three runs: test size, flipped, 96
+    assert len(results[0]) > 0
+    assert results[0].scores.dtype == results[0].pred_masks.dtype == torch.float32
+
+
+def test_exported_module_computes_in_float32() -> None:
+    """The export wrapper calls the model's parts directly: no autocast, float32 throughout."""
+    model = _model("bfloat16").eval()
+    seen = _trunk_dtypes(model)
+    images, _ = _tiny_batch(mask_on=True)
+    with torch.no_grad():
+        outputs = InferenceModel(model)(images[0])
+    assert seen == [torch.float32]
+    assert all(o.dtype in (torch.float32, torch.int64) for o in outputs)
