@@ -1,7 +1,7 @@
 """nn.Modules over the compiled ops, and normalization layers used by the backbones."""
 
 from detector.layers.batch_norm import FrozenBatchNorm2d
-from detector.layers.conv import Conv2d
+from detector.layers.conv import Conv2d, msra_fill
 from detector.layers.deform_conv import DeformConv2d
 from detector.layers.deform_roi_pool import DeformPSRoIPool, DeformRoIPool
 from detector.layers.norm import NormFactory, get_norm, norm_factory
@@ -22,5 +22,6 @@ __all__ = [
     "RoIAlign",
     "RoIPool",
     "get_norm",
+    "msra_fill",
     "norm_factory",
 ]

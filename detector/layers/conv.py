@@ -74,6 +74,14 @@ def _in_graph_capture() -> bool:
     )
 
 
+def msra_fill(conv: nn.Conv2d | nn.ConvTranspose2d) -> None:
+    """maskrcnn_benchmark's and detectron2's conv init ("MSRAFill"): Kaiming-normal weights
+    (fan_out, ReLU gain), zero bias."""
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+
+
 class Conv2d(nn.Conv2d):
     """nn.Conv2d computing eligible 3x3 convolutions by Winograd F(2x2, 3x3) (module docstring)."""
 

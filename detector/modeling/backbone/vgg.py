@@ -12,7 +12,7 @@ from collections import OrderedDict
 from torch import Tensor, nn
 
 from detector.config import Config
-from detector.layers import Conv2d
+from detector.layers import Conv2d, msra_fill
 from detector.modeling.registry import BACKBONES
 
 # Output channels of the 13 convs, "M" a 2x2/2 max pool (torchvision's configuration "D").
@@ -44,9 +44,7 @@ class VGG16(nn.Module):
                 layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
                 continue
             conv = Conv2d(in_channels, int(spec), kernel_size=3, padding=1)
-            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-            if conv.bias is not None:
-                nn.init.zeros_(conv.bias)
+            msra_fill(conv)
             layers += [conv, nn.ReLU(inplace=True)]
             in_channels = int(spec)
         self.features = nn.Sequential(*layers)

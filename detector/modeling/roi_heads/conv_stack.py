@@ -10,17 +10,9 @@ from collections.abc import Callable, Sequence
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from detector.layers import Conv2d
+from detector.layers import Conv2d, msra_fill
 
 __all__ = ["HeadConvStack"]
-
-
-def _init_head_conv(conv: nn.Conv2d) -> None:
-    """maskrcnn_benchmark's (and detectron2's) head init: kaiming normal (fan_out, ReLU) weights,
-    zero bias."""
-    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-    if conv.bias is not None:
-        nn.init.zeros_(conv.bias)
 
 
 class HeadConvStack(nn.Module):
@@ -59,7 +51,7 @@ class HeadConvStack(nn.Module):
         for index, width in enumerate(conv_layers, start=1):
             has_bias = norm is None  # a norm's shift replaces the bias
             conv = Conv2d(channels, width, 3, padding=dilation, dilation=dilation, bias=has_bias)
-            _init_head_conv(conv)
+            msra_fill(conv)
             layer: nn.Module = conv if norm is None else nn.Sequential(conv, norm(width))
             name = f"{prefix}{index}"
             self.add_module(name, layer)

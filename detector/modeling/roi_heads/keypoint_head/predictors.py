@@ -12,6 +12,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from detector.layers import msra_fill
 from detector.modeling.registry import ROI_KEYPOINT_PREDICTORS
 
 __all__ = ["KeypointRCNNPredictor"]
@@ -34,9 +35,7 @@ class KeypointRCNNPredictor(nn.Module):
         self.kps_score_lowres = nn.ConvTranspose2d(
             in_channels, num_keypoints, kernel_size=4, stride=2, padding=1
         )
-        nn.init.kaiming_normal_(self.kps_score_lowres.weight, mode="fan_out", nonlinearity="relu")
-        if self.kps_score_lowres.bias is not None:
-            nn.init.zeros_(self.kps_score_lowres.bias)
+        msra_fill(self.kps_score_lowres)
         self.num_keypoints = num_keypoints
 
     def forward(self, x: Tensor) -> Tensor:

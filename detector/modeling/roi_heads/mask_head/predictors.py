@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from detector.layers import msra_fill
 from detector.modeling.registry import Registry
 
 __all__ = ["ROI_MASK_PREDICTORS", "MaskRCNNC4Predictor", "MaskRCNNConv1x1Predictor"]
@@ -31,11 +32,10 @@ ROI_MASK_PREDICTORS = Registry("MODEL.ROI_MASK_HEAD.PREDICTOR")
 
 
 def _init_parameters(module: nn.Module) -> None:
-    for name, parameter in module.named_parameters():
-        if "bias" in name:
-            nn.init.zeros_(parameter)
-        else:
-            nn.init.kaiming_normal_(parameter, mode="fan_out", nonlinearity="relu")
+    """msra_fill on every (transposed) convolution, in module order."""
+    for layer in module.modules():
+        if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)):
+            msra_fill(layer)
 
 
 def _channels_last_rows(x: Tensor) -> Tensor:
