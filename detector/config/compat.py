@@ -38,6 +38,9 @@ MASKRCNN_BENCHMARK_DEFAULTS: dict[str, Any] = {
         "RPN": {"STRADDLE_THRESH": 0, "FPN_POST_NMS_PER_BATCH": True},
         "ROI_BOX_HEAD": {"SMOOTH_L1_BETA": 1.0},
     },
+    # maskrcnn_benchmark's optimizer: biases at 2x the lr without decay; every other parameter,
+    # GroupNorm weights included, with WEIGHT_DECAY (None).
+    "SOLVER": {"BIAS_LR_FACTOR": 2.0, "WEIGHT_DECAY_BIAS": 0.0, "WEIGHT_DECAY_NORM": None},
 }
 
 _RENAMED: dict[str, tuple[str, Callable[[Any], Any]]] = {

@@ -8,6 +8,10 @@ SOLVER.WEIGHT_DECAY, except
 * biases, which get BASE_LR * SOLVER.BIAS_LR_FACTOR and SOLVER.WEIGHT_DECAY_BIAS (this wins over
   the norm rule for a norm layer's bias, as in detectron2).
 
+A None WEIGHT_DECAY_NORM / WEIGHT_DECAY_BIAS switches its rule off: the parameter keeps the decay
+the other rules give (so with WEIGHT_DECAY_BIAS None, this project's default, a norm layer's bias
+gets WEIGHT_DECAY_NORM and any other bias WEIGHT_DECAY, as detectron2's defaults do).
+
 Parameters with the same (lr, weight_decay) share one group, so the optimizer holds at most four.
 """
 
@@ -51,7 +55,7 @@ def get_param_groups(
 ) -> list[dict[str, Any]]:
     """Splits the trainable parameters of `model` into groups by (lr, weight_decay).
 
-    `None` for `weight_decay_bias` / `weight_decay_norm` means "same as weight_decay". Each
+    `None` for `weight_decay_bias` / `weight_decay_norm` switches that rule off. Each
     parameter appears once, even when shared between modules. Groups are ordered by first use,
     and parameters keep the model's order, so the grouping is the same in every process.
     """

@@ -93,7 +93,10 @@ THEIRS: dict[str, Any] = {
 }  # fmt: skip
 
 # Ours where it differs on purpose (measured on real data: docs/accuracy.md).
-OURS_DIFFERENT = {"MODEL.RPN.STRADDLE_THRESH", "MODEL.RPN.FPN_POST_NMS_PER_BATCH"}
+OURS_DIFFERENT = {
+    "MODEL.RPN.STRADDLE_THRESH", "MODEL.RPN.FPN_POST_NMS_PER_BATCH", "SOLVER.BIAS_LR_FACTOR",
+    "SOLVER.WEIGHT_DECAY_BIAS",
+}  # fmt: skip
 
 
 def _get(cfg: DictConfig, key: str) -> Any:
@@ -104,6 +107,8 @@ def _get(cfg: DictConfig, key: str) -> Any:
 
 
 def _same(ours: Any, theirs: Any) -> bool:
+    if ours is None or theirs is None:
+        return ours is theirs
     if isinstance(theirs, list):
         return len(ours) == len(theirs) and all(map(_same, ours, theirs))
     if isinstance(theirs, bool) or isinstance(theirs, str):

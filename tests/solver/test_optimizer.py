@@ -102,3 +102,27 @@ def test_no_trainable_parameter():
     net = nn.Linear(1, 1).requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable parameter"):
         build_optimizer(get_cfg(), net)
+
+
+def test_default_groups_ours_and_maskrcnn_benchmarks(tmp_path):
+    """Ours (detectron2's): biases at BASE_LR with WEIGHT_DECAY, norm layers undecayed. A
+    maskrcnn_benchmark file (no VERSION) gets its make_optimizer: biases at 2x BASE_LR without
+    decay, every other parameter (GroupNorm weights too) with WEIGHT_DECAY."""
+    from detector.config import load_config
+
+    net = Net()
+    solver = "SOLVER:\n  BASE_LR: 0.1\n  WEIGHT_DECAY: 0.001\n"
+    ours = tmp_path / "ours.yaml"
+    ours.write_text("VERSION: 2\n" + solver)
+    theirs = tmp_path / "e2e.yaml"
+    theirs.write_text(solver)
+    hyper = _hyper(build_optimizer(load_config(ours), net))
+    assert hyper[id(net.conv.weight)] == (0.1, 0.001)
+    assert hyper[id(net.conv.bias)] == (0.1, 0.001)
+    assert hyper[id(net.gn.weight)] == (0.1, 0.0)
+    assert hyper[id(net.gn.bias)] == (0.1, 0.0)  # WEIGHT_DECAY_BIAS None: the norm rule holds
+    hyper = _hyper(build_optimizer(load_config(theirs), net))
+    assert hyper[id(net.conv.weight)] == (0.1, 0.001)
+    assert hyper[id(net.conv.bias)] == (0.2, 0.0)
+    assert hyper[id(net.gn.weight)] == (0.1, 0.001)
+    assert hyper[id(net.gn.bias)] == (0.2, 0.0)
