@@ -404,9 +404,9 @@ class SolverConfig:
     BASE_LR: float = 0.001
     # Biases train at BASE_LR * BIAS_LR_FACTOR with WEIGHT_DECAY_BIAS (None: WEIGHT_DECAY), and
     # normalization layers' weights with WEIGHT_DECAY_NORM (None: WEIGHT_DECAY); detector.solver.
-    # Ours are detectron2's (1, WEIGHT_DECAY, 0): maskrcnn_benchmark's 2x-lr, undecayed biases
-    # (what its files still get) with undecayed norms trained one seed in three to half the AP
-    # from scratch (docs/accuracy.md, ablations).
+    # Ours are detectron2's (1, unset, 0): maskrcnn_benchmark's 2x-lr, undecayed biases (what its
+    # files still get) trained one WBC seed in three to half the AP from scratch, though they were
+    # 0.02-0.03 AP ahead on the bccd / dsb2018 configs' 3-seed means (docs/accuracy.md).
     BIAS_LR_FACTOR: float = 1.0
     MOMENTUM: float = 0.9
     WEIGHT_DECAY: float = 0.0005
