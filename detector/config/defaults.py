@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from detector.utils.precision import MemoryFormat, Precision
+
 
 def _list(*values: Any) -> Any:
     """A dataclass default for a list field (each config gets its own copy)."""
@@ -44,14 +46,6 @@ class LRScheduler(StrEnum):
 
     WarmupMultiStepLR = "WarmupMultiStepLR"
     WarmupCosineLR = "WarmupCosineLR"
-
-
-class Precision(StrEnum):
-    """What the model computes in (MODEL.PRECISION; detector.utils.precision)."""
-
-    float32 = "float32"
-    bfloat16 = "bfloat16"  # autocast: bfloat16 convolutions and matmuls, float32 weights
-    auto = "auto"  # bfloat16 on a CPU with native bfloat16 (AVX512-BF16, AMX), else float32
 
 
 class AmpDtype(StrEnum):
@@ -250,6 +244,9 @@ class ModelConfig:
     # stay float32) or auto (bfloat16 where the CPU computes it natively). float32 stays the
     # default until bfloat16's speed and accuracy are measured on such a CPU (issue 23).
     PRECISION: Precision = Precision.float32
+    # contiguous (NCHW), channels_last (NHWC weights and maps) or auto (channels_last when
+    # PRECISION computes in bfloat16, where oneDNN's channels-last convolutions are fastest).
+    MEMORY_FORMAT: MemoryFormat = MemoryFormat.auto
     BACKBONE: BackboneConfig = field(default_factory=BackboneConfig)
     RESNETS: ResNetsConfig = field(default_factory=ResNetsConfig)
     FPN: FPNConfig = field(default_factory=FPNConfig)

@@ -13,7 +13,7 @@ only where the result is the same function up to float rounding (relative error 
 float32) and every caller copes with it:
 - kernel 3x3, stride 1, padding 1, dilation 1, one group, zero padding, at least `MIN_CHANNELS`
   input and output channels, at least `MIN_TILES` tiles;
-- CPU float32 or float64 input, no autocast;
+- CPU float32 or float64 input in NCHW (a channels-last map goes to oneDNN as it is), no autocast;
 - eager mode: never while tracing, scripting, compiling or exporting (those see `F.conv2d`);
 - enabled (`set_winograd(False)` or the `winograd(False)` context manager turns it off, e.g. for
   bit-exact comparisons with other implementations).
@@ -82,6 +82,11 @@ def msra_fill(conv: nn.Conv2d | nn.ConvTranspose2d) -> None:
         nn.init.zeros_(conv.bias)
 
 
+def _channels_last(input: Tensor) -> bool:
+    """An NHWC map (MODEL.MEMORY_FORMAT): oneDNN convolves it without reordering it to NCHW."""
+    return not input.is_contiguous() and input.is_contiguous(memory_format=torch.channels_last)
+
+
 class Conv2d(nn.Conv2d):
     """nn.Conv2d computing eligible 3x3 convolutions by Winograd F(2x2, 3x3) (module docstring)."""
 
@@ -102,7 +107,7 @@ class Conv2d(nn.Conv2d):
             return False
         if input.device.type != "cpu" or input.dtype not in (torch.float32, torch.float64):
             return False
-        if input.dim() != 4 or torch.is_autocast_enabled("cpu"):
+        if input.dim() != 4 or torch.is_autocast_enabled("cpu") or _channels_last(input):
             return False
         tiles = input.shape[0] * ((input.shape[2] + 1) // 2) * ((input.shape[3] + 1) // 2)
         return tiles >= MIN_TILES and self.weight.dtype == input.dtype

@@ -17,7 +17,7 @@ from detector.modeling.backbone import build_backbone
 from detector.modeling.per_image import required
 from detector.modeling.rpn import RPN
 from detector.structures import Boxes, ImageList, Instances
-from detector.utils.precision import autocast, autocast_dtype
+from detector.utils.precision import autocast, autocast_dtype, torch_memory_format
 
 if TYPE_CHECKING:
     from detector.modeling.roi_heads import RoIHeads
@@ -29,7 +29,8 @@ class GeneralizedRCNN(nn.Module):
     Training: `forward(images, targets)` returns a dict of losses (`loss_*`).
     Inference: `forward(images)` returns per image Instances in the input images' pixels:
     proposals (`proposal_boxes`, `objectness_logits`) for an RPN-only model, detections otherwise.
-    Both compute in `precision` (MODEL.PRECISION, detector.utils.precision) and return float32.
+    Both compute in `precision` (MODEL.PRECISION, detector.utils.precision) and return float32;
+    the weights and feature maps are in the layout of `memory_format` (MODEL.MEMORY_FORMAT).
     """
 
     pixel_mean: Tensor  # (3, 1, 1) buffers
@@ -46,10 +47,12 @@ class GeneralizedRCNN(nn.Module):
         to_bgr255: bool = False,
         size_divisibility: int = 0,
         precision: str = "float32",
+        memory_format: str = "auto",
     ) -> None:
         super().__init__()
         autocast_dtype(precision, "cpu")  # checks the name
         self.precision = precision
+        self.memory_format = torch_memory_format(memory_format, precision)
         self.backbone = backbone
         self.rpn = rpn
         self.roi_heads = roi_heads
@@ -57,11 +60,14 @@ class GeneralizedRCNN(nn.Module):
         self.size_divisibility = size_divisibility
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(3, 1, 1), persistent=False)
+        if self.memory_format == torch.channels_last:
+            self.to(memory_format=torch.channels_last)  # the 4-d weights
 
     @classmethod
     def from_config(cls, cfg: Config) -> GeneralizedRCNN:
         """Reads MODEL.BACKBONE / RPN (and the RoI heads unless MODEL.RPN_ONLY), INPUT.PIXEL_MEAN,
-        INPUT.PIXEL_STD, INPUT.TO_BGR255, DATALOADER.SIZE_DIVISIBILITY and MODEL.PRECISION."""
+        INPUT.PIXEL_STD, INPUT.TO_BGR255, DATALOADER.SIZE_DIVISIBILITY, MODEL.PRECISION and
+        MODEL.MEMORY_FORMAT."""
         backbone = build_backbone(cfg)
         # out_channels: an int of every backbone (see detector.modeling.backbone)
         rpn = RPN.from_config(cfg, cast(int, backbone.out_channels))
@@ -79,6 +85,7 @@ class GeneralizedRCNN(nn.Module):
             to_bgr255=cfg.INPUT.TO_BGR255,
             size_divisibility=cfg.DATALOADER.SIZE_DIVISIBILITY,
             precision=str(cfg.MODEL.PRECISION),
+            memory_format=str(cfg.MODEL.MEMORY_FORMAT),
         )
 
     def preprocess(self, images: list[Tensor]) -> ImageList:
@@ -123,7 +130,8 @@ class GeneralizedRCNN(nn.Module):
         """preprocess -> backbone -> RPN: (image list, feature maps finest first, proposals
         per image, RPN losses (training))."""
         image_list = self.preprocess(images)
-        features = list(self.backbone(image_list.tensor).values())
+        batch = image_list.tensor.contiguous(memory_format=self.memory_format)  # (N, 3, H, W)
+        features = list(self.backbone(batch).values())
         proposals, losses = self.rpn(image_list, features, targets)
         return image_list, features, proposals, losses
 

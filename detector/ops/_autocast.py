@@ -6,6 +6,12 @@ bfloat16 tensor arguments (lists of tensors too) are cast to float32, the op run
 are cast back to the dtype of its first tensor argument (the features or the boxes), as
 torchvision's autocast kernels return `.to(input.scalar_type())`. float64 arguments are left as
 they are (as `at::autocast::cached_cast`). Index outputs (nms, argmax) keep their integer dtype.
+
+On the CPU the RoI Align ops (`NATIVE_CPU_OPS`) skip those casts: their float16/bfloat16 kernels
+read the reduced features and float32 (or any floating) RoIs, accumulate in float32 and round
+each result once, which gives the bits of the float32 computation cast back (forward and
+gradients; tests/ops/test_autocast.py), without the float32 copy of every feature map and of its
+gradient.
 """
 
 from __future__ import annotations
@@ -32,6 +38,10 @@ AUTOCAST_OPS = (
     "nms",
     "batched_nms",
 )
+
+#: The autocast ops whose CPU kernels compute float16/bfloat16 features natively (see above).
+#: (roi_pool's and the position-sensitive ops' kernels take RoIs of the features' dtype only.)
+NATIVE_CPU_OPS = ("roi_align", "multi_scale_roi_align")
 
 _REDUCED = (torch.float16, torch.bfloat16)
 # The dispatcher's keys and guards have no public Python API.
@@ -66,12 +76,23 @@ def _cast_outputs(value: Any, dtype: torch.dtype) -> Any:
     return type(value)(_cast_outputs(v, dtype) for v in value)
 
 
-def _autocast_kernel(name: str) -> Callable[..., Any]:
+def _features_of_one_reduced_dtype(args: tuple[object, ...]) -> bool:
+    """Whether the first argument (a feature map, or a list of them) is float16/bfloat16, all
+    of one dtype: what the native reduced kernels take."""
+    first = cast("Tensor | list[Tensor] | tuple[Tensor, ...]", args[0])
+    maps = list(first) if isinstance(first, (list, tuple)) else [first]
+    return maps[0].dtype in _REDUCED and all(m.dtype == maps[0].dtype for m in maps)
+
+
+def _autocast_kernel(name: str, native: bool) -> Callable[..., Any]:
+    """The op's autocast kernel; `native`: reduced features go to its own reduced kernel."""
     op = getattr(torch.ops.detector, name).default
 
     def kernel(*args: Any) -> Any:
         dtype = _first_dtype(args)
         with _C._ExcludeDispatchKeyGuard(_AUTOCAST_KEYS):  # pyright: ignore[reportPrivateUsage]
+            if native and _features_of_one_reduced_dtype(args):
+                return op(*args)
             output = op(*(_to_float32(a) for a in args))
         return _cast_outputs(output, dtype)
 
@@ -81,5 +102,7 @@ def _autocast_kernel(name: str) -> Callable[..., Any]:
 
 _LIBRARY = torch.library.Library("detector", "IMPL")
 for _name in AUTOCAST_OPS:
-    for _key in ("AutocastCPU", "AutocastCUDA"):
-        _LIBRARY.impl(_name, _autocast_kernel(_name), _key)  # pyright: ignore[reportUnknownMemberType]
+    _cpu_kernel = _autocast_kernel(_name, native=_name in NATIVE_CPU_OPS)
+    _LIBRARY.impl(_name, _cpu_kernel, "AutocastCPU")  # pyright: ignore[reportUnknownMemberType]
+    _cuda_kernel = _autocast_kernel(_name, native=False)
+    _LIBRARY.impl(_name, _cuda_kernel, "AutocastCUDA")  # pyright: ignore[reportUnknownMemberType]

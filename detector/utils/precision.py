@@ -11,19 +11,52 @@
 The model applies it itself (GeneralizedRCNN.forward), so training, evaluation, the Predictor and
 tools/demo.py all compute in the same precision. SOLVER.AMP is the training-only switch of
 detectron2's configs and still works on its own.
+
+MODEL.MEMORY_FORMAT, the layout of the convolutions' weights and feature maps:
+
+    contiguous     NCHW (float32 3x3 convolutions then run by Winograd, detector.layers.Conv2d)
+    channels_last  NHWC: oneDNN's convolutions read and write it without reordering; every
+                   layer then passes channels-last maps to the next
+    auto           channels_last where the model computes in bfloat16 (above), else contiguous
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+from enum import StrEnum
 from typing import Any
 
 import torch
 
-__all__ = ["PRECISIONS", "autocast", "autocast_dtype", "cpu_has_native_bfloat16"]
+__all__ = [
+    "PRECISIONS",
+    "MemoryFormat",
+    "Precision",
+    "autocast",
+    "autocast_dtype",
+    "cpu_has_native_bfloat16",
+    "torch_memory_format",
+]
 
-PRECISIONS = ("float32", "bfloat16", "auto")
+
+class Precision(StrEnum):
+    """The values of MODEL.PRECISION (see the module docstring)."""
+
+    float32 = "float32"
+    bfloat16 = "bfloat16"  # autocast: bfloat16 convolutions and matmuls, float32 weights
+    auto = "auto"  # bfloat16 on a CPU with native bfloat16 (AVX512-BF16, AMX), else float32
+
+
+PRECISIONS = tuple(p.value for p in Precision)
+
+
+class MemoryFormat(StrEnum):
+    """The values of MODEL.MEMORY_FORMAT (see the module docstring)."""
+
+    contiguous = "contiguous"
+    channels_last = "channels_last"
+    auto = "auto"
 
 
 @functools.cache
@@ -52,3 +85,17 @@ def autocast(precision: str, device: torch.device | str) -> contextlib.AbstractC
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, dtype=dtype)
+
+
+def torch_memory_format(memory_format: str, precision: str) -> torch.memory_format:
+    """The layout MODEL.MEMORY_FORMAT `memory_format` asks for with MODEL.PRECISION `precision`
+    (on the CPU, where `auto` precision is decided)."""
+    if memory_format == "channels_last":
+        return torch.channels_last
+    if memory_format == "contiguous":
+        return torch.contiguous_format
+    if memory_format == "auto":
+        reduced = autocast_dtype(precision, "cpu") is not None
+        return torch.channels_last if reduced else torch.contiguous_format
+    names = ", ".join(m.value for m in MemoryFormat)
+    raise ValueError(f"MODEL.MEMORY_FORMAT must be one of {names}, got {memory_format!r}")

@@ -161,3 +161,86 @@ def test_exported_module_computes_in_float32() -> None:
         outputs = InferenceModel(model)(images[0])
     assert seen == [torch.float32]
     assert all(o.dtype in (torch.float32, torch.int64) for o in outputs)
+
+
+# ------------------------------------------------------------------------------------------------
+# MODEL.MEMORY_FORMAT
+# ------------------------------------------------------------------------------------------------
+def _model_in(setting: str, memory_format: str) -> GeneralizedRCNN:
+    torch.manual_seed(0)
+    opts = [*TINY_INPUT, *SMALL_FPN_OPTS, "MODEL.ROI_HEADS.SCORE_THRESH", "0.0",
+            "MODEL.PRECISION", setting, "MODEL.MEMORY_FORMAT", memory_format]  # fmt: skip
+    cfg = load_config(Path(CONFIG_DIR) / "e2e_mask_rcnn_R_50_FPN_1x.yaml", opts)
+    return GeneralizedRCNN.from_config(cfg)
+
+
+def test_memory_format_resolution(native) -> None:
+    channels_last, contiguous = torch.channels_last, torch.contiguous_format
+    assert precision.torch_memory_format("auto", "bfloat16") == channels_last
+    assert precision.torch_memory_format("auto", "float32") == contiguous
+    assert precision.torch_memory_format("channels_last", "float32") == channels_last
+    assert precision.torch_memory_format("contiguous", "bfloat16") == contiguous
+    native(True)
+    assert precision.torch_memory_format("auto", "auto") == channels_last
+    native(False)
+    assert precision.torch_memory_format("auto", "auto") == contiguous
+    with pytest.raises(ValueError, match="MODEL.MEMORY_FORMAT"):
+        precision.torch_memory_format("nhwc", "float32")
+    with pytest.raises(ConfigError, match="MODEL.MEMORY_FORMAT"):
+        load_config(
+            Path(CONFIG_DIR) / "e2e_faster_rcnn_R_50_FPN_1x.yaml", ["MODEL.MEMORY_FORMAT", "nhwc"]
+        )
+
+
+def _conv_inputs_in_channels_last(model: nn.Module) -> dict[str, bool]:
+    """Records, per convolution, whether every input it got was a channels-last map."""
+    seen: dict[str, bool] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+
+            def hook(_m: nn.Module, inputs: tuple[Tensor, ...], name: str = name) -> None:
+                nhwc = inputs[0].is_contiguous(memory_format=torch.channels_last)
+                seen[name] = seen.get(name, True) and nhwc
+
+            module.register_forward_pre_hook(hook)
+    return seen
+
+
+def test_bfloat16_model_runs_in_channels_last(native) -> None:
+    """auto with bfloat16: 4-d weights and every map in NHWC from the input batch to the last
+    convolution (the RoI pooler's output is the one reorder, at the mask head's first conv); a
+    training step keeps float32 NHWC weights and finite losses."""
+    native(True)
+    model = _model_in("auto", "auto").train()
+    for name, param in model.named_parameters():
+        if param.dim() == 4:
+            assert param.is_contiguous(memory_format=torch.channels_last), name
+    seen = _conv_inputs_in_channels_last(model)
+    losses = _sgd_step(model)
+    assert all(math.isfinite(loss.item()) for loss in losses.values())
+    not_nhwc = sorted(name for name, nhwc in seen.items() if not nhwc)
+    assert not_nhwc == ["roi_heads.mask_head.feature_extractor.mask_fcn1"]
+    for name, param in model.named_parameters():
+        assert param.dtype == torch.float32, name
+        if param.dim() == 4:
+            assert param.is_contiguous(memory_format=torch.channels_last), name
+
+
+def test_channels_last_computes_the_same_function() -> None:
+    """float32 in NHWC (oneDNN) against NCHW (Winograd where it applies): the same losses and
+    detections up to float rounding, from the same weights."""
+    nchw, nhwc = _model_in("float32", "contiguous"), _model_in("float32", "channels_last")
+    nhwc.load_state_dict(nchw.state_dict())
+    images, targets = _tiny_batch(mask_on=True)
+    losses = {}
+    for name, model in (("nchw", nchw), ("nhwc", nhwc)):
+        torch.manual_seed(1)  # the same anchor and RoI samples
+        losses[name] = model.train()(images, targets)
+    for key, value in losses["nchw"].items():
+        torch.testing.assert_close(losses["nhwc"][key], value, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        expected, actual = nchw.eval()(images), nhwc.eval()(images)
+    for e, a in zip(expected, actual, strict=True):
+        assert len(e) == len(a) > 0
+        torch.testing.assert_close(a.pred_boxes.tensor, e.pred_boxes.tensor, rtol=1e-4, atol=1e-3)
+        torch.testing.assert_close(a.scores, e.scores, rtol=1e-4, atol=1e-5)

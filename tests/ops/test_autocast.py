@@ -14,6 +14,7 @@ from torch import Tensor
 from detector import ops
 from detector.layers import DeformConv2d
 from tests.ops.op_cases import OP_CASES, features, nms_inputs, rois
+from tests.ops.utils import copies_of
 
 REDUCED = [torch.bfloat16, torch.float16]
 
@@ -86,3 +87,49 @@ def test_deform_conv2d_layer_under_autocast_takes_reduced_precision_activations(
     assert out.dtype == torch.bfloat16
     expected = torch.nn.functional.conv2d(x.float(), layer.weight, layer.bias, padding=1)
     torch.testing.assert_close(out, expected.bfloat16())
+
+
+#: OP_CASES whose op runs natively in the features' reduced dtype under CPU autocast.
+NATIVE_CASES = ["roi_align", "roi_align_max", "roi_align_list", "multi_scale_roi_align"]
+
+
+def _reduced_features(args: tuple[Any, ...], dtype: torch.dtype) -> list[Tensor]:
+    """The case's feature maps (its first argument, a map or a list) in `dtype`, as leaves."""
+    first = args[0] if isinstance(args[0], list) else [args[0]]
+    return [f.to(dtype).requires_grad_() for f in first]
+
+
+@pytest.mark.parametrize("name", NATIVE_CASES)
+@pytest.mark.parametrize("dtype", REDUCED)
+def test_native_reduced_kernels_give_the_float32_bits_with_float32_rois(
+    name: str, dtype: torch.dtype
+) -> None:
+    """Reduced features with float32 RoIs (what the pooler passes under autocast): the values
+    and the features' gradients are the float32 computation's, rounded once to `dtype`, and no
+    float32 copy of the features is made."""
+    case = OP_CASES[name]
+    args = case.args()
+    maps = _reduced_features(args, dtype)
+    full = [m.detach().float().requires_grad_() for m in maps]
+
+    def call(features: list[Tensor]) -> Tensor:
+        first = features if isinstance(args[0], list) else features[0]
+        return case.fn(first, *args[1:])
+
+    outputs: list[Tensor] = []
+
+    def under_autocast() -> None:
+        with torch.autocast("cpu", dtype=dtype):
+            outputs.append(call(maps))
+
+    assert copies_of(under_autocast, maps) == []
+    actual, expected = outputs[0], call(full)
+    assert actual.dtype == dtype
+    torch.testing.assert_close(actual, expected.to(dtype), rtol=0, atol=0)
+    grad = torch.rand(actual.shape, generator=torch.Generator().manual_seed(4)).to(dtype)
+    actual.backward(grad)
+    expected.backward(grad.float())
+    for reduced, wide in zip(maps, full, strict=True):
+        assert reduced.grad is not None and wide.grad is not None
+        assert reduced.grad.dtype == dtype
+        torch.testing.assert_close(reduced.grad, wide.grad.to(dtype), rtol=0, atol=0)

@@ -168,3 +168,13 @@ def check_ps_deterministic(pool: PSPool, num_rois: int) -> None:
         out2, grad2 = with_threads(threads, run)
         assert_same_bits(out1, out2)
         assert_same_bits(grad1, grad2)
+
+
+def copies_of(fn: Callable[[], object], tensors: list[Tensor]) -> list[list[int]]:
+    """Runs `fn` and returns the shapes of the dtype conversions (`aten::_to_copy`) it made of
+    tensors shaped like one of `tensors` (the profiler records shapes, not identities)."""
+    shapes = [list(t.shape) for t in tensors]
+    with torch.profiler.profile(record_shapes=True) as prof:
+        fn()
+    converted = [e.input_shapes[0] for e in prof.events() if e.name == "aten::_to_copy"]
+    return [s for s in converted if s in shapes]

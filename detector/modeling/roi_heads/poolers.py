@@ -24,10 +24,12 @@ those features with fully connected layers, and pool again with them. The last l
 branch is zero-initialized, so an untrained DeformRoIPool equals plain pooling (ROIAlignV2's
 convention) and an untrained modulated one is half of it (mask = sigmoid(0) = 0.5, as DCN v2).
 
-Mixed precision: boxes in half precision would lose whole pixels, so half/bfloat16 features are
-pooled in float32 (as torchvision's autocast rule for roi_align; the ops' own bfloat16 kernels are
-not used here yet) and the result is cast back to the features' dtype.
-Boxes of any floating dtype are accepted.
+Mixed precision: boxes in half precision would lose whole pixels, so the RoIs stay in float32
+(or wider). Under CPU autocast the RoI Align types pool float16/bfloat16 features with the ops'
+own reduced kernels (float32 RoIs, float32 accumulation, one rounding: the bits of pooling in
+float32, without a float32 copy of the pyramid; detector/ops/_autocast.py); every other case pools
+half/bfloat16 features in float32 (as torchvision's autocast rule for roi_align) and casts the
+result back to the features' dtype. Boxes of any floating dtype are accepted.
 """
 
 from __future__ import annotations
@@ -95,6 +97,10 @@ class LevelPool(nn.Module):
         position_sensitive: the layers pool position-sensitive maps (C' = C / (S*S)).
     """
 
+    #: Whether the layers pool float16/bfloat16 maps with float32 RoIs natively under CPU
+    #: autocast (the RoI Align ops; see the module docstring).
+    native_reduced_on_cpu = False
+
     def __init__(
         self, layers: Sequence[nn.Module], *, output_size: int, position_sensitive: bool = False
     ) -> None:
@@ -125,6 +131,8 @@ class LevelPool(nn.Module):
 class RoIAlignLevelPool(LevelPool):
     """RoI Align on every level (`layers.RoIAlign`), the levels pooled in one call of
     `ops.multi_scale_roi_align`."""
+
+    native_reduced_on_cpu = True
 
     def forward(self, features: list[Tensor], rois: Tensor, levels: Tensor | None) -> Tensor:
         if levels is None:
@@ -329,17 +337,25 @@ class Pooler(nn.Module):
             )
         features = list(features[:num_levels])
         dtype = features[0].dtype
-        compute_dtype = torch.float32 if dtype in _REDUCED_PRECISION else dtype
         box_tensors = [b.tensor if isinstance(b, Boxes) else b for b in boxes]
         rois = _rois_from_boxes(box_tensors, features[0].device)  # (R, 5) in float32 or wider
-        features = [f.to(compute_dtype) for f in features]
+        if dtype in _REDUCED_PRECISION and not self._pools_reduced_natively(features[0]):
+            features = [f.float() for f in features]  # cast back below
+        if features[0].dtype not in _REDUCED_PRECISION:
+            rois = rois.to(features[0].dtype)
         levels = None
         if num_levels > 1:
             levels = assign_fpn_levels(
                 rois[:, 1:], self.min_level, self.max_level, self.canonical_scale,
                 self.canonical_level,
             )  # fmt: skip
-        return self.level_pool(features, rois.to(compute_dtype), levels).to(dtype)
+        return self.level_pool(features, rois, levels).to(dtype)
+
+    def _pools_reduced_natively(self, feature: Tensor) -> bool:
+        """Whether reduced-precision maps go to the ops' own reduced kernels (see the module
+        docstring) instead of being pooled in float32."""
+        on_cpu = feature.device.type == "cpu"
+        return self.level_pool.native_reduced_on_cpu and on_cpu and torch.is_autocast_enabled("cpu")
 
 
 def _rois_from_boxes(boxes: list[Tensor], device: torch.device) -> Tensor:

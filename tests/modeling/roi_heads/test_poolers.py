@@ -19,6 +19,7 @@ from detector.modeling.registry import POOLERS
 from detector.modeling.roi_heads import Pooler, assign_fpn_levels, build_pooler
 from detector.modeling.roi_heads.poolers import PoolSettings
 from detector.structures import Boxes
+from tests.ops.utils import copies_of
 
 FPN_SCALES = [1 / 4, 1 / 8, 1 / 16, 1 / 32]
 ALL_TYPES = [
@@ -200,6 +201,38 @@ def test_mixed_precision_under_cpu_autocast() -> None:
     pooled64 = pooler([f.double() for f in features], boxes)
     assert pooled64.dtype == torch.float64
     torch.testing.assert_close(pooled64.float(), pooler([f.float() for f in features], boxes))
+
+
+@pytest.mark.parametrize("pooler_type", ["ROIAlign", "ROIAlignV2", "ROIAlignMax"])
+@pytest.mark.parametrize("num_levels", [1, 4])
+def test_roi_align_pools_bfloat16_natively_under_cpu_autocast(
+    pooler_type: str, num_levels: int
+) -> None:
+    """No float32 copy of the pyramid, and the bits (values and the maps' gradients) of pooling
+    the same values in float32 and rounding once."""
+    generator = torch.Generator().manual_seed(7)
+    maps = [f.bfloat16().requires_grad_() for f in _pyramid(4, 128, generator)][:num_levels]
+    wide = [m.detach().float().requires_grad_() for m in maps]
+    boxes = [Boxes(_random_boxes(6, 128.0, generator)), Boxes(_random_boxes(3, 128.0, generator))]
+    scales = [1 / 4, 1 / 8, 1 / 16, 1 / 32][:num_levels]
+    pooler = build_pooler(_head_cfg(pooler_type, scales))
+    outputs: list[torch.Tensor] = []
+
+    def under_autocast() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            outputs.append(pooler(maps, boxes))
+
+    assert copies_of(under_autocast, maps) == []
+    pooled = outputs[0]
+    reference = pooler(wide, boxes)
+    assert pooled.dtype == torch.bfloat16
+    torch.testing.assert_close(pooled, reference.bfloat16(), rtol=0, atol=0)
+    grad = torch.rand(pooled.shape, generator=generator).bfloat16()
+    pooled.backward(grad)
+    reference.backward(grad.float())
+    for m, w in zip(maps, wide, strict=True):
+        assert m.grad is not None and w.grad is not None
+        torch.testing.assert_close(m.grad, w.grad.bfloat16(), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("pooler_type", ["ROIAlign", "ROIPool", "DeformRoIPool"])

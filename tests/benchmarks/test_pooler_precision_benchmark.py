@@ -1,0 +1,25 @@
+"""benchmarks/pooler_precision.py times both pooling rules and prints a row per head with the
+ratio (a small image and one round: a check that the benchmark works, not a measurement)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_prints_both_heads_with_measured_times_and_ratio() -> None:
+    command = [sys.executable, "benchmarks/pooler_precision.py", "--threads", "1",
+               "--size", "128", "160", "--repeat", "1"]  # fmt: skip
+    result = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| 1")]
+    assert [row.split("|")[2].strip() for row in rows] == ["7x7", "14x14"]
+    for row in rows:
+        old, new, ratio = (float(c) for c in row.strip("|").split("|")[2:])
+        assert old > 0 and new > 0 and abs(ratio - new / old) <= 0.05 * ratio + 0.01
