@@ -6,9 +6,18 @@ Shapes of R-50-FPN detectors, 256 channels: an FPN P2 and P3 level of a 2-image 
 detections (inference) and of 16 positive RoIs (training). Forward rows run without autograd;
 backward rows time the backward pass of input and weights only (the graph is built outside the
 timing). CPU only: on CUDA `Conv2d` is nn.Conv2d.
+
+Layouts and precisions (issue 23: Winograd or oneDNN, per precision), on the FPN P2 and 100-RoI
+mask head shapes: float32 Winograd (NCHW) against oneDNN on channels-last (NHWC) maps and weights
+(what MODEL.MEMORY_FORMAT channels_last runs); bfloat16 autocast on NHWC (what the bfloat16
+model runs: Winograd has no bfloat16 path) against bfloat16 NCHW and against float32 NCHW
+(torchvision's float32 model). bfloat16 is only fast on a CPU with AVX512-BF16 or AMX; elsewhere
+oneDNN emulates it.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -41,6 +50,43 @@ def _forward_timer(conv: nn.Module, x: Tensor):
     return run
 
 
+def _nhwc(conv: nn.Module, x: Tensor) -> tuple[nn.Module, Tensor]:
+    """A channels-last copy of the layer and the input."""
+    twin = nn.Conv2d(256, 256, 3, padding=1).to(memory_format=torch.channels_last)
+    twin.load_state_dict(conv.state_dict())
+    return twin, x.contiguous(memory_format=torch.channels_last)
+
+
+def _bf16_timer(make: Callable[[nn.Module, Tensor], Callable[[], object]], conv, x):
+    """`make(conv, x)` under CPU bfloat16 autocast (the backward's graph is built under it)."""
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        timer = make(conv, x)
+
+    def run() -> object:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return timer()
+
+    return run
+
+
+def _layout_cases(ours: nn.Module, peer: nn.Module, name: str, x: Tensor) -> list[Case]:
+    """float32 Winograd NCHW vs oneDNN NHWC; bfloat16 NHWC vs bfloat16 NCHW and float32 NCHW."""
+    nhwc, x_nhwc = _nhwc(peer, x)
+    rows = []
+    for direction, make in (("fwd", _forward_timer), ("bwd", _backward_timer)):
+        bf16_nhwc = _bf16_timer(make, nhwc, x_nhwc)
+        bf16 = dict(dtype="bfloat16 NHWC")
+        rows += [
+            Case("conv3x3", direction, name, make(ours, x), make(nhwc, x_nhwc),
+                 peer_name="oneDNN NHWC float32"),
+            Case("conv3x3", direction, name, bf16_nhwc, _bf16_timer(make, peer, x), **bf16,
+                 peer_name="bfloat16 NCHW"),
+            Case("conv3x3", direction, name, bf16_nhwc, make(peer, x), **bf16,
+                 peer_name="torchvision float32"),
+        ]  # fmt: skip
+    return rows
+
+
 def cases(device: str) -> list[Case]:
     if device != "cpu":
         return []
@@ -56,4 +102,6 @@ def cases(device: str) -> list[Case]:
         rows.append(
             Case("conv3x3", "bwd", name, _backward_timer(ours, x), _backward_timer(peer, x))
         )
+    for name, shape in (SHAPES[0], SHAPES[3]):
+        rows += _layout_cases(ours, peer, name, torch.randn(*shape))
     return rows
