@@ -20,6 +20,7 @@ from detector.layers.conv import winograd
 from detector.modeling.detector import GeneralizedRCNN
 from detector.modeling.per_image import required
 from detector.structures import ImageList, as_size
+from detector.utils.precision import autocast, autocast_dtype
 
 __all__ = [
     "InferenceModel",
@@ -39,10 +40,16 @@ class InferenceModel(nn.Module):
     """GeneralizedRCNN on one resized uint8 image (3, h, w), returning plain tensors:
     boxes (N, 4), scores (N,), labels (N,) int64 [, mask probabilities (N, 1, M, M)]
     [, keypoint heatmap logits (N, K, S, S) in box coordinates: decode them with
-    detector.modeling.roi_heads.keypoint_head.heatmaps_to_keypoints(heatmaps, boxes)]."""
+    detector.modeling.roi_heads.keypoint_head.heatmaps_to_keypoints(heatmaps, boxes)].
 
-    def __init__(self, model: nn.Module) -> None:
+    `precision` (a MODEL.PRECISION value; detector.utils.precision) is what the module computes
+    in: float32 by default (what ONNX and TorchScript record); the torch.export program records
+    the model's own precision, bfloat16 as autocast regions (outputs float32 either way)."""
+
+    def __init__(self, model: nn.Module, precision: str = "float32") -> None:
         super().__init__()
+        autocast_dtype(precision, "cpu")  # checks the name
+        self.precision = precision
         self.model = cast(GeneralizedRCNN, model.eval())  # the docstring's contract
         self.mask_on = getattr(model.roi_heads, "mask_head", None) is not None
         keypoint_head = getattr(model.roi_heads, "keypoint_head", None)
@@ -68,7 +75,12 @@ class InferenceModel(nn.Module):
         return nn.functional.pad(x, padding)[None]  # pyright: ignore[reportArgumentType]
 
     def forward(self, image: Tensor) -> tuple[Tensor, ...]:
+        with autocast(self.precision, self.model.pixel_mean.device):
+            outputs = self._detect(image)
+        return tuple(o.float() if o.is_floating_point() else o for o in outputs)
 
+    def _detect(self, image: Tensor) -> tuple[Tensor, ...]:
+        """The outputs of the class docstring, in the compute precision."""
         model = self.model
         sizes = [(as_size(image.shape[-2]), as_size(image.shape[-1]))]
         image_list = ImageList(self.preprocess(image), sizes)  # pyright: ignore[reportArgumentType] (symbolic or traced sizes)

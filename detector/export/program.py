@@ -34,7 +34,13 @@ from detector.export.inference_model import (
     prepare_image,
 )
 
-__all__ = ["check_program", "export_program", "input_side_range", "trace_program"]
+__all__ = [
+    "check_program",
+    "export_program",
+    "input_side_range",
+    "program_module",
+    "trace_program",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -70,15 +76,22 @@ def _traceable_sample(image: Tensor, smallest: int) -> Tensor:
     return nn.functional.pad(image, (0, pad_w, 0, pad_h)) if pad_h or pad_w else image
 
 
+def program_module(model: nn.Module) -> InferenceModel:
+    """What the program records: InferenceModel in the model's MODEL.PRECISION (bfloat16 as
+    autocast regions, which torch.export keeps and lowers to bfloat16 ATen ops; `auto` as
+    resolved on this CPU)."""
+    return InferenceModel(model, precision=str(getattr(model, "precision", "float32"))).eval()
+
+
 def trace_program(
     cfg: Config, model: nn.Module, image: Tensor, *, dynamic: bool = True
 ) -> torch.export.ExportedProgram:
-    """torch.export program of InferenceModel(model), traced on `image` (uint8 (3, h, w)).
+    """torch.export program of `program_module(model)`, traced on `image` (uint8 (3, h, w)).
 
     With `dynamic`, h and w are dynamic dimensions within `input_side_range(cfg)`; otherwise
     the program takes images of `image`'s size only.
     """
-    wrapper = InferenceModel(model).eval()
+    wrapper = program_module(model)
     dynamic_shapes = None
     if dynamic:
         image = _traceable_sample(image, input_side_range(cfg)[0])
@@ -140,11 +153,12 @@ def export_program(
         sizes = f"h, w in [{smallest}, {largest if largest is not None else 'any'}]"
     else:
         sizes = f"(h, w) = {tuple(image.shape[-2:])} only"
-    described = f"input uint8 (3, h, w), {sizes}"
+    precision = program_module(model).precision
+    described = f"input uint8 (3, h, w), {sizes}, MODEL.PRECISION {precision}"
     if not check:
         return described
     loaded = torch.export.load(str(output))
-    error = check_program(loaded, InferenceModel(model).eval(), image, atol=atol)
+    error = check_program(loaded, program_module(model), image, atol=atol)
     return (
         f"{described}; the loaded program matches PyTorch on the sample image "
         f"{tuple(image.shape)} (max abs difference {error:.2e}, tolerance {atol})"

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from detector.config import ConfigError, load_config
 from detector.export import InferenceModel
+from detector.export.program import program_module
 from detector.modeling.detector import GeneralizedRCNN
 from detector.modeling.test_time_augmentation import DetectorWithTTA
 from detector.utils import precision
@@ -153,7 +154,8 @@ def test_bfloat16_test_time_augmentation_returns_float32() -> None:
 
 
 def test_exported_module_computes_in_float32() -> None:
-    """The export wrapper calls the model's parts directly: no autocast, float32 throughout."""
+    """The export wrapper (as ONNX and TorchScript record it) calls the model's parts directly:
+    no autocast, float32 throughout."""
     model = _model("bfloat16").eval()
     seen = _trunk_dtypes(model)
     images, _ = _tiny_batch(mask_on=True)
@@ -244,3 +246,32 @@ def test_channels_last_computes_the_same_function() -> None:
         assert len(e) == len(a) > 0
         torch.testing.assert_close(a.pred_boxes.tensor, e.pred_boxes.tensor, rtol=1e-4, atol=1e-3)
         torch.testing.assert_close(a.scores, e.scores, rtol=1e-4, atol=1e-5)
+
+
+def test_torch_export_program_computes_in_the_models_bfloat16(tmp_path: Path) -> None:
+    """The torch.export program of a bfloat16 model records its autocast: saved and loaded, it
+    gives the eager bfloat16 outputs (float32), and lowered to ATen its convolutions, linear
+    layers and RoI Align run in bfloat16."""
+    model = _model("bfloat16").eval()
+    wrapper = program_module(model)
+    assert wrapper.precision == "bfloat16"
+    images, _ = _tiny_batch(mask_on=True)
+    with torch.no_grad():
+        program = torch.export.export(wrapper, (images[0],), strict=False)
+        torch.export.save(program, str(tmp_path / "model.pt2"))
+        loaded = torch.export.load(str(tmp_path / "model.pt2")).module()
+        expected, actual = wrapper(images[0]), loaded(images[0])
+    assert len(expected[0]) > 0
+    for e, a in zip(expected, actual, strict=True):
+        assert a.dtype == e.dtype and a.dtype in (torch.float32, torch.int64)
+        torch.testing.assert_close(a, e, rtol=0, atol=0)
+    lowered = program.run_decompositions()
+    dtypes: dict[str, set[torch.dtype]] = {}
+    for node in lowered.graph.nodes:
+        value = node.meta.get("val")
+        value = value[0] if isinstance(value, tuple) and value else value  # (output, argmax)
+        if node.op == "call_function" and isinstance(value, Tensor):
+            dtypes.setdefault(str(node.target), set()).add(value.dtype)
+    assert dtypes["aten.convolution.default"] == {torch.bfloat16}
+    assert dtypes["aten.addmm.default"] == {torch.bfloat16}
+    assert dtypes["detector.multi_scale_roi_align.default"] == {torch.bfloat16}
