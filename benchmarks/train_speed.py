@@ -19,8 +19,9 @@ them the proposals and RoI counts, stay equal from step to step and between the 
 peak memory of one training iteration, inference seconds per image (batch 1, median), and the
 ratio ours/torchvision. `--precision fp32 bf16` runs each model in both precisions in the same
 interleaved run (bf16: CPU/CUDA autocast to bfloat16 around the training step and inference, on
-both sides, weights and optimizer in float32), with the ratio to torchvision's run at the same
-precision and, for bf16, to torchvision's float32 run.
+both sides, weights and optimizer in float32; ours is a second model built with MODEL.PRECISION
+bfloat16, so channels-last, with the same weights), with the ratio to torchvision's run at the
+same precision and, for bf16, to torchvision's float32 run.
 
 Peak memory: on CUDA `torch.cuda.max_memory_allocated` minus the memory allocated before the
 iteration; on the CPU the peak resident set size of the process during the iteration (VmHWM from
@@ -115,14 +116,18 @@ def make_inputs(batch: int, height: int, width: int, device: str, seed: int = 0)
     return Inputs(images_u8, images_f, t_ours, t_tv)
 
 
-def build_ours(kind: str, score_thresh: float, height: int, width: int) -> nn.Module:
-    """Our model from configs/torchvision/<kind>.yaml, random weights, sized for HxW inputs."""
+def build_ours(
+    kind: str, score_thresh: float, height: int, width: int, precision: str = "float32"
+) -> nn.Module:
+    """Our model from configs/torchvision/<kind>.yaml, random weights, sized for HxW inputs, in
+    MODEL.PRECISION `precision` (bfloat16: also channels-last, MODEL.MEMORY_FORMAT auto)."""
     cfg = load_config(CONFIGS[kind])
     size = ["INPUT.MIN_SIZE_TRAIN", f"({min(height, width)},)"]
     size += ["INPUT.MAX_SIZE_TRAIN", str(max(height, width))]
     size += ["INPUT.MIN_SIZE_TEST", str(min(height, width))]
     size += ["INPUT.MAX_SIZE_TEST", str(max(height, width))]
-    cfg = merge_opts(cfg, [*size, "MODEL.ROI_HEADS.SCORE_THRESH", str(score_thresh)])
+    opts = [*size, "MODEL.ROI_HEADS.SCORE_THRESH", str(score_thresh)]
+    cfg = merge_opts(cfg, [*opts, "MODEL.PRECISION", precision])
     return GeneralizedRCNN.from_config(cfg)
 
 
@@ -352,10 +357,16 @@ def main() -> None:
         tv_model = build_torchvision(kind, args.score_thresh, height, width).to(args.device)
         if not args.own_init:
             load_torchvision_weights(ours_model, tv_model)
+        ours_models = {"fp32": ours_model}
+        if "bf16" in precisions:  # our bfloat16 model: channels-last, the same weights
+            ours_models["bf16"] = build_ours(kind, args.score_thresh, height, width, "bfloat16").to(
+                args.device
+            )
+            ours_models["bf16"].load_state_dict(ours_model.state_dict())
         runners: dict[tuple[str, str], Runner] = {}
         for precision in precisions:
             for side, model, images, targets in (
-                ("ours", ours_model, inputs.images_u8, inputs.targets_ours),
+                ("ours", ours_models[precision], inputs.images_u8, inputs.targets_ours),
                 ("torchvision", tv_model, inputs.images_f, inputs.targets_tv),
             ):
                 runners[side, precision] = make_runner(
