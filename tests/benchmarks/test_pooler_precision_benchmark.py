@@ -3,22 +3,14 @@ ratio (a small image and one round: a check that the benchmark works, not a meas
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.benchmarks.scripts import run_script
 
 
 def test_prints_both_heads_with_measured_times_and_ratio() -> None:
-    command = [sys.executable, "benchmarks/pooler_precision.py", "--threads", "1",
-               "--size", "128", "160", "--repeat", "1"]  # fmt: skip
-    result = subprocess.run(
-        command, cwd=ROOT, capture_output=True, text=True, timeout=300,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
-    rows = [line for line in result.stdout.splitlines() if line.startswith("| 1")]
+    stdout = run_script(
+        "pooler_precision.py", "--threads", "1", "--size", "128", "160", "--repeat", "1"
+    )
+    rows = [line for line in stdout.splitlines() if line.startswith("| 1")]
     assert [row.split("|")[2].strip() for row in rows] == ["7x7", "14x14"]
     for row in rows:
         old, new, ratio = (float(c) for c in row.strip("|").split("|")[2:])

@@ -3,26 +3,18 @@ image, one timed iteration: a check that the benchmark works, not a speed measur
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.benchmarks.scripts import run_script
 
 
 @pytest.mark.slow
 def test_fp32_and_bf16_rows_with_ratios() -> None:
-    command = [sys.executable, "benchmarks/train_speed.py", "--threads", "1", "--iters", "1",
-               "--size", "96", "128", "--batch", "1", "--models", "faster",
-               "--precision", "fp32", "bf16"]  # fmt: skip
-    result = subprocess.run(
-        command, cwd=ROOT, capture_output=True, text=True, timeout=600,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    stdout = run_script(
+        "train_speed.py", "--threads", "1", "--iters", "1", "--size", "96", "128", "--batch",
+        "1", "--models", "faster", "--precision", "fp32", "bf16",
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
-    rows = [line for line in result.stdout.splitlines() if line.startswith("| faster |")]
+    rows = [line for line in stdout.splitlines() if line.startswith("| faster |")]
     assert [row.split("|")[2].strip() for row in rows] == ["fp32", "bf16"]
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
