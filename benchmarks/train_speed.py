@@ -16,7 +16,8 @@ a loaded machine.
 Prints a Markdown table: seconds per training iteration (forward + backward + SGD step, median
 over --iters after one warm-up; the learning rate is 0 by default, so that the weights, and with
 them the proposals and RoI counts, stay equal from step to step and between the two models),
-peak memory of one training iteration, inference seconds per image (batch 1, median), and the
+peak memory of one training iteration, inference seconds per image (batch 1, median), the peak
+memory of one inference, and the
 ratio ours/torchvision. `--precision fp32 bf16` runs each model in both precisions in the same
 interleaved run (bf16: CPU/CUDA autocast to bfloat16 around the training step and inference, on
 both sides, weights and optimizer in float32; ours is a second model built with MODEL.PRECISION
@@ -209,6 +210,7 @@ class Runner:
     train_s: list[float] = field(default_factory=list)
     infer_s: list[float] = field(default_factory=list)
     peak_mib: float | None = None
+    infer_peak_mib: float | None = None
 
 
 def make_runner(
@@ -256,6 +258,9 @@ def bench_group(runners: list[Runner], iters: int, n_images: int, device: str) -
             runner.train_step()
         runner.peak_mib = mem.mib
         runner.infer(0)  # warm-up
+        with PeakMemory(device) as mem:
+            runner.infer(0)
+        runner.infer_peak_mib = mem.mib
     for it in range(iters):
         shift = it % len(runners)
         order = runners[shift:] + runners[:shift]
@@ -286,19 +291,24 @@ class Row:
 
 
 def print_table(rows: list[Row]) -> None:
-    """Markdown table: per model and precision, train s/iter, peak MiB, inference s/image, the
-    ratios ours/torchvision at the same precision, and ours / torchvision float32."""
+    """Markdown table: per model and precision, train s/iter, the training step's peak MiB,
+    inference s/image, inference's peak MiB, each with the ratios ours/torchvision at the same
+    precision and ours / torchvision float32."""
     print(
         "| model | precision | train s/iter ours | tv | ratio | vs tv fp32 | peak MiB ours | tv "
-        "| ratio | vs tv fp32 | infer s/img ours | tv | ratio | vs tv fp32 |"
+        "| ratio | vs tv fp32 | infer s/img ours | tv | ratio | vs tv fp32 "
+        "| infer peak MiB ours | tv | ratio | vs tv fp32 |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|" + "---:|" * 16)
     for row in rows:
-        train = [statistics.median(r.train_s) for r in (row.ours, row.peer, row.peer_fp32)]
-        infer = [statistics.median(r.infer_s) for r in (row.ours, row.peer, row.peer_fp32)]
-        peak = [r.peak_mib for r in (row.ours, row.peer, row.peer_fp32)]
+        runners = (row.ours, row.peer, row.peer_fp32)
+        train = [statistics.median(r.train_s) for r in runners]
+        infer = [statistics.median(r.infer_s) for r in runners]
+        peak = [r.peak_mib for r in runners]
+        infer_peak = [r.infer_peak_mib for r in runners]
         cells = [row.kind, row.precision]
-        for (ours, peer, peer32), spec in ((train, ".3f"), (peak, ".0f"), (infer, ".3f")):
+        columns = ((train, ".3f"), (peak, ".0f"), (infer, ".3f"), (infer_peak, ".0f"))
+        for (ours, peer, peer32), spec in columns:
             cells += [_fmt(ours, spec), _fmt(peer, spec), _ratio(ours, peer), _ratio(ours, peer32)]
         print("| " + " | ".join(cells) + " |")
 
