@@ -94,7 +94,7 @@ def config_opts(dataset: str, seed: int, iters: int, out: Path) -> list[str]:
     d = DATASETS[dataset]
     steps = (int(iters * 0.75), int(iters * 0.9))
     return [
-        "MODEL.DEVICE", "cpu",
+        "MODEL.DEVICE", "cpu", "MODEL.PRECISION", "float32",  # torchvision's side: float32
         "MODEL.BACKBONE.CONV_BODY", "R-18-FPN", "MODEL.BACKBONE.FREEZE_CONV_BODY_AT", "0",
         "MODEL.RESNETS.NORM", "GN", "MODEL.RESNETS.BACKBONE_OUT_CHANNELS", "256",
         "MODEL.RPN.ANCHOR_SIZES", _tuple(d["anchors"]),

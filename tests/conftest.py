@@ -1,6 +1,7 @@
 """Test-wide fixtures and markers: `cuda` tests skip without a GPU, data tests without the data."""
 
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,11 @@ from tests.shared_datasets import register_shared_datasets
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 register_shared_datasets()  # the small real datasets by name (coco_sample6, bccd_*, ...)
+# MODEL.PRECISION auto (the default) computes in bfloat16 on a CPU with native bfloat16: the suite
+# computes in float32 on every CPU (its subprocesses too) unless DETECTOR_CPU_BFLOAT16 is set, so
+# that results do not depend on which CPU CI lands on. The bfloat16 paths are tested by asking for
+# them (MODEL.PRECISION bfloat16) or by forcing the detection (tests/modeling/test_precision.py).
+os.environ.setdefault("DETECTOR_CPU_BFLOAT16", "0")
 
 
 def pytest_collection_modifyitems(config, items):

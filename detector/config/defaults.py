@@ -241,9 +241,9 @@ class ModelConfig:
     RPN_ONLY: bool = False
     DEVICE: str = "cuda"
     # float32, bfloat16 (autocast in training and inference; weights, losses and the optimizer
-    # stay float32) or auto (bfloat16 where the CPU computes it natively). float32 stays the
-    # default until bfloat16's speed and accuracy are measured on such a CPU (issue 23).
-    PRECISION: Precision = Precision.float32
+    # stay float32) or auto (bfloat16 where the CPU computes it natively: AVX512-BF16 or AMX;
+    # float32 on other CPUs and on CUDA). docs/benchmarks.md has the speed and accuracy of each.
+    PRECISION: Precision = Precision.auto
     # contiguous (NCHW), channels_last (NHWC weights and maps) or auto (channels_last when
     # PRECISION computes in bfloat16, where oneDNN's channels-last convolutions are fastest).
     MEMORY_FORMAT: MemoryFormat = MemoryFormat.auto

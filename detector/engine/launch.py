@@ -35,6 +35,7 @@ from detector.engine.trainer import DataLoaderFactory, Trainer, TrainingDiverged
 from detector.modeling.registry import UnknownNameError
 from detector.utils import comm
 from detector.utils.logger import setup_logger
+from detector.utils.precision import describe
 from detector.utils.signals import Interrupted, signals_as_exceptions
 
 __all__ = [
@@ -302,6 +303,9 @@ def default_setup(cfg: Config) -> torch.device:
         device,
         seed,
         torch.__version__,
+    )
+    logger.info(
+        "model computes in %s", describe(cfg.MODEL.PRECISION, cfg.MODEL.MEMORY_FORMAT, device)
     )
     if rank == 0:
         write_text_file(output_dir / "config.yaml", dump_config(cfg))

@@ -1,12 +1,13 @@
 """What precision the model computes in (MODEL.PRECISION).
 
-    float32   everything in float32 (the default)
+    float32   everything in float32
     bfloat16  autocast to bfloat16: convolutions and matrix products in bfloat16 through oneDNN
               (CPU) or cuBLAS/cuDNN (CUDA); weights, losses, the optimizer state and the outputs
               stay float32
-    auto      bfloat16 on a CPU that computes it natively (AVX512-BF16 or AMX-BF16: oneDNN's
-              bfloat16 kernels are then faster than float32), float32 on any other CPU and on CUDA
-              (where SOLVER.AMP chooses)
+    auto      (the default) bfloat16 on a CPU that computes it natively (AVX512-BF16 or AMX-BF16:
+              oneDNN's bfloat16 kernels are then faster than float32), float32 on any other CPU
+              and on CUDA (where SOLVER.AMP chooses). DETECTOR_CPU_BFLOAT16=0 (or 1) in the
+              environment overrides the CPU detection.
 
 The model applies it itself (GeneralizedRCNN.forward), so training, evaluation, the Predictor and
 tools/demo.py all compute in the same precision. SOLVER.AMP is the training-only switch of
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from enum import StrEnum
 from typing import Any
 
@@ -36,8 +38,13 @@ __all__ = [
     "autocast",
     "autocast_dtype",
     "cpu_has_native_bfloat16",
+    "describe",
     "torch_memory_format",
 ]
+
+# "0" or "1": overrides the CPU detection of cpu_has_native_bfloat16 (so MODEL.PRECISION auto).
+# The test suite sets 0, so that its results do not depend on the CPU it runs on.
+NATIVE_BFLOAT16_ENV = "DETECTOR_CPU_BFLOAT16"
 
 
 class Precision(StrEnum):
@@ -59,9 +66,18 @@ class MemoryFormat(StrEnum):
     auto = "auto"
 
 
-@functools.cache
 def cpu_has_native_bfloat16() -> bool:
-    """True on a CPU with bfloat16 instructions (AVX512-BF16, or AMX tiles with AMX-BF16)."""
+    """True on a CPU with bfloat16 instructions (AVX512-BF16, or AMX tiles with AMX-BF16), unless
+    the environment variable DETECTOR_CPU_BFLOAT16 (0 or 1) says otherwise."""
+    forced = os.environ.get(NATIVE_BFLOAT16_ENV, "")
+    if forced not in ("", "0", "1"):
+        raise ValueError(f"{NATIVE_BFLOAT16_ENV} must be 0 or 1, got {forced!r}")
+    return cpu_flags_have_bfloat16() if forced == "" else forced == "1"
+
+
+@functools.cache
+def cpu_flags_have_bfloat16() -> bool:
+    """What the CPU itself reports: AVX512-BF16, or AMX tiles (which come with AMX-BF16)."""
     cpu: Any = torch.cpu  # the feature queries are private helpers of torch.cpu
     return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
 
@@ -99,3 +115,19 @@ def torch_memory_format(memory_format: str, precision: str) -> torch.memory_form
         return torch.channels_last if reduced else torch.contiguous_format
     names = ", ".join(m.value for m in MemoryFormat)
     raise ValueError(f"MODEL.MEMORY_FORMAT must be one of {names}, got {memory_format!r}")
+
+
+def describe(precision: str, memory_format: str, device: torch.device | str) -> str:
+    """One line for the logs: what MODEL.PRECISION / MODEL.MEMORY_FORMAT resolve to on `device`,
+    e.g. "bfloat16 autocast, channels-last (MODEL.PRECISION auto: the CPU has native bfloat16)"."""
+    dtype = autocast_dtype(precision, device)
+    what = "float32" if dtype is None else "bfloat16 autocast"
+    if torch.device(device).type == "cpu":
+        layout = torch_memory_format(memory_format, precision)
+        what += ", channels-last" if layout == torch.channels_last else ", NCHW"
+    if precision != "auto":
+        return f"{what} (MODEL.PRECISION {precision})"
+    if torch.device(device).type != "cpu":
+        return f"{what} (MODEL.PRECISION auto: float32 off the CPU; SOLVER.AMP for mixed precision)"
+    has = "has" if cpu_has_native_bfloat16() else "has no"
+    return f"{what} (MODEL.PRECISION auto: the CPU {has} native bfloat16)"

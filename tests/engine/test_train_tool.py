@@ -76,6 +76,9 @@ def test_cli_run_with_rpn_only_model(tool, tmp_path, capsys, monkeypatch):
         "model_final.pth", "tensorboard",
     ]  # fmt: skip
     assert "OUTPUT_DIR: " + str(out) in (out / "config.yaml").read_text()
+    # the suite's DETECTOR_CPU_BFLOAT16=0 (tests/conftest.py): the default auto resolved to float32
+    expected = "model computes in float32, NCHW (MODEL.PRECISION auto: the CPU has no native"
+    assert expected in (out / "log.txt").read_text()
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in records] == [1, 2]
     assert {"loss_objectness", "loss_rpn_box_reg"} <= set(records[0])

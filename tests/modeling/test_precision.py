@@ -48,12 +48,53 @@ def native(monkeypatch: pytest.MonkeyPatch) -> Callable[[bool], None]:
     return force
 
 
-def test_detection_matches_the_cpu_flags() -> None:
+def test_detection_matches_the_cpu_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     cpuinfo = Path("/proc/cpuinfo")
     if not cpuinfo.exists():
         pytest.skip("no /proc/cpuinfo to compare with")
     flags = set(cpuinfo.read_text().split())
+    monkeypatch.delenv(precision.NATIVE_BFLOAT16_ENV, raising=False)  # the suite sets it to 0
     assert precision.cpu_has_native_bfloat16() == bool({"avx512_bf16", "amx_tile"} & flags)
+
+
+def test_the_environment_overrides_the_detection(monkeypatch: pytest.MonkeyPatch) -> None:
+    for value, native in (("1", True), ("0", False)):
+        monkeypatch.setenv(precision.NATIVE_BFLOAT16_ENV, value)
+        assert precision.cpu_has_native_bfloat16() is native
+        expected = torch.bfloat16 if native else None
+        assert precision.autocast_dtype("auto", "cpu") == expected
+    monkeypatch.setenv(precision.NATIVE_BFLOAT16_ENV, "yes")
+    with pytest.raises(ValueError, match="DETECTOR_CPU_BFLOAT16 must be 0 or 1, got 'yes'"):
+        precision.cpu_has_native_bfloat16()
+
+
+def test_default_is_auto() -> None:
+    cfg = load_config(Path(CONFIG_DIR) / "e2e_faster_rcnn_R_50_FPN_1x.yaml")
+    assert cfg.MODEL.PRECISION == "auto"
+
+
+@pytest.mark.parametrize("name", ["faster", "mask", "keypoint"])
+def test_torchvision_configs_compute_in_float32(name: str) -> None:
+    """They give torchvision's detections with its weights: also on a CPU where auto is bfloat16."""
+    cfg = load_config(Path(CONFIG_DIR) / "torchvision" / f"{name}_rcnn_R_50_FPN.yaml")
+    assert cfg.MODEL.PRECISION == "float32"
+
+
+def test_the_log_line_names_what_auto_resolved_to(native) -> None:
+    native(True)
+    line = precision.describe("auto", "auto", "cpu")
+    assert (
+        line
+        == "bfloat16 autocast, channels-last (MODEL.PRECISION auto: the CPU has native bfloat16)"
+    )
+    native(False)
+    assert precision.describe("auto", "auto", "cpu") == (
+        "float32, NCHW (MODEL.PRECISION auto: the CPU has no native bfloat16)"
+    )
+    assert precision.describe("bfloat16", "contiguous", "cpu") == (
+        "bfloat16 autocast, NCHW (MODEL.PRECISION bfloat16)"
+    )
+    assert precision.describe("auto", "auto", "cuda").startswith("float32 (MODEL.PRECISION auto")
 
 
 def test_resolution(native) -> None:
