@@ -1,6 +1,6 @@
-"""The FPN pooler under CPU bfloat16 autocast: the ops' own bfloat16 RoI Align kernels (what the
-pooler runs) against casting the pyramid to float32 first (what it ran before), forward and
-backward, interleaved in one run; prints both medians and the ratio.
+"""The FPN pooler under CPU bfloat16 autocast: the ops' own bfloat16 kernels (what the pooler
+runs) against casting the pyramid to float32 first (what it ran before), forward and backward,
+interleaved in one run, for RoI Align and RoIPool; prints both medians and the ratio.
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/pooler_precision.py --threads 1
 
@@ -61,23 +61,30 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     maps = [torch.randn(2, 256, height // s, width // s, generator=g).bfloat16() for s in STRIDES]
     head = get_cfg().MODEL.ROI_BOX_HEAD
-    head.POOLER_TYPE, head.POOLER_SAMPLING_RATIO = "ROIAlignV2", 0
+    head.POOLER_SAMPLING_RATIO = 0
     head.POOLER_SCALES = [1.0 / s for s in STRIDES]
-    print(f"2 images, 256-channel P2-P5 of {height}x{width}, ROIAlignV2, adaptive sampling")
-    print("| RoIs | output | float32 path (ms) | bf16 kernels (ms) | ratio |")
-    print("|---:|---|---:|---:|---:|")
-    for resolution, per_image in ((7, 512), (14, 64)):
-        head.POOLER_RESOLUTION = resolution
-        pooler = build_pooler(head)
-        boxes = [random_boxes(per_image, height, width, g)] * 2
-        steps = {k: train_step(pooler, maps, boxes, via_float32=k) for k in (True, False)}
-        times: dict[bool, list[float]] = {True: [], False: []}
-        for _ in range(args.repeat + 2):
-            for via_float32, step in steps.items():
-                times[via_float32].append(wall_seconds(step) * 1e3)
-        old, new = (statistics.median(times[k][2:]) for k in (True, False))
-        cells = f"{old:.1f} | {new:.1f} | {new / old:.2f}"
-        print(f"| {2 * per_image} | {resolution}x{resolution} | {cells} |")
+    print(f"2 images, 256-channel P2-P5 of {height}x{width} (ROIAlignV2: adaptive sampling)")
+    print("| pooler | RoIs | output | float32 path (ms) | bf16 kernels (ms) | ratio |")
+    print("|---|---:|---|---:|---:|---:|")
+    for pooler_type in ("ROIAlignV2", "ROIPool"):
+        head.POOLER_TYPE = pooler_type
+        for resolution, per_image in ((7, 512), (14, 64)):
+            head.POOLER_RESOLUTION = resolution
+            pooler = build_pooler(head)
+            boxes = [random_boxes(per_image, height, width, g)] * 2
+            old, new = compare(pooler, maps, boxes, args.repeat)
+            cells = f"{old:.1f} | {new:.1f} | {new / old:.2f}"
+            print(f"| {pooler_type} | {2 * per_image} | {resolution}x{resolution} | {cells} |")
+
+
+def compare(pooler: Pooler, maps: list[Tensor], boxes: list[Boxes], repeat: int) -> list[float]:
+    """Median ms of a step through float32 and with the bfloat16 kernels, interleaved."""
+    steps = {k: train_step(pooler, maps, boxes, via_float32=k) for k in (True, False)}
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(repeat + 2):
+        for via_float32, step in steps.items():
+            times[via_float32].append(wall_seconds(step) * 1e3)
+    return [statistics.median(times[k][2:]) for k in (True, False)]
 
 
 if __name__ == "__main__":

@@ -43,8 +43,12 @@ inline DeformRoiPoolShape check_deform_roi_pool_args(const char* op, const at::T
               ": `input` must be a floating point tensor, got ", input.scalar_type());
   TORCH_CHECK(pooled_height > 0 && pooled_width > 0, op, ": `output_size` must be positive, got (",
               pooled_height, ", ", pooled_width, ")");
-  TORCH_CHECK(rois.scalar_type() == input.scalar_type(), op, ": `rois` must have the dtype of ",
-              "`input` (", input.scalar_type(), "), got ", rois.scalar_type());
+  if (input.is_cpu()) {
+    check_rois_floating(op, rois);  // read in the compute dtype (deform_roi_pool_kernel.cpp)
+  } else {
+    TORCH_CHECK(rois.scalar_type() == input.scalar_type(), op, ": `rois` must have the dtype of ",
+                "`input` (", input.scalar_type(), "), got ", rois.scalar_type());
+  }
   TORCH_CHECK(rois.device() == input.device(), op, ": `rois` must be on the device of `input`");
   check_rois(op, rois, input.size(0));
   const int64_t K = rois.size(0);

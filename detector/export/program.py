@@ -153,12 +153,12 @@ def export_program(
         sizes = f"h, w in [{smallest}, {largest if largest is not None else 'any'}]"
     else:
         sizes = f"(h, w) = {tuple(image.shape[-2:])} only"
-    precision = program_module(model).precision
-    described = f"input uint8 (3, h, w), {sizes}, MODEL.PRECISION {precision}"
+    reference = program_module(model)
+    described = f"input uint8 (3, h, w), {sizes}, MODEL.PRECISION {reference.precision}"
     if not check:
         return described
     loaded = torch.export.load(str(output))
-    error = check_program(loaded, program_module(model), image, atol=atol)
+    error = check_program(loaded, reference, image, atol=atol)
     return (
         f"{described}; the loaded program matches PyTorch on the sample image "
         f"{tuple(image.shape)} (max abs difference {error:.2e}, tolerance {atol})"

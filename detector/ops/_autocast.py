@@ -7,11 +7,11 @@ are cast back to the dtype of its first tensor argument (the features or the box
 torchvision's autocast kernels return `.to(input.scalar_type())`. float64 arguments are left as
 they are (as `at::autocast::cached_cast`). Index outputs (nms, argmax) keep their integer dtype.
 
-On the CPU the RoI Align ops (`NATIVE_CPU_OPS`) skip those casts: their float16/bfloat16 kernels
-read the reduced features and float32 (or any floating) RoIs, accumulate in float32 and round
-each result once, which gives the bits of the float32 computation cast back (forward and
+On the CPU the RoI pooling ops (`NATIVE_CPU_OPS`) skip those casts: their float16/bfloat16
+kernels read the reduced features and float32 (or any floating) RoIs, accumulate in float32 and
+round each result once, which gives the bits of the float32 computation cast back (forward and
 gradients; tests/ops/test_autocast.py), without the float32 copy of every feature map and of its
-gradient.
+gradient (deform_roi_pool still makes its own float32 layout copy inside).
 """
 
 from __future__ import annotations
@@ -39,9 +39,18 @@ AUTOCAST_OPS = (
     "batched_nms",
 )
 
-#: The autocast ops whose CPU kernels compute float16/bfloat16 features natively (see above).
-#: (roi_pool's and the position-sensitive ops' kernels take RoIs of the features' dtype only.)
-NATIVE_CPU_OPS = ("roi_align", "multi_scale_roi_align")
+#: The autocast ops whose CPU kernels compute float16/bfloat16 features natively with float32
+#: RoIs (see above): the RoI pooling ops. (deform_conv2d's weight stays float32 under autocast,
+#: and nms / batched_nms take boxes, which stay float32 in the models.)
+NATIVE_CPU_OPS = (
+    "roi_align",
+    "multi_scale_roi_align",
+    "roi_pool",
+    "ps_roi_align",
+    "ps_roi_pool",
+    "deform_roi_pool",
+    "deform_ps_roi_pool",
+)
 
 _REDUCED = (torch.float16, torch.bfloat16)
 # The dispatcher's keys and guards have no public Python API.
@@ -61,12 +70,11 @@ def _to_float32(value: object) -> object:
     return value
 
 
-def _first_dtype(args: tuple[object, ...]) -> torch.dtype:
-    """The dtype of the first tensor argument (the first of a list of tensors)."""
+def _maps(args: tuple[object, ...]) -> list[Tensor]:
+    """The feature maps (or boxes) of an op's arguments: its first argument, a tensor or a list."""
     # Each op's schema starts with a Tensor or a Tensor[] (multi_scale_roi_align's features).
     first = cast("Tensor | list[Tensor] | tuple[Tensor, ...]", args[0])
-    tensor = first[0] if isinstance(first, (list, tuple)) else first
-    return tensor.dtype
+    return list(first) if isinstance(first, (list, tuple)) else [first]
 
 
 def _cast_outputs(value: Any, dtype: torch.dtype) -> Any:
@@ -76,12 +84,14 @@ def _cast_outputs(value: Any, dtype: torch.dtype) -> Any:
     return type(value)(_cast_outputs(v, dtype) for v in value)
 
 
-def _features_of_one_reduced_dtype(args: tuple[object, ...]) -> bool:
-    """Whether the first argument (a feature map, or a list of them) is float16/bfloat16, all
-    of one dtype: what the native reduced kernels take."""
-    first = cast("Tensor | list[Tensor] | tuple[Tensor, ...]", args[0])
-    maps = list(first) if isinstance(first, (list, tuple)) else [first]
-    return maps[0].dtype in _REDUCED and all(m.dtype == maps[0].dtype for m in maps)
+def _native_arguments(args: tuple[object, ...]) -> bool:
+    """Whether the native reduced kernels take `args` as they are: the maps all of one
+    float16/bfloat16 dtype, the RoIs (second argument) of any floating dtype, and every later
+    floating tensor (deform_roi_pool's offset and mask) of the maps' dtype."""
+    maps = _maps(args)
+    dtype = maps[0].dtype
+    later = [a for a in args[2:] if isinstance(a, Tensor) and a.is_floating_point()]
+    return dtype in _REDUCED and all(t.dtype == dtype for t in (*maps, *later))
 
 
 def _autocast_kernel(name: str, native: bool) -> Callable[..., Any]:
@@ -89,9 +99,9 @@ def _autocast_kernel(name: str, native: bool) -> Callable[..., Any]:
     op = getattr(torch.ops.detector, name).default
 
     def kernel(*args: Any) -> Any:
-        dtype = _first_dtype(args)
+        dtype = _maps(args)[0].dtype
         with _C._ExcludeDispatchKeyGuard(_AUTOCAST_KEYS):  # pyright: ignore[reportPrivateUsage]
-            if native and _features_of_one_reduced_dtype(args):
+            if native and _native_arguments(args):
                 return op(*args)
             output = op(*(_to_float32(a) for a in args))
         return _cast_outputs(output, dtype)

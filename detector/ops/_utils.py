@@ -139,25 +139,28 @@ def check_same_device(op: str, name: str, value: Tensor, reference: Tensor, ref_
 
 
 def check_rois_dtype(op: str, input: Tensor, rois: Tensor) -> Tensor:
-    """Casts `rois` to `input`'s dtype after checking it is floating point (not under autocast)."""
+    """Casts `rois` to `input`'s dtype after checking it is floating point, unless
+    `reduced_input_keeps_rois(input)`."""
     if not rois.is_floating_point():
         raise TypeError(f"{op}: `boxes` must be a floating point tensor, got {rois.dtype}")
     check_same_device(op, "boxes", rois, input, "input")
-    if _autocast_keeps_rois(input):
+    if reduced_input_keeps_rois(input):
         return rois
     return rois.to(input.dtype)
 
 
-def _autocast_keeps_rois(input: Tensor) -> bool:
-    """True for float16/bfloat16 `input` under autocast: the op's autocast kernel casts input and
-    RoIs to float32 (detector/ops/_autocast.py), so the RoIs are not rounded to `input`'s dtype
-    first (torchvision passes them on unchanged too)."""
+def reduced_input_keeps_rois(input: Tensor) -> bool:
+    """True for float16/bfloat16 `input` on the CPU, whose kernels read RoIs of any floating dtype
+    in float32, or under autocast, whose kernels pass float32 RoIs on (detector/ops/_autocast.py):
+    the RoIs are then not rounded to `input`'s dtype first (a box in bfloat16 loses whole
+    pixels). Elsewhere the kernels take RoIs of the features' dtype."""
     # TorchScript's is_autocast_enabled takes no device
     if torch.jit.is_scripting():  # pyright: ignore[reportPrivateImportUsage]
         return False
     else:  # the `else` keeps TorchScript from compiling this branch
         reduced = input.dtype == torch.float16 or input.dtype == torch.bfloat16
-        return reduced and torch.is_autocast_enabled(input.device.type)
+        device = input.device.type
+        return reduced and (device == "cpu" or torch.is_autocast_enabled(device))
 
 
 def check_spatial_scale(op: str, value: float, name: str = "spatial_scale") -> float:

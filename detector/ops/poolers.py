@@ -15,10 +15,15 @@ import math
 import torch
 from torch import Tensor, nn
 
-from detector.ops._utils import BroadcastingList2, convert_boxes_to_roi_format, pair
+from detector.ops._utils import (
+    BroadcastingList2,
+    convert_boxes_to_roi_format,
+    pair,
+    reduced_input_keeps_rois,
+)
 from detector.ops.roi_align import multi_scale_roi_align, roi_align
 
-__all__ = ["MultiScaleRoIAlign", "assign_fpn_levels"]
+__all__ = ["MultiScaleRoIAlign", "assign_fpn_levels", "reduced_input_keeps_rois"]
 
 
 def assign_fpn_levels(

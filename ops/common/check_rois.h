@@ -26,4 +26,11 @@ inline void check_rois(const char* op, const at::Tensor& rois, int64_t batch_siz
               lo, ", ", hi, "]");
 }
 
+// The CPU kernels' rule for the dtype of `rois`: any floating dtype, read in the compute dtype
+// (float32 for float16/bfloat16 features, so float32 RoIs keep every pixel; else the features').
+inline void check_rois_floating(const char* op, const at::Tensor& rois) {
+  TORCH_CHECK(at::isFloatingType(rois.scalar_type()), op,
+              ": `rois` must be a floating point tensor, got ", rois.scalar_type());
+}
+
 }  // namespace detector

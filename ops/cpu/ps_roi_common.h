@@ -57,8 +57,7 @@ inline Shape check_forward_args(const char* op, const at::Tensor& input, const a
               input.sizes());
   TORCH_CHECK(at::isFloatingType(input.scalar_type()), op,
               ": `input` must be a floating point tensor, got ", input.scalar_type());
-  TORCH_CHECK(rois.scalar_type() == input.scalar_type(), op, ": `rois` (", rois.scalar_type(),
-              ") must have the dtype of `input` (", input.scalar_type(), ")");
+  check_rois_floating(op, rois);
   TORCH_CHECK(pooled_height > 0 && pooled_width > 0, op, ": `output_size` must be positive, got (",
               pooled_height, ", ", pooled_width, ")");
   const int64_t bins = pooled_height * pooled_width;
@@ -82,8 +81,7 @@ inline Shape check_backward_args(const char* op, const at::Tensor& grad, const a
               ") for output_size (", pooled_height, ", ", pooled_width, ")");
   TORCH_CHECK(at::isFloatingType(grad.scalar_type()), op,
               ": `grad` must be a floating point tensor, got ", grad.scalar_type());
-  TORCH_CHECK(rois.scalar_type() == grad.scalar_type(), op, ": `rois` (", rois.scalar_type(),
-              ") must have the dtype of `grad` (", grad.scalar_type(), ")");
+  check_rois_floating(op, rois);
   check_rois(op, rois, batch_size);
   const int64_t channels_out = channels / bins;
   TORCH_CHECK(grad.dim() == 4 && grad.size(0) == rois.size(0) && grad.size(1) == channels_out &&

@@ -267,9 +267,8 @@ void check_pool_args(const at::Tensor& input, const at::Tensor& rois, int64_t po
                      int64_t pooled_width) {
   TORCH_CHECK(input.dim() == 4, "roi_pool: expected `input` of shape (N, C, H, W), got ",
               input.sizes());
-  TORCH_CHECK(input.scalar_type() == rois.scalar_type(),
-              "roi_pool: `rois` must have the dtype of `input` (", input.scalar_type(), "), got ",
-              rois.scalar_type());
+  TORCH_CHECK(at::isFloatingType(rois.scalar_type()),
+              "roi_pool: `rois` must be a floating point tensor, got ", rois.scalar_type());
   TORCH_CHECK(pooled_height > 0 && pooled_width > 0,
               "roi_pool: `output_size` must be positive, got (", pooled_height, ", ", pooled_width,
               ")");
@@ -296,7 +295,14 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cpu(const at::Tensor& input,
   if (output.numel() == 0) {
     return {output, argmax};
   }
-  const at::Tensor r = rois.contiguous();
+  // The bins in the RoIs' own dtype: RoIs of the features' dtype give torchvision's bins (its
+  // arithmetic in that dtype), float32 RoIs with float16/bfloat16 features (what autocast and
+  // the pooler pass) the bins of the float32 computation.
+  RoIBins bins;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, rois.scalar_type(), "roi_pool", [&] {
+    bins = compute_bins<scalar_t>(rois.contiguous(), spatial_scale, pooled_height, pooled_width,
+                                  height, width);
+  });
   const int ph_count = static_cast<int>(pooled_height);
   const int pw_count = static_cast<int>(pooled_width);
   if (input.scalar_type() != at::kDouble) {
@@ -305,8 +311,6 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cpu(const at::Tensor& input,
         input.is_contiguous() || input.is_contiguous(at::MemoryFormat::ChannelsLast);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_pool", [&] {
       if constexpr (!std::is_same_v<scalar_t, double>) {
-        const RoIBins bins =
-            compute_bins<scalar_t>(r, spatial_scale, pooled_height, pooled_width, height, width);
         forward_float_blocks(direct ? input : input.contiguous(), bins, ph_count, pw_count,
                              output.data_ptr<scalar_t>(), argmax.data_ptr<int>());
       }
@@ -317,8 +321,6 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cpu(const at::Tensor& input,
   const at::Tensor x = input.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_pool", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const RoIBins bins =
-        compute_bins<scalar_t>(r, spatial_scale, pooled_height, pooled_width, height, width);
     const scalar_t* in = x.const_data_ptr<scalar_t>();
     scalar_t* out = output.data_ptr<scalar_t>();
     int* arg = argmax.data_ptr<int>();

@@ -22,12 +22,12 @@ from tests.modeling.small_models import SMALL_FPN_OPTS
 from tests.test_configs import CONFIG_DIR, TINY_INPUT, _tiny_batch
 
 
-def _model(setting: str, mask_on: bool = True) -> GeneralizedRCNN:
+def _model(setting: str, mask_on: bool = True, memory_format: str = "auto") -> GeneralizedRCNN:
     torch.manual_seed(0)
     name = "e2e_mask_rcnn_R_50_FPN_1x.yaml" if mask_on else "e2e_faster_rcnn_R_50_FPN_1x.yaml"
-    opts = [*TINY_INPUT, *SMALL_FPN_OPTS, "MODEL.ROI_HEADS.SCORE_THRESH", "0.0"]
-    cfg = load_config(Path(CONFIG_DIR) / name, [*opts, "MODEL.PRECISION", setting])
-    return GeneralizedRCNN.from_config(cfg)
+    opts = [*TINY_INPUT, *SMALL_FPN_OPTS, "MODEL.ROI_HEADS.SCORE_THRESH", "0.0",
+            "MODEL.PRECISION", setting, "MODEL.MEMORY_FORMAT", memory_format]  # fmt: skip
+    return GeneralizedRCNN.from_config(load_config(Path(CONFIG_DIR) / name, opts))
 
 
 def _trunk_dtypes(model: nn.Module) -> list[torch.dtype]:
@@ -209,14 +209,6 @@ def test_exported_module_computes_in_float32() -> None:
 # ------------------------------------------------------------------------------------------------
 # MODEL.MEMORY_FORMAT
 # ------------------------------------------------------------------------------------------------
-def _model_in(setting: str, memory_format: str) -> GeneralizedRCNN:
-    torch.manual_seed(0)
-    opts = [*TINY_INPUT, *SMALL_FPN_OPTS, "MODEL.ROI_HEADS.SCORE_THRESH", "0.0",
-            "MODEL.PRECISION", setting, "MODEL.MEMORY_FORMAT", memory_format]  # fmt: skip
-    cfg = load_config(Path(CONFIG_DIR) / "e2e_mask_rcnn_R_50_FPN_1x.yaml", opts)
-    return GeneralizedRCNN.from_config(cfg)
-
-
 def test_memory_format_resolution(native) -> None:
     channels_last, contiguous = torch.channels_last, torch.contiguous_format
     assert precision.torch_memory_format("auto", "bfloat16") == channels_last
@@ -254,7 +246,7 @@ def test_bfloat16_model_runs_in_channels_last(native) -> None:
     convolution (the RoI pooler's output is the one reorder, at the mask head's first conv); a
     training step keeps float32 NHWC weights and finite losses."""
     native(True)
-    model = _model_in("auto", "auto").train()
+    model = _model("auto", memory_format="auto").train()
     for name, param in model.named_parameters():
         if param.dim() == 4:
             assert param.is_contiguous(memory_format=torch.channels_last), name
@@ -272,7 +264,10 @@ def test_bfloat16_model_runs_in_channels_last(native) -> None:
 def test_channels_last_computes_the_same_function() -> None:
     """float32 in NHWC (oneDNN) against NCHW (Winograd where it applies): the same losses and
     detections up to float rounding, from the same weights."""
-    nchw, nhwc = _model_in("float32", "contiguous"), _model_in("float32", "channels_last")
+    nchw, nhwc = (
+        _model("float32", memory_format="contiguous"),
+        _model("float32", memory_format="channels_last"),
+    )
     nhwc.load_state_dict(nchw.state_dict())
     images, targets = _tiny_batch(mask_on=True)
     losses = {}

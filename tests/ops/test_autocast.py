@@ -13,6 +13,7 @@ from torch import Tensor
 
 from detector import ops
 from detector.layers import DeformConv2d
+from detector.ops._autocast import NATIVE_CPU_OPS
 from tests.ops.op_cases import OP_CASES, features, nms_inputs, rois
 from tests.ops.utils import copies_of
 
@@ -89,8 +90,16 @@ def test_deform_conv2d_layer_under_autocast_takes_reduced_precision_activations(
     torch.testing.assert_close(out, expected.bfloat16())
 
 
-#: OP_CASES whose op runs natively in the features' reduced dtype under CPU autocast.
-NATIVE_CASES = ["roi_align", "roi_align_max", "roi_align_list", "multi_scale_roi_align"]
+#: OP_CASES whose op runs natively in the features' reduced dtype under CPU autocast: the RoI
+#: pooling ops (detector.ops._autocast.NATIVE_CPU_OPS).
+NATIVE_CASES = [
+    "roi_align", "roi_align_max", "roi_align_list", "multi_scale_roi_align", "roi_pool",
+    "ps_roi_align", "ps_roi_pool", "deform_roi_pool", "deform_ps_roi_pool",
+]  # fmt: skip
+
+
+def test_native_cases_cover_the_native_ops() -> None:
+    assert {OP_CASES[name].fn.__name__ for name in NATIVE_CASES} == set(NATIVE_CPU_OPS)
 
 
 def _reduced_features(args: tuple[Any, ...], dtype: torch.dtype) -> list[Tensor]:
@@ -111,10 +120,20 @@ def test_native_reduced_kernels_give_the_float32_bits_with_float32_rois(
     args = case.args()
     maps = _reduced_features(args, dtype)
     full = [m.detach().float().requires_grad_() for m in maps]
+    # deform_roi_pool's offset and mask in the features' dtype (as the pooler's fc layers give
+    # them under autocast); the RoIs (args[1]) stay float32
+    later = [
+        a.to(dtype) if isinstance(a, Tensor) and a.is_floating_point() else a for a in args[2:]
+    ]
 
     def call(features: list[Tensor]) -> Tensor:
         first = features if isinstance(args[0], list) else features[0]
-        return case.fn(first, *args[1:])
+        wide = features[0].dtype == torch.float32
+        rest = [
+            a.float() if wide and isinstance(a, Tensor) and a.is_floating_point() else a
+            for a in later
+        ]
+        return case.fn(first, args[1], *rest)
 
     outputs: list[Tensor] = []
 

@@ -125,6 +125,7 @@ def test_other_ops_values_and_input_gradients(dtype: torch.dtype, name: str) -> 
 # sums and packed planes): their values and gradients are the float32 results of the same
 # (rounded) inputs, rounded once to the dtype. fn(input, rois, offset, mask) for 2 x 2 bins.
 NATIVE_ROUNDED_ONCE: dict[str, Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]] = {
+    "roi_pool": lambda x, r, o, m: ops.roi_pool(x, r, 2, 0.5),
     "ps_roi_pool": lambda x, r, o, m: ops.ps_roi_pool(x, r, 2, 0.5),
     "ps_roi_align": lambda x, r, o, m: ops.ps_roi_align(x, r, 2, 0.5, 2),
     "deform_roi_pool": lambda x, r, o, m: ops.deform_roi_pool(x, r, o, 2, 0.5, 2, 0.1, m),
@@ -132,12 +133,13 @@ NATIVE_ROUNDED_ONCE: dict[str, Callable[[Tensor, Tensor, Tensor, Tensor], Tensor
 }
 
 
+@pytest.mark.parametrize("rois_dtype", ["features", "float32"])  # float32: the pooler's RoIs
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
 @pytest.mark.parametrize("num_rois", [4, 400])  # ps ops: direct gather and packed planes
 @pytest.mark.parametrize("dtype", REDUCED)
 @pytest.mark.parametrize("name", list(NATIVE_ROUNDED_ONCE))
 def test_native_kernels_round_the_float32_result_once(
-    name: str, dtype: torch.dtype, num_rois: int, layout: str
+    name: str, dtype: torch.dtype, num_rois: int, layout: str, rois_dtype: str
 ) -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 8 * 4, 12, 13, generator=g).to(dtype)
@@ -145,13 +147,17 @@ def test_native_kernels_round_the_float32_result_once(
         x = x.to(memory_format=torch.channels_last)
     elif layout == "strided":
         x = x[:, :, :, ::2]
-    rois = random_rois(num_rois, 2, 12, 13, dtype=dtype, seed=1)
+    rois = random_rois(num_rois, 2, 12, 13, dtype=torch.float32, seed=1)
+    if rois_dtype == "features":
+        rois = rois.to(dtype)
     offset = (torch.randn(num_rois, 2, 2, 2, generator=g) * 0.3).to(dtype)
     mask = torch.rand(num_rois, 1, 2, 2, generator=g).to(dtype)
     results = []
     for compute in (dtype, torch.float32):
         leaves = [t.detach().to(compute).requires_grad_() for t in (x, offset, mask)]
-        out = NATIVE_ROUNDED_ONCE[name](leaves[0], rois.to(compute), leaves[1], leaves[2])
+        out = NATIVE_ROUNDED_ONCE[name](
+            leaves[0], rois.to(torch.promote_types(rois.dtype, compute)), *leaves[1:]
+        )
         grad_out = torch.rand(out.shape, generator=torch.Generator().manual_seed(2)).to(dtype)
         out.backward(grad_out.to(compute))
         grads = [leaf.grad if leaf.grad is not None else torch.zeros(0) for leaf in leaves]

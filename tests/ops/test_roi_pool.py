@@ -153,11 +153,17 @@ def test_dtypes(device: str) -> None:
     out = roi_pool(x, rois.float(), 4)  # rois are cast to input's dtype
     assert out.dtype == torch.float64
     torch.testing.assert_close(out, torchvision.ops.roi_pool(x, rois.double(), 4), atol=0, rtol=0)
-    half = roi_pool(x.half(), rois, 4)
+    half = roi_pool(x.half(), rois.half(), 4)
     assert half.dtype == torch.float16
-    # Bin edges are computed in the input's dtype, as torchvision does.
+    # Bin edges are computed in the RoIs' dtype: float16 RoIs give torchvision's float16 bins,
     tv_half = torchvision.ops.roi_pool(x.half(), rois.half(), 4)
     torch.testing.assert_close(half, tv_half, atol=0, rtol=0)
+    # float32 RoIs (kept as they are with float16 maps on the CPU) the float32 computation's.
+    if device == "cpu":
+        from_float32_rois = roi_pool(x.half(), rois, 4)
+        expected = roi_pool(x.half().float(), rois, 4).half()
+        torch.testing.assert_close(from_float32_rois, expected, atol=0, rtol=0)
+        assert not torch.equal(from_float32_rois, half)  # these RoIs have bins that differ
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -25,11 +25,12 @@ branch is zero-initialized, so an untrained DeformRoIPool equals plain pooling (
 convention) and an untrained modulated one is half of it (mask = sigmoid(0) = 0.5, as DCN v2).
 
 Mixed precision: boxes in half precision would lose whole pixels, so the RoIs stay in float32
-(or wider). Under CPU autocast the RoI Align types pool float16/bfloat16 features with the ops'
-own reduced kernels (float32 RoIs, float32 accumulation, one rounding: the bits of pooling in
-float32, without a float32 copy of the pyramid; detector/ops/_autocast.py); every other case pools
-half/bfloat16 features in float32 (as torchvision's autocast rule for roi_align) and casts the
-result back to the features' dtype. Boxes of any floating dtype are accepted.
+(or wider). On the CPU every pooler type pools float16/bfloat16 features with the ops' own reduced
+kernels (float32 RoIs, float32 accumulation, one rounding: the bits of pooling in float32, without
+a float32 copy of the pyramid; detector/ops/_autocast.py), under autocast or not; under CUDA
+autocast the ops' autocast kernels pool in float32; reduced features on CUDA outside autocast are
+pooled in float32 here (`reduced_input_keeps_rois`). The result has the features' dtype. Boxes of
+any floating dtype are accepted.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ from detector.layers import (
     RoIPool,
 )
 from detector.modeling.registry import POOLERS
-from detector.ops.poolers import assign_fpn_levels
+from detector.ops.poolers import assign_fpn_levels, reduced_input_keeps_rois
 from detector.structures import Boxes, as_size
 
 __all__ = [
@@ -97,10 +98,6 @@ class LevelPool(nn.Module):
         position_sensitive: the layers pool position-sensitive maps (C' = C / (S*S)).
     """
 
-    #: Whether the layers pool float16/bfloat16 maps with float32 RoIs natively under CPU
-    #: autocast (the RoI Align ops; see the module docstring).
-    native_reduced_on_cpu = False
-
     def __init__(
         self, layers: Sequence[nn.Module], *, output_size: int, position_sensitive: bool = False
     ) -> None:
@@ -131,8 +128,6 @@ class LevelPool(nn.Module):
 class RoIAlignLevelPool(LevelPool):
     """RoI Align on every level (`layers.RoIAlign`), the levels pooled in one call of
     `ops.multi_scale_roi_align`."""
-
-    native_reduced_on_cpu = True
 
     def forward(self, features: list[Tensor], rois: Tensor, levels: Tensor | None) -> Tensor:
         if levels is None:
@@ -339,8 +334,10 @@ class Pooler(nn.Module):
         dtype = features[0].dtype
         box_tensors = [b.tensor if isinstance(b, Boxes) else b for b in boxes]
         rois = _rois_from_boxes(box_tensors, features[0].device)  # (R, 5) in float32 or wider
-        if dtype in _REDUCED_PRECISION and not self._pools_reduced_natively(features[0]):
-            features = [f.float() for f in features]  # cast back below
+        if dtype in _REDUCED_PRECISION and not reduced_input_keeps_rois(features[0]):
+            features = [
+                f.float() for f in features
+            ]  # the ops would round the RoIs; cast back below
         if features[0].dtype not in _REDUCED_PRECISION:
             rois = rois.to(features[0].dtype)
         levels = None
@@ -350,12 +347,6 @@ class Pooler(nn.Module):
                 self.canonical_level,
             )  # fmt: skip
         return self.level_pool(features, rois, levels).to(dtype)
-
-    def _pools_reduced_natively(self, feature: Tensor) -> bool:
-        """Whether reduced-precision maps go to the ops' own reduced kernels (see the module
-        docstring) instead of being pooled in float32."""
-        on_cpu = feature.device.type == "cpu"
-        return self.level_pool.native_reduced_on_cpu and on_cpu and torch.is_autocast_enabled("cpu")
 
 
 def _rois_from_boxes(boxes: list[Tensor], device: torch.device) -> Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -53,9 +54,11 @@ def test_rpn_only_overfits_one_bccd_image(shared_data: Path) -> None:
         optimizer.step()
         history.append({k: v.item() for k, v in losses.items()})
     first = {k: sum(h[k] for h in history[:5]) / 5 for k in history[0]}
-    last = {k: sum(h[k] for h in history[-5:]) / 5 for k in history[0]}
-    # Both losses fall by well over 5x (box regression: 7.8x with one thread, > 10x with two;
-    # the trunk's convolutions round differently with the thread count).
+    # The level reached: the median of the last 20 iterations (SGD with momentum on one image
+    # spikes now and then: on a Zen 5 CPU the mean of the last 5 caught a spike of the box
+    # regression loss, 4.8x below the start where the iterations around it were 8-60x below).
+    last = {k: statistics.median(h[k] for h in history[-20:]) for k in history[0]}
+    # Both losses fall by well over 5x.
     for key in ("loss_objectness", "loss_rpn_box_reg"):
         assert last[key] < first[key] / 5, (key, first[key], last[key])
 
