@@ -25,23 +25,8 @@ from torch import Tensor
 # _library registers torch.ops.detector.*
 from detector.ops import _library  # noqa: F401  # pyright: ignore[reportUnusedImport]
 
-#: The public operators with an autocast kernel (their backward ops run inside their autograd).
-AUTOCAST_OPS = (
-    "roi_align",
-    "multi_scale_roi_align",
-    "roi_pool",
-    "ps_roi_align",
-    "ps_roi_pool",
-    "deform_roi_pool",
-    "deform_ps_roi_pool",
-    "deform_conv2d",
-    "nms",
-    "batched_nms",
-)
-
 #: The autocast ops whose CPU kernels compute float16/bfloat16 features natively with float32
-#: RoIs (see above): the RoI pooling ops. (deform_conv2d's weight stays float32 under autocast,
-#: and nms / batched_nms take boxes, which stay float32 in the models.)
+#: RoIs (see above): the RoI pooling ops.
 NATIVE_CPU_OPS = (
     "roi_align",
     "multi_scale_roi_align",
@@ -51,6 +36,11 @@ NATIVE_CPU_OPS = (
     "deform_roi_pool",
     "deform_ps_roi_pool",
 )
+
+#: The public operators with an autocast kernel (their backward ops run inside their autograd).
+#: deform_conv2d's weight stays float32 under autocast, and nms / batched_nms take boxes, which
+#: stay float32 in the models: these cast to float32.
+AUTOCAST_OPS = (*NATIVE_CPU_OPS, "deform_conv2d", "nms", "batched_nms")
 
 _REDUCED = (torch.float16, torch.bfloat16)
 # The dispatcher's keys and guards have no public Python API.
