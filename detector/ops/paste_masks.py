@@ -22,7 +22,8 @@ memory (1 GiB), at most `chunk_size`. The windows are then scattered into the (R
 
 On the CPU the compiled kernel `torch.ops.detector.paste_masks` (ops/cpu/paste_masks_kernel.cpp)
 does steps 3 and 4 instead, mask by mask in parallel, writing each output plane once (zeros
-outside the box) in the same order of operations; the PyTorch form above serves other devices.
+outside the box) in the same order of operations, and reads float16/bfloat16 masks natively
+(float32 arithmetic, each result rounded once); the PyTorch form above serves other devices.
 
 Shapes: R masks, M x M each, S = M + 2 * padding, (H, W) the image, c masks in a chunk whose
 windows are h_c x w_c pixels.
@@ -206,7 +207,10 @@ def paste_masks_in_image(
         raise ValueError(f"paste_masks_in_image: chunk_size must be >= 1, got {chunk_size}")
     height, width = (int(v) for v in image_size)
     out_dtype = masks.dtype if threshold is None else torch.bool
-    compute_dtype = masks.dtype if masks.dtype in (torch.float32, torch.float64) else torch.float32
+    # the CPU kernel reads float16/bfloat16 masks itself (computing in float32); the tensor-op
+    # form computes them in float32
+    native = masks.dtype in (torch.float32, torch.float64) or _uses_compiled_kernel(masks)
+    compute_dtype = masks.dtype if native else torch.float32
     if masks.shape[0] == 0 or height == 0 or width == 0:
         return torch.zeros((masks.shape[0], height, width), dtype=out_dtype, device=masks.device)
     mask_size = masks.shape[-1]
@@ -220,7 +224,7 @@ def paste_masks_in_image(
         pasted = _paste_with_tensor_ops(
             padded, int_boxes, (height, width), threshold, chunk_size, max_chunk_bytes
         )
-    return pasted.to(out_dtype)  # (R, H, W); a copy only for float16 masks
+    return pasted.to(out_dtype)  # (R, H, W); a copy only for reduced masks off the CPU
 
 
 def _int_list(values: Tensor) -> list[int]:
@@ -228,9 +232,9 @@ def _int_list(values: Tensor) -> list[int]:
     return cast(list[int], values.tolist())  # pyright: ignore[reportUnknownMemberType]
 
 
-def _uses_compiled_kernel(padded: Tensor) -> bool:
+def _uses_compiled_kernel(masks: Tensor) -> bool:
     """Whether `torch.ops.detector.paste_masks` pastes these masks (it has a CPU kernel only)."""
-    return padded.device.type == "cpu"
+    return masks.device.type == "cpu"
 
 
 def _paste_with_tensor_ops(

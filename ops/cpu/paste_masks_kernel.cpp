@@ -6,7 +6,10 @@
 // (R, H, W) output costs one pass of stores and no zero-fill pass. The resize is separable and
 // computed in the same order as the PyTorch form (columns first: each source row interpolated
 // along x; then rows), every product and sum rounded in T, so both forms agree to rounding.
+// float16/bfloat16 masks (S) are read into T = float32 and each pasted value is rounded once to
+// S: the bits of the float32 kernel's result cast to S.
 #include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -53,9 +56,9 @@ int64_t axis_samples(int64_t start, int64_t end, int64_t length, int64_t size,
   return first;
 }
 
-// Pastes one padded mask (S x S) into its plane (H x W): O is T (probabilities) or bool
-// (value > threshold).
-template <typename T, typename O>
+// Pastes one padded mask (size x size, elements of type S) into its plane (H x W), computing in
+// T: O is S (probabilities) or bool (value > threshold).
+template <typename S, typename T, typename O>
 struct PlanePaster {
   int64_t size, height, width;
   T threshold;
@@ -66,25 +69,25 @@ struct PlanePaster {
     if constexpr (std::is_same_v<O, bool>) {
       return value > threshold;
     } else {
-      return value;
+      return static_cast<O>(value);
     }
   }
 
-  void resize_columns(const T* mask) {
+  void resize_columns(const S* mask) {
     const int64_t count = static_cast<int64_t>(xs.size());
     columns.resize(size * count);
     for (int64_t s = 0; s < size; ++s) {
-      const T* source = mask + s * size;
+      const S* source = mask + s * size;
       T* target = columns.data() + s * count;
       for (int64_t x = 0; x < count; ++x) {
         const Sample<T>& c = xs[x];
-        T value = source[c.i0] * c.w0;
-        target[x] = value + source[c.i1] * c.w1;
+        T value = static_cast<T>(source[c.i0]) * c.w0;
+        target[x] = value + static_cast<T>(source[c.i1]) * c.w1;
       }
     }
   }
 
-  void paste(const T* mask, const int64_t* box, O* plane) {
+  void paste(const S* mask, const int64_t* box, O* plane) {
     const int64_t x_first = axis_samples(box[0], box[2], width, size, xs);
     const int64_t y_first = axis_samples(box[1], box[3], height, size, ys);
     const int64_t count = static_cast<int64_t>(xs.size());
@@ -114,16 +117,17 @@ struct PlanePaster {
   }
 };
 
-template <typename T, typename O>
+template <typename S, typename O>
 void paste_all(const at::Tensor& padded, const at::Tensor& boxes, double threshold,
                at::Tensor& out) {
+  using T = at::opmath_type<S>;
   const int64_t masks = padded.size(0), size = padded.size(1);
   const int64_t height = out.size(1), width = out.size(2);
-  const T* mask_data = padded.data_ptr<T>();
+  const S* mask_data = padded.data_ptr<S>();
   const int64_t* box_data = boxes.data_ptr<int64_t>();
   O* out_data = out.data_ptr<O>();
   at::parallel_for(0, masks, 1, [&](int64_t begin, int64_t end) {
-    PlanePaster<T, O> paster{size, height, width, static_cast<T>(threshold), {}, {}, {}};
+    PlanePaster<S, T, O> paster{size, height, width, static_cast<T>(threshold), {}, {}, {}};
     for (int64_t r = begin; r < end; ++r) {
       paster.paste(mask_data + r * size * size, box_data + 4 * r, out_data + r * height * width);
     }
@@ -134,8 +138,9 @@ void check_arguments(const at::Tensor& padded, const at::Tensor& boxes, int64_t 
                      int64_t width) {
   TORCH_CHECK_VALUE(padded.dim() == 3 && padded.size(1) == padded.size(2) && padded.size(1) > 0,
                     "paste_masks: `padded` must be (R, S, S) with S >= 1, got ", padded.sizes());
-  TORCH_CHECK_TYPE(padded.scalar_type() == at::kFloat || padded.scalar_type() == at::kDouble,
-                   "paste_masks: `padded` must be float32 or float64, got ", padded.scalar_type());
+  TORCH_CHECK_TYPE(at::isFloatingType(padded.scalar_type()),
+                   "paste_masks: `padded` must be a floating point tensor, got ",
+                   padded.scalar_type());
   TORCH_CHECK_VALUE(boxes.dim() == 2 && boxes.size(0) == padded.size(0) && boxes.size(1) == 4,
                     "paste_masks: `boxes` must be (", padded.size(0), ", 4), got ", boxes.sizes());
   TORCH_CHECK_TYPE(boxes.scalar_type() == at::kLong, "paste_masks: `boxes` must be int64, got ",
@@ -155,13 +160,14 @@ at::Tensor paste_masks(const at::Tensor& padded_in, const at::Tensor& boxes_in, 
     return out;
   }
   advise_huge_pages(out.data_ptr(), out.nbytes());
-  AT_DISPATCH_FLOATING_TYPES(padded.scalar_type(), "paste_masks", [&] {
-    if (threshold.has_value()) {
-      paste_all<scalar_t, bool>(padded, boxes, *threshold, out);
-    } else {
-      paste_all<scalar_t, scalar_t>(padded, boxes, 0.0, out);
-    }
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, padded.scalar_type(), "paste_masks",
+                                  [&] {
+                                    if (threshold.has_value()) {
+                                      paste_all<scalar_t, bool>(padded, boxes, *threshold, out);
+                                    } else {
+                                      paste_all<scalar_t, scalar_t>(padded, boxes, 0.0, out);
+                                    }
+                                  });
   return out;
 }
 

@@ -13,13 +13,14 @@ from torchvision.models.detection.roi_heads import paste_masks_in_image as tv_pa
 from detector.ops import paste_masks as paste
 from detector.ops import paste_masks_in_image
 from detector.ops.paste_masks import _bytes_per_window_pixel, _chunks
+from tests.ops.utils import copies_of
 
 
 @pytest.fixture(autouse=True, params=["compiled", "pytorch"])
 def form(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Which implementation pastes: the compiled CPU kernel or the PyTorch tensor ops."""
     compiled = request.param == "compiled"
-    monkeypatch.setattr(paste, "_uses_compiled_kernel", lambda padded: compiled)
+    monkeypatch.setattr(paste, "_uses_compiled_kernel", lambda masks: compiled)
     return request.param
 
 
@@ -155,13 +156,24 @@ def test_box_entirely_outside_gives_an_empty_mask():
     assert not pasted.any()
 
 
-def test_half_masks_are_pasted_in_float32():
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_reduced_masks_are_pasted_in_float32_and_rounded_once(dtype: torch.dtype, form: str):
+    """Both forms give the bits of pasting the same values in float32, rounded once, and
+    thresholded the same bool masks; the CPU kernel reads float16/bfloat16 masks itself (no
+    float32 copy of the masks or of the result)."""
     generator = torch.Generator().manual_seed(9)
     masks, boxes = random_case(generator, 10, 28, 30, 40)
-    pasted = paste_masks_in_image(masks.half(), boxes, (30, 40), None)
-    assert pasted.dtype == torch.float16
-    expected = paste_masks_in_image(masks.half().float(), boxes, (30, 40), None)
-    torch.testing.assert_close(pasted, expected.half())
+    reduced = masks.to(dtype)
+    pasted = paste_masks_in_image(reduced, boxes, (30, 40), None)
+    assert pasted.dtype == dtype
+    expected = paste_masks_in_image(reduced.float(), boxes, (30, 40), None)
+    torch.testing.assert_close(pasted, expected.to(dtype), rtol=0, atol=0)
+    thresholded = paste_masks_in_image(reduced, boxes, (30, 40), 0.5)
+    assert torch.equal(thresholded, expected > 0.5)
+    padded = torch.nn.functional.pad(reduced, (1, 1, 1, 1))
+    paste = lambda: paste_masks_in_image(reduced, boxes, (30, 40), None)  # noqa: E731
+    if form == "compiled":
+        assert copies_of(paste, [reduced, padded, pasted]) == []
 
 
 def test_compiled_kernel_op_checks_and_errors(form: str):
@@ -173,10 +185,11 @@ def test_compiled_kernel_op_checks_and_errors(form: str):
     for threshold in (None, 0.5):
         torch.library.opcheck(op, (padded, int_boxes, 20, 30, threshold))
         torch.library.opcheck(op, (padded.double(), int_boxes, 20, 30, threshold))
+        torch.library.opcheck(op, (padded.bfloat16(), int_boxes, 20, 30, threshold))
     with pytest.raises(ValueError, match="paste_masks: `padded` must be"):
         op(padded[:, :, 1:], int_boxes, 20, 30, None)
-    with pytest.raises(TypeError, match="paste_masks: `padded` must be float32"):
-        op(padded.half(), int_boxes, 20, 30, None)
+    with pytest.raises(TypeError, match="paste_masks: `padded` must be a floating point"):
+        op(padded.int(), int_boxes, 20, 30, None)
     with pytest.raises(ValueError, match=r"paste_masks: `boxes` must be \(6, 4\)"):
         op(padded, int_boxes[:5], 20, 30, None)
     with pytest.raises(TypeError, match="paste_masks: `boxes` must be int64"):
