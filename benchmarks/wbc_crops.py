@@ -10,11 +10,14 @@ crops that would leave the image are shifted back inside it.
 
 The crops and a COCO JSON per split are written once under `root` (never into the repository):
     root/{train,test}/<image id>_<k>.jpg, root/{train,test}.json
-BCCD's trainval split gives the training crops, its test split the test crops.
+BCCD's trainval split gives the training crops, its test split the test crops. Runs started
+together (the benchmark's lanes) write them once: the first holds a lock file beside `root`
+while it writes, the others wait on it and then find the JSONs.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import random
 import xml.etree.ElementTree as ET
@@ -94,14 +97,21 @@ def _split(bccd: Path, split: str, out: Path, rng: random.Random) -> dict[str, A
 
 
 def make_wbc_crops(bccd: Path, root: Path, seed: int = 0) -> dict[str, Path]:
-    """Writes the crops once (kept if root/test.json exists); returns {split: its JSON file}."""
+    """Writes the crops once (kept if both JSONs exist); returns {split: its JSON file}.
+
+    Safe to call from several processes at once: they take turns on `root`'s lock file, and
+    the JSON of a split appears (by rename) only after all its images are written.
+    """
     files = {split: root / f"{split}.json" for split in SPLITS}
-    if all(f.is_file() for f in files.values()):
-        return files
-    rng = random.Random(seed)
-    for split, file in files.items():
-        data = _split(bccd, split, root, rng)
-        tmp = file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data))
-        tmp.replace(file)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.parent / f"{root.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if all(f.is_file() for f in files.values()):
+            return files
+        rng = random.Random(seed)
+        for split, file in files.items():
+            data = _split(bccd, split, root, rng)
+            tmp = file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(data))
+            tmp.replace(file)
     return files

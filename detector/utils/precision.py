@@ -122,12 +122,13 @@ def describe(precision: str, memory_format: str, device: torch.device | str) -> 
     e.g. "bfloat16 autocast, channels-last (MODEL.PRECISION auto: the CPU has native bfloat16)"."""
     dtype = autocast_dtype(precision, device)
     what = "float32" if dtype is None else "bfloat16 autocast"
-    if torch.device(device).type == "cpu":
+    on_cpu = torch.device(device).type == "cpu"
+    if on_cpu:
         layout = torch_memory_format(memory_format, precision)
         what += ", channels-last" if layout == torch.channels_last else ", NCHW"
     if precision != "auto":
         return f"{what} (MODEL.PRECISION {precision})"
-    if torch.device(device).type != "cpu":
+    if not on_cpu:
         return f"{what} (MODEL.PRECISION auto: float32 off the CPU; SOLVER.AMP for mixed precision)"
     has = "has" if cpu_has_native_bfloat16() else "has no"
     return f"{what} (MODEL.PRECISION auto: the CPU {has} native bfloat16)"

@@ -335,9 +335,8 @@ class Pooler(nn.Module):
         box_tensors = [b.tensor if isinstance(b, Boxes) else b for b in boxes]
         rois = _rois_from_boxes(box_tensors, features[0].device)  # (R, 5) in float32 or wider
         if dtype in _REDUCED_PRECISION and not reduced_input_keeps_rois(features[0]):
-            features = [
-                f.float() for f in features
-            ]  # the ops would round the RoIs; cast back below
+            # the ops would round the RoIs: pool in float32, cast back below
+            features = [f.float() for f in features]
         if features[0].dtype not in _REDUCED_PRECISION:
             rois = rois.to(features[0].dtype)
         levels = None
