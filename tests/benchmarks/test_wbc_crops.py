@@ -13,10 +13,6 @@ from PIL import Image
 from benchmarks.wbc_crops import make_wbc_crops
 
 
-def _make(bccd: Path, root: Path) -> None:
-    make_wbc_crops(bccd, root)
-
-
 def test_crops_hold_frame_filling_cells(shared_data: Path, tmp_path: Path):
     files = make_wbc_crops(shared_data / "bccd" / "BCCD", tmp_path / "wbc")
     for split, file in files.items():
@@ -44,7 +40,7 @@ def test_a_lane_waits_while_another_writes_the_crops(shared_data: Path, tmp_path
     context = multiprocessing.get_context("spawn")
     with open(tmp_path / "wbc.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # this test plays the lane that is writing
-        worker = context.Process(target=_make, args=(bccd, root))
+        worker = context.Process(target=make_wbc_crops, args=(bccd, root))
         worker.start()
         worker.join(timeout=5)
         assert worker.is_alive() and not root.exists()
@@ -59,7 +55,7 @@ def test_a_lane_waits_while_another_writes_the_crops(shared_data: Path, tmp_path
 def test_lanes_started_together_all_return_the_crops(shared_data: Path, tmp_path: Path):
     bccd, root = shared_data / "bccd" / "BCCD", tmp_path / "wbc"
     context = multiprocessing.get_context("spawn")
-    workers = [context.Process(target=_make, args=(bccd, root)) for _ in range(3)]
+    workers = [context.Process(target=make_wbc_crops, args=(bccd, root)) for _ in range(3)]
     for worker in workers:
         worker.start()
     for worker in workers:

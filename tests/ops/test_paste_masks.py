@@ -171,9 +171,9 @@ def test_reduced_masks_are_pasted_in_float32_and_rounded_once(dtype: torch.dtype
     thresholded = paste_masks_in_image(reduced, boxes, (30, 40), 0.5)
     assert torch.equal(thresholded, expected > 0.5)
     padded = torch.nn.functional.pad(reduced, (1, 1, 1, 1))
-    paste = lambda: paste_masks_in_image(reduced, boxes, (30, 40), None)  # noqa: E731
+    run = lambda: paste_masks_in_image(reduced, boxes, (30, 40), None)  # noqa: E731
     if form == "compiled":
-        assert copies_of(paste, [reduced, padded, pasted]) == []
+        assert copies_of(run, [reduced, padded, pasted]) == []
 
 
 def test_compiled_kernel_op_checks_and_errors(form: str):
