@@ -34,6 +34,18 @@ class Norm(StrEnum):
     GN = "GN"
 
 
+class ConvInit(StrEnum):
+    """How the ResNet trunk's convolutions are filled before training (MODEL.RESNETS.CONV_INIT).
+
+    XavierFill: uniform, std 1/sqrt(fan_in) (kaiming_uniform_ with a=1; maskrcnn_benchmark's).
+    MSRAFill: normal, std sqrt(2/fan_out) (kaiming_normal_, fan_out, ReLU; torchvision's and
+    detectron2's ResNets). Pretrained weights replace either; it matters from scratch.
+    """
+
+    XavierFill = "XavierFill"
+    MSRAFill = "MSRAFill"
+
+
 class WarmupMethod(StrEnum):
     """How the learning rate ramps up during SOLVER.WARMUP_ITERS."""
 
@@ -86,6 +98,8 @@ class ResNetsConfig:
     # DCN v2 (modulated) instead of v1.
     WITH_MODULATED_DCN: bool = False
     DEFORMABLE_GROUPS: int = 1
+    # Fill of the trunk's convolutions (ConvInit); deformable convs keep their own.
+    CONV_INIT: ConvInit = ConvInit.XavierFill
 
 
 @dataclass

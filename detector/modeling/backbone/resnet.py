@@ -35,11 +35,26 @@ logger = logging.getLogger(__name__)
 STAGE_NAMES = ("c2", "c3", "c4", "c5")
 
 
-def _init_conv(conv: nn.Conv2d) -> None:
-    """maskrcnn_benchmark's initialization of backbone convolutions."""
-    nn.init.kaiming_uniform_(conv.weight, a=1)
+def _init_conv(conv: nn.Conv2d, fill: str = "XavierFill") -> None:
+    """Fills a trunk convolution: "XavierFill" (maskrcnn_benchmark's, std 1/sqrt(fan_in)) or
+    "MSRAFill" (torchvision's and detectron2's, std sqrt(2/fan_out)); biases start at zero."""
+    if fill == "XavierFill":
+        nn.init.kaiming_uniform_(conv.weight, a=1)
+    elif fill == "MSRAFill":
+        nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    else:
+        raise ValueError(f"MODEL.RESNETS.CONV_INIT '{fill}': choose XavierFill or MSRAFill")
     if conv.bias is not None:
         nn.init.zeros_(conv.bias)
+
+
+def refill_convs(trunk: nn.Module, fill: str) -> None:
+    """Re-fills every convolution of `trunk` with `fill` (see `_init_conv`), except the
+    zero-initialized offset predictors of deformable convolutions."""
+    offsets = {id(m.offset) for m in trunk.modules() if isinstance(m, DFConv2d)}
+    for module in trunk.modules():
+        if isinstance(module, nn.Conv2d) and id(module) not in offsets:
+            _init_conv(module, fill)
 
 
 class DFConv2d(nn.Module):
@@ -362,6 +377,7 @@ class ResNet(nn.Module):
         stage_with_dcn: for res2..res5, whether the 3x3 convs are deformable.
         with_modulated_dcn, deformable_groups: DCN v2 and the number of offset groups.
         freeze_at: 0 trains everything; 1 freezes the stem; k freezes the stem and res2..res{k}.
+        conv_init: the convolutions' fill, "XavierFill" or "MSRAFill" (MODEL.RESNETS.CONV_INIT).
 
     Forward: images ``(N, 3, H, W)`` -> OrderedDict name -> ``(N, C_name, H/s, W/s)`` with the
     channels of `feature_channels` and the strides s of `feature_strides`.
@@ -383,6 +399,7 @@ class ResNet(nn.Module):
         with_modulated_dcn: bool = False,
         deformable_groups: int = 1,
         freeze_at: int = 2,
+        conv_init: str = "XavierFill",
     ) -> None:
         super().__init__()
         unknown = [name for name in out_features if name not in STAGE_NAMES]
@@ -431,6 +448,8 @@ class ResNet(nn.Module):
         self.num_stages = num_stages
         self.out_channels = self.feature_channels[self.out_features[-1]]
         self.out_strides = {name: self.feature_strides[name] for name in self.out_features}
+        if conv_init != "XavierFill":  # built with XavierFill
+            refill_convs(self, conv_init)
         self.freeze(freeze_at)
 
     def freeze(self, freeze_at: int) -> None:
@@ -476,6 +495,7 @@ class ResNetHead(nn.Module):
         with_dcn: bool = False,
         with_modulated_dcn: bool = False,
         deformable_groups: int = 1,
+        conv_init: str = "XavierFill",
     ) -> None:
         super().__init__()
         block, blocks_per_stage = _resnet_spec(depth)
@@ -502,6 +522,8 @@ class ResNetHead(nn.Module):
             with_modulated_dcn=with_modulated_dcn,
             deformable_groups=deformable_groups,
         )
+        if conv_init != "XavierFill":  # built with XavierFill
+            refill_convs(self, conv_init)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.layer4(x)
@@ -557,6 +579,7 @@ def resnet_kwargs_from_config(cfg: Config) -> dict[str, Any]:
         stage_with_dcn=tuple(bool(v) for v in resnets.STAGE_WITH_DCN),
         with_modulated_dcn=resnets.WITH_MODULATED_DCN,
         deformable_groups=resnets.DEFORMABLE_GROUPS,
+        conv_init=str(_get(resnets, "CONV_INIT", "XavierFill")),
     )
     return kwargs
 
@@ -611,5 +634,6 @@ __all__ = [
     "build_resnet_c5_backbone",
     "make_stage",
     "parse_conv_body",
+    "refill_convs",
     "resnet_kwargs_from_config",
 ]
