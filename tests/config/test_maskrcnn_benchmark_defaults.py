@@ -4,7 +4,8 @@ THEIRS is maskrcnn_benchmark's `maskrcnn_benchmark/config/defaults.py` (frozen m
 out here by hand for every key both projects have (under our name where it is spelled
 differently: SOLVER.TEST_PERIOD -> TEST.EVAL_PERIOD, MODEL.CLS_AGNOSTIC_BBOX_REG and
 TEST.DETECTIONS_PER_IMG -> MODEL.ROI_HEADS.*, DTYPE float32 -> SOLVER.AMP.ENABLED False), plus
-the two loss betas their code hard-codes (RPN 1/9, box head 1). ROI_MASK_HEAD.POSTPROCESS_MASKS
+the two loss betas their code hard-codes (RPN 1/9, box head 1) and the fill of their trunk's
+convolutions (kaiming_uniform_ with a=1: XavierFill). ROI_MASK_HEAD.POSTPROCESS_MASKS
 is accepted and dropped (masks are always pasted into the image here). Where this project's own
 defaults differ on purpose, the second test lists them.
 """
@@ -56,6 +57,7 @@ THEIRS: dict[str, Any] = {
     "MODEL.ROI_BOX_HEAD.USE_GN": False, "MODEL.ROI_BOX_HEAD.DILATION": 1,
     "MODEL.ROI_BOX_HEAD.CONV_HEAD_DIM": 256, "MODEL.ROI_BOX_HEAD.NUM_STACKED_CONVS": 4,
     "MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA": 1.0,  # hard-coded in their roi_box_head/loss.py
+    "MODEL.RESNETS.CONV_INIT": "XavierFill",  # kaiming_uniform_(a=1), their backbone/resnet.py
     "MODEL.ROI_MASK_HEAD.FEATURE_EXTRACTOR": "ResNet50Conv5ROIFeatureExtractor",
     "MODEL.ROI_MASK_HEAD.PREDICTOR": "MaskRCNNC4Predictor",
     "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION": 14, "MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO": 0,

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detector.config import Config
+from detector.config.defaults import ConvInit
 from detector.layers import Conv2d, DeformConv2d, FrozenBatchNorm2d, get_norm
 from detector.layers.norm import NormFactory, norm_factory
 from detector.modeling.registry import BACKBONES
@@ -35,12 +36,12 @@ logger = logging.getLogger(__name__)
 STAGE_NAMES = ("c2", "c3", "c4", "c5")
 
 
-def _init_conv(conv: nn.Conv2d, fill: str = "XavierFill") -> None:
-    """Fills a trunk convolution: "XavierFill" (maskrcnn_benchmark's, std 1/sqrt(fan_in)) or
-    "MSRAFill" (torchvision's and detectron2's, std sqrt(2/fan_out)); biases start at zero."""
-    if fill == "XavierFill":
+def _init_conv(conv: nn.Conv2d, fill: str = ConvInit.XavierFill) -> None:
+    """Fills a trunk convolution: XavierFill (maskrcnn_benchmark's, std 1/sqrt(fan_in)) or
+    MSRAFill (torchvision's and detectron2's, std sqrt(2/fan_out)); biases start at zero."""
+    if fill == ConvInit.XavierFill:
         nn.init.kaiming_uniform_(conv.weight, a=1)
-    elif fill == "MSRAFill":
+    elif fill == ConvInit.MSRAFill:
         nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
     else:
         raise ValueError(f"MODEL.RESNETS.CONV_INIT '{fill}': choose XavierFill or MSRAFill")
@@ -399,7 +400,7 @@ class ResNet(nn.Module):
         with_modulated_dcn: bool = False,
         deformable_groups: int = 1,
         freeze_at: int = 2,
-        conv_init: str = "XavierFill",
+        conv_init: str = ConvInit.XavierFill,
     ) -> None:
         super().__init__()
         unknown = [name for name in out_features if name not in STAGE_NAMES]
@@ -448,7 +449,7 @@ class ResNet(nn.Module):
         self.num_stages = num_stages
         self.out_channels = self.feature_channels[self.out_features[-1]]
         self.out_strides = {name: self.feature_strides[name] for name in self.out_features}
-        if conv_init != "XavierFill":  # built with XavierFill
+        if conv_init != ConvInit.XavierFill:  # the blocks were built with XavierFill
             refill_convs(self, conv_init)
         self.freeze(freeze_at)
 
@@ -495,7 +496,7 @@ class ResNetHead(nn.Module):
         with_dcn: bool = False,
         with_modulated_dcn: bool = False,
         deformable_groups: int = 1,
-        conv_init: str = "XavierFill",
+        conv_init: str = ConvInit.XavierFill,
     ) -> None:
         super().__init__()
         block, blocks_per_stage = _resnet_spec(depth)
@@ -522,7 +523,7 @@ class ResNetHead(nn.Module):
             with_modulated_dcn=with_modulated_dcn,
             deformable_groups=deformable_groups,
         )
-        if conv_init != "XavierFill":  # built with XavierFill
+        if conv_init != ConvInit.XavierFill:  # the blocks were built with XavierFill
             refill_convs(self, conv_init)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -579,7 +580,7 @@ def resnet_kwargs_from_config(cfg: Config) -> dict[str, Any]:
         stage_with_dcn=tuple(bool(v) for v in resnets.STAGE_WITH_DCN),
         with_modulated_dcn=resnets.WITH_MODULATED_DCN,
         deformable_groups=resnets.DEFORMABLE_GROUPS,
-        conv_init=str(_get(resnets, "CONV_INIT", "XavierFill")),
+        conv_init=str(_get(resnets, "CONV_INIT", ConvInit.XavierFill)),
     )
     return kwargs
 
