@@ -98,7 +98,9 @@ class ResNetsConfig:
     # DCN v2 (modulated) instead of v1.
     WITH_MODULATED_DCN: bool = False
     DEFORMABLE_GROUPS: int = 1
-    # Fill of the trunk's convolutions (ConvInit); deformable convs keep their own.
+    # Fill of the trunk's convolutions (ConvInit); deformable convs keep their own. XavierFill
+    # measured ahead of MSRAFill on configs/dsb2018 and configs/bccd and level with it on the
+    # full-width benchmark network (docs/accuracy.md, "The trunk's fill").
     CONV_INIT: ConvInit = ConvInit.XavierFill
 
 
