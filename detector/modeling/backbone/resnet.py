@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from detector.config import Config
 from detector.config.defaults import ConvInit
-from detector.layers import Conv2d, DeformConv2d, FrozenBatchNorm2d, get_norm
+from detector.layers import Conv2d, DeformConv2d, FrozenBatchNorm2d, get_norm, msra_fill
 from detector.layers.norm import NormFactory, norm_factory
 from detector.modeling.registry import BACKBONES
 
@@ -39,12 +39,12 @@ STAGE_NAMES = ("c2", "c3", "c4", "c5")
 def _init_conv(conv: nn.Conv2d, fill: str = ConvInit.XavierFill) -> None:
     """Fills a trunk convolution: XavierFill (maskrcnn_benchmark's, std 1/sqrt(fan_in)) or
     MSRAFill (torchvision's and detectron2's, std sqrt(2/fan_out)); biases start at zero."""
-    if fill == ConvInit.XavierFill:
-        nn.init.kaiming_uniform_(conv.weight, a=1)
-    elif fill == ConvInit.MSRAFill:
-        nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-    else:
+    if fill == ConvInit.MSRAFill:
+        msra_fill(conv)
+        return
+    if fill != ConvInit.XavierFill:
         raise ValueError(f"MODEL.RESNETS.CONV_INIT '{fill}': choose XavierFill or MSRAFill")
+    nn.init.kaiming_uniform_(conv.weight, a=1)
     if conv.bias is not None:
         nn.init.zeros_(conv.bias)
 
