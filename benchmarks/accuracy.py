@@ -21,8 +21,15 @@ training process, and ours/torchvision ratios.
 Ablations: `--ours-opts KEY VALUE ...` are applied to our side only (e.g.
 `MODEL.RPN.STRADDLE_THRESH -1`), to measure what a default costs or gains.
 
+Long runs survive being stopped: both sides save their whole training state every
+CHECKPOINT_PERIOD iterations (ours: the trainer's periodic checkpoint; torchvision's loop: model,
+optimizer, schedule, RNG and the seconds so far in `torchvision_state.pth`), and `--resume`
+continues each unfinished run of the command from its last state, with the batches and random
+draws an uninterrupted run would have had, and skips the finished ones (their result.json).
+A resumed run's peak RSS is that of its last process.
+
     PYTHONPATH=$PWD .venv/bin/python benchmarks/accuracy.py --dataset bccd --seeds 1 2 3 \\
-        --iters 600 --out runs/accuracy
+        --iters 600 --out runs/accuracy [--resume]
 """
 
 from __future__ import annotations
@@ -46,6 +53,9 @@ if TYPE_CHECKING:
     from detector.config import Config
 
 ROOT = Path(__file__).resolve().parents[1]
+# Iterations between the resumable states both sides save (a few seconds of saving per hour).
+CHECKPOINT_PERIOD = 100
+TV_STATE = "torchvision_state.pth"
 
 # Each dataset: (train set, test set, Mask R-CNN?, classes incl. background, input min/max sides,
 # anchor sizes per FPN level, images pixel mean and std (RGB, 0..1)).
@@ -110,7 +120,8 @@ def config_opts(dataset: str, seed: int, iters: int, out: Path) -> list[str]:
         "SOLVER.WEIGHT_DECAY_NORM", "0.0001", "SOLVER.BIAS_LR_FACTOR", "1.0",
         "SOLVER.WARMUP_ITERS", str(min(100, iters // 4)), "SOLVER.WARMUP_FACTOR", "0.001",
         "SOLVER.STEPS", _tuple(steps), "SOLVER.MAX_ITER", str(iters),
-        "SOLVER.CHECKPOINT_PERIOD", "0", "SOLVER.CLIP_GRADIENTS.ENABLED", "True",
+        "SOLVER.CHECKPOINT_PERIOD", str(CHECKPOINT_PERIOD), "SOLVER.MAX_CHECKPOINTS_KEPT", "1",
+        "SOLVER.CLIP_GRADIENTS.ENABLED", "True",
         "SOLVER.CLIP_GRADIENTS.MAX_NORM", "10.0",
         "TEST.IMS_PER_BATCH", "2", "SEED", str(seed), "OUTPUT_DIR", str(out),
     ] + _custom_opts(dataset)  # fmt: skip
@@ -186,9 +197,19 @@ def _lr_factor(cfg: Config, it: int) -> float:
     return warm * s.GAMMA ** sum(it >= step for step in s.STEPS)
 
 
-def train_torchvision(cfg: Config) -> tuple[nn.Module, list[float]]:
-    """The plain loop: batch -> losses -> backward -> clip -> SGD step; returns seconds/iter."""
+def _save_tv_state(path: Path, state: dict[str, Any]) -> None:
+    from detector.engine.checkpoint import atomic_write
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+def train_torchvision(cfg: Config, resume: bool = False) -> tuple[nn.Module, list[float], bool]:
+    """The plain loop: batch -> losses -> backward -> clip -> SGD step. Saves its state every
+    CHECKPOINT_PERIOD iterations; with `resume`, continues from that state when there is one.
+    Returns the model, the seconds of each iteration and whether it resumed."""
     from detector.data import build_train_loader
+    from detector.engine.checkpoint import load_checkpoint_file
 
     s = cfg.SOLVER
     model = build_torchvision(cfg)
@@ -196,10 +217,20 @@ def train_torchvision(cfg: Config) -> tuple[nn.Module, list[float]]:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=s.BASE_LR, momentum=s.MOMENTUM, weight_decay=s.WEIGHT_DECAY)
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: _lr_factor(cfg, it))
-    batches: Iterator[Any] = iter(build_train_loader(cfg))
-    seconds = []
-    for _ in range(s.MAX_ITER):
-        start = time.perf_counter()
+    state_path = Path(cfg.OUTPUT_DIR) / TV_STATE
+    start, seconds = 0, []
+    resumed = resume and state_path.is_file()
+    if resumed:
+        state = load_checkpoint_file(state_path)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        torch.set_rng_state(state["rng"])  # the RPN's and RoI heads' samplers draw from it
+        start, seconds = int(state["iteration"]), list(state["seconds"])
+        print(f"resumed at iteration {start} from {state_path}", flush=True)
+    batches: Iterator[Any] = iter(build_train_loader(cfg, start_iter=start))
+    for it in range(start, s.MAX_ITER):
+        begin = time.perf_counter()
         images, targets, _metas = next(batches)
         images_f = [im.float() / 255.0 for im in images]  # (3, H, W) in 0..1
         losses = model(images_f, _tv_targets(targets, bool(cfg.MODEL.MASK_ON)))
@@ -212,11 +243,28 @@ def train_torchvision(cfg: Config) -> tuple[nn.Module, list[float]]:
             torch.nn.utils.clip_grad_norm_(params, s.CLIP_GRADIENTS.MAX_NORM)
         opt.step()
         schedule.step()
-        seconds.append(time.perf_counter() - start)
-        if len(seconds) % 20 == 0:
-            line = f"iteration {len(seconds)}: loss {loss.item():.4f}, {seconds[-1]:.3f} s"
-            print(line, flush=True)
-    return model, seconds
+        seconds.append(time.perf_counter() - begin)
+        if (it + 1) % 20 == 0:
+            print(f"iteration {it + 1}: loss {loss.item():.4f}, {seconds[-1]:.3f} s", flush=True)
+        if (it + 1) % CHECKPOINT_PERIOD == 0 and it + 1 < s.MAX_ITER:
+            state = dict(
+                model=model.state_dict(), optimizer=opt.state_dict(),
+                schedule=schedule.state_dict(), rng=torch.get_rng_state(), iteration=it + 1,
+                seconds=seconds,
+            )  # fmt: skip
+            _save_tv_state(state_path, state)
+    return model, seconds, resumed
+
+
+def iteration_seconds(metrics_jsonl: str) -> list[float]:
+    """Each iteration's time from our trainer's metrics.jsonl, in iteration order; a resumed
+    run appends the iterations it repeats after its last checkpoint: the last record counts."""
+    times: dict[int, float] = {}
+    for line in metrics_jsonl.splitlines():
+        record = json.loads(line)
+        if "time" in record:
+            times[int(record["iteration"])] = float(record["time"])
+    return [times[k] for k in sorted(times)]
 
 
 class TorchvisionAsOurs(nn.Module):
@@ -264,16 +312,19 @@ def evaluate(model: nn.Module, cfg: Config, out: Path) -> dict[str, float]:
     return inference_on_dataset(model, loader, evaluator, progress=False)
 
 
-def train_and_evaluate(side: str, cfg: Config, tv_flush_denormals: bool = True) -> dict[str, Any]:
-    """Trains one side on `cfg` (in this process), scores it; returns the timing, the peak RSS
-    so far, the parameter count and the metrics."""
+def train_and_evaluate(
+    side: str, cfg: Config, tv_flush_denormals: bool = True, resume: bool = False
+) -> dict[str, Any]:
+    """Trains one side on `cfg` (in this process; with `resume`, from its last saved state),
+    scores it; returns the timing, the peak RSS so far, the parameter count and the metrics."""
     if side == "ours":
+        from detector.engine.checkpoint import POINTER
         from detector.engine.launch import train
 
-        result = train(cfg, tensorboard=False, progress_bar=False)
+        resumed = resume and (Path(cfg.OUTPUT_DIR) / POINTER).is_file()
+        result = train(cfg, resume=resume, tensorboard=False, progress_bar=False)
         model = result.model
-        lines = (Path(cfg.OUTPUT_DIR) / "metrics.jsonl").read_text().splitlines()
-        seconds = [json.loads(line)["time"] for line in lines if '"time"' in line]
+        seconds = iteration_seconds((Path(cfg.OUTPUT_DIR) / "metrics.jsonl").read_text())
     else:
         from detector.engine.launch import seed_all
 
@@ -282,13 +333,14 @@ def train_and_evaluate(side: str, cfg: Config, tv_flush_denormals: bool = True) 
         # flushes them (SOLVER.FLUSH_DENORMALS), so the reference loop does too (one thread:
         # torch's flag on this thread is enough), to compare the networks, not that flag.
         torch.set_flush_denormal(tv_flush_denormals)
-        tv_model, seconds = train_torchvision(cfg)
+        tv_model, seconds, resumed = train_torchvision(cfg, resume)
         model = TorchvisionAsOurs(tv_model)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     assert model is not None
     return {
         "s_per_iter": statistics.median(seconds[min(5, len(seconds) - 1) :]),
         "peak_rss_mb": peak_mb,
+        "resumed": resumed,
         "params": sum(p.numel() for p in model.parameters()),
         "metrics": evaluate(model, cfg, Path(cfg.OUTPUT_DIR)),
     }
@@ -305,9 +357,10 @@ def run_child(args: argparse.Namespace) -> None:
         "iters": args.iters,
         "ours_opts": args.ours_opts,
         "tv_flush_denormals": args.tv_flush_denormals,
-        **train_and_evaluate(args.side, cfg, args.tv_flush_denormals),
+        **train_and_evaluate(args.side, cfg, args.tv_flush_denormals, args.resume),
     }
     (out / "result.json").write_text(json.dumps(record, indent=1))
+    (out / TV_STATE).unlink(missing_ok=True)  # finished: the final weights are all it needs
 
 
 # ------------------------------------------------------------------------------------------------
@@ -316,24 +369,54 @@ def run_child(args: argparse.Namespace) -> None:
 KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
-def _child(side: str, dataset: str, seed: int, args: argparse.Namespace) -> subprocess.Popen:
-    out = Path(args.out) / dataset / f"seed{seed}" / side
+def _run_args(side: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    """What makes a run: a folder holding another run's state cannot be resumed by this one."""
+    opts = args.ours_opts if side == "ours" else []
+    return dict(
+        side=side, dataset=args.dataset, seed=seed, iters=args.iters, ours_opts=opts,
+        tv_flush_denormals=args.tv_flush_denormals,
+    )  # fmt: skip
+
+
+def _check_resumable(out: Path, run_args: dict[str, Any]) -> None:
+    saved = _load(out / "run_args.json")
+    if saved is not None and saved != run_args:
+        raise SystemExit(
+            f"--resume: {out} holds a run of other arguments ({saved}), not {run_args}; "
+            "give another --out or delete that folder"
+        )
+
+
+def _child(side: str, seed: int, args: argparse.Namespace) -> subprocess.Popen:
+    out = Path(args.out) / args.dataset / f"seed{seed}" / side
+    run_args = _run_args(side, seed, args)
+    if args.resume:
+        _check_resumable(out, run_args)
     out.mkdir(parents=True, exist_ok=True)
+    (out / "run_args.json").write_text(json.dumps(run_args, indent=1))
     cmd = [
-        sys.executable, __file__, "--child", side, "--dataset", dataset, "--seed", str(seed),
+        sys.executable, __file__, "--child", side, "--dataset", args.dataset, "--seed", str(seed),
         "--iters", str(args.iters), "--out", str(out),
     ]  # fmt: skip
     if not args.tv_flush_denormals:
         cmd.append("--no-tv-flush-denormals")
+    if args.resume:
+        cmd.append("--resume")
     if side == "ours":  # REMAINDER: last
         cmd += ["--ours-opts", *args.ours_opts]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    log = (out / "run.log").open("w")
+    log = (out / "run.log").open("a" if args.resume else "w")
     return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 def _load(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _finished(out: Path, seed: int, args: argparse.Namespace) -> bool:
+    result = _load(out / "result.json")
+    run_args = _run_args(out.name, seed, args)
+    return result is not None and all(result.get(k) == v for k, v in run_args.items())
 
 
 def _tasks(record: dict[str, Any]) -> list[str]:
@@ -397,6 +480,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--child", choices=["ours", "torchvision"], help=argparse.SUPPRESS)
     parser.add_argument("--report-only", action="store_true", help="print saved results")
     parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue each unfinished run from its last saved state; skip the finished ones",
+    )
+    parser.add_argument(
         "--no-tv-flush-denormals",
         dest="tv_flush_denormals",
         action="store_false",
@@ -418,7 +506,10 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
         folder = Path(args.out) / args.dataset / f"seed{seed}"
         if not args.report_only:
-            procs = [_child(side, args.dataset, seed, args) for side in args.sides]
+            sides = args.sides
+            if args.resume:  # a run with a result.json of the same arguments is done
+                sides = [side for side in sides if not _finished(folder / side, seed, args)]
+            procs = [_child(side, seed, args) for side in sides]
             codes = [p.wait() for p in procs]
             if any(codes):
                 print(f"seed {seed}: a run failed ({codes}); logs in {folder}/*/run.log")

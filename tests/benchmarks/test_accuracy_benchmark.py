@@ -4,6 +4,7 @@ adapter hands our evaluation what our own model would."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -78,3 +79,92 @@ def test_both_sides_train_and_are_scored_then_reported(
     printed = capsys.readouterr().out
     assert "| ours | mean |" in printed and "| torchvision | mean |" in printed
     assert "ratios ours/torchvision: time per iteration" in printed
+
+
+TINY = ["INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "160"]
+
+
+class _Stop(Exception):
+    """Stands for the kill that ends a session mid-run."""
+
+
+def test_torchvision_loop_resumes_where_it_stopped(
+    tmp_path: Path, shared_data: Path, one_thread: None, monkeypatch: pytest.MonkeyPatch
+):
+    """Stopped after its state at iteration 2 and resumed, the torchvision loop ends with the
+    weights of an uninterrupted 4-iteration run, bit for bit (same batches, same sampler draws)."""
+    monkeypatch.setattr(accuracy, "CHECKPOINT_PERIOD", 2)
+
+    def run(out: Path, resume: bool) -> tuple[torch.nn.Module, list[float], bool]:
+        cfg = accuracy.load_cfg("chess", seed=1, iters=4, out=out, ours_opts=TINY)
+        torch.manual_seed(0)
+        return accuracy.train_torchvision(cfg, resume)
+
+    whole, seconds, resumed = run(tmp_path / "whole", resume=True)  # nothing to resume from
+    assert not resumed and len(seconds) == 4
+
+    targets, calls = accuracy._tv_targets, []
+
+    def stop_in_third_iteration(*args: object) -> object:
+        calls.append(1)
+        if len(calls) == 3:
+            raise _Stop
+        return targets(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(accuracy, "_tv_targets", stop_in_third_iteration)
+    with pytest.raises(_Stop):
+        run(tmp_path / "parts", resume=True)
+    monkeypatch.setattr(accuracy, "_tv_targets", targets)
+    state = torch.load(tmp_path / "parts" / accuracy.TV_STATE, weights_only=True)
+    assert state["iteration"] == 2 and len(state["seconds"]) == 2
+
+    parts, seconds, resumed = run(tmp_path / "parts", resume=True)
+    assert resumed and len(seconds) == 4
+    expected = whole.state_dict()
+    for name, value in parts.state_dict().items():
+        assert torch.equal(value, expected[name]), name
+    # without --resume a folder's state is ignored: a fresh run, the uninterrupted one again
+    fresh, _, resumed = run(tmp_path / "parts", resume=False)
+    assert not resumed
+    assert all(torch.equal(v, expected[k]) for k, v in fresh.state_dict().items())
+
+
+def test_iteration_seconds_keeps_the_last_record_of_a_repeated_iteration():
+    lines = [
+        {"iteration": 1, "time": 1.0, "loss": 2.0},
+        {"iteration": 2, "time": 2.0},
+        {"iteration": 3, "time": 3.0},
+        {"iteration": 2, "time": 20.0},  # resumed after a checkpoint at 1: 2 and 3 again
+        {"iteration": 3, "time": 30.0},
+        {"iteration": 3, "bbox/AP": 0.5},  # an evaluation record: no time
+    ]
+    text = "\n".join(json.dumps(line) for line in lines)
+    assert accuracy.iteration_seconds(text) == [1.0, 20.0, 30.0]
+
+
+def _result(out: Path, side: str, iters: int) -> None:
+    out.mkdir(parents=True)
+    record = dict(
+        side=side, dataset="chess", seed=1, iters=iters, ours_opts=[], tv_flush_denormals=True,
+        s_per_iter=1.0, peak_rss_mb=100.0, params=1, metrics={"bbox/AP": 0.5},
+    )  # fmt: skip
+    (out / "result.json").write_text(json.dumps(record))
+
+
+def test_resume_skips_finished_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    for side in ("ours", "torchvision"):
+        _result(tmp_path / "chess" / "seed1" / side, side, iters=4)
+    argv = ["--dataset", "chess", "--seeds", "1", "--iters", "4", "--out", str(tmp_path)]
+    assert accuracy.main([*argv, "--resume"]) == 0  # nothing left to train: no child started
+    assert not (tmp_path / "chess" / "seed1" / "ours" / "run.log").exists()
+    assert "| ours | mean | 0.500 |" in capsys.readouterr().out
+
+
+def test_resume_refuses_a_folder_of_another_run(tmp_path: Path):
+    out = tmp_path / "chess" / "seed1" / "ours"
+    out.mkdir(parents=True)
+    other = dict(side="ours", dataset="chess", seed=1, iters=8, ours_opts=[])
+    (out / "run_args.json").write_text(json.dumps({**other, "tv_flush_denormals": True}))
+    argv = ["--dataset", "chess", "--seeds", "1", "--iters", "4", "--out", str(tmp_path)]
+    with pytest.raises(SystemExit, match=r"--resume: .*seed1/ours holds a run of other arguments"):
+        accuracy.main([*argv, "--sides", "ours", "--resume"])
