@@ -351,12 +351,7 @@ def run_child(args: argparse.Namespace) -> None:
     out = Path(args.out)
     cfg = load_cfg(args.dataset, args.seed, args.iters, out, args.ours_opts)
     record = {
-        "side": args.side,
-        "dataset": args.dataset,
-        "seed": args.seed,
-        "iters": args.iters,
-        "ours_opts": args.ours_opts,
-        "tv_flush_denormals": args.tv_flush_denormals,
+        **_run_args(args.side, args.seed, args),  # what _finished compares
         **train_and_evaluate(args.side, cfg, args.tv_flush_denormals, args.resume),
     }
     (out / "result.json").write_text(json.dumps(record, indent=1))
